@@ -1,0 +1,50 @@
+# One entry point per job. Every target installs what it needs first (Python venv, npm packages).
+VENV    ?= .venv
+PYTHON  ?= python3
+PY      := $(VENV)/bin/python
+PYTEST  := $(VENV)/bin/pytest
+RUNBOOK := $(VENV)/bin/runbook
+
+.PHONY: setup demo test test-faults bench typecheck lab strip clean
+
+setup: $(VENV)/.installed node_modules/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,lab]'
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# The main job on the embedded default: local deployment + sample data, the whole runbook headless.
+demo: setup
+	$(RUNBOOK) demo
+
+# Everything but the benchmarks (the fault suite included).
+test: setup typecheck
+	$(PYTEST) -q
+
+test-faults: setup
+	$(PYTEST) -q -m faults
+
+bench: setup
+	$(PY) benchmarks/run_all.py
+
+typecheck: node_modules/.installed
+	npx --no-install tsc --noEmit -p convex
+	npx --no-install tsc --noEmit -p local_deployment
+
+# JupyterLab for analysts (widgets work out of the box with ipywidgets 8).
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+# Source notebooks are templates: committed without outputs.
+strip: setup
+	$(VENV)/bin/nbstripout notebooks/*.ipynb
+
+clean:
+	rm -rf $(VENV) node_modules runs .pytest_cache

@@ -1,0 +1,134 @@
+// The migration's internal functions: paged reads and one guarded, idempotent batch write.
+// They know nothing of the conversion rules: the runbook plans every change and sends it here as a
+// compare-and-set item, so apply, rollback-strip and rollback-restore all run through applyBatch.
+import { v } from "convex/values";
+import type { Value } from "convex/values";
+import type { GenericId } from "convex/values";
+import { internalMutation, internalQuery, type MutationCtx } from "./_generated/server";
+import { assetType, entityType } from "./schema";
+import { valuesEqual } from "./values";
+
+const table = v.union(
+  v.literal("scenes"),
+  v.literal("videoSessions"),
+  v.literal("assetReferences"),
+  v.literal("migrationRuns"),
+);
+
+/** One page of a table in creation order; the runbook streams whole tables with it. */
+export const readPage = internalQuery({
+  args: { table, cursor: v.union(v.string(), v.null()), numItems: v.number() },
+  handler: async (ctx, { table, cursor, numItems }) => {
+    return await ctx.db.query(table).paginate({ cursor, numItems });
+  },
+});
+
+const referenceInput = v.object({
+  entityType,
+  assetType,
+  s3Key: v.string(),
+  s3Url: v.string(),
+  contentType: v.string(),
+  size: v.optional(v.number()),
+  checksum: v.optional(v.string()),
+  uploadedAt: v.number(),
+  version: v.number(),
+  legacyField: v.optional(v.string()),
+});
+
+const item = v.object({
+  table: v.union(v.literal("scenes"), v.literal("videoSessions")),
+  id: v.string(),
+  expect: v.record(v.string(), v.any()),
+  expectAbsent: v.array(v.string()),
+  set: v.record(v.string(), v.any()),
+  unset: v.array(v.string()),
+  insertReferences: v.array(referenceInput),
+  deleteReferences: v.array(v.string()),
+});
+
+type Outcome = "applied" | "already_applied" | "conflict" | "error";
+type Result = { id: string; outcome: Outcome; message?: string; referenceIds?: string[] };
+type Item = typeof item.type;
+
+const SYSTEM_FIELDS = new Set(["_id", "_creationTime"]);
+
+/**
+ * Applies each item atomically with its references, in the batch's one transaction.
+ * Idempotency and preconditions are decided from the document itself (one db.get), never by an index
+ * query per document: a document in its target state already has its references, because both were
+ * written together, so nothing is ever inserted twice.
+ */
+export const applyBatch = internalMutation({
+  args: { migrationId: v.string(), runId: v.string(), items: v.array(item) },
+  handler: async (ctx, { migrationId, runId, items }) => {
+    const results: Result[] = [];
+    for (const it of items) {
+      results.push(await applyItem(ctx, migrationId, runId, it));
+    }
+    return { results };
+  },
+});
+
+async function applyItem(ctx: MutationCtx, migrationId: string, runId: string, it: Item): Promise<Result> {
+  const touched = [...Object.keys(it.set), ...it.unset];
+  const forbidden = touched.filter((f) => SYSTEM_FIELDS.has(f));
+  if (forbidden.length > 0) {
+    return { id: it.id, outcome: "error", message: `system fields cannot be changed: ${forbidden.join(", ")}` };
+  }
+  const id = ctx.db.normalizeId(it.table, it.id);
+  if (id === null) {
+    return { id: it.id, outcome: "error", message: `not an id of table ${it.table}` };
+  }
+  const doc = (await ctx.db.get(id)) as Record<string, Value | undefined> | null;
+  if (doc === null) {
+    return { id: it.id, outcome: "conflict", message: "document no longer exists" };
+  }
+
+  const referencesToDelete: GenericId<"assetReferences">[] = [];
+  for (const refId of it.deleteReferences) {
+    const normalized = ctx.db.normalizeId("assetReferences", refId);
+    if (normalized === null) {
+      return { id: it.id, outcome: "error", message: `not an assetReferences id: ${refId}` };
+    }
+    const ref = await ctx.db.get(normalized);
+    if (ref === null) continue;
+    if (ref.metadata.migrationId !== migrationId || ref.entityId !== id) {
+      return { id: it.id, outcome: "conflict", message: `asset reference ${refId} was not created by ${migrationId} for this document` };
+    }
+    referencesToDelete.push(normalized);
+  }
+
+  const inTarget =
+    Object.entries(it.set).every(([field, value]) => valuesEqual(doc[field], value)) &&
+    it.unset.every((field) => doc[field] === undefined) &&
+    referencesToDelete.length === 0;
+  if (inTarget) {
+    return { id: it.id, outcome: "already_applied" };
+  }
+
+  const changed = [
+    ...Object.entries(it.expect)
+      .filter(([field, value]) => !valuesEqual(doc[field], value))
+      .map(([field]) => `${field} changed`),
+    ...it.expectAbsent.filter((field) => doc[field] !== undefined).map((field) => `${field} present`),
+  ];
+  if (changed.length > 0) {
+    return { id: it.id, outcome: "conflict", message: `changed since the plan: ${changed.join(", ")}` };
+  }
+
+  const patch: Record<string, Value | undefined> = { ...it.set };
+  for (const field of it.unset) patch[field] = undefined;
+  await ctx.db.patch(id, patch);
+
+  const createdAt = Date.now();
+  const referenceIds: string[] = [];
+  for (const { legacyField, ...ref } of it.insertReferences) {
+    const metadata = { migratedFromLegacy: true, migrationId, runId, ...(legacyField ? { legacyField } : {}) };
+    referenceIds.push(await ctx.db.insert("assetReferences", { ...ref, entityId: id, createdAt, metadata }));
+  }
+  for (const refId of referencesToDelete) {
+    await ctx.db.delete(refId);
+  }
+  return { id: it.id, outcome: "applied", ...(referenceIds.length > 0 ? { referenceIds } : {}) };
+}

@@ -1,0 +1,69 @@
+"""Exceptions a person can act on: each names the cause and carries a hint with the fix."""
+
+from __future__ import annotations
+
+
+class RunbookError(Exception):
+    """Base of every error the runbook raises on purpose."""
+
+    hint: str = ""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
+    def __str__(self) -> str:
+        message = super().__str__()
+        return f"{message}\n  fix: {self.hint}" if self.hint else message
+
+
+class DeploymentUnreachable(RunbookError):
+    hint = "Check the deployment URL (e.g. https://<name>.convex.cloud or http://127.0.0.1:<port>) and your network."
+
+
+class DeployKeyMissing(RunbookError):
+    hint = (
+        "Export CONVEX_DEPLOY_KEY (Convex dashboard > Settings > Deploy key), or name a file holding it "
+        "in CONVEX_DEPLOY_KEY_FILE. The key is never taken as a notebook parameter."
+    )
+
+
+class DeployKeyRejected(RunbookError):
+    hint = "The deploy key does not belong to this deployment or was revoked: create a new one in the dashboard."
+
+
+class FunctionsNotDeployed(RunbookError):
+    hint = "Deploy this project's convex/ folder first: `npx convex deploy` (see README, 'Running against a real deployment')."
+
+
+class SchemaNotDeployed(RunbookError):
+    hint = "The deployed schema lacks the migration's fields: deploy convex/schema.ts with `npx convex deploy` before applying."
+
+
+class ArgumentValidationError(RunbookError):
+    hint = "The deployed functions do not match this runbook's version: redeploy convex/ from this checkout."
+
+
+class LimitExceeded(RunbookError):
+    hint = "A call exceeded a Convex per-function limit: lower the batch size or page size parameter."
+
+
+class FunctionFailed(RunbookError):
+    """A Convex function threw; the message is the server's."""
+
+
+class TransientFailure(RunbookError):
+    hint = "The deployment kept failing transiently (5xx, dropped connections, timeouts); wait and run the step again: it resumes."
+
+
+class ExportInProgress(RunbookError):
+    hint = "A snapshot export is already requested or in progress. Only one can run at a time: wait for it and run the backup again."
+
+
+class ExportFailed(RunbookError):
+    hint = "The deployment reported the export as failed. Try again later; nothing was written to the run folder."
+
+
+class PreconditionFailed(RunbookError):
+    """A step refused to start: what it needs from earlier steps or from the operator is missing."""
