@@ -1,0 +1,225 @@
+"""What the notebooks show: pandas tables (Styler), one chart, and widgets that degrade to static output.
+
+Only presentation lives here; every number comes from a summary the logic modules computed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+ACTION_ORDER = ["migrate", "fill_missing", "no_change", "problem"]
+OUTCOME_ORDER = ["applied", "already_applied", "conflict", "error"]
+
+
+def is_interactive() -> bool:
+    """True in a Jupyter frontend that can render widgets; False under papermill/nbclient (headless).
+
+    Jupyter Server names the notebook in JPY_SESSION_NAME for the kernels it starts (VS Code sets VSCODE_PID);
+    papermill's kernels get neither (JPY_PARENT_PID is set for both, so it proves nothing).
+    """
+    return any(name in os.environ for name in ("JPY_SESSION_NAME", "VSCODE_PID")) and not os.environ.get("RUNBOOK_HEADLESS")
+
+
+def status_action_table(by_status: Mapping[str, Mapping[str, int]]) -> pd.DataFrame:
+    """Records per legacy status x planned action, with totals."""
+    frame = pd.DataFrame.from_dict({status: dict(actions) for status, actions in by_status.items()}, orient="index").fillna(0)
+    columns = [a for a in ACTION_ORDER if a in frame.columns] + [c for c in frame.columns if c not in ACTION_ORDER]
+    frame = frame.reindex(columns=columns).astype(int).sort_index()
+    frame.index.name = "legacy status"
+    frame["total"] = frame.sum(axis=1)
+    frame.loc["total"] = frame.sum(axis=0)
+    return frame
+
+
+def counts_table(counts: Mapping[str, int], *, key: str, value: str = "count") -> pd.DataFrame:
+    frame = pd.DataFrame(sorted(counts.items()), columns=[key, value])
+    return frame.set_index(key)
+
+
+def problems_table(problems: Iterable[Any]) -> pd.DataFrame:
+    rows = [
+        {
+            "table": p.table,
+            "reason": p.code,
+            "severity": p.severity,
+            "count": p.count,
+            "message (first seen)": p.message,
+            "example ids": ", ".join(p.examples),
+        }
+        for p in problems
+    ]
+    columns = ["table", "reason", "severity", "count", "message (first seen)", "example ids"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def outcomes_table(outcomes: Mapping[str, Mapping[str, int]]) -> pd.DataFrame:
+    """Documents per table x apply outcome."""
+    frame = pd.DataFrame.from_dict({t: dict(c) for t, c in outcomes.items()}, orient="index").reindex(columns=OUTCOME_ORDER)
+    frame = frame.fillna(0).astype(int)
+    frame.index.name = "table"
+    return frame
+
+
+def styled(frame: pd.DataFrame, *, caption: str | None = None, highlight: str | None = None) -> Any:
+    """A Styler with thousands separators; `highlight` shades a column whose non-zero cells need attention."""
+    styler = frame.style.format(thousands=",", precision=0, na_rep="")
+    if caption:
+        styler = styler.set_caption(caption)
+    if highlight and highlight in frame.columns:
+        styler = styler.map(lambda v: "background-color: #fde2e1" if v else "", subset=[highlight])
+    return styler
+
+
+def checks_styled(frame: pd.DataFrame) -> Any:
+    """Verify's table: a red row per failed check."""
+    def row_style(row: pd.Series) -> list[str]:
+        colour = "#e6f4ea" if row["result"] == "pass" else "#fde2e1"
+        return [f"background-color: {colour}"] * len(row)
+
+    return frame.style.apply(row_style, axis=1)
+
+
+def plan_chart(by_status_per_table: Mapping[str, Mapping[str, Mapping[str, int]]]) -> Any:
+    """One stacked bar chart per table: documents per legacy status, coloured by planned action."""
+    import matplotlib
+
+    if not is_interactive():
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tables = [t for t in ("scenes", "videoSessions") if t in by_status_per_table]
+    figure, axes = plt.subplots(1, len(tables), figsize=(6 * len(tables), 4), squeeze=False)
+    for axis, table in zip(axes[0], tables):
+        frame = status_action_table(by_status_per_table[table]).drop(index="total").drop(columns="total")
+        frame.plot.barh(stacked=True, ax=axis, width=0.8)
+        axis.set_title(f"{table}: records per legacy status and planned action")
+        axis.set_xlabel("documents")
+    figure.tight_layout()
+    return figure
+
+
+def before_after_frame(pairs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> pd.DataFrame:
+    """One row per changed field of each example document: before and after."""
+    rows = []
+    for before, after in pairs:
+        for field in sorted(set(before) | set(after)):
+            if before.get(field) != after.get(field):
+                rows.append({"id": before.get("_id"), "field": field, "before": before.get(field, "(absent)"), "after": after.get(field)})
+    return pd.DataFrame(rows, columns=["id", "field", "before", "after"])
+
+
+def before_after_view(pairs: list[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> Any:
+    """A document picker with its before/after fields when interactive; the static table otherwise."""
+    frame = before_after_frame(pairs)
+    if not is_interactive() or not pairs:
+        return frame
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    ids = [str(before.get("_id")) for before, _ in pairs]
+    picker = widgets.Dropdown(options=ids, description="document")
+    output = widgets.Output()
+
+    def show(change: Any = None) -> None:
+        output.clear_output()
+        with output:
+            display(frame[frame["id"] == picker.value].set_index("field"))
+
+    picker.observe(show, names="value")
+    show()
+    return widgets.VBox([picker, output])
+
+
+class Confirmation:
+    """The apply notebook's confirmation: a button interactively; headless, only the `confirm` parameter counts."""
+
+    def __init__(self, url: str, changes: Mapping[str, int]) -> None:
+        self.confirmed = False
+        self._text = (
+            f"<b>Deployment:</b> {url}<br><b>About to change:</b> "
+            + ", ".join(f"{n:,} {what}" for what, n in changes.items())
+        )
+
+    def widget(self) -> Any:
+        import ipywidgets as widgets
+
+        button = widgets.Button(description="Confirm apply", button_style="danger", icon="check")
+        status = widgets.HTML("Not confirmed yet: nothing will change until you click, then run the next cell.")
+
+        def on_click(_: Any) -> None:
+            self.confirmed = True
+            button.disabled = True
+            status.value = "<b>Confirmed.</b> Run the next cell to apply."
+
+        button.on_click(on_click)
+        return widgets.VBox([widgets.HTML(self._text), button, status])
+
+
+def plan_tables(summary: Any) -> dict[str, pd.DataFrame]:
+    """The dry-run's tables, by the name of the CSV each is written to."""
+    return {
+        "scenes_by_status": status_action_table(summary.by_status.get("scenes", {})),
+        "sessions_by_status": status_action_table(summary.by_status.get("videoSessions", {})),
+        "references_by_type": counts_table(summary.references_by_type, key="asset type", value="references to create"),
+        "problems": problems_table(summary.problems),
+    }
+
+
+def write_tables(tables: Mapping[str, pd.DataFrame], folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, frame in tables.items():
+        path = folder / f"{name}.csv"
+        frame.to_csv(path, index=frame.index.name is not None)
+        paths.append(path)
+    return paths
+
+
+def apply_statistics(summary: Any) -> pd.DataFrame:
+    """The statistics the migration's README promises, as one small table."""
+    rows = {
+        "scenes migrated": summary.scenes_migrated,
+        "video sessions migrated": summary.sessions_migrated,
+        "asset references created": summary.references_created,
+        "already applied (not written again)": summary.already_applied,
+        "conflicts (left alone)": summary.conflicts,
+        "errors": len(summary.errors),
+        "batches sent / resumed from checkpoint": f"{summary.batches_sent} / {summary.batches_resumed}",
+        "HTTP round trips": summary.round_trips,
+        "total execution time (s)": f"{summary.duration_s:.1f}",
+    }
+    return pd.DataFrame({"value": rows})
+
+
+def outcome_rows(outcomes: Iterable[Any]) -> pd.DataFrame:
+    return pd.DataFrame([o.model_dump() for o in outcomes], columns=["table", "id", "outcome", "message"])
+
+
+def checks_frame(report: Any) -> pd.DataFrame:
+    """Verify's checks: one row each, pass/fail, counts and example ids."""
+    return pd.DataFrame(
+        [
+            {
+                "check": c.name,
+                "result": c.result,
+                "checked": c.checked,
+                "failed": c.failed,
+                "explained": c.explained,
+                "example ids": ", ".join(c.examples),
+                "what it proves": c.description,
+                "note": c.note if c.explained else "",
+            }
+            for c in report.checks
+        ]
+    )
+
+
+def rollback_table(summary: Any) -> pd.DataFrame:
+    frame = pd.DataFrame.from_dict({t: dict(c) for t, c in summary.actions.items()}, orient="index").fillna(0).astype(int)
+    frame.index.name = "table"
+    return frame

@@ -1,0 +1,260 @@
+"""The dry-run: stream the tables page by page, plan every document, write the plan apply will execute.
+
+Memory stays bounded by the page size plus a few bytes per document (a digest per S3 key for the duplicate
+check, a running total per session), never by the documents themselves: plan lines go straight to disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, Field
+
+from . import MIGRATION_ID, rules
+from .archive import sha256_file, write_json_atomic
+from .deployment import iter_documents
+from .errors import PreconditionFailed
+from .transport import ConvexTransport, redact_url
+
+PLAN_DIR = "plan"
+PLAN_FILE = "plan.jsonl"
+PLAN_SUMMARY_FILE = "plan.json"
+PROBLEMS_FILE = "problems.csv"
+EXAMPLES_PER_REASON = 5
+
+#: Actions that send a change to the deployment; the others leave the document as it is.
+CHANGING_ACTIONS = frozenset({"migrate", "fill_missing"})
+
+
+class ProblemCount(BaseModel):
+    table: str
+    code: str
+    severity: str
+    count: int
+    examples: list[str] = Field(default_factory=list)
+    message: str = ""
+
+
+class PlanSummary(BaseModel):
+    migration_id: str = MIGRATION_ID
+    plan_file: str
+    plan_sha256: str
+    documents: int
+    created_at: str
+    deployment_url: str
+    backup_sha256: str | None
+    parameters: dict[str, Any]
+    actions: dict[str, dict[str, int]]
+    by_status: dict[str, dict[str, dict[str, int]]]
+    references_by_type: dict[str, int]
+    problems: list[ProblemCount]
+
+    @property
+    def changes(self) -> int:
+        return sum(n for table in self.actions.values() for action, n in table.items() if action in CHANGING_ACTIONS)
+
+    @property
+    def references(self) -> int:
+        return sum(self.references_by_type.values())
+
+
+def plan_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / PLAN_DIR
+
+
+class _Tally:
+    """Counts for the dry-run tables, filled while lines stream past."""
+
+    def __init__(self) -> None:
+        self.actions: dict[str, Counter[str]] = defaultdict(Counter)
+        self.by_status: dict[str, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
+        self.references: Counter[str] = Counter()
+        self.problems: dict[tuple[str, str, str], ProblemCount] = {}
+
+    def add(self, line: dict[str, Any]) -> None:
+        table, action = line["table"], line["action"]
+        self.actions[table][action] += 1
+        self.by_status[table][str(line.get("legacyStatus"))][action] += 1
+        for ref in line.get("references", ()):
+            self.references[ref["assetType"]] += 1
+        for problem in line.get("problems", ()):
+            key = (table, problem["code"], problem["severity"])
+            entry = self.problems.get(key)
+            if entry is None:
+                entry = self.problems[key] = ProblemCount(
+                    table=table, code=problem["code"], severity=problem["severity"], count=0, message=problem["message"]
+                )
+            entry.count += 1
+            if len(entry.examples) < EXAMPLES_PER_REASON:
+                entry.examples.append(line["id"])
+
+
+def _dump(line: dict[str, Any]) -> bytes:
+    return orjson.dumps(line, option=orjson.OPT_SORT_KEYS) + b"\n"
+
+
+def _key_digest(key: str) -> bytes:
+    return hashlib.blake2b(key.encode(), digest_size=12).digest()
+
+
+def build_plan(
+    transport: ConvexTransport,
+    run_dir: Path,
+    *,
+    page_size: int = 4000,
+    bucket_base_url: str | None = None,
+    show_progress: bool = True,
+) -> PlanSummary:
+    """Reads the deployment (changing nothing) and writes plan/plan.jsonl, plan/plan.json and the CSV tables."""
+    out = plan_dir(run_dir)
+    if (out / PLAN_SUMMARY_FILE).exists():
+        raise PreconditionFailed(
+            f"{out / PLAN_SUMMARY_FILE} already exists: a run folder holds one plan.",
+            hint="Start a new run folder to plan again (apply executes exactly the plan its run folder holds).",
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    backup = _backup_record(run_dir)
+    totals = {table: int(n) for table, n in backup.get("counts", {}).items()}
+
+    session_ids: set[str] = {
+        doc["_id"] for doc in _progress(iter_documents(transport, "videoSessions", page_size), "sessions (ids)", totals.get("videoSessions"), show_progress)
+    }
+    ctx = rules.RulesContext(bucket_base_url=bucket_base_url, session_exists=session_ids.__contains__)
+
+    # Pass 1: plan scenes provisionally and count S3 keys (a key shared by several scenes blocks all of them).
+    provisional = out / "scenes.provisional.jsonl"
+    key_counts: Counter[bytes] = Counter()
+    with provisional.open("wb") as sink:
+        for doc in _progress(iter_documents(transport, "scenes", page_size), "scenes", totals.get("scenes"), show_progress):
+            plan = rules.plan_scene(doc, ctx)
+            for key in rules.asset_keys(plan):
+                key_counts[_key_digest(key)] += 1
+            sink.write(_dump(plan.to_line()))
+    del session_ids
+
+    tally = _Tally()
+    session_totals: dict[str, rules.SessionTotals] = defaultdict(rules.SessionTotals)
+    plan_path = out / PLAN_FILE
+    partial = plan_path.with_suffix(".partial")
+    with partial.open("wb") as sink:
+        # Pass 2 (local file): settle duplicates, total each session's scene assets, write final scene lines.
+        for plan in _read_plan_lines(provisional):
+            shared = [key for key in rules.asset_keys(plan) if key_counts[_key_digest(key)] > 1]
+            if shared:
+                plan = rules.mark_blocking(
+                    plan,
+                    "duplicate_s3_key",
+                    f"S3 key {shared[0]!r} is used by {key_counts[_key_digest(shared[0])]} scenes; "
+                    "decide which scene owns it before migrating any of them",
+                )
+            if plan.session_id is not None:
+                session_totals[plan.session_id].add_scene(plan)
+            line = plan.to_line()
+            tally.add(line)
+            sink.write(_dump(line))
+        del key_counts
+        # Pass 3: sessions, with totals computed from their scenes' planned assets and their own.
+        for doc in _progress(iter_documents(transport, "videoSessions", page_size), "sessions", totals.get("videoSessions"), show_progress):
+            plan = rules.plan_session(doc, session_totals.pop(doc["_id"], rules.SessionTotals()), ctx)
+            line = plan.to_line()
+            tally.add(line)
+            sink.write(_dump(line))
+    provisional.unlink()
+    partial.replace(plan_path)
+
+    summary = PlanSummary(
+        plan_file=f"{PLAN_DIR}/{PLAN_FILE}",
+        plan_sha256=sha256_file(plan_path),
+        documents=sum(sum(c.values()) for c in tally.actions.values()),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        deployment_url=redact_url(transport.url),
+        backup_sha256=backup.get("sha256"),
+        parameters={"page_size": page_size, "bucket_base_url": bucket_base_url},
+        actions={table: dict(c) for table, c in tally.actions.items()},
+        by_status={table: {status: dict(c) for status, c in statuses.items()} for table, statuses in tally.by_status.items()},
+        references_by_type=dict(tally.references),
+        problems=sorted(tally.problems.values(), key=lambda p: (p.table, -p.count, p.code)),
+    )
+    _write_problem_details(plan_path, out / PROBLEMS_FILE)
+    write_json_atomic(out / PLAN_SUMMARY_FILE, summary.model_dump(mode="json"))
+    return summary
+
+
+def read_plan(run_dir: Path) -> PlanSummary:
+    """The plan of this run folder, after checking that plan.jsonl is the file the dry-run wrote."""
+    out = plan_dir(run_dir)
+    summary_path = out / PLAN_SUMMARY_FILE
+    if not summary_path.exists():
+        raise PreconditionFailed(
+            f"No plan in {out}.", hint="Run notebooks/02_dry_run.ipynb with this run_dir first: apply executes its plan."
+        )
+    summary = PlanSummary.model_validate_json(summary_path.read_bytes())
+    actual = sha256_file(out / PLAN_FILE) if (out / PLAN_FILE).exists() else "missing"
+    if actual != summary.plan_sha256:
+        raise PreconditionFailed(
+            f"The plan file {out / PLAN_FILE} does not match the dry-run's hash "
+            f"(expected {summary.plan_sha256[:12]}…, found {actual[:12]}…): it was altered or replaced.",
+            hint="Never edit a plan: run the dry-run again in a new run folder.",
+        )
+    return summary
+
+
+def iter_plan_lines(run_dir: Path) -> Iterator[dict[str, Any]]:
+    """Streams the plan's lines in order; call read_plan first to check its hash."""
+    with (plan_dir(run_dir) / PLAN_FILE).open("rb") as source:
+        for raw in source:
+            yield orjson.loads(raw)
+
+
+def example_pairs(run_dir: Path, n: int) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Up to n documents per planned action, as (before, after) taken from the plan itself (no extra reads)."""
+    seen: Counter[str] = Counter()
+    pairs = []
+    for line in iter_plan_lines(run_dir):
+        if seen[line["action"]] >= n:
+            continue
+        seen[line["action"]] += 1
+        before = {"_id": line["id"], "_table": line["table"], **line["expect"]}
+        pairs.append((before, {**before, **line["set"]}))
+    return pairs
+
+
+def _read_plan_lines(path: Path) -> Iterator[rules.DocumentPlan]:
+    with path.open("rb") as source:
+        for raw in source:
+            yield rules.DocumentPlan.from_line(orjson.loads(raw))
+
+
+def _write_problem_details(plan_path: Path, csv_path: Path) -> None:
+    """Every document with a problem, one row per problem: the full list behind the examples."""
+    import csv
+
+    with plan_path.open("rb") as source, csv_path.open("w", newline="", encoding="utf-8") as sink:
+        writer = csv.writer(sink)
+        writer.writerow(["table", "id", "action", "code", "severity", "field", "message"])
+        for raw in source:
+            line = orjson.loads(raw)
+            for problem in line.get("problems", ()):
+                writer.writerow(
+                    [line["table"], line["id"], line["action"], problem["code"], problem["severity"], problem.get("field", ""), problem["message"]]
+                )
+
+
+def _backup_record(run_dir: Path) -> dict[str, Any]:
+    """The run folder's backup record, if step 01 ran: its hash goes with the plan, its counts size the progress bars."""
+    path = Path(run_dir) / "backup" / "backup.json"
+    return orjson.loads(path.read_bytes()) if path.exists() else {}
+
+
+def _progress(items: Iterator[dict[str, Any]], label: str, total: int | None, show: bool) -> Iterator[dict[str, Any]]:
+    if not show:
+        return items
+    from tqdm.auto import tqdm
+
+    return iter(tqdm(items, desc=label, total=total, unit="doc", mininterval=1.0))
