@@ -54,7 +54,8 @@ export const sceneLegacyFields = {
   sceneIndex: v.union(v.number(), v.string()),
   title: v.optional(v.string()),
   status: v.string(),
-  errorMessage: looseString,
+  // An old render worker stored error objects (nested) here instead of a message.
+  errorMessage: v.optional(v.any()),
   s3ChunkKey: looseString,
   s3ChunkUrl: looseString,
   s3ChunkSize: v.optional(v.union(v.number(), v.string(), v.null())),

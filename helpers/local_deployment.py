@@ -1,0 +1,194 @@
+"""Start and stop the local Convex test deployment (local_deployment/server.ts) from Python.
+
+The server is a Node process running this project's convex/ functions through convex-test behind Convex's
+HTTP API. Its admin key travels in the child's environment only (never argv, never a file).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO
+
+from .errors import RunbookError
+from .transport import DEPLOY_KEY_ENV, ConvexTransport
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SERVER = PROJECT_ROOT / "local_deployment" / "server.ts"
+TSX = PROJECT_ROOT / "node_modules" / ".bin" / "tsx"
+
+
+class LocalDeploymentError(RunbookError):
+    hint = "Run `make setup` (installs the npm packages: convex, convex-test, tsx) and check Node 20+ is on PATH."
+
+
+def generate_local_key() -> str:
+    """A throwaway admin key for a local deployment (held in memory and in child environments only)."""
+    return "local-" + secrets.token_urlsafe(24)
+
+
+class LocalDeployment:
+    """A running local deployment; use as a context manager. ``port=0`` lets the OS choose a free port."""
+
+    def __init__(
+        self,
+        *,
+        port: int = 0,
+        deploy_key: str | None = None,
+        fault_rate: float = 0.0,
+        fault_kinds: Sequence[str] = ("5xx", "drop", "delay"),
+        fault_seed: int = 1,
+        export_fault: str | None = None,
+        extra_functions: Path | None = None,
+        startup_timeout: float = 60.0,
+    ) -> None:
+        self.port = port
+        self.deploy_key = deploy_key or os.environ.get(DEPLOY_KEY_ENV) or generate_local_key()
+        self.fault_rate = fault_rate
+        self.fault_kinds = tuple(fault_kinds)
+        self.fault_seed = fault_seed
+        self.export_fault = export_fault
+        self.extra_functions = extra_functions
+        self.startup_timeout = startup_timeout
+        self.url = ""
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def command(self) -> list[str]:
+        command = [str(TSX), str(SERVER), "--port", str(self.port), "--fault-rate", str(self.fault_rate),
+                   "--fault-kinds", ",".join(self.fault_kinds), "--fault-seed", str(self.fault_seed)]
+        if self.export_fault:
+            command += ["--export-fault", self.export_fault]
+        if self.extra_functions:
+            command += ["--extra-functions", str(self.extra_functions)]
+        return command
+
+    def start(self) -> LocalDeployment:
+        if not TSX.exists() or shutil.which("node") is None:
+            raise LocalDeploymentError(f"Cannot start the local deployment: {TSX} or node is missing.")
+        self._log = tempfile.TemporaryFile()
+        env = {**os.environ, DEPLOY_KEY_ENV: self.deploy_key}
+        self._process = subprocess.Popen(
+            self.command(), cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=self._log, stdin=subprocess.DEVNULL
+        )
+        ready: dict[str, str] = {}
+        reader = threading.Thread(target=self._read_ready_line, args=(ready,), daemon=True)
+        reader.start()
+        reader.join(self.startup_timeout)
+        if "url" not in ready:
+            log = self._log_text()
+            self.stop()
+            raise LocalDeploymentError(f"The local deployment did not start within {self.startup_timeout:.0f} s.\n{log}")
+        self.url = ready["url"]
+        self.port = int(self.url.rsplit(":", 1)[1])
+        return self
+
+    def _read_ready_line(self, ready: dict[str, str]) -> None:
+        assert self._process is not None and self._process.stdout is not None
+        for raw in self._process.stdout:
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                continue
+            if event.get("event") == "ready":
+                ready["url"] = event["url"]
+                break
+
+    def _log_text(self) -> str:
+        if self._log is None:
+            return ""
+        self._log.seek(0)
+        return self._log.read().decode("utf-8", "replace")[-4000:]
+
+    def transport(self, deploy_key: str | None = None, **kwargs: object) -> ConvexTransport:
+        return ConvexTransport(self.url, deploy_key or self.deploy_key, **kwargs)  # type: ignore[arg-type]
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def stop(self) -> None:
+        if self._process is not None:
+            if self._process.poll() is None:
+                self._process.terminate()
+                try:
+                    self._process.wait(10)
+                except subprocess.TimeoutExpired:
+                    self._process.kill()
+                    self._process.wait()
+            if self._process.stdout:
+                self._process.stdout.close()
+            self._process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> LocalDeployment:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve(*, port: int, seed_scenes: int = 0, fault_rate: float = 0.0) -> int:
+    """`runbook local-deployment`: runs in the foreground until Ctrl-C. The admin key is CONVEX_DEPLOY_KEY."""
+    from .sample_data import load
+    from .transport import deploy_key_from_env
+
+    deployment = LocalDeployment(port=port, deploy_key=deploy_key_from_env(), fault_rate=fault_rate)
+    with deployment:
+        if seed_scenes:
+            with deployment.transport() as transport:
+                loaded = load(transport, seed_scenes)
+            print(f"Loaded sample data: {loaded}", flush=True)
+        print(f"Local Convex test deployment at {deployment.url} (admin key from {DEPLOY_KEY_ENV}). Ctrl-C stops it.", flush=True)
+        try:
+            assert deployment._process is not None
+            deployment._process.wait()
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def demo(*, seed_scenes: int = 3000, runs_dir: Path = Path("runs")) -> int:
+    """`make demo`: local deployment + sample data, the whole runbook headless, a short summary."""
+    from .archive import check_archive, find_secret
+    from .runner import StepFailed, run_migration
+    from .sample_data import load
+
+    key = os.environ.get(DEPLOY_KEY_ENV) or generate_local_key()
+    os.environ[DEPLOY_KEY_ENV] = key  # the notebooks' kernels inherit it; nothing writes it down
+    started = time.monotonic()
+    with LocalDeployment(deploy_key=key) as deployment:
+        print(f"Local deployment at {deployment.url}; loading {seed_scenes:,} sample scenes…", flush=True)
+        with deployment.transport() as transport:
+            loaded = load(transport, seed_scenes)
+        print(f"Loaded {loaded}. Running the runbook (backup → dry-run → apply → verify)…", flush=True)
+        try:
+            result = run_migration(deployment.url, confirm=True, runs_dir=runs_dir)
+        except StepFailed as failure:
+            print(f"error: {failure}", file=sys.stderr)
+            return 1
+    check = check_archive(result.run_dir)
+    leaks = find_secret(result.run_dir, key)
+    stats = result.statistics
+    print("\nSummary")
+    print(f"  steps:                     {', '.join(f'{k} {v}' for k, v in result.steps.items())}")
+    for name, value in stats.model_dump().items():
+        if name != "errors":
+            print(f"  {name + ':':<27}{value}")
+    print(f"  {'documents with errors:':<27}{len(stats.errors)}")
+    print(f"  archive check:             {'OK' if check.ok else 'FAILED: ' + '; '.join(check.problems)}")
+    print(f"  deploy key in run folder:  {'FOUND in ' + ', '.join(leaks) if leaks else 'nowhere'}")
+    print(f"  wall time:                 {time.monotonic() - started:.1f} s")
+    print(f"\nEvidence: {result.run_dir}")
+    return 0 if result.passed and check.ok and not leaks else 1

@@ -1,0 +1,455 @@
+// The local Convex test deployment: an HTTP server that speaks Convex's public HTTP API and runs this
+// project's own convex/ functions through the official convex-test library.
+//
+// What it is: the runbook's wire protocol (function calls, auth, error shapes, status codes, validators,
+// pagination, per-function limits, snapshot export) served by convex-test's in-memory database.
+// What it is not: Convex. No persistence (memory only), no deploy, no subscriptions, no optimistic
+// concurrency (convex-test runs one transaction at a time), no file storage, no user auth (JWT).
+//
+// Usage: CONVEX_DEPLOY_KEY=... tsx local_deployment/server.ts --port 3210 [--fault-rate 0.1]
+//        [--fault-kinds 5xx,drop,delay] [--fault-seed 1] [--export-fault failed|truncate]
+//        [--extra-functions DIR]
+// Prints one JSON line {"event":"ready","url":...} on stdout once it accepts requests.
+import { AsyncLocalStorage } from "node:async_hooks";
+import { randomBytes } from "node:crypto";
+import { readdirSync } from "node:fs";
+import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
+import { basename, dirname, join, resolve } from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import { parseArgs } from "node:util";
+
+import { makeFunctionReference } from "convex/server";
+import { convexToJson, jsonToConvex, type Value } from "convex/values";
+import { convexTest } from "convex-test";
+
+import schema from "../convex/schema.js";
+import { buildSnapshotZip, exportJson, type SnapshotDocument } from "./snapshot.js";
+
+// ---------------------------------------------------------------------------------------------------
+// Start-up options
+
+const { values: options } = parseArgs({
+  options: {
+    port: { type: "string", default: "3210" },
+    host: { type: "string", default: "127.0.0.1" },
+    "fault-rate": { type: "string", default: "0" },
+    "fault-kinds": { type: "string", default: "5xx,drop,delay" },
+    "fault-seed": { type: "string", default: "1" },
+    "export-fault": { type: "string" },
+    "extra-functions": { type: "string" },
+  },
+});
+
+const adminKey = process.env.CONVEX_DEPLOY_KEY ?? "";
+if (adminKey.trim() === "") {
+  process.stderr.write("CONVEX_DEPLOY_KEY must be set: it is this deployment's admin key.\n");
+  process.exit(2);
+}
+const faultRate = Number(options["fault-rate"]);
+const faultKinds = options["fault-kinds"]!.split(",").filter((k) => k !== "");
+const exportFault = options["export-fault"];
+const MAX_ARGS_BYTES = 16 * 1024 * 1024; // Convex: function arguments up to 16 MiB
+const MAX_ARRAY_LENGTH = 8192; // Convex: arrays hold at most 8192 values
+const MAX_VALUE_DEPTH = 64; // Convex: values nest at most 64 levels
+
+// A small seeded generator so a fault run can be repeated.
+let faultState = Number(options["fault-seed"]) >>> 0 || 1;
+function nextRandom(): number {
+  faultState ^= faultState << 13;
+  faultState ^= faultState >>> 17;
+  faultState ^= faultState << 5;
+  return (faultState >>> 0) / 4294967296;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The project's functions, loaded the way convex-test expects ("./convex/<file>.ts" → module)
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), "..");
+type ModuleLoader = () => Promise<Record<string, unknown>>;
+const modules: Record<string, ModuleLoader> = {};
+function addModules(dir: string, prefix: string) {
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    const full = join(dir, entry.name);
+    if (entry.isDirectory() && entry.name === "_generated") addModules(full, `${prefix}_generated/`);
+    else if (entry.isFile() && /\.ts$/.test(entry.name) && !entry.name.endsWith(".d.ts")) {
+      modules[`./convex/${prefix}${entry.name}`] = () => import(pathToFileURL(full).href);
+    }
+  }
+}
+addModules(join(root, "convex"), "");
+if (options["extra-functions"]) {
+  // Benchmark-only functions (e.g. the naive baseline); never part of the deployed project.
+  for (const name of readdirSync(options["extra-functions"])) {
+    if (name.endsWith(".ts")) {
+      const full = resolve(options["extra-functions"], name);
+      modules[`./convex/${name}`] = () => import(pathToFileURL(full).href);
+    }
+  }
+}
+
+// Capture convex-test's global (its in-memory database) when it enters its context: the snapshot export
+// reads committed documents directly, which no function could do inside Convex's per-function limits.
+type ConvexGlobal = {
+  components: Record<string, { db: { _documents: Record<string, Record<string, Value>> } }>;
+  transactionManager: { _lastCommitTs: bigint };
+};
+let convexGlobal: ConvexGlobal | null = null;
+const originalRun = AsyncLocalStorage.prototype.run;
+AsyncLocalStorage.prototype.run = function (this: AsyncLocalStorage<unknown>, store: unknown, ...rest: unknown[]) {
+  if (convexGlobal === null && store && typeof store === "object" && "transactionManager" in store && "components" in store) {
+    convexGlobal = store as ConvexGlobal;
+  }
+  return (originalRun as (...a: unknown[]) => unknown).call(this, store, ...rest);
+} as typeof AsyncLocalStorage.prototype.run;
+
+const t = convexTest({ schema, modules: modules as never, transactionLimits: true });
+await t.run(async () => null); // enters the context once, so convexGlobal is known from the start
+
+type Kind = "query" | "mutation" | "action";
+type Registered = { isQuery?: boolean; isMutation?: boolean; isAction?: boolean; isPublic?: boolean; isInternal?: boolean };
+
+async function lookupFunction(path: string): Promise<{ kind: Kind; isPublic: boolean } | null> {
+  const [modulePath, exportName = "default"] = path.split(":");
+  const loader = modules[`./convex/${modulePath.replace(/\.js$/, "")}.ts`];
+  if (!loader || modulePath.startsWith("_generated")) return null;
+  const fn = (await loader())[exportName] as Registered | undefined;
+  if (!fn || typeof fn !== "function" && typeof fn !== "object") return null;
+  const kind: Kind | null = fn.isQuery ? "query" : fn.isMutation ? "mutation" : fn.isAction ? "action" : null;
+  if (kind === null) return null;
+  return { kind, isPublic: fn.isPublic === true };
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Value formats: "convex_encoded_json" (lossless, $integer/$bytes) and "json" (clean export)
+
+function cleanJson(value: Value): unknown {
+  if (typeof value === "bigint") return value.toString();
+  if (value instanceof ArrayBuffer) return Buffer.from(value).toString("base64");
+  if (typeof value === "number" && !Number.isFinite(value)) return Number.isNaN(value) ? "NaN" : value > 0 ? "Infinity" : "-Infinity";
+  if (Array.isArray(value)) return value.map(cleanJson);
+  if (value !== null && typeof value === "object") {
+    return Object.fromEntries(Object.entries(value).filter(([, v]) => v !== undefined).map(([k, v]) => [k, cleanJson(v as Value)]));
+  }
+  return value;
+}
+
+function encodeValue(value: Value, format: string): unknown {
+  return format === "convex_encoded_json" ? convexToJson(value) : cleanJson(value);
+}
+
+function checkValueShape(value: unknown, depth = 0): string | null {
+  if (depth > MAX_VALUE_DEPTH) return `Value is too nested (depth > ${MAX_VALUE_DEPTH})`;
+  if (Array.isArray(value)) {
+    if (value.length > MAX_ARRAY_LENGTH) return `Array length is too long (${value.length} > maximum length ${MAX_ARRAY_LENGTH})`;
+    for (const item of value) {
+      const problem = checkValueShape(item, depth + 1);
+      if (problem) return problem;
+    }
+  } else if (value !== null && typeof value === "object") {
+    for (const item of Object.values(value)) {
+      const problem = checkValueShape(item, depth + 1);
+      if (problem) return problem;
+    }
+  }
+  return null;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// HTTP plumbing
+
+class HttpError extends Error {
+  constructor(public status: number, public code: string, message: string) {
+    super(message);
+  }
+}
+
+/** Serialized as Convex's Rust backend does: a float64 always carries a fraction ("5.0"), which is how the
+ * official Python client tells float64 (float) from int64 (`$integer`) and why it rejects a bare `5`. */
+function sendJson(res: ServerResponse, status: number, body: unknown) {
+  const payload = Buffer.from(exportJson(body as Value));
+  res.writeHead(status, { "content-type": "application/json", "content-length": payload.length });
+  res.end(payload);
+}
+
+async function readBody(req: IncomingMessage): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length;
+    if (size > MAX_ARGS_BYTES + 1024 * 1024) throw new HttpError(413, "RequestTooLarge", `Request body too large (limit: ${MAX_ARGS_BYTES} bytes of arguments).`);
+    chunks.push(chunk as Buffer);
+  }
+  return Buffer.concat(chunks);
+}
+
+type Identity = "admin" | "anonymous";
+
+/** Mirrors Convex: `Convex <admin key>` authenticates an admin; a wrong key is 401 BadAdminKey. */
+function authenticate(req: IncomingMessage): Identity {
+  const header = req.headers.authorization;
+  if (header === undefined || header.trim() === "") return "anonymous";
+  if (/^convex /i.test(header)) {
+    if (header.slice(7).trim() === adminKey) return "admin";
+    throw new HttpError(401, "BadAdminKey", "The provided admin key was invalid for this instance");
+  }
+  if (/^bearer /i.test(header)) {
+    throw new HttpError(401, "InvalidAuthHeader", "Could not parse as OIDC ID token. Token might not be an OIDC-compliant JWT.");
+  }
+  throw new HttpError(401, "InvalidAuthHeader", "Header must begin with `bearer `");
+}
+
+function requireAdmin(identity: Identity) {
+  if (identity !== "admin") {
+    throw new HttpError(403, "BadDeployKey", "The provided deploy key was invalid for this deployment. Double check that the environment this key was generated for matches the desired deployment.");
+  }
+}
+
+function requestId(): string {
+  return randomBytes(8).toString("hex");
+}
+
+/** The error text Convex returns for a function that threw: request id, "Server Error", the error. */
+function functionErrorMessage(error: unknown): string {
+  const message = error instanceof Error ? error.message : String(error);
+  const name = error instanceof Error && error.name !== "Error" ? error.name : "Uncaught Error";
+  return `[Request ID: ${requestId()}] Server Error\n${name}: ${message}`;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Function calls: POST /api/query | /api/mutation | /api/action | /api/function
+
+const ENDPOINT_KINDS: Record<string, Kind | "any"> = {
+  "/api/query": "query",
+  "/api/mutation": "mutation",
+  "/api/action": "action",
+  "/api/function": "any",
+};
+
+async function callFunction(req: IncomingMessage, res: ServerResponse, endpoint: Kind | "any") {
+  const identity = authenticate(req);
+  const raw = await readBody(req);
+  let body: { path?: unknown; args?: unknown; format?: unknown };
+  try {
+    body = JSON.parse(raw.toString("utf8"));
+  } catch {
+    throw new HttpError(400, "BadJsonBody", "Failed to deserialize the JSON body.");
+  }
+  if (typeof body.path !== "string") throw new HttpError(400, "BadJsonBody", "Failed to deserialize the JSON body: missing field `path`");
+  const format = body.format === undefined || body.format === null ? "json" : String(body.format);
+  if (format !== "json" && format !== "convex_encoded_json") {
+    throw new HttpError(400, "InvalidFormat", `Invalid format: ${format}`);
+  }
+  const path = body.path.replace(/\.js(?=:|$)/, "");
+  const fail = (message: string) => sendJson(res, 200, { status: "error", errorMessage: message });
+
+  if (path === "_system/cli/exports:getLatest") {
+    requireAdmin(identity);
+    return sendJson(res, 200, { status: "success", value: encodeValue(latestExportValue(), format) });
+  }
+  const fn = await lookupFunction(path);
+  if (fn === null || (!fn.isPublic && identity !== "admin")) {
+    // Convex answers a missing and an internal-without-admin-key function alike.
+    return fail(`Could not find function for '${path}'. Did you forget to run \`npx convex dev\`?`);
+  }
+  if (endpoint !== "any" && endpoint !== fn.kind) {
+    const label = (k: string) => k[0].toUpperCase() + k.slice(1);
+    return fail(`Trying to execute ${path} as ${label(endpoint)}, but it is defined as ${label(fn.kind)}.`);
+  }
+  if (raw.length > MAX_ARGS_BYTES) {
+    return fail(`Arguments for ${path} are too large (${raw.length} bytes, limit: ${MAX_ARGS_BYTES} bytes). This is a Convex limit.`);
+  }
+  const shapeProblem = checkValueShape(body.args);
+  if (shapeProblem) return fail(functionErrorMessage(new Error(shapeProblem)));
+
+  let args: Value;
+  try {
+    args = jsonToConvex((body.args ?? {}) as never);
+  } catch (error) {
+    return fail(functionErrorMessage(error));
+  }
+  if (args === null || typeof args !== "object" || Array.isArray(args)) {
+    return fail(functionErrorMessage(new Error("The arguments to a Convex function must be an object.")));
+  }
+  const dropAfter = await injectFaultBefore(req, res);
+  if (dropAfter === "handled") return;
+  let value: Value;
+  try {
+    // Typed calls need generated API types; the server dispatches by name, so it calls untyped.
+    const untyped = t as unknown as Record<Kind, (ref: unknown, args: unknown) => Promise<Value>>;
+    value = await untyped[fn.kind](makeFunctionReference(path), args);
+  } catch (error) {
+    const data = (error as { data?: Value }).data;
+    if (dropAfter === "drop") return req.socket.destroy();
+    return sendJson(res, 200, {
+      status: "error",
+      errorMessage: functionErrorMessage(error),
+      ...(data !== undefined ? { errorData: encodeValue(data, format) } : {}),
+    });
+  }
+  if (dropAfter === "drop") return req.socket.destroy(); // executed, but the caller never hears of it
+  sendJson(res, 200, { status: "success", value: encodeValue(value ?? null, format) });
+}
+
+/** Faults chosen at start-up: a 5xx before executing, a dropped connection after executing, or a delay. */
+async function injectFaultBefore(req: IncomingMessage, res: ServerResponse): Promise<"none" | "drop" | "handled"> {
+  if (faultRate <= 0 || nextRandom() >= faultRate || faultKinds.length === 0) return "none";
+  const kind = faultKinds[Math.floor(nextRandom() * faultKinds.length)];
+  if (kind === "5xx") {
+    const status = nextRandom() < 0.5 ? 503 : 502;
+    sendJson(res, status, { code: "ServiceUnavailable", message: "Injected fault: service temporarily unavailable." });
+    return "handled";
+  }
+  if (kind === "delay") {
+    await new Promise((r) => setTimeout(r, 200 + Math.floor(nextRandom() * 800)));
+    return "none";
+  }
+  if (kind === "drop") return "drop";
+  void req;
+  return "none";
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Snapshot export: POST /api/export/request/zip, _system/cli/exports:getLatest, GET /api/export/zip/<ts>
+
+type ExportRecord = {
+  _id: string;
+  _creationTime: number;
+  state: "requested" | "in_progress" | "completed" | "failed";
+  format: { format: "zip"; include_storage: boolean };
+  requestor: "snapshotExport";
+  start_ts: bigint;
+  complete_ts?: bigint;
+  zip_object_key?: string;
+};
+let latestExport: ExportRecord | null = null;
+const exportArchives = new Map<string, Buffer>();
+
+function latestExportValue(): Value {
+  if (latestExport === null) return null;
+  const { complete_ts, zip_object_key, ...rest } = latestExport;
+  return {
+    ...rest,
+    ...(complete_ts !== undefined ? { complete_ts } : {}),
+    ...(zip_object_key !== undefined ? { zip_object_key } : {}),
+  } as Value;
+}
+
+function snapshotTimestamp(): bigint {
+  const last = convexGlobal!.transactionManager._lastCommitTs;
+  return last > 0n ? last : BigInt(Date.now()) * 1_000_000n;
+}
+
+function requestExport(req: IncomingMessage, res: ServerResponse, url: URL) {
+  requireAdmin(authenticate(req));
+  if (latestExport !== null && (latestExport.state === "requested" || latestExport.state === "in_progress")) {
+    throw new HttpError(400, "ExportInProgress", "There is already an export requested or in progress.");
+  }
+  const includeStorage = url.searchParams.get("includeStorage") === "true";
+  latestExport = {
+    _id: `export${randomBytes(12).toString("hex")}`,
+    _creationTime: Date.now(),
+    state: "requested",
+    format: { format: "zip", include_storage: includeStorage },
+    requestor: "snapshotExport",
+    start_ts: 0n,
+  };
+  const record = latestExport;
+  // The export runs after the response, as Convex's export worker does; the caller follows getLatest.
+  setTimeout(() => {
+    record.state = "in_progress";
+    // One instant: committed documents read synchronously, so no transaction can commit in between.
+    const startTs = snapshotTimestamp();
+    record.start_ts = startTs;
+    const tables = collectCommittedDocuments();
+    setTimeout(() => {
+      if (exportFault === "failed") {
+        record.state = "failed";
+        return;
+      }
+      exportArchives.set(startTs.toString(), buildSnapshotZip(tables));
+      record.zip_object_key = `${randomBytes(16).toString("hex")}.zip`;
+      record.complete_ts = BigInt(Date.now()) * 1_000_000n;
+      record.state = "completed";
+    }, 50);
+  }, 50);
+  res.writeHead(200, { "content-length": 0 });
+  res.end();
+}
+
+function collectCommittedDocuments(): Map<string, SnapshotDocument[]> {
+  const tables = new Map<string, SnapshotDocument[]>(Object.keys(schema.tables).map((name) => [name, []]));
+  const documents = convexGlobal!.components[""].db._documents; // "" is convex-test's root component
+  for (const [id, doc] of Object.entries(documents)) {
+    const table = tableOfId(id);
+    if (!tables.has(table)) tables.set(table, []);
+    // convex-test replaces a document object on every write and never mutates one, so holding these
+    // references keeps exactly this instant while the ZIP is written.
+    tables.get(table)!.push(doc as SnapshotDocument);
+  }
+  return tables;
+}
+
+function tableOfId(id: string): string {
+  return id.replace(/^[0-9;]+/, "");
+}
+
+function downloadExport(req: IncomingMessage, res: ServerResponse, snapshotId: string) {
+  requireAdmin(authenticate(req));
+  const archive = exportArchives.get(snapshotId);
+  if (!/^\d+$/.test(snapshotId)) throw new HttpError(400, "BadSnapshotId", "Snapshot Id did not parse to an ID.");
+  if (archive === undefined) throw new HttpError(404, "ExportNotFound", `The requested export ${snapshotId} does not exist`);
+  const filename = `snapshot_${basename(snapshotId)}.zip`;
+  res.writeHead(200, {
+    "content-type": "application/zip",
+    "content-length": archive.length,
+    "content-disposition": `attachment; filename="${filename}"`,
+    "cache-control": "private, max-age=2592000",
+  });
+  if (exportFault === "truncate") {
+    // A download cut short: the header promised more bytes than arrive.
+    res.write(archive.subarray(0, Math.floor(archive.length / 2)), () => req.socket.destroy());
+    return;
+  }
+  res.end(archive);
+}
+
+// ---------------------------------------------------------------------------------------------------
+
+const server = createServer(async (req, res) => {
+  try {
+    const url = new URL(req.url ?? "/", "http://localhost");
+    const endpoint = ENDPOINT_KINDS[url.pathname];
+    if (req.method === "POST" && endpoint !== undefined) {
+      await callFunction(req, res, endpoint);
+    } else if (req.method === "POST" && url.pathname === "/api/export/request/zip") {
+      requestExport(req, res, url);
+    } else if (req.method === "GET" && url.pathname.startsWith("/api/export/zip/")) {
+      downloadExport(req, res, decodeURIComponent(url.pathname.slice("/api/export/zip/".length)));
+    } else if (req.method === "GET" && url.pathname === "/version") {
+      res.writeHead(200, { "content-type": "text/plain" });
+      res.end("local-convex-test-deployment");
+    } else {
+      throw new HttpError(404, "NotFound", `No route for ${req.method} ${url.pathname}`);
+    }
+  } catch (error) {
+    if (res.headersSent) return req.socket.destroy();
+    if (error instanceof HttpError) return sendJson(res, error.status, { code: error.code, message: error.message });
+    process.stderr.write(`internal error: ${(error as Error).stack ?? error}\n`);
+    sendJson(res, 500, { code: "InternalServerError", message: "Your request couldn't be completed. Try again later." });
+  }
+});
+server.keepAliveTimeout = 60_000;
+
+server.listen(Number(options.port), options.host, () => {
+  const address = server.address();
+  const port = typeof address === "object" && address ? address.port : Number(options.port);
+  process.stdout.write(JSON.stringify({ event: "ready", url: `http://${options.host}:${port}` }) + "\n");
+});
+
+for (const signal of ["SIGTERM", "SIGINT"] as const) {
+  process.on(signal, () => {
+    server.close();
+    server.closeAllConnections();
+    process.exit(0);
+  });
+}

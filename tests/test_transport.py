@@ -1,0 +1,157 @@
+"""The transport and the local deployment's wire protocol: auth, error shapes, formats, limits, retries."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from convex.http_client import ConvexExecutionError, ConvexHttpClient
+
+from helpers import errors
+from helpers.deployment import iter_documents, iter_pages
+from helpers.local_deployment import LocalDeployment
+from helpers.transport import ConvexTransport, deploy_key_from_env, redact_url
+
+
+def insert_sessions(transport: ConvexTransport, n: int, **fields: object) -> list[str]:
+    ids: list[str] = []
+    for start in range(0, n, 4000):
+        documents = [{"status": "completed", "title": f"session {i}", **fields} for i in range(start, min(n, start + 4000))]
+        ids += transport.function("sampleData:insertBatch", {"table": "videoSessions", "documents": documents})["ids"]
+    return ids
+
+
+def raw_post(deployment: LocalDeployment, endpoint: str, body: dict, key: str | None) -> httpx.Response:
+    headers = {} if key is None else {"Authorization": f"Convex {key}"}
+    return httpx.post(f"{deployment.url}{endpoint}", json=body, headers=headers)
+
+
+def test_official_python_client_with_admin_key_reads_pages(deployment: LocalDeployment, transport: ConvexTransport) -> None:
+    insert_sessions(transport, 3)
+    client = ConvexHttpClient(deployment.url)
+    client.set_admin_auth(deployment.deploy_key)
+    page = client.query("migration:readPage", {"table": "videoSessions", "cursor": None, "numItems": 10})
+    assert [doc["title"] for doc in page["page"]] == ["session 0", "session 1", "session 2"]
+    assert page["isDone"] is True
+
+
+def test_official_python_client_without_admin_key_cannot_see_internal_functions(deployment: LocalDeployment) -> None:
+    client = ConvexHttpClient(deployment.url)
+    with pytest.raises(ConvexExecutionError, match="Could not find function for 'migration:readPage'"):
+        client.query("migration:readPage", {"table": "videoSessions", "cursor": None, "numItems": 10})
+
+
+def test_public_functions_need_no_key_and_wrong_key_is_401(deployment: LocalDeployment, transport: ConvexTransport) -> None:
+    scene_session = insert_sessions(transport, 1)[0]
+    scene_id = transport.function(
+        "sampleData:insertBatch",
+        {"table": "scenes", "documents": [{"sessionId": scene_session, "sceneIndex": 0, "status": "pending"}]},
+    )["ids"][0]
+    ok = raw_post(deployment, "/api/query", {"path": "scenes:get", "args": {"id": scene_id}, "format": "json"}, None)
+    assert ok.status_code == 200 and ok.json()["value"]["status"] == "pending"
+    refused = raw_post(deployment, "/api/query", {"path": "scenes:get", "args": {"id": scene_id}}, "not-the-key")
+    assert refused.status_code == 401
+    assert refused.json() == {"code": "BadAdminKey", "message": "The provided admin key was invalid for this instance"}
+
+
+def test_function_error_shape_and_kind_mismatch(deployment: LocalDeployment) -> None:
+    wrong_kind = raw_post(deployment, "/api/mutation", {"path": "migration:readPage", "args": {}}, deployment.deploy_key)
+    assert wrong_kind.status_code == 200
+    assert wrong_kind.json() == {
+        "status": "error",
+        "errorMessage": "Trying to execute migration:readPage as Mutation, but it is defined as Query.",
+    }
+    bad_args = raw_post(
+        deployment, "/api/query", {"path": "migration:readPage", "args": {"table": "scenes", "cursor": None, "numItems": "x"}},
+        deployment.deploy_key,
+    )
+    body = bad_args.json()
+    assert body["status"] == "error" and "Server Error" in body["errorMessage"] and "numItems" not in body
+
+
+def test_json_and_convex_encoded_json_formats(deployment: LocalDeployment, transport: ConvexTransport) -> None:
+    insert_sessions(transport, 1, totalAssetSize=5.0)
+    args = {"table": "videoSessions", "cursor": None, "numItems": 1}
+    for fmt in ("json", "convex_encoded_json"):
+        body = raw_post(deployment, "/api/function", {"path": "migration:readPage", "args": args, "format": fmt}, deployment.deploy_key).json()
+        assert body["status"] == "success"
+        assert body["value"]["page"][0]["totalAssetSize"] == 5
+    latest = raw_post(deployment, "/api/query", {"path": "_system/cli/exports:getLatest", "args": {}, "format": "json"}, deployment.deploy_key)
+    assert latest.json() == {"status": "success", "value": None}
+
+
+def test_transport_errors_name_cause_and_fix(deployment: LocalDeployment, transport: ConvexTransport) -> None:
+    with pytest.raises(errors.FunctionsNotDeployed) as missing:
+        transport.function("migration:doesNotExist", {})
+    assert "npx convex deploy" in str(missing.value)
+    with pytest.raises(errors.ArgumentValidationError):
+        transport.function("migration:readPage", {"table": "nope", "cursor": None, "numItems": 1})
+    with pytest.raises(errors.DeployKeyRejected):
+        deployment.transport(deploy_key="wrong-key").function("migration:readPage", {})
+    with pytest.raises(errors.SchemaNotDeployed):
+        transport.function("sampleData:insertBatch", {"table": "videoSessions", "documents": [{"status": "x", "notInSchema": 1}]})
+    unreachable = ConvexTransport("http://127.0.0.1:9", deployment.deploy_key, max_attempts=2)
+    with pytest.raises(errors.TransientFailure, match="still failing after 2 attempts"):
+        unreachable.function("migration:readPage", {})
+
+
+def test_limits_fail_like_convex(transport: ConvexTransport) -> None:
+    session = insert_sessions(transport, 1)[0]
+    scenes = transport.function(
+        "sampleData:insertBatch",
+        {"table": "scenes", "documents": [{"sessionId": session, "sceneIndex": i, "status": "completed"} for i in range(4000)]},
+    )["ids"]
+    reference = {"entityType": "scene", "assetType": "thumbnail", "s3Key": "k.png", "s3Url": "https://b.s3.amazonaws.com/k.png",
+                 "contentType": "image/png", "uploadedAt": 1.0, "version": 1}
+    items = [{"table": "scenes", "id": scene, "expect": {}, "expectAbsent": [], "set": {"assetVersion": 1}, "unset": [],
+              "insertReferences": [reference] * 4, "deleteReferences": []} for scene in scenes]
+    with pytest.raises(errors.LimitExceeded, match="16000"):  # 4,000 patches + 16,000 inserts > 16,000 writes
+        transport.function("migration:applyBatch", {"migrationId": "m", "runId": "r", "items": items})
+    assert list(iter_documents(transport, "assetReferences")) == []  # the failed mutation wrote nothing
+    with pytest.raises(errors.LimitExceeded, match="8192"):
+        transport.function("sampleData:insertBatch", {"table": "videoSessions", "documents": [{"status": "x"}] * 8193})
+    with pytest.raises(errors.LimitExceeded, match="too large"):
+        transport.function("sampleData:insertBatch", {"table": "videoSessions", "documents": [{"status": "x" * 4096}] * 4500})
+
+
+def test_pagination_over_thousands_of_documents(transport: ConvexTransport) -> None:
+    ids = insert_sessions(transport, 9000)
+    pages = list(iter_pages(transport, "videoSessions", 1000))
+    assert [len(p) for p in pages] == [1000] * 9
+    assert [doc["_id"] for page in pages for doc in page] == ids
+
+
+def test_transient_faults_are_retried(deploy_key: str) -> None:
+    with LocalDeployment(deploy_key=deploy_key, fault_rate=0.25, fault_kinds=("5xx", "drop"), fault_seed=3) as flaky:
+        with flaky.transport() as client:
+            for _ in range(10):
+                result = client.function("migration:readPage", {"table": "scenes", "cursor": None, "numItems": 5})
+                assert result["isDone"] is True
+            assert client.round_trips > 10  # some calls needed more than one attempt
+
+
+def test_non_idempotent_call_is_not_repeated_after_a_drop(deploy_key: str) -> None:
+    with LocalDeployment(deploy_key=deploy_key, fault_rate=1.0, fault_kinds=("drop",)) as dropping:
+        with dropping.transport() as client:
+            with pytest.raises(errors.FunctionFailed, match="not safe to repeat"):
+                client.function("sampleData:insertBatch", {"table": "videoSessions", "documents": [{"status": "x"}]}, idempotent=False)
+            assert client.round_trips == 1
+
+
+def test_deploy_key_comes_from_environment_or_file(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("CONVEX_DEPLOY_KEY", "from-env")
+    assert deploy_key_from_env() == "from-env"
+    monkeypatch.delenv("CONVEX_DEPLOY_KEY")
+    key_file = tmp_path / "key"
+    key_file.write_text("from-file\n")
+    monkeypatch.setenv("CONVEX_DEPLOY_KEY_FILE", str(key_file))
+    assert deploy_key_from_env() == "from-file"
+    monkeypatch.delenv("CONVEX_DEPLOY_KEY_FILE")
+    with pytest.raises(errors.DeployKeyMissing, match="CONVEX_DEPLOY_KEY"):
+        ConvexTransport("http://127.0.0.1:1")
+
+
+def test_redact_url_removes_credentials() -> None:
+    assert redact_url("https://user:pw@happy-otter-1.convex.cloud/?token=abc&x=1") == (
+        "https://REDACTED@happy-otter-1.convex.cloud/?token=REDACTED&x=1"
+    )
+    assert redact_url("http://127.0.0.1:3210") == "http://127.0.0.1:3210"
