@@ -41,6 +41,16 @@ def counts_table(counts: Mapping[str, int], *, key: str, value: str = "count") -
     return frame.set_index(key)
 
 
+def backup_counts_table(snapshot: Mapping[str, int], live: Mapping[str, int]) -> pd.DataFrame:
+    """Snapshot counts beside live counts (when read); a difference is shown, not judged: writers may be running."""
+    frame = pd.DataFrame({"in snapshot": pd.Series(dict(snapshot), dtype="int64")})
+    if live:
+        frame["live now"] = pd.Series(dict(live), dtype="Int64")
+        frame["difference"] = frame["live now"] - frame["in snapshot"]
+    frame.index.name = "table"
+    return frame
+
+
 def problems_table(problems: Iterable[Any]) -> pd.DataFrame:
     rows = [
         {

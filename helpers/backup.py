@@ -1,0 +1,227 @@
+"""Backup: Convex's own snapshot export, taken as `npx convex export` takes it, checked, and recorded.
+
+Request (`POST /api/export/request/zip?includeStorage=false`) → follow `_system/cli/exports:getLatest` until
+the export is `completed` or `failed` → download `GET /api/export/zip/<snapshot ts>`. The ZIP is one
+consistent instant of every table, restorable with `npx convex import`. It is written as `*.partial`,
+checked (sha256, size, CRC, layout, every line parses), and only then renamed and recorded in
+`backup/backup.json`; a failed attempt leaves no file that looks like a valid backup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import zipfile
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, PrivateAttr
+
+from .archive import sha256_file, write_json_atomic
+from .errors import ExportFailed, PreconditionFailed, RunbookError, TransientFailure
+from .transport import ConvexTransport, redact_url
+
+BACKUP_DIR = "backup"
+BACKUP_RECORD = "backup.json"
+GET_LATEST = "_system/cli/exports:getLatest"
+REQUIRED_TABLES = ("scenes", "videoSessions")
+
+
+class BackupIncomplete(RunbookError):
+    hint = "Nothing usable was kept. Run the backup notebook again in this run folder (or a new one)."
+
+
+class BackupSummary(BaseModel):
+    zip_file: str
+    sha256: str
+    size_bytes: int
+    snapshot_ts: int
+    snapshot_time: str
+    counts: dict[str, int]
+    deployment_url: str
+    taken_at: str
+    _run_dir: Path = PrivateAttr(default=Path("."))
+
+    @property
+    def zip_path(self) -> Path:
+        return self._run_dir / BACKUP_DIR / self.zip_file
+
+
+def backup_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / BACKUP_DIR
+
+
+def take_backup(
+    transport: ConvexTransport,
+    run_dir: Path,
+    *,
+    poll_seconds: float = 1.0,
+    timeout_seconds: float = 3600.0,
+    show_progress: bool = True,
+) -> BackupSummary:
+    out = backup_dir(run_dir)
+    if (out / BACKUP_RECORD).exists():
+        raise PreconditionFailed(
+            f"{out / BACKUP_RECORD} already exists: this run folder holds a backup.",
+            hint="A run folder keeps the one backup its plan was made against: start a new run folder for a new backup.",
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    for leftover in out.glob("*.partial"):
+        leftover.unlink()  # an earlier attempt that never completed
+
+    transport.post("/api/export/request/zip", params={"includeStorage": "false"})
+    export = _wait_for_export(transport, poll_seconds, timeout_seconds, show_progress)
+    snapshot_ts = int(getattr(export["start_ts"], "value", export["start_ts"]))
+    zip_name = f"snapshot_{snapshot_ts}.zip"
+    partial = out / f"{zip_name}.partial"
+    try:
+        sha256, size = _download(transport, snapshot_ts, partial, show_progress)
+        counts = check_snapshot(partial)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    partial.replace(out / zip_name)
+
+    summary = BackupSummary(
+        zip_file=zip_name,
+        sha256=sha256,
+        size_bytes=size,
+        snapshot_ts=snapshot_ts,
+        snapshot_time=datetime.fromtimestamp(snapshot_ts / 1e9, UTC).isoformat(timespec="milliseconds"),
+        counts=counts,
+        deployment_url=redact_url(transport.url),
+        taken_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    summary._run_dir = Path(run_dir)
+    write_json_atomic(out / BACKUP_RECORD, summary.model_dump(mode="json"))
+    return summary
+
+
+def _wait_for_export(transport: ConvexTransport, poll_seconds: float, timeout_seconds: float, show_progress: bool) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_seconds
+    last_state = None
+    while True:
+        export = transport.query(GET_LATEST, {})
+        state = export.get("state") if isinstance(export, dict) else None
+        if state != last_state and show_progress:
+            print(f"snapshot export: {state}", flush=True)
+            last_state = state
+        if state == "completed":
+            return export
+        if state == "failed":
+            raise ExportFailed("The deployment reported the snapshot export as failed.")
+        if time.monotonic() > deadline:
+            raise BackupIncomplete(
+                f"The snapshot export was still {state!r} after {timeout_seconds:.0f} s; it continues on the server.",
+                hint="Wait for it (dashboard > Settings > Snapshot export) and run the backup again, or raise timeout_minutes.",
+            )
+        time.sleep(poll_seconds)
+
+
+def _download(transport: ConvexTransport, snapshot_ts: int, target: Path, show_progress: bool) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    received = 0
+    try:
+        with transport.stream(f"/api/export/zip/{snapshot_ts}") as response, target.open("wb") as sink:
+            expected = int(response.headers.get("content-length", "-1"))
+            progress = _bar(expected if expected >= 0 else None, show_progress)
+            for chunk in response.iter_bytes(1 << 20):
+                sink.write(chunk)
+                digest.update(chunk)
+                received += len(chunk)
+                if progress is not None:
+                    progress.update(len(chunk))
+            if progress is not None:
+                progress.close()
+    except TransientFailure as error:
+        raise BackupIncomplete(f"The snapshot download was cut short after {received:,} bytes: {error}") from error
+    if expected >= 0 and received != expected:
+        raise BackupIncomplete(f"The snapshot download was cut short: {received:,} of {expected:,} bytes arrived.")
+    return digest.hexdigest(), received
+
+
+def _bar(total: int | None, show: bool) -> Any:
+    if not show:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, desc="download", mininterval=1.0)
+
+
+def check_snapshot(path: Path) -> dict[str, int]:
+    """Documents per table, after checking Convex's export layout, every CRC, and that every line parses."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as error:
+        raise BackupIncomplete(f"{path.name} is not a readable ZIP: {error}") from error
+    with archive:
+        names = set(archive.namelist())
+        for required in ("README.md", "_tables/documents.jsonl", *(f"{t}/documents.jsonl" for t in REQUIRED_TABLES)):
+            if required not in names:
+                raise BackupIncomplete(f"{path.name} lacks {required}: not a Convex snapshot export of this deployment.")
+        tables = [json.loads(line)["name"] for line in archive.read("_tables/documents.jsonl").splitlines() if line.strip()]
+        counts: dict[str, int] = {}
+        for table in tables:
+            counts[table] = 0
+            try:
+                with archive.open(f"{table}/documents.jsonl") as source:
+                    for number, line in enumerate(source, 1):
+                        doc = _parse(line)
+                        if not isinstance(doc, dict) or "_id" not in doc or "_creationTime" not in doc:
+                            raise BackupIncomplete(f"{path.name}: {table}/documents.jsonl line {number} is not a document.")
+                        counts[table] += 1
+            except (zipfile.BadZipFile, ValueError, EOFError) as error:  # CRC mismatch, truncated entry, bad JSON
+                raise BackupIncomplete(f"{path.name}: {table}/documents.jsonl is damaged: {error}") from error
+    return counts
+
+
+def read_backup(run_dir: Path) -> BackupSummary:
+    """This run folder's backup, after checking that the ZIP is the file the backup step verified."""
+    record = backup_dir(run_dir) / BACKUP_RECORD
+    if not record.exists():
+        raise PreconditionFailed(
+            f"No backup in {backup_dir(run_dir)}.",
+            hint="Run notebooks/01_backup_snapshot.ipynb with this run_dir first.",
+        )
+    summary = BackupSummary.model_validate_json(record.read_bytes())
+    summary._run_dir = Path(run_dir)
+    actual = sha256_file(summary.zip_path) if summary.zip_path.exists() else "missing"
+    if actual != summary.sha256:
+        raise PreconditionFailed(
+            f"The backup {summary.zip_path} does not match its recorded sha256 (found {actual[:12]}…): altered or missing.",
+            hint="Take a new backup in a new run folder.",
+        )
+    return summary
+
+
+def backup_age(summary: BackupSummary) -> timedelta:
+    return datetime.now(UTC) - datetime.fromisoformat(summary.snapshot_time)
+
+
+def iter_backup_documents(backup: BackupSummary | Path, table: str) -> Iterator[dict[str, Any]]:
+    """Streams one table of the snapshot ZIP (a BackupSummary or a ZIP path), one document at a time."""
+    path = backup.zip_path if isinstance(backup, BackupSummary) else Path(backup)
+    with zipfile.ZipFile(path) as archive:
+        if f"{table}/documents.jsonl" not in archive.namelist():
+            return
+        with archive.open(f"{table}/documents.jsonl") as source:
+            for line in source:
+                yield _parse(line)
+
+
+def _parse(line: bytes) -> Any:
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return json.loads(line)  # lone surrogates, which orjson refuses and JavaScript strings may hold
+
+
+def live_counts(transport: ConvexTransport, tables: list[str], page_size: int = 4000) -> dict[str, int]:
+    """Documents per table now (a full paged read): shown beside the snapshot's counts."""
+    from .deployment import iter_pages
+
+    return {table: sum(len(page) for page in iter_pages(transport, table, page_size)) for table in tables}
