@@ -7,11 +7,13 @@ round trips on resume and keeps the statistics of the whole run across restarts.
 
 from __future__ import annotations
 
+import fcntl
 import getpass
 import os
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import timedelta
@@ -137,8 +139,39 @@ def apply_plan(
     operator = operator or os.environ.get("RUNBOOK_OPERATOR") or getpass.getuser()
     out = apply_dir(run_dir)
     out.mkdir(parents=True, exist_ok=True)
+    with _run_folder_lock(out):
+        return _apply_locked(transport, run_dir, out, plan, backup, age, run_id=run_id, operator=operator,
+                             batch_size=batch_size, concurrency=concurrency, error_budget=error_budget,
+                             max_backup_age_hours=max_backup_age_hours, allow_stale_backup=allow_stale_backup,
+                             show_progress=show_progress)
+
+
+@contextmanager
+def _run_folder_lock(out: Path) -> Iterator[None]:
+    """One apply per run folder on this machine. The run id is the folder's name, so a resumed apply may take
+    the deployment's lock again at once; this local lock (freed by the kernel when a process dies) stops two
+    live processes from sharing it."""
+    with (out / "apply.lock").open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PreconditionFailed(
+                f"Another apply is running in {out.parent} right now.",
+                hint="Wait for it to finish; a second apply of the same plan would only report already_applied.",
+            ) from None
+        yield
+
+
+def _apply_locked(transport: ConvexTransport, run_dir: Path, out: Path, plan: Any, backup: Any, age: timedelta, *,
+                  run_id: str, operator: str, batch_size: int, concurrency: int, error_budget: int,
+                  max_backup_age_hours: float, allow_stale_backup: bool, show_progress: bool) -> ApplySummary:
     checkpoint_path = out / CHECKPOINT_FILE
-    done, tally = _read_checkpoint(checkpoint_path)
+    done, tally, complete = _read_checkpoint(checkpoint_path)
+    if complete:
+        # A finished apply run again: keep its checkpoint as evidence and send the whole plan once more, so
+        # the deployment itself confirms every change (already_applied) instead of the checkpoint.
+        checkpoint_path.replace(_next_free(out, "checkpoint", ".jsonl"))
+        done, tally = set(), {}
     round_trips_before = transport.round_trips
     started = time.monotonic()
     started_ms = int(time.time() * 1000)
@@ -186,6 +219,8 @@ def apply_plan(
                 if time.monotonic() - last_renew > LEASE_MS / 3000:
                     renew_lock(transport, MIGRATION_ID, run_id, LEASE_MS)
                     last_renew = time.monotonic()
+            if exhausted:
+                checkpoint.write(orjson.dumps({"complete": True}) + b"\n")
         progress.close()
         errors_total = _error_count(tally)
         status = "passed" if errors_total <= error_budget and exhausted else "failed"
@@ -258,21 +293,33 @@ def _item(line: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _read_checkpoint(path: Path) -> tuple[set[int], dict[str, Counter[str]]]:
-    """Batches already answered by the deployment, and their counts; a torn last line (a kill mid-write) is ignored."""
+def _read_checkpoint(path: Path) -> tuple[set[int], dict[str, Counter[str]], bool]:
+    """Batches already answered by the deployment, their counts, and whether that run finished.
+    A torn last line (a kill mid-write) is ignored: its batch is simply sent again."""
     done: set[int] = set()
     tally: dict[str, Counter[str]] = {}
+    complete = False
     if not path.exists():
-        return done, tally
+        return done, tally, complete
     with path.open("rb") as source:
         for raw in source:
             try:
                 entry = orjson.loads(raw)
             except orjson.JSONDecodeError:
                 break
+            if entry.get("complete"):
+                complete = True
+                continue
             done.add(entry["batch"])
             _count(tally, entry["results"])
-    return done, tally
+    return done, tally, complete
+
+
+def _next_free(folder: Path, stem: str, suffix: str) -> Path:
+    n = 1
+    while (folder / f"{stem}.{n}{suffix}").exists():
+        n += 1
+    return folder / f"{stem}.{n}{suffix}"
 
 
 def _count(tally: dict[str, Counter[str]], entries: list[dict[str, Any]]) -> None:
@@ -294,7 +341,7 @@ def _iter_outcomes(checkpoint_path: Path, wanted: set[str]) -> Iterator[Outcome]
                 entry = orjson.loads(raw)
             except orjson.JSONDecodeError:
                 return
-            for r in entry["results"]:
+            for r in entry.get("results", ()):
                 if r["outcome"] in wanted:
                     yield Outcome(id=r["id"], table=r["table"], outcome=r["outcome"], message=r.get("message", ""))
 

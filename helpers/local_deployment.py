@@ -47,6 +47,7 @@ class LocalDeployment:
         fault_rate: float = 0.0,
         fault_kinds: Sequence[str] = ("5xx", "drop", "delay"),
         fault_seed: int = 1,
+        fault_paths: Sequence[str] = (),
         export_fault: str | None = None,
         extra_functions: Path | None = None,
         startup_timeout: float = 60.0,
@@ -56,6 +57,7 @@ class LocalDeployment:
         self.fault_rate = fault_rate
         self.fault_kinds = tuple(fault_kinds)
         self.fault_seed = fault_seed
+        self.fault_paths = tuple(fault_paths)
         self.export_fault = export_fault
         self.extra_functions = extra_functions
         self.startup_timeout = startup_timeout
@@ -65,7 +67,8 @@ class LocalDeployment:
 
     def command(self) -> list[str]:
         command = [str(TSX), str(SERVER), "--port", str(self.port), "--fault-rate", str(self.fault_rate),
-                   "--fault-kinds", ",".join(self.fault_kinds), "--fault-seed", str(self.fault_seed)]
+                   "--fault-kinds", ",".join(self.fault_kinds), "--fault-seed", str(self.fault_seed),
+                   "--fault-paths", ",".join(self.fault_paths)]
         if self.export_fault:
             command += ["--export-fault", self.export_fault]
         if self.extra_functions:

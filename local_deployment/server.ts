@@ -7,7 +7,8 @@
 // concurrency (convex-test runs one transaction at a time), no file storage, no user auth (JWT).
 //
 // Usage: CONVEX_DEPLOY_KEY=... tsx local_deployment/server.ts --port 3210 [--fault-rate 0.1]
-//        [--fault-kinds 5xx,drop,delay] [--fault-seed 1] [--export-fault failed|truncate]
+//        [--fault-kinds 5xx,drop,delay] [--fault-seed 1] [--fault-paths migration:applyBatch,...]
+//        [--export-fault failed|truncate]
 //        [--extra-functions DIR]
 // Prints one JSON line {"event":"ready","url":...} on stdout once it accepts requests.
 import { AsyncLocalStorage } from "node:async_hooks";
@@ -35,6 +36,7 @@ const { values: options } = parseArgs({
     "fault-rate": { type: "string", default: "0" },
     "fault-kinds": { type: "string", default: "5xx,drop,delay" },
     "fault-seed": { type: "string", default: "1" },
+    "fault-paths": { type: "string", default: "" },
     "export-fault": { type: "string" },
     "extra-functions": { type: "string" },
   },
@@ -47,6 +49,8 @@ if (adminKey.trim() === "") {
 }
 const faultRate = Number(options["fault-rate"]);
 const faultKinds = options["fault-kinds"]!.split(",").filter((k) => k !== "");
+// Function paths (prefixes) that faults hit; empty means every function call.
+const faultPaths = options["fault-paths"]!.split(",").filter((p) => p !== "");
 const exportFault = options["export-fault"];
 const MAX_ARGS_BYTES = 16 * 1024 * 1024; // Convex: function arguments up to 16 MiB
 const MAX_ARRAY_LENGTH = 8192; // Convex: arrays hold at most 8192 values
@@ -270,7 +274,9 @@ async function callFunction(req: IncomingMessage, res: ServerResponse, endpoint:
   if (args === null || typeof args !== "object" || Array.isArray(args)) {
     return fail(functionErrorMessage(new Error("The arguments to a Convex function must be an object.")));
   }
-  const dropAfter = await injectFaultBefore(req, res);
+  const dropAfter = faultPaths.length === 0 || faultPaths.some((prefix) => path.startsWith(prefix))
+    ? await injectFaultBefore(req, res)
+    : "none";
   if (dropAfter === "handled") return;
   let value: Value;
   try {

@@ -1,0 +1,124 @@
+"""The runbook's steps through the Python API against a local deployment with sample data:
+dry-run changes nothing, apply and verify pass, apply twice changes nothing, conflicts, refusals, rollback."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+
+from helpers import MIGRATION_ID, errors
+from helpers.apply import apply_plan
+from helpers.deployment import acquire_lock, release_lock
+from helpers.plan import build_plan, iter_plan_lines, plan_dir
+from helpers.rollback import check_rollback, execute_rollback, plan_rollback
+from helpers.transport import ConvexTransport
+from helpers.verify import verify
+
+from .flow import migration_references, prepare, seed, state
+
+
+def apply(transport: ConvexTransport, run_dir: Path, **kwargs):  # noqa: ANN201
+    return apply_plan(transport, run_dir, confirm=True, show_progress=False, **kwargs)
+
+
+def test_dry_run_changes_nothing(transport: ConvexTransport, run_dir: Path) -> None:
+    seed(transport)
+    before = state(transport)
+    summary = build_plan(transport, run_dir, show_progress=False)
+    assert state(transport) == before
+    assert summary.documents == len(before["scenes"]) + len(before["videoSessions"])
+    assert (plan_dir(run_dir) / "plan.jsonl").exists() and (plan_dir(run_dir) / "problems.csv").exists()
+
+
+def test_apply_verify_then_apply_again_changes_nothing(transport: ConvexTransport, run_dir: Path) -> None:
+    seed(transport)
+    prepare(transport, run_dir)
+    planned = Counter(line["table"] for line in iter_plan_lines(run_dir) if line["action"] in ("migrate", "fill_missing"))
+    planned_refs = sum(len(line["references"]) for line in iter_plan_lines(run_dir) if line["action"] in ("migrate", "fill_missing"))
+    first = apply(transport, run_dir, batch_size=37)
+    assert first.passed and first.conflicts == 0 and not first.errors
+    assert first.scenes_migrated == planned["scenes"] and first.sessions_migrated == planned["videoSessions"]
+    assert first.references_created == planned_refs == len(migration_references(transport))
+    report = verify(transport, run_dir, show_progress=False)
+    assert report.passed, [c for c in report.checks if not c.passed]
+
+    after_first = state(transport)
+    second = apply(transport, run_dir, batch_size=50)
+    assert second.passed
+    assert second.scenes_migrated == second.sessions_migrated == second.references_created == 0
+    assert second.already_applied == sum(planned.values())
+    assert state(transport) == after_first
+
+
+def test_writer_between_plan_and_apply_is_a_conflict_and_keeps_its_write(transport: ConvexTransport, run_dir: Path) -> None:
+    seed(transport)
+    prepare(transport, run_dir)
+    targets = [line["id"] for line in iter_plan_lines(run_dir) if line["table"] == "scenes" and line["action"] == "migrate"][:3]
+    for scene in targets:
+        transport.mutation("scenes:setChunk", {"id": scene, "s3ChunkKey": f"rerendered/{scene}.mp4", "s3ChunkUrl": f"https://x/{scene}.mp4"})
+    summary = apply(transport, run_dir)
+    conflicts = {o.id for o in summary.conflict_examples}
+    assert conflicts == set(targets) and summary.conflicts == 3
+    scenes = state(transport)["scenes"]
+    for scene in targets:
+        assert scenes[scene]["s3ChunkKey"] == f"rerendered/{scene}.mp4" and "videoAsset" not in scenes[scene]
+    assert verify(transport, run_dir, show_progress=False).passed
+
+
+def test_refusals_change_nothing(transport: ConvexTransport, run_dir: Path, tmp_path: Path) -> None:
+    seed(transport)
+    build_plan(transport, run_dir, show_progress=False)
+    with pytest.raises(errors.PreconditionFailed, match="No backup"):
+        apply(transport, run_dir)
+
+    ready = tmp_path / "ready"
+    prepare(transport, ready)
+    before = state(transport)
+    with pytest.raises(errors.PreconditionFailed, match="Not confirmed"):
+        apply_plan(transport, ready, confirm=False, show_progress=False)
+    with pytest.raises(errors.PreconditionFailed, match="old"):
+        apply(transport, ready, max_backup_age_hours=0.0)
+    acquire_lock(transport, MIGRATION_ID, "someone-elses-run", "alice", 60_000)
+    with pytest.raises(errors.PreconditionFailed, match="alice"):
+        apply(transport, ready)
+    release_lock(transport, MIGRATION_ID, "someone-elses-run")
+    plan_file = plan_dir(ready) / "plan.jsonl"
+    lines = plan_file.read_bytes().splitlines(keepends=True)
+    plan_file.write_bytes(b"".join(lines[1:]))
+    with pytest.raises(errors.PreconditionFailed, match="does not match"):
+        apply(transport, ready)
+    assert state(transport) == before
+
+
+def test_stale_backup_override_is_recorded(transport: ConvexTransport, run_dir: Path) -> None:
+    seed(transport, 50)
+    prepare(transport, run_dir)
+    summary = apply(transport, run_dir, max_backup_age_hours=0.0, allow_stale_backup=True)
+    assert summary.passed and summary.backup_age_override is True
+
+
+@pytest.mark.parametrize("mode", ["strip", "restore"])
+def test_rollback_returns_documents_to_backup(transport: ConvexTransport, run_dir: Path, mode: str) -> None:
+    seed(transport)
+    before = state(transport)
+    prepare(transport, run_dir)
+    assert apply(transport, run_dir).passed
+    planned = plan_rollback(transport, run_dir, mode)
+    assert not planned.executed and planned.references_to_delete == len(migration_references(transport))
+    done = execute_rollback(transport, run_dir, mode)
+    assert not done.errors and not done.conflicts
+    assert check_rollback(transport, run_dir, mode).failed == 0
+    after = state(transport)
+    assert after["scenes"] == before["scenes"] and after["videoSessions"] == before["videoSessions"]
+    assert migration_references(transport) == []
+
+
+def test_plan_lines_are_json_with_hash(transport: ConvexTransport, run_dir: Path) -> None:
+    seed(transport, 50)
+    summary = build_plan(transport, run_dir, show_progress=False)
+    lines = [orjson.loads(raw) for raw in (plan_dir(run_dir) / "plan.jsonl").read_bytes().splitlines()]
+    assert len(lines) == summary.documents
+    assert {"table", "id", "action", "expect", "expectAbsent", "set", "references", "problems"} <= set(lines[0])

@@ -1,0 +1,111 @@
+"""The notebooks, executed headless by papermill against a local deployment with sample data, and the
+whole runbook through the `runbook` command and the Python API: evidence, archive check, no secret on disk."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import papermill
+import pytest
+
+from helpers.archive import check_archive, find_secret, read_step_results
+from helpers.local_deployment import LocalDeployment
+from helpers.runner import StepFailed, run_migration
+from helpers.transport import ConvexTransport
+
+from .flow import migration_references, seed, state
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+REPO = NOTEBOOKS.parent
+
+
+def execute(step: str, url: str, run_dir: Path, **parameters: object) -> Path:
+    out = run_dir / f"{step}.executed.ipynb"
+    papermill.execute_notebook(
+        str(NOTEBOOKS / f"{step}.ipynb"), str(out), parameters={"convex_url": url, "run_dir": str(run_dir), **parameters},
+        kernel_name="python3", progress_bar=False, cwd=str(REPO),
+    )
+    return out
+
+
+def test_each_notebook_headless_then_rollback_restore(deployment: LocalDeployment, transport: ConvexTransport, run_dir: Path) -> None:
+    seed(transport)
+    before = state(transport)
+    execute("01_backup_snapshot", deployment.url, run_dir)
+    zip_path = next((run_dir / "backup").glob("snapshot_*.zip"))
+    with zipfile.ZipFile(zip_path) as archive:
+        assert {"README.md", "_tables/documents.jsonl", "scenes/documents.jsonl", "videoSessions/documents.jsonl"} <= set(archive.namelist())
+
+    execute("02_dry_run", deployment.url, run_dir)
+    assert state(transport) == before  # the dry-run changed nothing
+    for table in ("scenes_by_status", "sessions_by_status", "references_by_type", "problems"):
+        assert (run_dir / "plan" / f"{table}.csv").exists()
+
+    with pytest.raises(papermill.PapermillExecutionError, match="Not confirmed"):
+        execute("03_apply", deployment.url, run_dir)  # headless without confirm
+    assert state(transport) == before
+
+    execute("03_apply", deployment.url, run_dir, confirm=True)
+    execute("04_verify", deployment.url, run_dir)
+    assert read_step_results(run_dir, "04_verify").status == "passed"
+    assert migration_references(transport)
+
+    execute("05_rollback", deployment.url, run_dir, mode="restore", execute=True)
+    after = state(transport)
+    assert after["scenes"] == before["scenes"] and after["videoSessions"] == before["videoSessions"]
+    assert migration_references(transport) == []
+
+
+def test_runbook_command_archives_evidence_without_the_key(
+    deployment: LocalDeployment, transport: ConvexTransport, tmp_path: Path, deploy_key: str
+) -> None:
+    seed(transport)
+    runs = tmp_path / "runs"
+    done = subprocess.run(
+        [sys.executable, "-m", "helpers.cli", "run", "--url", deployment.url, "--confirm", "--runs-dir", str(runs)],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    run_dir = next(runs.iterdir())
+    assert str(run_dir) in done.stdout
+    for step in ("01_backup_snapshot", "02_dry_run", "03_apply", "04_verify"):
+        assert read_step_results(run_dir, step).status == "passed"
+        assert (run_dir / step / f"{step}.ipynb").exists() and (run_dir / step / f"{step}.html").exists()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["deployment_url"] == deployment.url
+    assert check_archive(run_dir).ok
+    assert find_secret(run_dir, deploy_key) == []
+    assert deploy_key not in done.stdout + done.stderr
+
+    verify_html = run_dir / "04_verify" / "04_verify.html"
+    verify_html.write_text(verify_html.read_text() + "<!-- edited -->")
+    altered = subprocess.run([sys.executable, "-m", "helpers.cli", "check-archive", str(run_dir)], capture_output=True, text=True, cwd=REPO)
+    assert altered.returncode == 1 and "04_verify.html" in altered.stdout
+
+
+def test_python_api_returns_statistics_and_dry_run_stops_after_plan(deployment: LocalDeployment, transport: ConvexTransport, tmp_path: Path) -> None:
+    seed(transport)
+    planned = run_migration(deployment.url, dry_run=True, runs_dir=tmp_path / "runs")
+    assert list(planned.steps) == ["01_backup_snapshot", "02_dry_run"] and planned.passed
+    assert migration_references(transport) == []
+
+    result = run_migration(deployment.url, confirm=True, runs_dir=tmp_path / "runs")
+    assert result.passed and result.steps["04_verify"] == "passed"
+    stats = result.statistics
+    assert stats.scenes_migrated > 0 and stats.sessions_migrated > 0
+    assert stats.asset_references_created == len(migration_references(transport))
+    assert stats.total_seconds > 0
+
+
+def test_a_failed_step_stops_the_chain(tmp_path: Path) -> None:
+    with pytest.raises(StepFailed) as failure:
+        run_migration("http://127.0.0.1:9", confirm=True, runs_dir=tmp_path / "runs")
+    message = str(failure.value)
+    assert "01_backup_snapshot" in message and ".ipynb" in message
+    run_dir = next((tmp_path / "runs").iterdir())
+    assert not (run_dir / "02_dry_run").exists()
+    assert (run_dir / "manifest.json").exists()
