@@ -20,10 +20,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import orjson
 from pydantic import BaseModel, Field
 
-from . import MIGRATION_ID
+from . import MIGRATION_ID, jsonio
 from .backup import backup_age, read_backup
 from .deployment import acquire_lock, apply_batch, record_run, release_lock, renew_lock
 from .errors import PreconditionFailed
@@ -210,7 +209,7 @@ def _apply_locked(transport: ConvexTransport, run_dir: Path, out: Path, plan: An
                     results = future.result()
                     tables = {item["id"]: item["table"] for item in batch.items}
                     entries = [{**r, "table": tables[r["id"]]} for r in results]
-                    checkpoint.write(orjson.dumps({"batch": batch.index, "results": entries}) + b"\n")
+                    checkpoint.write(jsonio.dumps({"batch": batch.index, "results": entries}) + b"\n")
                     checkpoint.flush()
                     os.fsync(checkpoint.fileno())
                     _count(tally, entries)
@@ -220,7 +219,7 @@ def _apply_locked(transport: ConvexTransport, run_dir: Path, out: Path, plan: An
                     renew_lock(transport, MIGRATION_ID, run_id, LEASE_MS)
                     last_renew = time.monotonic()
             if exhausted:
-                checkpoint.write(orjson.dumps({"complete": True}) + b"\n")
+                checkpoint.write(jsonio.dumps({"complete": True}) + b"\n")
         progress.close()
         errors_total = _error_count(tally)
         status = "passed" if errors_total <= error_budget and exhausted else "failed"
@@ -267,7 +266,7 @@ def _batches(run_dir: Path, batch_size: int) -> Iterator[_Batch]:
             continue
         item = _item(line)
         item_writes = 1 + len(item["insertReferences"]) + len(item["deleteReferences"])
-        item_size = len(orjson.dumps(item))
+        item_size = len(jsonio.dumps(item))
         if items and (len(items) >= batch_size or writes + item_writes > MAX_WRITES_PER_BATCH or size + item_size > MAX_ARGUMENT_BYTES):
             yield _Batch(index, items)
             index += 1
@@ -304,8 +303,8 @@ def _read_checkpoint(path: Path) -> tuple[set[int], dict[str, Counter[str]], boo
     with path.open("rb") as source:
         for raw in source:
             try:
-                entry = orjson.loads(raw)
-            except orjson.JSONDecodeError:
+                entry = jsonio.loads(raw)
+            except ValueError:
                 break
             if entry.get("complete"):
                 complete = True
@@ -338,8 +337,8 @@ def _iter_outcomes(checkpoint_path: Path, wanted: set[str]) -> Iterator[Outcome]
     with checkpoint_path.open("rb") as source:
         for raw in source:
             try:
-                entry = orjson.loads(raw)
-            except orjson.JSONDecodeError:
+                entry = jsonio.loads(raw)
+            except ValueError:
                 return
             for r in entry.get("results", ()):
                 if r["outcome"] in wanted:

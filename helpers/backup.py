@@ -18,9 +18,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import orjson
 from pydantic import BaseModel, PrivateAttr
 
+from . import jsonio
 from .archive import sha256_file, write_json_atomic
 from .errors import ExportFailed, PreconditionFailed, RunbookError, TransientFailure
 from .transport import ConvexTransport, redact_url
@@ -214,10 +214,7 @@ def iter_backup_documents(backup: BackupSummary | Path, table: str) -> Iterator[
 
 
 def _parse(line: bytes) -> Any:
-    try:
-        return orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return json.loads(line)  # lone surrogates, which orjson refuses and JavaScript strings may hold
+    return jsonio.loads(line)
 
 
 def live_counts(transport: ConvexTransport, tables: list[str], page_size: int = 4000) -> dict[str, int]:

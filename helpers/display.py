@@ -95,14 +95,12 @@ def checks_styled(frame: pd.DataFrame) -> Any:
 
 
 def plan_chart(by_status_per_table: Mapping[str, Mapping[str, Mapping[str, int]]]) -> Any:
-    """One stacked bar chart per table: documents per legacy status, coloured by planned action."""
-    import matplotlib
-
-    if not is_interactive():
-        matplotlib.use("Agg")
+    """One stacked bar chart per table: documents per legacy status, coloured by planned action (None if empty)."""
     import matplotlib.pyplot as plt
 
-    tables = [t for t in ("scenes", "videoSessions") if t in by_status_per_table]
+    tables = [t for t in ("scenes", "videoSessions") if by_status_per_table.get(t)]
+    if not tables:
+        return None
     figure, axes = plt.subplots(1, len(tables), figsize=(6 * len(tables), 4), squeeze=False)
     for axis, table in zip(axes[0], tables):
         frame = status_action_table(by_status_per_table[table]).drop(index="total").drop(columns="total")

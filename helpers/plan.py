@@ -13,10 +13,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
 from pydantic import BaseModel, Field
 
-from . import MIGRATION_ID, rules
+from . import MIGRATION_ID, jsonio, rules
 from .archive import sha256_file, write_json_atomic
 from .deployment import iter_documents
 from .errors import PreconditionFailed
@@ -96,7 +95,7 @@ class _Tally:
 
 
 def _dump(line: dict[str, Any]) -> bytes:
-    return orjson.dumps(line, option=orjson.OPT_SORT_KEYS) + b"\n"
+    return jsonio.dumps(line, sort_keys=True) + b"\n"
 
 
 def _key_digest(key: str) -> bytes:
@@ -209,7 +208,7 @@ def iter_plan_lines(run_dir: Path) -> Iterator[dict[str, Any]]:
     """Streams the plan's lines in order; call read_plan first to check its hash."""
     with (plan_dir(run_dir) / PLAN_FILE).open("rb") as source:
         for raw in source:
-            yield orjson.loads(raw)
+            yield jsonio.loads(raw)
 
 
 def example_pairs(run_dir: Path, n: int) -> list[tuple[dict[str, Any], dict[str, Any]]]:
@@ -228,7 +227,7 @@ def example_pairs(run_dir: Path, n: int) -> list[tuple[dict[str, Any], dict[str,
 def _read_plan_lines(path: Path) -> Iterator[rules.DocumentPlan]:
     with path.open("rb") as source:
         for raw in source:
-            yield rules.DocumentPlan.from_line(orjson.loads(raw))
+            yield rules.DocumentPlan.from_line(jsonio.loads(raw))
 
 
 def _write_problem_details(plan_path: Path, csv_path: Path) -> None:
@@ -239,7 +238,7 @@ def _write_problem_details(plan_path: Path, csv_path: Path) -> None:
         writer = csv.writer(sink)
         writer.writerow(["table", "id", "action", "code", "severity", "field", "message"])
         for raw in source:
-            line = orjson.loads(raw)
+            line = jsonio.loads(raw)
             for problem in line.get("problems", ()):
                 writer.writerow(
                     [line["table"], line["id"], line["action"], problem["code"], problem["severity"], problem.get("field", ""), problem["message"]]
@@ -249,7 +248,7 @@ def _write_problem_details(plan_path: Path, csv_path: Path) -> None:
 def _backup_record(run_dir: Path) -> dict[str, Any]:
     """The run folder's backup record, if step 01 ran: its hash goes with the plan, its counts size the progress bars."""
     path = Path(run_dir) / "backup" / "backup.json"
-    return orjson.loads(path.read_bytes()) if path.exists() else {}
+    return jsonio.loads(path.read_bytes()) if path.exists() else {}
 
 
 def _progress(items: Iterator[dict[str, Any]], label: str, total: int | None, show: bool) -> Iterator[dict[str, Any]]:

@@ -15,10 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-import orjson
 from pydantic import BaseModel
 
-from . import MIGRATION_ID
+from . import MIGRATION_ID, jsonio
 from .archive import sha256_file, write_json_atomic
 from .backup import iter_backup_documents, read_backup
 from .deployment import apply_batch, iter_documents
@@ -85,7 +84,7 @@ def plan_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, page
         for table in MIGRATED_TABLES:
             for doc in iter_backup_documents(backup, table):
                 if doc["_id"] in set_fields:
-                    backed_up[doc["_id"]] = orjson.dumps(doc)
+                    backed_up[doc["_id"]] = jsonio.dumps(doc)
 
     actions: dict[str, Counter[str]] = defaultdict(Counter)
     path = out / "plan.jsonl"
@@ -102,12 +101,12 @@ def plan_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, page
                     if raw is None:
                         actions[table]["not_in_backup"] += 1
                         continue
-                    item = _restore_item(table, doc, orjson.loads(raw), references.get(doc_id, []))
+                    item = _restore_item(table, doc, jsonio.loads(raw), references.get(doc_id, []))
                 if item is None:
                     actions[table]["nothing_to_undo"] += 1
                     continue
                 actions[table]["change_back"] += 1
-                sink.write(orjson.dumps(item, option=orjson.OPT_SORT_KEYS) + b"\n")
+                sink.write(jsonio.dumps(item, sort_keys=True) + b"\n")
     summary = RollbackSummary(
         mode=mode,
         executed=False,
@@ -157,7 +156,7 @@ def _restore_item(table: str, doc: dict[str, Any], before: dict[str, Any], refs:
 def iter_rollback_items(run_dir: Path, mode: Mode) -> Iterator[dict[str, Any]]:
     with (rollback_dir(run_dir, mode) / "plan.jsonl").open("rb") as source:
         for raw in source:
-            yield orjson.loads(raw)
+            yield jsonio.loads(raw)
 
 
 def execute_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, batch_size: int = 200) -> RollbackSummary:

@@ -9,7 +9,6 @@ the cause and the fix. The deploy key is read from the environment only and neve
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import threading
@@ -21,10 +20,10 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
-import orjson
 from convex.values import convex_to_json, json_to_convex
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
+from . import jsonio
 from .errors import (
     ArgumentValidationError,
     DeployKeyMissing,
@@ -141,7 +140,7 @@ class ConvexTransport:
         return self._call("/api/function", path, args, idempotent=idempotent)
 
     def _call(self, endpoint: str, path: str, args: Mapping[str, Any] | None, *, idempotent: bool) -> Any:
-        body = orjson.dumps({"path": path, "args": convex_to_json(dict(args or {})), "format": "convex_encoded_json"})
+        body = jsonio.dumps({"path": path, "args": convex_to_json(dict(args or {})), "format": "convex_encoded_json"})
 
         def attempt() -> Any:
             response = self._send("POST", endpoint, content=body, headers={"content-type": "application/json"}, idempotent=idempotent)
@@ -271,13 +270,9 @@ def classify_function_error(path: str, message: str, data: Any = None) -> Runboo
 
 
 def _decode(content: bytes) -> Any:
-    """orjson for speed; json for what orjson rejects (lone surrogates that JavaScript strings may hold)."""
     try:
-        value = orjson.loads(content)
-    except orjson.JSONDecodeError:
-        try:
-            value = json.loads(content)
-        except ValueError:
-            return None
+        value = jsonio.loads(content)
+    except ValueError:
+        return None
     # Only encoded special values ($integer, $bytes, $float) need the convex package's decoding.
     return json_to_convex(value) if b'"$' in content else value

@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
 from pydantic import BaseModel
 
-from . import MIGRATION_ID
+from . import MIGRATION_ID, jsonio
 from .backup import iter_backup_documents, read_backup
 from .deployment import iter_documents
 from .fields import ASSET_SOURCES, ASSET_TYPES, MIGRATED_TABLES, NEW_FIELDS, legacy_part, new_part
@@ -57,7 +56,7 @@ class VerifyReport(BaseModel):
 
 def digest(value: Any) -> bytes:
     """Order-independent digest of a Convex value; integral floats and ints compare equal, as in Convex."""
-    return hashlib.blake2b(orjson.dumps(_canonical(value), option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
+    return hashlib.blake2b(jsonio.dumps(_canonical(value), sort_keys=True), digest_size=16).digest()
 
 
 def _canonical(value: Any) -> Any:

@@ -1,0 +1,204 @@
+"""`runbook`: the runbook from a terminal, mirroring the Python API (run_migration, check_archive, ...).
+
+Exit codes: 0 done, 1 a step or an archive check failed, 2 the command was refused (usage, preconditions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import papermill
+
+from .archive import check_archive
+from .errors import PreconditionFailed, RunbookError
+from .runner import NOTEBOOKS_DIR, ROLLBACK_STEP, STEPS, StepFailed, notebook_path, run_migration
+
+EXIT_FAILED = 1
+EXIT_REFUSED = 2
+ERRORS_SHOWN = 20
+ALL_STEPS = (*STEPS, ROLLBACK_STEP)
+
+
+def parse_value(text: str) -> Any:
+    """The same typing as `papermill -p`: True/False/None, int, float, otherwise the string itself."""
+    literals: dict[str, Any] = {"True": True, "False": False, "None": None}
+    if text in literals:
+        return literals[text]
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_parameter(item: str) -> tuple[str, str, Any]:
+    """`03_apply.batch_size=500` → ("03_apply", "batch_size", 500)."""
+    target, sep, value = item.partition("=")
+    step, dot, name = target.partition(".")
+    if not (sep and dot and step and name):
+        raise argparse.ArgumentTypeError(f"expected STEP.NAME=VALUE (e.g. 03_apply.batch_size=500), got {item!r}")
+    return step, name, parse_value(value)
+
+
+def group_parameters(items: Sequence[tuple[str, str, Any]]) -> dict[str, dict[str, Any]]:
+    parameters: dict[str, dict[str, Any]] = {}
+    for step, name, value in items:
+        parameters.setdefault(step, {})[name] = value
+    return parameters
+
+
+class _StepPrinter:
+    """One line when a step starts and one with its status and duration when it ends: steps take minutes."""
+
+    def __init__(self) -> None:
+        self.started: dict[str, float] = {}
+
+    def __call__(self, step: str, status: str) -> None:
+        if status == "running":
+            self.started[step] = time.monotonic()
+            print(f"{step:<20} running…", flush=True)
+        else:
+            print(f"{step:<20} {status} ({time.monotonic() - self.started.pop(step):.1f} s)", flush=True)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        result = run_migration(
+            args.url,
+            args.dry_run,
+            confirm=args.confirm,
+            runs_dir=args.runs_dir,
+            steps=args.steps,
+            parameters=group_parameters(args.parameters),
+            operator=args.operator,
+            run_dir=args.run_dir,
+            on_step=_StepPrinter(),
+        )
+    except StepFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        print(f"Evidence: {exc.notebook_path.parent.parent}")
+        return EXIT_FAILED
+    stats = result.statistics
+    if stats is not None:
+        verb = "to migrate (planned)" if stats.planned else "migrated"
+        print(f"scenes {verb}: {stats.scenes_migrated:,}")
+        print(f"sessions {verb}: {stats.sessions_migrated:,}")
+        print(f"asset references {'to create' if stats.planned else 'created'}: {stats.asset_references_created:,}")
+        print(f"errors: {len(stats.errors)}")
+        for error in stats.errors[:ERRORS_SHOWN]:
+            print(f"  {error['id']}: {error['reason']}")
+        if len(stats.errors) > ERRORS_SHOWN:
+            print(f"  … and {len(stats.errors) - ERRORS_SHOWN:,} more in apply/outcomes.csv")
+        print(f"{'run' if stats.planned else 'apply'} time: {stats.total_seconds:.1f} s")
+    print(f"Evidence: {result.run_dir}")
+    return 0
+
+
+def cmd_check_archive(args: argparse.Namespace) -> int:
+    check = check_archive(args.dir)
+    if check.ok:
+        print(f"OK: {args.dir}")
+        return 0
+    for problem in check.problems:
+        print(problem)
+    return EXIT_FAILED
+
+
+def cmd_params(args: argparse.Namespace) -> int:
+    given = Path(args.notebook)
+    path = given if given.suffix == ".ipynb" else notebook_path(args.notebook, NOTEBOOKS_DIR)
+    if not path.is_file():
+        raise PreconditionFailed(f"No notebook at {path}.", hint=f"Name a step ({', '.join(ALL_STEPS)}) or an .ipynb file.")
+    for name, spec in papermill.inspect_notebook(str(path)).items():
+        help_text = f"  # {spec['help']}" if spec["help"] else ""
+        print(f"{name}: {_type_name(spec)} = {spec['default']}{help_text}")
+    return 0
+
+
+def _type_name(spec: dict[str, Any]) -> str:
+    """The annotation when the cell has one, else the type of the default (papermill reports "None" for both)."""
+    if spec["inferred_type_name"] != "None":
+        return str(spec["inferred_type_name"])
+    try:
+        default = ast.literal_eval(spec["default"])
+    except (ValueError, SyntaxError):
+        return "?"
+    return "None" if default is None else type(default).__name__
+
+
+def cmd_local_deployment(args: argparse.Namespace) -> int:
+    from .local_deployment import serve
+
+    return int(serve(port=args.port, seed_scenes=args.seed_scenes, fault_rate=args.fault_rate))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .local_deployment import demo
+
+    return int(demo(seed_scenes=args.seed_scenes))
+
+
+def _steps(text: str) -> list[str]:
+    return [step.strip() for step in text.split(",") if step.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="runbook", description="Convex migration 001 (S3 asset tracking), headless.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the steps in a new run folder (backup, dry run, apply, verify)")
+    run.add_argument("--url", required=True, help="deployment URL; the deploy key comes from CONVEX_DEPLOY_KEY")
+    run.add_argument("--steps", type=_steps, help=f"comma-separated subset of {','.join(ALL_STEPS)}")
+    run.add_argument("--dry-run", action="store_true", help="only back up and plan; change nothing")
+    run.add_argument("--confirm", action="store_true", help="required to apply: this changes the deployment")
+    run.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where run folders are created (default: runs)")
+    run.add_argument("--run-dir", type=Path, help="continue this existing run folder (resume, verify, roll back)")
+    run.add_argument("--operator", help="recorded in the manifest and the ledger (default: RUNBOOK_OPERATOR or the user)")
+    run.add_argument(
+        "-p", dest="parameters", type=parse_parameter, action="append", default=[], metavar="STEP.NAME=VALUE",
+        help="a notebook parameter, typed like papermill -p (repeatable)",
+    )
+    run.set_defaults(handler=cmd_run)
+
+    check = commands.add_parser("check-archive", help="verify a run folder against its manifest and hash chain")
+    check.add_argument("dir", type=Path)
+    check.set_defaults(handler=cmd_check_archive)
+
+    params = commands.add_parser("params", help="list a step notebook's parameters")
+    params.add_argument("notebook", metavar="NOTEBOOK_OR_STEP")
+    params.set_defaults(handler=cmd_params)
+
+    local = commands.add_parser("local-deployment", help="serve the local test deployment (admin key: CONVEX_DEPLOY_KEY)")
+    local.add_argument("--port", type=int, required=True)
+    local.add_argument("--seed-scenes", type=int, default=0)
+    local.add_argument("--fault-rate", type=float, default=0.0)
+    local.set_defaults(handler=cmd_local_deployment)
+
+    demo = commands.add_parser("demo", help="the whole runbook against a local deployment with sample data")
+    demo.add_argument("--seed-scenes", type=int, default=3000)
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except RunbookError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

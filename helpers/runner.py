@@ -1,0 +1,352 @@
+"""The papermill chain: run the step notebooks in order, headless, each leaving its executed copy as evidence.
+
+The notebooks hold the runbook's visible record; this module only sequences them. A step runs only when the
+one before it passed, and the run folder is sealed with a manifest whatever happens.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import papermill
+from pydantic import BaseModel
+
+from .archive import (
+    Manifest,
+    StepResults,
+    new_run_dir,
+    read_manifest,
+    read_step_results,
+    step_dir,
+    write_json_atomic,
+    write_manifest,
+)
+from .errors import DeployKeyMissing, PreconditionFailed, RunbookError
+
+STEPS = ("01_backup_snapshot", "02_dry_run", "03_apply", "04_verify")
+ROLLBACK_STEP = "05_rollback"
+DRY_RUN_STEPS = STEPS[:2]
+APPLY_STEP = "03_apply"
+#: Runs that include one of these report statistics (a rollback or a verify alone does not).
+PLANNING_STEPS = frozenset({"02_dry_run", APPLY_STEP})
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+
+
+class StepFailed(RunbookError):
+    """A step notebook raised, or finished without a passed results file; its executed copy shows why."""
+
+    def __init__(
+        self,
+        step: str,
+        cell_index: int | None,
+        ename: str,
+        evalue: str,
+        notebook_path: Path,
+        cell_source: str = "",
+        exec_count: int | None = None,
+    ) -> None:
+        self.step = step
+        self.cell_index = cell_index
+        self.ename = ename
+        self.evalue = evalue
+        self.notebook_path = Path(notebook_path)
+        first_line = next((line.strip() for line in cell_source.splitlines() if line.strip()), "")
+        prompt = "" if exec_count is None else f"In [{exec_count}]: "
+        where = "" if cell_index is None else f" in cell {cell_index} ({prompt}{first_line!r})"
+        super().__init__(
+            f"step {step} failed{where}: {ename}: {evalue}",
+            hint=(
+                f"Read the cell's output in {self.notebook_path.with_suffix('.html')} "
+                f"(executed notebook: {self.notebook_path}), fix the cause, then run the step again in this run "
+                f"folder (run_dir / --run-dir {self.notebook_path.parent.parent}) or start a new run."
+            ),
+        )
+
+
+class Statistics(BaseModel):
+    """The figures the migration promises; planned counts when the run was a dry run."""
+
+    planned: bool
+    scenes_migrated: int
+    sessions_migrated: int
+    asset_references_created: int
+    errors: list[dict[str, str]]
+    #: apply's own duration when apply ran; the dry run's wall time otherwise.
+    total_seconds: float
+
+
+class RunResult(BaseModel):
+    run_dir: Path
+    passed: bool
+    steps: dict[str, str]
+    statistics: Statistics | None
+
+
+@contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """The kernel inherits this process's environment: the deploy key reaches it this way, never as a parameter."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def notebook_path(step: str, notebooks_dir: Path = NOTEBOOKS_DIR) -> Path:
+    path = Path(notebooks_dir) / f"{step}.ipynb"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in Path(notebooks_dir).glob("*.ipynb")))
+        raise PreconditionFailed(f"No notebook for step {step!r} in {notebooks_dir}.", hint=f"Known steps: {known}.")
+    return path
+
+
+def check_parameters(step: str, parameters: Mapping[str, Any], notebooks_dir: Path = NOTEBOOKS_DIR) -> None:
+    """Refuses names the notebook does not declare (papermill would only warn) and any value holding the deploy key."""
+    declared = papermill.inspect_notebook(str(notebook_path(step, notebooks_dir)))
+    unknown = sorted(set(parameters) - set(declared))
+    if unknown:
+        raise PreconditionFailed(
+            f"{step} has no parameter {', '.join(unknown)}.", hint=f"Its parameters are: {', '.join(declared)}."
+        )
+    key = _deploy_key()
+    if key and any(key in str(value) for value in parameters.values()):
+        raise PreconditionFailed(
+            f"A parameter of {step} holds the deploy key.",
+            hint="Never pass the key as a parameter (it would be written into the evidence): export CONVEX_DEPLOY_KEY.",
+        )
+
+
+def _deploy_key() -> str | None:
+    from .transport import deploy_key_from_env
+
+    try:
+        return deploy_key_from_env()
+    except DeployKeyMissing:
+        return None
+
+
+def run_step(
+    step: str,
+    *,
+    convex_url: str,
+    run_dir: Path,
+    parameters: Mapping[str, Any] | None = None,
+    notebooks_dir: Path = NOTEBOOKS_DIR,
+    kernel_name: str = "python3",
+    log_output: bool = False,
+) -> StepResults:
+    """Executes one step notebook into run_dir/<step>/ (.ipynb, .html, parameters.json) and returns its results."""
+    run_dir = Path(run_dir)
+    source = notebook_path(step, notebooks_dir)
+    values = {"convex_url": convex_url, "run_dir": str(run_dir.resolve()), **(parameters or {})}
+    check_parameters(step, values, notebooks_dir)
+    out = step_dir(run_dir, step)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "parameters.json", values)
+    executed = out / f"{step}.ipynb"
+    # A results file left by an earlier execution must not vouch for this one.
+    (out / "results.json").unlink(missing_ok=True)
+    try:
+        with _environment(RUNBOOK_HEADLESS="1"):
+            papermill.execute_notebook(
+                str(source),
+                str(executed),
+                parameters=values,
+                kernel_name=kernel_name,
+                progress_bar=False,
+                log_output=log_output,
+                cwd=str(REPO_ROOT),
+            )
+    except papermill.PapermillExecutionError as exc:
+        index = _source_cell_index(source, exc.cell_index)
+        raise StepFailed(step, index, exc.ename, exc.evalue, executed, exc.source, exc.exec_count) from exc
+    finally:
+        if executed.exists():
+            render_html(executed)
+    return _passed_results(run_dir, step, executed)
+
+
+def _source_cell_index(source: Path, executed_index: int) -> int:
+    """papermill counts the injected-parameters cell it inserted after `parameters`; authors edit the source."""
+    import nbformat
+
+    tags = [cell.metadata.get("tags", []) for cell in nbformat.read(source, as_version=4).cells]
+    if any("injected-parameters" in t for t in tags):
+        return executed_index  # papermill replaced that cell in place
+    parameters_at = next((i for i, t in enumerate(tags) if "parameters" in t), -1)
+    return executed_index - 1 if executed_index > parameters_at else executed_index
+
+
+def render_html(notebook: Path) -> Path:
+    """A self-contained HTML copy (images embedded) that any auditor can open without Jupyter."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter(embed_images=True).from_notebook_node(nbformat.read(notebook, as_version=4))
+    html = notebook.with_suffix(".html")
+    html.write_text(body, encoding="utf-8")
+    return html
+
+
+def _passed_results(run_dir: Path, step: str, executed: Path) -> StepResults:
+    try:
+        results = read_step_results(run_dir, step)
+    except PreconditionFailed as exc:
+        raise StepFailed(step, None, "ResultsMissing", f"the notebook finished without writing it ({exc})", executed) from exc
+    if not results.passed:
+        raise StepFailed(step, None, "StepNotPassed", f"results.json has status {results.status!r}", executed)
+    return results
+
+
+def run_migration(
+    url: str,
+    dry_run: bool = False,
+    *,
+    confirm: bool = False,
+    runs_dir: Path = Path("runs"),
+    steps: Sequence[str] | None = None,
+    parameters: Mapping[str, Mapping[str, Any]] | None = None,
+    operator: str | None = None,
+    run_dir: Path | None = None,
+    notebooks_dir: Path = NOTEBOOKS_DIR,
+    on_step: Callable[[str, str], None] | None = None,
+) -> RunResult:
+    """Backup → dry run (→ apply → verify) in a new run folder, sealed with a manifest even when a step fails.
+
+    `run_dir` continues an existing run folder instead (resume an apply, verify later, roll back); its manifest
+    is rewritten with the earlier steps kept. `on_step(step, status)` is told "running" before each step and its
+    status after, for live progress.
+    """
+    chosen = _chosen_steps(dry_run, steps, confirm)
+    per_step = {step: dict((parameters or {}).get(step, {})) for step in chosen}
+    _check_step_parameters(chosen, parameters or {}, per_step, notebooks_dir)
+    if per_step.get(ROLLBACK_STEP, {}).get("execute") and not confirm:
+        raise PreconditionFailed(
+            "Rolling back with execute=True changes the deployment and was not confirmed. Nothing was run.",
+            hint="Pass confirm=True / --confirm as well, or leave execute out to see the rollback plan only.",
+        )
+    if APPLY_STEP in per_step:
+        per_step[APPLY_STEP]["confirm"] = True
+    operator = operator or os.environ.get("RUNBOOK_OPERATOR") or getpass.getuser()
+    notify = on_step or (lambda step, status: None)
+
+    run_dir, earlier = _open_run_dir(run_dir, runs_dir)
+    started_at = earlier.started_at if earlier else datetime.now(UTC)
+    started = time.monotonic()
+    statuses = {**(earlier.steps if earlier else {}), **dict.fromkeys(chosen, "not run")}
+    try:
+        with _environment(RUNBOOK_OPERATOR=operator):
+            for step in chosen:
+                notify(step, "running")
+                statuses[step] = "failed"
+                try:
+                    results = run_step(step, convex_url=url, run_dir=run_dir, parameters=per_step[step], notebooks_dir=notebooks_dir)
+                    statuses[step] = results.status
+                finally:
+                    notify(step, statuses[step])
+    finally:
+        finished_at = datetime.now(UTC)
+        write_manifest(run_dir, deployment_url=url, operator=operator, started_at=started_at, finished_at=finished_at, steps=statuses)
+    return RunResult(
+        run_dir=run_dir,
+        passed=all(statuses[step] == "passed" for step in chosen),
+        steps=statuses,
+        statistics=statistics(run_dir, wall_seconds=time.monotonic() - started) if PLANNING_STEPS & set(chosen) else None,
+    )
+
+
+def _open_run_dir(run_dir: Path | None, runs_dir: Path) -> tuple[Path, Manifest | None]:
+    """A new run folder, or the given one with the manifest it was sealed with so far."""
+    if run_dir is None:
+        return new_run_dir(runs_dir), None
+    if not Path(run_dir).is_dir():
+        raise PreconditionFailed(f"No run folder {run_dir}.", hint="Name an existing run folder, or leave run_dir out to start one.")
+    return Path(run_dir), read_manifest(run_dir)
+
+
+def _chosen_steps(dry_run: bool, steps: Sequence[str] | None, confirm: bool) -> list[str]:
+    """The steps to run, refused before anything runs when they cannot make sense together."""
+    known = (*STEPS, ROLLBACK_STEP)
+    chosen = list(steps) if steps else list(DRY_RUN_STEPS if dry_run else STEPS)
+    unknown = [s for s in chosen if s not in known]
+    if unknown:
+        raise PreconditionFailed(f"Unknown step(s): {', '.join(unknown)}.", hint=f"Steps are: {', '.join(known)}.")
+    if dry_run and any(s not in DRY_RUN_STEPS for s in chosen):
+        raise PreconditionFailed(
+            f"A dry run changes nothing, so it runs only {' and '.join(DRY_RUN_STEPS)}.",
+            hint="Drop dry_run=True / --dry-run to apply, or drop the other steps.",
+        )
+    if APPLY_STEP in chosen and not confirm:
+        raise PreconditionFailed(
+            "Applying changes the deployment and was not confirmed. Nothing was run.",
+            hint="Pass confirm=True / --confirm to apply, or dry_run=True / --dry-run to only plan.",
+        )
+    return chosen
+
+
+def _check_step_parameters(
+    chosen: Sequence[str],
+    given: Mapping[str, Mapping[str, Any]],
+    per_step: Mapping[str, Mapping[str, Any]],
+    notebooks_dir: Path,
+) -> None:
+    """Every parameter problem is reported before a run folder exists, not after the backup took minutes."""
+    stray = sorted(set(given) - set(chosen))
+    if stray:
+        raise PreconditionFailed(
+            f"Parameters given for step(s) not run: {', '.join(stray)}.", hint=f"Steps run: {', '.join(chosen)}."
+        )
+    for step, values in per_step.items():
+        if "confirm" in values or {"convex_url", "run_dir"} & set(values):
+            raise PreconditionFailed(
+                f"{step}: convex_url, run_dir and confirm are set by the runner, not as parameters.",
+                hint="Use url=… / --url, and confirm=True / --confirm; the run folder is created for each run.",
+            )
+        check_parameters(step, values, notebooks_dir)
+
+
+def statistics(run_dir: Path, *, wall_seconds: float) -> Statistics | None:
+    """Apply's figures when the folder has them, else the dry run's planned counts, else None."""
+    applied = Path(run_dir) / APPLY_STEP / "results.json"
+    planned = Path(run_dir) / DRY_RUN_STEPS[1] / "results.json"
+    if applied.exists():
+        summary = read_step_results(run_dir, APPLY_STEP).summary
+        return Statistics(
+            planned=False,
+            scenes_migrated=summary["scenes_migrated"],
+            sessions_migrated=summary["sessions_migrated"],
+            asset_references_created=summary["references_created"],
+            errors=[{"id": e["id"], "reason": e.get("message", "")} for e in summary.get("errors", [])],
+            total_seconds=summary["duration_s"],
+        )
+    if planned.exists():
+        summary = read_step_results(run_dir, DRY_RUN_STEPS[1]).summary
+        actions = summary.get("actions", {})
+        return Statistics(
+            planned=True,
+            scenes_migrated=_changes(actions.get("scenes", {})),
+            sessions_migrated=_changes(actions.get("videoSessions", {})),
+            asset_references_created=sum(summary.get("references_by_type", {}).values()),
+            errors=[],
+            total_seconds=round(wall_seconds, 3),
+        )
+    return None
+
+
+def _changes(actions: Mapping[str, int]) -> int:
+    from .plan import CHANGING_ACTIONS
+
+    return sum(n for action, n in actions.items() if action in CHANGING_ACTIONS)
