@@ -36,14 +36,29 @@ def migration_references(transport: ConvexTransport) -> list[dict[str, Any]]:
 
 
 def comparable(snapshot: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
-    """A state with what differs between two equal runs removed: creation times, run ids, reference ids."""
+    """A state with what differs between two equal runs on two deployments removed: creation times (and an
+    `uploadedAt` the rules took from one, for a document without `updatedAt`), run ids, reference ids."""
+    created = {doc_id: doc["_creationTime"] for table in ("scenes", "videoSessions") for doc_id, doc in snapshot[table].items()}
+
+    def uploaded(value: Any, entity: str) -> Any:
+        return "<_creationTime>" if value == created.get(entity) else value
+
+    def document(doc_id: str, doc: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for key, value in doc.items():
+            if key == "_creationTime":
+                continue
+            if isinstance(value, dict) and "uploadedAt" in value:
+                value = {**value, "uploadedAt": uploaded(value["uploadedAt"], doc_id)}
+            out[key] = value
+        return out
+
     migrated = {
-        table: {doc_id: {k: v for k, v in doc.items() if k != "_creationTime"} for doc_id, doc in docs.items()}
-        for table, docs in snapshot.items()
-        if table in ("scenes", "videoSessions")
+        table: {doc_id: document(doc_id, doc) for doc_id, doc in snapshot[table].items()} for table in ("scenes", "videoSessions")
     }
     references = sorted(
-        (r["entityId"], r["assetType"], r["s3Key"], r["s3Url"], r["contentType"], r.get("size"), r.get("checksum"), r["uploadedAt"])
+        (r["entityId"], r["assetType"], r["s3Key"], r["s3Url"], r["contentType"], r.get("size"), r.get("checksum"),
+         uploaded(r["uploadedAt"], r["entityId"]))
         for r in snapshot["assetReferences"].values()
     )
     return {"documents": migrated, "references": references}
