@@ -26,6 +26,7 @@ from . import MIGRATION_ID, jsonio
 from .backup import backup_age, read_backup
 from .deployment import acquire_lock, apply_batch, record_run, release_lock, renew_lock
 from .errors import PreconditionFailed
+from .progress import progress
 from .plan import CHANGING_ACTIONS, iter_plan_lines, read_plan
 from .transport import ConvexTransport, redact_url
 
@@ -187,7 +188,7 @@ def _apply_locked(transport: ConvexTransport, run_dir: Path, out: Path, plan: An
     sent = 0
     status = "failed"
     try:
-        progress = _progress_bar(plan.changes, sum(sum(c.values()) for c in tally.values()), show_progress)
+        bar = progress(desc="apply", total=plan.changes, initial=sum(sum(c.values()) for c in tally.values()), show=show_progress)
         last_renew = time.monotonic()
         with checkpoint_path.open("ab") as checkpoint, ThreadPoolExecutor(max_workers=concurrency) as pool:
             in_flight: dict[Future[list[dict[str, Any]]], _Batch] = {}
@@ -214,13 +215,13 @@ def _apply_locked(transport: ConvexTransport, run_dir: Path, out: Path, plan: An
                     os.fsync(checkpoint.fileno())
                     _count(tally, entries)
                     sent += 1
-                    progress.update(len(entries))
+                    bar.update(len(entries))
                 if time.monotonic() - last_renew > LEASE_MS / 3000:
                     renew_lock(transport, MIGRATION_ID, run_id, LEASE_MS)
                     last_renew = time.monotonic()
             if exhausted:
                 checkpoint.write(jsonio.dumps({"complete": True}) + b"\n")
-        progress.close()
+        bar.close()
         errors_total = _error_count(tally)
         status = "passed" if errors_total <= error_budget and exhausted else "failed"
     finally:
@@ -395,19 +396,3 @@ def _ledger_counts(summary: ApplySummary) -> dict[str, int]:
         "conflicts": summary.conflicts,
         "errors": len(summary.errors),
     }
-
-
-class _NoProgress:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress_bar(total: int, initial: int, show: bool) -> Any:
-    if not show:
-        return _NoProgress()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc="apply", unit="doc", mininterval=1.0)

@@ -23,6 +23,7 @@ from pydantic import BaseModel, PrivateAttr
 from . import jsonio
 from .archive import sha256_file, write_json_atomic
 from .errors import ExportFailed, PreconditionFailed, RunbookError, TransientFailure
+from .progress import progress
 from .transport import ConvexTransport, redact_url
 
 BACKUP_DIR = "backup"
@@ -128,28 +129,18 @@ def _download(transport: ConvexTransport, snapshot_ts: int, target: Path, show_p
     try:
         with transport.stream(f"/api/export/zip/{snapshot_ts}") as response, target.open("wb") as sink:
             expected = int(response.headers.get("content-length", "-1"))
-            progress = _bar(expected if expected >= 0 else None, show_progress)
+            bar = progress(desc="download", total=expected if expected >= 0 else None, unit="B", unit_scale=True, show=show_progress)
             for chunk in response.iter_bytes(1 << 20):
                 sink.write(chunk)
                 digest.update(chunk)
                 received += len(chunk)
-                if progress is not None:
-                    progress.update(len(chunk))
-            if progress is not None:
-                progress.close()
+                bar.update(len(chunk))
+            bar.close()
     except TransientFailure as error:
         raise BackupIncomplete(f"The snapshot download was cut short after {received:,} bytes: {error}") from error
     if expected >= 0 and received != expected:
         raise BackupIncomplete(f"The snapshot download was cut short: {received:,} of {expected:,} bytes arrived.")
     return digest.hexdigest(), received
-
-
-def _bar(total: int | None, show: bool) -> Any:
-    if not show:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="B", unit_scale=True, desc="download", mininterval=1.0)
 
 
 def check_snapshot(path: Path) -> dict[str, int]:

@@ -5,24 +5,16 @@ Only presentation lives here; every number comes from a summary the logic module
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from .progress import is_interactive
+
 ACTION_ORDER = ["migrate", "fill_missing", "no_change", "problem"]
 OUTCOME_ORDER = ["applied", "already_applied", "conflict", "error"]
-
-
-def is_interactive() -> bool:
-    """True in a Jupyter frontend that can render widgets; False under papermill/nbclient (headless).
-
-    Jupyter Server names the notebook in JPY_SESSION_NAME for the kernels it starts (VS Code sets VSCODE_PID);
-    papermill's kernels get neither (JPY_PARENT_PID is set for both, so it proves nothing).
-    """
-    return any(name in os.environ for name in ("JPY_SESSION_NAME", "VSCODE_PID")) and not os.environ.get("RUNBOOK_HEADLESS")
 
 
 def status_action_table(by_status: Mapping[str, Mapping[str, int]]) -> pd.DataFrame:

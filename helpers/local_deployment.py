@@ -187,7 +187,7 @@ def demo(*, seed_scenes: int = 3000, runs_dir: Path = Path("runs")) -> int:
     print("\nSummary")
     print(f"  steps:                     {', '.join(f'{k} {v}' for k, v in result.steps.items())}")
     for name, value in stats.model_dump().items():
-        if name != "errors":
+        if name not in ("errors", "planned"):
             print(f"  {name + ':':<27}{value}")
     print(f"  {'documents with errors:':<27}{len(stats.errors)}")
     print(f"  archive check:             {'OK' if check.ok else 'FAILED: ' + '; '.join(check.problems)}")

@@ -19,6 +19,7 @@ from . import MIGRATION_ID, jsonio, rules
 from .archive import sha256_file, write_json_atomic
 from .deployment import iter_documents
 from .errors import PreconditionFailed
+from .progress import progress
 from .transport import ConvexTransport, redact_url
 
 PLAN_DIR = "plan"
@@ -122,7 +123,7 @@ def build_plan(
     totals = {table: int(n) for table, n in backup.get("counts", {}).items()}
 
     session_ids: set[str] = {
-        doc["_id"] for doc in _progress(iter_documents(transport, "videoSessions", page_size), "sessions (ids)", totals.get("videoSessions"), show_progress)
+        doc["_id"] for doc in progress(iter_documents(transport, "videoSessions", page_size), desc="sessions (ids)", total=totals.get("videoSessions"), show=show_progress)
     }
     ctx = rules.RulesContext(bucket_base_url=bucket_base_url, session_exists=session_ids.__contains__)
 
@@ -130,7 +131,7 @@ def build_plan(
     provisional = out / "scenes.provisional.jsonl"
     key_counts: Counter[bytes] = Counter()
     with provisional.open("wb") as sink:
-        for doc in _progress(iter_documents(transport, "scenes", page_size), "scenes", totals.get("scenes"), show_progress):
+        for doc in progress(iter_documents(transport, "scenes", page_size), desc="scenes", total=totals.get("scenes"), show=show_progress):
             plan = rules.plan_scene(doc, ctx)
             for key in rules.asset_keys(plan):
                 key_counts[_key_digest(key)] += 1
@@ -159,7 +160,7 @@ def build_plan(
             sink.write(_dump(line))
         del key_counts
         # Pass 3: sessions, with totals computed from their scenes' planned assets and their own.
-        for doc in _progress(iter_documents(transport, "videoSessions", page_size), "sessions", totals.get("videoSessions"), show_progress):
+        for doc in progress(iter_documents(transport, "videoSessions", page_size), desc="sessions", total=totals.get("videoSessions"), show=show_progress):
             plan = rules.plan_session(doc, session_totals.pop(doc["_id"], rules.SessionTotals()), ctx)
             line = plan.to_line()
             tally.add(line)
@@ -249,11 +250,3 @@ def _backup_record(run_dir: Path) -> dict[str, Any]:
     """The run folder's backup record, if step 01 ran: its hash goes with the plan, its counts size the progress bars."""
     path = Path(run_dir) / "backup" / "backup.json"
     return jsonio.loads(path.read_bytes()) if path.exists() else {}
-
-
-def _progress(items: Iterator[dict[str, Any]], label: str, total: int | None, show: bool) -> Iterator[dict[str, Any]]:
-    if not show:
-        return items
-    from tqdm.auto import tqdm
-
-    return iter(tqdm(items, desc=label, total=total, unit="doc", mininterval=1.0))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter, defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from . import MIGRATION_ID, jsonio
 from .backup import iter_backup_documents, read_backup
 from .deployment import iter_documents
 from .fields import ASSET_SOURCES, ASSET_TYPES, MIGRATED_TABLES, NEW_FIELDS, legacy_part, new_part
+from .progress import progress
 from .plan import CHANGING_ACTIONS, iter_plan_lines, read_plan
 from .transport import ConvexTransport
 
@@ -161,7 +161,7 @@ def verify(transport: ConvexTransport, run_dir: Path, *, page_size: int = 4000, 
     changed_by_others: list[str] = []
 
     for table in ("scenes", "videoSessions"):
-        for doc in _progress(iter_documents(transport, table, page_size), f"verify {table}", backup.counts.get(table), show_progress):
+        for doc in progress(iter_documents(transport, table, page_size), desc=f"verify {table}", total=backup.counts.get(table), show=show_progress):
             doc_id = doc["_id"]
             live_ids.add(doc_id)
             prior = before.pop(doc_id, None)
@@ -253,7 +253,7 @@ def _check_references(
     show_progress: bool,
 ) -> None:
     found: dict[str, Counter[tuple[str, str]]] = defaultdict(Counter)
-    for ref in _progress(iter_documents(transport, "assetReferences", page_size), "verify assetReferences", None, show_progress):
+    for ref in progress(iter_documents(transport, "assetReferences", page_size), desc="verify assetReferences", show=show_progress):
         if ref.get("metadata", {}).get("migrationId") != MIGRATION_ID:
             continue
         entity = ref["entityId"]
@@ -288,12 +288,3 @@ def _asset_matches_legacy(asset: dict[str, Any], legacy_key: Any, legacy_url: An
 
 def _same_number(a: Any, b: float) -> bool:
     return isinstance(a, (int, float)) and abs(a - b) < 1e-6
-
-
-def _progress(items: Iterable[dict[str, Any]], label: str, total: int | None, show: bool) -> Iterable[dict[str, Any]]:
-    if not show:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=label, total=total, unit="doc", mininterval=1.0)
-
