@@ -20,6 +20,7 @@ from .archive import sha256_file, write_json_atomic
 from .deployment import iter_documents
 from .errors import PreconditionFailed
 from .progress import progress
+from .rules import CHANGING_ACTIONS
 from .transport import ConvexTransport, redact_url
 
 PLAN_DIR = "plan"
@@ -28,8 +29,6 @@ PLAN_SUMMARY_FILE = "plan.json"
 PROBLEMS_FILE = "problems.csv"
 EXAMPLES_PER_REASON = 5
 
-#: Actions that send a change to the deployment; the others leave the document as it is.
-CHANGING_ACTIONS = frozenset({"migrate", "fill_missing"})
 
 
 class ProblemCount(BaseModel):

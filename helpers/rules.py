@@ -1,0 +1,872 @@
+"""Migration 001's conversion rules: one legacy document in, one plan line out. Pure: no I/O.
+
+Each rule carries an id (SCN-1, AST-2, ...) that is a row of docs/mapping.md's mapping table, and each
+problem code is a row of its problem table. Bad input gets a reason, never a guess: a value the rules cannot
+convert faithfully blocks its document ("blocking"), a value they convert with a caveat is "flagged".
+
+The hot path runs once per document of the deployment, so it stays plain: dict lookups, precompiled
+regular expressions, no validation library per document.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from typing import Any, NamedTuple
+from urllib.parse import unquote
+
+from .fields import ASSET_TYPES, NEW_FIELDS, SCENE_ASSET_SOURCES, SESSION_ASSET_SOURCES
+
+BLOCKING = "blocking"
+FLAGGED = "flagged"
+ASSET_VERSION = 1
+MAX_STRING_LENGTH = 2048
+MAX_NESTING_DEPTH = 8
+UNKNOWN_CONTENT_TYPE = "application/octet-stream"
+#: Actions that change the document (helpers.plan has the same set; rules cannot import plan).
+CHANGING_ACTIONS = frozenset({"migrate", "fill_missing"})
+
+#: Every problem code with its usual severity (docs/mapping.md explains each and what to do).
+#: `wrong_type` is blocking for keys and URLs, flagged for an error message.
+PROBLEM_CODES: dict[str, str] = {
+    "key_without_url": BLOCKING,
+    "url_derived": FLAGGED,
+    "key_derived": FLAGGED,
+    "url_not_s3": BLOCKING,
+    "key_url_mismatch": BLOCKING,
+    "presigned_url": FLAGGED,
+    "wrong_type": BLOCKING,
+    "empty_string": FLAGGED,
+    "unknown_status": BLOCKING,
+    "missing_session": BLOCKING,
+    "duplicate_s3_key": BLOCKING,
+    "invalid_unicode": BLOCKING,
+    "oversized_value": BLOCKING,
+    "too_deeply_nested": BLOCKING,
+    "new_field_conflict": BLOCKING,
+    "completed_without_video": FLAGGED,
+    "unknown_content_type": FLAGGED,
+    "timestamp_string": FLAGGED,
+    "invalid_timestamp": FLAGGED,
+    "invalid_size": FLAGGED,
+    "invalid_checksum": FLAGGED,
+}
+
+CONTENT_TYPES: dict[str, str] = {
+    "mp4": "video/mp4",
+    "webm": "video/webm",
+    "mov": "video/quicktime",
+    "py": "text/x-python",
+    "js": "text/javascript",
+    "ts": "text/typescript",
+    "txt": "text/plain",
+    "png": "image/png",
+    "jpg": "image/jpeg",
+    "jpeg": "image/jpeg",
+    "webp": "image/webp",
+    "vtt": "text/vtt",
+    "srt": "application/x-subrip",
+    "m3u8": "application/vnd.apple.mpegurl",
+    "mpd": "application/dash+xml",
+    "json": "application/json",
+}
+
+SCENE_STATUS_MAP: dict[str, str] = {
+    "pending": "pending",
+    "generating": "pending",
+    "rendering": "pending",
+    "uploading": "uploading",
+    "completed": "ready",
+    "failed": "error",
+}
+SESSION_STATUSES = frozenset({"pending", "generating", "combining", "completed", "failed"})
+_KNOWN_STATUSES = SESSION_STATUSES.union(SCENE_STATUS_MAP)
+
+MISSING_ERROR_TEXT = "Failed before migration 001; the legacy errorMessage was missing or not a text."
+SCENE_WITHOUT_VIDEO_TEXT = "Legacy status is completed but no video chunk (s3ChunkKey / s3ChunkUrl) was recorded."
+
+
+class _Reads(NamedTuple):
+    """The legacy fields a table's rules read (errorMessage only for a failed document), and the new fields."""
+
+    names: tuple[str, ...]
+    new_fields: frozenset[str]
+
+    @classmethod
+    def of(cls, table: str, *names: str) -> _Reads:
+        return cls(names, NEW_FIELDS[table])
+
+
+_SCENE_LEGACY_READS = (
+    "sessionId", "status", *(f for pair in SCENE_ASSET_SOURCES.values() for f in pair), "s3ChunkSize", "checksum", "updatedAt",
+)
+_SESSION_LEGACY_READS = ("status", *(f for pair in SESSION_ASSET_SOURCES.values() for f in pair), "updatedAt")
+_SCENE_READS = _Reads.of("scenes", *_SCENE_LEGACY_READS)
+_SCENE_READS_FAILED = _Reads.of("scenes", *_SCENE_LEGACY_READS, "errorMessage")
+_SESSION_READS = _Reads.of("videoSessions", *_SESSION_LEGACY_READS)
+_SESSION_READS_FAILED = _Reads.of("videoSessions", *_SESSION_LEGACY_READS, "errorMessage")
+_ABSENT: Any = object()
+_INVALID: Any = object()
+_INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1  # what the plan file (orjson) can hold
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND = timedelta(milliseconds=1)
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_S3_ENDPOINT = re.compile(r"s3(?:[.-](?:dualstack\.)?[a-z0-9-]+)?\.amazonaws\.com(?:\.cn)?")
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_SIGNED_QUERY = re.compile(r"(?:^|&)(?:X-Amz-Signature|Signature|X-Amz-Credential)=", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class RulesContext:
+    """What the rules know beyond one document: the bucket's base URL (optional) and which sessions exist."""
+
+    bucket_base_url: str | None = None
+    session_exists: Callable[[str], bool] = lambda _id: True
+
+
+class ParsedUrl(NamedTuple):
+    bucket: str
+    key: str
+    presigned: bool
+    url: str  # without its query string
+
+
+@dataclass(slots=True)
+class DocumentPlan:
+    """One plan line: what apply will do to one document, under which precondition, and why.
+
+    `current` summarises the new-field assets the scene already holds ({"assets", "size", "keys",
+    "assetsStatus"}, empty when none): with `set` it gives the scene as it will be after apply, which is
+    what its session's totals and the duplicate-key check need.
+    """
+
+    table: str
+    id: str
+    action: str
+    session_id: str | None
+    legacy_status: str | None
+    expect: dict[str, Any]
+    expect_absent: list[str]
+    set: dict[str, Any]
+    references: list[dict[str, Any]]
+    problems: list[dict[str, str]]
+    current: dict[str, Any] = field(default_factory=dict)
+
+    def to_line(self) -> dict[str, Any]:
+        return {
+            "table": self.table,
+            "id": self.id,
+            "action": self.action,
+            "legacyStatus": self.legacy_status,
+            "sessionId": self.session_id,
+            "expect": self.expect,
+            "expectAbsent": self.expect_absent,
+            "set": self.set,
+            "references": self.references,
+            "problems": self.problems,
+            "current": self.current,
+        }
+
+    @classmethod
+    def from_line(cls, line: dict[str, Any]) -> DocumentPlan:
+        return cls(
+            table=line["table"],
+            id=line["id"],
+            action=line["action"],
+            session_id=line["sessionId"],
+            legacy_status=line["legacyStatus"],
+            expect=line["expect"],
+            expect_absent=line["expectAbsent"],
+            set=line["set"],
+            references=line["references"],
+            problems=line["problems"],
+            current=line["current"],
+        )
+
+
+@dataclass(slots=True)
+class SessionTotals:
+    """A session's scenes as they will be after apply: asset count, known size sum, assetsStatus counts."""
+
+    scenes: int = 0
+    assets: int = 0
+    size: float = 0
+    ready: int = 0
+    errors: int = 0
+    uploading: int = 0
+
+    def add_scene(self, plan: DocumentPlan) -> None:
+        current = plan.current
+        assets, size, status = current.get("assets", 0), current.get("size", 0), current.get("assetsStatus")
+        if plan.action in CHANGING_ACTIONS:
+            for asset_field in SCENE_ASSET_SOURCES:
+                asset = plan.set.get(asset_field)
+                if asset is not None:
+                    assets += 1
+                    size += asset.get("size", 0)
+            status = plan.set.get("assetsStatus", status)
+        self.scenes += 1
+        self.assets += assets
+        self.size += size
+        self.ready += status == "ready"
+        self.errors += status == "error"
+        self.uploading += status == "uploading"
+
+
+# -- public helpers ------------------------------------------------------------------------------------
+
+
+def content_type_for_key(key: str) -> str | None:
+    """AST-2: the content type the key's file extension names, None when it names none we know."""
+    dot = key.rfind(".")
+    if dot < 1 or key[dot - 1] == "/":  # no extension, or a file name that is only one (".mp4")
+        return None
+    extension = key[dot + 1 :]  # holds a "/" when the dot is in a folder name: then no type matches
+    return CONTENT_TYPES.get(extension) or CONTENT_TYPES.get(extension.lower())
+
+
+def parse_s3_url(url: str) -> ParsedUrl | None:
+    """Bucket and (percent-decoded) key of a virtual-hosted or path-style S3 object URL, else None."""
+    scheme_end = url.find("://")
+    host_end = url.find("/", scheme_end + 3)
+    if scheme_end < 0 or host_end < 0:
+        return None
+    style = _s3_host_style(url[:host_end])
+    if style is None:
+        return None
+    base, _, query = url.partition("?")
+    path = base[host_end + 1 :].partition("#")[0]
+    bucket, key = (style, path) if style else path.partition("/")[::2]
+    if "%" in key:
+        key = unquote(key)
+    if not bucket or not key:
+        return None
+    return ParsedUrl(bucket, key, _SIGNED_QUERY.search(query) is not None, base)
+
+
+@lru_cache(maxsize=1024)
+def _s3_host_style(origin: str) -> str | None:
+    """For "scheme://host": the bucket of a virtual-hosted S3 host, "" for a path-style one, None if not S3.
+
+    Cached: a deployment's URLs share a handful of hosts, and this runs for every URL."""
+    scheme, _, host = origin.partition("://")
+    if scheme.lower() not in ("http", "https"):
+        return None
+    host = host.rpartition("@")[2].partition(":")[0].lower()
+    if _S3_ENDPOINT.fullmatch(host):
+        return ""
+    for dot in (i for i, char in enumerate(host) if char == "."):
+        if _S3_ENDPOINT.fullmatch(host, dot + 1):
+            bucket = host[:dot]
+            return bucket if _BUCKET_NAME.fullmatch(bucket) else None
+    return None
+
+
+def _is_s3_object_prefix(prefix: str) -> bool:
+    """Whether prefix + key is the plain S3 URL of exactly that key (the fast path of rule A1).
+
+    Memoised in a plain dict (cheaper than lru_cache on this hot path); a deployment has a handful of
+    prefixes, and the memo is dropped if odd data ever fills it."""
+    known = _S3_PREFIXES.get(prefix)
+    if known is None:
+        parsed = parse_s3_url(prefix + "k") if prefix else None
+        known = parsed is not None and parsed.key == "k" and parsed.url == prefix + "k"
+        if len(_S3_PREFIXES) >= 4096:
+            _S3_PREFIXES.clear()
+        _S3_PREFIXES[prefix] = known
+    return known
+
+
+_S3_PREFIXES: dict[str, bool] = {}
+
+
+def scene_assets_status(legacy_status: str, has_video: bool, legacy_error: str | None) -> tuple[str, str | None]:
+    """SCN-5, SCN-6: (assetsStatus, assetsErrorMessage) of a scene; the message is set only for "error"."""
+    status = SCENE_STATUS_MAP[legacy_status]
+    if status == "error":
+        return status, legacy_error or MISSING_ERROR_TEXT
+    if status == "ready" and not has_video:
+        return "error", SCENE_WITHOUT_VIDEO_TEXT
+    return status, None
+
+
+def session_assets_status(
+    legacy_status: str, legacy_error: str | None, totals: SessionTotals, has_combined_video: bool
+) -> tuple[str, str | None]:
+    """SES-6, SES-7: a session is as ready as its scenes (and, once completed, its combined video)."""
+    if legacy_status == "failed":
+        return "error", legacy_error or MISSING_ERROR_TEXT
+    if totals.errors:
+        return "error", f"{totals.errors} scene{'s' if totals.errors > 1 else ''} in error"
+    all_ready = totals.ready == totals.scenes and (totals.scenes > 0 or has_combined_video)
+    if all_ready and (legacy_status != "completed" or has_combined_video):
+        return "ready", None
+    if totals.uploading:
+        return "uploading", None
+    return "pending", None
+
+
+def values_equal(a: Any, b: Any) -> bool:
+    """Convex equality: 1 == 1.0, NaN == NaN, but a boolean is never a number and types never mix."""
+    type_a, type_b = type(a), type(b)
+    if (type_a is int or type_a is float) and (type_b is int or type_b is float):
+        return a == b or (a != a and b != b)
+    if type_a is not type_b:
+        return False
+    if type_a is dict:
+        if a.keys() != b.keys():
+            return False
+        for key, value in a.items():
+            other = b[key]
+            if type(value) is str and type(other) is str:  # the usual case, compared in place
+                if value != other:
+                    return False
+            elif not values_equal(value, other):
+                return False
+        return True
+    if type_a is list:
+        return len(a) == len(b) and all(map(values_equal, a, b))
+    return a == b
+
+
+def asset_keys(plan: DocumentPlan) -> list[str]:
+    """The S3 keys the scene will hold after apply (existing and planned), each once."""
+    keys = list(plan.current.get("keys", ()))
+    if plan.action in CHANGING_ACTIONS:
+        keys.extend(plan.set[f]["s3Key"] for f in SCENE_ASSET_SOURCES if f in plan.set)
+    return list(dict.fromkeys(keys))
+
+
+def mark_blocking(plan: DocumentPlan, code: str, message: str, *, field_name: str = "") -> DocumentPlan:
+    """A copy that changes nothing and says why (used for problems only the whole table reveals)."""
+    return replace(
+        plan,
+        action="problem",
+        expect_absent=[f for f in plan.expect_absent if f not in plan.set],
+        set={},
+        references=[],
+        problems=[*plan.problems, _problem(code, field_name, message, BLOCKING)],
+    )
+
+
+# -- planning ------------------------------------------------------------------------------------------
+
+
+def plan_scene(doc: dict[str, Any], ctx: RulesContext) -> DocumentPlan:
+    """The scene rules SCN-1 to SCN-10, with the asset (AST-*) and general (GEN-*) rules."""
+    status = doc.get("status")
+    reads = _SCENE_READS_FAILED if status == "failed" else _SCENE_READS
+    expect, expect_absent, problems, had_new = _read(doc, reads)
+    raw_session = doc.get("sessionId")
+    session_id = raw_session if type(raw_session) is str and (raw_session.isascii() or _recordable(raw_session)) else None
+    current = _current(doc) if had_new else {}
+    if problems:
+        return _unrecordable_plan("scenes", doc, session_id, problems, current)
+
+    # SCN-9: the scene's session must exist.
+    if session_id is None or not ctx.session_exists(session_id):
+        problems.append(_problem(
+            "missing_session", "sessionId",
+            f"sessionId {_show(raw_session)} names no videoSessions document: attach the scene to its session "
+            "(or delete the orphan) and plan again.",
+        ))
+    known_status = type(status) is str and status in SCENE_STATUS_MAP
+    if not known_status:
+        problems.append(_unknown_status(status, SCENE_STATUS_MAP))
+
+    produced = _assets(doc, SCENE_ASSET_SOURCES, ctx, problems)  # SCN-1, SCN-2, SCN-3, SCN-4
+
+    if known_status:
+        has_video = "videoAsset" in produced or "videoAsset" in doc
+        legacy_error = _legacy_error(doc, problems) if status == "failed" else None
+        assets_status, message = scene_assets_status(status, has_video, legacy_error)
+        if status == "completed" and not has_video and not _blocked(problems):  # a blocked chunk is reported already
+            problems.append(_problem(
+                "completed_without_video", "s3ChunkKey",
+                "status is completed but the scene has no video chunk (s3ChunkKey / s3ChunkUrl): assetsStatus is "
+                "set to error. Re-render the scene or confirm it never had a video.",
+            ))
+        produced["assetsStatus"] = assets_status  # SCN-5
+        if message is not None:
+            produced["assetsErrorMessage"] = message  # SCN-6
+        produced["assetVersion"] = ASSET_VERSION  # SCN-7
+        produced["previousAssetVersions"] = []  # SCN-8
+
+    return _finish("scenes", doc, session_id, expect, expect_absent, produced, problems, had_new, current)
+
+
+def plan_session(doc: dict[str, Any], totals: SessionTotals, ctx: RulesContext) -> DocumentPlan:
+    """The session rules SES-1 to SES-8 (with AST-*, GEN-*), given its scenes' totals after apply."""
+    status = doc.get("status")
+    reads = _SESSION_READS_FAILED if status == "failed" else _SESSION_READS
+    expect, expect_absent, problems, had_new = _read(doc, reads)
+    if problems:
+        return _unrecordable_plan("videoSessions", doc, None, problems, {})
+
+    known_status = type(status) is str and status in SESSION_STATUSES
+    if not known_status:
+        problems.append(_unknown_status(status, SESSION_STATUSES))
+
+    produced = _assets(doc, SESSION_ASSET_SOURCES, ctx, problems)  # SES-1, SES-2, SES-3
+
+    own = [produced.get(f) or doc.get(f) for f in SESSION_ASSET_SOURCES]
+    own = [asset for asset in own if type(asset) is dict]
+    produced["assetCount"] = len(own) + totals.assets  # SES-4
+    produced["totalAssetSize"] = sum(a.get("size", 0) for a in own) + totals.size  # SES-5
+    if known_status:
+        has_combined_video = "combinedVideoAsset" in produced or type(doc.get("combinedVideoAsset")) is dict
+        legacy_error = _legacy_error(doc, problems) if status == "failed" else None
+        assets_status, message = session_assets_status(status, legacy_error, totals, has_combined_video)
+        if status == "completed" and not has_combined_video and not _blocked(problems):
+            problems.append(_problem(
+                "completed_without_video", "combinedVideoKey",
+                "status is completed but the session has no combined video (combinedVideoKey / combinedVideoUrl): "
+                "check whether combining really finished.",
+            ))
+        produced["assetsStatus"] = assets_status  # SES-6
+        if message is not None:
+            produced["assetsErrorMessage"] = message  # SES-7
+
+    return _finish("videoSessions", doc, None, expect, expect_absent, produced, problems, had_new, {})
+
+
+def _finish(
+    table: str,
+    doc: dict[str, Any],
+    session_id: str | None,
+    expect: dict[str, Any],
+    expect_absent: list[str],
+    produced: dict[str, Any],
+    problems: list[dict[str, str]],
+    had_new: bool,
+    current: dict[str, Any],
+) -> DocumentPlan:
+    """GEN-1: keep what is already there, fill what is missing, refuse what differs; GEN-2: the action."""
+    to_set = produced
+    if had_new:
+        to_set = {}
+        for name, value in produced.items():
+            existing = doc.get(name, _ABSENT)
+            if existing is _ABSENT:
+                to_set[name] = value
+            elif not values_equal(existing, value):
+                problems.append(_problem(
+                    "new_field_conflict", name,
+                    f"{name} already holds {_show(existing)} but migration 001 computes {_show(value)}; it is never "
+                    "overwritten. Find out who wrote it, correct or remove the field by hand, then plan again.",
+                ))
+    status = doc.get("status")
+    doc_id, legacy_status = doc["_id"], status if type(status) is str and status in _KNOWN_STATUSES else _printable(status)
+    if problems and _blocked(problems):
+        return DocumentPlan(table, doc_id, "problem", session_id, legacy_status, expect, expect_absent, {}, [], problems, current)
+    action = "no_change" if not to_set else "fill_missing" if had_new else "migrate"
+    entity_type, sources = ("scene", SCENE_ASSET_SOURCES) if table == "scenes" else ("session", SESSION_ASSET_SOURCES)
+    references = [  # SCN-10, SES-8
+        dict(asset, entityType=entity_type, assetType=ASSET_TYPES[name], version=ASSET_VERSION, legacyField=key_field)
+        for name, (key_field, _) in sources.items()
+        if (asset := to_set.get(name)) is not None
+    ]
+    expect_absent.extend(to_set)
+    return DocumentPlan(table, doc_id, action, session_id, legacy_status, expect, expect_absent, to_set, references, problems, current)
+
+
+def _unrecordable_plan(
+    table: str, doc: dict[str, Any], session_id: str | None, problems: list[dict[str, str]], current: dict[str, Any]
+) -> DocumentPlan:
+    """GEN-4: a value the plan cannot carry blocks the document; its line then holds no precondition at all."""
+    return DocumentPlan(table, doc["_id"], "problem", session_id, _printable(doc.get("status")), {}, [], {}, [], problems, current)
+
+
+# -- GEN-3, GEN-4: reading the fields the rules use -----------------------------------------------------
+
+
+def _read(doc: dict[str, Any], reads: _Reads) -> tuple[dict[str, Any], list[str], list[dict[str, str]], bool]:
+    """The precondition (present read fields, absent ones), any value the plan cannot carry faithfully, and
+    whether the document already holds new fields (which the rules then read too)."""
+    expect: dict[str, Any] = {}
+    absent: list[str] = []
+    problems: list[dict[str, str]] = []
+    get = doc.get
+    for name in reads.names:
+        value = get(name, _ABSENT)
+        if value is _ABSENT:
+            absent.append(name)
+            continue
+        expect[name] = value
+        if type(value) is str:
+            if len(value) > MAX_STRING_LENGTH or not value.isascii():
+                problem = _text_problem(name, value)
+                if problem is not None:
+                    problems.append(problem)
+        elif (type(value) is not int or not _INT64_MIN <= value <= _UINT64_MAX) and value is not None:
+            problem = _nested_problem(name, value, 1)
+            if problem is not None:
+                problems.append(problem)
+    had_new = not reads.new_fields.isdisjoint(doc)
+    if had_new:
+        for name in sorted(reads.new_fields.intersection(doc)):
+            value = expect[name] = doc[name]
+            problem = _nested_problem(name, value, 1)
+            if problem is not None:
+                problems.append(problem)
+    return expect, absent, problems, had_new
+
+
+def _text_problem(name: str, value: str) -> dict[str, str] | None:
+    if not _recordable(value):
+        return _invalid_unicode(name)
+    if len(value) > MAX_STRING_LENGTH:
+        return _problem(
+            "oversized_value", name,
+            f"{name} is {len(value)} characters long, over the {MAX_STRING_LENGTH} the migration accepts: "
+            "correct it in the legacy data, then plan again.",
+        )
+    return None
+
+
+def _nested_problem(name: str, value: Any, level: int) -> dict[str, str] | None:
+    """Why a non-text value cannot be recorded in the plan (too deep, unpaired surrogate, NaN, bytes), if it cannot."""
+    value_type = type(value)
+    if value_type is dict or value_type is list:
+        if level > MAX_NESTING_DEPTH:
+            return _problem(
+                "too_deeply_nested", name,
+                f"{name} holds an object nested more than {MAX_NESTING_DEPTH} levels deep: replace it with a "
+                "readable message (or remove it) in the legacy data, then plan again.",
+            )
+        items = value.items() if value_type is dict else enumerate(value)
+        for key, item in items:
+            if type(key) is str and not _recordable(key):
+                return _invalid_unicode(name)
+            item_type = type(item)
+            if item_type is str:
+                if not _recordable(item):
+                    return _invalid_unicode(name)
+            elif (item_type is not int or not _INT64_MIN <= item <= _UINT64_MAX) and item is not None:
+                problem = _nested_problem(name, item, level + 1)
+                if problem is not None:
+                    return problem
+        return None
+    if value_type is str:
+        return None if _recordable(value) else _invalid_unicode(name)
+    if value_type is float:
+        return None if math.isfinite(value) else _cannot_record(name, "a non-finite number")
+    if value_type is int:
+        return None if _INT64_MIN <= value <= _UINT64_MAX else _cannot_record(name, "an integer beyond 64 bits")
+    if value is None or value_type is bool:
+        return None
+    return _cannot_record(name, _type_name(value))
+
+
+def _current(doc: dict[str, Any]) -> dict[str, Any]:
+    """What the scene already holds in new fields, for its session's totals and the duplicate-key check."""
+    assets = [doc[f] for f in SCENE_ASSET_SOURCES if type(doc.get(f)) is dict]
+    status = doc.get("assetsStatus")
+    if not assets and status is None:
+        return {}
+    keys = [a["s3Key"] for a in assets if type(a.get("s3Key")) is str and _recordable(a["s3Key"])]
+    size = sum(a.get("size", 0) for a in assets if type(a.get("size", 0)) in (int, float))
+    return {"assets": len(assets), "size": size, "keys": keys, "assetsStatus": status if type(status) is str else None}
+
+
+# -- AST-1: a key and a URL into one object address ----------------------------------------------------
+
+
+def _resolve_pair(
+    doc: dict[str, Any], key_field: str, url_field: str, ctx: RulesContext, problems: list[dict[str, str]]
+) -> tuple[str, str] | None:
+    """(s3Key, s3Url) of one legacy key/URL pair, None when there is no asset or it cannot be trusted."""
+    key = _text(doc, key_field, problems)
+    url = _text(doc, url_field, problems)
+    if key is _INVALID or url is _INVALID:
+        return None
+    if url is not None:
+        base, _, query = url.partition("?")
+        if query and _SIGNED_QUERY.search(query):
+            problems.append(_problem(
+                "presigned_url", url_field,
+                f"{url_field} is a pre-signed URL: its query string (signature) is removed and the asset stores the "
+                "plain object URL. Make sure readers get signed links from the key, not from s3Url.",
+            ))
+        parsed = parse_s3_url(url)
+        if key is None:
+            key = parsed.key if parsed is not None else _key_under_base(base, ctx)
+            if key is None:
+                problems.append(_problem(
+                    "url_not_s3", url_field,
+                    f"{key_field} is missing and {url_field} ({_show(base)}) is not an S3 object URL, so the key "
+                    f"cannot be derived: fill {key_field} in the legacy data (or plan with bucket_base_url if the URL "
+                    "lies under it).",
+                ))
+                return None
+            problems.append(_problem(
+                "key_derived", key_field,
+                f"{key_field} was missing; the key {_show(key)} was taken from {url_field}. Check it names the object.",
+            ))
+        elif not _points_at(base, parsed, key):
+            problems.append(_problem(
+                "key_url_mismatch", key_field,
+                f"{key_field} ({_show(key)}) and {url_field} ({_show(base)}) name different objects: decide which one "
+                "is right, correct the legacy data, then plan again.",
+            ))
+            return None
+        return key, base
+    if key is None:
+        return None
+    if ctx.bucket_base_url:
+        problems.append(_problem(
+            "url_derived", url_field,
+            f"{url_field} was missing; derived from bucket_base_url and {key_field}. Check the base URL serves this object.",
+        ))
+        return key, f"{ctx.bucket_base_url.rstrip('/')}/{key}"
+    problems.append(_problem(
+        "key_without_url", key_field,
+        f"{key_field} is set but {url_field} is missing, so the asset's URL is unknown: plan again with "
+        f"bucket_base_url (the bucket's public base URL) or fill {url_field} in the legacy data.",
+    ))
+    return None
+
+
+def _text(doc: dict[str, Any], name: str, problems: list[dict[str, str]]) -> Any:
+    """A key or URL field as stripped text; None when absent or blank, _INVALID when not a text at all."""
+    value = doc.get(name, _ABSENT)
+    if value is _ABSENT:
+        return None
+    if type(value) is str:
+        text = value.strip()
+        if text:
+            return text
+        problems.append(_empty_string(name))
+        return None
+    problems.append(_problem(
+        "wrong_type", name, f"{name} holds {_type_name(value)} where a text is expected: correct or remove it in the "
+        "legacy data, then plan again.",
+    ))
+    return _INVALID
+
+
+def _points_at(base: str, parsed: ParsedUrl | None, key: str) -> bool:
+    if parsed is not None:
+        return parsed.key == key
+    suffix = "/" + key
+    return base.endswith(suffix) or ("%" in base and unquote(base).endswith(suffix))
+
+
+def _key_under_base(base: str, ctx: RulesContext) -> str | None:
+    if not ctx.bucket_base_url:
+        return None
+    prefix = ctx.bucket_base_url.rstrip("/") + "/"
+    key = unquote(base[len(prefix):]) if base.startswith(prefix) else ""
+    return key or None
+
+
+# -- AST-2 to AST-5: the rest of an asset --------------------------------------------------------------
+
+
+def _assets(
+    doc: dict[str, Any], sources: dict[str, tuple[str, str]], ctx: RulesContext, problems: list[dict[str, str]]
+) -> dict[str, Any]:
+    """The new asset fields the legacy pairs yield; only the scene's video chunk has a size and a checksum."""
+    assets: dict[str, Any] = {}
+    get = doc.get
+    uploaded_at: Any = _ABSENT
+    for asset_field, (key_field, url_field) in sources.items():
+        key, url = get(key_field), get(url_field)
+        if key is None and url is None and key_field not in doc and url_field not in doc:
+            continue
+        # The usual case needs none of AST-1's repairs: a key and the plain S3 URL of that very key.
+        if not (
+            type(key) is str and type(url) is str and (key := key.strip()) and (url := url.strip()).endswith(key)
+            and "?" not in key and "#" not in key and "%" not in key and _is_s3_object_prefix(url[: -len(key)])
+        ):
+            pair = _resolve_pair(doc, key_field, url_field, ctx, problems)
+            if pair is None:
+                continue
+            key, url = pair
+        if uploaded_at is _ABSENT:
+            uploaded_at = _uploaded_at(doc, problems)  # AST-3
+        dot = key.rfind(".")  # AST-2, inlined for the usual lower-case extension
+        content_type = CONTENT_TYPES.get(key[dot + 1 :]) if dot > 0 and key[dot - 1] != "/" else None
+        if content_type is None and (content_type := content_type_for_key(key)) is None:
+            content_type = UNKNOWN_CONTENT_TYPE
+            problems.append(_problem(
+                "unknown_content_type", key_field,
+                f"{key_field} {_show(key)} has no known file extension: contentType is set to {UNKNOWN_CONTENT_TYPE}. "
+                "Correct it later if the object has a real type.",
+            ))
+        if asset_field == "videoAsset":
+            asset = {"s3Key": key, "s3Url": url, "contentType": content_type}
+            size = get("s3ChunkSize", _ABSENT)  # AST-4
+            if type(size) is int and size >= 0:
+                asset["size"] = size
+            elif size is not _ABSENT and (size := _size(size, problems)) is not None:
+                asset["size"] = size
+            checksum = get("checksum", _ABSENT)  # AST-5
+            if checksum is not _ABSENT and (checksum := _checksum(checksum, problems)) is not None:
+                asset["checksum"] = checksum
+            asset["uploadedAt"] = uploaded_at
+            assets[asset_field] = asset
+        else:
+            assets[asset_field] = {"s3Key": key, "s3Url": url, "contentType": content_type, "uploadedAt": uploaded_at}
+    return assets
+
+
+def _size(value: Any, problems: list[dict[str, str]]) -> int | float | None:
+    if (type(value) is int or type(value) is float) and value >= 0:
+        return value
+    problems.append(_problem(
+        "invalid_size", "s3ChunkSize",
+        f"s3ChunkSize holds {_describe(value)} instead of a non-negative number: videoAsset.size is left out "
+        "(unknown). Record the real size later if it matters.",
+    ))
+    return None
+
+
+def _checksum(value: Any, problems: list[dict[str, str]]) -> str | None:
+    if type(value) is str:
+        if value.strip():
+            return value
+        problems.append(_empty_string("checksum"))
+        return None
+    problems.append(_problem(
+        "invalid_checksum", "checksum",
+        f"checksum holds {_type_name(value)} instead of a text: videoAsset.checksum is left out. Recompute it from "
+        "the object if it is needed.",
+    ))
+    return None
+
+
+def _uploaded_at(doc: dict[str, Any], problems: list[dict[str, str]]) -> int | float:
+    """AST-3: when the legacy writer last touched the assets, else when the document was created."""
+    value = doc.get("updatedAt", _ABSENT)
+    if type(value) is int or type(value) is float:
+        return value
+    if value is _ABSENT:
+        return doc["_creationTime"]
+    text = value.strip() if type(value) is str else ""
+    parsed = _iso_to_ms(text) if text else None
+    if parsed is not None:
+        problems.append(_problem(
+            "timestamp_string", "updatedAt",
+            "updatedAt is an ISO date text (an old writer's format): converted to milliseconds for uploadedAt.",
+        ))
+        return parsed
+    if type(value) is str and not text:
+        problems.append(_empty_string("updatedAt"))
+    else:
+        problems.append(_problem(
+            "invalid_timestamp", "updatedAt",
+            f"updatedAt holds {_describe(value)}, neither a number nor an ISO date: uploadedAt uses _creationTime.",
+        ))
+    return doc["_creationTime"]
+
+
+def _iso_to_ms(text: str) -> int | None:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    try:
+        return (moment - _EPOCH) // _MILLISECOND
+    except OverflowError:
+        return None
+
+
+def _legacy_error(doc: dict[str, Any], problems: list[dict[str, str]]) -> str | None:
+    """SCN-6, SES-7: the legacy error text of a failed document, None when there is none to copy."""
+    value = doc.get("errorMessage", _ABSENT)
+    if value is _ABSENT:
+        return None
+    if type(value) is str:
+        if value.strip():
+            return value
+        problems.append(_empty_string("errorMessage"))
+        return None
+    problems.append(_problem(
+        "wrong_type", "errorMessage",
+        f"errorMessage holds {_type_name(value)} instead of a text: assetsErrorMessage gets a fixed text; the "
+        "original stays in errorMessage for whoever investigates the failure.",
+        FLAGGED,
+    ))
+    return None
+
+
+# -- problems ---------------------------------------------------------------------------------------------
+
+
+def _problem(code: str, field_name: str, message: str, severity: str | None = None) -> dict[str, str]:
+    return {"code": code, "severity": severity or PROBLEM_CODES[code], "field": field_name, "message": message}
+
+
+def _unknown_status(status: Any, known: Any) -> dict[str, str]:
+    return _problem(
+        "unknown_status", "status",
+        f"status {_show(status)} is not one of {', '.join(sorted(known))}: correct it in the legacy data (or extend "
+        "the status mapping in docs/mapping.md and helpers/rules.py), then plan again.",
+    )
+
+
+def _invalid_unicode(name: str) -> dict[str, str]:
+    return _problem(
+        "invalid_unicode", name,
+        f"{name} holds a text with an unpaired surrogate (not valid UTF-8), which cannot be stored or written to the "
+        "plan: correct the text in the legacy data, then plan again.",
+    )
+
+
+def _cannot_record(name: str, what: str) -> dict[str, str]:
+    return _problem(
+        "wrong_type", name,
+        f"{name} holds {what}, which the plan file cannot record faithfully: correct it in the legacy data, then plan again.",
+    )
+
+
+def _empty_string(name: str) -> dict[str, str]:
+    return _problem("empty_string", name, f"{name} is an empty text and is treated as absent.")
+
+
+def _blocked(problems: list[dict[str, str]]) -> bool:
+    return any(p["severity"] == BLOCKING for p in problems)
+
+
+def _recordable(text: str) -> bool:
+    return text.isascii() or _SURROGATE.search(text) is None
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a text", dict: "an object", list: "an array",
+            bytes: "bytes"}.get(type(value), type(value).__name__)
+
+
+def _describe(value: Any) -> str:
+    if type(value) is str:
+        return f"the text {_show(value)}"
+    if type(value) in (int, float):
+        return f"the number {value!r}"
+    return _type_name(value)
+
+
+def _show(value: Any, limit: int = 120) -> str:
+    """A short, recordable rendering of a value for a message (an asset shows only its key: URLs may carry secrets)."""
+    if type(value) is dict and "s3Key" in value:
+        value = {"s3Key": value["s3Key"]}
+    text = repr(value)
+    if not _recordable(text):
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _printable(value: Any) -> str | None:
+    """A status for the summary tables; a value that cannot be recorded is shown escaped and shortened."""
+    if type(value) is not str:
+        return None
+    return value if _recordable(value) and len(value) <= 100 else _show(value, 100)
