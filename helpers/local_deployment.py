@@ -11,10 +11,8 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
@@ -160,38 +158,3 @@ def serve(*, port: int, seed_scenes: int = 0, fault_rate: float = 0.0) -> int:
         except KeyboardInterrupt:
             pass
     return 0
-
-
-def demo(*, seed_scenes: int = 3000, runs_dir: Path = Path("runs")) -> int:
-    """`make demo`: local deployment + sample data, the whole runbook headless, a short summary."""
-    from .archive import check_archive, find_secret
-    from .runner import StepFailed, run_migration
-    from .sample_data import load
-
-    key = os.environ.get(DEPLOY_KEY_ENV) or generate_local_key()
-    os.environ[DEPLOY_KEY_ENV] = key  # the notebooks' kernels inherit it; nothing writes it down
-    started = time.monotonic()
-    with LocalDeployment(deploy_key=key) as deployment:
-        print(f"Local deployment at {deployment.url}; loading {seed_scenes:,} sample scenes…", flush=True)
-        with deployment.transport() as transport:
-            loaded = load(transport, seed_scenes)
-        print(f"Loaded {loaded}. Running the runbook (backup → dry-run → apply → verify)…", flush=True)
-        try:
-            result = run_migration(deployment.url, confirm=True, runs_dir=runs_dir)
-        except StepFailed as failure:
-            print(f"error: {failure}", file=sys.stderr)
-            return 1
-    check = check_archive(result.run_dir)
-    leaks = find_secret(result.run_dir, key)
-    stats = result.statistics
-    print("\nSummary")
-    print(f"  steps:                     {', '.join(f'{k} {v}' for k, v in result.steps.items())}")
-    for name, value in stats.model_dump().items():
-        if name not in ("errors", "planned"):
-            print(f"  {name + ':':<27}{value}")
-    print(f"  {'documents with errors:':<27}{len(stats.errors)}")
-    print(f"  archive check:             {'OK' if check.ok else 'FAILED: ' + '; '.join(check.problems)}")
-    print(f"  deploy key in run folder:  {'FOUND in ' + ', '.join(leaks) if leaks else 'nowhere'}")
-    print(f"  wall time:                 {time.monotonic() - started:.1f} s")
-    print(f"\nEvidence: {result.run_dir}")
-    return 0 if result.passed and check.ok and not leaks else 1

@@ -169,6 +169,9 @@ def run_step(
                 progress_bar=False,
                 log_output=log_output,
                 cwd=str(REPO_ROOT),
+                # The kernel talks to papermill over loopback TCP, as Jupyter does; its start-up warning about
+                # that is noise on the operator's terminal.
+                extra_arguments=["--IPKernelApp.log_level=ERROR"],
             )
     except papermill.PapermillExecutionError as exc:
         index = _source_cell_index(source, exc.cell_index)

@@ -109,3 +109,14 @@ def test_a_failed_step_stops_the_chain(tmp_path: Path) -> None:
     run_dir = next((tmp_path / "runs").iterdir())
     assert not (run_dir / "02_dry_run").exists()
     assert (run_dir / "manifest.json").exists()
+
+
+def test_demo_runs_the_whole_runbook_on_the_local_deployment(tmp_path: Path, deploy_key: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "helpers.cli", "demo", "--seed-scenes", "200", "--runs-dir", str(tmp_path / "runs")],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "04_verify            passed" in done.stdout and "archive check:             OK" in done.stdout
+    run_dir = Path(done.stdout.rsplit("Evidence: ", 1)[1].strip())
+    assert check_archive(run_dir).ok and find_secret(run_dir, deploy_key) == []
