@@ -37,6 +37,7 @@ bench: setup
 typecheck: node_modules/.installed
 	npx --no-install tsc --noEmit -p convex
 	npx --no-install tsc --noEmit -p local_deployment
+	npx --no-install tsc --noEmit -p benchmarks
 
 # JupyterLab for analysts (widgets work out of the box with ipywidgets 8).
 lab: setup

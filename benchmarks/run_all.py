@@ -1,0 +1,447 @@
+"""`make bench`: the runbook's figures, measured side by side in one run.
+
+    .venv/bin/python benchmarks/run_all.py [--quick] [--sizes 20k,100k,200k] [--naive-scenes 10000]
+                                           [--conversion-docs 100000] [--seed 7] [--out FILE]
+
+1. naive vs runbook: the seed's algorithm (benchmarks/naive_baseline.py) and the runbook (backup, dry-run,
+   apply with default batch size and concurrency), each on a fresh local deployment loaded with the same data.
+2. scale: for each size a fresh deployment, loaded here; the runbook pass runs in a separate process
+   (benchmarks/scale_step.py), which reports its own peak RSS.
+3. conversion cost: json.loads alone vs json.loads + rules.plan_scene over the same JSON lines.
+
+Prints a table per section, the goals, and last one `name: value` line per figure. Nothing is written to the
+repository (run folders live in a temporary directory, removed at the end); `--out FILE` also writes the
+figures as JSON. See benchmarks/README.md for how to read them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR))
+
+import conversion  # noqa: E402
+from naive_baseline import run_naive  # noqa: E402
+
+from helpers.apply import apply_plan  # noqa: E402
+from helpers.backup import take_backup  # noqa: E402
+from helpers.local_deployment import LocalDeployment, generate_local_key  # noqa: E402
+from helpers.plan import build_plan  # noqa: E402
+from helpers.sample_data import load  # noqa: E402
+from helpers.transport import DEPLOY_KEY_ENV  # noqa: E402
+
+NAIVE_FUNCTIONS = BENCH_DIR / "convex"
+SCALE_STEP = BENCH_DIR / "scale_step.py"
+FULL = {"naive": 10_000, "sizes": [20_000, 100_000, 200_000], "conversion": 100_000, "repeats": 3}
+QUICK = {"naive": 1_000, "sizes": [2_000, 5_000], "conversion": 5_000, "repeats": 1}
+REQUIRED = ("round_trip_ratio", "wall_time_ratio", "peak_rss_mib_200k", "conversion_vs_json_loads")
+GIB = 1024.0
+
+
+def label(n: int) -> str:
+    return f"{n // 1000}k" if n % 1000 == 0 else str(n)
+
+
+def parse_count(text: str) -> int:
+    text = text.strip().lower().replace("_", "")
+    if text.endswith("k"):
+        return int(float(text[:-1]) * 1000)
+    return int(text)
+
+
+def say(message: str = "") -> None:
+    print(message, flush=True)
+
+
+def table(title: str, header: list[str], rows: list[list[Any]]) -> None:
+    cells = [[_cell(v) for v in row] for row in [header, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    say(f"\n{title}")
+    for index, row in enumerate(cells):
+        say("  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+        if index == 0:
+            say("  " + "  ".join("-" * w for w in widths))
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def node_peak_rss_mib(pid: int | None) -> float | None:
+    """Peak RSS of the local deployment's largest process (tsx starts node as a child), from /proc (Linux)."""
+    if pid is None:
+        return None
+    try:
+        import psutil
+
+        processes = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except Exception:  # noqa: BLE001 - optional figure
+        return None
+    peaks = []
+    for process in processes:
+        try:
+            for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks.append(int(line.split()[1]) / 1024)
+        except OSError:
+            continue
+    return round(max(peaks), 1) if peaks else None
+
+
+class Meter:
+    """Wall time, round trips and CPU time (this process, all threads + the deployment's process tree) of a step."""
+
+    def __init__(self, transport: Any, deployment_pid: int | None) -> None:
+        self.transport = transport
+        self.processes = _process_tree(deployment_pid)
+
+    def _cpu_node(self) -> float:
+        total = 0.0
+        for process in self.processes:
+            try:
+                times = process.cpu_times()
+                total += times.user + times.system
+            except Exception:  # noqa: BLE001 - optional figure
+                continue
+        return total
+
+    def run(self, step: Callable[[], Any]) -> tuple[Any, dict[str, float]]:
+        trips, node, cpu, started = self.transport.round_trips, self._cpu_node(), time.process_time(), time.perf_counter()
+        value = step()
+        figures = {
+            "seconds": time.perf_counter() - started,
+            "round_trips": self.transport.round_trips - trips,
+            "cpu_python": time.process_time() - cpu,
+            "cpu_node": self._cpu_node() - node,
+        }
+        figures["cpu"] = figures["cpu_python"] + figures["cpu_node"]
+        return value, figures
+
+
+def _process_tree(pid: int | None) -> list[Any]:
+    if pid is None:
+        return []
+    try:
+        import psutil
+
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except Exception:  # noqa: BLE001 - optional figure
+        return []
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def _load_average() -> str:
+    try:
+        return "{:.1f}".format(os.getloadavg()[0])
+    except OSError:
+        return "?"
+
+
+# -- 1. naive vs runbook ------------------------------------------------------------------------------------
+
+
+def _naive_side(n_scenes: int, seed: int, key: str) -> tuple[Any, dict[str, float], float | None]:
+    with LocalDeployment(deploy_key=key, extra_functions=NAIVE_FUNCTIONS) as deployment:
+        with deployment.transport() as transport:
+            loaded = load(transport, n_scenes, seed=seed)
+        say(f"naive: loaded {loaded.scenes:,} scenes, {loaded.sessions:,} sessions; running the seed's algorithm "
+            f"(load average {_load_average()})…")
+        with deployment.transport() as transport:
+            naive, figures = Meter(transport, deployment.pid).run(lambda: run_naive(transport))
+        return naive, figures, node_peak_rss_mib(deployment.pid)
+
+
+def _runbook_side(n_scenes: int, seed: int, key: str, run_dir: Path) -> dict[str, Any]:
+    with LocalDeployment(deploy_key=key) as deployment:
+        with deployment.transport() as transport:
+            load(transport, n_scenes, seed=seed)
+        load_before = _load_average()
+        with deployment.transport() as transport:
+            meter = Meter(transport, deployment.pid)
+            backup, backup_f = meter.run(lambda: take_backup(transport, run_dir, show_progress=False))
+            plan, plan_f = meter.run(lambda: build_plan(transport, run_dir, show_progress=False))
+            applied, apply_f = meter.run(lambda: apply_plan(transport, run_dir, confirm=True, show_progress=False))
+        return {"backup": backup, "plan": plan, "applied": applied, "phases": {"backup": backup_f, "dry_run": plan_f, "apply": apply_f},
+                "node_peak": node_peak_rss_mib(deployment.pid), "load_average": load_before}
+
+
+def bench_naive_vs_runbook(n_scenes: int, seed: int, tmp: Path, repeats: int) -> dict[str, Any]:
+    say(f"\n== Naive vs runbook at {n_scenes:,} scenes (fresh deployments, same data, seed {seed}; "
+        f"runbook passes: {repeats}, median reported) ==")
+    key = generate_local_key()
+    naive, naive_f, naive_node = _naive_side(n_scenes, seed, key)
+    passes = []
+    for index in range(repeats):
+        result = _runbook_side(n_scenes, seed, key, tmp / f"naive-vs-runbook-{index}")
+        phases = result["phases"]
+        say(f"runbook pass {index + 1}/{repeats}: dry-run {phases['dry_run']['seconds']:.1f} s + apply "
+            f"{phases['apply']['seconds']:.1f} s (load average {result['load_average']})")
+        passes.append(result)
+
+    def median(phase: str, name: str) -> float:
+        return _median([p["phases"][phase][name] for p in passes])
+
+    def both(name: str) -> float:
+        return _median([p["phases"]["dry_run"][name] + p["phases"]["apply"][name] for p in passes])
+
+    last = passes[-1]
+    plan, applied = last["plan"], last["applied"]
+    rows = [
+        ["naive: read", naive.read_round_trips, naive.read_seconds, "", "", "", "", "", ""],
+        ["naive: writes", naive.write_round_trips, naive.write_seconds, "", naive.scenes_updated, naive.sessions_updated,
+         naive.references_created, naive.skipped, naive_node or "?"],
+        ["naive: total", naive.round_trips, naive.seconds, naive_f["cpu"], "", "", "", "", ""],
+    ]
+    for phase, title in (("backup", "backup"), ("dry_run", "dry-run"), ("apply", "apply")):
+        extra = ["", "", "", "", ""]
+        if phase == "dry_run":
+            extra = ["", "", "", f"{sum(t.get('problem', 0) for t in plan.actions.values())} blocked", ""]
+        if phase == "apply":
+            extra = [applied.scenes_migrated, applied.sessions_migrated, applied.references_created,
+                     f"{applied.conflicts} conflicts, {len(applied.errors)} errors", last["node_peak"] or "?"]
+        rows.append([f"runbook: {title}", last["phases"][phase]["round_trips"], median(phase, "seconds"), median(phase, "cpu"), *extra])
+    runbook_rt = last["phases"]["dry_run"]["round_trips"] + last["phases"]["apply"]["round_trips"]
+    backup_rt = last["phases"]["backup"]["round_trips"]
+    runbook_s, runbook_cpu = both("seconds"), both("cpu")
+    rows.append(["runbook: dry-run + apply", runbook_rt, runbook_s, runbook_cpu, "", "", "", "", ""])
+    table(
+        "Round trips, wall time and CPU time (runbook: median of its passes; CPU = Python process + local deployment)",
+        ["", "round trips", "seconds", "CPU s", "scenes written", "sessions written", "references", "skipped/blocked", "node peak MiB"],
+        rows,
+    )
+    if repeats > 1:
+        say("  runbook dry-run + apply seconds per pass: "
+            + ", ".join(f"{p['phases']['dry_run']['seconds'] + p['phases']['apply']['seconds']:.1f}" for p in passes))
+    say(f"  (runbook apply status: {applied.status}; backup counts {last['backup'].counts}; planned changes {plan.changes:,})")
+    return {
+        "naive_scenes": n_scenes,
+        "naive_round_trips": naive.round_trips,
+        "naive_seconds": naive.seconds,
+        "naive_cpu_seconds": naive_f["cpu"],
+        "naive_write_round_trips": naive.write_round_trips,
+        "naive_write_seconds": naive.write_seconds,
+        "naive_references_created": naive.references_created,
+        "naive_skipped": naive.skipped,
+        "runbook_passes": repeats,
+        "runbook_round_trips": runbook_rt,
+        "runbook_seconds": runbook_s,
+        "runbook_cpu_seconds": runbook_cpu,
+        "runbook_dry_run_seconds": median("dry_run", "seconds"),
+        "runbook_apply_round_trips": last["phases"]["apply"]["round_trips"],
+        "runbook_apply_seconds": median("apply", "seconds"),
+        "runbook_backup_round_trips": backup_rt,
+        "runbook_backup_seconds": median("backup", "seconds"),
+        "runbook_references_created": applied.references_created,
+        "runbook_apply_status": applied.status,
+        "round_trip_ratio": naive.round_trips / runbook_rt,
+        "wall_time_ratio": naive.seconds / runbook_s,
+        "cpu_time_ratio": naive_f["cpu"] / runbook_cpu if runbook_cpu else None,
+        "round_trip_ratio_apply_only": naive.write_round_trips / last["phases"]["apply"]["round_trips"],
+        "wall_time_ratio_apply_only": naive.write_seconds / median("apply", "seconds"),
+        "wall_time_ratio_incl_backup": naive.seconds / both_incl_backup(passes),
+    }
+
+
+def both_incl_backup(passes: list[dict[str, Any]]) -> float:
+    return _median([sum(p["phases"][phase]["seconds"] for phase in ("backup", "dry_run", "apply")) for p in passes])
+
+
+# -- 2. scale -------------------------------------------------------------------------------------------------
+
+
+def bench_scale(sizes: list[int], seed: int, tmp: Path) -> dict[str, Any]:
+    say(f"\n== Scale: {', '.join(f'{n:,}' for n in sizes)} scenes (fresh deployment each; runbook in its own process) ==")
+    figures: dict[str, Any] = {}
+    rows = []
+    reports = []
+    for n in sizes:
+        key = generate_local_key()
+        with LocalDeployment(deploy_key=key) as deployment:
+            started = time.perf_counter()
+            with deployment.transport() as transport:
+                loaded = load(transport, n, seed=seed)
+            load_s = time.perf_counter() - started
+            say(f"{label(n)}: loaded {loaded.scenes:,} scenes + {loaded.sessions:,} sessions in {load_s:.1f} s; running scale_step…")
+            run_dir = tmp / f"scale-{label(n)}"
+            started = time.perf_counter()
+            process = subprocess.run(
+                [sys.executable, str(SCALE_STEP), "--url", deployment.url, "--run-dir", str(run_dir)],
+                env={**os.environ, DEPLOY_KEY_ENV: key}, capture_output=True, text=True, timeout=4 * 3600, check=False,
+            )
+            process_s = time.perf_counter() - started
+            node_peak = node_peak_rss_mib(deployment.pid)
+        if process.returncode != 0:
+            raise RuntimeError(f"scale_step failed at {n:,} scenes (exit {process.returncode}):\n{process.stderr[-4000:]}")
+        report = json.loads(process.stdout.strip().splitlines()[-1])
+        reports.append((n, report))
+        phases = report["phases"]
+        runbook_s = phases["dry_run"]["seconds"] + phases["apply"]["seconds"]
+        total_s = runbook_s + phases["backup"]["seconds"]
+        docs = report["documents"]
+        tag = label(n)
+        figures[f"peak_rss_mib_{tag}"] = report["peak_rss_mib"]
+        figures[f"seconds_per_1k_docs_{tag}"] = total_s / docs * 1000
+        figures[f"dry_run_apply_seconds_{tag}"] = runbook_s
+        figures[f"node_peak_rss_mib_{tag}"] = node_peak
+        rows.append([
+            tag, docs, phases["backup"]["seconds"], phases["dry_run"]["seconds"], phases["apply"]["seconds"], total_s,
+            total_s / docs * 1000, phases["backup"]["peak_rss_mib"], phases["dry_run"]["peak_rss_mib"], report["peak_rss_mib"],
+            sum(p["round_trips"] for p in phases.values()), f"{report['apply_status']} ({report['errors']} err)", node_peak or "?",
+        ])
+    table(
+        "Runbook pass per size (scale_step.py; RSS = its own ru_maxrss, after each phase)",
+        ["size", "documents", "backup s", "dry-run s", "apply s", "total s", "s / 1k docs", "RSS backup", "RSS dry-run",
+         "peak RSS MiB", "round trips", "apply", "node peak MiB"],
+        rows,
+    )
+    (n0, first), (n1, last) = reports[0], reports[-1]
+    if n1 > n0:
+        rss_growth = last["peak_rss_mib"] / first["peak_rss_mib"]
+        data_growth = last["documents"] / first["documents"]
+        figures["rss_growth_ratio"] = rss_growth
+        figures["data_growth_ratio"] = data_growth
+        figures["rss_growth_vs_data_growth"] = rss_growth / data_growth
+        figures["rss_mib_per_1k_extra_docs"] = (last["peak_rss_mib"] - first["peak_rss_mib"]) / ((last["documents"] - first["documents"]) / 1000)
+        say(f"  peak RSS grew {rss_growth:.2f}x while the data grew {data_growth:.2f}x "
+            f"({figures['rss_mib_per_1k_extra_docs']:.3f} MiB per 1k extra documents)")
+    figures["peak_rss_mib_largest"] = last["peak_rss_mib"]
+    figures["largest_size"] = n1
+    return figures
+
+
+# -- 3. conversion --------------------------------------------------------------------------------------------
+
+
+def bench_conversion(n: int, seed: int) -> dict[str, Any]:
+    say(f"\n== Conversion cost: {n:,} generated scenes as JSON lines (best of {conversion.REPEATS}) ==")
+    result = conversion.measure(n, seed)
+    table(
+        "Per document",
+        ["", "seconds (all)", "µs / doc"],
+        [
+            ["json.loads", result["json_loads_seconds"], result["json_loads_us_per_doc"]],
+            ["json.loads + plan_scene", result["json_loads_plus_plan_seconds"], result["json_loads_plus_plan_seconds"] / result["documents"] * 1e6],
+            ["conversion only (difference)", result["conversion_seconds"], result["conversion_us_per_doc"]],
+            ["orjson.loads (for reference)", result["orjson_loads_seconds"], result["orjson_loads_seconds"] / result["documents"] * 1e6],
+        ],
+    )
+    say(f"  {result['documents']:,} documents, {result['bytes_per_document']} bytes each on average")
+    return {
+        "conversion_docs": result["documents"],
+        "conversion_vs_json_loads": result["conversion_vs_json_loads"],
+        "conversion_vs_orjson_loads": result["conversion_vs_orjson_loads"],
+        "conversion_us_per_doc": result["conversion_us_per_doc"],
+        "json_loads_us_per_doc": result["json_loads_us_per_doc"],
+    }
+
+
+# -- figures --------------------------------------------------------------------------------------------------
+
+
+def goals(figures: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
+    def check(name: str, text: str, ok: Callable[[Any], bool]) -> tuple[str, str, bool | None]:
+        value = figures.get(name)
+        return name, text, None if value is None else ok(value)
+
+    return [
+        check("round_trip_ratio", ">= 20 (naive / runbook dry-run + apply)", lambda v: v >= 20),
+        check("wall_time_ratio", ">= 10 (naive / runbook dry-run + apply)", lambda v: v >= 10),
+        check("peak_rss_mib_200k", f"<= {GIB:.0f} MiB", lambda v: v <= GIB),
+        check("rss_growth_vs_data_growth", "clearly below 1 (RSS grows slower than data): <= 0.5", lambda v: v <= 0.5),
+        check("conversion_vs_json_loads", "<= 3", lambda v: v <= 3),
+    ]
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool) or isinstance(value, (int, str)):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
+    return json.dumps(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run (naive 1k, scale 2k/5k, conversion 5k)")
+    parser.add_argument("--sizes", help="scale sizes in scenes, comma-separated (e.g. 20k,100k,200k)")
+    parser.add_argument("--naive-scenes", type=parse_count, help="scenes for naive vs runbook (default 10k)")
+    parser.add_argument("--conversion-docs", type=parse_count, help="documents for the conversion cost (default 100k)")
+    parser.add_argument("--runbook-passes", type=int, help="runbook passes for naive vs runbook, median reported (default 3; 1 with --quick)")
+    parser.add_argument("--seed", type=int, default=7, help="sample data seed (the same data for every deployment)")
+    parser.add_argument("--only", help="comma-separated sections to run: naive,scale,conversion (default: all)")
+    parser.add_argument("--out", type=Path, help="also write the figures to this JSON file")
+    args = parser.parse_args(argv)
+
+    defaults = QUICK if args.quick else FULL
+    naive_scenes = args.naive_scenes or defaults["naive"]
+    sizes = sorted(parse_count(s) for s in args.sizes.split(",")) if args.sizes else defaults["sizes"]
+    conversion_docs = args.conversion_docs or defaults["conversion"]
+    repeats = max(1, args.runbook_passes or defaults["repeats"])
+    sections = set(args.only.split(",")) if args.only else {"naive", "scale", "conversion"}
+    unknown = sections - {"naive", "scale", "conversion"}
+    if unknown:
+        parser.error(f"unknown section(s): {', '.join(sorted(unknown))}")
+
+    started = time.perf_counter()
+    figures: dict[str, Any] = {}
+    failures = []
+    with tempfile.TemporaryDirectory(prefix="runbook-bench-") as tmp:
+        for name, run in (
+            ("naive", lambda: bench_naive_vs_runbook(naive_scenes, args.seed, Path(tmp), repeats)),
+            ("scale", lambda: bench_scale(sizes, args.seed, Path(tmp))),
+            ("conversion", lambda: bench_conversion(conversion_docs, args.seed)),
+        ):
+            if name not in sections:
+                continue
+            try:
+                figures.update(run())
+            except Exception as error:  # noqa: BLE001 - report and go on with the other sections
+                failures.append(name)
+                say(f"\n!! {name} failed: {type(error).__name__}: {error}")
+                traceback.print_exc()
+    figures["bench_seconds"] = time.perf_counter() - started
+
+    say("\nGoals")
+    for name, text, ok in goals(figures):
+        state = "not measured" if ok is None else "met" if ok else "MISSED"
+        say(f"  {name:<28} {fmt(figures.get(name)):>10}  {text}: {state}")
+    if args.quick:
+        say("  (--quick: smaller sizes than the goals are set for (10k scenes, 200k scenes); a smoke run, not a verdict)")
+    if failures:
+        say(f"  sections that failed: {', '.join(failures)}")
+
+    if args.out:
+        args.out.write_text(json.dumps(figures, indent=2, default=str) + "\n", encoding="utf-8")
+
+    say("\nFigures")
+    ordered = [*REQUIRED, *(k for k in figures if k not in REQUIRED)]
+    for name in ordered:
+        say(f"{name}: {fmt(figures.get(name))}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

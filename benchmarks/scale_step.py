@@ -1,0 +1,77 @@
+"""One runbook pass (backup → dry-run → apply) against a loaded deployment, in its own process.
+
+    CONVEX_DEPLOY_KEY=... python benchmarks/scale_step.py --url URL --run-dir DIR
+
+Run by benchmarks/run_all.py once per data size, so `ru_maxrss` (this process's peak resident memory) is the
+runbook's own footprint: nothing the benchmark did before (loading the data) counts. The deploy key comes from
+the environment only. Prints one JSON object on stdout: seconds and round trips per phase, peak RSS after
+each phase (MiB, monotonic), and the counts that show the pass really did its work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from helpers.apply import apply_plan
+from helpers.backup import take_backup
+from helpers.plan import build_plan
+from helpers.transport import ConvexTransport
+
+
+def peak_rss_mib() -> float:
+    """This process's peak RSS so far; Linux reports ru_maxrss in KiB (macOS in bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", required=True, help="deployment URL (the deploy key comes from CONVEX_DEPLOY_KEY)")
+    parser.add_argument("--run-dir", required=True, type=Path, help="an empty run folder for this pass")
+    parser.add_argument("--page-size", type=int, default=4000)
+    args = parser.parse_args(argv)
+
+    report: dict[str, Any] = {"rss_mib_start": peak_rss_mib(), "phases": {}}
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    with ConvexTransport(args.url) as transport:
+
+        def phase(name: str, step: Any) -> Any:
+            trips, started = transport.round_trips, time.perf_counter()
+            value = step()
+            report["phases"][name] = {
+                "seconds": round(time.perf_counter() - started, 3),
+                "round_trips": transport.round_trips - trips,
+                "peak_rss_mib": peak_rss_mib(),
+            }
+            return value
+
+        backup = phase("backup", lambda: take_backup(transport, args.run_dir, show_progress=False))
+        plan = phase("dry_run", lambda: build_plan(transport, args.run_dir, page_size=args.page_size, show_progress=False))
+        applied = phase("apply", lambda: apply_plan(transport, args.run_dir, confirm=True, show_progress=False))
+
+    report.update(
+        peak_rss_mib=peak_rss_mib(),
+        documents=plan.documents,
+        backup_counts=backup.counts,
+        planned_changes=plan.changes,
+        planned_references=plan.references,
+        apply_status=applied.status,
+        scenes_migrated=applied.scenes_migrated,
+        sessions_migrated=applied.sessions_migrated,
+        references_created=applied.references_created,
+        conflicts=applied.conflicts,
+        errors=len(applied.errors),
+        batches_sent=applied.batches_sent,
+    )
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
