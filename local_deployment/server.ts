@@ -275,7 +275,7 @@ async function callFunction(req: IncomingMessage, res: ServerResponse, endpoint:
     return fail(functionErrorMessage(new Error("The arguments to a Convex function must be an object.")));
   }
   const dropAfter = faultPaths.length === 0 || faultPaths.some((prefix) => path.startsWith(prefix))
-    ? await injectFaultBefore(req, res)
+    ? await injectFaultBefore(res)
     : "none";
   if (dropAfter === "handled") return;
   let value: Value;
@@ -297,7 +297,7 @@ async function callFunction(req: IncomingMessage, res: ServerResponse, endpoint:
 }
 
 /** Faults chosen at start-up: a 5xx before executing, a dropped connection after executing, or a delay. */
-async function injectFaultBefore(req: IncomingMessage, res: ServerResponse): Promise<"none" | "drop" | "handled"> {
+async function injectFaultBefore(res: ServerResponse): Promise<"none" | "drop" | "handled"> {
   if (faultRate <= 0 || nextRandom() >= faultRate || faultKinds.length === 0) return "none";
   const kind = faultKinds[Math.floor(nextRandom() * faultKinds.length)];
   if (kind === "5xx") {
@@ -309,9 +309,7 @@ async function injectFaultBefore(req: IncomingMessage, res: ServerResponse): Pro
     await new Promise((r) => setTimeout(r, 200 + Math.floor(nextRandom() * 800)));
     return "none";
   }
-  if (kind === "drop") return "drop";
-  void req;
-  return "none";
+  return kind === "drop" ? "drop" : "none";
 }
 
 // ---------------------------------------------------------------------------------------------------
