@@ -29,6 +29,7 @@ from .archive import (
     write_manifest,
 )
 from .errors import DeployKeyMissing, PreconditionFailed, RunbookError
+from .transport import deploy_key_from_env, redact_url
 
 STEPS = ("01_backup_snapshot", "02_dry_run", "03_apply", "04_verify")
 ROLLBACK_STEP = "05_rollback"
@@ -121,6 +122,12 @@ def check_parameters(step: str, parameters: Mapping[str, Any], notebooks_dir: Pa
         raise PreconditionFailed(
             f"{step} has no parameter {', '.join(unknown)}.", hint=f"Its parameters are: {', '.join(declared)}."
         )
+    url = str(parameters.get("convex_url", ""))
+    if url and redact_url(url) != url:
+        raise PreconditionFailed(
+            f"The deployment URL given to {step} carries credentials ({redact_url(url)}).",
+            hint="Give the plain deployment URL; the key goes in CONVEX_DEPLOY_KEY (parameters are written into the evidence).",
+        )
     key = _deploy_key()
     if key and any(key in str(value) for value in parameters.values()):
         raise PreconditionFailed(
@@ -130,8 +137,6 @@ def check_parameters(step: str, parameters: Mapping[str, Any], notebooks_dir: Pa
 
 
 def _deploy_key() -> str | None:
-    from .transport import deploy_key_from_env
-
     try:
         return deploy_key_from_env()
     except DeployKeyMissing:

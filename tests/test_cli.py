@@ -110,6 +110,10 @@ def test_parameters_are_refused_before_anything_runs(tmp_path: Path, notebooks: 
     with pytest.raises(PreconditionFailed, match="has no parameter lable") as typo:
         runner.run_step("ok_step", convex_url=URL, run_dir=run_dir, parameters={"lable": "x"}, notebooks_dir=notebooks)
     assert "label" in typo.value.hint
+    with pytest.raises(PreconditionFailed, match="carries credentials") as with_credentials:
+        runner.run_step("ok_step", convex_url="https://ops:hunter2@happy-otter-1.convex.cloud", run_dir=run_dir,
+                        notebooks_dir=notebooks)
+    assert "hunter2" not in str(with_credentials.value)
     assert not run_dir.exists()
 
 
