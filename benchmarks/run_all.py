@@ -284,12 +284,10 @@ def bench_scale(sizes: list[int], seed: int, tmp: Path) -> dict[str, Any]:
             load_s = time.perf_counter() - started
             say(f"{label(n)}: loaded {loaded.scenes:,} scenes + {loaded.sessions:,} sessions in {load_s:.1f} s; running scale_step…")
             run_dir = tmp / f"scale-{label(n)}"
-            started = time.perf_counter()
             process = subprocess.run(
                 [sys.executable, str(SCALE_STEP), "--url", deployment.url, "--run-dir", str(run_dir)],
                 env={**os.environ, DEPLOY_KEY_ENV: key}, capture_output=True, text=True, timeout=4 * 3600, check=False,
             )
-            process_s = time.perf_counter() - started
             node_peak = node_peak_rss_mib(deployment.pid)
         if process.returncode != 0:
             raise RuntimeError(f"scale_step failed at {n:,} scenes (exit {process.returncode}):\n{process.stderr[-4000:]}")

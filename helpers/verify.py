@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from . import MIGRATION_ID, jsonio
 from .backup import iter_backup_documents, read_backup
 from .deployment import iter_documents
-from .fields import ASSET_SOURCES, ASSET_TYPES, MIGRATED_TABLES, NEW_FIELDS, legacy_part, new_part
+from .fields import ASSET_SOURCES, MIGRATED_TABLES, NEW_FIELDS, legacy_part, new_part
 from .progress import progress
 from .plan import CHANGING_ACTIONS, iter_plan_lines, read_plan
 from .transport import ConvexTransport
