@@ -1,7 +1,8 @@
 """`make bench`: the runbook's figures, measured side by side in one run.
 
     .venv/bin/python benchmarks/run_all.py [--quick] [--sizes 20k,100k,200k] [--naive-scenes 10000]
-                                           [--conversion-docs 100000] [--seed 7] [--out FILE]
+                                           [--runbook-passes 3] [--conversion-docs 100000] [--seed 7]
+                                           [--only naive,scale,conversion] [--out FILE]
 
 1. naive vs runbook: the seed's algorithm (benchmarks/naive_baseline.py) and the runbook (backup, dry-run,
    apply with default batch size and concurrency), each on a fresh local deployment loaded with the same data.
@@ -84,14 +85,7 @@ def _cell(value: Any) -> str:
 
 def node_peak_rss_mib(pid: int | None) -> float | None:
     """Peak RSS of the local deployment's largest process (tsx starts node as a child), from /proc (Linux)."""
-    if pid is None:
-        return None
-    try:
-        import psutil
-
-        processes = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-    except Exception:  # noqa: BLE001 - optional figure
-        return None
+    processes = _process_tree(pid)
     peaks = []
     for process in processes:
         try:
