@@ -1,7 +1,7 @@
 // The runbook's ledger of runs and its lease-based lock: one "lock" row per migration, held by one run id
 // until released or until its lease expires (a killed apply frees the lock by itself).
 import { v } from "convex/values";
-import { internalMutation, type MutationCtx } from "./_generated/server";
+import { internalMutation, internalQuery, type MutationCtx } from "./_generated/server";
 
 async function currentLock(ctx: MutationCtx, migrationId: string) {
   return await ctx.db
@@ -65,6 +65,7 @@ export const record = internalMutation({
     finishedAt: v.optional(v.number()),
     counts: v.optional(v.record(v.string(), v.number())),
     details: v.optional(v.string()),
+    evidence: v.optional(v.record(v.string(), v.string())),
   },
   handler: async (ctx, args) => {
     const rows = await ctx.db
@@ -78,5 +79,17 @@ export const record = internalMutation({
       await ctx.db.insert("migrationRuns", { kind: "run", ...args });
     }
     return null;
+  },
+});
+
+/** Every ledger row of a migration (one per run and step), oldest first: the evidence anchor and the record
+ * of who applied what, read by `check-archive --url` and by apply's stale-plan check. */
+export const ledger = internalQuery({
+  args: { migrationId: v.string() },
+  handler: async (ctx, { migrationId }) => {
+    return await ctx.db
+      .query("migrationRuns")
+      .withIndex("by_migration", (q) => q.eq("migrationId", migrationId).eq("kind", "run"))
+      .collect();
   },
 });

@@ -145,5 +145,7 @@ export default defineSchema({
     leaseExpiresAt: v.optional(v.number()),
     counts: v.optional(v.record(v.string(), v.number())),
     details: v.optional(v.string()),
+    // sha256 of what the step read and wrote (run-folder path -> hex digest): anchors the evidence here.
+    evidence: v.optional(v.record(v.string(), v.string())),
   }).index("by_migration", ["migrationId", "kind", "runId"]),
 });

@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field
 
 from . import MIGRATION_ID
 from .errors import PreconditionFailed, RunbookError
+from .run_folder import LOCK_FILE
 
 MANIFEST_FILE = "manifest.json"
 RESULTS_FILE = "results.json"
@@ -158,7 +159,7 @@ def _iter_files(run_dir: Path) -> Iterator[str]:
     """Every file of the folder as a relative POSIX path, the manifest itself excepted."""
     for path in sorted(run_dir.rglob("*")):
         relative = path.relative_to(run_dir).as_posix()
-        if path.is_file() and relative != MANIFEST_FILE:
+        if path.is_file() and relative not in (MANIFEST_FILE, LOCK_FILE):
             yield relative
 
 

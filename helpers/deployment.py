@@ -83,6 +83,11 @@ def record_run(transport: ConvexTransport, migration_id: str, run_id: str, **fie
     transport.function("migrationRuns:record", args)
 
 
+def read_ledger(transport: ConvexTransport, migration_id: str) -> list[dict[str, Any]]:
+    """Every ledger row of a migration (``kind: "run"``, one per run and step), oldest first."""
+    return list(transport.function("migrationRuns:ledger", {"migrationId": migration_id}))
+
+
 _NEW_FIELD_NAMES = (
     "videoAsset", "sourceCodeAsset", "thumbnailAsset", "subtitleAsset", "assetsStatus", "assetsErrorMessage",
     "assetVersion", "previousAssetVersions", "combinedVideoAsset", "combinedSubtitleAsset", "manifestAsset",

@@ -25,7 +25,7 @@ from .errors import PreconditionFailed
 from .fields import MIGRATED_TABLES
 from .plan import CHANGING_ACTIONS, iter_plan_lines, read_plan
 from .transport import ConvexTransport
-from .verify import digest
+from .values import digest
 
 Mode = Literal["strip", "restore"]
 ROLLBACK_DIR = "rollback"

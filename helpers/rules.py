@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 from urllib.parse import unquote
 
 from .fields import ASSET_TYPES, NEW_FIELDS, SCENE_ASSET_SOURCES, SESSION_ASSET_SOURCES
+from .values import equal as values_equal
 
 BLOCKING = "blocking"
 FLAGGED = "flagged"
@@ -309,29 +310,6 @@ def session_assets_status(
     if totals.uploading:
         return "uploading", None
     return "pending", None
-
-
-def values_equal(a: Any, b: Any) -> bool:
-    """Convex equality: 1 == 1.0, NaN == NaN, but a boolean is never a number and types never mix."""
-    type_a, type_b = type(a), type(b)
-    if (type_a is int or type_a is float) and (type_b is int or type_b is float):
-        return a == b or (a != a and b != b)
-    if type_a is not type_b:
-        return False
-    if type_a is dict:
-        if a.keys() != b.keys():
-            return False
-        for key, value in a.items():
-            other = b[key]
-            if type(value) is str and type(other) is str:  # the usual case, compared in place
-                if value != other:
-                    return False
-            elif not values_equal(value, other):
-                return False
-        return True
-    if type_a is list:
-        return len(a) == len(b) and all(map(values_equal, a, b))
-    return a == b
 
 
 def asset_keys(plan: DocumentPlan) -> list[str]:

@@ -8,7 +8,6 @@ the conversion rules again, so a bug in the rules cannot hide itself.
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,13 +15,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from . import MIGRATION_ID, jsonio
+from . import MIGRATION_ID
 from .backup import iter_backup_documents, read_backup
 from .deployment import iter_documents
 from .fields import ASSET_SOURCES, MIGRATED_TABLES, NEW_FIELDS, legacy_part, new_part
 from .progress import progress
 from .plan import CHANGING_ACTIONS, iter_plan_lines, read_plan
 from .transport import ConvexTransport
+from .values import digest
 
 EXAMPLES = 5
 
@@ -52,23 +52,6 @@ class VerifyReport(BaseModel):
     @property
     def passed(self) -> bool:
         return all(c.passed for c in self.checks)
-
-
-def digest(value: Any) -> bytes:
-    """Order-independent digest of a Convex value; integral floats and ints compare equal, as in Convex."""
-    return hashlib.blake2b(jsonio.dumps(_canonical(value), sort_keys=True), digest_size=16).digest()
-
-
-def _canonical(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _canonical(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_canonical(v) for v in value]
-    if isinstance(value, bytes):
-        return {"$bytes": value.hex()}
-    return value
 
 
 @dataclass
