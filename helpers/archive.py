@@ -8,6 +8,7 @@ that nothing changed after the run and that apply executed the plan and backup o
 from __future__ import annotations
 
 import base64
+import getpass
 import hashlib
 import json
 import os
@@ -27,7 +28,7 @@ from pydantic import BaseModel, Field
 
 from . import MIGRATION_ID
 from .errors import PreconditionFailed, RunbookError
-from .run_folder import LOCK_FILE
+from .run_folder import LOCK_FILE, run_id
 
 MANIFEST_FILE = "manifest.json"
 RESULTS_FILE = "results.json"
@@ -114,6 +115,27 @@ def write_step_results(run_dir: Path, step: str, results: StepResults) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / RESULTS_FILE
     write_json_atomic(path, results)
+    return path
+
+
+def record_step(transport: Any, run_dir: Path, results: StepResults, *, operator: str | None = None) -> Path:
+    """Writes a step's results.json and anchors it in the deployment's ledger (``migrationRuns``): the row of
+    this run and step records the step's verdict and the sha256 of what it read, wrote and concluded, so the
+    folder can later be compared with the deployment (``runbook check-archive DIR --url URL``)."""
+    from .deployment import record_run  # the ledger's calls; archive stays usable without a deployment
+
+    path = write_step_results(run_dir, results.step, results)
+    evidence = {
+        **{f"inputs.{k}": str(v) for k, v in results.inputs.items() if isinstance(v, str)},
+        **{f"outputs.{k}": str(v) for k, v in results.outputs.items() if isinstance(v, str)},
+        f"{results.step}/{RESULTS_FILE}": sha256_file(path),
+    }
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    record_run(
+        transport, MIGRATION_ID, run_id(run_dir), step=results.step, status=results.status,
+        operator=operator or os.environ.get("RUNBOOK_OPERATOR") or getpass.getuser(),
+        startedAt=now_ms, finishedAt=now_ms, evidence=evidence,
+    )
     return path
 
 
