@@ -1,14 +1,18 @@
 """`make bench`: the runbook's figures, measured side by side in one run.
 
-    .venv/bin/python benchmarks/run_all.py [--quick] [--sizes 20k,100k,200k] [--naive-scenes 10000]
-                                           [--runbook-passes 3] [--conversion-docs 100000] [--seed 7]
-                                           [--only naive,scale,conversion] [--out FILE]
+    .venv/bin/python benchmarks/run_all.py [--quick] [--sizes 20k,200k] [--naive-scenes 10000]
+                                           [--runbook-passes 3] [--latency-scenes 3000] [--simulated-sizes 100k,1m]
+                                           [--conversion-docs 100000] [--seed 7]
+                                           [--only naive,latency,scale,simulated,conversion] [--out FILE]
 
 1. naive vs runbook: the seed's algorithm (benchmarks/naive_baseline.py) and the runbook (backup, dry-run,
    apply with default batch size and concurrency), each on a fresh local deployment loaded with the same data.
 2. scale: for each size a fresh deployment, loaded here; the runbook pass runs in a separate process
    (benchmarks/scale_step.py), which reports its own peak RSS.
-3. conversion cost: json.loads alone vs json.loads + rules.plan_scene over the same JSON lines.
+3. latency: naive vs runbook again, both through a proxy adding 20 ms of round trip (a hosted deployment).
+4. simulated: a deployment of 100k / 1M (/ 10M) scenes generated on the fly (benchmarks/simulated_deployment.py),
+   the runbook's peak RSS and seconds per 1,000 documents for backup, dry-run, apply and verify.
+5. conversion cost: json.loads alone vs json.loads + rules.plan_scene over the same JSON lines.
 
 Prints a table per section, the goals, and last one `name: value` line per figure. Nothing is written to the
 repository (run folders live in a temporary directory, removed at the end); `--out FILE` also writes the
@@ -33,6 +37,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
 import conversion  # noqa: E402
+from latency_proxy import LatencyProxy  # noqa: E402
 from naive_baseline import run_naive  # noqa: E402
 
 from helpers.apply import apply_plan  # noqa: E402
@@ -40,24 +45,33 @@ from helpers.backup import take_backup  # noqa: E402
 from helpers.local_deployment import LocalDeployment, generate_local_key  # noqa: E402
 from helpers.plan import build_plan  # noqa: E402
 from helpers.sample_data import load  # noqa: E402
-from helpers.transport import DEPLOY_KEY_ENV  # noqa: E402
+from helpers.transport import DEPLOY_KEY_ENV, ConvexTransport  # noqa: E402
 
 NAIVE_FUNCTIONS = BENCH_DIR / "convex"
 SCALE_STEP = BENCH_DIR / "scale_step.py"
-FULL = {"naive": 10_000, "sizes": [20_000, 100_000, 200_000], "conversion": 100_000, "repeats": 3}
-QUICK = {"naive": 1_000, "sizes": [2_000, 5_000], "conversion": 5_000, "repeats": 1}
-REQUIRED = ("round_trip_ratio", "wall_time_ratio", "peak_rss_mib_200k", "conversion_vs_json_loads")
+SIMULATED_DEPLOYMENT = BENCH_DIR / "simulated_deployment.py"
+FULL = {"naive": 10_000, "sizes": [20_000, 200_000], "conversion": 100_000, "repeats": 3,
+        "simulated": [100_000, 1_000_000], "latency": 3_000}
+QUICK = {"naive": 1_000, "sizes": [2_000, 5_000], "conversion": 5_000, "repeats": 1,
+         "simulated": [5_000, 20_000], "latency": 300}
+SECTIONS = ("naive", "latency", "scale", "simulated", "conversion")
+LATENCY_MS = 20
+REQUIRED = ("round_trip_ratio", "wall_time_ratio", "peak_rss_mib_200k", "conversion_vs_json_loads",
+            "peak_rss_mib_1m", "seconds_per_1k_docs_100k", "seconds_per_1k_docs_1m", "wall_time_ratio_20ms")
 GIB = 1024.0
 
 
 def label(n: int) -> str:
+    if n % 1_000_000 == 0:
+        return f"{n // 1_000_000}m"
     return f"{n // 1000}k" if n % 1000 == 0 else str(n)
 
 
 def parse_count(text: str) -> int:
     text = text.strip().lower().replace("_", "")
-    if text.endswith("k"):
-        return int(float(text[:-1]) * 1000)
+    for suffix, factor in (("k", 1000), ("m", 1_000_000)):
+        if text.endswith(suffix):
+            return int(float(text[:-1]) * factor)
     return int(text)
 
 
@@ -322,6 +336,98 @@ def bench_scale(sizes: list[int], seed: int, tmp: Path) -> dict[str, Any]:
     return figures
 
 
+# -- latency: naive vs runbook through a proxy adding a hosted deployment's round trip -------------------------
+
+
+def bench_latency(n_scenes: int, seed: int, tmp: Path) -> dict[str, Any]:
+    say(f"\n== Naive vs runbook at {n_scenes:,} scenes through a proxy adding {LATENCY_MS} ms of round trip ==")
+    key = generate_local_key()
+    sides: dict[str, dict[str, Any]] = {}
+    for side in ("naive", "runbook"):
+        extra = {"extra_functions": NAIVE_FUNCTIONS} if side == "naive" else {}
+        with LocalDeployment(deploy_key=key, **extra) as deployment:
+            with deployment.transport() as transport:
+                load(transport, n_scenes, seed=seed)
+            with LatencyProxy(deployment.port, round_trip_ms=LATENCY_MS) as proxy, ConvexTransport(proxy.url, key) as transport:
+                started, trips = time.perf_counter(), transport.round_trips
+                if side == "naive":
+                    run_naive(transport)
+                    phases = {"naive": time.perf_counter() - started}
+                else:
+                    run_dir = tmp / "latency-runbook"
+                    take_backup(transport, run_dir, show_progress=False)
+                    backup_s = time.perf_counter() - started
+                    build_plan(transport, run_dir, show_progress=False)
+                    plan_s = time.perf_counter() - started - backup_s
+                    apply_plan(transport, run_dir, confirm=True, show_progress=False)
+                    phases = {"backup": backup_s, "dry_run": plan_s, "apply": time.perf_counter() - started - backup_s - plan_s}
+                sides[side] = {"phases": phases, "round_trips": transport.round_trips - trips}
+        say(f"{side}: " + ", ".join(f"{k} {v:.1f} s" for k, v in phases.items()))
+    naive_s = sides["naive"]["phases"]["naive"]
+    runbook_s = sides["runbook"]["phases"]["dry_run"] + sides["runbook"]["phases"]["apply"]
+    table(
+        f"Through the {LATENCY_MS} ms proxy (runbook: dry-run + apply, as in the loopback comparison; backup listed apart)",
+        ["", "round trips", "seconds"],
+        [["naive", sides["naive"]["round_trips"], naive_s],
+         ["runbook: dry-run + apply", sides["runbook"]["round_trips"], runbook_s],
+         ["runbook: backup (export)", "", sides["runbook"]["phases"]["backup"]]],
+    )
+    return {
+        "latency_scenes": n_scenes,
+        "naive_seconds_20ms": naive_s,
+        "runbook_seconds_20ms": runbook_s,
+        "runbook_dry_run_seconds_20ms": sides["runbook"]["phases"]["dry_run"],
+        "runbook_apply_seconds_20ms": sides["runbook"]["phases"]["apply"],
+        "wall_time_ratio_20ms": naive_s / runbook_s,
+    }
+
+
+# -- simulated scale: a deployment of any size, the runbook's own memory and time per document ----------------
+
+
+def bench_simulated(sizes: list[int], seed: int, tmp: Path) -> dict[str, Any]:
+    say(f"\n== Simulated deployment: {', '.join(f'{n:,}' for n in sizes)} scenes (benchmarks/simulated_deployment.py; "
+        "backup, dry-run, apply, verify in their own process) ==")
+    figures: dict[str, Any] = {}
+    rows = []
+    for n in sizes:
+        key = generate_local_key()
+        env = {**os.environ, DEPLOY_KEY_ENV: key, "PYTHONPATH": str(BENCH_DIR.parent)}
+        server = subprocess.Popen([sys.executable, str(SIMULATED_DEPLOYMENT), "--scenes", str(n), "--seed", str(seed)],
+                                  env=env, stdout=subprocess.PIPE, text=True)
+        try:
+            ready = json.loads(server.stdout.readline()) if server.stdout else {}
+            process = subprocess.run(
+                [sys.executable, str(SCALE_STEP), "--url", ready["url"], "--run-dir", str(tmp / f"simulated-{label(n)}"), "--verify"],
+                env=env, capture_output=True, text=True, timeout=6 * 3600, check=False,
+            )
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+        if process.returncode != 0:
+            raise RuntimeError(f"scale_step failed at {n:,} simulated scenes (exit {process.returncode}):\n{process.stderr[-4000:]}")
+        report = json.loads(process.stdout.strip().splitlines()[-1])
+        phases = report["phases"]
+        docs = report["documents"]
+        total_s = sum(p["seconds"] for p in phases.values())
+        tag = label(n)
+        figures[f"peak_rss_mib_{tag}"] = report["peak_rss_mib"]
+        figures[f"seconds_per_1k_docs_{tag}"] = total_s / docs * 1000
+        rows.append([tag, docs, *(phases[p]["seconds"] for p in ("backup", "dry_run", "apply", "verify")), total_s,
+                     total_s / docs * 1000, report["peak_rss_mib"], f"{report['apply_status']}, verify {'passed' if report['verify_passed'] else 'FAILED'}"])
+        say(f"{tag}: {total_s:.1f} s, peak RSS {report['peak_rss_mib']} MiB")
+    table(
+        "Runbook pass per simulated size (RSS = the runbook process's own ru_maxrss)",
+        ["size", "documents", "backup s", "dry-run s", "apply s", "verify s", "total s", "s / 1k docs", "peak RSS MiB", "result"],
+        rows,
+    )
+    if len(sizes) > 1:
+        first, last = label(sizes[0]), label(sizes[-1])
+        figures["seconds_per_1k_docs_growth"] = figures[f"seconds_per_1k_docs_{last}"] / figures[f"seconds_per_1k_docs_{first}"]
+        say(f"  time per 1k documents: {figures['seconds_per_1k_docs_growth']:.2f}x from {first} to {last} (flat is 1.0)")
+    return figures
+
+
 # -- 3. conversion --------------------------------------------------------------------------------------------
 
 
@@ -362,6 +468,9 @@ def goals(figures: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
         check("peak_rss_mib_200k", f"<= {GIB:.0f} MiB", lambda v: v <= GIB),
         check("rss_growth_vs_data_growth", "clearly below 1 (RSS grows slower than data): <= 0.5", lambda v: v <= 0.5),
         check("conversion_vs_json_loads", "<= 3", lambda v: v <= 3),
+        check("peak_rss_mib_1m", "<= 512 MiB (simulated deployment, 1M scenes)", lambda v: v <= 512),
+        check("seconds_per_1k_docs_growth", "<= 1.3 (time per 1k documents flat from the smallest to the largest simulated size)", lambda v: v <= 1.3),
+        check("wall_time_ratio_20ms", ">= 200 (naive / runbook dry-run + apply through 20 ms of round trip)", lambda v: v >= 200),
     ]
 
 
@@ -383,7 +492,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conversion-docs", type=parse_count, help="documents for the conversion cost (default 100k)")
     parser.add_argument("--runbook-passes", type=int, help="runbook passes for naive vs runbook, median reported (default 3; 1 with --quick)")
     parser.add_argument("--seed", type=int, default=7, help="sample data seed (the same data for every deployment)")
-    parser.add_argument("--only", help="comma-separated sections to run: naive,scale,conversion (default: all)")
+    parser.add_argument("--simulated-sizes", help="simulated deployment sizes in scenes (default 100k,1m; e.g. 100k,1m,10m)")
+    parser.add_argument("--latency-scenes", type=parse_count, help=f"scenes for naive vs runbook through {LATENCY_MS} ms of round trip (default 3k)")
+    parser.add_argument("--only", help=f"comma-separated sections to run: {','.join(SECTIONS)} (default: all)")
     parser.add_argument("--out", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
 
@@ -392,8 +503,10 @@ def main(argv: list[str] | None = None) -> int:
     sizes = sorted(parse_count(s) for s in args.sizes.split(",")) if args.sizes else defaults["sizes"]
     conversion_docs = args.conversion_docs or defaults["conversion"]
     repeats = max(1, args.runbook_passes or defaults["repeats"])
-    sections = set(args.only.split(",")) if args.only else {"naive", "scale", "conversion"}
-    unknown = sections - {"naive", "scale", "conversion"}
+    simulated = sorted(parse_count(s) for s in args.simulated_sizes.split(",")) if args.simulated_sizes else defaults["simulated"]
+    latency_scenes = args.latency_scenes or defaults["latency"]
+    sections = set(args.only.split(",")) if args.only else set(SECTIONS)
+    unknown = sections - set(SECTIONS)
     if unknown:
         parser.error(f"unknown section(s): {', '.join(sorted(unknown))}")
 
@@ -403,7 +516,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="runbook-bench-") as tmp:
         for name, run in (
             ("naive", lambda: bench_naive_vs_runbook(naive_scenes, args.seed, Path(tmp), repeats)),
+            ("latency", lambda: bench_latency(latency_scenes, args.seed, Path(tmp))),
             ("scale", lambda: bench_scale(sizes, args.seed, Path(tmp))),
+            ("simulated", lambda: bench_simulated(simulated, args.seed, Path(tmp))),
             ("conversion", lambda: bench_conversion(conversion_docs, args.seed)),
         ):
             if name not in sections:

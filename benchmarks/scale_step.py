@@ -1,4 +1,4 @@
-"""One runbook pass (backup → dry-run → apply) against a loaded deployment, in its own process.
+"""One runbook pass (backup → dry-run → apply [→ verify]) against a loaded deployment, in its own process.
 
     CONVEX_DEPLOY_KEY=... python benchmarks/scale_step.py --url URL --run-dir DIR
 
@@ -22,6 +22,7 @@ from helpers.apply import apply_plan
 from helpers.backup import take_backup
 from helpers.plan import build_plan
 from helpers.transport import ConvexTransport
+from helpers.verify import verify
 
 
 def peak_rss_mib() -> float:
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", required=True, help="deployment URL (the deploy key comes from CONVEX_DEPLOY_KEY)")
     parser.add_argument("--run-dir", required=True, type=Path, help="an empty run folder for this pass")
     parser.add_argument("--page-size", type=int, default=4000)
+    parser.add_argument("--verify", action="store_true", help="also run verify after apply (a fourth phase)")
     args = parser.parse_args(argv)
 
     report: dict[str, Any] = {"rss_mib_start": peak_rss_mib(), "phases": {}}
@@ -54,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         backup = phase("backup", lambda: take_backup(transport, args.run_dir, show_progress=False))
         plan = phase("dry_run", lambda: build_plan(transport, args.run_dir, page_size=args.page_size, show_progress=False))
         applied = phase("apply", lambda: apply_plan(transport, args.run_dir, confirm=True, show_progress=False))
+        checked = phase("verify", lambda: verify(transport, args.run_dir, page_size=args.page_size, show_progress=False)) if args.verify else None
 
     report.update(
         peak_rss_mib=peak_rss_mib(),
@@ -68,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         conflicts=applied.conflicts,
         errors=len(applied.errors),
         batches_sent=applied.batches_sent,
+        verify_passed=None if checked is None else checked.passed,
     )
     print(json.dumps(report))
     return 0
