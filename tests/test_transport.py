@@ -89,9 +89,15 @@ def test_transport_errors_name_cause_and_fix(deployment: LocalDeployment, transp
         deployment.transport(deploy_key="wrong-key").function("migration:readPage", {})
     with pytest.raises(errors.SchemaNotDeployed):
         transport.function("sampleData:insertBatch", {"table": "videoSessions", "documents": [{"status": "x", "notInSchema": 1}]})
-    unreachable = ConvexTransport("http://127.0.0.1:9", deployment.deploy_key, max_attempts=2)
-    with pytest.raises(errors.TransientFailure, match="still failing after 2 attempts"):
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9", "http://no-such-deployment.invalid:3210"], ids=["refused", "dns"])
+def test_unreachable_deployment_says_check_the_url(url: str) -> None:
+    unreachable = ConvexTransport(url, "key", max_attempts=2)
+    with pytest.raises(errors.DeploymentUnreachable, match="cannot connect after 2 attempts") as raised:
         unreachable.function("migration:readPage", {})
+    assert str(raised.value).count("fix:") == 1 and "fix: Check the URL" in str(raised.value)
+    assert unreachable.round_trips == 2 and "wait" not in str(raised.value).lower()
 
 
 def test_limits_fail_like_convex(transport: ConvexTransport) -> None:
