@@ -164,7 +164,7 @@ def _download(transport: ConvexTransport, snapshot_ts: int, target: Path, show_p
                 bar.update(len(chunk))
             bar.close()
     except TransientFailure as error:
-        raise BackupIncomplete(f"The snapshot download was cut short after {received:,} bytes: {error}") from error
+        raise BackupIncomplete(f"The snapshot download was cut short after {received:,} bytes: {error.message}") from error
     if expected >= 0 and received != expected:
         raise BackupIncomplete(f"The snapshot download was cut short: {received:,} of {expected:,} bytes arrived.")
     return digest.hexdigest(), received

@@ -13,9 +13,13 @@ class RunbookError(Exception):
         if hint is not None:
             self.hint = hint
 
+    @property
+    def message(self) -> str:
+        """The cause alone, without the fix line: for wrapping in another error that brings its own fix."""
+        return super().__str__()
+
     def __str__(self) -> str:
-        message = super().__str__()
-        return f"{message}\n  fix: {self.hint}" if self.hint else message
+        return f"{self.message}\n  fix: {self.hint}" if self.hint else self.message
 
 
 class DeploymentUnreachable(RunbookError):

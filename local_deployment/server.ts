@@ -188,7 +188,8 @@ function surrogateSyntaxError(text: string): string {
 /** Rust's refusal when a function hands over a document (or result) holding a lone surrogate. */
 function utf8Error(value: unknown): string {
   const json = JSON.stringify(value, (_k, v) => (typeof v === "bigint" ? v.toString() : v instanceof ArrayBuffer ? "" : v));
-  const index = Buffer.byteLength(json.slice(0, json.search(LONE_SURROGATE)), "utf8");
+  // JSON.stringify escapes a lone surrogate ("\\ud800"); Rust meets it as raw bytes at that place.
+  const index = Buffer.byteLength(json.slice(0, Math.max(0, json.search(/\\ud[89a-f][0-9a-f]{2}/))), "utf8");
   return `invalid utf-8 sequence of 1 bytes from index ${index}`;
 }
 

@@ -161,3 +161,23 @@ def test_redact_url_removes_credentials() -> None:
         "https://REDACTED@happy-otter-1.convex.cloud/?token=REDACTED&x=1"
     )
     assert redact_url("http://127.0.0.1:3210") == "http://127.0.0.1:3210"
+
+
+@pytest.mark.parametrize(("kind", "text"), [("timeout", "Function execution timed out"), ("oom", "JavaScript execution ran out of memory")])
+def test_time_and_memory_limit_answers_are_limit_errors(deploy_key: str, kind: str, text: str) -> None:
+    with LocalDeployment(deploy_key=deploy_key, fault_rate=1.0, fault_kinds=(kind,), fault_paths=("migration:readPage",)) as limited:
+        with limited.transport() as client:
+            with pytest.raises(errors.LimitExceeded, match=text) as raised:
+                client.function("migration:readPage", {"table": "scenes", "cursor": None, "numItems": 5})
+            assert client.round_trips == 1 and str(raised.value).count("fix:") == 1  # not retried: the caller halves
+            assert "lower the batch size or page size" in str(raised.value)
+            assert client.function("migrationRuns:ledger", {"migrationId": "m"}) == []  # other functions run
+
+
+@pytest.mark.parametrize(
+    "error",
+    [cls for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, errors.RunbookError) and cls is not errors.RunbookError],
+)
+def test_every_error_class_has_one_fix_line(error: type[errors.RunbookError]) -> None:
+    text = str(error("what happened"))
+    assert text.startswith("what happened\n  fix: ") and text.count("fix:") == 1 and "\n" not in text.split("fix: ", 1)[1]
