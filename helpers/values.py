@@ -31,6 +31,7 @@ from convex.values import ConvexInt64
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _INF = math.inf
 _NAN_TAG = "NaN"  # every NaN digests alike, as every NaN compares equal
+_CANONICAL_NAN = struct.pack("<d", math.nan)  # the NaN JavaScript and Python write
 # A bare integer token (no fraction, no exponent) after ':', '[' or ',': only then can an export line hold an int64.
 _BARE_INTEGER = re.compile(rb"[:\[,]\s*-?\d+\s*[,\]}]")
 
@@ -146,6 +147,8 @@ def _special(key: str, encoded: Any) -> Any:
     if key == "$integer":
         return Int64(struct.unpack("<q", raw)[0])
     if key == "$float":
+        if raw == _CANONICAL_NAN:
+            return math.nan  # one NaN object: containers holding it then compare equal with == as well
         number = struct.unpack("<d", raw)[0]
         if _plain_float(number) and number != 0:  # as Convex: a normal float must be written as a number
             raise ValueError(f"Float64 {number} should be encoded as a number")

@@ -17,10 +17,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import errors, jsonio, values
+from helpers.apply import apply_plan
 from helpers.backup import iter_backup_documents, take_backup
 from helpers.local_deployment import LocalDeployment
+from helpers.plan import iter_plan_lines
+from helpers.rollback import execute_rollback, plan_rollback
+from helpers.sample_data import SPECIAL_ERROR_VALUES
 from helpers.transport import ConvexTransport
 from helpers.values import INT64_MAX, INT64_MIN, Int64
+from helpers.verify import verify
+
+from .flow import prepare, seed, state
 
 TEST_FUNCTIONS = Path(__file__).parent / "convex"
 
@@ -220,3 +227,32 @@ def test_deployment_refuses_to_store_or_return_a_lone_surrogate(deploy_key: str)
         with pytest.raises(errors.FunctionFailed, match=r"invalid utf-8 sequence of 1 bytes from index 16\b"):
             transport.function("surrogate:give", {})
         assert transport.function("migration:readPage", {"table": "videoSessions", "cursor": None, "numItems": 5})["page"] == []
+
+
+def test_special_values_survive_backup_dry_run_apply_verify_and_restore(transport: ConvexTransport, run_dir: Path) -> None:
+    """The sample's legacy fields hold int64, bytes, NaN, ±Inf and -0.0: every step keeps them exactly."""
+    seed(transport, 60)
+    before = state(transport)
+    special = {i: d for i, d in before["scenes"].items() if type(d.get("errorMessage")) in (dict, Int64) and d["errorMessage"] in (
+        SPECIAL_ERROR_VALUES, Int64(137))}
+    assert len(special) == 2  # one completed scene with every special value, one failed scene with an int64 message
+    prepare(transport, run_dir)
+    planned = {line["id"]: line for line in iter_plan_lines(run_dir) if line["id"] in special}
+    failed = next(i for i, d in special.items() if d["status"] == "failed")
+    completed = next(i for i in special if i != failed)
+    assert planned[completed]["action"] == "migrate" and not planned[completed]["problems"]
+    if planned[failed]["action"] != "problem":  # the precondition carries the int64 as one
+        assert planned[failed]["expect"]["errorMessage"] == Int64(137)
+    assert apply_plan(transport, run_dir, confirm=True, show_progress=False).passed
+    migrated = state(transport)["scenes"]
+    assert all(values.equal(migrated[i]["errorMessage"], d["errorMessage"]) for i, d in special.items())
+    report = verify(transport, run_dir, show_progress=False)
+    assert report.passed, [c for c in report.checks if not c.passed]
+    plan_rollback(transport, run_dir, "restore")
+    done = execute_rollback(transport, run_dir, "restore")
+    assert not done.errors and not done.conflicts
+    after = state(transport)
+    for table in ("scenes", "videoSessions"):
+        assert values.equal(after[table], before[table])  # strict: Int64 is not 137.0, -0.0 is not 0.0
+    restored = after["scenes"][completed]["errorMessage"]
+    assert type(restored["exitCode"]) is Int64 and math.copysign(1, restored["offset"]) == -1 and math.isnan(restored["cpuSeconds"])
