@@ -256,3 +256,21 @@ def test_special_values_survive_backup_dry_run_apply_verify_and_restore(transpor
         assert values.equal(after[table], before[table])  # strict: Int64 is not 137.0, -0.0 is not 0.0
     restored = after["scenes"][completed]["errorMessage"]
     assert type(restored["exitCode"]) is Int64 and math.copysign(1, restored["offset"]) == -1 and math.isnan(restored["cpuSeconds"])
+
+
+EDGE_VALUES = [None, True, False, 0, 1, 1.0, -0.0, math.nan, math.inf, -math.inf, Int64(0), Int64(1), Int64(-1), "", "a", b"", b"a",
+               [0.0], [-0.0], [Int64(0)], {"a": Int64(1)}, {"a": 1.0}, {"a": 1.0, "b": None}]
+
+
+def test_deployment_compare_and_set_agrees_with_python_equality(transport: ConvexTransport) -> None:
+    """convex/values.ts `valuesEqual` (applyBatch's precondition) and helpers.values.equal are one rule, for
+    every pair of the values where they could part (int64/float64, -0.0/0.0, NaN, bytes, nesting)."""
+    pairs = [(a, b) for a in EDGE_VALUES for b in EDGE_VALUES]
+    session = transport.function("sampleData:insertBatch", {"table": "videoSessions", "documents": [{"status": "completed"}]})["ids"][0]
+    stored = [{"sessionId": session, "sceneIndex": i, "status": "failed", "errorMessage": a} for i, (a, _) in enumerate(pairs)]
+    ids = transport.function("sampleData:insertBatch", {"table": "scenes", "documents": stored})["ids"]
+    items = [{"table": "scenes", "id": doc_id, "expect": {"errorMessage": b}, "expectAbsent": [], "set": {"assetsStatus": "error"},
+              "unset": [], "insertReferences": [], "deleteReferences": []} for doc_id, (_, b) in zip(ids, pairs, strict=True)]
+    results = transport.function("migration:applyBatch", {"migrationId": "m", "runId": "r", "items": items})["results"]
+    for (a, b), result in zip(pairs, results, strict=True):
+        assert result["outcome"] == ("applied" if values.equal(a, b) else "conflict"), (a, b, result)
