@@ -250,7 +250,10 @@ class ConvexTransport:
             raise ExportInProgress(f"{where}: {message}")
         if response.status_code == 404:
             raise DeploymentUnreachable(f"{where} has no {response.request.url.path} ({code} {message}). Is this a Convex deployment URL?")
-        raise RunbookError(f"{where} answered HTTP {response.status_code}: {code} {message}".strip())
+        raise RunbookError(
+            f"{where} answered HTTP {response.status_code}: {code} {message}".strip(),
+            hint="An answer the runbook does not expect: check the URL names a Convex deployment and that convex/ is deployed from this checkout.",
+        )
 
 
 _NOT_FOUND = re.compile(r"Could not find (public )?function")

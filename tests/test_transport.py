@@ -181,3 +181,10 @@ def test_time_and_memory_limit_answers_are_limit_errors(deploy_key: str, kind: s
 def test_every_error_class_has_one_fix_line(error: type[errors.RunbookError]) -> None:
     text = str(error("what happened"))
     assert text.startswith("what happened\n  fix: ") and text.count("fix:") == 1 and "\n" not in text.split("fix: ", 1)[1]
+
+
+def test_an_unexpected_http_answer_still_says_what_to_do(transport: ConvexTransport) -> None:
+    with pytest.raises(errors.RunbookError, match="HTTP 400: BadSnapshotId") as raised:
+        with transport.stream("/api/export/zip/not-a-snapshot"):
+            pass
+    assert str(raised.value).count("fix:") == 1 and "check the URL" in str(raised.value)
