@@ -56,7 +56,7 @@ class LimitExceeded(RunbookError):
     hint = "A call exceeded a Convex per-function limit (size, time or memory): lower the batch size or page size parameter."
 
 
-class InvalidValue(RunbookError):
+class InvalidValue(RunbookError, ValueError):  # a ValueError, as the `convex` package raises for these
     hint = "Convex cannot hold this value (e.g. text that is not valid Unicode): correct it where it comes from, then run the step again."
 
 

@@ -145,8 +145,8 @@ class ConvexTransport:
 
     def _call(self, endpoint: str, path: str, args: Mapping[str, Any] | None, *, idempotent: bool) -> Any:
         try:
-            body = values.dumps({"path": path, "args": dict(args or {}), "format": "convex_encoded_json"})
-        except TypeError as error:  # e.g. a lone UTF-16 surrogate: Convex strings are UTF-8
+            body = values.dumps({"path": path, "args": dict(args or {}), "format": "convex_encoded_json"}, convex_numbers=True)
+        except (TypeError, ValueError) as error:  # e.g. a lone UTF-16 surrogate (Convex strings are UTF-8), an int beyond 2**53
             raise InvalidValue(f"The arguments for {path} hold a value Convex cannot hold: {error}.") from error
 
         def attempt() -> Any:

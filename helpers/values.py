@@ -29,6 +29,7 @@ import orjson
 from convex.values import ConvexInt64
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+_MAX_SAFE_INTEGER = 2**53
 _INF = math.inf
 _NAN_TAG = "NaN"  # every NaN digests alike, as every NaN compares equal
 _CANONICAL_NAN = struct.pack("<d", math.nan)  # the NaN JavaScript and Python write
@@ -61,17 +62,24 @@ class Int64(int):
 # -- wire format --------------------------------------------------------------------------------------------
 
 
-def to_wire(value: Any) -> Any:
-    """The JSON-ready wire encoding of a Convex value (what `dumps` writes and the transport sends)."""
+def to_wire(value: Any, *, convex_numbers: bool = False) -> Any:
+    """The JSON-ready wire encoding of a Convex value (what `dumps` writes and the transport sends).
+
+    With `convex_numbers` (what goes to a deployment) an `int` must fit a float64 exactly (|n| <= 2**53), as the
+    `convex` package demands: a larger one would silently round there; use Int64 for an int64."""
     value_type = type(value)
-    if value_type is str or value_type is int or value_type is bool or value is None:
+    if value_type is str or value_type is bool or value is None:
+        return value
+    if value_type is int:
+        if convex_numbers and not -_MAX_SAFE_INTEGER <= value <= _MAX_SAFE_INTEGER:
+            raise ValueError(f"Integer {value} is outside the range of a Convex float64 (-2**53 to 2**53): use Int64 for an int64.")
         return value
     if value_type is float:
         return value if _plain_float(value) else {"$float": _float_base64(value)}
     if value_type is dict:
-        return {key: to_wire(item) for key, item in value.items()}
+        return {key: to_wire(item, convex_numbers=convex_numbers) for key, item in value.items()}
     if value_type is list or value_type is tuple:
-        return [to_wire(item) for item in value]
+        return [to_wire(item, convex_numbers=convex_numbers) for item in value]
     if value_type is Int64:
         return {"$integer": base64.b64encode(struct.pack("<q", value)).decode("ascii")}
     if value_type is bytes or value_type is bytearray or value_type is memoryview:
@@ -95,9 +103,11 @@ def from_wire(value: Any) -> Any:
     return value
 
 
-def dumps(value: Any, *, sort_keys: bool = False) -> bytes:
-    """One JSON text (no newline) in the wire format: every Convex value, NaN, -0.0, int64 and bytes included."""
-    return orjson.dumps(to_wire(value), option=orjson.OPT_SORT_KEYS if sort_keys else 0)
+def dumps(value: Any, *, sort_keys: bool = False, convex_numbers: bool = False) -> bytes:
+    """One JSON text (no newline) in the wire format: every Convex value, NaN, -0.0, int64 and bytes included.
+
+    Raises TypeError for what is no Convex value (or a string with a lone surrogate: Convex strings are UTF-8)."""
+    return orjson.dumps(to_wire(value, convex_numbers=convex_numbers), option=orjson.OPT_SORT_KEYS if sort_keys else 0)
 
 
 def loads(data: bytes | str) -> Any:

@@ -220,6 +220,13 @@ def test_deployment_refuses_lone_surrogates_as_convex_does(deployment: LocalDepl
         transport.function("sampleData:insertBatch", {"table": "videoSessions", "documents": [{"status": "a\ud800"}]})
 
 
+def test_an_int_that_a_float64_cannot_hold_is_not_sent(transport: ConvexTransport) -> None:
+    with pytest.raises(errors.InvalidValue, match="outside the range of a Convex float64"):
+        transport.function("sampleData:insertBatch", {"table": "videoSessions", "documents": [{"status": "x", "updatedAt": 2**53 + 1}]})
+    assert transport.round_trips == 0
+    assert jsonio.loads(jsonio.dumps({"ts": 2**60})) == {"ts": 2**60}  # the runbook's own files keep any int
+
+
 def test_deployment_refuses_to_store_or_return_a_lone_surrogate(deploy_key: str) -> None:
     with LocalDeployment(deploy_key=deploy_key, extra_functions=TEST_FUNCTIONS) as deployment, deployment.transport() as transport:
         with pytest.raises(errors.FunctionFailed, match="invalid utf-8 sequence of 1 bytes from index"):
