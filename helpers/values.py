@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
-import re
 import struct
 from typing import Any
 
@@ -33,8 +32,6 @@ _MAX_SAFE_INTEGER = 2**53
 _INF = math.inf
 _NAN_TAG = "NaN"  # every NaN digests alike, as every NaN compares equal
 _CANONICAL_NAN = struct.pack("<d", math.nan)  # the NaN JavaScript and Python write
-# A bare integer token (no fraction, no exponent) after ':', '[' or ',': only then can an export line hold an int64.
-_BARE_INTEGER = re.compile(rb"[:\[,]\s*-?\d+\s*[,\]}]")
 
 
 class Int64(int):
@@ -123,11 +120,9 @@ def loads(data: bytes | str) -> Any:
 def loads_export(line: bytes) -> Any:
     """Parses one line of a Convex snapshot export: bare integers are int64, numbers with a fraction float64.
 
-    Raises ValueError for a line that is not UTF-8 JSON or holds a malformed special value."""
-    parsed = orjson.loads(line)
-    if b'"$' in line or _BARE_INTEGER.search(line):
-        return _from_export(parsed)
-    return parsed
+    Raises ValueError for a line that is not UTF-8 JSON or holds a malformed special value. (The walk over the
+    parsed document costs less than a regular-expression search for bare integers would.)"""
+    return _from_export(orjson.loads(line))
 
 
 def _from_export(value: Any) -> Any:
