@@ -9,7 +9,7 @@
 //
 // Usage: CONVEX_DEPLOY_KEY=... tsx local_deployment/server.ts --port 3210 [--fault-rate 0.1]
 //        [--fault-kinds 5xx,drop,delay,timeout,oom] [--fault-seed 1] [--fault-paths migration:applyBatch,...]
-//        [--export-fault failed|canceled|truncate|lost-response]
+//        [--export-fault failed|canceled|truncate|lost-response] [--export-ms 50]
 //        [--undeployed migration,...] [--extra-functions DIR]
 // Prints one JSON line {"event":"ready","url":...} on stdout once it accepts requests.
 import { AsyncLocalStorage } from "node:async_hooks";
@@ -40,6 +40,7 @@ const { values: options } = parseArgs({
     "fault-paths": { type: "string", default: "" },
     "export-fault": { type: "string" },
     undeployed: { type: "string", default: "" },
+    "export-ms": { type: "string", default: "50" },
     "extra-functions": { type: "string" },
   },
 });
@@ -389,7 +390,7 @@ type ExportRecord = {
 let latestExport: ExportRecord | null = null;
 let answerLost = false;
 // How long an export runs; with a lost answer, long enough for the caller's retry to meet it in progress.
-const EXPORT_MS = exportFault === "lost-response" ? 1500 : 50;
+const EXPORT_MS = Math.max(Number(options["export-ms"]), exportFault === "lost-response" ? 3000 : 0);
 const exportArchives = new Map<string, Buffer>();
 
 function latestExportValue(): Value {

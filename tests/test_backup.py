@@ -79,11 +79,19 @@ def test_second_backup_in_same_run_folder_is_refused(transport: ConvexTransport,
         take_backup(transport, run_dir, poll_seconds=0.05, show_progress=False)
 
 
-def test_export_already_in_progress_is_refused_clearly(transport: ConvexTransport, run_dir: Path) -> None:
-    transport.post("/api/export/request/zip", params={"includeStorage": "false"})
-    with pytest.raises(errors.ExportInProgress, match="already"):
-        take_backup(transport, run_dir, poll_seconds=0.05, show_progress=False)
-    assert not (backup_dir(run_dir) / BACKUP_RECORD).exists()
+class SlowExportDeployment(LocalDeployment):
+    """Exports take 5 s: long enough to meet one in progress, whatever the machine's load."""
+
+    def command(self) -> list[str]:
+        return [*super().command(), "--export-ms", "5000"]
+
+
+def test_export_already_in_progress_is_refused_clearly(deploy_key: str, run_dir: Path) -> None:
+    with SlowExportDeployment(deploy_key=deploy_key) as slow, slow.transport() as client:
+        client.post("/api/export/request/zip", params={"includeStorage": "false"})  # someone else's export
+        with pytest.raises(errors.ExportInProgress, match="already") as raised:
+            take_backup(client, run_dir, poll_seconds=0.05, show_progress=False)
+    assert "wait for it" in str(raised.value) and not (backup_dir(run_dir) / BACKUP_RECORD).exists()
 
 
 @pytest.mark.parametrize(
