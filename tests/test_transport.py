@@ -188,3 +188,12 @@ def test_an_unexpected_http_answer_still_says_what_to_do(transport: ConvexTransp
         with transport.stream("/api/export/zip/not-a-snapshot"):
             pass
     assert str(raised.value).count("fix:") == 1 and "check the URL" in str(raised.value)
+
+
+def test_pages_halve_on_time_and_memory_limit_answers(deploy_key: str) -> None:
+    with LocalDeployment(deploy_key=deploy_key, fault_rate=0.3, fault_kinds=("timeout", "oom"), fault_seed=5,
+                         fault_paths=("migration:readPage",)) as limited, limited.transport() as client:
+        ids = insert_sessions(client, 300)
+        sizes = [len(page) for page in iter_pages(client, "videoSessions", 256)]
+        assert [doc["_id"] for doc in iter_documents(client, "videoSessions", 256)] == ids
+    assert sum(sizes) == 300 and max(sizes) < 256  # some page met a limit answer and was read at half the size
