@@ -238,12 +238,9 @@ def _parse(line: bytes) -> Any:
 
 def _parse_checked(line: bytes, where: str) -> Any:
     try:
-        line.decode("utf-8")
         return _parse(line)
-    except UnicodeDecodeError as error:
-        raise BackupIncomplete(f"{where} is not valid UTF-8 text ({error.reason} at byte {error.start}).") from error
-    except ValueError as error:
-        if "surrogate" in str(error) or "UTF-8" in str(error):  # an escaped lone surrogate: no Unicode text
+    except ValueError as error:  # orjson refuses bytes that are not UTF-8 and escaped lone surrogates alike
+        if "surrogate" in str(error) or "UTF-8" in str(error):
             raise BackupIncomplete(f"{where} is not valid UTF-8 text: {error}.") from error
         raise BackupIncomplete(f"{where} is not Convex export JSON: {error}") from error
 

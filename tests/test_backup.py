@@ -143,8 +143,17 @@ def test_functions_not_deployed_is_found_before_the_backup_so_step_01_can_run_ag
         assert take_backup(client, run_dir, poll_seconds=0.05, show_progress=False).counts["scenes"] == 2
 
 
-@pytest.mark.parametrize("bad_line", [b'{"_id":"x","_creationTime":1.0,"status":"a\\ud800"}\n', b'{"_id":"x","_creationTime":1.0,"status":"a\xff"}\n'])
-def test_backup_check_reports_a_line_that_is_not_utf8_text(transport: ConvexTransport, run_dir: Path, tmp_path: Path, bad_line: bytes) -> None:
+@pytest.mark.parametrize(
+    ("bad_line", "reported"),
+    [
+        (b'{"_id":"x","_creationTime":1.0,"status":"a\\ud800"}\n', "is not valid UTF-8 text"),  # an escaped lone surrogate
+        (b'{"_id":"x","_creationTime":1.0,"status":"a\xff"}\n', "is not valid UTF-8 text"),
+        (b'{"_id":"x","_creationTime":1.0,"n":{"$integer":"AA=="}}\n', "is not Convex export JSON"),
+    ],
+)
+def test_backup_check_names_a_line_that_is_not_utf8_text_or_export_json(
+    transport: ConvexTransport, run_dir: Path, tmp_path: Path, bad_line: bytes, reported: str
+) -> None:
     seed(transport, 3)
     summary = take_backup(transport, run_dir, poll_seconds=0.05, show_progress=False)
     damaged = tmp_path / "damaged.zip"
@@ -155,6 +164,6 @@ def test_backup_check_reports_a_line_that_is_not_utf8_text(transport: ConvexTran
                 lines = data.splitlines(keepends=True)
                 data = b"".join([lines[0], bad_line, *lines[1:]])
             sink.writestr(name, data)
-    with pytest.raises(errors.RunbookError, match=r"scenes/documents.jsonl line 2 is not valid UTF-8 text"):
+    with pytest.raises(errors.RunbookError, match=f"scenes/documents.jsonl line 2 {reported}"):
         check_snapshot(damaged)
     assert check_snapshot(summary.zip_path)["scenes"] == 3
