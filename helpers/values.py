@@ -1,7 +1,7 @@
 """Convex values in Python: the one module that encodes, decodes, compares and hashes them, losslessly.
 
 Python stands for Convex values as the `convex` package has it: None, bool, str, list, dict; `float` (and `int`,
-which every caller uses for whole numbers) is a Convex float64; `bytes` is bytes; an int64 is an `Int64`. Three
+which every caller uses for whole numbers) is a Convex float64; `bytes` is bytes; an int64 is an `Int64`. Two
 JSON encodings meet the runbook (convex-backend `crates/value/src/json/mod.rs` and `export.rs`):
 
 - the wire format (`convex_encoded_json`): every bare number is a float64; int64 travels as
@@ -35,7 +35,11 @@ _CANONICAL_NAN = struct.pack("<d", math.nan)  # the NaN JavaScript and Python wr
 
 
 class Int64(int):
-    """A Convex int64 (a JavaScript bigint): equal only to another Int64 of the same value, never to a float64."""
+    """A Convex int64 (a JavaScript bigint): equal only to another Int64 of the same value, never to a float64.
+
+    An `int` subclass, so arithmetic works and the standard library's `json` writes it as a bare number (as Convex's
+    export does), while `type(x) is int` checks still tell it apart. Not the `convex` package's `ConvexInt64`: that
+    one is unhashable and equals the float64 5.0 under `==`."""
 
     __slots__ = ()
 

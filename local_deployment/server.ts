@@ -442,7 +442,7 @@ function requestExport(req: IncomingMessage, res: ServerResponse, url: URL) {
     }, EXPORT_MS);
   }, 50);
   // A lost answer: the first export is started, but the caller never hears of it (and, asking again, meets it).
-  if (exportFault === "lost-response" && exportArchives.size === 0 && !answerLost) {
+  if (exportFault === "lost-response" && !answerLost) {
     answerLost = true;
     return req.socket.destroy();
   }
