@@ -1,10 +1,11 @@
 // Value helpers shared by the migration's functions (not a Convex function module: it exports no functions).
 import type { Value } from "convex/values";
 
-/** Deep equality of Convex values, as stored: the precondition and idempotency checks rest on it. */
+/** Deep equality of Convex values, as stored: the precondition and idempotency checks rest on it.
+ * As helpers/values.py `equal`: int64 (bigint) never equals float64 (number), -0 is not 0, NaN equals NaN. */
 export function valuesEqual(a: Value | undefined, b: Value | undefined): boolean {
-  if (a === b) return true;
-  if (typeof a === "number" && typeof b === "number") return Number.isNaN(a) && Number.isNaN(b);
+  if (typeof a === "number" && typeof b === "number") return Object.is(a, b);
+  if (a === b) return true; // bigints compare by value; a bigint is never === a number
   if (a === null || b === null || a === undefined || b === undefined) return false;
   if (a instanceof ArrayBuffer || b instanceof ArrayBuffer) {
     if (!(a instanceof ArrayBuffer && b instanceof ArrayBuffer) || a.byteLength !== b.byteLength) return false;

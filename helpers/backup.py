@@ -1,16 +1,16 @@
 """Backup: Convex's own snapshot export, taken as `npx convex export` takes it, checked, and recorded.
 
-Request (`POST /api/export/request/zip?includeStorage=false`) → follow `_system/cli/exports:getLatest` until
-the export is `completed` or `failed` → download `GET /api/export/zip/<snapshot ts>`. The ZIP is one
-consistent instant of every table, restorable with `npx convex import`. It is written as `*.partial`,
-checked (sha256, size, CRC, layout, every line parses), and only then renamed and recorded in
-`backup/backup.json`; a failed attempt leaves no file that looks like a valid backup.
+Check the project's functions are deployed → request (`POST /api/export/request/zip?includeStorage=false`) →
+follow `_system/cli/exports:getLatest` until the export is `completed`, `failed` or `canceled` → download
+`GET /api/export/zip/<snapshot ts>`. The ZIP is one consistent instant of every table, restorable with
+`npx convex import`. It is written as `*.partial`, checked (sha256, size, CRC, layout, every line is UTF-8
+text in Convex's export format), and only then renamed and recorded in `backup/backup.json`; a failed
+attempt leaves no file that looks like a valid backup, so the step can simply run again.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 import zipfile
 from collections.abc import Iterator
@@ -20,9 +20,9 @@ from typing import Any
 
 from pydantic import BaseModel, PrivateAttr
 
-from . import jsonio
+from . import values
 from .archive import sha256_file, write_json_atomic
-from .errors import ExportFailed, PreconditionFailed, RunbookError, TransientFailure
+from .errors import ExportCanceled, ExportFailed, ExportInProgress, PreconditionFailed, RunbookError, TransientFailure
 from .progress import progress
 from .transport import ConvexTransport, redact_url
 
@@ -70,13 +70,14 @@ def take_backup(
             f"{out / BACKUP_RECORD} already exists: this run folder holds a backup.",
             hint="A run folder keeps the one backup its plan was made against: start a new run folder for a new backup.",
         )
+    _check_functions_deployed(transport)  # before the export: a missing deploy found later would strand this folder
     out.mkdir(parents=True, exist_ok=True)
     for leftover in out.glob("*.partial"):
         leftover.unlink()  # an earlier attempt that never completed
 
-    transport.post("/api/export/request/zip", params={"includeStorage": "false"})
+    _request_export(transport)
     export = _wait_for_export(transport, poll_seconds, timeout_seconds, show_progress)
-    snapshot_ts = int(getattr(export["start_ts"], "value", export["start_ts"]))
+    snapshot_ts = int(export["start_ts"])
     zip_name = f"snapshot_{snapshot_ts}.zip"
     partial = out / f"{zip_name}.partial"
     try:
@@ -102,6 +103,30 @@ def take_backup(
     return summary
 
 
+def _check_functions_deployed(transport: ConvexTransport) -> None:
+    """Raises FunctionsNotDeployed (or DeployKeyRejected) now, while the run folder holds nothing yet."""
+    from .deployment import READ_PAGE
+
+    transport.function(READ_PAGE, {"table": REQUIRED_TABLES[0], "cursor": None, "numItems": 1})
+
+
+def _request_export(transport: ConvexTransport) -> None:
+    """Requests an export; if the answer to our request was lost and the retry meets our own export running
+    (`ExportInProgress`), that export is followed. An export that was already running before we asked is not ours."""
+    before = _latest_export_id(transport)
+    try:
+        transport.post("/api/export/request/zip", params={"includeStorage": "false"})
+    except ExportInProgress:
+        if _latest_export_id(transport) == before:
+            raise
+        print("snapshot export: the request's answer was lost; following the export it started", flush=True)
+
+
+def _latest_export_id(transport: ConvexTransport) -> str | None:
+    export = transport.query(GET_LATEST, {})
+    return export.get("_id") if isinstance(export, dict) else None
+
+
 def _wait_for_export(transport: ConvexTransport, poll_seconds: float, timeout_seconds: float, show_progress: bool) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_seconds
     last_state = None
@@ -115,6 +140,8 @@ def _wait_for_export(transport: ConvexTransport, poll_seconds: float, timeout_se
             return export
         if state == "failed":
             raise ExportFailed("The deployment reported the snapshot export as failed.")
+        if state == "canceled":
+            raise ExportCanceled("The snapshot export was canceled on the deployment before it completed.")
         if time.monotonic() > deadline:
             raise BackupIncomplete(
                 f"The snapshot export was still {state!r} after {timeout_seconds:.0f} s; it continues on the server.",
@@ -137,14 +164,15 @@ def _download(transport: ConvexTransport, snapshot_ts: int, target: Path, show_p
                 bar.update(len(chunk))
             bar.close()
     except TransientFailure as error:
-        raise BackupIncomplete(f"The snapshot download was cut short after {received:,} bytes: {error}") from error
+        raise BackupIncomplete(f"The snapshot download was cut short after {received:,} bytes: {error.message}") from error
     if expected >= 0 and received != expected:
         raise BackupIncomplete(f"The snapshot download was cut short: {received:,} of {expected:,} bytes arrived.")
     return digest.hexdigest(), received
 
 
 def check_snapshot(path: Path) -> dict[str, int]:
-    """Documents per table, after checking Convex's export layout, every CRC, and that every line parses."""
+    """Documents per table, after checking Convex's export layout, every CRC, and that every line is UTF-8 text
+    that decodes as Convex's export format."""
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile as error:
@@ -154,14 +182,14 @@ def check_snapshot(path: Path) -> dict[str, int]:
         for required in ("README.md", "_tables/documents.jsonl", *(f"{t}/documents.jsonl" for t in REQUIRED_TABLES)):
             if required not in names:
                 raise BackupIncomplete(f"{path.name} lacks {required}: not a Convex snapshot export of this deployment.")
-        tables = [json.loads(line)["name"] for line in archive.read("_tables/documents.jsonl").splitlines() if line.strip()]
+        tables = [values.loads(line)["name"] for line in archive.read("_tables/documents.jsonl").splitlines() if line.strip()]
         counts: dict[str, int] = {}
         for table in tables:
             counts[table] = 0
             try:
                 with archive.open(f"{table}/documents.jsonl") as source:
                     for number, line in enumerate(source, 1):
-                        doc = _parse(line)
+                        doc = _parse_checked(line, f"{path.name}: {table}/documents.jsonl line {number}")
                         if not isinstance(doc, dict) or "_id" not in doc or "_creationTime" not in doc:
                             raise BackupIncomplete(f"{path.name}: {table}/documents.jsonl line {number} is not a document.")
                         counts[table] += 1
@@ -205,7 +233,16 @@ def iter_backup_documents(backup: BackupSummary | Path, table: str) -> Iterator[
 
 
 def _parse(line: bytes) -> Any:
-    return jsonio.loads(line)
+    return values.loads_export(line)
+
+
+def _parse_checked(line: bytes, where: str) -> Any:
+    try:
+        return _parse(line)
+    except ValueError as error:  # orjson refuses bytes that are not UTF-8 and escaped lone surrogates alike
+        if "surrogate" in str(error) or "UTF-8" in str(error):
+            raise BackupIncomplete(f"{where} is not valid UTF-8 text: {error}.") from error
+        raise BackupIncomplete(f"{where} is not Convex export JSON: {error}") from error
 
 
 def live_counts(transport: ConvexTransport, tables: list[str], page_size: int = 4000) -> dict[str, int]:

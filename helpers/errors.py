@@ -13,13 +13,20 @@ class RunbookError(Exception):
         if hint is not None:
             self.hint = hint
 
+    @property
+    def message(self) -> str:
+        """The cause alone, without the fix line: for wrapping in another error that brings its own fix."""
+        return super().__str__()
+
     def __str__(self) -> str:
-        message = super().__str__()
-        return f"{message}\n  fix: {self.hint}" if self.hint else message
+        return f"{self.message}\n  fix: {self.hint}" if self.hint else self.message
 
 
 class DeploymentUnreachable(RunbookError):
-    hint = "Check the deployment URL (e.g. https://<name>.convex.cloud or http://127.0.0.1:<port>) and your network."
+    hint = (
+        "Check the URL (e.g. https://<name>.convex.cloud or http://127.0.0.1:<port>): the host must resolve and "
+        "accept connections from here (network, VPN, local deployment running)."
+    )
 
 
 class DeployKeyMissing(RunbookError):
@@ -46,11 +53,17 @@ class ArgumentValidationError(RunbookError):
 
 
 class LimitExceeded(RunbookError):
-    hint = "A call exceeded a Convex per-function limit: lower the batch size or page size parameter."
+    hint = "A call exceeded a Convex per-function limit (size, time or memory): lower the batch size or page size parameter."
+
+
+class InvalidValue(RunbookError, ValueError):  # a ValueError, as the `convex` package raises for these
+    hint = "Convex cannot hold this value (e.g. text that is not valid Unicode): correct it where it comes from, then run the step again."
 
 
 class FunctionFailed(RunbookError):
     """A Convex function threw; the message is the server's."""
+
+    hint = "Read the server's message above: it names what the function refused; correct that and run the step again."
 
 
 class TransientFailure(RunbookError):
@@ -65,5 +78,11 @@ class ExportFailed(RunbookError):
     hint = "The deployment reported the export as failed. Try again later; nothing was written to the run folder."
 
 
+class ExportCanceled(RunbookError):
+    hint = "Someone canceled the export (dashboard or CLI); nothing was written to the run folder: run the backup again."
+
+
 class PreconditionFailed(RunbookError):
     """A step refused to start: what it needs from earlier steps or from the operator is missing."""
+
+    hint = "Run the earlier steps of the runbook in this run folder first (01 backup, 02 dry-run, 03 apply, 04 verify)."

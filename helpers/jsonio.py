@@ -1,26 +1,11 @@
-"""Fast JSON with a safe fallback: orjson, except for what only the standard library handles.
+"""Fast JSON for the runbook's own files and the wire: orjson, in Convex's wire format (see helpers.values).
 
-Convex strings may hold lone UTF-16 surrogates (JavaScript strings can); orjson refuses them both ways, so
-those rare values go through `json` with escapes. Everything else stays on orjson's fast path.
+Kept as the name every module imports; the encoding itself lives in `helpers.values`, so a plan line, a
+checkpoint or a rollback file holds every Convex value (int64, bytes, NaN, ±Inf, -0.0) exactly.
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from .values import dumps, loads
 
-import orjson
-
-
-def dumps(value: Any, *, sort_keys: bool = False) -> bytes:
-    try:
-        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS if sort_keys else 0)
-    except TypeError:
-        return json.dumps(value, sort_keys=sort_keys, ensure_ascii=True, separators=(",", ":")).encode()
-
-
-def loads(data: bytes | str) -> Any:
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return json.loads(data)
+__all__ = ["dumps", "loads"]

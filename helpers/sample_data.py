@@ -2,12 +2,15 @@
 
 Production data is messy, so the sample is too: besides ordinary sessions and scenes (mostly completed),
 every bad-input class the rules know appears at a few percent, and at least once in the first documents,
-so even a small sample exercises every problem code. Documents are generated one at a time (a 200k-scene
-sample never sits in memory) and are valid for convex/schema.ts.
+so even a small sample exercises every problem code. Legacy `v.any()` fields of a few scenes hold the Convex
+values plain JSON loses (int64, bytes, NaN, ±Inf, -0.0); every string is valid Unicode, as Convex (UTF-8)
+requires. Documents are generated one at a time (a 200k-scene sample never sits in memory) and are valid for
+convex/schema.ts.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -18,6 +21,7 @@ from pydantic import BaseModel
 
 from .fields import SCENE_ASSET_SOURCES, SESSION_ASSET_SOURCES
 from .rules import content_type_for_key
+from .values import Int64
 
 BUCKET_URL = "https://tutor-assets.s3.us-east-1.amazonaws.com"
 CDN_URL = "https://cdn.tutor-app.example.com"
@@ -127,7 +131,6 @@ SCENE_DEFECTS: dict[str, str] = {
     "unknown_status": "unknown_status",
     "missing_session": "missing_session",
     "duplicate_key": "duplicate_s3_key",
-    "lone_surrogate": "invalid_unicode",
     "oversized_key": "oversized_value",
     "nested_error": "too_deeply_nested",
     "conflicting_asset": "new_field_conflict",
@@ -138,8 +141,21 @@ SCENE_DEFECTS: dict[str, str] = {
     "size_as_text": "invalid_size",
     "checksum_as_number": "invalid_checksum",
 }
-#: Scenes that new code (or an earlier attempt) already wrote new fields to, consistent with the legacy ones.
-SCENE_VARIANTS = ("already_migrated", "partly_migrated")
+#: Scenes that new code (or an earlier attempt) already wrote new fields to, consistent with the legacy ones;
+#: and scenes whose legacy `errorMessage` (typed `v.any()`) holds values only a lossless reader keeps.
+SCENE_VARIANTS = ("already_migrated", "partly_migrated", "special_values", "int64_error")
+
+#: What an old render worker left in errorMessage: every Convex value plain JSON cannot carry exactly.
+SPECIAL_ERROR_VALUES: dict[str, Any] = {
+    "exitCode": Int64(137),
+    "attempts": Int64(2**60),
+    "coreDump": b"\x7fELF\x00\xff",
+    "cpuSeconds": math.nan,
+    "memoryLimit": math.inf,
+    "minFree": -math.inf,
+    "offset": -0.0,
+    "ratio": 0.5,
+}
 
 #: The problem codes a generated dataset shows when planned (n_scenes >= 200, with a missing session id).
 BAD_INPUT_CLASSES: tuple[str, ...] = tuple(dict.fromkeys([*SCENE_DEFECTS.values(), *SESSION_DEFECTS.values()]))
@@ -232,10 +248,6 @@ class _Scenes:
     def _duplicate_key(self, doc: dict[str, Any]) -> None:
         doc.update(self.last_video)
 
-    def _lone_surrogate(self, doc: dict[str, Any]) -> None:
-        for name in ("subtitleKey", "subtitleUrl"):
-            doc[name] = doc[name].replace("subtitles.vtt", "subtitles-\ud83c.vtt")
-
     def _oversized_key(self, doc: dict[str, Any]) -> None:
         key = doc["sourceCodeKey"].replace("source.py", "x" * 2100 + ".py")
         doc.update(sourceCodeKey=key, sourceCodeUrl=f"{BUCKET_URL}/{key}")
@@ -277,6 +289,12 @@ class _Scenes:
 
     def _partly_migrated(self, doc: dict[str, Any]) -> None:
         doc["videoAsset"] = _asset(doc, SCENE_ASSET_SOURCES["videoAsset"], with_size=True)
+
+    def _special_values(self, doc: dict[str, Any]) -> None:
+        doc["errorMessage"] = dict(SPECIAL_ERROR_VALUES)  # left over from a failed render; not read when completed
+
+    def _int64_error(self, doc: dict[str, Any]) -> None:
+        doc.update(status="failed", errorMessage=Int64(137))
 
 
 def iter_scenes(

@@ -1,8 +1,8 @@
 """HTTP transport to a Convex deployment's public API. It knows nothing of the migration.
 
 Calls go to ``POST /api/{query,mutation,function}`` with ``{path, args, format: "convex_encoded_json"}`` and
-``Authorization: Convex <deploy key>``, as ``npx convex run`` does; values are encoded with the ``convex``
-package. Transient failures (connection errors, dropped connections, timeouts, 5xx, 429) are retried with
+``Authorization: Convex <deploy key>``, as ``npx convex run`` does; values travel in Convex's wire format,
+losslessly both ways (``helpers.values``). Transient failures (connection errors, dropped connections, timeouts, 5xx, 429) are retried with
 exponential backoff (tenacity); every other failure becomes an exception from ``helpers.errors`` that names
 the cause and the fix. The deploy key is read from the environment only and never appears in a message.
 """
@@ -20,10 +20,9 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
-from convex.values import convex_to_json, json_to_convex
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from . import jsonio
+from . import values
 from .errors import (
     ArgumentValidationError,
     DeployKeyMissing,
@@ -32,6 +31,7 @@ from .errors import (
     ExportInProgress,
     FunctionFailed,
     FunctionsNotDeployed,
+    InvalidValue,
     LimitExceeded,
     RunbookError,
     SchemaNotDeployed,
@@ -78,6 +78,10 @@ class _Transient(Exception):
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
+
+
+class _Unreachable(_Transient):
+    """Internal: connection refused or the host name did not resolve; DeploymentUnreachable when retries run out."""
 
 
 class ConvexTransport:
@@ -140,7 +144,10 @@ class ConvexTransport:
         return self._call("/api/function", path, args, idempotent=idempotent)
 
     def _call(self, endpoint: str, path: str, args: Mapping[str, Any] | None, *, idempotent: bool) -> Any:
-        body = jsonio.dumps({"path": path, "args": convex_to_json(dict(args or {})), "format": "convex_encoded_json"})
+        try:
+            body = values.dumps({"path": path, "args": dict(args or {}), "format": "convex_encoded_json"}, convex_numbers=True)
+        except (TypeError, ValueError) as error:  # e.g. a lone UTF-16 surrogate (Convex strings are UTF-8), an int beyond 2**53
+            raise InvalidValue(f"The arguments for {path} hold a value Convex cannot hold: {error}.") from error
 
         def attempt() -> Any:
             response = self._send("POST", endpoint, content=body, headers={"content-type": "application/json"}, idempotent=idempotent)
@@ -179,6 +186,8 @@ class ConvexTransport:
     def _retrying(self, attempt: Any, what: str) -> Any:
         def give_up(state: RetryCallState) -> Any:
             error = state.outcome.exception() if state.outcome else None
+            if isinstance(error, _Unreachable):
+                raise DeploymentUnreachable(f"{what}: cannot connect after {state.attempt_number} attempts ({error}).")
             raise TransientFailure(f"{what}: still failing after {state.attempt_number} attempts ({error}).")
 
         retrying = Retrying(
@@ -195,8 +204,8 @@ class ConvexTransport:
             self._round_trips += 1
         try:
             response = self._client.request(method, endpoint, **kwargs)
-        except httpx.ConnectError as error:
-            raise _Transient(f"cannot connect: {error}") from error
+        except httpx.ConnectError as error:  # refused, or the name did not resolve
+            raise _Unreachable(f"cannot connect: {error}") from error
         except httpx.ConnectTimeout as error:
             raise _Transient(f"connect timeout: {error}") from error
         except (httpx.TransportError, httpx.TimeoutException) as error:
@@ -241,11 +250,18 @@ class ConvexTransport:
             raise ExportInProgress(f"{where}: {message}")
         if response.status_code == 404:
             raise DeploymentUnreachable(f"{where} has no {response.request.url.path} ({code} {message}). Is this a Convex deployment URL?")
-        raise RunbookError(f"{where} answered HTTP {response.status_code}: {code} {message}".strip())
+        raise RunbookError(
+            f"{where} answered HTTP {response.status_code}: {code} {message}".strip(),
+            hint="An answer the runbook does not expect: check the URL names a Convex deployment and that convex/ is deployed from this checkout.",
+        )
 
 
 _NOT_FOUND = re.compile(r"Could not find (public )?function")
-_LIMIT = re.compile(r"This is a Convex limit|too many|too large|too long|too nested|limit:", re.IGNORECASE)
+_LIMIT = re.compile(
+    r"This is a Convex limit|too many|too large|too long|too nested|limit:"
+    r"|Function execution timed out|JavaScript execution ran out of memory",
+    re.IGNORECASE,
+)
 _SCHEMA = re.compile(r"does not match the schema|not in the validator|Unexpected field `\w+` in object|Failed to insert or update", re.IGNORECASE)
 _ARGUMENTS = re.compile(r"ArgumentValidationError|Validator error|does not match validator|Value does not match", re.IGNORECASE)
 
@@ -271,8 +287,6 @@ def classify_function_error(path: str, message: str, data: Any = None) -> Runboo
 
 def _decode(content: bytes) -> Any:
     try:
-        value = jsonio.loads(content)
+        return values.loads(content)
     except ValueError:
         return None
-    # Only encoded special values ($integer, $bytes, $float) need the convex package's decoding.
-    return json_to_convex(value) if b'"$' in content else value

@@ -4,12 +4,13 @@
 // What it is: the runbook's wire protocol (function calls, auth, error shapes, status codes, validators,
 // pagination, per-function limits, snapshot export) served by convex-test's in-memory database.
 // What it is not: Convex. No persistence (memory only), no deploy, no subscriptions, no optimistic
-// concurrency (convex-test runs one transaction at a time), no file storage, no user auth (JWT).
+// concurrency (convex-test runs one transaction at a time), no file storage, no user auth (JWT), no WebSocket
+// sync endpoint (`convex.ConvexClient` cannot connect; `ConvexHttpClient` works).
 //
 // Usage: CONVEX_DEPLOY_KEY=... tsx local_deployment/server.ts --port 3210 [--fault-rate 0.1]
-//        [--fault-kinds 5xx,drop,delay] [--fault-seed 1] [--fault-paths migration:applyBatch,...]
-//        [--export-fault failed|truncate]
-//        [--extra-functions DIR]
+//        [--fault-kinds 5xx,drop,delay,timeout,oom] [--fault-seed 1] [--fault-paths migration:applyBatch,...]
+//        [--export-fault failed|canceled|truncate|lost-response] [--export-ms 50]
+//        [--undeployed migration,...] [--extra-functions DIR]
 // Prints one JSON line {"event":"ready","url":...} on stdout once it accepts requests.
 import { AsyncLocalStorage } from "node:async_hooks";
 import { randomBytes } from "node:crypto";
@@ -38,6 +39,8 @@ const { values: options } = parseArgs({
     "fault-seed": { type: "string", default: "1" },
     "fault-paths": { type: "string", default: "" },
     "export-fault": { type: "string" },
+    undeployed: { type: "string", default: "" },
+    "export-ms": { type: "string", default: "50" },
     "extra-functions": { type: "string" },
   },
 });
@@ -52,6 +55,8 @@ const faultKinds = options["fault-kinds"]!.split(",").filter((k) => k !== "");
 // Function paths (prefixes) that faults hit; empty means every function call.
 const faultPaths = options["fault-paths"]!.split(",").filter((p) => p !== "");
 const exportFault = options["export-fault"];
+// Function modules answered as "not deployed" (a deployment whose functions were never pushed).
+const undeployed = options.undeployed!.split(",").filter((m) => m !== "");
 const MAX_ARGS_BYTES = 16 * 1024 * 1024; // Convex: function arguments up to 16 MiB
 const MAX_ARRAY_LENGTH = 8192; // Convex: arrays hold at most 8192 values
 const MAX_VALUE_DEPTH = 64; // Convex: values nest at most 64 levels
@@ -158,6 +163,47 @@ function checkValueShape(value: unknown, depth = 0): string | null {
   return null;
 }
 
+// Convex keeps strings as UTF-8 (Rust): a lone UTF-16 surrogate, which a JavaScript string can hold, cannot be
+// stored, passed or returned there. These find one (in a key or a string) so the server refuses it as Convex does.
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+function holdsLoneSurrogate(value: unknown): boolean {
+  if (typeof value === "string") return LONE_SURROGATE.test(value);
+  if (Array.isArray(value)) return value.some(holdsLoneSurrogate);
+  if (value !== null && typeof value === "object" && !(value instanceof ArrayBuffer)) {
+    return Object.entries(value).some(([k, v]) => LONE_SURROGATE.test(k) || holdsLoneSurrogate(v));
+  }
+  return false;
+}
+
+/** serde_json's refusal of a lone surrogate escape in a request body, with its line and column. */
+function surrogateSyntaxError(text: string): string {
+  const escape = /\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}/.exec(text);
+  const end = escape ? escape.index + escape[0].length : text.length;
+  const before = text.slice(0, end).split("\n");
+  const high = escape !== null && /[89abAB]/.test(escape[0][3]);
+  const what = high ? "unexpected end of hex escape" : "lone leading surrogate in hex escape";
+  return `Failed to parse the request body as JSON: ${what} at line ${before.length} column ${before[before.length - 1].length}`;
+}
+
+/** Rust's refusal when a function hands over a document (or result) holding a lone surrogate. */
+function utf8Error(value: unknown): string {
+  const json = JSON.stringify(value, (_k, v) => (typeof v === "bigint" ? v.toString() : v instanceof ArrayBuffer ? "" : v));
+  // JSON.stringify escapes a lone surrogate ("\\ud800"); Rust meets it as raw bytes at that place.
+  const index = Buffer.byteLength(json.slice(0, Math.max(0, json.search(/\\ud[89a-f][0-9a-f]{2}/))), "utf8");
+  return `invalid utf-8 sequence of 1 bytes from index ${index}`;
+}
+
+// Stored documents: every write of the root component's database passes here (convex-test's DatabaseFake).
+{
+  const db = convexGlobal!.components[""].db as unknown as { _addWrite: (id: string, value: unknown) => void };
+  const addWrite = db._addWrite.bind(db);
+  db._addWrite = (id: string, value: unknown) => {
+    if (value !== null && holdsLoneSurrogate(value)) throw new Error(utf8Error(value));
+    addWrite(id, value);
+  };
+}
+
 // ---------------------------------------------------------------------------------------------------
 // HTTP plumbing
 
@@ -233,11 +279,18 @@ async function callFunction(req: IncomingMessage, res: ServerResponse, endpoint:
   const identity = authenticate(req);
   const raw = await readBody(req);
   let body: { path?: unknown; args?: unknown; format?: unknown };
+  let text: string;
   try {
-    body = JSON.parse(raw.toString("utf8"));
+    text = new TextDecoder("utf-8", { fatal: true }).decode(raw);
+  } catch {
+    throw new HttpError(400, "BadJsonBody", "Failed to parse the request body as JSON: invalid unicode code point");
+  }
+  try {
+    body = JSON.parse(text);
   } catch {
     throw new HttpError(400, "BadJsonBody", "Failed to deserialize the JSON body.");
   }
+  if (holdsLoneSurrogate(body)) throw new HttpError(400, "BadJsonBody", surrogateSyntaxError(text));
   if (typeof body.path !== "string") throw new HttpError(400, "BadJsonBody", "Failed to deserialize the JSON body: missing field `path`");
   const format = body.format === undefined || body.format === null ? "json" : String(body.format);
   if (format !== "json" && format !== "convex_encoded_json") {
@@ -250,7 +303,7 @@ async function callFunction(req: IncomingMessage, res: ServerResponse, endpoint:
     requireAdmin(identity);
     return sendJson(res, 200, { status: "success", value: encodeValue(latestExportValue(), format) });
   }
-  const fn = await lookupFunction(path);
+  const fn = undeployed.some((module) => path.startsWith(`${module}:`)) ? null : await lookupFunction(path);
   if (fn === null || (!fn.isPublic && identity !== "admin")) {
     // Convex answers a missing and an internal-without-admin-key function alike.
     return fail(`Could not find function for '${path}'. Did you forget to run \`npx convex dev\`?`);
@@ -278,6 +331,7 @@ async function callFunction(req: IncomingMessage, res: ServerResponse, endpoint:
     ? await injectFaultBefore(res)
     : "none";
   if (dropAfter === "handled") return;
+  if (dropAfter === "timeout" || dropAfter === "oom") return fail(`[Request ID: ${requestId()}] Server Error\n${TERMINATIONS[dropAfter]}`);
   let value: Value;
   try {
     // Typed calls need generated API types; the server dispatches by name, so it calls untyped.
@@ -293,11 +347,19 @@ async function callFunction(req: IncomingMessage, res: ServerResponse, endpoint:
     });
   }
   if (dropAfter === "drop") return req.socket.destroy(); // executed, but the caller never hears of it
+  if (holdsLoneSurrogate(value)) return fail(functionErrorMessage(new Error(utf8Error(value))));
   sendJson(res, 200, { status: "success", value: encodeValue(value ?? null, format) });
 }
 
-/** Faults chosen at start-up: a 5xx before executing, a dropped connection after executing, or a delay. */
-async function injectFaultBefore(res: ServerResponse): Promise<"none" | "drop" | "handled"> {
+// Convex's own texts when a function is stopped (crates/isolate/src/termination.rs).
+const TERMINATIONS = {
+  timeout: "Function execution timed out (maximum duration: 1s)",
+  oom: "JavaScript execution ran out of memory (maximum memory usage: 64 MB)",
+};
+
+/** Faults chosen at start-up: a 5xx before executing, a dropped connection after executing, a delay, or the
+ * function stopped by Convex's time or memory limit (`timeout`, `oom`: answered without executing). */
+async function injectFaultBefore(res: ServerResponse): Promise<"none" | "drop" | "handled" | "timeout" | "oom"> {
   if (faultRate <= 0 || nextRandom() >= faultRate || faultKinds.length === 0) return "none";
   const kind = faultKinds[Math.floor(nextRandom() * faultKinds.length)];
   if (kind === "5xx") {
@@ -309,7 +371,7 @@ async function injectFaultBefore(res: ServerResponse): Promise<"none" | "drop" |
     await new Promise((r) => setTimeout(r, 200 + Math.floor(nextRandom() * 800)));
     return "none";
   }
-  return kind === "drop" ? "drop" : "none";
+  return kind === "drop" || kind === "timeout" || kind === "oom" ? kind : "none";
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -318,7 +380,7 @@ async function injectFaultBefore(res: ServerResponse): Promise<"none" | "drop" |
 type ExportRecord = {
   _id: string;
   _creationTime: number;
-  state: "requested" | "in_progress" | "completed" | "failed";
+  state: "requested" | "in_progress" | "completed" | "failed" | "canceled";
   format: { format: "zip"; include_storage: boolean };
   requestor: "snapshotExport";
   start_ts: bigint;
@@ -326,6 +388,9 @@ type ExportRecord = {
   zip_object_key?: string;
 };
 let latestExport: ExportRecord | null = null;
+let answerLost = false;
+// How long an export runs; with a lost answer, long enough for the caller's retry to meet it in progress.
+const EXPORT_MS = Math.max(Number(options["export-ms"]), exportFault === "lost-response" ? 3000 : 0);
 const exportArchives = new Map<string, Buffer>();
 
 function latestExportValue(): Value {
@@ -366,16 +431,21 @@ function requestExport(req: IncomingMessage, res: ServerResponse, url: URL) {
     record.start_ts = startTs;
     const tables = collectCommittedDocuments();
     setTimeout(() => {
-      if (exportFault === "failed") {
-        record.state = "failed";
+      if (exportFault === "failed" || exportFault === "canceled") {
+        record.state = exportFault;
         return;
       }
       exportArchives.set(startTs.toString(), buildSnapshotZip(tables));
       record.zip_object_key = `${randomBytes(16).toString("hex")}.zip`;
       record.complete_ts = BigInt(Date.now()) * 1_000_000n;
       record.state = "completed";
-    }, 50);
+    }, EXPORT_MS);
   }, 50);
+  // A lost answer: the first export is started, but the caller never hears of it (and, asking again, meets it).
+  if (exportFault === "lost-response" && !answerLost) {
+    answerLost = true;
+    return req.socket.destroy();
+  }
   res.writeHead(200, { "content-length": 0 });
   res.end();
 }

@@ -1,7 +1,9 @@
 // Convex's snapshot export layout (crates/exports in convex-backend): README.md, then _tables/documents.jsonl
 // ({name, id} per user table), then per table <table>/documents.jsonl and <table>/generated_schema.jsonl
-// ("uniform"), tables ordered by size. Values use Convex's export JSON: integers (int64) as plain numbers,
-// float64 always with a fraction ("3.0"), non-finite floats as {"$float": base64}, bytes as {"$bytes": base64}.
+// ("uniform"), tables ordered by size. Values use Convex's export JSON (crates/value/src/export.rs,
+// `export_clean_lossless`): int64 as a bare number, a finite float64 always with a fraction or exponent ("3.0",
+// "-0.0", "1e+21"), NaN/±Inf as {"$float": base64 of 8 little-endian bytes}, bytes as {"$bytes": base64}, and
+// object keys sorted (Convex objects are ordered maps).
 import { zipSync, type Zippable } from "fflate";
 import type { Value } from "convex/values";
 
@@ -37,7 +39,9 @@ export function exportJson(value: Value | undefined): string {
   if (typeof value === "string" || typeof value === "boolean") return JSON.stringify(value);
   if (value instanceof ArrayBuffer) return JSON.stringify({ $bytes: Buffer.from(value).toString("base64") });
   if (Array.isArray(value)) return `[${value.map((v) => exportJson(v)).join(",")}]`;
-  const fields = Object.entries(value).filter(([, v]) => v !== undefined);
+  const fields = Object.entries(value)
+    .filter(([, v]) => v !== undefined)
+    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
   return `{${fields.map(([k, v]) => `${JSON.stringify(k)}:${exportJson(v as Value)}`).join(",")}}`;
 }
 

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from helpers import errors
-from helpers.backup import BACKUP_RECORD, backup_dir, iter_backup_documents, read_backup, take_backup
+from helpers.backup import BACKUP_RECORD, backup_dir, check_snapshot, iter_backup_documents, read_backup, take_backup
 from helpers.local_deployment import LocalDeployment
 from helpers.transport import ConvexTransport
+from helpers.values import Int64
 
 
 def seed(transport: ConvexTransport, scenes: int) -> tuple[str, list[str]]:
@@ -78,19 +79,30 @@ def test_second_backup_in_same_run_folder_is_refused(transport: ConvexTransport,
         take_backup(transport, run_dir, poll_seconds=0.05, show_progress=False)
 
 
-def test_export_already_in_progress_is_refused_clearly(transport: ConvexTransport, run_dir: Path) -> None:
-    transport.post("/api/export/request/zip", params={"includeStorage": "false"})
-    with pytest.raises(errors.ExportInProgress, match="already"):
-        take_backup(transport, run_dir, poll_seconds=0.05, show_progress=False)
-    assert not (backup_dir(run_dir) / BACKUP_RECORD).exists()
+class SlowExportDeployment(LocalDeployment):
+    """Exports take 5 s: long enough to meet one in progress, whatever the machine's load."""
+
+    def command(self) -> list[str]:
+        return [*super().command(), "--export-ms", "5000"]
 
 
-@pytest.mark.parametrize("fault, error", [("failed", errors.ExportFailed), ("truncate", errors.RunbookError)])
-def test_failed_or_cut_short_export_leaves_nothing_valid(deploy_key: str, run_dir: Path, fault: str, error: type) -> None:
+def test_export_already_in_progress_is_refused_clearly(deploy_key: str, run_dir: Path) -> None:
+    with SlowExportDeployment(deploy_key=deploy_key) as slow, slow.transport() as client:
+        client.post("/api/export/request/zip", params={"includeStorage": "false"})  # someone else's export
+        with pytest.raises(errors.ExportInProgress, match="already") as raised:
+            take_backup(client, run_dir, poll_seconds=0.05, show_progress=False)
+    assert "wait for it" in str(raised.value) and not (backup_dir(run_dir) / BACKUP_RECORD).exists()
+
+
+@pytest.mark.parametrize(
+    "fault, error", [("failed", errors.ExportFailed), ("canceled", errors.ExportCanceled), ("truncate", errors.RunbookError)]
+)
+def test_failed_canceled_or_cut_short_export_leaves_nothing_valid(deploy_key: str, run_dir: Path, fault: str, error: type) -> None:
     with LocalDeployment(deploy_key=deploy_key, export_fault=fault) as broken, broken.transport() as client:
         seed(client, 10)
-        with pytest.raises(error):
-            take_backup(client, run_dir, poll_seconds=0.05, show_progress=False)
+        with pytest.raises(error) as raised:  # a terminal state ends the wait at once, not at the timeout
+            take_backup(client, run_dir, poll_seconds=0.05, timeout_seconds=30, show_progress=False)
+        assert str(raised.value).count("fix:") == 1
     assert list(backup_dir(run_dir).iterdir()) == []
     with pytest.raises(errors.PreconditionFailed, match="No backup"):
         read_backup(run_dir)
@@ -102,3 +114,56 @@ def test_altered_backup_is_detected(transport: ConvexTransport, run_dir: Path) -
         zip_file.write(b"tampered")
     with pytest.raises(errors.PreconditionFailed, match="does not match"):
         read_backup(run_dir)
+
+
+def test_lost_answer_to_the_export_request_follows_the_export_it_started(deploy_key: str, run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with LocalDeployment(deploy_key=deploy_key, export_fault="lost-response") as lossy, lossy.transport() as client:
+        _, scene_ids = seed(client, 3)
+        summary = take_backup(client, run_dir, poll_seconds=0.05, show_progress=False)
+        assert client.query("_system/cli/exports:getLatest", {})["start_ts"] == Int64(summary.snapshot_ts)
+    assert "answer was lost; following the export it started" in capsys.readouterr().out  # its retry met ExportInProgress
+    assert summary.counts["scenes"] == 3 and [d["_id"] for d in iter_backup_documents(summary, "scenes")] == scene_ids
+
+
+class UndeployedDeployment(LocalDeployment):
+    """A deployment whose `migration` functions were never pushed (Convex answers "Could not find function")."""
+
+    def command(self) -> list[str]:
+        return [*super().command(), "--undeployed", "migration"]
+
+
+def test_functions_not_deployed_is_found_before_the_backup_so_step_01_can_run_again(deploy_key: str, run_dir: Path) -> None:
+    with UndeployedDeployment(deploy_key=deploy_key) as bare, bare.transport() as client:
+        with pytest.raises(errors.FunctionsNotDeployed, match="npx convex deploy"):
+            take_backup(client, run_dir, poll_seconds=0.05, show_progress=False)
+        assert client.query("_system/cli/exports:getLatest", {}) is None  # no export was even requested
+    assert not backup_dir(run_dir).exists()
+    with LocalDeployment(deploy_key=deploy_key) as deployed, deployed.transport() as client:  # after `npx convex deploy`
+        seed(client, 2)
+        assert take_backup(client, run_dir, poll_seconds=0.05, show_progress=False).counts["scenes"] == 2
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "reported"),
+    [
+        (b'{"_id":"x","_creationTime":1.0,"status":"a\\ud800"}\n', "is not valid UTF-8 text"),  # an escaped lone surrogate
+        (b'{"_id":"x","_creationTime":1.0,"status":"a\xff"}\n', "is not valid UTF-8 text"),
+        (b'{"_id":"x","_creationTime":1.0,"n":{"$integer":"AA=="}}\n', "is not Convex export JSON"),
+    ],
+)
+def test_backup_check_names_a_line_that_is_not_utf8_text_or_export_json(
+    transport: ConvexTransport, run_dir: Path, tmp_path: Path, bad_line: bytes, reported: str
+) -> None:
+    seed(transport, 3)
+    summary = take_backup(transport, run_dir, poll_seconds=0.05, show_progress=False)
+    damaged = tmp_path / "damaged.zip"
+    with zipfile.ZipFile(summary.zip_path) as source, zipfile.ZipFile(damaged, "w") as sink:
+        for name in source.namelist():
+            data = source.read(name)
+            if name == "scenes/documents.jsonl":
+                lines = data.splitlines(keepends=True)
+                data = b"".join([lines[0], bad_line, *lines[1:]])
+            sink.writestr(name, data)
+    with pytest.raises(errors.RunbookError, match=f"scenes/documents.jsonl line 2 {reported}"):
+        check_snapshot(damaged)
+    assert check_snapshot(summary.zip_path)["scenes"] == 3

@@ -89,9 +89,15 @@ def test_transport_errors_name_cause_and_fix(deployment: LocalDeployment, transp
         deployment.transport(deploy_key="wrong-key").function("migration:readPage", {})
     with pytest.raises(errors.SchemaNotDeployed):
         transport.function("sampleData:insertBatch", {"table": "videoSessions", "documents": [{"status": "x", "notInSchema": 1}]})
-    unreachable = ConvexTransport("http://127.0.0.1:9", deployment.deploy_key, max_attempts=2)
-    with pytest.raises(errors.TransientFailure, match="still failing after 2 attempts"):
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9", "http://no-such-deployment.invalid:3210"], ids=["refused", "dns"])
+def test_unreachable_deployment_says_check_the_url(url: str) -> None:
+    unreachable = ConvexTransport(url, "key", max_attempts=2)
+    with pytest.raises(errors.DeploymentUnreachable, match="cannot connect after 2 attempts") as raised:
         unreachable.function("migration:readPage", {})
+    assert str(raised.value).count("fix:") == 1 and "fix: Check the URL" in str(raised.value)
+    assert unreachable.round_trips == 2 and "wait" not in str(raised.value).lower()
 
 
 def test_limits_fail_like_convex(transport: ConvexTransport) -> None:
@@ -155,3 +161,39 @@ def test_redact_url_removes_credentials() -> None:
         "https://REDACTED@happy-otter-1.convex.cloud/?token=REDACTED&x=1"
     )
     assert redact_url("http://127.0.0.1:3210") == "http://127.0.0.1:3210"
+
+
+@pytest.mark.parametrize(("kind", "text"), [("timeout", "Function execution timed out"), ("oom", "JavaScript execution ran out of memory")])
+def test_time_and_memory_limit_answers_are_limit_errors(deploy_key: str, kind: str, text: str) -> None:
+    with LocalDeployment(deploy_key=deploy_key, fault_rate=1.0, fault_kinds=(kind,), fault_paths=("migration:readPage",)) as limited:
+        with limited.transport() as client:
+            with pytest.raises(errors.LimitExceeded, match=text) as raised:
+                client.function("migration:readPage", {"table": "scenes", "cursor": None, "numItems": 5})
+            assert client.round_trips == 1 and str(raised.value).count("fix:") == 1  # not retried: the caller halves
+            assert "lower the batch size or page size" in str(raised.value)
+            assert client.function("migrationRuns:ledger", {"migrationId": "m"}) == []  # other functions run
+
+
+@pytest.mark.parametrize(
+    "error",
+    [cls for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, errors.RunbookError) and cls is not errors.RunbookError],
+)
+def test_every_error_class_has_one_fix_line(error: type[errors.RunbookError]) -> None:
+    text = str(error("what happened"))
+    assert text.startswith("what happened\n  fix: ") and text.count("fix:") == 1 and "\n" not in text.split("fix: ", 1)[1]
+
+
+def test_an_unexpected_http_answer_still_says_what_to_do(transport: ConvexTransport) -> None:
+    with pytest.raises(errors.RunbookError, match="HTTP 400: BadSnapshotId") as raised:
+        with transport.stream("/api/export/zip/not-a-snapshot"):
+            pass
+    assert str(raised.value).count("fix:") == 1 and "check the URL" in str(raised.value)
+
+
+def test_pages_halve_on_time_and_memory_limit_answers(deploy_key: str) -> None:
+    with LocalDeployment(deploy_key=deploy_key, fault_rate=0.3, fault_kinds=("timeout", "oom"), fault_seed=5,
+                         fault_paths=("migration:readPage",)) as limited, limited.transport() as client:
+        ids = insert_sessions(client, 300)
+        sizes = [len(page) for page in iter_pages(client, "videoSessions", 256)]
+        assert [doc["_id"] for doc in iter_documents(client, "videoSessions", 256)] == ids
+    assert sum(sizes) == 300 and max(sizes) < 256  # some page met a limit answer and was read at half the size
