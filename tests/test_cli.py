@@ -169,7 +169,8 @@ def test_statistics_come_from_the_apply_summary(tmp_path: Path) -> None:
     archive.write_step_results(tmp_path, "03_apply", archive.StepResults(step="03_apply", status="passed", summary=summary))
     stats = runner.statistics(tmp_path, wall_seconds=99.0)
     assert stats is not None and not stats.planned
-    assert (stats.scenes_migrated, stats.sessions_migrated, stats.asset_references_created, stats.total_seconds) == (10, 2, 25, 4.5)
+    assert (stats.scenes_migrated, stats.sessions_migrated, stats.asset_references_created) == (10, 2, 25)
+    assert (stats.apply_seconds, stats.wall_seconds) == (4.5, 99.0)
     assert stats.errors == [{"id": "s9", "reason": "too large"}]
 
 
@@ -236,8 +237,9 @@ def test_run_prints_statistics_and_the_evidence_folder(
     def fake_run_migration(url: str, dry_run: bool, **kwargs: object) -> runner.RunResult:
         calls.append({"url": url, "dry_run": dry_run, **kwargs})
         stats = runner.Statistics(planned=False, scenes_migrated=1200, sessions_migrated=40, asset_references_created=3100,
-                                  errors=[{"id": "s7", "reason": "too large"}], total_seconds=12.25)
-        return runner.RunResult(run_dir=tmp_path / "run", passed=True, steps={"03_apply": "passed"}, statistics=stats)
+                                  errors=[{"id": "s7", "reason": "too large"}], apply_seconds=12.25, wall_seconds=40.0)
+        return runner.RunResult(run_dir=tmp_path / "run", passed=True, steps={"03_apply": "passed"}, statistics=stats,
+                                manifest_sha256="ab" * 32)
 
     monkeypatch.setattr(cli, "run_migration", fake_run_migration)
     argv = ["run", "--url", URL, "--confirm", "--steps", "01_backup_snapshot, 03_apply", "-p", "03_apply.batch_size=50"]
@@ -247,7 +249,8 @@ def test_run_prints_statistics_and_the_evidence_folder(
     out = capsys.readouterr().out.splitlines()
     assert out == [
         "scenes migrated: 1,200", "sessions migrated: 40", "asset references created: 3,100", "errors: 1",
-        "  s7: too large", "apply time: 12.2 s", f"Evidence: {tmp_path / 'run'}",
+        "  s7: too large", "apply time: 12.2 s", "wall time: 40.0 s", f"Evidence: {tmp_path / 'run'}",
+        f"Manifest sha256: {'ab' * 32}",
     ]
 
 
