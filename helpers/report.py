@@ -41,7 +41,8 @@ class Failure:
     message: str
     fix: str
     section: str | None
-    cell_index: int
+    #: The cell's prompt as the page shows it, e.g. "In [5]".
+    prompt: str
 
 
 def section_of(cells: list[Any], index: int) -> str | None:
@@ -65,7 +66,8 @@ def find_failure(notebook: Any) -> Failure | None:
         for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
             if output.get("output_type") == "error":
                 message, fix = split_fix(str(output.get("evalue", "")))
-                return Failure(str(output.get("ename", "Error")), message, fix, section_of(notebook.cells, index), index)
+                prompt = f"In [{cell.get('execution_count') or ' '}]"
+                return Failure(str(output.get("ename", "Error")), message, fix, section_of(notebook.cells, index), prompt)
     return None
 
 
@@ -124,7 +126,7 @@ def header_html(step: str, context: PageContext, notebook: Any) -> str:
 
 
 def failure_html(failure: Failure) -> str:
-    where = f"section “{_e(failure.section)}” (cell {failure.cell_index})" if failure.section else f"cell {failure.cell_index}"
+    where = f"section “{_e(failure.section)}”, cell {failure.prompt}" if failure.section else f"cell {failure.prompt}"
     fix = f"<p><b>What to do:</b> {_e(failure.fix)}</p>" if failure.fix else ""
     return (
         f'<div class="runbook-failure"><p><b>This step failed</b> in {where}: <b>{_e(failure.ename)}</b></p>'
@@ -199,18 +201,22 @@ def _step_row(run_dir: Path, step: str, status: str) -> str:
 
     folder = run_dir / step
     results = _load_json(folder / RESULTS_FILE)
-    duration = None
+    duration, failure = None, None
     if (folder / f"{step}.ipynb").is_file():
-        duration = execution_times(nbformat.read(folder / f"{step}.ipynb", as_version=4))[2]
+        notebook = nbformat.read(folder / f"{step}.ipynb", as_version=4)
+        duration, failure = execution_times(notebook)[2], find_failure(notebook)
     links = " · ".join(
         f'<a href="{_e(f"{step}/{name}")}">{label}</a>'
         for name, label in ((f"{step}.report.html", "report"), (f"{step}.html", "full page"), (f"{step}.ipynb", "notebook"))
         if (folder / name).is_file()
     )
     results_sha = sha256_file(folder / RESULTS_FILE) if (folder / RESULTS_FILE).is_file() else "no results file"
+    figures = _figures(results.get("summary") or {})
+    if failure is not None:
+        figures = f"<b>{_e(failure.ename)}</b>: {_e(failure.message)}" + (f"<br>What to do: {_e(failure.fix)}" if failure.fix else "")
     return (
         f'<tr><td><b>{_e(step)}</b><br>{links}</td><td class="{_e(status)}">{_e(status)}</td>'
-        f"<td>{'' if duration is None else f'{duration:.1f} s'}</td><td>{_figures(results.get('summary') or {})}</td>"
+        f"<td>{'' if duration is None else f'{duration:.1f} s'}</td><td>{figures}</td>"
         f"<td>{_hashes(results)}<br>results.json: <code>{_e(results_sha)}</code></td></tr>"
     )
 

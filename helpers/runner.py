@@ -88,7 +88,7 @@ class StepFailed(RunbookError):
         details = f"{self.notebook_path.with_suffix(REPORT_SUFFIX)} (executed notebook: {self.notebook_path})"
         super().__init__(
             f"step {step} failed{where}: {ename}: {message}",
-            hint=f"{fix} Then {then}. Details: {details}." if fix else f"Read {details}, fix the cause, then {then}.",
+            hint=f"{fix.rstrip('.')}. Then {then}. Details: {details}." if fix else f"Read {details}, fix the cause, then {then}.",
         )
 
 
