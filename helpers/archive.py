@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -82,7 +82,8 @@ def write_json_atomic(path: Path, data: Any) -> None:
             os.fsync(sink.fileno())
         os.replace(tmp_name, path)
     except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+        with suppress(OSError):  # cleaning up must not hide why the write failed
+            Path(tmp_name).unlink(missing_ok=True)
         raise
 
 

@@ -85,7 +85,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             on_step=_StepPrinter(),
         )
     except StepFailed as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _print_error(exc)
         print(f"Evidence: {exc.notebook_path.parent.parent}")
         if exc.manifest_sha256:
             print(_manifest_line(exc.manifest_sha256))
@@ -107,6 +107,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"Evidence: {result.run_dir}")
     print(_manifest_line(result.manifest_sha256, result.seal_not_recorded))
     return 0
+
+
+def _print_error(exc: BaseException) -> None:
+    """The error, its fix, and what else went wrong meanwhile (sealing a folder that cannot be written)."""
+    print(f"error: {exc}", file=sys.stderr)
+    for note in getattr(exc, "__notes__", []):
+        print(f"  also: {note}", file=sys.stderr)
 
 
 def _manifest_line(sha256: str, not_recorded: str | None = None) -> str:
@@ -188,7 +195,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         try:
             result = run_migration(deployment.url, confirm=True, runs_dir=Path(args.runs_dir), on_step=_StepPrinter())
         except StepFailed as failure:
-            print(f"error: {failure}", file=sys.stderr)
+            _print_error(failure)
             return 1
         with deployment.transport() as transport:
             check = check_archive(result.run_dir, transport)
@@ -270,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except RunbookError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _print_error(exc)
         return EXIT_REFUSED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

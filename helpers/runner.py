@@ -192,6 +192,7 @@ def run_step(
         # A results file left by an earlier execution must not vouch for this one.
         (out / "results.json").unlink(missing_ok=True)
     started_ms = str(int(time.time() * 1000))
+    failed: StepFailed | None = None
     try:
         with _environment(RUNBOOK_HEADLESS="1", **{STEP_STARTED_ENV: started_ms}):
             papermill.execute_notebook(
@@ -210,11 +211,24 @@ def run_step(
     except papermill.PapermillExecutionError as exc:
         index = _source_cell_index(source, exc.cell_index)
         cells = nbformat.read(source, as_version=4).cells
-        raise StepFailed(step, index, exc.ename, exc.evalue, executed, exc.source, exc.exec_count, section_of(cells, index)) from exc
+        failed = StepFailed(step, index, exc.ename, exc.evalue, executed, exc.source, exc.exec_count, section_of(cells, index))
+        raise failed from exc
     finally:
         if executed.exists():
-            render_step(executed, page_context(run_dir, convex_url))
+            with _secondary(failed, "Its pages could not be rendered either"), writing(out):
+                render_step(executed, page_context(run_dir, convex_url))
     return _passed_results(run_dir, step, executed)
+
+
+@contextmanager
+def _secondary(failure: BaseException | None, what: str) -> Iterator[None]:
+    """Work done while an error propagates must not replace it: its own error becomes a note on the first."""
+    try:
+        yield
+    except Exception as exc:
+        if failure is None:
+            raise
+        failure.add_note(f"{what}: {str(exc).partition(chr(10))[0]}")  # its fix line would make two
 
 
 class QuietShutdownKernelManager(AsyncKernelManager):
@@ -343,14 +357,10 @@ def preflight(url: str) -> Iterator[ConvexTransport]:
 
 def _seal(run_dir: Path, failure: BaseException | None, **fields: Any) -> Sealed | None:
     """Seals the folder whatever happened; if sealing fails too, the step's error stays the one reported."""
-    try:
+    sealed = None
+    with _secondary(failure, "The run folder could not be sealed either"):
         sealed = seal_folder(run_dir, **fields)
-    except RunbookError as exc:
-        if failure is None:
-            raise
-        failure.add_note(f"The run folder could not be sealed either: {exc}")
-        return None
-    if isinstance(failure, StepFailed):
+    if isinstance(failure, StepFailed) and sealed is not None:
         failure.manifest_sha256 = sealed.sha256
     return sealed
 
