@@ -18,8 +18,8 @@ import nbformat
 
 INDEX_FILE = "index.html"
 REPORT_SUFFIX = ".report.html"
-#: A summary's figures shown on the index: numbers and short texts at its top level.
-MAX_FIGURES = 8
+#: How many of a step summary's figures the index shows (its results.json has them all).
+MAX_FIGURES = 14
 FIX_MARK = "\n  fix: "
 
 
@@ -187,8 +187,18 @@ def _assigned(source: str, name: str, default: Any) -> Any:
 
 
 def _figures(summary: Mapping[str, Any]) -> str:
-    shown = [(k, v) for k, v in summary.items() if isinstance(v, int | float | bool) or (isinstance(v, str) and len(v) <= 40)]
-    return "<br>".join(f"{_e(k)}: {_e(f'{v:,}' if isinstance(v, int) and not isinstance(v, bool) else v)}" for k, v in shown[:MAX_FIGURES])
+    """A summary's counts and measures (a list counts as its length); names, times and hashes are elsewhere."""
+    shown = []
+    for key, value in summary.items():
+        if isinstance(value, bool) or key.endswith("_ts"):
+            continue
+        if isinstance(value, int):
+            shown.append((key, f"{value:,}"))
+        elif isinstance(value, float):
+            shown.append((key, f"{value:,.3g}"))
+        elif isinstance(value, list):
+            shown.append((key, f"{len(value):,}"))
+    return "<br>".join(f"{_e(key)}: {_e(value)}" for key, value in shown[:MAX_FIGURES])
 
 
 def _hashes(results: Mapping[str, Any]) -> str:
