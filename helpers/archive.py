@@ -453,6 +453,9 @@ def seal(
     url = convex_url or next(filter(None, (notebook_parameter(nb, "convex_url") for _, nb in sources.values())), None)
     if not url:
         raise PreconditionFailed("The notebooks do not say which deployment they ran against.", hint="Pass --url URL / convex_url=….")
+    if transport is None:  # a missing key or a bad URL is refused before anything is written
+        with ConvexTransport(url) as own:
+            return seal(run_dir, convex_url=url, notebooks_dir=notebooks_dir, operator=operator, transport=own)
     operator = operator or _operator()
     revision = runbook_revision()
     context = PageContext(
@@ -470,11 +473,8 @@ def seal(
     earlier = read_manifest(run_dir)
     statuses = {**(earlier.steps if earlier else {}), **{step: read_step_results(run_dir, step).status for step in steps}}
     started_at = earlier.started_at if earlier else min(filter(None, starts), default=_now())
-    fields = dict(deployment_url=url, operator=operator, started_at=started_at, finished_at=datetime.now(UTC), steps=statuses)
-    if transport is not None:
-        return seal_folder(run_dir, **fields, transport=transport)
-    with ConvexTransport(url) as own:
-        return seal_folder(run_dir, **fields, transport=own)
+    return seal_folder(run_dir, deployment_url=url, operator=operator, started_at=started_at,
+                       finished_at=datetime.now(UTC), steps=statuses, transport=transport)
 
 
 def _saved_notebook(run_dir: Path, step: str, notebooks_dir: Path | None) -> tuple[Path, Any]:

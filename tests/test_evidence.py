@@ -196,3 +196,21 @@ def test_a_deleted_file_is_named_by_the_ledger(run_dir: Path, deployment: LocalD
     with deployment.transport() as transport:
         problems = archive.check_archive(run_dir, transport).problems
     assert "missing: backup/snapshot_1.zip (recorded by the seal in the deployment's ledger)" in problems
+
+
+def test_a_step_row_keeps_the_start_its_step_recorded(deployment: LocalDeployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Apply records its row when it starts; the row written with its results keeps that start."""
+    from helpers.deployment import record_run
+    from helpers.run_folder import run_id
+
+    monkeypatch.delenv(archive.STEP_STARTED_ENV, raising=False)
+    run_dir = tmp_path / "run"
+    with deployment.transport() as transport:
+        record_run(transport, MIGRATION_ID, run_id(run_dir), step="03_apply", status="running", operator="alice", startedAt=1_000)
+        archive.record_step(transport, run_dir, archive.StepResults(step="03_apply", status="passed"))
+        monkeypatch.setenv(archive.STEP_STARTED_ENV, "2000")  # the runner's start of the step wins when it is known
+        archive.record_step(transport, run_dir, archive.StepResults(step="04_verify", status="passed"))
+        rows = {r["step"]: r for r in read_ledger(transport, MIGRATION_ID) if r["runId"] == run_id(run_dir)}
+    assert rows["03_apply"]["startedAt"] == 1_000 and rows["03_apply"]["status"] == "passed"
+    assert rows["04_verify"]["startedAt"] == 2_000 and rows["04_verify"]["finishedAt"] > 2_000
+    assert rows["03_apply"]["evidence"] == {"03_apply/results.json": _sha(run_dir / "03_apply" / "results.json")}
