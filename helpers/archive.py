@@ -566,7 +566,8 @@ def _ledger_problems(run_dir: Path, ledger: list[dict[str, Any]]) -> list[str]:
 def _file_problems(run_dir: Path) -> list[str]:
     path = run_dir / MANIFEST_FILE
     if not path.exists():
-        return [f"{MANIFEST_FILE} is missing: the folder was never sealed, nothing can be checked against it"]
+        return [f"{MANIFEST_FILE} is missing: the folder was never sealed, nothing can be checked against it "
+                "(a run made in JupyterLab is sealed with `runbook seal DIR`)"]
     try:
         manifest = Manifest.model_validate_json(path.read_bytes())
     except ValueError as exc:

@@ -22,6 +22,13 @@ SPARE_COLOURS = ("#E69F00", "#009E73", "#CC79A7", "#F0E442", "#000000")
 OUTCOME_ORDER = ["applied", "already_applied", "conflict", "error"]
 
 
+def action_colour(action: str) -> str:
+    """The colour of an action, the same in every panel whichever actions a panel happens to have."""
+    if action in ACTION_COLOURS:
+        return ACTION_COLOURS[action]
+    return SPARE_COLOURS[int(hashlib.sha256(action.encode()).hexdigest(), 16) % len(SPARE_COLOURS)]
+
+
 def status_action_table(by_status: Mapping[str, Mapping[str, int]]) -> pd.DataFrame:
     """Records per legacy status x planned action, with totals."""
     frame = pd.DataFrame.from_dict({status: dict(actions) for status, actions in by_status.items()}, orient="index").fillna(0)
@@ -120,13 +127,6 @@ def plan_chart(by_status_per_table: Mapping[str, Mapping[str, Mapping[str, int]]
         axis.set_xlabel("documents")
     figure.tight_layout()
     return figure
-
-
-def action_colour(action: str) -> str:
-    """The colour of an action, the same in every panel whichever actions a panel happens to have."""
-    if action in ACTION_COLOURS:
-        return ACTION_COLOURS[action]
-    return SPARE_COLOURS[int(hashlib.sha256(action.encode()).hexdigest(), 16) % len(SPARE_COLOURS)]
 
 
 def before_after_frame(pairs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> pd.DataFrame:
