@@ -544,6 +544,9 @@ def _ledger_problems(run_dir: Path, ledger: list[dict[str, Any]]) -> list[str]:
     rows = sorted((r for r in ledger if r.get("runId") == this_run), key=lambda r: r.get("finishedAt") or r.get("startedAt") or 0)
     if not rows:
         return [f"ledger: the deployment has no record of run {this_run} (run against another deployment, or {RUN_FILE} changed)"]
+    seal_at = next((i for i, r in enumerate(rows) if r.get("step") == SEAL_STEP), None)
+    if seal_at is not None and len(rows[seal_at].get("evidence") or {}) > 1:
+        rows = rows[seal_at:]  # the seal lists the whole folder as it was sealed: earlier step rows are superseded
     recorded: dict[str, tuple[str, str]] = {}
     for row in rows:
         who = "the seal" if row.get("step") == SEAL_STEP else f"step {row.get('step')}"

@@ -64,10 +64,15 @@ def deployment(deploy_key: str) -> Iterator[LocalDeployment]:
 
 
 @pytest.fixture(scope="module")
-def made(deployment: LocalDeployment, tmp_path_factory: pytest.TempPathFactory) -> runner.RunResult:
-    notebooks = tmp_path_factory.mktemp("notebooks")
-    _notebook(notebooks, "01_backup_snapshot", BACKUP)
-    _notebook(notebooks, "02_dry_run", PLAN)
+def notebooks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("notebooks")
+    _notebook(folder, "01_backup_snapshot", BACKUP)
+    _notebook(folder, "02_dry_run", PLAN)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def made(deployment: LocalDeployment, notebooks: Path, tmp_path_factory: pytest.TempPathFactory) -> runner.RunResult:
     return runner.run_migration(
         deployment.url, dry_run=True, runs_dir=tmp_path_factory.mktemp("runs"), notebooks_dir=notebooks, operator="alice"
     )
@@ -214,3 +219,17 @@ def test_a_step_row_keeps_the_start_its_step_recorded(deployment: LocalDeploymen
     assert rows["03_apply"]["startedAt"] == 1_000 and rows["03_apply"]["status"] == "passed"
     assert rows["04_verify"]["startedAt"] == 2_000 and rows["04_verify"]["finishedAt"] > 2_000
     assert rows["03_apply"]["evidence"] == {"03_apply/results.json": _sha(run_dir / "03_apply" / "results.json")}
+
+
+def test_a_step_run_again_and_failed_is_superseded_by_the_new_seal(deployment: LocalDeployment, notebooks: Path, tmp_path: Path) -> None:
+    """Running a step again deletes its results first; failing, it records none. The run's new seal lists the
+    folder as it now is, so the step's earlier row no longer counts (its results are gone for a reason)."""
+    first = runner.run_migration(deployment.url, dry_run=True, runs_dir=tmp_path / "runs", notebooks_dir=notebooks)
+    _notebook(tmp_path / "broken", "02_dry_run", "raise RuntimeError('the deployment went away')")
+    with pytest.raises(runner.StepFailed):
+        runner.run_migration(deployment.url, dry_run=True, steps=["02_dry_run"], run_dir=first.run_dir,
+                             notebooks_dir=tmp_path / "broken")
+    assert not (first.run_dir / "02_dry_run" / "results.json").exists()
+    with deployment.transport() as transport:
+        check = archive.check_archive(first.run_dir, transport)
+    assert check.ok, check.problems
