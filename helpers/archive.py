@@ -24,7 +24,7 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -456,10 +456,14 @@ def seal(
     if transport is None:  # a missing key or a bad URL is refused before anything is written
         with ConvexTransport(url) as own:
             return seal(run_dir, convex_url=url, notebooks_dir=notebooks_dir, operator=operator, transport=own)
-    operator = operator or _operator()
+    from .deployment import read_ledger
+
+    this_run = run_id(run_dir)
+    rows = {r.get("step"): r for r in read_ledger(transport, MIGRATION_ID) if r.get("runId") == this_run}
+    operator = operator or next((str(rows[s]["operator"]) for s in steps if rows.get(s, {}).get("operator")), None) or _operator()
     revision = runbook_revision()
     context = PageContext(
-        run_id=run_id(run_dir), operator=operator, deployment=_redact(url),
+        run_id=this_run, operator=operator, deployment=_redact(url),
         commit=f"{revision['commit']}{' (with uncommitted changes)' if revision.get('dirty') else ''}",
     )
     starts = []
@@ -468,13 +472,21 @@ def seal(
             target = step_dir(run_dir, step) / f"{step}.ipynb"
             if source.resolve() != target.resolve():
                 shutil.copyfile(source, target)
-            render_step(target, context)
-            starts.append(execution_times(notebook)[0])
+            row = rows.get(step, {})  # who ran the step and when, as the step recorded it
+            render_step(target, replace(
+                context, operator=str(row.get("operator") or operator),
+                started=_iso(row.get("startedAt")), finished=_iso(row.get("finishedAt")),
+            ))
+            starts.append(execution_times(notebook)[0] or _iso(row.get("startedAt")))
     earlier = read_manifest(run_dir)
     statuses = {**(earlier.steps if earlier else {}), **{step: read_step_results(run_dir, step).status for step in steps}}
     started_at = earlier.started_at if earlier else min(filter(None, starts), default=_now())
     return seal_folder(run_dir, deployment_url=url, operator=operator, started_at=started_at,
                        finished_at=datetime.now(UTC), steps=statuses, transport=transport)
+
+
+def _iso(ms: Any) -> str | None:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds") if isinstance(ms, int | float) else None
 
 
 def _saved_notebook(run_dir: Path, step: str, notebooks_dir: Path | None) -> tuple[Path, Any]:

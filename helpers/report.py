@@ -31,6 +31,9 @@ class PageContext:
     operator: str
     commit: str
     deployment: str
+    #: Start and end from elsewhere (the ledger) for a notebook that recorded no timing (JupyterLab's default).
+    started: str | None = None
+    finished: str | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,8 @@ def _dl(rows: Mapping[str, Any]) -> str:
 
 def header_html(step: str, context: PageContext, notebook: Any) -> str:
     start, end, duration = execution_times(notebook)
+    if start is None:
+        start, end = context.started, context.finished
     rows = {
         "step": step, "operator": context.operator, "started": start or "not recorded", "finished": end or "not recorded",
         "duration": f"{duration:.1f} s" if duration is not None else "not recorded",

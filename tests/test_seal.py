@@ -114,3 +114,27 @@ def test_notebooks_of_another_run_folder_are_refused(copy: tuple[Path, Path], tm
     other = Path(shutil.copytree(run_dir, tmp_path / "runs" / "2026-11-26-bob"))
     with pytest.raises(PreconditionFailed, match="ran with run_dir=.*2026-11-25-alice"):
         archive.seal(other, notebooks_dir=saved)
+
+
+def test_pages_of_an_untimed_notebook_take_who_and_when_from_the_ledger(copy: tuple[Path, Path], deployment: LocalDeployment) -> None:
+    """JupyterLab records no cell timing by default: the step's ledger row says who ran it and when."""
+    import nbformat
+
+    from helpers.deployment import record_run
+
+    run_dir, saved = copy
+    archive.write_json_atomic(run_dir / "run.json", {"run_id": "20261125T120000Z-c0ffee000001"})  # a run of its own
+    with deployment.transport() as transport:
+        record_run(transport, MIGRATION_ID, "20261125T120000Z-c0ffee000001", step="01_backup_snapshot", status="passed",
+                   operator="carol", startedAt=1_795_600_000_000, finishedAt=1_795_600_042_000)
+        notebook = nbformat.read(saved / "01_backup_snapshot.ipynb", as_version=4)
+        notebook.metadata.pop("papermill")
+        for cell in notebook.cells:
+            cell.metadata.pop("execution", None)
+            cell.metadata.pop("papermill", None)
+        nbformat.write(notebook, saved / "01_backup_snapshot.ipynb")
+        archive.seal(run_dir, notebooks_dir=saved, transport=transport)
+    page = (run_dir / "01_backup_snapshot" / "01_backup_snapshot.html").read_text(encoding="utf-8")
+    assert "operator:</b> carol" in page
+    assert "started:</b> 2026-11-25T09:46:40+00:00" in page and "finished:</b> 2026-11-25T09:47:22+00:00" in page
+    assert archive.read_manifest(run_dir).operator == "carol"
