@@ -118,5 +118,5 @@ def test_demo_runs_the_whole_runbook_on_the_local_deployment(tmp_path: Path, dep
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "04_verify            passed" in done.stdout and "archive check:             OK" in done.stdout
-    run_dir = Path(done.stdout.rsplit("Evidence: ", 1)[1].strip())
+    run_dir = Path(done.stdout.rsplit("Evidence: ", 1)[1].splitlines()[0])
     assert check_archive(run_dir).ok and find_secret(run_dir, deploy_key) == []
