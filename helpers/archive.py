@@ -297,13 +297,19 @@ def _command_output(argv: list[str], cwd: Path | None = None) -> str | None:
     return done.stdout.strip()
 
 
-def runbook_revision() -> dict[str, Any]:
+def _runbook_revision() -> dict[str, Any]:
     """The commit of the runbook that ran, and whether its checkout had uncommitted changes."""
     commit = _command_output(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT)
     if not commit:
         return {"commit": "unknown", "dirty": None}
     status = _command_output(["git", "status", "--porcelain"], cwd=REPO_ROOT)
     return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def commit_label() -> str:
+    """The runbook's commit as a page shows it, saying when the checkout had uncommitted changes."""
+    revision = _runbook_revision()
+    return f"{revision['commit']}{' (with uncommitted changes)' if revision.get('dirty') else ''}"
 
 
 def _redact(url: str) -> str:
@@ -331,7 +337,7 @@ def write_manifest(
         started_at=_timestamp(started_at),
         finished_at=_timestamp(finished_at),
         steps=dict(steps),
-        runbook=runbook_revision(),
+        runbook=_runbook_revision(),
         versions=_versions(),
         files={name: _entry(run_dir / name) for name in _iter_files(run_dir)},
     )
@@ -461,11 +467,7 @@ def seal(
     this_run = run_id(run_dir)
     rows = {r.get("step"): r for r in read_ledger(transport, MIGRATION_ID) if r.get("runId") == this_run}
     operator = operator or next((str(rows[s]["operator"]) for s in steps if rows.get(s, {}).get("operator")), None) or _operator()
-    revision = runbook_revision()
-    context = PageContext(
-        run_id=this_run, operator=operator, deployment=_redact(url),
-        commit=f"{revision['commit']}{' (with uncommitted changes)' if revision.get('dirty') else ''}",
-    )
+    context = PageContext(run_id=this_run, operator=operator, deployment=_redact(url), commit=commit_label())
     starts = []
     with writing(run_dir):
         for step, (source, notebook) in sources.items():

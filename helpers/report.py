@@ -241,15 +241,13 @@ def write_index(
 ) -> Path:
     """The run overview: who, when, which commit and deployment, each step with its figures and hashes, links
     to every step page, and how to check the folder again."""
-    from .archive import MANIFEST_FILE, read_run_id, runbook_revision
+    from .archive import MANIFEST_FILE, commit_label, read_run_id
 
     run_dir = Path(run_dir)
-    revision = runbook_revision()
-    commit = f"{revision['commit']}{' (with uncommitted changes)' if revision.get('dirty') else ''}"
     run_id = read_run_id(run_dir) or "not recorded"
     about = {
         "operator": operator, "started": started_at, "finished": finished_at, "run id": run_id,
-        "runbook commit": commit, "deployment": deployment_url,
+        "runbook commit": commit_label(), "deployment": deployment_url,
     }
     rows = "".join(_step_row(run_dir, step, status) for step, status in steps.items())
     check = f"runbook check-archive path/to/{run_dir.name} --url {deployment_url}"

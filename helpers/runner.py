@@ -30,7 +30,7 @@ from .archive import (
     new_run_dir,
     read_manifest,
     read_step_results,
-    runbook_revision,
+    commit_label,
     seal_folder,
     step_dir,
     write_json_atomic,
@@ -247,11 +247,10 @@ class QuietShutdownKernelManager(AsyncKernelManager):
 
 
 def page_context(run_dir: Path, convex_url: str) -> PageContext:
-    revision = runbook_revision()
     return PageContext(
         run_id=run_id(run_dir),
         operator=os.environ.get("RUNBOOK_OPERATOR") or getpass.getuser(),
-        commit=f"{revision['commit']}{' (with uncommitted changes)' if revision.get('dirty') else ''}",
+        commit=commit_label(),
         deployment=redact_url(convex_url),
     )
 
