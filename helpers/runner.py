@@ -16,21 +16,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import papermill
-from pydantic import BaseModel
-
 import nbformat
+import papermill
 from jupyter_client.manager import AsyncKernelManager
+from pydantic import BaseModel
 
 from .archive import (
     STEP_STARTED_ENV,
     Manifest,
     Sealed,
     StepResults,
+    commit_label,
     new_run_dir,
     read_manifest,
     read_step_results,
-    commit_label,
     seal_folder,
     step_dir,
     write_json_atomic,
