@@ -514,7 +514,8 @@ def _saved_notebook(run_dir: Path, step: str, notebooks_dir: Path | None) -> tup
     if source.stat().st_mtime < (step_dir(run_dir, step) / RESULTS_FILE).stat().st_mtime:
         raise PreconditionFailed(
             f"{source} was saved before its step recorded its results: its last cells' outputs are not in it.",
-            hint="Save the notebook in JupyterLab (File > Save) now, then seal again.",
+            hint="Save the notebook in JupyterLab (File > Save) now, then seal again, naming the folder it is saved in "
+                 "with --notebooks if that is not where this seal took it from.",
         )
     return source, notebook
 
