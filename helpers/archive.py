@@ -3,6 +3,11 @@
 A run folder is evidence. Every file in it is listed in manifest.json with its sha256, and the steps' results
 files name the hashes of what they consumed (plan, backup, apply results), so `check_archive` can prove both
 that nothing changed after the run and that apply executed the plan and backup of this same folder.
+
+Whoever can write the folder can also reseal it, so the folder alone proves only its own consistency. The
+deployment's ledger (``migrationRuns``) anchors it: each step's row records the sha256 of the files the step
+read and wrote, and the seal row the manifest's sha256 and every file it lists. ``check_archive(run_dir,
+transport)`` compares the folder with those rows and names each file that differs.
 """
 
 from __future__ import annotations
@@ -14,10 +19,12 @@ import json
 import os
 import platform
 import secrets
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -28,7 +35,7 @@ from pydantic import BaseModel, Field
 
 from . import MIGRATION_ID
 from .errors import PreconditionFailed, RunbookError
-from .run_folder import LOCK_FILE, run_id
+from .run_folder import LOCK_FILE, RUN_FILE, run_id
 
 MANIFEST_FILE = "manifest.json"
 RESULTS_FILE = "results.json"
@@ -75,7 +82,8 @@ def write_json_atomic(path: Path, data: Any) -> None:
             os.fsync(sink.fileno())
         os.replace(tmp_name, path)
     except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+        with suppress(OSError):  # cleaning up must not hide why the write failed
+            Path(tmp_name).unlink(missing_ok=True)
         raise
 
 
@@ -118,25 +126,83 @@ def write_step_results(run_dir: Path, step: str, results: StepResults) -> Path:
     return path
 
 
-def record_step(transport: Any, run_dir: Path, results: StepResults, *, operator: str | None = None) -> Path:
+def record_step(
+    transport: Any,
+    run_dir: Path,
+    results: StepResults,
+    *,
+    operator: str | None = None,
+    started_at: datetime | None = None,
+) -> Path:
     """Writes a step's results.json and anchors it in the deployment's ledger (``migrationRuns``): the row of
-    this run and step records the step's verdict and the sha256 of what it read, wrote and concluded, so the
-    folder can later be compared with the deployment (``runbook check-archive DIR --url URL``)."""
-    from .deployment import record_run  # the ledger's calls; archive stays usable without a deployment
+    this run and step records the step's verdict and the sha256 of every file it read and wrote (backup ZIP,
+    plan, checkpoint, its results), so the folder can later be compared with the deployment
+    (``runbook check-archive DIR --url URL``)."""
+    from .deployment import read_ledger, record_run  # the ledger's calls; archive stays usable without a deployment
 
     path = write_step_results(run_dir, results.step, results)
-    evidence = {
-        **{f"inputs.{k}": str(v) for k, v in results.inputs.items() if isinstance(v, str)},
-        **{f"outputs.{k}": str(v) for k, v in results.outputs.items() if isinstance(v, str)},
-        f"{results.step}/{RESULTS_FILE}": sha256_file(path),
-    }
-    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    this_run = run_id(run_dir)
+    earlier = [r for r in read_ledger(transport, MIGRATION_ID) if r.get("runId") == this_run and r.get("step") == results.step]
     record_run(
-        transport, MIGRATION_ID, run_id(run_dir), step=results.step, status=results.status,
-        operator=operator or os.environ.get("RUNBOOK_OPERATOR") or getpass.getuser(),
-        startedAt=now_ms, finishedAt=now_ms, evidence=evidence,
+        transport, MIGRATION_ID, this_run, step=results.step, status=results.status,
+        operator=operator or _operator(),
+        startedAt=_step_started_ms(started_at, earlier), finishedAt=_ms(datetime.now(UTC)),
+        evidence=step_evidence(run_dir, results),
     )
     return path
+
+
+def _operator() -> str:
+    return os.environ.get("RUNBOOK_OPERATOR") or getpass.getuser()
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+#: Set by the runner for the kernel of each step it starts: when the step began (ms since the epoch).
+STEP_STARTED_ENV = "RUNBOOK_STEP_STARTED_MS"
+
+
+def _step_started_ms(started_at: datetime | None, earlier: list[dict[str, Any]]) -> int:
+    """The caller's start, else the runner's, else the start an earlier row of this step holds (apply records
+    its own when it begins), else now: a step run cell by cell has no better record of when it began."""
+    if started_at is not None:
+        return _ms(started_at)
+    if os.environ.get(STEP_STARTED_ENV, "").isdigit():
+        return int(os.environ[STEP_STARTED_ENV])
+    if earlier and isinstance(earlier[0].get("startedAt"), int | float):
+        return int(earlier[0]["startedAt"])
+    return _ms(datetime.now(UTC))
+
+
+def _plan_files(run_dir: Path) -> list[str]:
+    record = _load_json(run_dir / "plan" / "plan.json")
+    return ["plan/plan.json", str(record.get("plan_file") or "plan/plan.jsonl")]
+
+
+def _backup_files(run_dir: Path) -> list[str]:
+    record = _load_json(run_dir / "backup" / "backup.json")
+    return ["backup/backup.json", *([f"backup/{record['zip_file']}"] if record.get("zip_file") else [])]
+
+
+#: Hash names that results files use, and the files of the run folder (relative paths) they stand for.
+EVIDENCE_FILES: dict[str, Callable[[Path], list[str]]] = {
+    "backup_sha256": _backup_files,
+    "plan_sha256": _plan_files,
+    "checkpoint_sha256": lambda run_dir: ["apply/checkpoint.jsonl"],
+    "apply_results_sha256": lambda run_dir: [f"03_apply/{RESULTS_FILE}"],
+}
+
+
+def step_evidence(run_dir: Path, results: StepResults) -> dict[str, str]:
+    """Relative path → sha256 of each file the step read or wrote, as they are now, its results file included."""
+    run_dir = Path(run_dir)
+    names = {f"{results.step}/{RESULTS_FILE}"}
+    for key in (*results.inputs, *results.outputs):
+        if key in EVIDENCE_FILES:
+            names.update(EVIDENCE_FILES[key](run_dir))
+    return {name: sha256_file(run_dir / name) for name in sorted(names) if (run_dir / name).is_file()}
 
 
 def read_step_results(run_dir: Path, step: str) -> StepResults:
@@ -149,10 +215,25 @@ def read_step_results(run_dir: Path, step: str) -> StepResults:
     return StepResults.model_validate_json(path.read_bytes())
 
 
+class RunFolderNotWritable(RunbookError):
+    hint = "Choose a runs folder you can write to (--runs-dir / runs_dir=…), or fix the permissions of that path."
+
+
+@contextmanager
+def writing(run_dir: Path) -> Iterator[None]:
+    """An OS error while writing the run folder becomes one line naming the path, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        where = exc.filename or run_dir
+        raise RunFolderNotWritable(f"Cannot write the run folder at {where}: {exc.strerror or exc}.") from exc
+
+
 def new_run_dir(base: Path = Path("runs")) -> Path:
     """Named by UTC start time (sorts chronologically) plus a random suffix (two runs in one second differ)."""
     run_dir = Path(base) / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
-    run_dir.mkdir(parents=True)
+    with writing(run_dir):
+        run_dir.mkdir(parents=True)
     return run_dir
 
 
@@ -167,6 +248,7 @@ class FileEntry(BaseModel):
 class Manifest(BaseModel):
     migration_id: str = MIGRATION_ID
     run_dir: str
+    run_id: str | None = None
     deployment_url: str
     operator: str
     started_at: str
@@ -224,6 +306,12 @@ def _runbook_revision() -> dict[str, Any]:
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 
+def commit_label() -> str:
+    """The runbook's commit as a page shows it, saying when the checkout had uncommitted changes."""
+    revision = _runbook_revision()
+    return f"{revision['commit']}{' (with uncommitted changes)' if revision.get('dirty') else ''}"
+
+
 def _redact(url: str) -> str:
     from .transport import redact_url  # lazy: transport is not needed to hash a folder
 
@@ -243,6 +331,7 @@ def write_manifest(
     run_dir = Path(run_dir)
     manifest = Manifest(
         run_dir=run_dir.resolve().name,
+        run_id=read_run_id(run_dir),
         deployment_url=_redact(deployment_url),
         operator=operator,
         started_at=_timestamp(started_at),
@@ -257,10 +346,178 @@ def write_manifest(
     return path
 
 
+def read_run_id(run_dir: Path) -> str | None:
+    """The folder's run id without drawing one (a check must not write the folder it checks)."""
+    return _load_json(Path(run_dir) / RUN_FILE).get("run_id")
+
+
 def read_manifest(run_dir: Path) -> Manifest | None:
     """The folder's manifest, or None if it was never sealed."""
     path = Path(run_dir) / MANIFEST_FILE
     return Manifest.model_validate_json(path.read_bytes()) if path.exists() else None
+
+
+SEAL_STEP = "seal"
+#: A Convex object holds at most 1,024 fields: a folder with more files is anchored by its manifest's hash alone.
+MAX_SEALED_FILES = 1000
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """A sealed run folder: its manifest, the manifest's sha256 (the line for the change ticket), and whether
+    the deployment's ledger holds it (``not_recorded`` says why not)."""
+
+    manifest: Path
+    sha256: str
+    not_recorded: str | None = None
+
+
+def record_seal(transport: Any, run_dir: Path) -> str:
+    """Records the manifest's sha256 and every file it lists in the ledger row ``seal`` of this run."""
+    from .deployment import record_run
+
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    if manifest is None:
+        raise PreconditionFailed(f"{run_dir} has no {MANIFEST_FILE} to record.", hint="Seal the folder first.")
+    sha = sha256_file(run_dir / MANIFEST_FILE)
+    evidence = {MANIFEST_FILE: sha}
+    if len(manifest.files) < MAX_SEALED_FILES:
+        evidence.update({name: entry.sha256 for name, entry in manifest.files.items()})
+    now = datetime.now(UTC)
+    record_run(
+        transport, MIGRATION_ID, run_id(run_dir), step=SEAL_STEP, status="sealed", operator=manifest.operator,
+        startedAt=_ms(_parse_time(manifest.started_at) or now), finishedAt=_ms(now), evidence=evidence,
+    )
+    return sha
+
+
+def _parse_time(text: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+def seal_folder(
+    run_dir: Path,
+    *,
+    deployment_url: str,
+    operator: str,
+    started_at: datetime | str,
+    finished_at: datetime | str,
+    steps: Mapping[str, str],
+    transport: Any = None,
+) -> Sealed:
+    """index.html first (the manifest lists it, so it cannot show the manifest's own hash), then the manifest,
+    then the manifest's sha256 in the deployment's ledger when a transport is given."""
+    from .report import write_index
+
+    run_dir = Path(run_dir)
+    with writing(run_dir):
+        write_index(run_dir, deployment_url=_redact(deployment_url), operator=operator, started_at=_timestamp(started_at),
+                    finished_at=_timestamp(finished_at), steps=steps)
+        path = write_manifest(run_dir, deployment_url=deployment_url, operator=operator, started_at=started_at,
+                              finished_at=finished_at, steps=steps)
+    sha = sha256_file(path)
+    if transport is None:
+        return Sealed(path, sha, "no deployment was given")
+    try:
+        record_seal(transport, run_dir)
+    except RunbookError as exc:
+        return Sealed(path, sha, str(exc).split("\n", 1)[0])
+    return Sealed(path, sha)
+
+
+def seal(
+    run_dir: Path,
+    *,
+    convex_url: str | None = None,
+    notebooks_dir: Path | None = None,
+    operator: str | None = None,
+    transport: Any = None,
+) -> Sealed:
+    """Seals a run made cell by cell in JupyterLab as `runbook run` seals its own: each step's notebook as it
+    ran (saved by the analyst) copied into its step folder and rendered (full page and report), index.html,
+    the manifest, and the manifest's sha256 in the deployment's ledger. Also re-seals a folder `runbook run`
+    made (its step folders already hold the executed notebooks), e.g. to record a seal the ledger missed.
+
+    `notebooks_dir` holds the saved notebooks (default: each step folder's own executed copy, else notebooks/);
+    `convex_url` defaults to the URL the notebooks ran against."""
+    from .report import PageContext, execution_times, notebook_parameter, render_step
+    from .runner import ROLLBACK_STEP, STEPS
+    from .transport import ConvexTransport
+
+    run_dir = Path(run_dir)
+    steps = [step for step in (*STEPS, ROLLBACK_STEP) if (step_dir(run_dir, step) / RESULTS_FILE).is_file()]
+    if not steps:
+        raise PreconditionFailed(
+            f"No step has recorded its results in {run_dir}: there is nothing to seal.",
+            hint="Run the notebooks with this run_dir first (each records its results in its last cell), then seal.",
+        )
+    sources = {step: _saved_notebook(run_dir, step, notebooks_dir) for step in steps}
+    url = convex_url or next(filter(None, (notebook_parameter(nb, "convex_url") for _, nb in sources.values())), None)
+    if not url:
+        raise PreconditionFailed("The notebooks do not say which deployment they ran against.", hint="Pass --url URL / convex_url=….")
+    if transport is None:  # a missing key or a bad URL is refused before anything is written
+        with ConvexTransport(url) as own:
+            return seal(run_dir, convex_url=url, notebooks_dir=notebooks_dir, operator=operator, transport=own)
+    from .deployment import read_ledger
+
+    this_run = run_id(run_dir)
+    rows = {r.get("step"): r for r in read_ledger(transport, MIGRATION_ID) if r.get("runId") == this_run}
+    operator = operator or next((str(rows[s]["operator"]) for s in steps if rows.get(s, {}).get("operator")), None) or _operator()
+    context = PageContext(run_id=this_run, operator=operator, deployment=_redact(url), commit=commit_label())
+    starts = []
+    with writing(run_dir):
+        for step, (source, notebook) in sources.items():
+            target = step_dir(run_dir, step) / f"{step}.ipynb"
+            if source.resolve() != target.resolve():
+                shutil.copyfile(source, target)
+            row = rows.get(step, {})  # who ran the step and when, as the step recorded it
+            render_step(target, replace(
+                context, operator=str(row.get("operator") or operator),
+                started=_iso(row.get("startedAt")), finished=_iso(row.get("finishedAt")),
+            ))
+            starts.append(execution_times(notebook)[0] or _iso(row.get("startedAt")))
+    earlier = read_manifest(run_dir)
+    statuses = {**(earlier.steps if earlier else {}), **{step: read_step_results(run_dir, step).status for step in steps}}
+    started_at = earlier.started_at if earlier else min(filter(None, starts), default=_now())
+    return seal_folder(run_dir, deployment_url=url, operator=operator, started_at=started_at,
+                       finished_at=datetime.now(UTC), steps=statuses, transport=transport)
+
+
+def _iso(ms: Any) -> str | None:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds") if isinstance(ms, int | float) else None
+
+
+def _saved_notebook(run_dir: Path, step: str, notebooks_dir: Path | None) -> tuple[Path, Any]:
+    """The notebook of a step as it ran in this folder, refused when it cannot be that."""
+    import nbformat
+
+    from .report import notebook_parameter
+    from .runner import NOTEBOOKS_DIR
+
+    own = step_dir(run_dir, step) / f"{step}.ipynb"
+    source = Path(notebooks_dir) / f"{step}.ipynb" if notebooks_dir else own if own.is_file() else NOTEBOOKS_DIR / f"{step}.ipynb"
+    if not source.is_file():
+        raise PreconditionFailed(f"Step {step} ran in {run_dir} but {source} does not exist.", hint="Name the folder of the saved notebooks with --notebooks.")
+    notebook = nbformat.read(source, as_version=4)
+    if not any(cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"):
+        raise PreconditionFailed(
+            f"{source} holds no outputs, so it is not the notebook as it ran.",
+            hint="Save the notebook in JupyterLab (File > Save) after running it, then seal again.",
+        )
+    ran_in = notebook_parameter(notebook, "run_dir")
+    if ran_in is None or Path(str(ran_in)).name != run_dir.resolve().name:
+        raise PreconditionFailed(f"{source} ran with run_dir={ran_in!r}, not in {run_dir}.", hint="Seal the run folder that notebook ran in.")
+    if source.stat().st_mtime < (step_dir(run_dir, step) / RESULTS_FILE).stat().st_mtime:
+        raise PreconditionFailed(
+            f"{source} was saved before its step recorded its results: its last cells' outputs are not in it.",
+            hint="Save the notebook in JupyterLab (File > Save) now, then seal again, naming the folder it is saved in "
+                 "with --notebooks if that is not where this seal took it from.",
+        )
+    return source, notebook
 
 
 # --- checks -------------------------------------------------------------------------------------------------
@@ -269,24 +526,66 @@ def read_manifest(run_dir: Path) -> Manifest | None:
 @dataclass(frozen=True)
 class ArchiveCheck:
     problems: list[str] = field(default_factory=list)
+    #: True when the folder was compared with the deployment's ledger, not only with itself.
+    anchored: bool = False
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
-def check_archive(run_dir: Path) -> ArchiveCheck:
-    """Every listed file present and unchanged, nothing unlisted, and each step consumed this folder's own files."""
+def check_archive(run_dir: Path, transport: Any = None) -> ArchiveCheck:
+    """Every listed file present and unchanged, nothing unlisted, and each step consumed this folder's own files.
+
+    With a transport, also compares the folder with the deployment's ledger rows of its run: a folder edited and
+    resealed, or a manifest edited alone, is caught there, naming the file."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        return ArchiveCheck([f"{run_dir} is not a directory"])
-    return ArchiveCheck([*_file_problems(run_dir), *_chain_problems(run_dir)])
+        return ArchiveCheck([f"{run_dir} is not a directory"], anchored=transport is not None)
+    problems = [*_file_problems(run_dir), *_chain_problems(run_dir)]
+    if transport is None:
+        return ArchiveCheck(problems)
+    from .deployment import read_ledger
+
+    return ArchiveCheck([*problems, *_ledger_problems(run_dir, read_ledger(transport, MIGRATION_ID))], anchored=True)
+
+
+def _ledger_problems(run_dir: Path, ledger: list[dict[str, Any]]) -> list[str]:
+    """Each file must hash to what the deployment last recorded for it (a step's row or the seal), and every
+    file must have been recorded there."""
+    this_run = read_run_id(run_dir)
+    if this_run is None:
+        return [f"ledger: {RUN_FILE} is missing or unreadable, so this run cannot be looked up in the deployment's ledger"]
+    rows = sorted((r for r in ledger if r.get("runId") == this_run), key=lambda r: r.get("finishedAt") or r.get("startedAt") or 0)
+    if not rows:
+        return [f"ledger: the deployment has no record of run {this_run} (run against another deployment, or {RUN_FILE} changed)"]
+    seal_at = next((i for i, r in enumerate(rows) if r.get("step") == SEAL_STEP), None)
+    if seal_at is not None and len(rows[seal_at].get("evidence") or {}) > 1:
+        rows = rows[seal_at:]  # the seal lists the whole folder as it was sealed: earlier step rows are superseded
+    recorded: dict[str, tuple[str, str]] = {}
+    for row in rows:
+        who = "the seal" if row.get("step") == SEAL_STEP else f"step {row.get('step')}"
+        recorded.update({name: (sha, who) for name, sha in (row.get("evidence") or {}).items()})
+    problems = []
+    for name, (sha, who) in sorted(recorded.items()):
+        file = run_dir / name
+        if not file.is_file():
+            problems.append(f"missing: {name} (recorded by {who} in the deployment's ledger)")
+        elif (actual := sha256_file(file)) != sha:
+            problems.append(f"altered: {name} (the deployment's ledger holds sha256 {sha} from {who}, found {actual})")
+    seal = next((r for r in rows if r.get("step") == SEAL_STEP), None)
+    if seal is None:
+        problems.append(f"ledger: run {this_run} was never sealed in the deployment's ledger: nothing vouches for {MANIFEST_FILE}")
+    elif len(seal.get("evidence") or {}) > 1:
+        problems += [f"not in the deployment's ledger: {name}" for name in _iter_files(run_dir) if name not in recorded]
+    return problems
 
 
 def _file_problems(run_dir: Path) -> list[str]:
     path = run_dir / MANIFEST_FILE
     if not path.exists():
-        return [f"{MANIFEST_FILE} is missing: the folder was never sealed, nothing can be checked against it"]
+        return [f"{MANIFEST_FILE} is missing: the folder was never sealed, nothing can be checked against it "
+                "(a run made in JupyterLab is sealed with `runbook seal DIR`)"]
     try:
         manifest = Manifest.model_validate_json(path.read_bytes())
     except ValueError as exc:

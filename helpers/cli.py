@@ -18,7 +18,8 @@ import papermill
 
 from .archive import check_archive
 from .errors import PreconditionFailed, RunbookError
-from .transport import DEPLOY_KEY_ENV
+from .local_deployment import CLI_OPTIONS
+from .transport import DEPLOY_KEY_ENV, ConvexTransport
 from .runner import NOTEBOOKS_DIR, ROLLBACK_STEP, STEPS, StepFailed, notebook_path, run_migration
 
 EXIT_FAILED = 1
@@ -84,8 +85,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             on_step=_StepPrinter(),
         )
     except StepFailed as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _print_error(exc)
         print(f"Evidence: {exc.notebook_path.parent.parent}")
+        if exc.manifest_sha256:
+            print(_manifest_line(exc.manifest_sha256))
         return EXIT_FAILED
     stats = result.statistics
     if stats is not None:
@@ -98,19 +101,52 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"  {error['id']}: {error['reason']}")
         if len(stats.errors) > ERRORS_SHOWN:
             print(f"  … and {len(stats.errors) - ERRORS_SHOWN:,} more in apply/outcomes.csv")
-        print(f"{'run' if stats.planned else 'apply'} time: {stats.total_seconds:.1f} s")
+        if stats.apply_seconds is not None:
+            print(f"apply time: {stats.apply_seconds:.1f} s")
+        print(f"wall time: {stats.wall_seconds:.1f} s")
     print(f"Evidence: {result.run_dir}")
+    print(_manifest_line(result.manifest_sha256, result.seal_not_recorded))
     return 0
 
 
+def _print_error(exc: BaseException) -> None:
+    """The error, its fix, and what else went wrong meanwhile (sealing a folder that cannot be written)."""
+    print(f"error: {exc}", file=sys.stderr)
+    for note in getattr(exc, "__notes__", []):
+        print(f"  also: {note}", file=sys.stderr)
+
+
+def _manifest_line(sha256: str, not_recorded: str | None = None) -> str:
+    """The line for the change ticket; `runbook check-archive DIR --url URL` compares the folder with it."""
+    where = f" (NOT recorded in the deployment's ledger: {not_recorded})" if not_recorded else ""
+    return f"Manifest sha256: {sha256}{where}"
+
+
 def cmd_check_archive(args: argparse.Namespace) -> int:
-    check = check_archive(args.dir)
+    if args.url:
+        with ConvexTransport(args.url) as transport:
+            check = check_archive(args.dir, transport)
+    else:
+        check = check_archive(args.dir)
     if check.ok:
-        print(f"OK: {args.dir}")
+        if check.anchored:
+            print(f"OK: {args.dir} matches its manifest, its hash chain and the deployment's ledger.")
+        else:
+            print(f"OK: {args.dir} (only the folder's own consistency was checked: its manifest and hash chain. "
+                  "Whoever can write the folder can reseal it; add --url URL to compare it with the deployment's ledger.)")
         return 0
     for problem in check.problems:
         print(problem)
     return EXIT_FAILED
+
+
+def cmd_seal(args: argparse.Namespace) -> int:
+    from .archive import seal
+
+    sealed = seal(args.dir, convex_url=args.url, notebooks_dir=args.notebooks, operator=args.operator)
+    print(f"Sealed: {args.dir} (overview: {Path(args.dir) / 'index.html'})")
+    print(_manifest_line(sealed.sha256, sealed.not_recorded))
+    return 0 if sealed.not_recorded is None else EXIT_FAILED
 
 
 def cmd_params(args: argparse.Namespace) -> int:
@@ -138,7 +174,8 @@ def _type_name(spec: dict[str, Any]) -> str:
 def cmd_local_deployment(args: argparse.Namespace) -> int:
     from .local_deployment import serve
 
-    return int(serve(port=args.port, seed_scenes=args.seed_scenes, fault_rate=args.fault_rate))
+    options = {option.keyword: getattr(args, option.keyword) for option in CLI_OPTIONS}
+    return int(serve(port=args.port, seed_scenes=args.seed_scenes, **options))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -158,9 +195,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         try:
             result = run_migration(deployment.url, confirm=True, runs_dir=Path(args.runs_dir), on_step=_StepPrinter())
         except StepFailed as failure:
-            print(f"error: {failure}", file=sys.stderr)
+            _print_error(failure)
             return 1
-    check = check_archive(result.run_dir)
+        with deployment.transport() as transport:
+            check = check_archive(result.run_dir, transport)
     leaks = find_secret(result.run_dir, key)
     print("\nSummary")
     print(f"  steps:                     {', '.join(f'{k} {v}' for k, v in result.steps.items())}")
@@ -169,10 +207,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
             if name not in ("errors", "planned"):
                 print(f"  {name + ':':<27}{value}")
         print(f"  {'documents with errors:':<27}{len(result.statistics.errors)}")
-    print(f"  archive check:             {'OK' if check.ok else 'FAILED: ' + '; '.join(check.problems)}")
+    print(f"  archive check:             {'OK (folder and ledger)' if check.ok else 'FAILED: ' + '; '.join(check.problems)}")
     print(f"  deploy key in run folder:  {'FOUND in ' + ', '.join(leaks) if leaks else 'nowhere'}")
-    print(f"  wall time:                 {time.monotonic() - started:.1f} s")
+    print(f"  demo time (with loading):  {time.monotonic() - started:.1f} s")
     print(f"\nEvidence: {result.run_dir}")
+    print(_manifest_line(result.manifest_sha256, result.seal_not_recorded))
     return 0 if result.passed and check.ok and not leaks else 1
 
 
@@ -198,9 +237,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(handler=cmd_run)
 
-    check = commands.add_parser("check-archive", help="verify a run folder against its manifest and hash chain")
+    check = commands.add_parser(
+        "check-archive", help="verify a run folder against its manifest and hash chain, and with --url the deployment's ledger"
+    )
     check.add_argument("dir", type=Path)
+    check.add_argument("--url", help="the deployment the run was made against: compare the folder with its ledger")
     check.set_defaults(handler=cmd_check_archive)
+
+    seal = commands.add_parser(
+        "seal", help="seal a run made interactively: step notebooks, HTML pages, index.html, manifest, ledger"
+    )
+    seal.add_argument("dir", type=Path)
+    seal.add_argument("--url", help="the deployment (default: convex_url as the notebooks ran)")
+    seal.add_argument("--notebooks", type=Path, help="folder of the saved, executed notebooks (default: notebooks/)")
+    seal.add_argument("--operator", help="recorded in the manifest (default: RUNBOOK_OPERATOR or the user)")
+    seal.set_defaults(handler=cmd_seal)
 
     params = commands.add_parser("params", help="list a step notebook's parameters")
     params.add_argument("notebook", metavar="NOTEBOOK_OR_STEP")
@@ -209,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     local = commands.add_parser("local-deployment", help="serve the local test deployment (admin key: CONVEX_DEPLOY_KEY)")
     local.add_argument("--port", type=int, required=True)
     local.add_argument("--seed-scenes", type=int, default=0)
-    local.add_argument("--fault-rate", type=float, default=0.0)
+    for option in CLI_OPTIONS:
+        local.add_argument(option.flag, dest=option.keyword, type=option.type, help=option.help)
     local.set_defaults(handler=cmd_local_deployment)
 
     demo = commands.add_parser("demo", help="the whole runbook against a local deployment with sample data")
@@ -225,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except RunbookError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _print_error(exc)
         return EXIT_REFUSED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

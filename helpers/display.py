@@ -5,6 +5,7 @@ Only presentation lives here; every number comes from a summary the logic module
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,18 @@ import pandas as pd
 from .progress import is_interactive
 
 ACTION_ORDER = ["migrate", "fill_missing", "no_change", "problem"]
+#: One colour per planned action in every chart and panel (colour-blind-safe Okabe-Ito hues).
+ACTION_COLOURS = {"migrate": "#0072B2", "fill_missing": "#56B4E9", "no_change": "#999999", "problem": "#D55E00"}
+#: Actions a later version may add get the remaining hues, by name, so they too keep theirs across panels.
+SPARE_COLOURS = ("#E69F00", "#009E73", "#CC79A7", "#F0E442", "#000000")
 OUTCOME_ORDER = ["applied", "already_applied", "conflict", "error"]
+
+
+def action_colour(action: str) -> str:
+    """The colour of an action, the same in every panel whichever actions a panel happens to have."""
+    if action in ACTION_COLOURS:
+        return ACTION_COLOURS[action]
+    return SPARE_COLOURS[int(hashlib.sha256(action.encode()).hexdigest(), 16) % len(SPARE_COLOURS)]
 
 
 def status_action_table(by_status: Mapping[str, Mapping[str, int]]) -> pd.DataFrame:
@@ -44,6 +56,7 @@ def backup_counts_table(snapshot: Mapping[str, int], live: Mapping[str, int]) ->
 
 
 def problems_table(problems: Iterable[Any]) -> pd.DataFrame:
+    """Problems by reason: the whole message and every example id (the full list per document is problems.csv)."""
     rows = [
         {
             "table": p.table,
@@ -57,6 +70,19 @@ def problems_table(problems: Iterable[Any]) -> pd.DataFrame:
     ]
     columns = ["table", "reason", "severity", "count", "message (first seen)", "example ids"]
     return pd.DataFrame(rows, columns=columns)
+
+
+#: Text columns shown whole: wrapped and left aligned, never cut to pandas' 50 characters.
+WRAPPED = {"white-space": "pre-wrap", "text-align": "left", "overflow-wrap": "anywhere", "max-width": "40em"}
+
+
+def problems_styled(frame: pd.DataFrame) -> Any:
+    """The problems table as an auditor reads it: every column left aligned, the message and ids wrapped whole."""
+    text_columns = [c for c in ("message (first seen)", "example ids") if c in frame.columns]
+    styler = frame.style.format(thousands=",", precision=0, na_rep="").hide(axis="index")
+    styler = styler.set_properties(**{"text-align": "left", "vertical-align": "top"})
+    styler = styler.set_properties(subset=text_columns, **WRAPPED)
+    return styler.set_table_styles([{"selector": "th", "props": [("text-align", "left")]}])
 
 
 def outcomes_table(outcomes: Mapping[str, Mapping[str, int]]) -> pd.DataFrame:
@@ -96,7 +122,7 @@ def plan_chart(by_status_per_table: Mapping[str, Mapping[str, Mapping[str, int]]
     figure, axes = plt.subplots(1, len(tables), figsize=(6 * len(tables), 4), squeeze=False)
     for axis, table in zip(axes[0], tables):
         frame = status_action_table(by_status_per_table[table]).drop(index="total").drop(columns="total")
-        frame.plot.barh(stacked=True, ax=axis, width=0.8)
+        frame.plot.barh(stacked=True, ax=axis, width=0.8, color=[action_colour(a) for a in frame.columns])
         axis.set_title(f"{table}: records per legacy status and planned action")
         axis.set_xlabel("documents")
     figure.tight_layout()

@@ -10,12 +10,14 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from .errors import RunbookError
 from .transport import DEPLOY_KEY_ENV, ConvexTransport
@@ -84,7 +86,11 @@ class LocalDeployment:
         ready: dict[str, str] = {}
         reader = threading.Thread(target=self._read_ready_line, args=(ready,), daemon=True)
         reader.start()
-        reader.join(self.startup_timeout)
+        try:
+            reader.join(self.startup_timeout)
+        except BaseException:  # Ctrl-C or SIGTERM while starting: the server must not outlive us
+            self.stop()
+            raise
         if "url" not in ready:
             log = self._log_text()
             self.stop()
@@ -140,21 +146,59 @@ class LocalDeployment:
         self.stop()
 
 
-def serve(*, port: int, seed_scenes: int = 0, fault_rate: float = 0.0) -> int:
-    """`runbook local-deployment`: runs in the foreground until Ctrl-C. The admin key is CONVEX_DEPLOY_KEY."""
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+@dataclass(frozen=True)
+class CliOption:
+    """One `runbook local-deployment` option and the LocalDeployment keyword it sets (None: the class default)."""
+
+    flag: str
+    keyword: str
+    type: Callable[[str], Any]
+    help: str
+
+
+#: The options `runbook local-deployment` takes beyond --port and --seed-scenes, one per LocalDeployment keyword.
+CLI_OPTIONS: tuple[CliOption, ...] = (
+    CliOption("--fault-rate", "fault_rate", float, "share of calls that fail (0..1)"),
+    CliOption("--fault-kinds", "fault_kinds", _names, "comma-separated faults to draw from: 5xx,drop,delay"),
+    CliOption("--fault-seed", "fault_seed", int, "seed of the fault sequence (the same seed, the same faults)"),
+    CliOption("--fault-paths", "fault_paths", _names, "comma-separated function paths that fail (default: all)"),
+    CliOption("--export-fault", "export_fault", str, "how snapshot exports fail: failed or truncate"),
+)
+
+
+class _Stop(Exception):
+    """SIGTERM, raised where the server is waited for, so the `with` block stops the Node process."""
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise _Stop(signum)
+
+
+def serve(*, port: int, seed_scenes: int = 0, **options: Any) -> int:
+    """`runbook local-deployment`: runs in the foreground until Ctrl-C or SIGTERM, and stops its Node server
+    either way. `options` are LocalDeployment keywords (CLI_OPTIONS); None keeps the default. The admin key is
+    CONVEX_DEPLOY_KEY."""
     from .sample_data import load
     from .transport import deploy_key_from_env
 
-    deployment = LocalDeployment(port=port, deploy_key=deploy_key_from_env(), fault_rate=fault_rate)
-    with deployment:
-        if seed_scenes:
-            with deployment.transport() as transport:
-                loaded = load(transport, seed_scenes)
-            print(f"Loaded sample data: {loaded}", flush=True)
-        print(f"Local Convex test deployment at {deployment.url} (admin key from {DEPLOY_KEY_ENV}). Ctrl-C stops it.", flush=True)
-        try:
+    given = {keyword: value for keyword, value in options.items() if value is not None}
+    deployment = LocalDeployment(port=port, deploy_key=deploy_key_from_env(), **given)
+    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    try:
+        with deployment:
+            if seed_scenes:
+                with deployment.transport() as transport:
+                    loaded = load(transport, seed_scenes)
+                print(f"Loaded sample data: {loaded}", flush=True)
+            print(f"Local Convex test deployment at {deployment.url} (admin key from {DEPLOY_KEY_ENV}). Ctrl-C stops it.", flush=True)
             assert deployment._process is not None
             deployment._process.wait()
-        except KeyboardInterrupt:
-            pass
+    except (KeyboardInterrupt, _Stop):
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0

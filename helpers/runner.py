@@ -1,7 +1,8 @@
 """The papermill chain: run the step notebooks in order, headless, each leaving its executed copy as evidence.
 
 The notebooks hold the runbook's visible record; this module only sequences them. A step runs only when the
-one before it passed, and the run folder is sealed with a manifest whatever happens.
+one before it passed, and the run folder is sealed whatever happens: index.html, the manifest, and the
+manifest's sha256 in the deployment's ledger.
 """
 
 from __future__ import annotations
@@ -15,21 +16,29 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import nbformat
 import papermill
+from jupyter_client.manager import AsyncKernelManager
 from pydantic import BaseModel
 
 from .archive import (
+    STEP_STARTED_ENV,
     Manifest,
+    Sealed,
     StepResults,
+    commit_label,
     new_run_dir,
     read_manifest,
     read_step_results,
+    seal_folder,
     step_dir,
     write_json_atomic,
-    write_manifest,
+    writing,
 )
 from .errors import DeployKeyMissing, PreconditionFailed, RunbookError
-from .transport import deploy_key_from_env, redact_url
+from .report import REPORT_SUFFIX, PageContext, render_step, section_of, split_fix
+from .run_folder import run_id
+from .transport import ConvexTransport, deploy_key_from_env, redact_url
 
 STEPS = ("01_backup_snapshot", "02_dry_run", "03_apply", "04_verify")
 ROLLBACK_STEP = "05_rollback"
@@ -39,10 +48,15 @@ APPLY_STEP = "03_apply"
 PLANNING_STEPS = frozenset({"02_dry_run", APPLY_STEP})
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+#: The seal is recorded after the steps: a deployment that stopped answering must not hold up the run's end.
+SEAL_ATTEMPTS = 3
 
 
 class StepFailed(RunbookError):
     """A step notebook raised, or finished without a passed results file; its executed copy shows why."""
+
+    #: The sealed manifest's sha256, set by run_migration once the folder is sealed after the failure.
+    manifest_sha256: str | None = None
 
     def __init__(
         self,
@@ -53,22 +67,27 @@ class StepFailed(RunbookError):
         notebook_path: Path,
         cell_source: str = "",
         exec_count: int | None = None,
+        section: str | None = None,
     ) -> None:
         self.step = step
         self.cell_index = cell_index
         self.ename = ename
         self.evalue = evalue
         self.notebook_path = Path(notebook_path)
-        first_line = next((line.strip() for line in cell_source.splitlines() if line.strip()), "")
-        prompt = "" if exec_count is None else f"In [{exec_count}]: "
-        where = "" if cell_index is None else f" in cell {cell_index} ({prompt}{first_line!r})"
+        if section:
+            where = f" in section “{section}” (cell {cell_index})"
+        elif cell_index is not None:
+            first_line = next((line.strip() for line in cell_source.splitlines() if line.strip()), "")
+            prompt = "" if exec_count is None else f"In [{exec_count}]: "
+            where = f" in cell {cell_index} ({prompt}{first_line!r})"
+        else:
+            where = ""
+        message, fix = split_fix(evalue)
+        then = f"run the step again in this run folder (--run-dir {self.notebook_path.parent.parent}) or start a new run"
+        details = f"{self.notebook_path.with_suffix(REPORT_SUFFIX)} (executed notebook: {self.notebook_path})"
         super().__init__(
-            f"step {step} failed{where}: {ename}: {evalue}",
-            hint=(
-                f"Read the cell's output in {self.notebook_path.with_suffix('.html')} "
-                f"(executed notebook: {self.notebook_path}), fix the cause, then run the step again in this run "
-                f"folder (run_dir / --run-dir {self.notebook_path.parent.parent}) or start a new run."
-            ),
+            f"step {step} failed{where}: {ename}: {message}",
+            hint=f"{fix.rstrip('.')}. Then {then}. Details: {details}." if fix else f"Read {details}, fix the cause, then {then}.",
         )
 
 
@@ -80,8 +99,10 @@ class Statistics(BaseModel):
     sessions_migrated: int
     asset_references_created: int
     errors: list[dict[str, str]]
-    #: apply's own duration when apply ran; the dry run's wall time otherwise.
-    total_seconds: float
+    #: apply's own duration ("total execution time" of the migration); None when apply did not run.
+    apply_seconds: float | None
+    #: the whole run's wall time, from the first step's start to the seal.
+    wall_seconds: float
 
 
 class RunResult(BaseModel):
@@ -89,6 +110,10 @@ class RunResult(BaseModel):
     passed: bool
     steps: dict[str, str]
     statistics: Statistics | None
+    #: sha256 of the sealed manifest: the line an operator pastes into the change ticket.
+    manifest_sha256: str
+    #: None when the seal is recorded in the deployment's ledger; otherwise why it is not.
+    seal_not_recorded: str | None = None
 
 
 @contextmanager
@@ -159,13 +184,16 @@ def run_step(
     values = {"convex_url": convex_url, "run_dir": str(run_dir.resolve()), **(parameters or {})}
     check_parameters(step, values, notebooks_dir)
     out = step_dir(run_dir, step)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "parameters.json", values)
     executed = out / f"{step}.ipynb"
-    # A results file left by an earlier execution must not vouch for this one.
-    (out / "results.json").unlink(missing_ok=True)
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "parameters.json", values)
+        # A results file left by an earlier execution must not vouch for this one.
+        (out / "results.json").unlink(missing_ok=True)
+    started_ms = str(int(time.time() * 1000))
+    failed: StepFailed | None = None
     try:
-        with _environment(RUNBOOK_HEADLESS="1"):
+        with _environment(RUNBOOK_HEADLESS="1", **{STEP_STARTED_ENV: started_ms}):
             papermill.execute_notebook(
                 str(source),
                 str(executed),
@@ -177,36 +205,62 @@ def run_step(
                 # The kernel talks to papermill over loopback TCP, as Jupyter does; its start-up warning about
                 # that is noise on the operator's terminal.
                 extra_arguments=["--IPKernelApp.log_level=ERROR"],
+                kernel_manager_class=QuietShutdownKernelManager,
             )
     except papermill.PapermillExecutionError as exc:
         index = _source_cell_index(source, exc.cell_index)
-        raise StepFailed(step, index, exc.ename, exc.evalue, executed, exc.source, exc.exec_count) from exc
+        cells = nbformat.read(source, as_version=4).cells
+        failed = StepFailed(step, index, exc.ename, exc.evalue, executed, exc.source, exc.exec_count, section_of(cells, index))
+        raise failed from exc
     finally:
         if executed.exists():
-            render_html(executed)
+            with _secondary(failed, "Its pages could not be rendered either"), writing(out):
+                render_step(executed, page_context(run_dir, convex_url))
     return _passed_results(run_dir, step, executed)
+
+
+@contextmanager
+def _secondary(failure: BaseException | None, what: str) -> Iterator[None]:
+    """Work done while an error propagates must not replace it: its own error becomes a note on the first."""
+    try:
+        yield
+    except Exception as exc:
+        if failure is None:
+            raise
+        failure.add_note(f"{what}: {str(exc).partition(chr(10))[0]}")  # its fix line would make two
+
+
+class QuietShutdownKernelManager(AsyncKernelManager):
+    """Shuts the kernel down without first sending it SIGINT.
+
+    jupyter_client interrupts a kernel before asking it to shut down, to stop a cell still running. papermill
+    shuts the kernel down only once no cell runs, so that interrupt can only land while the kernel finishes
+    handling its last message, which ipykernel then logs as "ERROR | KeyboardInterrupt caught in kernel"
+    during a run that passed. The shutdown request and the SIGTERM/SIGKILL that follow a kernel that does not
+    stop are unchanged; an interrupt outside shutdown (a cell timeout) still goes through."""
+
+    async def _async_interrupt_kernel(self) -> None:
+        if self.shutting_down:
+            return
+        await super()._async_interrupt_kernel()
+
+
+def page_context(run_dir: Path, convex_url: str) -> PageContext:
+    return PageContext(
+        run_id=run_id(run_dir),
+        operator=os.environ.get("RUNBOOK_OPERATOR") or getpass.getuser(),
+        commit=commit_label(),
+        deployment=redact_url(convex_url),
+    )
 
 
 def _source_cell_index(source: Path, executed_index: int) -> int:
     """papermill counts the injected-parameters cell it inserted after `parameters`; authors edit the source."""
-    import nbformat
-
     tags = [cell.metadata.get("tags", []) for cell in nbformat.read(source, as_version=4).cells]
     if any("injected-parameters" in t for t in tags):
         return executed_index  # papermill replaced that cell in place
     parameters_at = next((i for i, t in enumerate(tags) if "parameters" in t), -1)
     return executed_index - 1 if executed_index > parameters_at else executed_index
-
-
-def render_html(notebook: Path) -> Path:
-    """A self-contained HTML copy (images embedded) that any auditor can open without Jupyter."""
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    body, _ = HTMLExporter(embed_images=True).from_notebook_node(nbformat.read(notebook, as_version=4))
-    html = notebook.with_suffix(".html")
-    html.write_text(body, encoding="utf-8")
-    return html
 
 
 def _passed_results(run_dir: Path, step: str, executed: Path) -> StepResults:
@@ -250,30 +304,63 @@ def run_migration(
         per_step[APPLY_STEP]["confirm"] = True
     operator = operator or os.environ.get("RUNBOOK_OPERATOR") or getpass.getuser()
     notify = on_step or (lambda step, status: None)
-
-    run_dir, earlier = _open_run_dir(run_dir, runs_dir)
-    started_at = earlier.started_at if earlier else datetime.now(UTC)
-    started = time.monotonic()
-    statuses = {**(earlier.steps if earlier else {}), **dict.fromkeys(chosen, "not run")}
-    try:
-        with _environment(RUNBOOK_OPERATOR=operator):
-            for step in chosen:
-                notify(step, "running")
-                statuses[step] = "failed"
-                try:
-                    results = run_step(step, convex_url=url, run_dir=run_dir, parameters=per_step[step], notebooks_dir=notebooks_dir)
-                    statuses[step] = results.status
-                finally:
-                    notify(step, statuses[step])
-    finally:
-        finished_at = datetime.now(UTC)
-        write_manifest(run_dir, deployment_url=url, operator=operator, started_at=started_at, finished_at=finished_at, steps=statuses)
+    with preflight(url) as transport:
+        run_dir, earlier = _open_run_dir(run_dir, runs_dir)
+        started_at = earlier.started_at if earlier else datetime.now(UTC)
+        started = time.monotonic()
+        statuses = {**(earlier.steps if earlier else {}), **dict.fromkeys(chosen, "not run")}
+        failure: BaseException | None = None
+        try:
+            with writing(run_dir):
+                run_id(run_dir)  # drawn before the first step, so every page and ledger row names the same run
+            with _environment(RUNBOOK_OPERATOR=operator):
+                for step in chosen:
+                    notify(step, "running")
+                    statuses[step] = "failed"
+                    try:
+                        results = run_step(step, convex_url=url, run_dir=run_dir, parameters=per_step[step], notebooks_dir=notebooks_dir)
+                        statuses[step] = results.status
+                    finally:
+                        notify(step, statuses[step])
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            sealed = _seal(run_dir, failure, deployment_url=url, operator=operator, started_at=started_at,
+                           finished_at=datetime.now(UTC), steps=statuses, transport=transport)
+    wall_seconds = time.monotonic() - started
+    assert sealed is not None  # sealing can fail silently only while another error propagates
     return RunResult(
         run_dir=run_dir,
         passed=all(statuses[step] == "passed" for step in chosen),
         steps=statuses,
-        statistics=statistics(run_dir, wall_seconds=time.monotonic() - started) if PLANNING_STEPS & set(chosen) else None,
+        statistics=statistics(run_dir, wall_seconds=wall_seconds) if PLANNING_STEPS & set(chosen) else None,
+        manifest_sha256=sealed.sha256,
+        seal_not_recorded=sealed.not_recorded,
     )
+
+
+@contextmanager
+def preflight(url: str) -> Iterator[ConvexTransport]:
+    """Refuses, before any run folder exists, a URL with credentials, a URL that is not a deployment's, and a
+    missing deploy key; yields the transport the seal is recorded with."""
+    if redact_url(url) != url:
+        raise PreconditionFailed(
+            f"The deployment URL carries credentials ({redact_url(url)}). Nothing was run.",
+            hint="Give the plain deployment URL; the key goes in CONVEX_DEPLOY_KEY (the URL is written into the evidence).",
+        )
+    with ConvexTransport(url, max_attempts=SEAL_ATTEMPTS) as transport:
+        yield transport
+
+
+def _seal(run_dir: Path, failure: BaseException | None, **fields: Any) -> Sealed | None:
+    """Seals the folder whatever happened; if sealing fails too, the step's error stays the one reported."""
+    sealed = None
+    with _secondary(failure, "The run folder could not be sealed either"):
+        sealed = seal_folder(run_dir, **fields)
+    if isinstance(failure, StepFailed) and sealed is not None:
+        failure.manifest_sha256 = sealed.sha256
+    return sealed
 
 
 def _open_run_dir(run_dir: Path | None, runs_dir: Path) -> tuple[Path, Manifest | None]:
@@ -338,7 +425,8 @@ def statistics(run_dir: Path, *, wall_seconds: float) -> Statistics | None:
             sessions_migrated=summary["sessions_migrated"],
             asset_references_created=summary["references_created"],
             errors=[{"id": e["id"], "reason": e.get("message", "")} for e in summary.get("errors", [])],
-            total_seconds=summary["duration_s"],
+            apply_seconds=summary["duration_s"],
+            wall_seconds=round(wall_seconds, 3),
         )
     if planned.exists():
         summary = read_step_results(run_dir, DRY_RUN_STEPS[1]).summary
@@ -349,7 +437,8 @@ def statistics(run_dir: Path, *, wall_seconds: float) -> Statistics | None:
             sessions_migrated=_changes(actions.get("videoSessions", {})),
             asset_references_created=sum(summary.get("references_by_type", {}).values()),
             errors=[],
-            total_seconds=round(wall_seconds, 3),
+            apply_seconds=None,
+            wall_seconds=round(wall_seconds, 3),
         )
     return None
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import nbformat
+import papermill
 import pytest
 
 from helpers import archive, cli, runner
@@ -169,7 +171,8 @@ def test_statistics_come_from_the_apply_summary(tmp_path: Path) -> None:
     archive.write_step_results(tmp_path, "03_apply", archive.StepResults(step="03_apply", status="passed", summary=summary))
     stats = runner.statistics(tmp_path, wall_seconds=99.0)
     assert stats is not None and not stats.planned
-    assert (stats.scenes_migrated, stats.sessions_migrated, stats.asset_references_created, stats.total_seconds) == (10, 2, 25, 4.5)
+    assert (stats.scenes_migrated, stats.sessions_migrated, stats.asset_references_created) == (10, 2, 25)
+    assert (stats.apply_seconds, stats.wall_seconds) == (4.5, 99.0)
     assert stats.errors == [{"id": "s9", "reason": "too large"}]
 
 
@@ -236,8 +239,9 @@ def test_run_prints_statistics_and_the_evidence_folder(
     def fake_run_migration(url: str, dry_run: bool, **kwargs: object) -> runner.RunResult:
         calls.append({"url": url, "dry_run": dry_run, **kwargs})
         stats = runner.Statistics(planned=False, scenes_migrated=1200, sessions_migrated=40, asset_references_created=3100,
-                                  errors=[{"id": "s7", "reason": "too large"}], total_seconds=12.25)
-        return runner.RunResult(run_dir=tmp_path / "run", passed=True, steps={"03_apply": "passed"}, statistics=stats)
+                                  errors=[{"id": "s7", "reason": "too large"}], apply_seconds=12.25, wall_seconds=40.0)
+        return runner.RunResult(run_dir=tmp_path / "run", passed=True, steps={"03_apply": "passed"}, statistics=stats,
+                                manifest_sha256="ab" * 32)
 
     monkeypatch.setattr(cli, "run_migration", fake_run_migration)
     argv = ["run", "--url", URL, "--confirm", "--steps", "01_backup_snapshot, 03_apply", "-p", "03_apply.batch_size=50"]
@@ -247,7 +251,8 @@ def test_run_prints_statistics_and_the_evidence_folder(
     out = capsys.readouterr().out.splitlines()
     assert out == [
         "scenes migrated: 1,200", "sessions migrated: 40", "asset references created: 3,100", "errors: 1",
-        "  s7: too large", "apply time: 12.2 s", f"Evidence: {tmp_path / 'run'}",
+        "  s7: too large", "apply time: 12.2 s", "wall time: 40.0 s", f"Evidence: {tmp_path / 'run'}",
+        f"Manifest sha256: {'ab' * 32}",
     ]
 
 
@@ -289,3 +294,84 @@ def test_console_script_is_installed_and_exits_2_when_refusing(tmp_path: Path) -
     assert done.returncode == 2
     assert "error: Applying changes the deployment and was not confirmed" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# --- refusals before a run folder exists, and a run folder that cannot be written ---------------------------
+
+
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("https://ops:hunter2@happy-otter-1.convex.cloud", "error: The deployment URL carries credentials (https://REDACTED@happy-otter-1.convex.cloud)"),
+        ("happy-otter-1.convex.cloud", "error: 'happy-otter-1.convex.cloud' is not an http(s) URL of a deployment."),
+        ("ftp://happy-otter-1.convex.cloud", "error: 'ftp://happy-otter-1.convex.cloud' is not an http(s) URL of a deployment."),
+    ],
+)
+def test_a_refused_preflight_leaves_no_run_folder(url: str, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runs = tmp_path / "runs"
+    assert cli.main(["run", "--url", url, "--dry-run", "--runs-dir", str(runs)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(expected) and err.count("\n  fix: ") == 1 and "hunter2" not in err
+    assert not runs.exists()
+
+
+def test_no_deploy_key_leaves_no_run_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("CONVEX_DEPLOY_KEY")
+    runs = tmp_path / "runs"
+    assert cli.main(["run", "--url", URL, "--dry-run", "--runs-dir", str(runs)]) == 2
+    assert capsys.readouterr().err.startswith("error: ") and not runs.exists()
+
+
+def test_a_runs_folder_under_a_file_ends_in_one_line_naming_the_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "runs").write_text("a file, not a folder\n")
+    assert cli.main(["run", "--url", URL, "--dry-run", "--runs-dir", str(tmp_path / "runs" / "more")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "Traceback" not in "".join(err)
+    assert err[0].startswith(f"error: Cannot write the run folder at {tmp_path / 'runs'}")
+    assert err[1].startswith("  fix: Choose a runs folder you can write to")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_runs_folder_ends_in_one_line_naming_the_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runs = tmp_path / "runs"
+    runs.mkdir(mode=0o555)
+    assert cli.main(["run", "--url", URL, "--dry-run", "--runs-dir", str(runs)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and err[0].startswith(f"error: Cannot write the run folder at {runs}/")
+
+
+def test_a_failing_seal_does_not_hide_the_step_error(tmp_path: Path, notebooks: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The step fails, and the folder cannot be sealed either (manifest.json is a directory): the step's error is
+    the one reported, the seal's is added to it."""
+    _notebook(notebooks, "01_backup_snapshot", "from pathlib import Path\nPath(run_dir, 'manifest.json').mkdir()\nraise ValueError('the export broke')")
+    _notebook(notebooks, "02_dry_run", RECORD)
+    with pytest.raises(StepFailed, match="ValueError: the export broke") as failed:
+        runner.run_migration(URL, dry_run=True, runs_dir=tmp_path / "runs", notebooks_dir=notebooks)
+    notes = failed.value.__notes__
+    assert len(notes) == 1 and notes[0].startswith("The run folder could not be sealed either: Cannot write the run folder at ")
+    assert "manifest.json" in notes[0] and failed.value.manifest_sha256 is None
+
+
+INTERRUPT_WITNESS = """\
+from pathlib import Path
+def on_interrupt(signum, frame):
+    Path(run_dir, "interrupted").write_text("SIGINT reached the kernel")
+# ipykernel puts this handler back after the cell: any later SIGINT lands here instead of being logged as
+# "KeyboardInterrupt caught in kernel".
+get_ipython().kernel.saved_sigint_handler = on_interrupt"""
+
+
+def test_the_kernel_is_shut_down_without_an_interrupt(tmp_path: Path, notebooks: Path) -> None:
+    """jupyter_client sends SIGINT before shutting a kernel down; landing while the kernel finishes its last
+    message, it was logged as "ERROR | KeyboardInterrupt caught in kernel" in runs that passed."""
+    source = _notebook(notebooks, "ok_step", INTERRUPT_WITNESS, RECORD)
+    run_dir = tmp_path / "run"
+    runner.run_step("ok_step", convex_url=URL, run_dir=run_dir, notebooks_dir=notebooks)
+    assert not (run_dir / "interrupted").exists()
+
+    # The witness works: the default kernel manager does interrupt the kernel at shutdown.
+    witness = tmp_path / "default"
+    witness.mkdir()
+    papermill.execute_notebook(str(source), str(witness / "out.ipynb"), parameters={"run_dir": str(witness)},
+                               kernel_name="python3", progress_bar=False)
+    assert (witness / "interrupted").read_text() == "SIGINT reached the kernel"

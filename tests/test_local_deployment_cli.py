@@ -1,0 +1,77 @@
+"""`runbook local-deployment`: the fault options the Python class has, and no Node server left behind when it
+is stopped with SIGTERM or SIGINT (checked by PID and by port)."""
+
+from __future__ import annotations
+
+import inspect
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from helpers import cli
+from helpers.errors import TransientFailure
+from helpers.local_deployment import CLI_OPTIONS, LocalDeployment
+from helpers.transport import ConvexTransport
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_every_cli_option_is_a_keyword_of_the_class_and_parses() -> None:
+    keywords = inspect.signature(LocalDeployment).parameters
+    assert {option.keyword for option in CLI_OPTIONS} <= set(keywords)
+    args = cli.build_parser().parse_args([
+        "local-deployment", "--port", "0", "--fault-rate", "0.25", "--fault-kinds", "5xx,drop", "--fault-seed", "9",
+        "--fault-paths", "migration:applyBatch, migration:readPage", "--export-fault", "failed",
+    ])
+    assert {option.keyword: getattr(args, option.keyword) for option in CLI_OPTIONS} == {
+        "fault_rate": 0.25, "fault_kinds": ("5xx", "drop"), "fault_seed": 9,
+        "fault_paths": ("migration:applyBatch", "migration:readPage"), "export_fault": "failed",
+    }
+    defaults = cli.build_parser().parse_args(["local-deployment", "--port", "0"])
+    assert all(getattr(defaults, option.keyword) is None for option in CLI_OPTIONS)  # the class keeps its defaults
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_the_server_stops_with_the_command_and_the_fault_options_reach_it(stop: signal.Signals, deploy_key: str) -> None:
+    port = _free_port()
+    command = [sys.executable, "-m", "helpers.cli", "local-deployment", "--port", str(port),
+               "--fault-rate", "1", "--fault-kinds", "5xx", "--fault-paths", "migration:readPage"]
+    runbook = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    servers: list[psutil.Process] = []
+    try:
+        assert runbook.stdout is not None
+        line = runbook.stdout.readline()
+        assert line.startswith(f"Local Convex test deployment at http://127.0.0.1:{port}"), line + runbook.stderr.read()
+        servers = psutil.Process(runbook.pid).children(recursive=True)
+        assert servers and _port_open(port)
+
+        with ConvexTransport(f"http://127.0.0.1:{port}", max_attempts=1) as transport:
+            with pytest.raises(TransientFailure, match="503|502"):
+                transport.function("migration:readPage", {"table": "scenes", "cursor": None, "numItems": 1})
+            assert transport.function("migrationRuns:ledger", {"migrationId": "m"}) == []  # only the named path fails
+
+        runbook.send_signal(stop)
+        assert runbook.wait(30) == 0
+        gone, alive = psutil.wait_procs(servers, timeout=15)
+        assert alive == [] and not _port_open(port)
+    finally:
+        for process in [*servers, psutil.Process(runbook.pid)] if runbook.poll() is None else servers:
+            if process.is_running():
+                process.kill()
+        runbook.wait()
