@@ -1,0 +1,117 @@
+"""The analyst's views: the before/after frame and its filters, and the apply confirmation's text and gate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from helpers import display as show
+from helpers.confirm import ApplyCancelled, Confirmation
+
+LONG_URL = "https://tutor-assets.s3.us-east-1.amazonaws.com/sessions/" + "x" * 120 + "/scene-2/chunk.mp4"
+
+
+def pair(doc_id: str, action: str, expect: dict[str, Any], new: dict[str, Any], problems: list[dict[str, str]] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    before = {"_id": doc_id, "_table": "scenes", "_action": action, "_problems": problems or [], **expect}
+    return before, {**before, **new}
+
+
+MIGRATED = pair(
+    "00000000000000000000010033scenes", "migrate",
+    {"s3ChunkKey": "k/chunk.mp4", "s3ChunkUrl": LONG_URL, "s3ChunkSize": 4820188.0, "status": "completed", "updatedAt": 17.5},
+    {"videoAsset": {"s3Key": "k/chunk.mp4", "s3Url": LONG_URL, "size": 4820188.0, "uploadedAt": 17.5}, "assetsStatus": "ready", "assetVersion": 1},
+    [{"code": "key_derived", "severity": "flagged", "message": "s3ChunkKey was missing"}],
+)
+BLOCKED = pair(
+    "00000000000000000000010031scenes", "problem", {"s3ChunkKey": "k/chunk.mp4", "status": "completed"}, {},
+    [{"code": "duplicate_s3_key", "severity": "blocking", "message": "S3 key 'k/chunk.mp4' is used by 2 scenes"}],
+)
+UNCHANGED = pair("00000000000000000000010053scenes", "no_change", {"status": "completed"}, {})
+
+
+def test_each_new_field_stands_beside_the_legacy_fields_it_came_from_untruncated() -> None:
+    frame = show.before_after_frame([MIGRATED])
+    rows = frame.set_index("new field")
+    assert set(rows.index) == {"videoAsset", "assetsStatus", "assetVersion"}
+    video = rows.loc["videoAsset"]
+    assert video["from legacy field(s)"].split("\n") == ["s3ChunkKey", "s3ChunkUrl", "s3ChunkSize", "updatedAt"]
+    assert LONG_URL in video["new value"] and LONG_URL in video["legacy value(s)"]  # whole, never cut
+    assert rows.loc["assetsStatus", "from legacy field(s)"] == "status"
+    assert rows.loc["assetVersion", "from legacy field(s)"] == "(derived)"  # 1 is no evidence of a source
+    assert set(frame["problems"]) == {"key_derived"}
+    html = show.before_after_styled(frame).to_html()
+    assert LONG_URL in html and "..." not in html
+
+
+def test_a_document_left_alone_says_why() -> None:
+    frame = show.before_after_frame([BLOCKED, UNCHANGED]).set_index("action")
+    assert frame.loc["problem", "new field"] == "(none)"
+    assert "used by 2 scenes" in frame.loc["problem", "new value"]
+    assert frame.loc["no_change", "new value"] == "already migrated: nothing to write"
+
+
+def test_labels_show_the_telling_part_of_an_id() -> None:
+    assert show.document_label(MIGRATED[0]) == "scenes 10033 · migrate"
+    assert show.short_id("jd7f2k9q0w8e7r6t5y4u3i2o1p0a9s8d", "scenes") == "…1p0a9s8d"  # a real Convex id
+    assert show.short_id("abc") == "abc"
+
+
+def test_filters_pick_documents_by_action_and_problem() -> None:
+    frame = show.before_after_frame([MIGRATED, BLOCKED, UNCHANGED])
+    assert show.filter_choices(frame) == ["scenes 10033 · migrate", "scenes 10031 · problem", "scenes 10053 · no_change"]
+    assert show.filter_choices(frame, action="problem") == ["scenes 10031 · problem"]
+    assert show.filter_choices(frame, problem="key_derived") == ["scenes 10033 · migrate"]
+    assert show.filter_choices(frame, action="no_change", problem="key_derived") == []
+
+
+def test_headless_the_view_is_the_static_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNBOOK_HEADLESS", "1")
+    view = show.before_after_view([MIGRATED, BLOCKED])
+    assert LONG_URL in view.to_html()
+
+
+class Plan:
+    plan_sha256 = "a" * 64
+    actions = {"scenes": {"migrate": 5, "fill_missing": 2, "no_change": 9, "problem": 1}, "videoSessions": {"migrate": 3}}
+    references = 11
+
+
+class Backup:
+    sha256 = "b" * 64
+
+
+def shown(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    seen: list[str] = []
+    monkeypatch.setattr("IPython.display.display", lambda obj, **_: seen.append(obj.data))
+    return seen
+
+
+@pytest.mark.parametrize("confirm", [True, False])
+def test_headless_gate_shows_what_changes_and_only_the_parameter_counts(confirm: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNBOOK_HEADLESS", "1")
+    seen = shown(monkeypatch)
+    assert Confirmation.for_plan("https://happy-otter-123.convex.cloud", Plan(), Backup()).gate(confirm) is confirm
+    [text] = seen
+    for fact in ("https://happy-otter-123.convex.cloud", "scenes documents</th><td style='text-align:left'>7",
+                 "videoSessions documents</th><td style='text-align:left'>3", ">11<", "a" * 64, "b" * 64):
+        assert fact in text
+    assert ("Confirmed by the parameter" in text) is confirm and ("Not confirmed" in text) is not confirm
+
+
+def test_interactive_gate_waits_for_the_click(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RUNBOOK_HEADLESS", raising=False)
+    monkeypatch.setenv("JPY_SESSION_NAME", "03_apply.ipynb")
+    monkeypatch.setattr("IPython.display.display", lambda obj, **_: type("Handle", (), {"update": lambda self, o: None})())
+
+    def press(button: str) -> None:  # what the widget's click does while the cell waits
+        monkeypatch.setattr(Confirmation, "_wait", lambda gate: setattr(gate, button, True))
+
+    gate = Confirmation("http://127.0.0.1:3210", {"scenes documents": 1})
+    press("confirmed")
+    assert gate.gate(False) is True
+    gate = Confirmation("http://127.0.0.1:3210", {"scenes documents": 1})
+    press("cancelled")
+    with pytest.raises(ApplyCancelled, match="nothing was changed") as stopped:
+        gate.gate(False)
+    assert len(stopped.value._render_traceback_()) == 1  # one line in the notebook, no traceback
