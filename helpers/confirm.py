@@ -1,15 +1,17 @@
 """The apply notebook's confirmation gate: one text that names what is about to change, shown the same way
 interactively and in the headless evidence; interactively the cell waits for the analyst's click.
 
-Waiting in the cell (jupyter-ui-poll processes the widget's click while the cell runs) is what makes Run All
-safe: the cells after the gate run only once the analyst decided, so apply starts from the click, below it, and
-Cancel stops Run All with one line instead of a traceback.
+Waiting in the cell is what makes Run All safe: the cells after the gate run only once the analyst decided, so
+apply starts from the click, below it, and Cancel stops Run All with one line instead of a traceback. The cell
+awaits (`await ....gate(confirm)`): while a cell awaits, ipykernel (7.4+) still delivers widget messages to it,
+and holds the cells Run All queued behind it. (jupyter-ui-poll's blocking wait relies on
+`Kernel.do_one_iteration`, which ipykernel 7 no longer has: its clicks are never seen.)
 """
 
 from __future__ import annotations
 
+import asyncio
 import html
-import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -81,7 +83,7 @@ class Confirmation:
         return ("<p><b>Not confirmed</b> (<code>confirm=False</code>): apply refuses and nothing changes. "
                 "Run headless with <code>confirm=True</code>.</p>")
 
-    def gate(self, confirm: bool = False) -> bool:
+    async def gate(self, confirm: bool = False) -> bool:
         """Shows the confirmation and returns whether apply may run.
 
         Headless (papermill) only the `confirm` parameter counts. Interactively `confirm=True` counts too; otherwise
@@ -93,7 +95,7 @@ class Confirmation:
             display(HTML(self.text() + self.decision(by_parameter=True)))
             return self.confirmed
         handle = display(self._widget(), display_id=True)
-        self._wait()
+        await self._wait()
         # The decision replaces the buttons with static HTML: the saved notebook holds what was decided.
         handle.update(HTML(self.text() + self.decision(by_parameter=False)))
         if self.cancelled:
@@ -116,11 +118,7 @@ class Confirmation:
         cancel.on_click(decide)
         return widgets.VBox([widgets.HTML(self.text()), widgets.HBox([confirm, cancel]), status])
 
-    def _wait(self) -> None:
-        """Keeps the kernel answering widget messages while this cell runs, until a button was clicked."""
-        from jupyter_ui_poll import ui_events
-
-        with ui_events() as poll:
-            while not (self.confirmed or self.cancelled):
-                poll(10)
-                time.sleep(POLL_SECONDS)
+    async def _wait(self) -> None:
+        """Yields to the kernel's event loop, which delivers the widget's click, until a button was clicked."""
+        while not (self.confirmed or self.cancelled):
+            await asyncio.sleep(POLL_SECONDS)

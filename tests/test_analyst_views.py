@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -91,7 +92,7 @@ def shown(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def test_headless_gate_shows_what_changes_and_only_the_parameter_counts(confirm: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RUNBOOK_HEADLESS", "1")
     seen = shown(monkeypatch)
-    assert Confirmation.for_plan("https://happy-otter-123.convex.cloud", Plan(), Backup()).gate(confirm) is confirm
+    assert asyncio.run(Confirmation.for_plan("https://happy-otter-123.convex.cloud", Plan(), Backup()).gate(confirm)) is confirm
     [text] = seen
     for fact in ("https://happy-otter-123.convex.cloud", "scenes documents</th><td style='text-align:left'>7",
                  "videoSessions documents</th><td style='text-align:left'>3", ">11<", "a" * 64, "b" * 64):
@@ -105,13 +106,16 @@ def test_interactive_gate_waits_for_the_click(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr("IPython.display.display", lambda obj, **_: type("Handle", (), {"update": lambda self, o: None})())
 
     def press(button: str) -> None:  # what the widget's click does while the cell waits
-        monkeypatch.setattr(Confirmation, "_wait", lambda gate: setattr(gate, button, True))
+        async def click(gate: Confirmation) -> None:
+            setattr(gate, button, True)
+
+        monkeypatch.setattr(Confirmation, "_wait", click)
 
     gate = Confirmation("http://127.0.0.1:3210", {"scenes documents": 1})
     press("confirmed")
-    assert gate.gate(False) is True
+    assert asyncio.run(gate.gate(False)) is True
     gate = Confirmation("http://127.0.0.1:3210", {"scenes documents": 1})
     press("cancelled")
     with pytest.raises(ApplyCancelled, match="nothing was changed") as stopped:
-        gate.gate(False)
+        asyncio.run(gate.gate(False))
     assert len(stopped.value._render_traceback_()) == 1  # one line in the notebook, no traceback
