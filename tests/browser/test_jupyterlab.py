@@ -188,6 +188,16 @@ def test_run_all_dry_run_then_apply_with_the_confirmation(
     results = read_step_results(run_dir, "03_apply")
     assert results.passed and results.summary["scenes_migrated"] > 0
 
+    run_all(apply)  # again, and this time the analyst cancels: Run All stops at the gate with one line
+    cancel = apply.locator("button:has-text('Cancel'):not([disabled])")
+    cancel.wait_for(timeout=CELL_MS)
+    cancel.click()
+    apply.wait_for_selector("text=Apply cancelled: nothing was changed.", timeout=CELL_MS)
+    apply.locator("text=Apply cancelled: nothing was changed.").scroll_into_view_if_needed()
+    apply.screenshot(path=str(tmp_path / "03_apply-cancelled.png"))
+    assert "Traceback" not in apply.inner_text(".jp-Notebook")
+    assert read_step_results(run_dir, "03_apply") == results  # nothing ran after the gate
+
 
 @pytest.fixture(scope="module")
 def archived_run(seeded: LocalDeployment, tmp_path_factory: pytest.TempPathFactory) -> Path:
