@@ -105,7 +105,7 @@ def plan_chart(by_status_per_table: Mapping[str, Mapping[str, Mapping[str, int]]
 
 #: New fields whose legacy source is not found by value (a status mapped through docs/mapping.md).
 DERIVED_FROM: dict[str, tuple[str, ...]] = {"assetsStatus": ("status",)}
-BEFORE_AFTER_COLUMNS = ["document", "action", "problems", "new field", "new value", "from legacy field(s)", "legacy value(s)"]
+BEFORE_AFTER_COLUMNS = ["document", "action", "problems", "new field", "new value", "from legacy field(s)"]
 ALL = "(all)"
 
 
@@ -156,8 +156,8 @@ def _text(value: Any) -> str:
 
 
 def before_after_frame(pairs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> pd.DataFrame:
-    """One row per new field of each example document, beside the legacy field(s) it came from; a document
-    the plan leaves alone gets one row saying why. Values are whole (JSON for objects), never cut."""
+    """One row per new field of each example document, beside the legacy field(s) it came from (`name = value`
+    lines); a document the plan leaves alone gets one row saying why. Values are whole (JSON for objects)."""
     rows = []
     for before, after in pairs:
         problems = ", ".join(str(p.get("code")) for p in before.get("_problems", ()))
@@ -167,13 +167,12 @@ def before_after_frame(pairs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any
             sources = legacy_sources(field, after[field], before)
             rows.append({
                 **common, "new field": field, "new value": _text(after[field]),
-                "from legacy field(s)": "\n".join(sources) or "(derived)",
-                "legacy value(s)": "\n".join(_text(before[s]) for s in sources),
+                "from legacy field(s)": "\n".join(f"{s} = {_text(before[s])}" for s in sources) or "(derived)",
             })
         if not changed:
             blocking = [str(p.get("message")) for p in before.get("_problems", ()) if p.get("severity") == "blocking"]
             rows.append({**common, "new field": "(none)", "new value": "; ".join(blocking) or "already migrated: nothing to write",
-                         "from legacy field(s)": "", "legacy value(s)": ""})
+                         "from legacy field(s)": ""})
     return pd.DataFrame(rows, columns=BEFORE_AFTER_COLUMNS)
 
 
@@ -189,9 +188,21 @@ def filter_choices(frame: pd.DataFrame, action: str = ALL, problem: str = ALL) -
 
 def before_after_styled(frame: pd.DataFrame) -> Any:
     """Whole values, wrapped and left-aligned (a Styler never truncates, unlike the DataFrame repr)."""
-    return frame.style.hide(axis="index").set_properties(
-        **{"white-space": "pre-wrap", "text-align": "left", "vertical-align": "top", "font-family": "monospace"}
-    ).set_table_styles([{"selector": "th", "props": "text-align: left"}])
+    return frame.style.hide(axis="index").set_properties(**{
+        "white-space": "pre-wrap", "overflow-wrap": "anywhere", "max-width": "36em",
+        "text-align": "left", "vertical-align": "top", "font-family": "monospace",
+    }).set_table_styles([{"selector": "th", "props": "text-align: left"}])
+
+
+def problems_html(before: Mapping[str, Any]) -> str:
+    """A document's problems, whole, for the line above its before/after table."""
+    import html
+
+    return "".join(
+        f"<li><b>{html.escape(str(p.get('severity')))}</b> <code>{html.escape(str(p.get('code')))}</code>: "
+        f"{html.escape(str(p.get('message')))}</li>"
+        for p in before.get("_problems", ())
+    )
 
 
 def before_after_view(pairs: list[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> Any:
@@ -201,8 +212,9 @@ def before_after_view(pairs: list[tuple[Mapping[str, Any], Mapping[str, Any]]]) 
     if not is_interactive() or frame.empty:
         return before_after_styled(frame)
     import ipywidgets as widgets
-    from IPython.display import display
+    from IPython.display import HTML, display
 
+    befores = {document_label(before): before for before, _ in pairs}
     codes = sorted({c for cell in frame["problems"] for c in cell.split(", ") if c})
     action = widgets.Dropdown(options=[ALL, *dict.fromkeys(frame["action"])], description="action")
     problem = widgets.Dropdown(options=[ALL, *codes], description="problem")
@@ -216,9 +228,12 @@ def before_after_view(pairs: list[tuple[Mapping[str, Any], Mapping[str, Any]]]) 
         output.clear_output()
         with output:
             if picker.value is None:
-                display("No example document has this action and problem.")
+                display(HTML("<p>No example document has this action and problem.</p>"))
             else:
-                display(before_after_styled(frame[frame["document"] == picker.value].drop(columns=["document"])))
+                problems = problems_html(befores[picker.value])
+                display(HTML(f"<ul>{problems}</ul>" if problems else "<p>No problem found in this document.</p>"))
+                rows = frame[frame["document"] == picker.value]
+                display(before_after_styled(rows.drop(columns=["document", "action", "problems"])))
 
     action.observe(refilter, names="value")
     problem.observe(refilter, names="value")

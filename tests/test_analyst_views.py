@@ -36,9 +36,11 @@ def test_each_new_field_stands_beside_the_legacy_fields_it_came_from_untruncated
     rows = frame.set_index("new field")
     assert set(rows.index) == {"videoAsset", "assetsStatus", "assetVersion"}
     video = rows.loc["videoAsset"]
-    assert video["from legacy field(s)"].split("\n") == ["s3ChunkKey", "s3ChunkUrl", "s3ChunkSize", "updatedAt"]
-    assert LONG_URL in video["new value"] and LONG_URL in video["legacy value(s)"]  # whole, never cut
-    assert rows.loc["assetsStatus", "from legacy field(s)"] == "status"
+    assert video["from legacy field(s)"].split("\n") == [
+        "s3ChunkKey = k/chunk.mp4", f"s3ChunkUrl = {LONG_URL}", "s3ChunkSize = 4820188.0", "updatedAt = 17.5"
+    ]
+    assert LONG_URL in video["new value"]  # whole, never cut
+    assert rows.loc["assetsStatus", "from legacy field(s)"] == "status = completed"
     assert rows.loc["assetVersion", "from legacy field(s)"] == "(derived)"  # 1 is no evidence of a source
     assert set(frame["problems"]) == {"key_derived"}
     html = show.before_after_styled(frame).to_html()

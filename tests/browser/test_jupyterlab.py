@@ -63,10 +63,13 @@ def lab(tmp_path_factory: pytest.TempPathFactory, deploy_key: str) -> Iterator[t
     env = {k: v for k, v in os.environ.items() if k != "RUNBOOK_HEADLESS"}
     env.update(CONVEX_DEPLOY_KEY=deploy_key, JUPYTERLAB_SETTINGS_DIR=str(root / ".settings"),
                JUPYTERLAB_WORKSPACES_DIR=str(root / ".workspaces"), PYTHONPATH=str(REPO))
+    news = root / ".settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    news.parent.mkdir(parents=True)
+    news.write_text('{"fetchNews": "false", "checkForUpdates": false}')  # no news toast over the page, no request out
     log = (root / "lab.log").open("w")
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={port}",
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--LabApp.news_url=None"],
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}"],
         cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
@@ -161,6 +164,7 @@ def test_run_all_dry_run_then_apply_with_the_confirmation(
     viewer = dry_run.locator(".widget-output table").last
     viewer.scroll_into_view_if_needed()
     assert "from legacy field(s)" in viewer.inner_text() and "s3Url" in viewer.inner_text()
+    picker.scroll_into_view_if_needed()
     dry_run.screenshot(path=str(tmp_path / "02_dry_run-opens-on-a-change.png"))
     dry_run.locator(".widget-dropdown:has(label:text-is('action')) select").select_option("problem")
     dry_run.wait_for_function("() => [...document.querySelectorAll('.widget-output table')].some(t => t.innerText.includes('(none)'))")
