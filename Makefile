@@ -39,9 +39,11 @@ typecheck: node_modules/.installed
 	npx --no-install tsc --noEmit -p local_deployment
 	npx --no-install tsc --noEmit -p benchmarks
 
-# JupyterLab for analysts (widgets work out of the box with ipywidgets 8).
+# JupyterLab for analysts (widgets work out of the box with ipywidgets 8), on 127.0.0.1; as root (containers)
+# it needs --allow-root. More options: make lab LAB_ARGS="--port=8890 --no-browser".
+LAB_ARGS ?=
 lab: setup $(VENV)/package.json
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab --ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS) notebooks/
 
 # The venv lies inside this ESM package ("type": "module"): without its own package.json, Node loads
 # JupyterLab's bundled yarn.js as ESM and it fails ("Dynamic require of "util""), so lab cannot check its build.
