@@ -204,7 +204,7 @@ def test_run_all_dry_run_then_apply_with_the_confirmation(
 
 
 @pytest.fixture(scope="module")
-def archived_run(seeded: LocalDeployment, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def archived_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A whole headless run (its own deployment and data), as an auditor receives it."""
     with LocalDeployment(deploy_key=os.environ["CONVEX_DEPLOY_KEY"]) as deployment:
         with deployment.transport() as transport:
