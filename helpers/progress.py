@@ -19,15 +19,18 @@ def is_interactive() -> bool:
 
 
 class _Lines:
-    """A file for tqdm that turns its carriage-return redraws into one line per refresh."""
+    """A file for tqdm that turns its carriage-return redraws into one line per refresh (a repeat is dropped:
+    the closing redraw of a bar that just printed 100%)."""
 
     def __init__(self, sink: TextIO) -> None:
         self.sink = sink
+        self.last = ""
 
     def write(self, text: str) -> None:
         line = text.replace("\r", "").strip()
-        if line:
+        if line and line != self.last:
             self.sink.write(line + "\n")
+            self.last = line
 
     def flush(self) -> None:
         self.sink.flush()

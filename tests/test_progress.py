@@ -52,3 +52,18 @@ def test_interactive_only_in_a_jupyter_frontend(monkeypatch: pytest.MonkeyPatch)
     assert is_interactive()
     monkeypatch.setenv("RUNBOOK_HEADLESS", "1")
     assert not is_interactive()
+
+
+def test_long_headless_work_prints_a_line_per_interval_with_its_rate(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNBOOK_HEADLESS", "1")
+    bar = progress(desc="apply", total=100)
+    now = [bar.start_t]
+    bar._time = lambda: now[0]  # tqdm's own clock, advanced by hand: no waiting, no timing in the test
+    for seconds, done in [(6, 30), (1, 10), (6, 60)]:
+        now[0] += seconds
+        bar.update(done)
+    bar.close()
+    assert capsys.readouterr().out.splitlines() == [
+        "apply: 30/100 doc (30%) in 00:06, 5 doc/s",  # nothing before the first interval: no 0% line
+        "apply: 100/100 doc (100%) in 00:13, 7 doc/s",  # the closing redraw repeats it: printed once
+    ]
