@@ -90,7 +90,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory, deploy_key: str) -> Iterator[t
         server.wait(timeout=30)
         log.close()
     lab_log = (root / "lab.log").read_text()
-    assert "Fail to get yarn configuration" not in lab_log and "build status without nodejs" not in lab_log, lab_log[-3000:]
+    assert "Fail to get yarn configuration" not in lab_log and "build status without nodejs" not in lab_log, (
+        "JupyterLab could not run its yarn.js: is .venv/package.json missing? (make lab / make test-browser write it)"
+    )
 
 
 @pytest.fixture(scope="module")
