@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from helpers import display as show
+from helpers import jsonio
 from helpers.confirm import ApplyCancelled, Confirmation
+from helpers.plan import PLAN_FILE, example_pairs, plan_dir
 
 LONG_URL = "https://tutor-assets.s3.us-east-1.amazonaws.com/sessions/" + "x" * 120 + "/scene-2/chunk.mp4"
 
@@ -121,3 +124,18 @@ def test_interactive_gate_waits_for_the_click(monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(ApplyCancelled, match="nothing was changed") as stopped:
         asyncio.run(gate.gate(False))
     assert len(stopped.value._render_traceback_()) == 1  # one line in the notebook, no traceback
+
+
+def test_examples_open_on_documents_that_change_and_cover_each_table(tmp_path: Path) -> None:
+    lines = [
+        {"id": f"p{i}", "table": "scenes", "action": "problem", "expect": {}, "set": {}, "problems": [{"code": "x"}]} for i in range(3)
+    ] + [
+        {"id": f"s{i}", "table": "videoSessions", "action": "migrate", "expect": {}, "set": {"assetCount": i}} for i in range(3)
+    ] + [{"id": "m0", "table": "scenes", "action": "migrate", "expect": {}, "set": {"assetVersion": 1}}]
+    plan_file = plan_dir(tmp_path) / PLAN_FILE
+    plan_file.parent.mkdir()
+    plan_file.write_bytes(b"".join(jsonio.dumps(line) + b"\n" for line in lines))
+    pairs = example_pairs(tmp_path, 2)
+    assert [before["_id"] for before, _ in pairs] == ["s0", "s1", "m0", "p0", "p1"]  # changes first, 2 per table and action
+    assert pairs[-1][0]["_problems"] == [{"code": "x"}] and pairs[0][1]["assetCount"] == 0
+    assert show.filter_choices(show.before_after_frame(pairs))[0] == "videoSessions s0 · migrate"
