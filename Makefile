@@ -5,7 +5,7 @@ PY      := $(VENV)/bin/python
 PYTEST  := $(VENV)/bin/pytest
 RUNBOOK := $(VENV)/bin/runbook
 
-.PHONY: setup demo test test-faults bench typecheck lab strip clean
+.PHONY: setup demo test test-faults test-browser bench typecheck lab strip clean
 
 setup: $(VENV)/.installed node_modules/.installed
 
@@ -39,9 +39,27 @@ typecheck: node_modules/.installed
 	npx --no-install tsc --noEmit -p local_deployment
 	npx --no-install tsc --noEmit -p benchmarks
 
-# JupyterLab for analysts (widgets work out of the box with ipywidgets 8).
-lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+# JupyterLab for analysts (widgets work out of the box with ipywidgets 8), on 127.0.0.1; as root (containers)
+# it needs --allow-root. More options: make lab LAB_ARGS="--port=8890 --no-browser".
+LAB_ARGS ?=
+lab: setup $(VENV)/package.json
+	$(VENV)/bin/jupyter lab --ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS) notebooks/
+
+# The venv lies inside this ESM package ("type": "module"): without its own package.json, Node loads
+# JupyterLab's bundled yarn.js as ESM and it fails ("Dynamic require of "util""), so lab cannot check its build.
+$(VENV)/package.json: $(VENV)/.installed
+	echo '{"type": "commonjs"}' > $@
+
+# JupyterLab and the evidence pages in Debian's chromium, driven by Playwright (tests/browser/).
+test-browser: setup $(VENV)/package.json $(VENV)/.browser-installed /usr/bin/chromium
+	$(PYTEST) -q -m browser tests/browser
+
+$(VENV)/.browser-installed: pyproject.toml $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[test,lab,browser]'
+	touch $@
+
+/usr/bin/chromium:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
 # Source notebooks are templates: committed without outputs.
 strip: setup

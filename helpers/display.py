@@ -129,61 +129,143 @@ def plan_chart(by_status_per_table: Mapping[str, Mapping[str, Mapping[str, int]]
     return figure
 
 
+#: New fields whose legacy source is not found by value (a status mapped through docs/mapping.md).
+DERIVED_FROM: dict[str, tuple[str, ...]] = {"assetsStatus": ("status",)}
+BEFORE_AFTER_COLUMNS = ["document", "action", "problems", "new field", "new value", "from legacy field(s)"]
+ALL = "(all)"
+
+
+def document_label(before: Mapping[str, Any]) -> str:
+    """A readable name for a document: its table, the telling end of its id and its planned action."""
+    table = str(before.get("_table", ""))
+    return f"{table} {short_id(str(before.get('_id', '')), table)} · {before.get('_action', '?')}".strip()
+
+
+def short_id(doc_id: str, table: str = "") -> str:
+    """The part of an id a person can tell apart: local ids are zeros, a number and the table name."""
+    core = doc_id.lstrip("0")
+    if len(doc_id) - len(core) >= 4:
+        return core.removesuffix(table) or doc_id
+    return "…" + doc_id[-8:] if len(doc_id) > 10 else doc_id
+
+
+def _leaves(value: Any) -> list[Any]:
+    if isinstance(value, Mapping):
+        return [leaf for item in value.values() for leaf in _leaves(item)]
+    if isinstance(value, list):
+        return [leaf for item in value for leaf in _leaves(item)]
+    return [value]
+
+
+def _telling(value: Any) -> bool:
+    """A value specific enough that finding it inside a new field shows where the field came from."""
+    if isinstance(value, str):
+        return len(value) > 3
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value not in (0, 1)
+
+
+def legacy_sources(field: str, new_value: Any, before: Mapping[str, Any]) -> list[str]:
+    """The legacy fields a new field was built from: the catalogue's key/URL pair, a status mapping, and
+    every legacy field whose value appears in the new value (size, checksum, ...)."""
+    from .fields import ASSET_SOURCES
+
+    named = [*ASSET_SOURCES.get(str(before.get("_table")), {}).get(field, ()), *DERIVED_FROM.get(field, ())]
+    leaves = [leaf for leaf in _leaves(new_value) if _telling(leaf)]
+    found = [k for k, v in before.items() if not k.startswith("_") and k not in named and _telling(v) and v in leaves]
+    return [k for k in named if k in before] + sorted(found)
+
+
+def _text(value: Any) -> str:
+    import json
+
+    return value if isinstance(value, str) else json.dumps(value, indent=1, ensure_ascii=False, default=str)
+
+
 def before_after_frame(pairs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> pd.DataFrame:
-    """One row per changed field of each example document: before and after."""
+    """One row per new field of each example document, beside the legacy field(s) it came from (`name = value`
+    lines); a document the plan leaves alone gets one row saying why. Values are whole (JSON for objects)."""
     rows = []
     for before, after in pairs:
-        for field in sorted(set(before) | set(after)):
-            if before.get(field) != after.get(field):
-                rows.append({"id": before.get("_id"), "field": field, "before": before.get(field, "(absent)"), "after": after.get(field)})
-    return pd.DataFrame(rows, columns=["id", "field", "before", "after"])
+        problems = ", ".join(str(p.get("code")) for p in before.get("_problems", ()))
+        common = {"document": document_label(before), "action": before.get("_action", ""), "problems": problems}
+        changed = [f for f in after if not f.startswith("_") and (f not in before or before[f] != after[f])]
+        for field in changed:
+            sources = legacy_sources(field, after[field], before)
+            rows.append({
+                **common, "new field": field, "new value": _text(after[field]),
+                "from legacy field(s)": "\n".join(f"{s} = {_text(before[s])}" for s in sources) or "(derived)",
+            })
+        if not changed:
+            blocking = [str(p.get("message")) for p in before.get("_problems", ()) if p.get("severity") == "blocking"]
+            rows.append({**common, "new field": "(none)", "new value": "; ".join(blocking) or "already migrated: nothing to write",
+                         "from legacy field(s)": ""})
+    return pd.DataFrame(rows, columns=BEFORE_AFTER_COLUMNS)
+
+
+def filter_choices(frame: pd.DataFrame, action: str = ALL, problem: str = ALL) -> list[str]:
+    """The documents (labels, in order) that have the chosen action and problem code."""
+    keep = frame
+    if action != ALL:
+        keep = keep[keep["action"] == action]
+    if problem != ALL:
+        keep = keep[keep["problems"].str.split(", ").apply(lambda codes: problem in codes)]
+    return list(dict.fromkeys(keep["document"]))
+
+
+def before_after_styled(frame: pd.DataFrame) -> Any:
+    """Whole values, wrapped and left-aligned (a Styler never truncates, unlike the DataFrame repr)."""
+    return frame.style.hide(axis="index").set_properties(**{
+        "white-space": "pre-wrap", "overflow-wrap": "anywhere", "max-width": "36em",
+        "text-align": "left", "vertical-align": "top", "font-family": "monospace",
+    }).set_table_styles([{"selector": "th", "props": "text-align: left"}])
+
+
+def problems_html(before: Mapping[str, Any]) -> str:
+    """A document's problems, whole, for the line above its before/after table."""
+    import html
+
+    return "".join(
+        f"<li><b>{html.escape(str(p.get('severity')))}</b> <code>{html.escape(str(p.get('code')))}</code>: "
+        f"{html.escape(str(p.get('message')))}</li>"
+        for p in before.get("_problems", ())
+    )
 
 
 def before_after_view(pairs: list[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> Any:
-    """A document picker with its before/after fields when interactive; the static table otherwise."""
+    """Filters (action, problem) and a document picker over the examples when interactive, opening on a document
+    that changes; the whole table, static, otherwise."""
     frame = before_after_frame(pairs)
-    if not is_interactive() or not pairs:
-        return frame
+    if not is_interactive() or frame.empty:
+        return before_after_styled(frame)
     import ipywidgets as widgets
-    from IPython.display import display
+    from IPython.display import HTML, display
 
-    ids = [str(before.get("_id")) for before, _ in pairs]
-    picker = widgets.Dropdown(options=ids, description="document")
+    befores = {document_label(before): before for before, _ in pairs}
+    codes = sorted({c for cell in frame["problems"] for c in cell.split(", ") if c})
+    action = widgets.Dropdown(options=[ALL, *dict.fromkeys(frame["action"])], description="action")
+    problem = widgets.Dropdown(options=[ALL, *codes], description="problem")
+    picker = widgets.Dropdown(options=filter_choices(frame), description="document", layout=widgets.Layout(width="32em"))
     output = widgets.Output()
 
-    def show(change: Any = None) -> None:
+    def refilter(_: Any = None) -> None:
+        picker.options = filter_choices(frame, action.value, problem.value)
+
+    def show(_: Any = None) -> None:
         output.clear_output()
         with output:
-            display(frame[frame["id"] == picker.value].set_index("field"))
+            if picker.value is None:
+                display(HTML("<p>No example document has this action and problem.</p>"))
+            else:
+                problems = problems_html(befores[picker.value])
+                display(HTML(f"<ul>{problems}</ul>" if problems else "<p>No problem found in this document.</p>"))
+                rows = frame[frame["document"] == picker.value]
+                display(before_after_styled(rows.drop(columns=["document", "action", "problems"])))
 
+    action.observe(refilter, names="value")
+    problem.observe(refilter, names="value")
     picker.observe(show, names="value")
     show()
-    return widgets.VBox([picker, output])
-
-
-class Confirmation:
-    """The apply notebook's confirmation: a button interactively; headless, only the `confirm` parameter counts."""
-
-    def __init__(self, url: str, changes: Mapping[str, int]) -> None:
-        self.confirmed = False
-        self._text = (
-            f"<b>Deployment:</b> {url}<br><b>About to change:</b> "
-            + ", ".join(f"{n:,} {what}" for what, n in changes.items())
-        )
-
-    def widget(self) -> Any:
-        import ipywidgets as widgets
-
-        button = widgets.Button(description="Confirm apply", button_style="danger", icon="check")
-        status = widgets.HTML("Not confirmed yet: nothing will change until you click, then run the next cell.")
-
-        def on_click(_: Any) -> None:
-            self.confirmed = True
-            button.disabled = True
-            status.value = "<b>Confirmed.</b> Run the next cell to apply."
-
-        button.on_click(on_click)
-        return widgets.VBox([widgets.HTML(self._text), button, status])
+    return widgets.VBox([widgets.HBox([action, problem]), picker, output])
 
 
 def plan_tables(summary: Any) -> dict[str, pd.DataFrame]:

@@ -212,16 +212,18 @@ def iter_plan_lines(run_dir: Path) -> Iterator[dict[str, Any]]:
 
 
 def example_pairs(run_dir: Path, n: int) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """Up to n documents per planned action, as (before, after) taken from the plan itself (no extra reads)."""
+    """Up to n documents per table and planned action, those that change first, as (before, after) taken from the plan
+    itself (no extra reads); `before` also carries the plan's `_action` and `_problems` for the analyst's filters."""
     seen: Counter[str] = Counter()
     pairs = []
     for line in iter_plan_lines(run_dir):
-        if seen[line["action"]] >= n:
+        kind = f'{line["table"]}/{line["action"]}'
+        if seen[kind] >= n:
             continue
-        seen[line["action"]] += 1
-        before = {"_id": line["id"], "_table": line["table"], **line["expect"]}
+        seen[kind] += 1
+        before = {"_id": line["id"], "_table": line["table"], "_action": line["action"], "_problems": line.get("problems", []), **line["expect"]}
         pairs.append((before, {**before, **line["set"]}))
-    return pairs
+    return sorted(pairs, key=lambda pair: pair[0]["_action"] not in CHANGING_ACTIONS)
 
 
 def _read_plan_lines(path: Path) -> Iterator[rules.DocumentPlan]:

@@ -19,18 +19,59 @@ def is_interactive() -> bool:
 
 
 class _Lines:
-    """A file for tqdm that turns its carriage-return redraws into one line per refresh."""
+    """A file for tqdm that turns its carriage-return redraws into one line per refresh (a repeat is dropped:
+    the closing redraw of a bar that just printed 100%)."""
 
     def __init__(self, sink: TextIO) -> None:
         self.sink = sink
+        self.last = ""
 
     def write(self, text: str) -> None:
         line = text.replace("\r", "").strip()
-        if line:
+        if line and line != self.last:
             self.sink.write(line + "\n")
+            self.last = line
 
     def flush(self) -> None:
         self.sink.flush()
+
+
+#: A rate measured over less than this is noise (``1.24doc/s`` after 0.8 s of start-up): not printed.
+MIN_SECONDS_FOR_RATE = 1.0
+
+
+def text_line(desc: str, n: float, total: float | None, elapsed: float, unit: str, unit_scale: bool = False) -> str:
+    """One log line of a bar: what, how many of how many, how long, and the rate once it means something."""
+    from tqdm import tqdm
+
+    def amount(value: float) -> str:
+        return tqdm.format_sizeof(value, divisor=1024) if unit_scale else f"{int(value):,}"
+
+    done = f"{amount(n)}/{amount(total)} {unit} ({100 * n / total:.0f}%)" if total else f"{amount(n)} {unit}"
+    line = f"{desc}: {done} in {tqdm.format_interval(elapsed)}"
+    if elapsed >= MIN_SECONDS_FOR_RATE and n:
+        line += f", {amount(n / elapsed)} {unit}/s"
+    return line
+
+
+def _text_tqdm() -> type:
+    from tqdm import tqdm
+
+    class TextProgress(tqdm):  # type: ignore[misc]
+        """Plain lines for logs and executed notebooks: nothing at the start (no ``0%`` line), a line per
+        refresh while the work lasts, and always one final line."""
+
+        def __str__(self) -> str:
+            d = self.format_dict
+            return text_line(d["prefix"] or "", d["n"], d["total"], d["elapsed"], d["unit"], bool(d["unit_scale"]))
+
+        def close(self) -> None:
+            never_shown = not self.disable and self.last_print_t < self.start_t + self.delay
+            super().close()
+            if never_shown:
+                self.fp.write(str(self) + "\n")
+
+    return TextProgress
 
 
 def progress(
@@ -49,6 +90,5 @@ def progress(
         from tqdm.auto import tqdm
 
         return tqdm(iterable, mininterval=0.5, **kwargs)
-    from tqdm import tqdm as text_tqdm
-
-    return text_tqdm(iterable, file=_Lines(sys.stdout), mininterval=5.0, ascii=True, ncols=100, **kwargs)
+    interval = 5.0
+    return _text_tqdm()(iterable, file=_Lines(sys.stdout), mininterval=interval, delay=interval, **kwargs)

@@ -8,11 +8,13 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
+import nbformat
 import papermill
 import pytest
 
-from helpers.archive import check_archive, find_secret, read_step_results
+from helpers.archive import StepResults, check_archive, find_secret, read_step_results, write_step_results
 from helpers.local_deployment import LocalDeployment
 from helpers.runner import StepFailed, run_migration
 from helpers.transport import ConvexTransport
@@ -32,30 +34,48 @@ def execute(step: str, url: str, run_dir: Path, **parameters: object) -> Path:
     return out
 
 
+def application_data(transport: ConvexTransport) -> dict[str, Any]:
+    """Every table but the ledger: what a step that only reads must leave alone (each step records itself)."""
+    return {table: docs for table, docs in state(transport).items() if table != "migrationRuns"}
+
+
+def outputs_text(executed: Path) -> str:
+    notebook = nbformat.read(executed, as_version=4)
+    return "\n".join(
+        str(output.get("text", "")) + str(output.get("data", {}).get("text/html", ""))
+        for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
+    )
+
+
 def test_each_notebook_headless_then_rollback_restore(deployment: LocalDeployment, transport: ConvexTransport, run_dir: Path) -> None:
     seed(transport)
-    before = state(transport)
+    before = application_data(transport)
     execute("01_backup_snapshot", deployment.url, run_dir)
     zip_path = next((run_dir / "backup").glob("snapshot_*.zip"))
     with zipfile.ZipFile(zip_path) as archive:
         assert {"README.md", "_tables/documents.jsonl", "scenes/documents.jsonl", "videoSessions/documents.jsonl"} <= set(archive.namelist())
 
     execute("02_dry_run", deployment.url, run_dir)
-    assert state(transport) == before  # the dry-run changed nothing
+    assert application_data(transport) == before  # the dry-run changed nothing
     for table in ("scenes_by_status", "sessions_by_status", "references_by_type", "problems"):
         assert (run_dir / "plan" / f"{table}.csv").exists()
 
     with pytest.raises(papermill.PapermillExecutionError, match="Not confirmed"):
         execute("03_apply", deployment.url, run_dir)  # headless without confirm
-    assert state(transport) == before
+    assert application_data(transport) == before
+    plan = read_step_results(run_dir, "02_dry_run").outputs["plan_sha256"]
+    backup = read_step_results(run_dir, "01_backup_snapshot").outputs["backup_sha256"]
+    refused = outputs_text(run_dir / "03_apply.executed.ipynb")
+    assert "Not confirmed" in refused and plan in refused and backup in refused and deployment.url in refused
 
-    execute("03_apply", deployment.url, run_dir, confirm=True)
+    confirmed = outputs_text(execute("03_apply", deployment.url, run_dir, confirm=True))
+    assert "Confirmed by the parameter" in confirmed and plan in confirmed and backup in confirmed
     execute("04_verify", deployment.url, run_dir)
     assert read_step_results(run_dir, "04_verify").status == "passed"
     assert migration_references(transport)
 
     execute("05_rollback", deployment.url, run_dir, mode="restore", execute=True)
-    after = state(transport)
+    after = application_data(transport)
     assert after["scenes"] == before["scenes"] and after["videoSessions"] == before["videoSessions"]
     assert migration_references(transport) == []
 
@@ -120,3 +140,12 @@ def test_demo_runs_the_whole_runbook_on_the_local_deployment(tmp_path: Path, dep
     assert "04_verify            passed" in done.stdout and "archive check:             OK" in done.stdout
     run_dir = Path(done.stdout.rsplit("Evidence: ", 1)[1].splitlines()[0])
     assert check_archive(run_dir).ok and find_secret(run_dir, deploy_key) == []
+
+
+@pytest.mark.parametrize(("step", "previous"), [("02_dry_run", "01_backup_snapshot"), ("03_apply", "02_dry_run"), ("05_rollback", "02_dry_run")])
+def test_a_step_refuses_to_build_on_a_step_that_did_not_pass(step: str, previous: str, run_dir: Path) -> None:
+    with pytest.raises(papermill.PapermillExecutionError, match=f"step {previous} has not run"):
+        execute(step, "http://127.0.0.1:9", run_dir)
+    write_step_results(run_dir, previous, StepResults(step=previous, status="failed"))
+    with pytest.raises(papermill.PapermillExecutionError, match=f"step {previous} did not pass"):
+        execute(step, "http://127.0.0.1:9", run_dir)

@@ -1,0 +1,141 @@
+"""The analyst's views: the before/after frame and its filters, and the apply confirmation's text and gate."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers import display as show
+from helpers import jsonio
+from helpers.confirm import ApplyCancelled, Confirmation
+from helpers.plan import PLAN_FILE, example_pairs, plan_dir
+
+LONG_URL = "https://tutor-assets.s3.us-east-1.amazonaws.com/sessions/" + "x" * 120 + "/scene-2/chunk.mp4"
+
+
+def pair(doc_id: str, action: str, expect: dict[str, Any], new: dict[str, Any], problems: list[dict[str, str]] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    before = {"_id": doc_id, "_table": "scenes", "_action": action, "_problems": problems or [], **expect}
+    return before, {**before, **new}
+
+
+MIGRATED = pair(
+    "00000000000000000000010033scenes", "migrate",
+    {"s3ChunkKey": "k/chunk.mp4", "s3ChunkUrl": LONG_URL, "s3ChunkSize": 4820188.0, "status": "completed", "updatedAt": 17.5},
+    {"videoAsset": {"s3Key": "k/chunk.mp4", "s3Url": LONG_URL, "size": 4820188.0, "uploadedAt": 17.5}, "assetsStatus": "ready", "assetVersion": 1},
+    [{"code": "key_derived", "severity": "flagged", "message": "s3ChunkKey was missing"}],
+)
+BLOCKED = pair(
+    "00000000000000000000010031scenes", "problem", {"s3ChunkKey": "k/chunk.mp4", "status": "completed"}, {},
+    [{"code": "duplicate_s3_key", "severity": "blocking", "message": "S3 key 'k/chunk.mp4' is used by 2 scenes"}],
+)
+UNCHANGED = pair("00000000000000000000010053scenes", "no_change", {"status": "completed"}, {})
+
+
+def test_each_new_field_stands_beside_the_legacy_fields_it_came_from_untruncated() -> None:
+    frame = show.before_after_frame([MIGRATED])
+    rows = frame.set_index("new field")
+    assert set(rows.index) == {"videoAsset", "assetsStatus", "assetVersion"}
+    video = rows.loc["videoAsset"]
+    assert video["from legacy field(s)"].split("\n") == [
+        "s3ChunkKey = k/chunk.mp4", f"s3ChunkUrl = {LONG_URL}", "s3ChunkSize = 4820188.0", "updatedAt = 17.5"
+    ]
+    assert LONG_URL in video["new value"]  # whole, never cut
+    assert rows.loc["assetsStatus", "from legacy field(s)"] == "status = completed"
+    assert rows.loc["assetVersion", "from legacy field(s)"] == "(derived)"  # 1 is no evidence of a source
+    assert set(frame["problems"]) == {"key_derived"}
+    html = show.before_after_styled(frame).to_html()
+    assert LONG_URL in html and "..." not in html
+
+
+def test_a_document_left_alone_says_why() -> None:
+    frame = show.before_after_frame([BLOCKED, UNCHANGED]).set_index("action")
+    assert frame.loc["problem", "new field"] == "(none)"
+    assert "used by 2 scenes" in frame.loc["problem", "new value"]
+    assert frame.loc["no_change", "new value"] == "already migrated: nothing to write"
+
+
+def test_labels_show_the_telling_part_of_an_id() -> None:
+    assert show.document_label(MIGRATED[0]) == "scenes 10033 · migrate"
+    assert show.short_id("jd7f2k9q0w8e7r6t5y4u3i2o1p0a9s8d", "scenes") == "…1p0a9s8d"  # a real Convex id
+    assert show.short_id("abc") == "abc"
+
+
+def test_filters_pick_documents_by_action_and_problem() -> None:
+    frame = show.before_after_frame([MIGRATED, BLOCKED, UNCHANGED])
+    assert show.filter_choices(frame) == ["scenes 10033 · migrate", "scenes 10031 · problem", "scenes 10053 · no_change"]
+    assert show.filter_choices(frame, action="problem") == ["scenes 10031 · problem"]
+    assert show.filter_choices(frame, problem="key_derived") == ["scenes 10033 · migrate"]
+    assert show.filter_choices(frame, action="no_change", problem="key_derived") == []
+
+
+def test_headless_the_view_is_the_static_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNBOOK_HEADLESS", "1")
+    view = show.before_after_view([MIGRATED, BLOCKED])
+    assert LONG_URL in view.to_html()
+
+
+class Plan:
+    plan_sha256 = "a" * 64
+    actions = {"scenes": {"migrate": 5, "fill_missing": 2, "no_change": 9, "problem": 1}, "videoSessions": {"migrate": 3}}
+    references = 11
+
+
+class Backup:
+    sha256 = "b" * 64
+
+
+def shown(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    seen: list[str] = []
+    monkeypatch.setattr("IPython.display.display", lambda obj, **_: seen.append(obj.data))
+    return seen
+
+
+@pytest.mark.parametrize("confirm", [True, False])
+def test_headless_gate_shows_what_changes_and_only_the_parameter_counts(confirm: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNBOOK_HEADLESS", "1")
+    seen = shown(monkeypatch)
+    assert asyncio.run(Confirmation.for_plan("https://happy-otter-123.convex.cloud", Plan(), Backup()).gate(confirm)) is confirm
+    [text] = seen
+    for fact in ("https://happy-otter-123.convex.cloud", "scenes documents</th><td style='text-align:left'>7",
+                 "videoSessions documents</th><td style='text-align:left'>3", ">11<", "a" * 64, "b" * 64):
+        assert fact in text
+    assert ("Confirmed by the parameter" in text) is confirm and ("Not confirmed" in text) is not confirm
+
+
+def test_interactive_gate_waits_for_the_click(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RUNBOOK_HEADLESS", raising=False)
+    monkeypatch.setenv("JPY_SESSION_NAME", "03_apply.ipynb")
+    monkeypatch.setattr("IPython.display.display", lambda obj, **_: type("Handle", (), {"update": lambda self, o: None})())
+
+    def press(button: str) -> None:  # what the widget's click does while the cell waits
+        async def click(gate: Confirmation) -> None:
+            setattr(gate, button, True)
+
+        monkeypatch.setattr(Confirmation, "_wait", click)
+
+    gate = Confirmation("http://127.0.0.1:3210", {"scenes documents": 1})
+    press("confirmed")
+    assert asyncio.run(gate.gate(False)) is True
+    gate = Confirmation("http://127.0.0.1:3210", {"scenes documents": 1})
+    press("cancelled")
+    with pytest.raises(ApplyCancelled, match="nothing was changed") as stopped:
+        asyncio.run(gate.gate(False))
+    assert len(stopped.value._render_traceback_()) == 1  # one line in the notebook, no traceback
+
+
+def test_examples_open_on_documents_that_change_and_cover_each_table(tmp_path: Path) -> None:
+    lines = [
+        {"id": f"p{i}", "table": "scenes", "action": "problem", "expect": {}, "set": {}, "problems": [{"code": "x"}]} for i in range(3)
+    ] + [
+        {"id": f"s{i}", "table": "videoSessions", "action": "migrate", "expect": {}, "set": {"assetCount": i}} for i in range(3)
+    ] + [{"id": "m0", "table": "scenes", "action": "migrate", "expect": {}, "set": {"assetVersion": 1}}]
+    plan_file = plan_dir(tmp_path) / PLAN_FILE
+    plan_file.parent.mkdir()
+    plan_file.write_bytes(b"".join(jsonio.dumps(line) + b"\n" for line in lines))
+    pairs = example_pairs(tmp_path, 2)
+    assert [before["_id"] for before, _ in pairs] == ["s0", "s1", "m0", "p0", "p1"]  # changes first, 2 per table and action
+    assert pairs[-1][0]["_problems"] == [{"code": "x"}] and pairs[0][1]["assetCount"] == 0
+    assert show.filter_choices(show.before_after_frame(pairs))[0] == "videoSessions s0 · migrate"
