@@ -6,8 +6,12 @@ one before it passed, and the run folder is sealed with a manifest whatever happ
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import getpass
 import os
+import signal
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -16,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import papermill
+from jupyter_client.manager import AsyncKernelManager
 from pydantic import BaseModel
 
 from .archive import (
@@ -29,6 +34,7 @@ from .archive import (
     write_manifest,
 )
 from .errors import DeployKeyMissing, PreconditionFailed, RunbookError
+from .run_folder import run_id, run_lock
 from .transport import deploy_key_from_env, redact_url
 
 STEPS = ("01_backup_snapshot", "02_dry_run", "03_apply", "04_verify")
@@ -106,6 +112,29 @@ def _environment(**values: str) -> Iterator[None]:
                 os.environ[name] = value
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with(parent_pid: int, prctl: Any) -> None:
+    """Runs in the kernel's process between fork and exec: the kernel gets SIGKILL when its runner dies."""
+    prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the runner died before the line above took effect
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class BoundKernelManager(AsyncKernelManager):
+    """A notebook kernel that cannot outlive the process that started it. Jupyter starts kernels in their own
+    session, so a runner killed with SIGKILL would leave its kernel running (and applying); on Linux the
+    kernel asks the OS to kill it when its parent dies (PR_SET_PDEATHSIG), ipykernel's own parent poller
+    (a 1 s poll) remains as the fallback elsewhere."""
+
+    async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
+        if sys.platform.startswith("linux"):
+            prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: the child only calls it
+            kw["preexec_fn"] = functools.partial(_die_with, os.getpid(), prctl)
+        await super()._async_launch_kernel(kernel_cmd, **kw)
+
+
 def notebook_path(step: str, notebooks_dir: Path = NOTEBOOKS_DIR) -> Path:
     path = Path(notebooks_dir) / f"{step}.ipynb"
     if not path.is_file():
@@ -171,6 +200,7 @@ def run_step(
                 str(executed),
                 parameters=values,
                 kernel_name=kernel_name,
+                kernel_manager_class=BoundKernelManager,
                 progress_bar=False,
                 log_output=log_output,
                 cwd=str(REPO_ROOT),
@@ -252,22 +282,24 @@ def run_migration(
     notify = on_step or (lambda step, status: None)
 
     run_dir, earlier = _open_run_dir(run_dir, runs_dir)
-    started_at = earlier.started_at if earlier else datetime.now(UTC)
-    started = time.monotonic()
-    statuses = {**(earlier.steps if earlier else {}), **dict.fromkeys(chosen, "not run")}
-    try:
-        with _environment(RUNBOOK_OPERATOR=operator):
-            for step in chosen:
-                notify(step, "running")
-                statuses[step] = "failed"
-                try:
-                    results = run_step(step, convex_url=url, run_dir=run_dir, parameters=per_step[step], notebooks_dir=notebooks_dir)
-                    statuses[step] = results.status
-                finally:
-                    notify(step, statuses[step])
-    finally:
-        finished_at = datetime.now(UTC)
-        write_manifest(run_dir, deployment_url=url, operator=operator, started_at=started_at, finished_at=finished_at, steps=statuses)
+    with run_lock(run_dir):  # a second `runbook run` on this folder is refused here, before it writes anything
+        run_id(run_dir)
+        started_at = earlier.started_at if earlier else datetime.now(UTC)
+        started = time.monotonic()
+        statuses = {**(earlier.steps if earlier else {}), **dict.fromkeys(chosen, "not run")}
+        try:
+            with _environment(RUNBOOK_OPERATOR=operator):
+                for step in chosen:
+                    notify(step, "running")
+                    statuses[step] = "failed"
+                    try:
+                        results = run_step(step, convex_url=url, run_dir=run_dir, parameters=per_step[step], notebooks_dir=notebooks_dir)
+                        statuses[step] = results.status
+                    finally:
+                        notify(step, statuses[step])
+        finally:
+            finished_at = datetime.now(UTC)
+            write_manifest(run_dir, deployment_url=url, operator=operator, started_at=started_at, finished_at=finished_at, steps=statuses)
     return RunResult(
         run_dir=run_dir,
         passed=all(statuses[step] == "passed" for step in chosen),
