@@ -151,7 +151,8 @@ class BatchSizer:
     def after_success(self, sent: int, used_ratio: float) -> None:
         if sent < self.size or used_ratio > self.target_ratio:
             return  # a short batch (the plan's end) or a busy call says nothing about room to grow
-        grown = self.size + 1 if used_ratio <= 0 else max(self.size + 1, int(self.size * self.target_ratio / used_ratio))
+        room = self.size * self.target_ratio / used_ratio if used_ratio > 0 else self.size + 1
+        grown = max(self.size + 1, int(min(room, self.configured)))
         if self.failed_at is not None and grown >= self.failed_at:
             grown = max(self.size, min((self.size + self.failed_at) // 2, self.failed_at - 1))
         self.size = max(1, min(grown, self.configured))
@@ -415,7 +416,8 @@ class _Apply:
                         sizer.after_success(len(batch.items), _batch_ratio(batch.items, seconds))
                     tables = {item["id"]: (item["table"], len(item["insertReferences"])) for item in batch.items}
                     entries = [{**r, "table": tables[r["id"]][0], "refs": tables[r["id"]][1]} for r in results]
-                    line = {"start": batch.start, "end": batch.end, "size": len(batch.items), "calls": calls, "results": entries}
+                    line = {"start": batch.start, "end": batch.end, "size": len(batch.items), "calls": calls,
+                            "limit_hits": len(limits), "results": entries}
                     sink.write(jsonio.dumps(line) + b"\n")
                     sink.flush()
                     os.fsync(sink.fileno())

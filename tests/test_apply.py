@@ -1,0 +1,139 @@
+"""Apply's engine: the adaptive batch size, the checkpoint (ranges of plan lines, torn lines cut off), and
+statistics derived from the deployment rather than from what one process heard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from helpers import MIGRATION_ID, jsonio
+from helpers.apply import CHECKPOINT_FILE, BatchSizer, apply_dir, apply_plan, read_checkpoint, used_ratio
+from helpers.deployment import apply_batch, iter_documents
+from helpers.plan import CHANGING_ACTIONS, iter_plan_lines
+from helpers.transport import ConvexTransport
+
+from .corpus import _scene
+from .flow import migration_references, prepare, seed
+
+FIGURES = ("scenes_migrated", "sessions_migrated", "references_created", "already_applied", "conflicts")
+
+
+def figures(summary) -> tuple:  # noqa: ANN001
+    return (*(getattr(summary, name) for name in FIGURES), len(summary.errors))
+
+
+# --- the sizing policy ----------------------------------------------------------------------------------------
+
+events = st.lists(
+    st.one_of(
+        st.tuples(st.just("limit"), st.integers(1, 500)),
+        st.tuples(st.just("success"), st.floats(0, 2, allow_nan=False)),
+    ),
+    max_size=60,
+)
+
+
+@given(configured=st.integers(1, 500), history=events)
+def test_the_size_stays_between_one_and_the_configured_size(configured: int, history: list) -> None:
+    sizer = BatchSizer(configured)
+    for kind, value in history:
+        before = sizer.size
+        if kind == "limit":
+            sizer.after_limit(value)
+            assert sizer.size <= max(1, value // 2)
+        else:
+            sizer.after_success(sizer.size, value)
+            assert sizer.size >= before  # success never shrinks
+            if value > sizer.target_ratio:
+                assert sizer.size == before  # a busy call never grows the batch
+        assert 1 <= sizer.size <= configured
+        if sizer.failed_at is not None and sizer.failed_at > 1:
+            assert sizer.size < sizer.failed_at  # never back to a size that hit a limit
+
+
+@given(configured=st.integers(2, 500), failed=st.integers(2, 500), ratio=st.floats(0, 0.5))
+def test_calm_calls_grow_the_size_back_to_just_below_the_limit(configured: int, failed: int, ratio: float) -> None:
+    sizer = BatchSizer(configured)
+    sizer.after_limit(failed)
+    for _ in range(configured):
+        sizer.after_success(sizer.size, ratio)
+    assert sizer.size == min(configured, failed - 1)
+
+
+def test_halving_and_growing_by_the_room_left() -> None:
+    sizer = BatchSizer(200)
+    sizer.after_limit(200)
+    assert sizer.size == 100
+    sizer.after_success(100, 0.1)  # 10 % used: room for 5x, but not back to 200
+    assert sizer.size == 150
+    sizer.after_success(40, 0.0)  # a short batch (the plan's end) says nothing
+    assert sizer.size == 150
+
+
+def test_used_ratio_is_the_tightest_limit() -> None:
+    assert used_ratio(8_000, 0, 0.1) == 0.5
+    assert used_ratio(1, 8 * 1024 * 1024, 0.1) == 0.5
+    assert used_ratio(1, 0, 0.75) == 0.75
+
+
+# --- against a local deployment --------------------------------------------------------------------------------
+
+
+def apply(transport: ConvexTransport, run_dir: Path, **kwargs):  # noqa: ANN201
+    return apply_plan(transport, run_dir, confirm=True, show_progress=False, **kwargs)
+
+
+def test_a_torn_last_checkpoint_line_is_cut_off_and_resumed(transport: ConvexTransport, tmp_path: Path) -> None:
+    torn = tmp_path / "torn"
+    seed(transport, 60)
+    prepare(transport, torn)
+    path = apply_dir(torn) / CHECKPOINT_FILE
+    # Write the torn run's checkpoint as a killed apply would leave it: some batches, then half a line.
+    first = apply(transport, torn, batch_size=7)
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:3]) + lines[3][: len(lines[3]) // 2])
+    resumed = apply(transport, torn, batch_size=7)
+    content = path.read_bytes()
+    entries = [jsonio.loads(line) for line in content.splitlines()]  # every line is complete JSON
+    assert content.endswith(b"\n") and entries[-1] == {"complete": True} and not resumed.recheck
+    assert resumed.batches_resumed == 3 and figures(resumed) == figures(first)
+    assert read_checkpoint(path).complete
+    planned = sum(1 for line in iter_plan_lines(torn) if line["action"] in CHANGING_ACTIONS)
+    assert sum(len(e["results"]) for e in entries[:-1]) == planned  # each planned document answered once
+
+
+def test_a_document_someone_else_brought_to_its_target_state_is_not_counted_as_ours(transport: ConvexTransport, run_dir: Path) -> None:
+    seed(transport, 40)
+    prepare(transport, run_dir)
+    line = next(line for line in iter_plan_lines(run_dir) if line["action"] == "migrate" and line["table"] == "scenes" and line["references"])
+    item = {"table": line["table"], "id": line["id"], "expect": line["expect"], "expectAbsent": line["expectAbsent"],
+            "set": line["set"], "unset": [], "insertReferences": line["references"], "deleteReferences": []}
+    assert apply_batch(transport, MIGRATION_ID, "someone-elses-run", [item])[0]["outcome"] == "applied"
+    planned = [line for line in iter_plan_lines(run_dir) if line["action"] in CHANGING_ACTIONS]
+    summary = apply(transport, run_dir)
+    assert summary.passed and summary.statistics_confirmed is False
+    assert summary.already_applied == 1
+    assert summary.scenes_migrated + summary.sessions_migrated == len(planned) - 1
+    ours = [r for r in migration_references(transport) if r["metadata"]["runId"] == summary.run_id]
+    assert summary.references_created == len(ours) == sum(len(p["references"]) for p in planned) - len(line["references"])
+
+
+def test_batches_halve_on_a_convex_limit_and_grow_back(transport: ConvexTransport, run_dir: Path) -> None:
+    """Each scene is ~0.95 MB, so a batch of 24 writes more than the 16 MiB Convex allows per call."""
+    session = transport.function("sampleData:insertBatch", {"table": "videoSessions", "documents": [{"status": "pending"}]})["ids"][0]
+    for chunk in range(8):
+        scenes = [_scene(session, chunk * 6 + i, title="t" * 950_000) for i in range(6)]
+        transport.function("sampleData:insertBatch", {"table": "scenes", "documents": scenes})
+    prepare(transport, run_dir)
+    summary = apply(transport, run_dir, batch_size=24, concurrency=1)
+    assert summary.passed and summary.scenes_migrated == 48
+    lines = [jsonio.loads(raw) for raw in (apply_dir(run_dir) / CHECKPOINT_FILE).read_bytes().splitlines()][:-1]
+    limited = [line for line in lines if line["limit_hits"]]
+    assert limited and limited[0]["size"] > 17 and limited[0]["calls"] > 1  # halved and retried
+    after = lines[lines.index(limited[0]) + 1:]
+    assert after and all(line["size"] < limited[0]["size"] for line in after)  # never that size again
+    assert any(b["size"] > a["size"] for a, b in zip(after, after[1:]))  # grew back while there was room
+    assert sum(1 for d in iter_documents(transport, "scenes") if "videoAsset" in d) == 48
+
