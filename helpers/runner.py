@@ -79,9 +79,11 @@ class StepFailed(RunbookError):
 
 
 class Statistics(BaseModel):
-    """The figures the migration promises; planned counts when the run was a dry run."""
+    """The figures the migration promises; planned counts when the run was a dry run. Applied figures count
+    what the run folder's apply did in total, across resumes; `recheck` says the last apply only re-confirmed them."""
 
     planned: bool
+    recheck: bool = False
     scenes_migrated: int
     sessions_migrated: int
     asset_references_created: int
@@ -366,6 +368,7 @@ def statistics(run_dir: Path, *, wall_seconds: float) -> Statistics | None:
         summary = read_step_results(run_dir, APPLY_STEP).summary
         return Statistics(
             planned=False,
+            recheck=summary.get("recheck", False),
             scenes_migrated=summary["scenes_migrated"],
             sessions_migrated=summary["sessions_migrated"],
             asset_references_created=summary["references_created"],
