@@ -103,8 +103,8 @@ class ApplySummary(BaseModel):
     conflict_examples: list[Outcome] = Field(default_factory=list)
     #: Per table: documents migrated by this run ("applied"), already applied by others, conflicts, errors.
     outcomes: dict[str, dict[str, int]]
-    #: Per table: what the deployment answered to the batches this call sent (a resumed or re-sent batch
-    #: answers already_applied for what an earlier attempt of this run wrote).
+    #: Per table: the deployment's answers recorded in the checkpoint, across resumes (a batch re-sent after a
+    #: kill or a dropped response answers already_applied for what an earlier attempt of this run wrote).
     answers: dict[str, dict[str, int]] = Field(default_factory=dict)
     #: The references counted in the deployment equal those the plan gives the documents counted migrated.
     statistics_confirmed: bool = False
