@@ -325,11 +325,6 @@ class _Apply:
     def run(self) -> ApplySummary:
         checkpoint = read_checkpoint(self.checkpoint_path)
         recheck = checkpoint.complete or (self.out / f"{Path(CHECKPOINT_FILE).stem}.1.jsonl").exists()
-        if checkpoint.complete:
-            # A finished apply run again: keep its checkpoint as evidence and send the whole plan once more, so
-            # the deployment itself confirms every change; the figures, derived from the deployment, stay.
-            self.checkpoint_path.replace(_next_free(self.out, "checkpoint", ".jsonl"))
-            checkpoint = Checkpoint()
         round_trips_before = self.transport.round_trips
         started = time.monotonic()
         started_ms = int(time.time() * 1000)
@@ -350,6 +345,11 @@ class _Apply:
         except BaseException:
             release_lock(self.transport, MIGRATION_ID, self.run_id)  # refused before anything was sent or recorded
             raise
+        if checkpoint.complete:
+            # A finished apply run again: keep its checkpoint as evidence and send the whole plan once more, so
+            # the deployment itself confirms every change; the figures, derived from the deployment, stay.
+            self.checkpoint_path.replace(_next_free(self.out, "checkpoint", ".jsonl"))
+            checkpoint = Checkpoint()
         status = "failed"
         failure: BaseException | None = None
         try:
