@@ -8,8 +8,18 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from helpers import MIGRATION_ID, jsonio
-from helpers.apply import CHECKPOINT_FILE, BatchSizer, apply_dir, apply_plan, read_checkpoint, used_ratio
+import pytest
+
+from helpers import MIGRATION_ID, errors, jsonio
+from helpers.apply import (
+    CHECKPOINT_FILE,
+    BatchSizer,
+    apply_dir,
+    apply_plan,
+    check_no_apply_since_backup,
+    read_checkpoint,
+    used_ratio,
+)
 from helpers.deployment import apply_batch, iter_documents
 from helpers.plan import CHANGING_ACTIONS, iter_plan_lines
 from helpers.transport import ConvexTransport
@@ -76,6 +86,46 @@ def test_used_ratio_is_the_tightest_limit() -> None:
     assert used_ratio(8_000, 0, 0.1) == 0.5
     assert used_ratio(1, 8 * 1024 * 1024, 0.1) == 0.5
     assert used_ratio(1, 0, 0.75) == 0.75
+
+
+def checkpoint_line(start: int, end: int, outcome: str = "applied") -> bytes:
+    results = [{"id": f"d{n}", "table": "scenes", "outcome": outcome, "refs": 1} for n in range(start, end)]
+    return jsonio.dumps({"start": start, "end": end, "size": end - start, "calls": 1, "limit_hits": 0, "results": results}) + b"\n"
+
+
+def test_an_unreadable_checkpoint_line_and_all_after_it_are_cut_off(tmp_path: Path) -> None:
+    path = tmp_path / CHECKPOINT_FILE
+    good = checkpoint_line(0, 5) + checkpoint_line(10, 12, "conflict")
+    path.write_bytes(good + b"\x00\x00\x00\n" + checkpoint_line(5, 10))  # blocks a crash left unwritten
+    checkpoint = read_checkpoint(path)
+    assert path.read_bytes() == good
+    assert checkpoint.done == [(0, 5), (10, 12)] and checkpoint.lines_read == 2 and not checkpoint.complete
+    assert dict(checkpoint.figures().outcomes["scenes"]) == {"applied": 5, "conflict": 2}
+
+
+def test_answered_ranges_merge_whatever_order_batches_finished_in(tmp_path: Path) -> None:
+    path = tmp_path / CHECKPOINT_FILE
+    path.write_bytes(checkpoint_line(10, 20) + checkpoint_line(0, 10) + checkpoint_line(30, 40) + checkpoint_line(20, 25))
+    assert read_checkpoint(path).done == [(0, 25), (30, 40)]
+
+
+SNAPSHOT_NS = 1_700_000_000_000 * 1_000_000
+
+
+@pytest.mark.parametrize(("started", "finished", "refused"), [
+    (1_700_000_000_001, None, True),  # started after the snapshot (and perhaps still running)
+    (1_699_999_999_000, 1_700_000_000_500, True),  # began before, still writing after it (e.g. resumed)
+    (1_699_999_999_000, 1_699_999_999_900, False),  # over before the snapshot: its changes are in the backup
+])
+def test_an_apply_by_another_run_after_the_snapshot_makes_the_plan_stale(started: int, finished: int | None, refused: bool) -> None:
+    row = {"step": "03_apply", "runId": "other", "operator": "bob", "startedAt": started, **({"finishedAt": finished} if finished else {})}
+    mine = {**row, "runId": "mine", "startedAt": started + 10_000}
+    check_no_apply_since_backup([mine], "mine", SNAPSHOT_NS, "then")  # this run's own apply never counts
+    if refused:
+        with pytest.raises(errors.PreconditionFailed, match="after this run's backup"):
+            check_no_apply_since_backup([row], "mine", SNAPSHOT_NS, "then")
+    else:
+        check_no_apply_since_backup([row], "mine", SNAPSHOT_NS, "then")
 
 
 # --- against a local deployment --------------------------------------------------------------------------------
