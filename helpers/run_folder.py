@@ -40,11 +40,14 @@ def run_id(run_dir: Path) -> str:
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         record = {"run_id": f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(6)}"}
+        draft = path.with_name(f".{RUN_FILE}.{secrets.token_hex(4)}")
+        draft.write_bytes(jsonio.dumps(record))
         try:
-            with path.open("xb") as sink:  # exclusive create: a second caller reads the first one's id
-                sink.write(jsonio.dumps(record))
+            os.link(draft, path)  # appears whole or not at all; a second caller reads the first one's id
         except FileExistsError:
             pass
+        finally:
+            draft.unlink()
     return str(jsonio.loads(path.read_bytes())["run_id"])
 
 

@@ -92,6 +92,19 @@ def test_run_id_is_drawn_once_per_folder_and_differs_between_same_named_folders(
     assert alice.name not in run_id(alice)
 
 
+def test_callers_racing_to_draw_the_run_id_all_read_the_one_stored(tmp_path: Path) -> None:
+    for attempt in range(20):
+        folder = tmp_path / f"race-{attempt}"
+        seen: list[str] = []
+        threads = [threading.Thread(target=lambda: seen.append(run_id(folder))) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(seen) == 8 and len(set(seen)) == 1
+        assert sorted(p.name for p in folder.iterdir()) == ["run.json"]
+
+
 UNREACHABLE = "http://127.0.0.1:9"
 STEP_CALLS = {
     "take_backup": lambda t, d: take_backup(t, d, show_progress=False),
