@@ -44,6 +44,8 @@ from .transport import ConvexTransport, redact_url
 
 APPLY_DIR = "apply"
 APPLY_STEP = "03_apply"
+#: Steps whose ledger rows mean another run changed the documents: after this run's snapshot, its plan is stale.
+CHANGING_STEPS = frozenset({APPLY_STEP, "05_rollback"})
 CHECKPOINT_FILE = "checkpoint.jsonl"
 OUTCOMES_FILE = "outcomes.csv"
 LEASE_MS = 120_000
@@ -247,16 +249,17 @@ def check_preconditions(
 
 
 def check_no_apply_since_backup(ledger: list[dict[str, Any]], run_id: str, snapshot_ts_ns: int, snapshot_time: str) -> None:
-    """Refuses when another run's apply ran after this run's snapshot: the documents it changed are not what
-    this run's plan expects, so this plan is stale (its compare-and-set would turn them into conflicts)."""
+    """Refuses when another run's apply (or rollback) ran after this run's snapshot: the documents it changed are
+    not what this run's plan expects, so this plan is stale (its compare-and-set would turn them into conflicts)."""
     for row in ledger:
-        if row.get("step") != APPLY_STEP or row["runId"] == run_id:
+        if row.get("step") not in CHANGING_STEPS or row["runId"] == run_id:
             continue
         last_ms = max(row["startedAt"], row.get("finishedAt") or 0)
         if last_ms * 1_000_000 > snapshot_ts_ns:
             when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(last_ms / 1000))
+            did = "applied" if row["step"] == APPLY_STEP else "rolled back"
             raise PreconditionFailed(
-                f"Run {row['runId']} by {row['operator']} applied this migration at {when}, after this run's backup "
+                f"Run {row['runId']} by {row['operator']} {did} this migration at {when}, after this run's backup "
                 f"({snapshot_time}): this run's plan no longer describes the deployment. Nothing was sent.",
                 hint="Take a new backup and make a new plan in a new run folder (runbook run --url … starts one), then apply that.",
             )

@@ -121,11 +121,14 @@ def test_an_apply_by_another_run_after_the_snapshot_makes_the_plan_stale(started
     row = {"step": "03_apply", "runId": "other", "operator": "bob", "startedAt": started, **({"finishedAt": finished} if finished else {})}
     mine = {**row, "runId": "mine", "startedAt": started + 10_000}
     check_no_apply_since_backup([mine], "mine", SNAPSHOT_NS, "then")  # this run's own apply never counts
-    if refused:
-        with pytest.raises(errors.PreconditionFailed, match="after this run's backup"):
-            check_no_apply_since_backup([row], "mine", SNAPSHOT_NS, "then")
-    else:
-        check_no_apply_since_backup([row], "mine", SNAPSHOT_NS, "then")
+    verify_row = {**row, "step": "04_verify"}  # reading changes nothing
+    check_no_apply_since_backup([verify_row], "mine", SNAPSHOT_NS, "then")
+    for step, did in (("03_apply", "applied"), ("05_rollback", "rolled back")):
+        if refused:
+            with pytest.raises(errors.PreconditionFailed, match=f"{did} this migration .* after this run's backup"):
+                check_no_apply_since_backup([{**row, "step": step}], "mine", SNAPSHOT_NS, "then")
+        else:
+            check_no_apply_since_backup([{**row, "step": step}], "mine", SNAPSHOT_NS, "then")
 
 
 # --- against a local deployment --------------------------------------------------------------------------------
