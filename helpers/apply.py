@@ -128,6 +128,8 @@ class _Batch:
     start: int
     end: int
     items: list[dict[str, Any]]
+    writes: int
+    argument_bytes: int
 
 
 @dataclass
@@ -416,7 +418,7 @@ class _Apply:
                     for tried in limits:
                         sizer.after_limit(tried)
                     if not limits:
-                        sizer.after_success(len(batch.items), _batch_ratio(batch.items, seconds))
+                        sizer.after_success(len(batch.items), used_ratio(batch.writes, batch.argument_bytes, seconds))
                     tables = {item["id"]: (item["table"], len(item["insertReferences"])) for item in batch.items}
                     entries = [{**r, "table": tables[r["id"]][0], "refs": tables[r["id"]][1]} for r in results]
                     line = {"start": batch.start, "end": batch.end, "size": len(batch.items), "calls": calls,
@@ -491,11 +493,6 @@ class _Apply:
         )
 
 
-def _batch_ratio(items: list[dict[str, Any]], seconds: float) -> float:
-    writes = sum(1 + len(i["insertReferences"]) + len(i["deleteReferences"]) for i in items)
-    return used_ratio(writes, len(jsonio.dumps(items)), seconds)
-
-
 class _PlanBatches:
     """The plan's changes in plan order, cut into batches of the size asked for each time, skipping the plan
     lines a checkpoint already holds answers for (ranges of plan line numbers, so sizes may change freely)."""
@@ -537,7 +534,7 @@ class _PlanBatches:
             end = number + 1
             writes += item_writes
             argument_bytes += item_bytes
-        return _Batch(start, end, items) if items else None
+        return _Batch(start, end, items, writes, argument_bytes) if items else None
 
 
 def _item(line: dict[str, Any]) -> dict[str, Any]:
