@@ -321,6 +321,7 @@ class _Apply:
     override: bool
     show_progress: bool
     sent: int = 0
+    written: int = 0
     sizes: Counter[int] = field(default_factory=Counter)
 
     @property
@@ -372,10 +373,12 @@ class _Apply:
                 round_trips=self.transport.round_trips - round_trips_before, duration=time.monotonic() - started,
             )
             _write_outcomes(self.checkpoint_path, self.out / OUTCOMES_FILE)
+            # A re-check that wrote nothing leaves the apply's finish time: other runs' stale-plan check reads it.
+            finished_ms = None if recheck and not self.written else int(time.time() * 1000)
             try:
                 record_run(
                     self.transport, MIGRATION_ID, self.run_id, step=APPLY_STEP, status=status, operator=self.operator,
-                    startedAt=started_ms, finishedAt=int(time.time() * 1000), counts=_ledger_counts(summary),
+                    startedAt=started_ms, finishedAt=finished_ms, counts=_ledger_counts(summary),
                     details=jsonio.dumps({"recheck": recheck, "statistics_confirmed": summary.statistics_confirmed}).decode(),
                 )
                 release_lock(self.transport, MIGRATION_ID, self.run_id)
@@ -427,6 +430,7 @@ class _Apply:
                     sink.flush()
                     os.fsync(sink.fileno())
                     checkpoint.add(entries)
+                    self.written += sum(1 for e in entries if e["outcome"] == "applied")
                     self.sent += 1
                     self.sizes[len(batch.items)] += 1
                     bar.update(len(entries))

@@ -132,11 +132,14 @@ def test_rerun_of_a_finished_apply_is_a_recheck_that_keeps_the_figures(deploy_ke
         prepare(transport, run_dir)
         first = apply_plan(transport, run_dir, confirm=True, show_progress=False)
         assert_reported_like(clean_statistics, transport, run_dir, first, "first apply")
+        row = next(r for r in read_ledger(transport, MIGRATION_ID) if r["step"] == APPLY_STEP)
         for attempt in range(2):
             again = apply_plan(transport, run_dir, confirm=True, batch_size=23, show_progress=False)
             assert again.passed and again.recheck and not first.recheck
             assert sum(c.get("applied", 0) for c in again.answers.values()) == 0  # nothing was written again
             assert_reported_like(clean_statistics, transport, run_dir, again, f"re-check {attempt + 1}")
+            rechecked = next(r for r in read_ledger(transport, MIGRATION_ID) if r["step"] == APPLY_STEP)
+            assert (rechecked["startedAt"], rechecked["finishedAt"]) == (row["startedAt"], row["finishedAt"])
         assert (apply_dir(run_dir) / "checkpoint.1.jsonl").exists() and (apply_dir(run_dir) / "checkpoint.2.jsonl").exists()
 
 
