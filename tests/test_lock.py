@@ -217,8 +217,8 @@ def test_the_lease_is_renewed_while_a_slow_batch_is_in_flight(deploy_key: str, t
         thread = threading.Thread(target=contender)
         thread.start()
         try:
-            # Batches of one take 200–1000 ms each (the injected delay): most outlast the 500 ms lease.
-            summary = apply_plan(transport, run_dir, confirm=True, batch_size=1, concurrency=1, lease_ms=500, show_progress=False)
+            # Batches of one take 200–1000 ms each (the injected delay, seed 7: three take over 800 ms): longer than the 700 ms lease.
+            summary = apply_plan(transport, run_dir, confirm=True, batch_size=1, concurrency=1, lease_ms=700, show_progress=False)
         finally:
             done.set()
             thread.join()
