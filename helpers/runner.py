@@ -127,8 +127,9 @@ def _die_with(parent_pid: int, prctl: Any) -> None:
 class BoundKernelManager(AsyncKernelManager):
     """A notebook kernel that cannot outlive the process that started it. Jupyter starts kernels in their own
     session, so a runner killed with SIGKILL would leave its kernel running (and applying); on Linux the
-    kernel asks the OS to kill it when its parent dies (PR_SET_PDEATHSIG), ipykernel's own parent poller
-    (a 1 s poll) remains as the fallback elsewhere."""
+    kernel asks the OS to kill it when its parent dies (PR_SET_PDEATHSIG, strictly: when the thread that
+    started it ends, which is the thread executing the step, alive until the kernel is shut down);
+    ipykernel's own parent poller (a 1 s poll) remains as the fallback elsewhere."""
 
     async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
         if sys.platform.startswith("linux"):
