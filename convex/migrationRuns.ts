@@ -53,7 +53,8 @@ export const releaseLock = internalMutation({
   },
 });
 
-/** Upserts the ledger row of one step of one run. */
+/** Upserts the ledger row of one step of one run. The row keeps the step's first start: a resumed or
+ * re-checked apply is still the apply that began then (apply's stale-plan check reads it). */
 export const record = internalMutation({
   args: {
     migrationId: v.string(),
@@ -74,7 +75,7 @@ export const record = internalMutation({
       .collect();
     const existing = rows.find((row) => row.step === args.step);
     if (existing) {
-      await ctx.db.patch(existing._id, { ...args });
+      await ctx.db.patch(existing._id, { ...args, startedAt: Math.min(existing.startedAt, args.startedAt) });
     } else {
       await ctx.db.insert("migrationRuns", { kind: "run", ...args });
     }

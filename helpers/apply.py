@@ -2,20 +2,22 @@
 
 Correctness does not rest on the checkpoint: every item is a compare-and-set that the deployment decides
 from the document itself, so re-sending a batch is harmless (already_applied). The checkpoint only saves
-round trips on resume and keeps the statistics of the whole run across restarts.
+round trips on resume. The statistics are not what one process happened to hear either: they are derived
+from the deployment's last word on every planned document (in its target state or not) and confirmed by
+counting the asset references that carry this run's id, so kills, resumes, dropped responses and re-runs
+all report the same figures.
 """
 
 from __future__ import annotations
 
-import fcntl
 import getpass
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,20 +26,46 @@ from pydantic import BaseModel, Field
 
 from . import MIGRATION_ID, jsonio
 from .backup import backup_age, read_backup
-from .deployment import acquire_lock, apply_batch, record_run, release_lock, renew_lock
-from .errors import PreconditionFailed
-from .progress import progress
+from .deployment import (
+    acquire_lock,
+    apply_batch,
+    count_run_references,
+    read_ledger,
+    record_run,
+    release_lock,
+    renew_lock,
+    run_reference_entities,
+)
+from .errors import PreconditionFailed, RunbookError
 from .plan import CHANGING_ACTIONS, iter_plan_lines, read_plan
+from .progress import progress
+from .run_folder import locked_step, run_id as folder_run_id
 from .transport import ConvexTransport, redact_url
 
 APPLY_DIR = "apply"
+APPLY_STEP = "03_apply"
+#: Steps whose ledger rows mean another run changed the documents: after this run's snapshot, its plan is stale.
+CHANGING_STEPS = frozenset({APPLY_STEP, "05_rollback"})
 CHECKPOINT_FILE = "checkpoint.jsonl"
 OUTCOMES_FILE = "outcomes.csv"
 LEASE_MS = 120_000
-#: Convex allows 16,000 documents written and 16 MiB of arguments per function; stay well inside both.
-MAX_WRITES_PER_BATCH = 8_000
-MAX_ARGUMENT_BYTES = 4 * 1024 * 1024
+#: Convex allows 16,000 documents written and 16 MiB of arguments per function, and 1 s of execution.
+CONVEX_MAX_WRITES = 16_000
+CONVEX_MAX_ARGUMENT_BYTES = 16 * 1024 * 1024
+CONVEX_MAX_EXECUTION_S = 1.0
+#: Batches stay well inside the write and argument limits whatever their size.
+MAX_WRITES_PER_BATCH = CONVEX_MAX_WRITES // 2
+MAX_ARGUMENT_BYTES = CONVEX_MAX_ARGUMENT_BYTES // 4
 EXAMPLES = 10
+IN_TARGET = ("applied", "already_applied")
+
+
+class LeaseLost(PreconditionFailed):
+    hint = (
+        "Another run took the migration lock after this apply's lease ran out (it was paused or cut off). "
+        "Nothing more was sent and the checkpoint is valid: once the other run has finished, run apply again "
+        "in this run folder to resume (the deployment's ledger, migrationRuns, shows who holds the lock)."
+    )
 
 
 class Outcome(BaseModel):
@@ -48,9 +76,15 @@ class Outcome(BaseModel):
 
 
 class ApplySummary(BaseModel):
+    """What apply reports. The migrated/created figures count what this run did in total, across every
+    resume and re-run of it, as the deployment holds it; `recheck` says this call only re-confirmed them."""
+
     migration_id: str = MIGRATION_ID
     run_id: str
     status: str
+    #: True when the plan had already been applied completely by this run folder: this call re-sent it so the
+    #: deployment confirms every change; the figures stay those of the run that applied it.
+    recheck: bool = False
     plan_sha256: str
     backup_sha256: str
     backup_age_hours: float
@@ -58,16 +92,28 @@ class ApplySummary(BaseModel):
     deployment_url: str
     operator: str
     planned_changes: int
+    #: Planned documents now in their target state because this run migrated them (not someone else).
     scenes_migrated: int
     sessions_migrated: int
+    #: Asset references in the deployment that carry this run's id.
     references_created: int
+    references_by_entity_type: dict[str, int] = Field(default_factory=dict)
+    #: Planned documents found in their target state that this run did not write (someone else did).
     already_applied: int
     conflicts: int
     errors: list[Outcome] = Field(default_factory=list)
     conflict_examples: list[Outcome] = Field(default_factory=list)
+    #: Per table: documents migrated by this run ("applied"), already applied by others, conflicts, errors.
     outcomes: dict[str, dict[str, int]]
+    #: Per table: the deployment's answers recorded in the checkpoint, across resumes (a batch re-sent after a
+    #: kill or a dropped response answers already_applied for what an earlier attempt of this run wrote).
+    answers: dict[str, dict[str, int]] = Field(default_factory=dict)
+    #: The references counted in the deployment equal those the plan gives the documents counted migrated.
+    statistics_confirmed: bool = False
     batches_sent: int
     batches_resumed: int
+    batch_sizes: dict[str, int] = Field(default_factory=dict)
+    lease_ms: int = LEASE_MS
     round_trips: int
     duration_s: float
 
@@ -78,8 +124,102 @@ class ApplySummary(BaseModel):
 
 @dataclass(frozen=True)
 class _Batch:
-    index: int
+    #: Plan line numbers (0-based) of the batch's first item and one past its last item.
+    start: int
+    end: int
     items: list[dict[str, Any]]
+    writes: int
+    argument_bytes: int
+
+
+@dataclass
+class BatchSizer:
+    """Adaptive batch size, after get-convex/migrations: a batch that hits a Convex limit is halved (and the
+    size that failed is remembered as a ceiling); a batch that used at most half of every limit lets the
+    size grow toward the configured one, in proportion to the room left, but never back to a failed size."""
+
+    configured: int
+    size: int = 0
+    failed_at: int | None = None
+    target_ratio: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.configured < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.size = self.size or self.configured
+
+    def after_limit(self, tried: int) -> None:
+        self.size = max(1, min(self.size, tried // 2))
+        self.failed_at = tried if self.failed_at is None else min(self.failed_at, tried)
+
+    def after_success(self, sent: int, used_ratio: float) -> None:
+        if sent < self.size or used_ratio > self.target_ratio:
+            return  # a short batch (the plan's end) or a busy call says nothing about room to grow
+        room = self.size * self.target_ratio / used_ratio if used_ratio > 0 else self.size + 1
+        grown = max(self.size + 1, int(min(room, self.configured)))
+        if self.failed_at is not None and grown >= self.failed_at:
+            grown = max(self.size, min((self.size + self.failed_at) // 2, self.failed_at - 1))
+        self.size = max(1, min(grown, self.configured))
+
+
+def used_ratio(writes: int, argument_bytes: int, seconds: float) -> float:
+    """The share of Convex's per-call limits one batch used, by its tightest limit (wall time stands in for
+    execution time: it includes the network, so it errs on the side of smaller batches)."""
+    return max(writes / CONVEX_MAX_WRITES, argument_bytes / CONVEX_MAX_ARGUMENT_BYTES, seconds / CONVEX_MAX_EXECUTION_S)
+
+
+class _Lease:
+    """The deployment lock's lease, renewed in the background every lease/3, also while batches are in flight.
+    `ensure()` is called before anything is sent: it fails once a renewal was refused, and renews first when
+    the last confirmed renewal may have run out (a paused process must not send on an expired lease)."""
+
+    def __init__(self, transport: ConvexTransport, run_id: str, lease_ms: int, granted_at: float) -> None:
+        self.transport = transport
+        self.run_id = run_id
+        self.lease_s = lease_ms / 1000
+        self.lease_ms = lease_ms
+        self.valid_until = granted_at + self.lease_s
+        self.lost: LeaseLost | None = None
+        self._guard = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew_periodically, name="lease-renewal", daemon=True)
+
+    def __enter__(self) -> _Lease:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def ensure(self) -> None:
+        if self.lost is None and time.monotonic() > self.valid_until - self.lease_s / 3:
+            self.renew()
+        if self.lost is not None:
+            raise self.lost
+
+    def renew(self) -> None:
+        with self._guard:
+            if self.lost is not None:
+                return
+            asked_at = time.monotonic()
+            answer = renew_lock(self.transport, MIGRATION_ID, self.run_id, self.lease_ms)
+            if answer.get("renewed"):
+                self.valid_until = asked_at + self.lease_s
+            else:
+                self.lost = LeaseLost(
+                    f"lease lost: run {self.run_id} no longer holds the migration lock (its lease of "
+                    f"{self.lease_s:g} s ran out and another run took it); apply stopped and sent nothing more."
+                )
+
+    def _renew_periodically(self) -> None:
+        while not self._stop.wait(self.lease_s / 3):
+            try:
+                self.renew()
+            except RunbookError:
+                pass  # a failed renewal is retried; ensure() renews before sending once the lease may be gone
+            if self.lost is not None:
+                return
 
 
 def apply_dir(run_dir: Path) -> Path:
@@ -110,6 +250,24 @@ def check_preconditions(
     return plan, backup, age
 
 
+def check_no_apply_since_backup(ledger: list[dict[str, Any]], run_id: str, snapshot_ts_ns: int, snapshot_time: str) -> None:
+    """Refuses when another run's apply (or rollback) ran after this run's snapshot: the documents it changed are
+    not what this run's plan expects, so this plan is stale (its compare-and-set would turn them into conflicts)."""
+    for row in ledger:
+        if row.get("step") not in CHANGING_STEPS or row["runId"] == run_id:
+            continue
+        last_ms = max(row["startedAt"], row.get("finishedAt") or 0)
+        if last_ms * 1_000_000 > snapshot_ts_ns:
+            when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(last_ms / 1000))
+            did = "applied" if row["step"] == APPLY_STEP else "rolled back"
+            raise PreconditionFailed(
+                f"Run {row['runId']} by {row['operator']} {did} this migration at {when}, after this run's backup "
+                f"({snapshot_time}): this run's plan no longer describes the deployment. Nothing was sent.",
+                hint="Take a new backup and make a new plan in a new run folder (runbook run --url … starts one), then apply that.",
+            )
+
+
+@locked_step(APPLY_STEP)
 def apply_plan(
     transport: ConvexTransport,
     run_dir: Path,
@@ -122,6 +280,7 @@ def apply_plan(
     allow_stale_backup: bool = False,
     operator: str | None = None,
     show_progress: bool = True,
+    lease_ms: int = LEASE_MS,
 ) -> ApplySummary:
     """Executes the plan of `run_dir`; returns the statistics the migration's README promises."""
     plan, backup, age = check_preconditions(
@@ -132,151 +291,254 @@ def apply_plan(
             f"Not confirmed: {plan.changes} documents of {redact_url(transport.url)} would change. Nothing was changed.",
             hint="Confirm with the button (interactive) or run with confirm=True (papermill -p confirm True).",
         )
-    if batch_size < 1 or concurrency < 1:
-        raise ValueError("batch_size and concurrency must be at least 1")
-
-    run_id = Path(run_dir).resolve().name
-    operator = operator or os.environ.get("RUNBOOK_OPERATOR") or getpass.getuser()
+    if batch_size < 1 or concurrency < 1 or lease_ms < 1:
+        raise ValueError("batch_size, concurrency and lease_ms must be at least 1")
     out = apply_dir(run_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with _run_folder_lock(out):
-        return _apply_locked(transport, run_dir, out, plan, backup, age, run_id=run_id, operator=operator,
-                             batch_size=batch_size, concurrency=concurrency, error_budget=error_budget,
-                             max_backup_age_hours=max_backup_age_hours, allow_stale_backup=allow_stale_backup,
-                             show_progress=show_progress)
+    return _Apply(
+        transport, Path(run_dir), out, plan, backup, age,
+        run_id=folder_run_id(run_dir),
+        operator=operator or os.environ.get("RUNBOOK_OPERATOR") or getpass.getuser(),
+        batch_size=batch_size, concurrency=concurrency, error_budget=error_budget, lease_ms=lease_ms,
+        override=allow_stale_backup and age > timedelta(hours=max_backup_age_hours), show_progress=show_progress,
+    ).run()
 
 
-@contextmanager
-def _run_folder_lock(out: Path) -> Iterator[None]:
-    """One apply per run folder on this machine. The run id is the folder's name, so a resumed apply may take
-    the deployment's lock again at once; this local lock (freed by the kernel when a process dies) stops two
-    live processes from sharing it."""
-    with (out / "apply.lock").open("w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+@dataclass
+class _Apply:
+    transport: ConvexTransport
+    run_dir: Path
+    out: Path
+    plan: Any
+    backup: Any
+    age: timedelta
+    run_id: str
+    operator: str
+    batch_size: int
+    concurrency: int
+    error_budget: int
+    lease_ms: int
+    override: bool
+    show_progress: bool
+    sent: int = 0
+    written: int = 0
+    sizes: Counter[int] = field(default_factory=Counter)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / CHECKPOINT_FILE
+
+    def run(self) -> ApplySummary:
+        checkpoint = read_checkpoint(self.checkpoint_path)
+        recheck = checkpoint.complete or (self.out / f"{Path(CHECKPOINT_FILE).stem}.1.jsonl").exists()
+        round_trips_before = self.transport.round_trips
+        started = time.monotonic()
+        started_ms = int(time.time() * 1000)
+
+        asked_at = time.monotonic()
+        lock = acquire_lock(self.transport, MIGRATION_ID, self.run_id, self.operator, self.lease_ms)
+        if not lock["acquired"]:
+            holder = lock["holder"]
             raise PreconditionFailed(
-                f"Another apply is running in {out.parent} right now.",
-                hint="Wait for it to finish; a second apply of the same plan would only report already_applied.",
-            ) from None
-        yield
+                f"Another apply holds the migration lock: run {holder['runId']} by {holder['operator']}, "
+                f"lease until {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(holder['expiresAt'] / 1000))}.",
+                hint="Wait for it to finish (or for its lease to expire if it was killed), then run apply again.",
+            )
+        try:
+            check_no_apply_since_backup(
+                read_ledger(self.transport, MIGRATION_ID), self.run_id, self.backup.snapshot_ts, self.backup.snapshot_time
+            )
+        except BaseException:
+            release_lock(self.transport, MIGRATION_ID, self.run_id)  # refused before anything was sent or recorded
+            raise
+        if checkpoint.complete:
+            # A finished apply run again: keep its checkpoint as evidence and send the whole plan once more, so
+            # the deployment itself confirms every change; the figures, derived from the deployment, stay.
+            self.checkpoint_path.replace(_next_free(self.out, "checkpoint", ".jsonl"))
+            checkpoint = Checkpoint()
+        status = "failed"
+        failure: BaseException | None = None
+        try:
+            record_run(self.transport, MIGRATION_ID, self.run_id, step=APPLY_STEP, status="running",
+                       operator=self.operator, startedAt=started_ms)
+            with _Lease(self.transport, self.run_id, self.lease_ms, asked_at) as lease:
+                exhausted = self._send_plan(checkpoint, lease)
+            status = "passed" if exhausted and checkpoint.errors <= self.error_budget else "failed"
+        except BaseException as error:
+            failure = error
+            raise
+        finally:
+            summary = self._summary(
+                status=status, recheck=recheck, checkpoint=checkpoint, count_references=failure is None,
+                round_trips=self.transport.round_trips - round_trips_before, duration=time.monotonic() - started,
+            )
+            _write_outcomes(self.checkpoint_path, self.out / OUTCOMES_FILE)
+            # A re-check that wrote nothing leaves the apply's finish time: other runs' stale-plan check reads it.
+            finished_ms = None if recheck and not self.written else int(time.time() * 1000)
+            try:
+                record_run(
+                    self.transport, MIGRATION_ID, self.run_id, step=APPLY_STEP, status=status, operator=self.operator,
+                    startedAt=started_ms, finishedAt=finished_ms, counts=_ledger_counts(summary),
+                    details=jsonio.dumps({"recheck": recheck, "statistics_confirmed": summary.statistics_confirmed}).decode(),
+                )
+                release_lock(self.transport, MIGRATION_ID, self.run_id)
+            except RunbookError:
+                if failure is None:
+                    raise  # otherwise the deployment's failure is already on its way to the operator
+        return summary
 
-
-def _apply_locked(transport: ConvexTransport, run_dir: Path, out: Path, plan: Any, backup: Any, age: timedelta, *,
-                  run_id: str, operator: str, batch_size: int, concurrency: int, error_budget: int,
-                  max_backup_age_hours: float, allow_stale_backup: bool, show_progress: bool) -> ApplySummary:
-    checkpoint_path = out / CHECKPOINT_FILE
-    done, tally, complete = _read_checkpoint(checkpoint_path)
-    if complete:
-        # A finished apply run again: keep its checkpoint as evidence and send the whole plan once more, so
-        # the deployment itself confirms every change (already_applied) instead of the checkpoint.
-        checkpoint_path.replace(_next_free(out, "checkpoint", ".jsonl"))
-        done, tally = set(), {}
-    round_trips_before = transport.round_trips
-    started = time.monotonic()
-    started_ms = int(time.time() * 1000)
-
-    lock = acquire_lock(transport, MIGRATION_ID, run_id, operator, LEASE_MS)
-    if not lock["acquired"]:
-        holder = lock["holder"]
-        raise PreconditionFailed(
-            f"Another apply holds the migration lock: run {holder['runId']} by {holder['operator']}, "
-            f"lease until {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(holder['expiresAt'] / 1000))}.",
-            hint="Wait for it to finish (or for its lease to expire if it was killed), then run apply again.",
-        )
-    record_run(transport, MIGRATION_ID, run_id, step="03_apply", status="running", operator=operator, startedAt=started_ms)
-    sent = 0
-    status = "failed"
-    try:
-        bar = progress(desc="apply", total=plan.changes, initial=sum(sum(c.values()) for c in tally.values()), show=show_progress)
-        last_renew = time.monotonic()
-        with checkpoint_path.open("ab") as checkpoint, ThreadPoolExecutor(max_workers=concurrency) as pool:
-            in_flight: dict[Future[list[dict[str, Any]]], _Batch] = {}
-            batches = (b for b in _batches(run_dir, batch_size) if b.index not in done)
-            exhausted = False
+    def _send_plan(self, checkpoint: Checkpoint, lease: _Lease) -> bool:
+        """Sends every batch not in the checkpoint; True when the plan was sent to its end."""
+        sizer = BatchSizer(self.batch_size)
+        batches = _PlanBatches(self.run_dir, checkpoint.done)
+        bar = progress(desc="apply", total=self.plan.changes, initial=checkpoint.answered, show=self.show_progress)
+        stopped: LeaseLost | None = None
+        exhausted = False
+        with self.checkpoint_path.open("ab") as sink, ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            in_flight: dict[Future[tuple[list[dict[str, Any]], list[int], int, float]], _Batch] = {}
             while True:
-                over_budget = _error_count(tally) > error_budget
-                while not exhausted and not over_budget and len(in_flight) < concurrency:
-                    batch = next(batches, None)
+                while stopped is None and not exhausted and checkpoint.errors <= self.error_budget and len(in_flight) < self.concurrency:
+                    try:
+                        lease.ensure()
+                    except LeaseLost as lost:
+                        stopped = lost
+                        break
+                    batch = batches.next(sizer.size)
                     if batch is None:
                         exhausted = True
                         break
-                    in_flight[pool.submit(apply_batch, transport, MIGRATION_ID, run_id, batch.items)] = batch
+                    in_flight[pool.submit(self._send, batch, lease)] = batch
                 if not in_flight:
                     break
                 finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                 for future in finished:
                     batch = in_flight.pop(future)
-                    results = future.result()
-                    tables = {item["id"]: item["table"] for item in batch.items}
-                    entries = [{**r, "table": tables[r["id"]]} for r in results]
-                    checkpoint.write(jsonio.dumps({"batch": batch.index, "results": entries}) + b"\n")
-                    checkpoint.flush()
-                    os.fsync(checkpoint.fileno())
-                    _count(tally, entries)
-                    sent += 1
+                    try:
+                        results, limits, calls, seconds = future.result()
+                    except LeaseLost as lost:
+                        stopped = stopped or lost
+                        continue
+                    for tried in limits:
+                        sizer.after_limit(tried)
+                    if not limits:
+                        sizer.after_success(len(batch.items), used_ratio(batch.writes, batch.argument_bytes, seconds))
+                    tables = {item["id"]: (item["table"], len(item["insertReferences"])) for item in batch.items}
+                    entries = [{**r, "table": tables[r["id"]][0], "refs": tables[r["id"]][1]} for r in results]
+                    line = {"start": batch.start, "end": batch.end, "size": len(batch.items), "calls": calls,
+                            "limit_hits": len(limits), "results": entries}
+                    sink.write(jsonio.dumps(line) + b"\n")
+                    sink.flush()
+                    os.fsync(sink.fileno())
+                    checkpoint.add(entries)
+                    self.written += sum(1 for e in entries if e["outcome"] == "applied")
+                    self.sent += 1
+                    self.sizes[len(batch.items)] += 1
                     bar.update(len(entries))
-                if time.monotonic() - last_renew > LEASE_MS / 3000:
-                    renew_lock(transport, MIGRATION_ID, run_id, LEASE_MS)
-                    last_renew = time.monotonic()
-            if exhausted:
-                checkpoint.write(jsonio.dumps({"complete": True}) + b"\n")
+            if exhausted and stopped is None:
+                sink.write(jsonio.dumps({"complete": True}) + b"\n")
         bar.close()
-        errors_total = _error_count(tally)
-        status = "passed" if errors_total <= error_budget and exhausted else "failed"
-    finally:
-        summary = _summary(
-            run_id=run_id,
+        if stopped is not None:
+            raise stopped
+        return exhausted
+
+    def _send(self, batch: _Batch, lease: _Lease) -> tuple[list[dict[str, Any]], list[int], int, float]:
+        """One batch (split by the deployment helper when it hits a limit), with the limits it hit and its calls."""
+        limits: list[int] = []
+        calls = 0
+
+        def before_call() -> None:
+            nonlocal calls
+            lease.ensure()
+            calls += 1
+
+        began = time.monotonic()
+        results = apply_batch(self.transport, MIGRATION_ID, self.run_id, batch.items, on_limit=limits.append, before_call=before_call)
+        return results, limits, calls, time.monotonic() - began
+
+    def _summary(self, *, status: str, recheck: bool, checkpoint: Checkpoint, count_references: bool,
+                 round_trips: int, duration: float) -> ApplySummary:
+        by_type: Counter[str] | None = None
+        if count_references:
+            by_type = count_run_references(self.transport, MIGRATION_ID, self.run_id)
+        figures = checkpoint.figures()
+        confirmed = by_type is not None and sum(by_type.values()) == figures.planned_references
+        if by_type is not None and not confirmed:
+            # Some document reached its target state without this run's references: attribute each one.
+            figures = read_checkpoint(self.checkpoint_path, ours=run_reference_entities(self.transport, MIGRATION_ID, self.run_id)).figures()
+        tables = {table: dict(c) for table, c in figures.outcomes.items()}
+        return ApplySummary(
+            run_id=self.run_id,
             status=status,
-            plan=plan,
-            backup=backup,
-            age=age,
-            override=allow_stale_backup and age > timedelta(hours=max_backup_age_hours),
-            url=transport.url,
-            operator=operator,
-            tally=tally,
-            checkpoint_path=checkpoint_path,
-            sent=sent,
-            resumed=len(done),
-            round_trips=transport.round_trips - round_trips_before,
-            duration=time.monotonic() - started,
+            recheck=recheck,
+            plan_sha256=self.plan.plan_sha256,
+            backup_sha256=self.backup.sha256,
+            backup_age_hours=round(self.age.total_seconds() / 3600, 3),
+            backup_age_override=self.override,
+            deployment_url=redact_url(self.transport.url),
+            operator=self.operator,
+            planned_changes=self.plan.changes,
+            scenes_migrated=tables.get("scenes", {}).get("applied", 0),
+            sessions_migrated=tables.get("videoSessions", {}).get("applied", 0),
+            references_created=sum(by_type.values()) if by_type is not None else figures.planned_references,
+            references_by_entity_type=dict(by_type or {}),
+            already_applied=sum(c.get("already_applied", 0) for c in tables.values()),
+            conflicts=sum(c.get("conflict", 0) for c in tables.values()),
+            errors=list(_iter_outcomes(self.checkpoint_path, {"error"})),
+            conflict_examples=[o for _, o in zip(range(EXAMPLES), _iter_outcomes(self.checkpoint_path, {"conflict"}))],
+            outcomes=tables,
+            answers={table: dict(c) for table, c in checkpoint.answers.items()},
+            statistics_confirmed=confirmed,
+            batches_sent=self.sent,
+            batches_resumed=checkpoint.lines_read,
+            batch_sizes={str(size): n for size, n in sorted(self.sizes.items())},
+            lease_ms=self.lease_ms,
+            round_trips=round_trips,
+            duration_s=round(duration, 3),
         )
-        _write_outcomes(checkpoint_path, out / OUTCOMES_FILE)
-        record_run(
-            transport,
-            MIGRATION_ID,
-            run_id,
-            step="03_apply",
-            status=status,
-            operator=operator,
-            startedAt=started_ms,
-            finishedAt=int(time.time() * 1000),
-            counts=_ledger_counts(summary),
-        )
-        release_lock(transport, MIGRATION_ID, run_id)
-    return summary
 
 
-def _batches(run_dir: Path, batch_size: int) -> Iterator[_Batch]:
-    """Deterministic batches of the plan's changes: the same plan and batch size give the same batch indices."""
-    items: list[dict[str, Any]] = []
-    writes = size = 0
-    index = 0
-    for line in iter_plan_lines(run_dir):
-        if line["action"] not in CHANGING_ACTIONS:
-            continue
-        item = _item(line)
-        item_writes = 1 + len(item["insertReferences"]) + len(item["deleteReferences"])
-        item_size = len(jsonio.dumps(item))
-        if items and (len(items) >= batch_size or writes + item_writes > MAX_WRITES_PER_BATCH or size + item_size > MAX_ARGUMENT_BYTES):
-            yield _Batch(index, items)
-            index += 1
-            items, writes, size = [], 0, 0
-        items.append(item)
-        writes += item_writes
-        size += item_size
-    if items:
-        yield _Batch(index, items)
+class _PlanBatches:
+    """The plan's changes in plan order, cut into batches of the size asked for each time, skipping the plan
+    lines a checkpoint already holds answers for (ranges of plan line numbers, so sizes may change freely)."""
+
+    def __init__(self, run_dir: Path, done: list[tuple[int, int]]) -> None:
+        self._lines = self._pending(run_dir, done)
+        self._held: tuple[int, dict[str, Any]] | None = None
+
+    @staticmethod
+    def _pending(run_dir: Path, done: list[tuple[int, int]]) -> Iterator[tuple[int, dict[str, Any]]]:
+        ranges = iter(done)
+        current = next(ranges, None)
+        for number, line in enumerate(iter_plan_lines(run_dir)):
+            while current is not None and number >= current[1]:
+                current = next(ranges, None)
+            if current is not None and current[0] <= number:
+                continue
+            if line["action"] in CHANGING_ACTIONS:
+                yield number, _item(line)
+
+    def next(self, size: int) -> _Batch | None:
+        items: list[dict[str, Any]] = []
+        start = end = 0
+        writes = argument_bytes = 0
+        while len(items) < size:
+            entry = self._held or next(self._lines, None)
+            self._held = None
+            if entry is None:
+                break
+            number, item = entry
+            item_writes = 1 + len(item["insertReferences"]) + len(item["deleteReferences"])
+            item_bytes = len(jsonio.dumps(item))
+            if items and (writes + item_writes > MAX_WRITES_PER_BATCH or argument_bytes + item_bytes > MAX_ARGUMENT_BYTES):
+                self._held = entry
+                break
+            if not items:
+                start = number
+            items.append(item)
+            end = number + 1
+            writes += item_writes
+            argument_bytes += item_bytes
+        return _Batch(start, end, items, writes, argument_bytes) if items else None
 
 
 def _item(line: dict[str, Any]) -> dict[str, Any]:
@@ -293,26 +555,93 @@ def _item(line: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _read_checkpoint(path: Path) -> tuple[set[int], dict[str, Counter[str]], bool]:
-    """Batches already answered by the deployment, their counts, and whether that run finished.
-    A torn last line (a kill mid-write) is ignored: its batch is simply sent again."""
-    done: set[int] = set()
-    tally: dict[str, Counter[str]] = {}
-    complete = False
+@dataclass
+class Figures:
+    outcomes: dict[str, Counter[str]]
+    planned_references: int
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint file holds, in bounded memory: the plan line ranges answered (merged), the
+    deployment's answers per table, and the derived figures. `ours`, when given, names the documents that
+    hold references of this run: an already_applied document with planned references outside it was put in
+    its target state by someone else."""
+
+    ours: set[str] | None = None
+    done: list[tuple[int, int]] = field(default_factory=list)
+    answers: dict[str, Counter[str]] = field(default_factory=dict)
+    derived: dict[str, Counter[str]] = field(default_factory=dict)
+    planned_references: int = 0
+    complete: bool = False
+    lines_read: int = 0
+
+    @property
+    def answered(self) -> int:
+        return sum(sum(c.values()) for c in self.answers.values())
+
+    @property
+    def errors(self) -> int:
+        return sum(c["error"] for c in self.answers.values())
+
+    def add_range(self, start: int, end: int) -> None:
+        self.done.append((start, end))
+        self.done.sort()
+        merged: list[tuple[int, int]] = []
+        for low, high in self.done:
+            if merged and low <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], high))
+            else:
+                merged.append((low, high))
+        self.done = merged
+
+    def add(self, entries: list[dict[str, Any]]) -> None:
+        for entry in entries:
+            outcome = entry["outcome"]
+            self.answers.setdefault(entry["table"], Counter())[outcome] += 1
+            if outcome in IN_TARGET:
+                refs = entry.get("refs", 0)
+                if outcome == "already_applied" and self.ours is not None and refs and entry["id"] not in self.ours:
+                    derived = "already_applied"
+                else:
+                    derived = "applied"  # in its target state, which it was not at plan time: this run did it
+                    self.planned_references += refs
+            else:
+                derived = outcome
+            self.derived.setdefault(entry["table"], Counter())[derived] += 1
+
+    def figures(self) -> Figures:
+        return Figures(self.derived, self.planned_references)
+
+
+def read_checkpoint(path: Path, ours: set[str] | None = None) -> Checkpoint:
+    """The checkpoint's contents. A torn or unreadable line (a kill mid-write) and everything after it is cut
+    off the file, so appending continues after the last complete line and its batches are simply sent again."""
+    checkpoint = Checkpoint(ours=ours)
     if not path.exists():
-        return done, tally, complete
+        return checkpoint
+    good_until = 0
     with path.open("rb") as source:
         for raw in source:
+            if not raw.endswith(b"\n"):
+                break
             try:
                 entry = jsonio.loads(raw)
             except ValueError:
                 break
+            good_until += len(raw)
             if entry.get("complete"):
-                complete = True
+                checkpoint.complete = True
                 continue
-            done.add(entry["batch"])
-            _count(tally, entry["results"])
-    return done, tally, complete
+            checkpoint.lines_read += 1
+            checkpoint.add_range(entry["start"], entry["end"])
+            checkpoint.add(entry["results"])
+    if good_until < path.stat().st_size:
+        with path.open("r+b") as sink:
+            sink.truncate(good_until)
+            sink.flush()
+            os.fsync(sink.fileno())
+    return checkpoint
 
 
 def _next_free(folder: Path, stem: str, suffix: str) -> Path:
@@ -320,16 +649,6 @@ def _next_free(folder: Path, stem: str, suffix: str) -> Path:
     while (folder / f"{stem}.{n}{suffix}").exists():
         n += 1
     return folder / f"{stem}.{n}{suffix}"
-
-
-def _count(tally: dict[str, Counter[str]], entries: list[dict[str, Any]]) -> None:
-    for entry in entries:
-        tally.setdefault(entry["table"], Counter())[entry["outcome"]] += 1
-        tally.setdefault("_references", Counter())["created"] += len(entry.get("referenceIds", ()))
-
-
-def _error_count(tally: dict[str, Counter[str]]) -> int:
-    return sum(c["error"] for table, c in tally.items() if not table.startswith("_"))
 
 
 def _iter_outcomes(checkpoint_path: Path, wanted: set[str]) -> Iterator[Outcome]:
@@ -357,36 +676,6 @@ def _write_outcomes(checkpoint_path: Path, csv_path: Path) -> None:
             writer.writerow([o.table, o.id, o.outcome, o.message])
 
 
-def _summary(*, run_id, status, plan, backup, age, override, url, operator, tally, checkpoint_path, sent, resumed, round_trips, duration) -> ApplySummary:  # noqa: ANN001
-    def outcome(table: str, name: str) -> int:
-        return tally.get(table, Counter())[name]
-
-    tables = {table: dict(c) for table, c in tally.items() if not table.startswith("_")}
-    return ApplySummary(
-        run_id=run_id,
-        status=status,
-        plan_sha256=plan.plan_sha256,
-        backup_sha256=backup.sha256,
-        backup_age_hours=round(age.total_seconds() / 3600, 3),
-        backup_age_override=override,
-        deployment_url=redact_url(url),
-        operator=operator,
-        planned_changes=plan.changes,
-        scenes_migrated=outcome("scenes", "applied"),
-        sessions_migrated=outcome("videoSessions", "applied"),
-        references_created=tally.get("_references", Counter())["created"],
-        already_applied=sum(c.get("already_applied", 0) for c in tables.values()),
-        conflicts=sum(c.get("conflict", 0) for c in tables.values()),
-        errors=list(_iter_outcomes(checkpoint_path, {"error"})),
-        conflict_examples=[o for _, o in zip(range(EXAMPLES), _iter_outcomes(checkpoint_path, {"conflict"}))],
-        outcomes=tables,
-        batches_sent=sent,
-        batches_resumed=resumed,
-        round_trips=round_trips,
-        duration_s=round(duration, 3),
-    )
-
-
 def _ledger_counts(summary: ApplySummary) -> dict[str, int]:
     return {
         "scenesMigrated": summary.scenes_migrated,
@@ -396,3 +685,4 @@ def _ledger_counts(summary: ApplySummary) -> dict[str, int]:
         "conflicts": summary.conflicts,
         "errors": len(summary.errors),
     }
+

@@ -24,6 +24,7 @@ from . import values
 from .archive import sha256_file, write_json_atomic
 from .errors import ExportCanceled, ExportFailed, ExportInProgress, PreconditionFailed, RunbookError, TransientFailure
 from .progress import progress
+from .run_folder import locked_step
 from .transport import ConvexTransport, redact_url
 
 BACKUP_DIR = "backup"
@@ -56,6 +57,7 @@ def backup_dir(run_dir: Path) -> Path:
     return Path(run_dir) / BACKUP_DIR
 
 
+@locked_step("01_backup_snapshot")
 def take_backup(
     transport: ConvexTransport,
     run_dir: Path,

@@ -21,6 +21,7 @@ from .deployment import iter_documents
 from .errors import PreconditionFailed
 from .progress import progress
 from .rules import CHANGING_ACTIONS
+from .run_folder import locked_step
 from .transport import ConvexTransport, redact_url
 
 PLAN_DIR = "plan"
@@ -102,6 +103,7 @@ def _key_digest(key: str) -> bytes:
     return hashlib.blake2b(key.encode(), digest_size=12).digest()
 
 
+@locked_step("02_dry_run")
 def build_plan(
     transport: ConvexTransport,
     run_dir: Path,

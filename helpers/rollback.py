@@ -24,6 +24,7 @@ from .deployment import apply_batch, iter_documents
 from .errors import PreconditionFailed
 from .fields import MIGRATED_TABLES
 from .plan import CHANGING_ACTIONS, iter_plan_lines, read_plan
+from .run_folder import locked_step
 from .transport import ConvexTransport
 from .values import digest
 
@@ -159,6 +160,7 @@ def iter_rollback_items(run_dir: Path, mode: Mode) -> Iterator[dict[str, Any]]:
             yield jsonio.loads(raw)
 
 
+@locked_step("05_rollback")
 def execute_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, batch_size: int = 200) -> RollbackSummary:
     """Sends the rollback plan after checking it is the one the dry-run showed."""
     out = rollback_dir(run_dir, mode)

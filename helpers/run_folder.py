@@ -8,12 +8,16 @@ base name (alice/migration-001, bob/migration-001) never share a run id, and a r
 from __future__ import annotations
 
 import fcntl
+import functools
+import inspect
 import os
 import secrets
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from . import jsonio
 from .errors import PreconditionFailed
@@ -22,6 +26,13 @@ RUN_FILE = "run.json"
 #: Holds the name and pid of the step at work; not evidence (the manifest leaves it out).
 LOCK_FILE = ".runbook.lock"
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+#: (run folder, thread) pairs holding the step lock, with how many nested steps hold it: a step that calls
+#: another locked step must not lock itself out (flock locks one open file, not one caller).
+_held: dict[tuple[Path, int], int] = {}
+_held_guard = threading.Lock()
+
 
 def run_id(run_dir: Path) -> str:
     """This folder's run id, drawn and stored on first use (atomically: two first callers agree)."""
@@ -29,11 +40,14 @@ def run_id(run_dir: Path) -> str:
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         record = {"run_id": f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(6)}"}
+        draft = path.with_name(f".{RUN_FILE}.{secrets.token_hex(4)}")
+        draft.write_bytes(jsonio.dumps(record))
         try:
-            with path.open("xb") as sink:  # exclusive create: a second caller reads the first one's id
-                sink.write(jsonio.dumps(record))
+            os.link(draft, path)  # appears whole or not at all; a second caller reads the first one's id
         except FileExistsError:
             pass
+        finally:
+            draft.unlink()
     return str(jsonio.loads(path.read_bytes())["run_id"])
 
 
@@ -41,24 +55,79 @@ def run_id(run_dir: Path) -> str:
 def step_lock(run_dir: Path, step: str) -> Iterator[None]:
     """One step at a time per run folder, on this machine. The kernel frees the lock when a process dies,
     so a killed step never leaves the folder locked."""
-    path = Path(run_dir) / LOCK_FILE
+    folder = Path(run_dir).resolve()
+    holder = (folder, threading.get_ident())
+    with _held_guard:
+        if holder in _held:
+            _held[holder] += 1
+            nested = True
+        else:
+            nested = False
+    if nested:
+        try:
+            yield
+        finally:
+            with _held_guard:
+                _held[holder] -= 1
+        return
+    path = folder / LOCK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            holder = handle.read().strip() or "another step"
+            running = handle.read().strip() or "another step"
             raise PreconditionFailed(
-                f"{holder} is running in {run_dir} right now; {step} was not started.",
+                f"{running} is running in {run_dir} right now; {step} was not started.",
                 hint="Wait for it to finish, or use a new run folder for a separate run.",
             ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"step {step} (pid {os.getpid()})")
         handle.flush()
+        with _held_guard:
+            _held[holder] = 1
         try:
             yield
         finally:
+            with _held_guard:
+                del _held[holder]
             handle.seek(0)
             handle.truncate()
+
+
+def locked_step(step: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """Runs the decorated step function under `step_lock` of the run folder given as its `run_dir` argument."""
+
+    def decorate(function: Callable[_P, _R]) -> Callable[_P, _R]:
+        signature = inspect.signature(function)
+
+        @functools.wraps(function)
+        def locked(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            run_dir = signature.bind(*args, **kwargs).arguments["run_dir"]
+            with step_lock(Path(run_dir), step):
+                return function(*args, **kwargs)
+
+        return locked
+
+    return decorate
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """One `runbook run` at a time per run folder, held by the runner for the whole run. It locks the folder
+    itself (a directory can be flocked), not the step lock file: the steps take that one in the notebook
+    kernel, another process. Freed by the kernel when the runner dies."""
+    fd = os.open(Path(run_dir), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PreconditionFailed(
+                f"Another `runbook run` is using {run_dir} right now; nothing was started.",
+                hint="Wait for it to finish, or start a separate run in a new run folder.",
+            ) from None
+        yield
+    finally:
+        os.close(fd)

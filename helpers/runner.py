@@ -7,8 +7,12 @@ manifest's sha256 in the deployment's ledger.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import getpass
 import os
+import signal
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -37,7 +41,7 @@ from .archive import (
 )
 from .errors import DeployKeyMissing, PreconditionFailed, RunbookError
 from .report import REPORT_SUFFIX, PageContext, render_step, section_of, split_fix
-from .run_folder import run_id
+from .run_folder import run_id, run_lock
 from .transport import ConvexTransport, deploy_key_from_env, redact_url
 
 STEPS = ("01_backup_snapshot", "02_dry_run", "03_apply", "04_verify")
@@ -92,9 +96,11 @@ class StepFailed(RunbookError):
 
 
 class Statistics(BaseModel):
-    """The figures the migration promises; planned counts when the run was a dry run."""
+    """The figures the migration promises; planned counts when the run was a dry run. Applied figures count
+    what the run folder's apply did in total, across resumes; `recheck` says the last apply only re-confirmed them."""
 
     planned: bool
+    recheck: bool = False
     scenes_migrated: int
     sessions_migrated: int
     asset_references_created: int
@@ -129,6 +135,45 @@ def _environment(**values: str) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with(parent_pid: int, prctl: Any) -> None:
+    """Runs in the kernel's process between fork and exec: the kernel gets SIGKILL when its runner dies."""
+    prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the runner died before the line above took effect
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class QuietShutdownKernelManager(AsyncKernelManager):
+    """Shuts the kernel down without first sending it SIGINT.
+
+    jupyter_client interrupts a kernel before asking it to shut down, to stop a cell still running. papermill
+    shuts the kernel down only once no cell runs, so that interrupt can only land while the kernel finishes
+    handling its last message, which ipykernel then logs as "ERROR | KeyboardInterrupt caught in kernel"
+    during a run that passed. The shutdown request and the SIGTERM/SIGKILL that follow a kernel that does not
+    stop are unchanged; an interrupt outside shutdown (a cell timeout) still goes through."""
+
+    async def _async_interrupt_kernel(self) -> None:
+        if self.shutting_down:
+            return
+        await super()._async_interrupt_kernel()
+
+
+class BoundKernelManager(QuietShutdownKernelManager):
+    """A notebook kernel that cannot outlive the process that started it. Jupyter starts kernels in their own
+    session, so a runner killed with SIGKILL would leave its kernel running (and applying); on Linux the
+    kernel asks the OS to kill it when its parent dies (PR_SET_PDEATHSIG, strictly: when the thread that
+    started it ends, which is the thread executing the step, alive until the kernel is shut down);
+    ipykernel's own parent poller (a 1 s poll) remains as the fallback elsewhere."""
+
+    async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
+        if sys.platform.startswith("linux"):
+            prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: the child only calls it
+            kw["preexec_fn"] = functools.partial(_die_with, os.getpid(), prctl)
+        await super()._async_launch_kernel(kernel_cmd, **kw)
 
 
 def notebook_path(step: str, notebooks_dir: Path = NOTEBOOKS_DIR) -> Path:
@@ -199,13 +244,13 @@ def run_step(
                 str(executed),
                 parameters=values,
                 kernel_name=kernel_name,
+                kernel_manager_class=BoundKernelManager,
                 progress_bar=False,
                 log_output=log_output,
                 cwd=str(REPO_ROOT),
                 # The kernel talks to papermill over loopback TCP, as Jupyter does; its start-up warning about
                 # that is noise on the operator's terminal.
                 extra_arguments=["--IPKernelApp.log_level=ERROR"],
-                kernel_manager_class=QuietShutdownKernelManager,
             )
     except papermill.PapermillExecutionError as exc:
         index = _source_cell_index(source, exc.cell_index)
@@ -228,21 +273,6 @@ def _secondary(failure: BaseException | None, what: str) -> Iterator[None]:
         if failure is None:
             raise
         failure.add_note(f"{what}: {str(exc).partition(chr(10))[0]}")  # its fix line would make two
-
-
-class QuietShutdownKernelManager(AsyncKernelManager):
-    """Shuts the kernel down without first sending it SIGINT.
-
-    jupyter_client interrupts a kernel before asking it to shut down, to stop a cell still running. papermill
-    shuts the kernel down only once no cell runs, so that interrupt can only land while the kernel finishes
-    handling its last message, which ipykernel then logs as "ERROR | KeyboardInterrupt caught in kernel"
-    during a run that passed. The shutdown request and the SIGTERM/SIGKILL that follow a kernel that does not
-    stop are unchanged; an interrupt outside shutdown (a cell timeout) still goes through."""
-
-    async def _async_interrupt_kernel(self) -> None:
-        if self.shutting_down:
-            return
-        await super()._async_interrupt_kernel()
 
 
 def page_context(run_dir: Path, convex_url: str) -> PageContext:
@@ -306,28 +336,29 @@ def run_migration(
     notify = on_step or (lambda step, status: None)
     with preflight(url) as transport:
         run_dir, earlier = _open_run_dir(run_dir, runs_dir)
-        started_at = earlier.started_at if earlier else datetime.now(UTC)
-        started = time.monotonic()
-        statuses = {**(earlier.steps if earlier else {}), **dict.fromkeys(chosen, "not run")}
-        failure: BaseException | None = None
-        try:
-            with writing(run_dir):
-                run_id(run_dir)  # drawn before the first step, so every page and ledger row names the same run
-            with _environment(RUNBOOK_OPERATOR=operator):
-                for step in chosen:
-                    notify(step, "running")
-                    statuses[step] = "failed"
-                    try:
-                        results = run_step(step, convex_url=url, run_dir=run_dir, parameters=per_step[step], notebooks_dir=notebooks_dir)
-                        statuses[step] = results.status
-                    finally:
-                        notify(step, statuses[step])
-        except BaseException as exc:
-            failure = exc
-            raise
-        finally:
-            sealed = _seal(run_dir, failure, deployment_url=url, operator=operator, started_at=started_at,
-                           finished_at=datetime.now(UTC), steps=statuses, transport=transport)
+        with run_lock(run_dir):  # a second `runbook run` on this folder is refused here, before it writes anything
+            started_at = earlier.started_at if earlier else datetime.now(UTC)
+            started = time.monotonic()
+            statuses = {**(earlier.steps if earlier else {}), **dict.fromkeys(chosen, "not run")}
+            failure: BaseException | None = None
+            try:
+                with writing(run_dir):
+                    run_id(run_dir)  # drawn before the first step, so every page and ledger row names the same run
+                with _environment(RUNBOOK_OPERATOR=operator):
+                    for step in chosen:
+                        notify(step, "running")
+                        statuses[step] = "failed"
+                        try:
+                            results = run_step(step, convex_url=url, run_dir=run_dir, parameters=per_step[step], notebooks_dir=notebooks_dir)
+                            statuses[step] = results.status
+                        finally:
+                            notify(step, statuses[step])
+            except BaseException as exc:
+                failure = exc
+                raise
+            finally:
+                sealed = _seal(run_dir, failure, deployment_url=url, operator=operator, started_at=started_at,
+                               finished_at=datetime.now(UTC), steps=statuses, transport=transport)
     wall_seconds = time.monotonic() - started
     assert sealed is not None  # sealing can fail silently only while another error propagates
     return RunResult(
@@ -421,6 +452,7 @@ def statistics(run_dir: Path, *, wall_seconds: float) -> Statistics | None:
         summary = read_step_results(run_dir, APPLY_STEP).summary
         return Statistics(
             planned=False,
+            recheck=summary.get("recheck", False),
             scenes_migrated=summary["scenes_migrated"],
             sessions_migrated=summary["sessions_migrated"],
             asset_references_created=summary["references_created"],

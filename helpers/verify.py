@@ -21,6 +21,7 @@ from .deployment import iter_documents
 from .fields import ASSET_SOURCES, MIGRATED_TABLES, NEW_FIELDS, legacy_part, new_part
 from .progress import progress
 from .plan import CHANGING_ACTIONS, iter_plan_lines, read_plan
+from .run_folder import locked_step
 from .transport import ConvexTransport
 from .values import digest
 
@@ -102,6 +103,7 @@ class _Before:
     updated_at: bytes
 
 
+@locked_step("04_verify")
 def verify(transport: ConvexTransport, run_dir: Path, *, page_size: int = 4000, show_progress: bool = True) -> VerifyReport:
     plan_summary = read_plan(run_dir)
     backup = read_backup(run_dir)

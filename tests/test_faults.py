@@ -1,4 +1,6 @@
-"""The fault suite (make test-faults): transient failures, kills, a concurrent writer, two applies, bad corpora.
+"""The fault suite (make test-faults): transient failures, kills, dropped responses, re-runs, torn checkpoints,
+a concurrent writer, two applies, bad corpora. After every fault, the data equals a clean run's and so do the
+statistics, wherever they are read: apply's results.json, the ledger row and the runner's (CLI) summary.
 Loopback only; each test bounded by pytest-timeout."""
 
 from __future__ import annotations
@@ -13,12 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from helpers import errors
-from helpers.apply import CHECKPOINT_FILE, apply_dir, apply_plan
-from helpers.deployment import iter_documents
+from helpers import MIGRATION_ID, errors
+from helpers.apply import CHECKPOINT_FILE, ApplySummary, apply_dir, apply_plan
+from helpers.archive import StepResults, write_step_results
+from helpers.deployment import iter_documents, read_ledger
 from helpers.fields import legacy_part
 from helpers.local_deployment import LocalDeployment
 from helpers.plan import iter_plan_lines
+from helpers.run_folder import run_id
+from helpers.runner import APPLY_STEP, statistics
+from helpers.transport import ConvexTransport
 from helpers.verify import verify
 
 from .corpus import bad_documents
@@ -26,21 +32,60 @@ from .flow import comparable, migration_references, prepare, seed, state
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(900)]
 REPO = Path(__file__).resolve().parent.parent
-FAULT_SCENES = 200
+FAULT_SCENES = 300
+KILL_TRIALS = 10
 
 
-def clean_run(deploy_key: str, tmp_path: Path) -> dict:
-    """The state an uninterrupted, fault-free apply produces from the same sample data."""
-    with LocalDeployment(deploy_key=deploy_key) as clean, clean.transport() as transport:
-        seed(transport, FAULT_SCENES)
-        prepare(transport, tmp_path / "clean")
-        assert apply_plan(transport, tmp_path / "clean", confirm=True, show_progress=False).passed
-        return comparable(state(transport))
+def slow_deployment(deploy_key: str, rate: float = 1.0, seed: int = 1) -> LocalDeployment:
+    """A deployment whose applyBatch calls are delayed 200–1000 ms (at the given rate): time to kill or race."""
+    return LocalDeployment(deploy_key=deploy_key, fault_rate=rate, fault_kinds=("delay",),
+                           fault_paths=("migration:applyBatch",), fault_seed=seed)
+
+
+def reported(transport: ConvexTransport, run_dir: Path, summary: ApplySummary) -> dict[str, tuple]:
+    """The statistics as each reader sees them: apply's results.json (written as notebook 03 writes it), the
+    run's ledger row in the deployment, and the runner's summary that `runbook run` prints."""
+    write_step_results(run_dir, APPLY_STEP, StepResults(step=APPLY_STEP, status=summary.status, summary=summary.model_dump(mode="json")))
+    results = StepResults.model_validate_json((run_dir / APPLY_STEP / "results.json").read_bytes()).summary
+    row = next(r for r in read_ledger(transport, MIGRATION_ID) if r["runId"] == run_id(run_dir) and r["step"] == APPLY_STEP)
+    cli = statistics(run_dir, wall_seconds=0)
+    assert cli is not None and not cli.planned
+    return {
+        "results.json": (results["scenes_migrated"], results["sessions_migrated"], results["references_created"],
+                         results["already_applied"], results["conflicts"], len(results["errors"])),
+        "ledger": tuple(int(row["counts"][k]) for k in ("scenesMigrated", "sessionsMigrated", "referencesCreated",
+                                                         "alreadyApplied", "conflicts", "errors")),
+        "cli": (cli.scenes_migrated, cli.sessions_migrated, cli.asset_references_created, None, None, len(cli.errors)),
+    }
+
+
+def assert_reported_like(clean: dict[str, tuple], transport: ConvexTransport, run_dir: Path, summary: ApplySummary, what: str) -> None:
+    assert reported(transport, run_dir, summary) == clean, what
 
 
 @pytest.fixture(scope="module")
-def clean_state(deploy_key: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return clean_run(deploy_key, tmp_path_factory.mktemp("clean"))
+def clean_run(deploy_key: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict[str, tuple]]:
+    """The state and the statistics an uninterrupted, fault-free apply produces from the same sample data."""
+    run_dir = tmp_path_factory.mktemp("clean") / "run"
+    with LocalDeployment(deploy_key=deploy_key) as clean, clean.transport() as transport:
+        seed(transport, FAULT_SCENES)
+        prepare(transport, run_dir)
+        summary = apply_plan(transport, run_dir, confirm=True, show_progress=False)
+        assert summary.passed and summary.statistics_confirmed and summary.scenes_migrated > 0
+        figures = reported(transport, run_dir, summary)
+        assert figures["results.json"] == figures["ledger"]
+        assert [f for f in figures["cli"] if f is not None] == [figures["ledger"][i] for i in (0, 1, 2, 5)]
+        return comparable(state(transport)), figures
+
+
+@pytest.fixture(scope="module")
+def clean_state(clean_run: tuple[dict, dict[str, tuple]]) -> dict:
+    return clean_run[0]
+
+
+@pytest.fixture(scope="module")
+def clean_statistics(clean_run: tuple[dict, dict[str, tuple]]) -> dict[str, tuple]:
+    return clean_run[1]
 
 
 def assert_no_duplicate_references(transport) -> None:  # noqa: ANN001
@@ -48,7 +93,8 @@ def assert_no_duplicate_references(transport) -> None:  # noqa: ANN001
     assert len(keys) == len(set(keys))
 
 
-def test_transient_failures_during_apply_end_like_a_clean_run(deploy_key: str, tmp_path: Path, clean_state: dict) -> None:
+def test_transient_failures_during_apply_end_like_a_clean_run(deploy_key: str, tmp_path: Path, clean_state: dict,
+                                                              clean_statistics: dict[str, tuple]) -> None:
     with LocalDeployment(
         deploy_key=deploy_key, fault_rate=0.1, fault_kinds=("5xx", "drop", "delay"), fault_seed=11,
         fault_paths=("migration:applyBatch", "migrationRuns:"),
@@ -59,6 +105,42 @@ def test_transient_failures_during_apply_end_like_a_clean_run(deploy_key: str, t
         assert summary.passed and summary.round_trips > summary.batches_sent  # some requests were retried
         assert comparable(state(transport)) == clean_state
         assert_no_duplicate_references(transport)
+        assert_reported_like(clean_statistics, transport, tmp_path / "run", summary, "transient failures")
+
+
+def test_dropped_responses_on_apply_report_like_a_clean_run(deploy_key: str, tmp_path: Path, clean_state: dict,
+                                                            clean_statistics: dict[str, tuple]) -> None:
+    """The deployment applies a batch, then the connection drops: the re-sent batch answers already_applied,
+    yet those documents and references were written by this run and are counted so."""
+    run_dir = tmp_path / "run"
+    with LocalDeployment(deploy_key=deploy_key, fault_rate=0.3, fault_kinds=("drop",), fault_paths=("migration:applyBatch",),
+                         fault_seed=5) as dropping, dropping.transport() as transport:
+        seed(transport, FAULT_SCENES)
+        prepare(transport, run_dir)
+        summary = apply_plan(transport, run_dir, confirm=True, batch_size=10, show_progress=False)
+        assert summary.passed
+        assert sum(c.get("already_applied", 0) for c in summary.answers.values()) > 0  # responses were really lost
+        assert comparable(state(transport)) == clean_state
+        assert_reported_like(clean_statistics, transport, run_dir, summary, "dropped responses")
+
+
+def test_rerun_of_a_finished_apply_is_a_recheck_that_keeps_the_figures(deploy_key: str, tmp_path: Path,
+                                                                       clean_statistics: dict[str, tuple]) -> None:
+    run_dir = tmp_path / "run"
+    with LocalDeployment(deploy_key=deploy_key) as deployment, deployment.transport() as transport:
+        seed(transport, FAULT_SCENES)
+        prepare(transport, run_dir)
+        first = apply_plan(transport, run_dir, confirm=True, show_progress=False)
+        assert_reported_like(clean_statistics, transport, run_dir, first, "first apply")
+        row = next(r for r in read_ledger(transport, MIGRATION_ID) if r["step"] == APPLY_STEP)
+        for attempt in range(2):
+            again = apply_plan(transport, run_dir, confirm=True, batch_size=23, show_progress=False)
+            assert again.passed and again.recheck and not first.recheck
+            assert sum(c.get("applied", 0) for c in again.answers.values()) == 0  # nothing was written again
+            assert_reported_like(clean_statistics, transport, run_dir, again, f"re-check {attempt + 1}")
+            rechecked = next(r for r in read_ledger(transport, MIGRATION_ID) if r["step"] == APPLY_STEP)
+            assert (rechecked["startedAt"], rechecked["finishedAt"]) == (row["startedAt"], row["finishedAt"])
+        assert (apply_dir(run_dir) / "checkpoint.1.jsonl").exists() and (apply_dir(run_dir) / "checkpoint.2.jsonl").exists()
 
 
 APPLY_SCRIPT = """
@@ -75,37 +157,80 @@ def checkpoint_lines(run_dir: Path) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
-def test_apply_killed_at_random_points_resumes_to_the_clean_state(deploy_key: str, tmp_path: Path, clean_state: dict) -> None:
+def kill_apply_midway(url: str, run_dir: Path, rng: random.Random, batches_left: int) -> bool:
+    """Starts apply in a child process, SIGKILLs it after a random number of batches (anywhere inside the
+    next batch, or between two); True when the kill landed while apply was still running."""
+    kill_after = checkpoint_lines(run_dir) + rng.randint(0, max(0, batches_left - 2))
+    child = subprocess.Popen([sys.executable, "-c", APPLY_SCRIPT, url, str(run_dir)], cwd=REPO)
+    deadline = time.monotonic() + 120
+    while checkpoint_lines(run_dir) < kill_after and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(rng.random() * 0.3)
+    running = child.poll() is None
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    return running
+
+
+def tear_last_line(run_dir: Path) -> None:
+    """What a kill in the middle of writing a checkpoint line leaves: its first half, no newline."""
+    path = apply_dir(run_dir) / CHECKPOINT_FILE
+    lines = path.read_bytes().splitlines(keepends=True)
+    if lines and not lines[-1].startswith(b'{"complete"'):
+        path.write_bytes(b"".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
+
+
+def test_apply_killed_at_random_points_resumes_to_the_clean_state_and_statistics(
+    deploy_key: str, tmp_path: Path, clean_state: dict, clean_statistics: dict[str, tuple]
+) -> None:
     rng = random.Random(2026)
-    killed_mid_run = 0
-    for trial in range(10):
+    kills = killed_mid_run = torn = 0
+    for trial in range(KILL_TRIALS):
         run_dir = tmp_path / f"trial-{trial}"
-        with LocalDeployment(deploy_key=deploy_key, fault_rate=0.3, fault_kinds=("delay",), fault_paths=("migration:applyBatch",),
-                             fault_seed=trial + 1) as slow, slow.transport() as transport:
+        with slow_deployment(deploy_key, rate=0.3, seed=trial + 1) as slow, slow.transport() as transport:
             seed(transport, FAULT_SCENES)
             prepare(transport, run_dir)
             batches = sum(1 for line in iter_plan_lines(run_dir) if line["action"] in ("migrate", "fill_missing")) // 5
-            kill_after = rng.randint(0, max(0, batches - 2))
-            child = subprocess.Popen([sys.executable, "-c", APPLY_SCRIPT, slow.url, str(run_dir)], cwd=REPO)
-            deadline = time.monotonic() + 120
-            while checkpoint_lines(run_dir) < kill_after and child.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.01)
-            time.sleep(rng.random() * 0.3)  # anywhere inside the next batch, or between two
-            killed_mid_run += child.poll() is None
-            child.send_signal(signal.SIGKILL)
-            child.wait()
+            for _ in range(rng.randint(1, 3)):  # any number of kills, each followed by a resume
+                kills += 1
+                killed_mid_run += kill_apply_midway(slow.url, run_dir, rng, batches - checkpoint_lines(run_dir))
+                if rng.random() < 0.3:
+                    tear_last_line(run_dir)
+                    torn += 1
             resumed = apply_plan(transport, run_dir, confirm=True, batch_size=5, show_progress=False)
             assert resumed.passed, (trial, resumed.errors)
-            assert comparable(state(transport)) == clean_state, f"trial {trial} (killed after {kill_after} batches)"
+            assert comparable(state(transport)) == clean_state, f"trial {trial}"
             assert_no_duplicate_references(transport)
+            assert_reported_like(clean_statistics, transport, run_dir, resumed, f"trial {trial} ({kills} kills so far)")
             assert verify(transport, run_dir, show_progress=False).passed
-    assert killed_mid_run >= 8  # the kills landed while apply was running, not after it finished
+    assert killed_mid_run >= kills * 0.7 and kills >= KILL_TRIALS  # the kills landed while apply was running
+    assert torn > 0
+
+
+def test_torn_checkpoint_line_after_a_kill_resumes_like_a_clean_run(deploy_key: str, tmp_path: Path, clean_state: dict,
+                                                                    clean_statistics: dict[str, tuple]) -> None:
+    run_dir = tmp_path / "run"
+    with slow_deployment(deploy_key, rate=0.3) as slow, slow.transport() as transport:
+        seed(transport, FAULT_SCENES)
+        prepare(transport, run_dir)
+        child = subprocess.Popen([sys.executable, "-c", APPLY_SCRIPT, slow.url, str(run_dir)], cwd=REPO)
+        while checkpoint_lines(run_dir) < 10:
+            assert child.poll() is None
+            time.sleep(0.01)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        tear_last_line(run_dir)
+        assert not (apply_dir(run_dir) / CHECKPOINT_FILE).read_bytes().endswith(b"\n")
+        resumed = apply_plan(transport, run_dir, confirm=True, batch_size=5, show_progress=False)
+        content = (apply_dir(run_dir) / CHECKPOINT_FILE).read_bytes()
+        assert content.endswith(b'{"complete":true}\n') and all(line.startswith(b"{") for line in content.splitlines())
+        assert resumed.passed and comparable(state(transport)) == clean_state
+        assert_reported_like(clean_statistics, transport, run_dir, resumed, "torn line")
 
 
 def test_concurrent_writer_is_never_overwritten(deploy_key: str, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    with LocalDeployment(deploy_key=deploy_key, fault_rate=1.0, fault_kinds=("delay",), fault_paths=("migration:applyBatch",)) as slow, \
-            slow.transport() as transport:
+    with slow_deployment(deploy_key) as slow, slow.transport() as transport:
         seed(transport, FAULT_SCENES)
         prepare(transport, run_dir)
         scenes = [line["id"] for line in iter_plan_lines(run_dir) if line["table"] == "scenes" and line["action"] == "migrate"]
@@ -143,8 +268,7 @@ def _all_conflicts(run_dir: Path) -> list:
 
 
 def test_second_apply_at_once_is_refused_by_the_lock(deploy_key: str, tmp_path: Path) -> None:
-    with LocalDeployment(deploy_key=deploy_key, fault_rate=1.0, fault_kinds=("delay",), fault_paths=("migration:applyBatch",)) as slow, \
-            slow.transport() as transport:
+    with slow_deployment(deploy_key) as slow, slow.transport() as transport:
         seed(transport, FAULT_SCENES)
         first, second = tmp_path / "first", tmp_path / "second"
         prepare(transport, first)
@@ -154,9 +278,9 @@ def test_second_apply_at_once_is_refused_by_the_lock(deploy_key: str, tmp_path: 
             while checkpoint_lines(first) < 1:
                 assert child.poll() is None
                 time.sleep(0.01)
-            with pytest.raises(errors.PreconditionFailed, match=f"run {first.name}"):
+            with pytest.raises(errors.PreconditionFailed, match=f"run {run_id(first)}"):
                 apply_plan(transport, second, confirm=True, show_progress=False)
-            with pytest.raises(errors.PreconditionFailed, match="Another apply is running"):
+            with pytest.raises(errors.PreconditionFailed, match=r"step 03_apply \(pid \d+\) is running"):
                 apply_plan(transport, first, confirm=True, show_progress=False)
         finally:
             assert child.wait(300) == 0
