@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from helpers import MIGRATION_ID
+from helpers.archive import StepResults, write_step_results
 from helpers.backup import take_backup
 from helpers.deployment import iter_documents
 from helpers.fields import ALL_TABLES
@@ -26,9 +27,14 @@ def state(transport: ConvexTransport) -> dict[str, dict[str, dict[str, Any]]]:
 
 
 def prepare(transport: ConvexTransport, run_dir: Path) -> None:
-    """Steps 01 and 02: backup and plan."""
-    take_backup(transport, run_dir, poll_seconds=0.05, show_progress=False)
-    build_plan(transport, run_dir, show_progress=False)
+    """Steps 01 and 02: backup and plan, each with the passed results.json its notebook would write (the
+    later notebooks check that the step before them passed)."""
+    backup = take_backup(transport, run_dir, poll_seconds=0.05, show_progress=False)
+    write_step_results(run_dir, "01_backup_snapshot", StepResults(step="01_backup_snapshot", status="passed",
+                                                                  outputs={"backup_sha256": backup.sha256}))
+    plan = build_plan(transport, run_dir, show_progress=False)
+    write_step_results(run_dir, "02_dry_run", StepResults(step="02_dry_run", status="passed",
+                                                          outputs={"plan_sha256": plan.plan_sha256}))
 
 
 def migration_references(transport: ConvexTransport) -> list[dict[str, Any]]:
