@@ -93,6 +93,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     stats = result.statistics
     if stats is not None:
         verb = "to migrate (planned)" if stats.planned else "migrated"
+        if stats.recheck:
+            print("re-check of a finished apply: nothing new written; the figures are those of the first apply")
         print(f"scenes {verb}: {stats.scenes_migrated:,}")
         print(f"sessions {verb}: {stats.sessions_migrated:,}")
         print(f"asset references {'to create' if stats.planned else 'created'}: {stats.asset_references_created:,}")

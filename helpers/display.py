@@ -300,7 +300,10 @@ def apply_statistics(summary: Any) -> pd.DataFrame:
         "batches sent / resumed from checkpoint": f"{summary.batches_sent} / {summary.batches_resumed}",
         "HTTP round trips": summary.round_trips,
         "total execution time (s)": f"{summary.duration_s:.1f}",
+        "figures confirmed by the deployment (references of this run counted there)": "yes" if summary.statistics_confirmed else "no",
     }
+    if summary.recheck:
+        rows["re-check"] = "yes: this call only re-confirmed a finished apply; the figures are the first run's"
     return pd.DataFrame({"value": rows})
 
 

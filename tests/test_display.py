@@ -42,3 +42,14 @@ def test_each_action_has_one_colour_in_every_panel(action: str) -> None:
 
 def test_the_known_actions_have_distinct_colours() -> None:
     assert len({display.action_colour(a) for a in display.ACTION_ORDER}) == len(display.ACTION_ORDER)
+
+
+@pytest.mark.parametrize("recheck", [False, True])
+def test_apply_statistics_say_whether_the_deployment_confirmed_them_and_whether_this_was_a_recheck(recheck: bool) -> None:
+    summary = SimpleNamespace(scenes_migrated=3, sessions_migrated=1, references_created=9, already_applied=0, conflicts=0,
+                              errors=[], batches_sent=2, batches_resumed=0, round_trips=5, duration_s=1.0,
+                              statistics_confirmed=not recheck, recheck=recheck)
+    rows = display.apply_statistics(summary)["value"]
+    confirmed = next(v for k, v in rows.items() if k.startswith("figures confirmed"))
+    assert confirmed == ("no" if recheck else "yes")
+    assert ("re-check" in rows.index) is recheck
