@@ -163,10 +163,10 @@ class CliOption:
 #: The options `runbook local-deployment` takes beyond --port and --seed-scenes, one per LocalDeployment keyword.
 CLI_OPTIONS: tuple[CliOption, ...] = (
     CliOption("--fault-rate", "fault_rate", float, "share of calls that fail (0..1)"),
-    CliOption("--fault-kinds", "fault_kinds", _names, "comma-separated faults to draw from: 5xx,drop,delay"),
+    CliOption("--fault-kinds", "fault_kinds", _names, "comma-separated faults to draw from: 5xx,drop,delay,timeout,oom"),
     CliOption("--fault-seed", "fault_seed", int, "seed of the fault sequence (the same seed, the same faults)"),
     CliOption("--fault-paths", "fault_paths", _names, "comma-separated function paths that fail (default: all)"),
-    CliOption("--export-fault", "export_fault", str, "how snapshot exports fail: failed or truncate"),
+    CliOption("--export-fault", "export_fault", str, "how snapshot exports fail: failed, canceled, truncate or lost-response"),
 )
 
 
