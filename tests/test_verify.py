@@ -1,0 +1,473 @@
+"""Verify is shown to fail: each check alone on hand-built documents, then on a local deployment put in exactly
+the state each check must catch (every other check passing); the application's own writes are reported, not
+blamed; tracking is complete."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers import MIGRATION_ID, rules
+from helpers.apply import apply_plan
+from helpers.deployment import apply_batch, iter_documents
+from helpers.plan import build_plan, iter_plan_lines
+from helpers.transport import ConvexTransport
+from helpers.verify import (
+    DOCUMENT_CHECKS,
+    Before,
+    Joined,
+    Planned,
+    Reference,
+    SceneTotals,
+    Verdict,
+    asset_disagreement,
+    check_asset_tracked,
+    check_assets_equal_legacy,
+    check_assets_status_matches_legacy,
+    check_document_still_exists,
+    check_legacy_fields_unchanged,
+    check_no_duplicate_references,
+    check_nothing_outside_plan_changed,
+    check_plan_writes_only_new_fields,
+    check_planned_fields_written,
+    check_reference_has_asset,
+    check_reference_points_at_document,
+    check_references_match_asset,
+    check_session_totals,
+    verify,
+)
+
+from .flow import migration_references, prepare, seed
+
+PASS, FAIL, APP = Verdict.PASS, Verdict.FAIL, Verdict.APPLICATION
+BUCKET = "https://tutor-assets.s3.us-east-1.amazonaws.com"
+KEY = "sessions/s1/scene-0/chunk.mp4"
+
+
+# -- hand-built documents -----------------------------------------------------------------------------------------
+
+
+def legacy_scene(**changes: Any) -> dict[str, Any]:
+    doc = {
+        "_id": "scene1", "_creationTime": 1.7e12, "sessionId": "sess1", "sceneIndex": 0, "status": "completed",
+        "s3ChunkKey": KEY, "s3ChunkUrl": f"{BUCKET}/{KEY}", "s3ChunkSize": 1000, "checksum": "abc", "updatedAt": 1_710_000_000_000,
+    }
+    doc.update(changes)
+    return doc
+
+
+def plan_line(doc: dict[str, Any], table: str = "scenes") -> dict[str, Any]:
+    plan = rules.plan_scene(doc, rules.RulesContext()) if table == "scenes" else rules.plan_session(doc, rules.SessionTotals(), rules.RulesContext())
+    return plan.to_line()
+
+
+def joined(before: dict[str, Any] | None, line: dict[str, Any] | None, live: dict[str, Any] | None, table: str = "scenes") -> Joined:
+    set_fields = line["set"] if line is not None and line["action"] in rules.CHANGING_ACTIONS else ()
+    return Joined(
+        table, "scene1",
+        Before.of(table, before, set_fields) if before is not None else None,
+        Planned.of(line) if line is not None else None,
+        live,
+    )
+
+
+def migrated_scene(**legacy_changes: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(backup document, plan line, live document after a correct apply)."""
+    before = legacy_scene(**legacy_changes)
+    line = plan_line(before)
+    return before, line, {**before, **line["set"]}
+
+
+def by_app(live: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """What a legacy writer does: changes legacy fields and moves updatedAt."""
+    return {**live, **changes, "updatedAt": live["updatedAt"] + 1}
+
+
+def test_a_correct_migration_passes_every_document_check() -> None:
+    before, line, live = migrated_scene()
+    doc = joined(before, line, live)
+    assert {c.name: c.run(doc) for c in DOCUMENT_CHECKS} == {
+        "planned_fields_written": PASS, "assets_equal_legacy": PASS, "assets_status_matches_legacy": PASS,
+        "legacy_fields_unchanged": PASS, "nothing_outside_plan_changed": PASS, "no_backup_document_missing": PASS,
+    }
+
+
+def test_planned_fields_written() -> None:
+    before, line, live = migrated_scene()
+    assert check_planned_fields_written(joined(before, line, live)) is PASS
+    assert check_planned_fields_written(joined(before, line, {**live, "assetVersion": 2})) is FAIL
+    assert check_planned_fields_written(joined(before, line, {k: v for k, v in live.items() if k != "assetVersion"})) is FAIL
+    assert check_planned_fields_written(joined(before, line, before)) is FAIL  # apply never wrote it
+    assert check_planned_fields_written(joined(before, line, by_app(before, status="failed"))) is APP  # apply's conflict
+    assert check_planned_fields_written(joined(before, {**line, "action": "problem", "set": {}}, before)) is None
+
+
+def test_legacy_fields_unchanged() -> None:
+    before, line, live = migrated_scene()
+    assert check_legacy_fields_unchanged(joined(before, line, live)) is PASS
+    assert check_legacy_fields_unchanged(joined(before, line, {**live, "title": "written by the migration"})) is FAIL
+    assert check_legacy_fields_unchanged(joined(before, line, {**live, "_creationTime": 1})) is FAIL
+    assert check_legacy_fields_unchanged(joined(before, line, {k: v for k, v in live.items() if k != "checksum"})) is FAIL
+    assert check_legacy_fields_unchanged(joined(before, line, by_app(live, s3ChunkKey="new.mp4"))) is APP
+    assert check_legacy_fields_unchanged(joined(None, line, live)) is None
+
+
+def test_nothing_outside_plan_changed() -> None:
+    before, line, live = migrated_scene()
+    assert check_nothing_outside_plan_changed(joined(before, line, live)) is PASS
+    problem = {**line, "action": "problem", "set": {}}
+    assert check_nothing_outside_plan_changed(joined(before, problem, before)) is PASS
+    assert check_nothing_outside_plan_changed(joined(before, problem, {**before, "assetVersion": 1})) is FAIL
+    assert check_nothing_outside_plan_changed(joined(before, line, {**live, "subtitleAsset": live["videoAsset"]})) is FAIL
+    asset = live["videoAsset"]
+    had = {**before, "videoAsset": asset}
+    assert check_nothing_outside_plan_changed(joined(had, problem, before)) is FAIL  # removed
+    assert check_nothing_outside_plan_changed(joined(before, problem, by_app(before, status="failed") | {"assetVersion": 1})) is APP
+    assert check_plan_writes_only_new_fields(line) is PASS
+    assert check_plan_writes_only_new_fields({**line, "set": {**line["set"], "status": "x"}}) is FAIL
+
+
+def test_document_still_exists() -> None:
+    before, line, live = migrated_scene()
+    assert check_document_still_exists(joined(before, line, live)) is PASS
+    assert check_document_still_exists(joined(before, line, None)) is FAIL
+    assert check_document_still_exists(joined(None, line, live)) is None
+
+
+@pytest.mark.parametrize(
+    ("change", "what"),
+    [
+        ({"s3Key": "other.mp4"}, "key"),
+        ({"s3Key": "other.mp4", "s3Url": f"{BUCKET}/other.mp4"}, "key"),
+        ({"s3Url": f"{BUCKET}/other.mp4"}, "URL"),
+        ({"checksum": "abd"}, "checksum"),
+        ({"size": 1001}, "size"),
+        ({"contentType": ""}, "contentType"),
+    ],
+)
+def test_assets_equal_legacy_compares_key_url_checksum_size_and_type(change: dict[str, Any], what: str) -> None:
+    before, line, live = migrated_scene()
+    wrong = {**live, "videoAsset": {**live["videoAsset"], **change}}
+    assert asset_disagreement("scenes", "videoAsset", wrong["videoAsset"], wrong) == what
+    assert check_assets_equal_legacy(joined(before, line, wrong)) is FAIL
+    assert check_assets_equal_legacy(joined(before, line, by_app(wrong))) is APP
+    assert check_assets_equal_legacy(joined(before, line, live)) is PASS
+
+
+def test_assets_equal_legacy_checks_a_derived_key_against_its_url() -> None:
+    before = {k: v for k, v in legacy_scene().items() if k != "s3ChunkKey"}
+    line = plan_line(before)
+    live = {**before, **line["set"]}
+    assert check_assets_equal_legacy(joined(before, line, live)) is PASS
+    wrong = {**live, "videoAsset": {**live["videoAsset"], "s3Key": "other.mp4"}}
+    assert asset_disagreement("scenes", "videoAsset", wrong["videoAsset"], wrong) == "key (its URL names another)"
+
+
+def test_assets_equal_legacy_knows_what_the_rules_leave_out() -> None:
+    before, line, live = migrated_scene(s3ChunkSize="12", checksum=7, s3ChunkUrl=f"{BUCKET}/{KEY}?X-Amz-Signature=s")
+    assert "size" not in live["videoAsset"] and "checksum" not in live["videoAsset"]
+    assert check_assets_equal_legacy(joined(before, line, live)) is PASS
+    with_size = {**live, "videoAsset": {**live["videoAsset"], "size": 12}}
+    assert asset_disagreement("scenes", "videoAsset", with_size["videoAsset"], with_size) == "size"
+    plain_http = migrated_scene(s3ChunkUrl=f"http://{BUCKET[8:]}/{KEY}")[2]
+    assert plain_http["videoAsset"]["s3Url"] == f"{BUCKET}/{KEY}"
+    assert asset_disagreement("scenes", "videoAsset", plain_http["videoAsset"], plain_http) is None
+
+
+@pytest.mark.parametrize(
+    ("status", "live_status", "verdict"),
+    [("completed", "ready", PASS), ("completed", "pending", FAIL), ("failed", "error", PASS), ("error", "error", PASS),
+     ("error", "pending", FAIL), ("queued", "pending", PASS), ("uploading", "ready", FAIL), ("Completed", "ready", PASS)],
+)
+def test_assets_status_matches_legacy(status: str, live_status: str, verdict: Verdict) -> None:
+    before, line, live = migrated_scene(status=status)
+    assert check_assets_status_matches_legacy(joined(before, line, {**live, "assetsStatus": live_status})) is verdict
+
+
+def test_a_stale_assets_status_is_the_applications_doing_when_it_moved_the_legacy_status() -> None:
+    before = {k: v for k, v in legacy_scene(status="rendering").items() if k not in ("s3ChunkKey", "s3ChunkUrl", "s3ChunkSize", "checksum")}
+    line = plan_line(before)
+    live = {**before, **line["set"]}
+    assert live["assetsStatus"] == "pending"
+    rendered = by_app(live, status="completed", s3ChunkKey=KEY, s3ChunkUrl=f"{BUCKET}/{KEY}")
+    assert check_assets_status_matches_legacy(joined(before, line, rendered)) is APP
+    assert check_assets_status_matches_legacy(joined(before, line, {**rendered, "updatedAt": live["updatedAt"]})) is FAIL
+
+
+def test_session_totals() -> None:
+    session = {"_id": "sess1", "_creationTime": 1.7e12, "status": "pending"}
+    line = rules.plan_session(session, rules.SessionTotals(scenes=1, assets=2, size=30), rules.RulesContext()).to_line()
+    live = {**session, **line["set"]}
+    doc = joined(session, line, live, "videoSessions")
+    assert check_session_totals(doc, SceneTotals(assets=2, size=30)) is PASS
+    assert check_session_totals(doc, SceneTotals(assets=3, size=30)) is FAIL
+    assert check_session_totals(doc, SceneTotals(assets=2, size=31)) is FAIL
+    assert check_session_totals(doc, SceneTotals(assets=3, size=30, excused=True)) is APP
+    assert check_session_totals(joined(session, {**line, "action": "problem", "set": {}}, session, "videoSessions"), SceneTotals()) is None
+
+
+def reference(ref_id: str, asset: dict[str, Any], *, ours: bool = True, entity_type: str = "scene") -> Reference:
+    row = {"_id": ref_id, "entityType": entity_type, **asset, "metadata": {"migrationId": MIGRATION_ID if ours else "app"}}
+    return Reference.of(row)
+
+
+def test_reference_checks() -> None:
+    before, line, live = migrated_scene()
+    doc, asset = joined(before, line, live), live["videoAsset"]
+    good = reference("r1", asset)
+    assert check_references_match_asset(doc, asset, [good]) is PASS
+    assert check_references_match_asset(doc, asset, [reference("r1", {**asset, "checksum": "x"})]) is FAIL
+    assert check_references_match_asset(doc, asset, [reference("r1", asset, entity_type="session")]) is FAIL
+    assert check_references_match_asset(doc, asset, [reference("r1", {**asset, "checksum": "x"}, ours=False)]) is None
+    assert check_no_duplicate_references([good]) is PASS
+    assert check_no_duplicate_references([good, reference("r2", asset, ours=False)]) is FAIL
+    assert check_no_duplicate_references([]) is None
+    assert check_asset_tracked(doc, [good]) is PASS
+    assert check_asset_tracked(doc, [reference("r2", asset, ours=False)]) is PASS  # tracked by someone: enough
+    assert check_asset_tracked(doc, []) is FAIL
+    assert check_asset_tracked(joined(before, {**line, "action": "problem", "set": {}}, live), []) is None
+    assert check_reference_has_asset(False, [good]) is FAIL
+    assert check_reference_has_asset(True, [good]) is APP
+    assert check_reference_has_asset(False, [reference("r2", asset, ours=False)]) is None
+    assert check_reference_points_at_document(True, [good]) is PASS
+    assert check_reference_points_at_document(False, [good]) is FAIL
+
+
+# -- on a local deployment: each defect fails exactly its check ------------------------------------------------------
+
+SCENES = 60
+
+
+def failing(report: Any) -> set[str]:
+    return {c.name for c in report.checks if not c.passed}
+
+
+def item(table: str, doc_id: str, **fields: Any) -> dict[str, Any]:
+    return {"table": table, "id": doc_id, "expect": {}, "expectAbsent": [], "set": {}, "unset": [], "insertReferences": [], "deleteReferences": [], **fields}
+
+
+def damage(transport: ConvexTransport, *items: dict[str, Any]) -> None:
+    results = apply_batch(transport, MIGRATION_ID, "damage", list(items))
+    assert all(r["outcome"] == "applied" for r in results), results
+
+
+def lines(run_dir: Path, table: str = "scenes", action: str = "migrate") -> list[dict[str, Any]]:
+    return [line for line in iter_plan_lines(run_dir) if line["table"] == table and line["action"] == action]
+
+
+def refs_of(transport: ConvexTransport, entity: str) -> list[dict[str, Any]]:
+    return [r for r in migration_references(transport) if r["entityId"] == entity]
+
+
+def as_input(ref: dict[str, Any]) -> dict[str, Any]:
+    """An assetReferences row as applyBatch's insertReferences takes it."""
+    out = {k: v for k, v in ref.items() if k not in ("_id", "_creationTime", "entityId", "createdAt", "metadata")}
+    return {**out, "legacyField": ref["metadata"]["legacyField"]}
+
+
+def with_video(run_dir: Path) -> dict[str, Any]:
+    return next(line for line in lines(run_dir) if "videoAsset" in line["set"] and "checksum" in line["set"]["videoAsset"])
+
+
+def without_assets(run_dir: Path) -> dict[str, Any]:
+    return next(line for line in lines(run_dir) if not line["references"])
+
+
+def legacy_changed(transport: ConvexTransport, run_dir: Path) -> None:
+    damage(transport, item("scenes", with_video(run_dir)["id"], set={"title": "written by a faulty migration"}))
+
+
+def planned_field_wrong(transport: ConvexTransport, run_dir: Path) -> None:
+    damage(transport, item("scenes", with_video(run_dir)["id"], set={"assetVersion": 2}))
+
+
+def written_outside_plan(transport: ConvexTransport, run_dir: Path) -> None:
+    blocked = next(line for line in lines(run_dir, action="problem") if not line["current"] and line["expect"])
+    damage(transport, item("scenes", blocked["id"], set={"assetsErrorMessage": "written outside the plan"}))
+
+
+def reference_deleted(transport: ConvexTransport, run_dir: Path) -> None:
+    scene = with_video(run_dir)["id"]
+    damage(transport, item("scenes", scene, deleteReferences=[refs_of(transport, scene)[0]["_id"]]))
+
+
+def reference_duplicated(transport: ConvexTransport, run_dir: Path) -> None:
+    scene = with_video(run_dir)["id"]
+    ref = refs_of(transport, scene)[0]
+    damage(transport, item("scenes", scene, deleteReferences=[ref["_id"]], insertReferences=[as_input(ref), as_input(ref)]))
+
+
+def reference_on_wrong_document(transport: ConvexTransport, run_dir: Path) -> None:
+    scene, other = with_video(run_dir)["id"], without_assets(run_dir)["id"]
+    ref = next(r for r in refs_of(transport, scene) if r["assetType"] == "video_chunk")
+    damage(transport, item("scenes", scene, deleteReferences=[ref["_id"]]), item("scenes", other, insertReferences=[as_input(ref)]))
+
+
+def reference_dangling(transport: ConvexTransport, run_dir: Path) -> None:
+    session = next(line for line in iter_plan_lines(run_dir) if line["table"] == "videoSessions")["id"]
+    [late] = transport.function("sampleData:insertBatch", {"table": "scenes", "documents": [{"sessionId": session, "sceneIndex": 99, "status": "pending"}]})["ids"]
+    ref = as_input(migration_references(transport)[0]) | {"s3Key": "late/chunk.mp4"}
+    damage(transport, item("scenes", late, insertReferences=[ref]))
+    transport.function("sampleData:deleteBatch", {"ids": [late]})
+
+
+def document_deleted(transport: ConvexTransport, run_dir: Path) -> None:
+    transport.function("sampleData:deleteBatch", {"ids": [without_assets(run_dir)["id"]]})
+
+
+DAMAGE: dict[str, tuple[Callable[[ConvexTransport, Path], None], set[str]]] = {
+    "legacy field changed by the migration": (legacy_changed, {"legacy_fields_unchanged"}),
+    "planned field holds another value": (planned_field_wrong, {"planned_fields_written"}),
+    "field written outside the plan": (written_outside_plan, {"nothing_outside_plan_changed"}),
+    "reference deleted": (reference_deleted, {"tracking_complete"}),
+    "reference duplicated": (reference_duplicated, {"no_duplicate_references"}),
+    # Moved: its own document lacks it and the other holds no such asset, so two checks see it.
+    "reference on the wrong document": (reference_on_wrong_document, {"tracking_complete", "references_match_assets"}),
+    "reference to a deleted document": (reference_dangling, {"references_point_at_documents"}),
+    "document deleted": (document_deleted, {"no_backup_document_missing"}),
+}
+
+
+@pytest.mark.parametrize("defect", list(DAMAGE))
+def test_each_damaged_deployment_fails_exactly_its_check(defect: str, transport: ConvexTransport, run_dir: Path) -> None:
+    seed(transport, SCENES)
+    prepare(transport, run_dir)
+    assert apply_plan(transport, run_dir, confirm=True, show_progress=False).passed
+    assert failing(verify(transport, run_dir, show_progress=False)) == set()
+    spoil, expected = DAMAGE[defect]
+    spoil(transport, run_dir)
+    report = verify(transport, run_dir, show_progress=False)
+    assert failing(report) == expected
+    assert all(c.examples for c in report.checks if not c.passed)
+
+
+# A faulty conversion rule, applied faithfully: apply's own checks pass, verify catches it against the legacy data.
+
+
+def corrupt(predicate: Callable[[dict[str, Any]], bool], change: Callable[[dict[str, Any]], None]) -> tuple[Callable[..., Any], ...]:
+    return predicate, change
+
+
+def corrupting(original: Callable[..., rules.DocumentPlan], target: str, change: Callable[[dict[str, Any]], None]) -> Callable[..., Any]:
+    """A planning rule that corrupts the plan of one document (its asset and its reference alike)."""
+
+    def planned(*args: Any) -> rules.DocumentPlan:
+        plan = original(*args)
+        if plan.id == target:
+            change(plan.set)
+            for ref in plan.references:
+                if ref["assetType"] == "video_chunk":
+                    ref.update(plan.set["videoAsset"])
+        return plan
+    return planned
+
+
+def video(change: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+    return lambda planned: planned["videoAsset"].update(change)
+
+
+FAULTY_RULES: dict[str, tuple[str, tuple[Callable[..., Any], ...], str]] = {
+    "asset key": ("plan_scene", corrupt(lambda s: "checksum" in s.get("videoAsset", {}), video({"s3Key": "wrong/chunk.mp4"})), "assets_equal_legacy"),
+    "asset URL": ("plan_scene", corrupt(lambda s: "checksum" in s.get("videoAsset", {}), video({"s3Url": f"{BUCKET}/wrong.mp4"})), "assets_equal_legacy"),
+    "asset checksum": ("plan_scene", corrupt(lambda s: "checksum" in s.get("videoAsset", {}), video({"checksum": "0" * 32})), "assets_equal_legacy"),
+    "asset size": ("plan_scene", corrupt(lambda s: "size" in s.get("videoAsset", {}), video({"size": 1})), "assets_equal_legacy"),
+    "assetsStatus": ("plan_scene", corrupt(lambda s: s.get("assetsStatus") == "ready", lambda s: s.update(assetsStatus="uploading")), "assets_status_matches_legacy"),
+    "assetCount": ("plan_session", corrupt(lambda s: "assetCount" in s, lambda s: s.update(assetCount=s["assetCount"] + 1)), "session_totals"),
+    "totalAssetSize": ("plan_session", corrupt(lambda s: "totalAssetSize" in s, lambda s: s.update(totalAssetSize=s["totalAssetSize"] + 7)), "session_totals"),
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTY_RULES))
+def test_a_faulty_rule_applied_faithfully_fails_exactly_its_check(
+    fault: str, transport: ConvexTransport, run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name, (predicate, change), expected = FAULTY_RULES[fault]
+    seed(transport, SCENES)
+    build_plan(transport, tmp_path / "scratch", show_progress=False)  # a clean plan, to pick a migrated document
+    table = "scenes" if name == "plan_scene" else "videoSessions"
+    target = next(line["id"] for line in lines(tmp_path / "scratch", table) if predicate(line["set"]))
+    monkeypatch.setattr(rules, name, corrupting(getattr(rules, name), target, change))
+    prepare(transport, run_dir)
+    monkeypatch.undo()
+    assert apply_plan(transport, run_dir, confirm=True, show_progress=False).passed
+    report = verify(transport, run_dir, show_progress=False)
+    assert failing(report) == {expected}
+    [check] = [c for c in report.checks if not c.passed]
+    assert check.failed == 1 and check.examples[0].startswith(target)
+
+
+# -- the application's writes are reported, not blamed -------------------------------------------------------------
+
+
+def test_a_legacy_writer_during_and_after_apply_is_listed_not_blamed(transport: ConvexTransport, run_dir: Path, deployment: Any) -> None:
+    seed(transport, SCENES * 2)
+    prepare(transport, run_dir)
+    migrating = [line["id"] for line in lines(run_dir)]
+    during, after = migrating[-20:], migrating[:10]
+    written: list[str] = []
+
+    def writer() -> None:
+        with deployment.transport() as own:
+            for scene in during:
+                own.mutation("scenes:setChunk", {"id": scene, "s3ChunkKey": f"writer/{scene}.mp4", "s3ChunkUrl": f"{BUCKET}/writer/{scene}.mp4"})
+                written.append(scene)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    apply_plan(transport, run_dir, confirm=True, batch_size=5, show_progress=False)
+    thread.join()
+    for scene in after:
+        transport.mutation("scenes:setChunk", {"id": scene, "s3ChunkKey": f"writer/{scene}.mp4", "s3ChunkUrl": f"{BUCKET}/writer/{scene}.mp4"})
+    report = verify(transport, run_dir, show_progress=False)
+    assert report.passed, [c for c in report.checks if not c.passed]
+    changed = set(written + after)
+    assert set(report.changed_by_others) == changed and report.changed_by_application.count == len(changed)
+    assert "new dry-run in a new run folder" in report.changed_by_application.advice
+    explained = {c.name: c.explained for c in report.checks}
+    assert explained["legacy_fields_unchanged"] == len(changed)
+    assert explained["assets_equal_legacy"] + explained["assets_status_matches_legacy"] > 0
+
+
+# -- tracking complete ------------------------------------------------------------------------------------------------
+
+
+def test_assets_there_before_the_migration_are_tracked_once(transport: ConvexTransport, run_dir: Path, tmp_path: Path) -> None:
+    seed(transport, SCENES * 2)
+    prepare(transport, run_dir)
+    tracked = [line for line in iter_plan_lines(run_dir) if line["action"] == "track_existing"]
+    filled = [line for line in iter_plan_lines(run_dir) if line["action"] == "fill_missing"]
+    assert tracked and filled
+    assert all(line["references"] and not line["set"] for line in tracked)
+    assert all(len(line["references"]) > len([f for f in line["set"] if f.endswith("Asset")]) for line in filled)
+    assert apply_plan(transport, run_dir, confirm=True, show_progress=False).passed
+    report = verify(transport, run_dir, show_progress=False)
+    assert report.passed and next(c for c in report.checks if c.name == "tracking_complete").checked > 0
+    references = migration_references(transport)
+    for line in tracked + filled:
+        assert {r["assetType"] for r in references if r["entityId"] == line["id"]} == {r["assetType"] for r in line["references"]}
+
+    again = apply_plan(transport, run_dir, confirm=True, show_progress=False)  # reference-only items are idempotent
+    assert again.passed and len(migration_references(transport)) == len(references)
+    build_plan(transport, tmp_path / "next", show_progress=False)  # a new dry-run sees every asset tracked
+    assert {line["action"] for line in iter_plan_lines(tmp_path / "next")} <= {"no_change", "problem"}
+
+
+def test_a_reference_only_item_adds_only_the_missing_reference(transport: ConvexTransport, run_dir: Path) -> None:
+    seed(transport, SCENES)
+    prepare(transport, run_dir)
+    assert apply_plan(transport, run_dir, confirm=True, show_progress=False).passed
+    scene = with_video(run_dir)["id"]
+    refs = refs_of(transport, scene)
+    doc = next(d for d in iter_documents(transport, "scenes") if d["_id"] == scene)
+    item_ = item("scenes", scene, expect={"updatedAt": doc["updatedAt"]}, insertReferences=[as_input(r) for r in refs])
+    assert apply_batch(transport, MIGRATION_ID, "again", [item_])[0]["outcome"] == "already_applied"
+    damage(transport, item("scenes", scene, deleteReferences=[refs[0]["_id"]]))
+    stale = {**item_, "expect": {"updatedAt": -1}}
+    assert apply_batch(transport, MIGRATION_ID, "again", [stale])[0]["outcome"] == "conflict"
+    [result] = apply_batch(transport, MIGRATION_ID, "again", [item_])
+    assert result["outcome"] == "applied" and len(result["referenceIds"]) == 1
+    assert sorted(r["assetType"] for r in refs_of(transport, scene)) == sorted(r["assetType"] for r in refs)
