@@ -482,30 +482,61 @@ class _Tally:
         )
 
 
+@dataclass
+class Outcome:
+    """What the checks found: one Check per check, and the documents the application changed since the backup."""
+
+    checks: list[Check]
+    changed_by_application: list[str]
+    changed_count: int
+
+
 def verify(transport: ConvexTransport, run_dir: Path, *, page_size: int = 4000, show_progress: bool = True) -> VerifyReport:
     plan_summary = read_plan(run_dir)
     backup = read_backup(run_dir)
+
+    def live(table: str) -> Iterable[dict[str, Any]]:
+        desc = f"verify {table}"
+        return progress(iter_documents(transport, table, page_size), desc=desc, total=backup.counts.get(table), show=show_progress)
+
+    outcome = run_checks(iter_plan_lines(run_dir), lambda table: iter_backup_documents(backup, table), live)
+    return VerifyReport(
+        plan_sha256=plan_summary.plan_sha256,
+        backup_sha256=backup.sha256,
+        checks=outcome.checks,
+        changed_by_others=outcome.changed_by_application,
+        changed_by_application=ChangedByApplication(count=outcome.changed_count, examples=outcome.changed_by_application[:EXAMPLES]),
+    )
+
+
+def run_checks(
+    plan_lines: Iterable[dict[str, Any]],
+    backup: Callable[[str], Iterable[dict[str, Any]]],
+    live: Callable[[str], Iterable[dict[str, Any]]],
+) -> Outcome:
+    """Every check over the three sources, each read once: the plan's lines, then `backup(table)` and `live(table)`
+    for scenes and videoSessions (and `live("assetReferences")`). Pure: the caller decides where they come from."""
     tallies = {c.name: _Tally(c.name, c.description) for c in DOCUMENT_CHECKS}
     tallies.update({name: _Tally(name, text) for name, text in REFERENCE_CHECKS.items()})
     tallies[SESSION_CHECK[0]] = _Tally(*SESSION_CHECK)
 
     # The promise, per document.
     planned: dict[str, Planned] = {}
-    for line in iter_plan_lines(run_dir):
+    for line in plan_lines:
         tallies["nothing_outside_plan_changed"].add(check_plan_writes_only_new_fields(line), line["id"])
         planned[line["id"]] = Planned.of(line)
 
     # The state before, per document, as digests.
     before: dict[str, Before] = {}
     for table in MIGRATED_TABLES:
-        for doc in iter_backup_documents(backup, table):
+        for doc in backup(table):
             plan = planned.get(doc["_id"])
             before[doc["_id"]] = Before.of(table, doc, plan.set_fields if plan is not None and plan.changes else ())
 
-    # Every reference, by (entity, asset type); entities of this migration's references, to find dangling ones.
+    # Every reference, by (entity, asset type), with its entity: references left over point at no live document.
     references: dict[int, list[Reference]] = defaultdict(list)
     entities: dict[int, tuple[str, str]] = {}
-    for row in progress(iter_documents(transport, "assetReferences", page_size), desc="verify assetReferences", show=show_progress):
+    for row in live("assetReferences"):
         key = reference_key(row["entityId"], row["assetType"])
         references[key].append(Reference.of(row))
         entities[key] = (row["entityId"], row["assetType"])
@@ -515,10 +546,9 @@ def verify(transport: ConvexTransport, run_dir: Path, *, page_size: int = 4000, 
     scene_totals: dict[str, SceneTotals] = defaultdict(SceneTotals)
     live_docs: dict[str, bool] = {}  # id -> changed by the application (for references left over)
     for table in ("scenes", "videoSessions"):
-        total = backup.counts.get(table)
-        for live in progress(iter_documents(transport, table, page_size), desc=f"verify {table}", total=total, show=show_progress):
-            doc_id = live["_id"]
-            doc = Joined(table, doc_id, before.pop(doc_id, None), planned.pop(doc_id, None), live)
+        for document in live(table):
+            doc_id = document["_id"]
+            doc = Joined(table, doc_id, before.pop(doc_id, None), planned.pop(doc_id, None), document)
             by_app = doc.changed_by_application
             live_docs[doc_id] = by_app
             if by_app:
@@ -527,17 +557,13 @@ def verify(transport: ConvexTransport, run_dir: Path, *, page_size: int = 4000, 
                     changed_by_app.append(doc_id)
             for check in DOCUMENT_CHECKS:
                 verdict = check.run(doc)
-                detail = ""
-                if check.run is check_assets_equal_legacy and verdict is Verdict.FAIL:
-                    detail = ", ".join(
-                        f"{f}: {what}" for f in ASSET_SOURCES[table] if f in live
-                        if (what := asset_disagreement(table, f, live[f], live)) is not None
-                    )
-                tallies[check.name].add(verdict, doc_id, detail)
-            for asset_field, asset_type in ((f, ASSET_TYPES[f]) for f in ASSET_SOURCES[table]):
-                refs = references.pop(reference_key(doc_id, asset_type), [])
-                entities.pop(reference_key(doc_id, asset_type), None)
-                asset = live.get(asset_field)
+                tallies[check.name].add(verdict, doc_id, _detail(check, verdict, table, document))
+            for asset_field in ASSET_SOURCES[table]:
+                asset_type = ASSET_TYPES[asset_field]
+                key = reference_key(doc_id, asset_type)
+                refs = references.pop(key, [])
+                entities.pop(key, None)
+                asset = document.get(asset_field)
                 if type(asset) is dict:
                     tallies["references_match_assets"].add(check_references_match_asset(doc, asset, refs), doc_id, asset_type)
                     tallies["tracking_complete"].add(check_asset_tracked(doc, refs), doc_id, asset_type)
@@ -546,8 +572,8 @@ def verify(transport: ConvexTransport, run_dir: Path, *, page_size: int = 4000, 
                 tallies["no_duplicate_references"].add(check_no_duplicate_references(refs), doc_id, asset_type)
                 tallies["references_point_at_documents"].add(check_reference_points_at_document(True, refs), doc_id)
             if table == "scenes":
-                totals = scene_totals[str(live.get("sessionId"))]
-                assets = held_assets(table, live)
+                totals = scene_totals[str(document.get("sessionId"))]
+                assets = held_assets(table, document)
                 totals.assets += len(assets)
                 totals.size += asset_size(assets)
                 totals.excused |= by_app
@@ -564,10 +590,14 @@ def verify(transport: ConvexTransport, run_dir: Path, *, page_size: int = 4000, 
         tallies["no_backup_document_missing"].add(check_document_still_exists(Joined("", doc_id, prior, None, None)), doc_id)
 
     order = [c.name for c in DOCUMENT_CHECKS] + [SESSION_CHECK[0], *REFERENCE_CHECKS]
-    return VerifyReport(
-        plan_sha256=plan_summary.plan_sha256,
-        backup_sha256=backup.sha256,
-        checks=[tallies[name].result() for name in order],
-        changed_by_others=changed_by_app,
-        changed_by_application=ChangedByApplication(count=changed_count, examples=changed_by_app[:EXAMPLES]),
+    return Outcome([tallies[name].result() for name in order], changed_by_app, changed_count)
+
+
+def _detail(check: DocumentCheck, verdict: Verdict | None, table: str, document: dict[str, Any]) -> str:
+    """For a failed asset check, which asset and what of it differs (the example then says it)."""
+    if check.run is not check_assets_equal_legacy or verdict is not Verdict.FAIL:
+        return ""
+    return ", ".join(
+        f"{f}: {what}" for f in ASSET_SOURCES[table] if f in document
+        if (what := asset_disagreement(table, f, document[f], document)) is not None
     )

@@ -82,6 +82,7 @@ DAMAGE: dict[str, tuple[str, Callable[[ConvexTransport, Path, str], None], str]]
 }
 
 
+@pytest.mark.deployment
 @pytest.mark.parametrize("defect", list(DAMAGE))
 def test_each_rollback_check_fails_on_its_defect(defect: str, transport: ConvexTransport, run_dir: Path) -> None:
     mode, spoil, expected = DAMAGE[defect]
@@ -97,6 +98,7 @@ def test_each_rollback_check_fails_on_its_defect(defect: str, transport: ConvexT
     assert result.failed == 1 and len(result.examples) == 1
 
 
+@pytest.mark.deployment
 def test_restore_without_its_backup_points_at_the_archive_or_strip(transport: ConvexTransport, run_dir: Path) -> None:
     seed(transport, SCENES)
     prepare(transport, run_dir)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,9 @@ UPDATED = 1_710_000_000_000
 CTX = RulesContext()
 TRACKED = RulesContext(is_tracked=lambda _id, _asset_type: True)  # every asset already has its reference
 DROP = object()  # marks a field to leave out of a test document
+#: make mutation runs these tests once per mutant: fewer, reproducible examples there.
+MUTATION = os.environ.get("RUNBOOK_MUTATION") == "1"
+EXAMPLES = 40 if MUTATION else 300
 
 
 def key_of(name: str = "chunk.mp4", scene: int = 0) -> str:
@@ -427,7 +431,7 @@ def test_ast1_a_plain_http_s3_url_naming_another_key_is_a_mismatch() -> None:
 
 
 @given(st.sampled_from(["https", "http", "s3", "ftp", "HTTPS", "Http", "data", ""]), st.sampled_from(["tutor-assets.s3.amazonaws.com", "cdn.example.com", "s3.amazonaws.com/tutor-assets", "example.org"]), st.from_regex(r"[a-z]{1,4}/[a-z]{1,4}\.mp4", fullmatch=True), st.booleans())
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=EXAMPLES, derandomize=MUTATION, deadline=None)
 def test_property_a_stored_url_is_always_an_https_s3_url_of_its_key(scheme: str, host: str, key: str, with_key: bool) -> None:
     url = f"{scheme}://{host}/{key}" if scheme else f"{host}/{key}"
     plan = rules.plan_scene(scene(s3ChunkKey=key if with_key else DROP, s3ChunkUrl=url), CTX)
@@ -711,7 +715,7 @@ def test_a_status_that_differs_only_in_case_or_spaces_is_read_and_flagged(status
 
 
 @given(st.text(max_size=12))
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=EXAMPLES, derandomize=MUTATION, deadline=None)
 def test_property_a_status_is_mapped_exactly_when_its_folded_form_is_known(status: str) -> None:
     plan = rules.plan_scene(scene(status=status), CTX)
     folded = status.strip().lower()
@@ -866,7 +870,7 @@ session_totals = st.builds(
     lambda scenes, ready, errors, uploading, assets, size: SessionTotals(scenes, assets, size, min(ready, scenes), min(errors, scenes - min(ready, scenes)), uploading if not errors else 0),
     st.integers(0, 5), st.integers(0, 5), st.integers(0, 1), st.integers(0, 1), st.integers(0, 20), st.integers(0, 10**9),
 )
-PROPERTIES = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTIES = settings(max_examples=EXAMPLES, derandomize=MUTATION, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SESSION_CTX = RulesContext(session_exists={"sess1", "sess2"}.__contains__)
 TRACKED_SESSION_CTX = RulesContext(session_exists={"sess1", "sess2"}.__contains__, is_tracked=lambda _id, _asset_type: True)
 

@@ -38,6 +38,7 @@ from helpers.verify import (
     check_reference_points_at_document,
     check_references_match_asset,
     check_session_totals,
+    expected_assets_status,
     verify,
 )
 
@@ -188,6 +189,17 @@ def test_assets_status_matches_legacy(status: str, live_status: str, verdict: Ve
     assert check_assets_status_matches_legacy(joined(before, line, {**live, "assetsStatus": live_status})) is verdict
 
 
+@pytest.mark.parametrize(
+    ("status", "combined", "allowed"),
+    [("failed", True, {"error"}), ("error", False, {"error"}), ("completed", True, {"pending", "uploading", "ready", "error"}),
+     ("completed", False, {"pending", "uploading", "error"}), ("combining", False, {"pending", "uploading", "ready", "error"}),
+     ("archived", True, None)],
+)
+def test_what_a_sessions_own_status_allows(status: str, combined: bool, allowed: set[str] | None) -> None:
+    doc = {"status": status, **({"combinedVideoAsset": {}} if combined else {})}
+    assert expected_assets_status("videoSessions", doc) == allowed
+
+
 def test_a_stale_assets_status_is_the_applications_doing_when_it_moved_the_legacy_status() -> None:
     before = {k: v for k, v in legacy_scene(status="rendering").items() if k not in ("s3ChunkKey", "s3ChunkUrl", "s3ChunkSize", "checksum")}
     line = plan_line(before)
@@ -235,6 +247,187 @@ def test_reference_checks() -> None:
     assert check_reference_has_asset(False, [reference("r2", asset, ours=False)]) is None
     assert check_reference_points_at_document(True, [good]) is PASS
     assert check_reference_points_at_document(False, [good]) is FAIL
+
+
+# -- the whole pass over hand-built sources (run_checks): each defect fails exactly its check ----------------------
+
+
+def world() -> dict[str, Any]:
+    """A tiny deployment before and after a correct migration: its backup, its plan and its live tables."""
+    combined = "sessions/s1/combined.mp4"
+    sessions = [
+        {"_id": "s1", "_creationTime": 1.0, "status": "completed", "combinedVideoKey": combined, "combinedVideoUrl": f"{BUCKET}/{combined}", "updatedAt": 5},
+        {"_id": "s2", "_creationTime": 2.0, "status": "pending", "updatedAt": 6},
+    ]
+    thumb = "sessions/s1/scene-0/t.png"
+    held = legacy_scene(_id="c", sceneIndex=2, s3ChunkKey="c.mp4", s3ChunkUrl=f"{BUCKET}/c.mp4", checksum="cc")
+    held |= rules.plan_scene(held, rules.RulesContext()).set  # written by the application itself, untracked
+    scenes = [
+        legacy_scene(_id="a", sessionId="s1", thumbnailKey=thumb, thumbnailUrl=f"{BUCKET}/{thumb}"),
+        {"_id": "b", "_creationTime": 3.0, "sessionId": "s1", "sceneIndex": 1, "status": "rendering", "updatedAt": 7},
+        held | {"sessionId": "s1"},
+        legacy_scene(_id="d", sessionId="s2", status="archived", s3ChunkKey="d.mp4", s3ChunkUrl=f"{BUCKET}/d.mp4"),
+        legacy_scene(_id="e", sessionId="s2", status="failed", s3ChunkKey="e.mp4", s3ChunkUrl=f"{BUCKET}/e.mp4", errorMessage="boom"),
+    ]
+    ctx = rules.RulesContext(session_exists={"s1", "s2"}.__contains__)
+    scene_plans = [rules.plan_scene(doc, ctx) for doc in scenes]
+    totals: dict[str, rules.SessionTotals] = {"s1": rules.SessionTotals(), "s2": rules.SessionTotals()}
+    for plan in scene_plans:
+        totals[plan.session_id].add_scene(plan)
+    plan = [p.to_line() for p in scene_plans] + [rules.plan_session(doc, totals[doc["_id"]], ctx).to_line() for doc in sessions]
+    by_id = {line["id"]: line for line in plan}
+    live = {table: [{**doc, **by_id[doc["_id"]]["set"]} for doc in docs] for table, docs in (("scenes", scenes), ("videoSessions", sessions))}
+    live["assetReferences"] = [
+        {**{k: v for k, v in ref.items() if k != "legacyField"}, "_id": f"ref-{line['id']}-{ref['assetType']}", "entityId": line["id"],
+         "metadata": {"migrationId": MIGRATION_ID, "runId": "run", "legacyField": ref["legacyField"]}}
+        for line in plan if line["action"] in rules.CHANGING_ACTIONS for ref in line["references"]
+    ]
+    return {"plan": plan, "backup": {"scenes": scenes, "videoSessions": sessions}, "live": live}
+
+
+def checks_of(w: dict[str, Any]) -> Any:
+    from helpers.verify import run_checks
+
+    return run_checks(iter(w["plan"]), lambda table: iter(w["backup"][table]), lambda table: iter(w["live"][table]))
+
+
+def live_doc(w: dict[str, Any], doc_id: str) -> dict[str, Any]:
+    return next(d for table in ("scenes", "videoSessions") for d in w["live"][table] if d["_id"] == doc_id)
+
+
+def plan_of(w: dict[str, Any], doc_id: str) -> dict[str, Any]:
+    return next(line for line in w["plan"] if line["id"] == doc_id)
+
+
+def refs_in(w: dict[str, Any], doc_id: str) -> list[dict[str, Any]]:
+    return [r for r in w["live"]["assetReferences"] if r["entityId"] == doc_id]
+
+
+def test_the_tiny_world_covers_every_action_and_passes() -> None:
+    w = world()
+    assert {line["action"] for line in w["plan"]} == {"migrate", "track_existing", "problem"}
+    outcome = checks_of(w)
+    assert [c.name for c in outcome.checks if not c.passed] == []
+    assert all(c.checked > 0 for c in outcome.checks)
+    assert outcome.changed_by_application == [] and outcome.changed_count == 0
+
+
+def in_plan_and_live(w: dict[str, Any], doc_id: str, change: Callable[[dict[str, Any]], None]) -> None:
+    """A faulty rule applied faithfully: the plan's set and the live document both carry the change."""
+    line = plan_of(w, doc_id)
+    change(line["set"])
+    change(live_doc(w, doc_id))
+    for ref in refs_in(w, doc_id):
+        if ref["assetType"] == "video_chunk" and "videoAsset" in line["set"]:
+            ref.update(line["set"]["videoAsset"])
+
+
+def _video(change: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+    return lambda d: d.update(videoAsset={**d["videoAsset"], **change})
+
+
+PURE_DEFECTS: dict[str, tuple[Callable[[dict[str, Any]], None], set[str]]] = {
+    "legacy field changed": (lambda w: live_doc(w, "a").update(title="x"), {"legacy_fields_unchanged"}),
+    "legacy field removed": (lambda w: live_doc(w, "a").pop("sceneIndex"), {"legacy_fields_unchanged"}),
+    "planned field other value": (lambda w: live_doc(w, "a").update(assetVersion=2), {"planned_fields_written"}),
+    "planned field missing": (lambda w: live_doc(w, "b").pop("assetVersion"), {"planned_fields_written"}),
+    "plan never applied": (lambda w: [live_doc(w, "b").pop(f) for f in list(plan_of(w, "b")["set"])], {"planned_fields_written"}),
+    "field outside the plan": (lambda w: live_doc(w, "d").update(assetVersion=1), {"nothing_outside_plan_changed"}),
+    "existing field removed": (lambda w: live_doc(w, "c").pop("assetVersion"), {"nothing_outside_plan_changed"}),
+    "plan sets a legacy field": (
+        lambda w: (plan_of(w, "a")["set"].update(title="x"), live_doc(w, "a").update(title="x")),
+        {"nothing_outside_plan_changed", "legacy_fields_unchanged"},
+    ),
+    "reference deleted": (lambda w: w["live"]["assetReferences"].remove(refs_in(w, "a")[0]), {"tracking_complete"}),
+    "existing asset untracked": (lambda w: w["live"]["assetReferences"].remove(refs_in(w, "c")[0]), {"tracking_complete"}),
+    "reference duplicated": (lambda w: w["live"]["assetReferences"].append({**refs_in(w, "a")[0], "_id": "dup"}), {"no_duplicate_references"}),
+    "reference on the wrong document": (lambda w: refs_in(w, "a")[0].update(entityId="b"), {"tracking_complete", "references_match_assets"}),
+    "reference unlike its asset": (lambda w: refs_in(w, "a")[0].update(s3Url=f"{BUCKET}/x.mp4"), {"references_match_assets"}),
+    "reference of another entity type": (lambda w: refs_in(w, "a")[0].update(entityType="session"), {"references_match_assets"}),
+    "reference type the table lacks": (
+        lambda w: w["live"]["assetReferences"].append({**refs_in(w, "a")[0], "_id": "m", "assetType": "manifest"}),
+        {"references_match_assets"},
+    ),
+    "reference to no document": (lambda w: refs_in(w, "a")[0].update(entityId="gone") or w["live"]["assetReferences"].append({**refs_in(w, "gone")[0], "_id": "back", "entityId": "a"}), {"references_point_at_documents"}),
+    "document deleted": (lambda w: w["live"]["scenes"].remove(live_doc(w, "b")), {"no_backup_document_missing"}),
+    "asset key": (lambda w: in_plan_and_live(w, "a", _video({"s3Key": "z.mp4", "s3Url": f"{BUCKET}/z.mp4"})), {"assets_equal_legacy"}),
+    "asset URL": (lambda w: in_plan_and_live(w, "a", _video({"s3Url": f"{BUCKET}/other/{KEY}"})), {"assets_equal_legacy"}),
+    "asset checksum": (lambda w: in_plan_and_live(w, "a", _video({"checksum": "zz"})), {"assets_equal_legacy"}),
+    # the session's total is computed from the faulty size as well, as the planner does
+    "asset size": (
+        lambda w: (in_plan_and_live(w, "a", _video({"size": 1})), in_plan_and_live(w, "s1", lambda d: d.update(totalAssetSize=d["totalAssetSize"] - 1000 + 1))),
+        {"assets_equal_legacy"},
+    ),
+    "existing asset unlike its legacy source": (lambda w: live_doc(w, "c").update(s3ChunkKey="other.mp4"), {"legacy_fields_unchanged", "assets_equal_legacy"}),
+    "assetsStatus": (lambda w: in_plan_and_live(w, "a", lambda d: d.update(assetsStatus="uploading")), {"assets_status_matches_legacy"}),
+    "assetCount": (lambda w: in_plan_and_live(w, "s1", lambda d: d.update(assetCount=d["assetCount"] + 1)), {"session_totals"}),
+    "totalAssetSize": (lambda w: in_plan_and_live(w, "s1", lambda d: d.update(totalAssetSize=d["totalAssetSize"] + 1)), {"session_totals"}),
+}
+
+
+@pytest.mark.parametrize("defect", list(PURE_DEFECTS))
+def test_each_defect_of_the_tiny_world_fails_exactly_its_check(defect: str) -> None:
+    w = world()
+    spoil, expected = PURE_DEFECTS[defect]
+    spoil(w)
+    outcome = checks_of(w)
+    assert {c.name for c in outcome.checks if not c.passed} == expected
+    for check in outcome.checks:
+        assert check.failed == len(check.examples) if check.failed <= 5 else True
+    assert outcome.changed_count == 0
+
+
+def test_a_completed_session_without_combined_video_is_never_ready() -> None:
+    w = world()
+    session = live_doc(w, "s1")
+    for name in ("combinedVideoKey", "combinedVideoUrl"):
+        session.pop(name)
+        w["backup"]["videoSessions"][0].pop(name)
+    session.pop("combinedVideoAsset")
+    plan_of(w, "s1")["set"].pop("combinedVideoAsset")
+    w["live"]["assetReferences"] = [r for r in w["live"]["assetReferences"] if r["entityId"] != "s1"]
+    for doc in (session, plan_of(w, "s1")["set"]):
+        doc.update(assetCount=doc["assetCount"] - 1)
+    assert [c.name for c in checks_of(w).checks if not c.passed] == []  # pending: its scenes are not all ready
+    in_plan_and_live(w, "s1", lambda d: d.update(assetsStatus="ready"))
+    assert [c.name for c in checks_of(w).checks if not c.passed] == ["assets_status_matches_legacy"]
+
+
+@pytest.mark.parametrize("scene", ["a", "b", "c"])
+def test_the_applications_write_after_the_migration_is_listed_not_blamed(scene: str) -> None:
+    w = world()
+    doc = live_doc(w, scene)
+    doc.update(status="completed", s3ChunkKey=f"writer/{scene}.mp4", s3ChunkUrl=f"{BUCKET}/writer/{scene}.mp4", updatedAt=doc["updatedAt"] + 1)
+    outcome = checks_of(w)
+    assert [c.name for c in outcome.checks if not c.passed] == []
+    assert outcome.changed_by_application == [scene] and outcome.changed_count == 1
+    explained = {c.name for c in outcome.checks if c.explained}
+    assert "legacy_fields_unchanged" in explained
+    assert explained & {"assets_equal_legacy", "assets_status_matches_legacy"}
+
+
+def test_the_applications_write_before_apply_is_a_conflict_listed_not_blamed() -> None:
+    w = world()
+    doc = live_doc(w, "b")
+    for name in plan_of(w, "b")["set"]:
+        doc.pop(name)
+    doc.update(status="failed", updatedAt=doc["updatedAt"] + 1)
+    outcome = checks_of(w)
+    assert [c.name for c in outcome.checks if not c.passed] == []
+    assert {c.name: c.explained for c in outcome.checks}["planned_fields_written"] == 1
+    assert {c.name: c.explained for c in outcome.checks}["session_totals"] == 0
+
+
+def test_a_session_whose_scene_the_application_changed_is_excused() -> None:
+    w = world()
+    doc = live_doc(w, "b")
+    for name in plan_of(w, "b")["set"]:
+        doc.pop(name)
+    doc.update(updatedAt=doc["updatedAt"] + 1, title="renamed")
+    in_plan_and_live(w, "s1", lambda d: d.update(assetCount=d["assetCount"] + 1))
+    outcome = checks_of(w)
+    assert [c.name for c in outcome.checks if not c.passed] == []
+    assert {c.name: c.explained for c in outcome.checks}["session_totals"] == 1
 
 
 # -- on a local deployment: each defect fails exactly its check ------------------------------------------------------
@@ -332,6 +525,7 @@ DAMAGE: dict[str, tuple[Callable[[ConvexTransport, Path], None], set[str]]] = {
 }
 
 
+@pytest.mark.deployment
 @pytest.mark.parametrize("defect", list(DAMAGE))
 def test_each_damaged_deployment_fails_exactly_its_check(defect: str, transport: ConvexTransport, run_dir: Path) -> None:
     seed(transport, SCENES)
@@ -381,6 +575,7 @@ FAULTY_RULES: dict[str, tuple[str, tuple[Callable[..., Any], ...], str]] = {
 }
 
 
+@pytest.mark.deployment
 @pytest.mark.parametrize("fault", list(FAULTY_RULES))
 def test_a_faulty_rule_applied_faithfully_fails_exactly_its_check(
     fault: str, transport: ConvexTransport, run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -403,6 +598,7 @@ def test_a_faulty_rule_applied_faithfully_fails_exactly_its_check(
 # -- the application's writes are reported, not blamed -------------------------------------------------------------
 
 
+@pytest.mark.deployment
 def test_a_legacy_writer_during_and_after_apply_is_listed_not_blamed(transport: ConvexTransport, run_dir: Path, deployment: Any) -> None:
     seed(transport, SCENES * 2)
     prepare(transport, run_dir)
@@ -435,6 +631,7 @@ def test_a_legacy_writer_during_and_after_apply_is_listed_not_blamed(transport: 
 # -- tracking complete ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.deployment
 def test_assets_there_before_the_migration_are_tracked_once(transport: ConvexTransport, run_dir: Path, tmp_path: Path) -> None:
     seed(transport, SCENES * 2)
     prepare(transport, run_dir)
@@ -456,6 +653,7 @@ def test_assets_there_before_the_migration_are_tracked_once(transport: ConvexTra
     assert {line["action"] for line in iter_plan_lines(tmp_path / "next")} <= {"no_change", "problem"}
 
 
+@pytest.mark.deployment
 def test_a_reference_only_item_adds_only_the_missing_reference(transport: ConvexTransport, run_dir: Path) -> None:
     seed(transport, SCENES)
     prepare(transport, run_dir)
