@@ -92,33 +92,30 @@ class VerifyReport(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class Before:
-    """A backed-up document as digests: its legacy part, its new part (all of it, and without the plan's set
-    fields), and its updatedAt."""
+    """A backed-up document as digests: its legacy part, its new part without the fields the plan sets, and
+    its updatedAt."""
 
     legacy: bytes
-    new: bytes
     kept_new: bytes
     updated_at: bytes
 
     @classmethod
     def of(cls, table: str, doc: dict[str, Any], set_fields: Iterable[str] = ()) -> Before:
-        new = new_part(table, doc)
-        kept = {k: v for k, v in new.items() if k not in set(set_fields)}
-        return cls(digest(legacy_part(table, doc)), digest(new), digest(kept), digest(doc.get("updatedAt")))
+        kept = {k: v for k, v in new_part(table, doc).items() if k not in set(set_fields)}
+        return cls(digest(legacy_part(table, doc)), digest(kept), digest(doc.get("updatedAt")))
 
 
 @dataclass(frozen=True, slots=True)
 class Planned:
     """A plan line as verify needs it: the action, the fields it sets with a digest of their values."""
 
-    table: str
     action: str
     set_fields: tuple[str, ...]
     set_digest: bytes
 
     @classmethod
     def of(cls, line: dict[str, Any]) -> Planned:
-        return cls(line["table"], line["action"], tuple(sorted(line["set"])), digest(line["set"]))
+        return cls(line["action"], tuple(sorted(line["set"])), digest(line["set"]))
 
     @property
     def changes(self) -> bool:
@@ -134,7 +131,6 @@ class Joined:
     """One document as the backup, the plan and the deployment know it (each may be missing)."""
 
     table: str
-    id: str
     before: Before | None
     plan: Planned | None
     live: dict[str, Any] | None
@@ -177,7 +173,7 @@ def check_nothing_outside_plan_changed(doc: Joined) -> Verdict | None:
     """The new fields the plan does not set are as the backup had them (present or absent, same values)."""
     if doc.before is None or doc.live is None:
         return None
-    set_fields = set(doc.plan.set_fields) if doc.plan is not None and doc.plan.changes else set()
+    set_fields = set(doc.plan.set_fields) if doc.plan is not None else set()  # empty unless the plan changes it
     kept = {k: v for k, v in new_part(doc.table, doc.live).items() if k not in set_fields}
     return _verdict(digest(kept) == doc.before.kept_new, doc)
 
@@ -193,7 +189,7 @@ def check_document_still_exists(doc: Joined) -> Verdict | None:
     """A document of the backup still exists."""
     if doc.before is None:
         return None
-    return Verdict.PASS if doc.live is not None else Verdict.FAIL
+    return Verdict.FAIL if doc.live is None else Verdict.PASS
 
 
 def asset_disagreement(table: str, asset_field: str, asset: Any, doc: dict[str, Any]) -> str | None:
@@ -364,7 +360,7 @@ def check_session_totals(session: Joined, scenes: SceneTotals) -> Verdict | None
     """A session whose totals the plan set holds assetCount = its own assets + its scenes' assets, and
     totalAssetSize = the sum of their known sizes (excused when one of its scenes was changed by the application)."""
     live, plan = session.live, session.plan
-    if live is None or plan is None or not ({"assetCount", "totalAssetSize"} & set(plan.set_fields)):
+    if live is None or plan is None or "assetCount" not in plan.set_fields:  # the plan sets both or neither
         return None
     own = held_assets("videoSessions", live)
     count_ok = equal(live.get("assetCount"), len(own) + scenes.assets)
@@ -382,18 +378,17 @@ def check_session_totals(session: Joined, scenes: SceneTotals) -> Verdict | None
 class Reference:
     """An assetReferences row as verify needs it."""
 
-    id: str
     ours: bool  # created by this migration
     tracks: bytes  # digest of the asset it describes, with its entity type
 
     @classmethod
     def of(cls, row: dict[str, Any]) -> Reference:
-        return cls(row["_id"], row.get("metadata", {}).get("migrationId") == MIGRATION_ID, reference_digest(row, row.get("entityType")))
+        return cls(row["metadata"]["migrationId"] == MIGRATION_ID, reference_digest(row, row["entityType"]))
 
 
 def reference_digest(asset: dict[str, Any], entity_type: Any) -> bytes:
     """What a reference must agree on with the asset it tracks: entity type and the asset's own fields."""
-    return digest({"entityType": entity_type, **{k: asset[k] for k in _REFERENCE_ASSET_FIELDS if k in asset}})
+    return digest([entity_type, {k: asset[k] for k in _REFERENCE_ASSET_FIELDS if k in asset}])
 
 
 def check_references_match_asset(doc: Joined, asset: dict[str, Any], refs: list[Reference]) -> Verdict | None:
@@ -531,7 +526,7 @@ def run_checks(
     for table in MIGRATED_TABLES:
         for doc in backup(table):
             plan = planned.get(doc["_id"])
-            before[doc["_id"]] = Before.of(table, doc, plan.set_fields if plan is not None and plan.changes else ())
+            before[doc["_id"]] = Before.of(table, doc, plan.set_fields if plan is not None else ())
 
     # Every reference, by (entity, asset type), with its entity: references left over point at no live document.
     references: dict[int, list[Reference]] = defaultdict(list)
@@ -548,7 +543,7 @@ def run_checks(
     for table in ("scenes", "videoSessions"):
         for document in live(table):
             doc_id = document["_id"]
-            doc = Joined(table, doc_id, before.pop(doc_id, None), planned.pop(doc_id, None), document)
+            doc = Joined(table, before.pop(doc_id, None), planned.pop(doc_id, None), document)
             by_app = doc.changed_by_application
             live_docs[doc_id] = by_app
             if by_app:
@@ -562,7 +557,6 @@ def run_checks(
                 asset_type = ASSET_TYPES[asset_field]
                 key = reference_key(doc_id, asset_type)
                 refs = references.pop(key, [])
-                entities.pop(key, None)
                 asset = document.get(asset_field)
                 if type(asset) is dict:
                     tallies["references_match_assets"].add(check_references_match_asset(doc, asset, refs), doc_id, asset_type)
@@ -587,7 +581,7 @@ def run_checks(
         if entity_id in live_docs:  # an asset type its table does not have
             tallies["references_match_assets"].add(check_reference_has_asset(live_docs[entity_id], refs), entity_id, asset_type)
     for doc_id, prior in before.items():  # backed-up documents no longer live
-        tallies["no_backup_document_missing"].add(check_document_still_exists(Joined("", doc_id, prior, None, None)), doc_id)
+        tallies["no_backup_document_missing"].add(check_document_still_exists(Joined("scenes", prior, None, None)), doc_id)
 
     order = [c.name for c in DOCUMENT_CHECKS] + [SESSION_CHECK[0], *REFERENCE_CHECKS]
     return Outcome([tallies[name].result() for name in order], changed_by_app, changed_count)

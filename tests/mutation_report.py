@@ -35,6 +35,8 @@ def main() -> int:
         if not match:
             continue
         module, status = module_of(match["name"]), match["status"]
+        if status == "not checked":  # outside this run (e.g. `mutmut run <names>`)
+            continue
         statuses[module][status] += 1
         if status not in DETECTED and status != "skipped":
             survivors[module].append(f"{match['name']} ({status})")

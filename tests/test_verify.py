@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from helpers import MIGRATION_ID, rules
+from helpers import MIGRATION_ID, fields, rules
 from helpers.apply import apply_plan
 from helpers.deployment import apply_batch, iter_documents
 from helpers.plan import build_plan, iter_plan_lines
@@ -69,7 +69,7 @@ def plan_line(doc: dict[str, Any], table: str = "scenes") -> dict[str, Any]:
 def joined(before: dict[str, Any] | None, line: dict[str, Any] | None, live: dict[str, Any] | None, table: str = "scenes") -> Joined:
     set_fields = line["set"] if line is not None and line["action"] in rules.CHANGING_ACTIONS else ()
     return Joined(
-        table, "scene1",
+        table,
         Before.of(table, before, set_fields) if before is not None else None,
         Planned.of(line) if line is not None else None,
         live,
@@ -159,6 +159,49 @@ def test_assets_equal_legacy_compares_key_url_checksum_size_and_type(change: dic
     assert check_assets_equal_legacy(joined(before, line, live)) is PASS
 
 
+@pytest.mark.parametrize(
+    ("asset", "names"),
+    [
+        ({"s3Key": KEY, "s3Url": f"{BUCKET}/{KEY}"}, True),
+        ({"s3Key": "a b.mp4", "s3Url": f"{BUCKET}/a%20b.mp4"}, True),
+        ({"s3Key": KEY, "s3Url": f"{BUCKET}/other.mp4"}, False),
+        ({"s3Key": KEY, "s3Url": f"https://cdn.example.com/media/{KEY}"}, True),  # under a bucket_base_url
+        ({"s3Key": "a b.mp4", "s3Url": "https://cdn.example.com/a%20b.mp4"}, True),
+        ({"s3Key": KEY, "s3Url": "https://cdn.example.com/media/other.mp4"}, False),
+        ({"s3Key": KEY, "s3Url": f"https://cdn.example.com/x{KEY}"}, False),
+        ({"s3Key": KEY}, False),
+        ({"s3Url": f"{BUCKET}/{KEY}", "s3Key": 3}, False),
+    ],
+)
+def test_an_assets_url_must_name_its_key(asset: dict[str, Any], names: bool) -> None:
+    full = {"contentType": "video/mp4", **asset}
+    doc = {"s3ChunkKey": "  ", "s3ChunkUrl": ""}  # blank legacy fields: nothing else to compare
+    assert (asset_disagreement("scenes", "sourceCodeAsset", full, doc) is None) is names
+
+
+def test_asset_disagreement_edges() -> None:
+    doc = legacy_scene(s3ChunkSize=0)
+    asset = {"s3Key": KEY, "s3Url": f"{BUCKET}/{KEY}", "contentType": "video/mp4", "size": 0, "checksum": "abc"}
+    assert asset_disagreement("scenes", "videoAsset", asset, doc) is None
+    assert asset_disagreement("scenes", "videoAsset", "not a dict", doc) == "not an asset object"
+    assert asset_disagreement("scenes", "videoAsset", {**asset, "s3Url": f"https:///{BUCKET[8:]}/{KEY}"}, doc) == "URL"
+    assert asset_disagreement("scenes", "videoAsset", {**asset, "size": 0.0}, doc) is None  # Convex: 0 == 0.0
+    assert asset_disagreement("scenes", "videoAsset", {k: v for k, v in asset.items() if k != "size"}, doc) == "size"
+    assert asset_disagreement("scenes", "videoAsset", asset, {**doc, "s3ChunkSize": -1}) == "size"
+
+
+def test_checks_that_need_a_live_document_or_a_plan_say_nothing_without_one() -> None:
+    before, line, live = migrated_scene()
+    for check in DOCUMENT_CHECKS:
+        if check.name != "no_backup_document_missing":
+            assert check.run(joined(before, line, None)) is None, check.name
+    assert check_nothing_outside_plan_changed(joined(before, None, before)) is PASS
+    assert check_nothing_outside_plan_changed(joined(before, None, {**before, "assetVersion": 1})) is FAIL
+    for check in (check_assets_equal_legacy, check_assets_status_matches_legacy, check_planned_fields_written):
+        assert check(joined(before, None, live)) is None
+    assert check_asset_tracked(joined(before, line, None), []) is None
+
+
 def test_assets_equal_legacy_checks_a_derived_key_against_its_url() -> None:
     before = {k: v for k, v in legacy_scene().items() if k != "s3ChunkKey"}
     line = plan_line(before)
@@ -182,11 +225,22 @@ def test_assets_equal_legacy_knows_what_the_rules_leave_out() -> None:
 @pytest.mark.parametrize(
     ("status", "live_status", "verdict"),
     [("completed", "ready", PASS), ("completed", "pending", FAIL), ("failed", "error", PASS), ("error", "error", PASS),
-     ("error", "pending", FAIL), ("queued", "pending", PASS), ("uploading", "ready", FAIL), ("Completed", "ready", PASS)],
+     ("error", "pending", FAIL), ("queued", "pending", PASS), ("uploading", "ready", FAIL), ("Completed", "ready", PASS),
+     ("archived", "ready", PASS)],
 )
 def test_assets_status_matches_legacy(status: str, live_status: str, verdict: Verdict) -> None:
     before, line, live = migrated_scene(status=status)
+    line = {**line, "action": "migrate"}  # (an unknown status is a problem: checked as if migrated)
     assert check_assets_status_matches_legacy(joined(before, line, {**live, "assetsStatus": live_status})) is verdict
+
+
+@pytest.mark.parametrize(("live_status", "verdict"), [("error", PASS), ("ready", FAIL)])
+def test_a_completed_scene_without_video_is_in_error(live_status: str, verdict: Verdict) -> None:
+    before = {k: v for k, v in legacy_scene().items() if k not in ("s3ChunkKey", "s3ChunkUrl", "s3ChunkSize", "checksum")}
+    line = plan_line(before)
+    assert line["set"]["assetsStatus"] == "error"
+    live = {**before, **line["set"], "assetsStatus": live_status}
+    assert check_assets_status_matches_legacy(joined(before, line, live)) is verdict
 
 
 @pytest.mark.parametrize(
@@ -224,6 +278,7 @@ def test_session_totals() -> None:
 
 def reference(ref_id: str, asset: dict[str, Any], *, ours: bool = True, entity_type: str = "scene") -> Reference:
     row = {"_id": ref_id, "entityType": entity_type, **asset, "metadata": {"migrationId": MIGRATION_ID if ours else "app"}}
+    assert Reference.of(row).ours is ours
     return Reference.of(row)
 
 
@@ -308,8 +363,66 @@ def test_the_tiny_world_covers_every_action_and_passes() -> None:
     assert {line["action"] for line in w["plan"]} == {"migrate", "track_existing", "problem"}
     outcome = checks_of(w)
     assert [c.name for c in outcome.checks if not c.passed] == []
-    assert all(c.checked > 0 for c in outcome.checks)
+    assert all(c.examples == [] and c.note == "" and c.explained == 0 for c in outcome.checks)
     assert outcome.changed_by_application == [] and outcome.changed_count == 0
+    backed_up = [doc for docs in w["backup"].values() for doc in docs]
+    migratable = [line for line in w["plan"] if line["action"] != "problem"]
+    assets = [(line["id"], f) for line in migratable for f in fields.ASSET_TYPES if f in live_doc(w, line["id"])]
+    checked = {c.name: c.checked for c in outcome.checks}
+    assert checked == {
+        "planned_fields_written": sum(line["action"] in rules.CHANGING_ACTIONS for line in w["plan"]),
+        "assets_equal_legacy": len({doc_id for doc_id, _ in assets}),
+        "assets_status_matches_legacy": len(migratable),
+        "legacy_fields_unchanged": len(backed_up),
+        "nothing_outside_plan_changed": len(w["plan"]) + len(backed_up),
+        "no_backup_document_missing": len(backed_up),
+        "session_totals": sum("assetCount" in line["set"] for line in w["plan"]),
+        "references_match_assets": len(w["live"]["assetReferences"]),
+        "no_duplicate_references": len(w["live"]["assetReferences"]),
+        "references_point_at_documents": len(w["live"]["assetReferences"]),
+        "tracking_complete": len(assets),
+    }
+
+
+def test_documents_outside_the_backup_or_the_plan_are_checked_for_what_they_have() -> None:
+    w = world()
+    w["live"]["scenes"].append({"_id": "late", "_creationTime": 9.0, "sessionId": "s2", "sceneIndex": 5, "status": "pending", "updatedAt": 9})
+    w["live"]["videoSessions"].append({"_id": "s3", "_creationTime": 9.0, "status": "pending"})
+    w["backup"]["videoSessions"].append({"_id": "s3", "_creationTime": 9.0, "status": "pending"})
+    w["plan"].append(rules.plan_session(w["backup"]["videoSessions"][-1], rules.SessionTotals(), rules.RulesContext()).to_line())
+    w["live"]["videoSessions"][-1].update(w["plan"][-1]["set"])
+    assert [c.name for c in checks_of(w).checks if not c.passed] == []
+    w["live"]["videoSessions"][-1]["assetCount"] = 1
+    assert [c.name for c in checks_of(w).checks if not c.passed] == ["planned_fields_written", "session_totals"]
+
+
+def test_a_new_field_removed_between_backup_and_plan_then_set_by_the_plan_is_no_change_outside_it() -> None:
+    w = world()
+    w["backup"]["scenes"][1]["assetVersion"] = 7  # the plan (made later) saw no assetVersion and set 1
+    assert [c.name for c in checks_of(w).checks if not c.passed] == []
+
+
+def test_many_documents_changed_by_the_application_are_counted_and_a_hundred_listed() -> None:
+    w = world()
+    template = w["backup"]["scenes"][1]
+    for n in range(101):
+        doc = {**template, "_id": f"b{n}"}
+        w["backup"]["scenes"].append(doc)
+        w["plan"].append({**plan_of(w, "b"), "id": f"b{n}"})
+        w["live"]["scenes"].append({**doc, **plan_of(w, "b")["set"], "title": "renamed", "updatedAt": doc["updatedAt"] + 1})
+    outcome = checks_of(w)
+    assert outcome.changed_count == 101 and len(outcome.changed_by_application) == 100
+    assert {c.name: c.explained for c in outcome.checks}["legacy_fields_unchanged"] == 101
+    assert [c.note != "" for c in outcome.checks if c.name == "legacy_fields_unchanged"] == [True]
+
+
+def test_a_reference_type_the_table_lacks_on_a_document_the_application_changed_is_excused() -> None:
+    w = world()
+    w["live"]["assetReferences"].append({**refs_in(w, "a")[0], "_id": "m", "assetType": "manifest"})
+    live_doc(w, "a").update(title="renamed", updatedAt=live_doc(w, "a")["updatedAt"] + 1)
+    outcome = checks_of(w)
+    assert [c.name for c in outcome.checks if not c.passed] == []
+    assert {c.name: c.explained for c in outcome.checks}["references_match_assets"] == 1
 
 
 def in_plan_and_live(w: dict[str, Any], doc_id: str, change: Callable[[dict[str, Any]], None]) -> None:
@@ -328,6 +441,10 @@ def _video(change: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
 
 PURE_DEFECTS: dict[str, tuple[Callable[[dict[str, Any]], None], set[str]]] = {
     "legacy field changed": (lambda w: live_doc(w, "a").update(title="x"), {"legacy_fields_unchanged"}),
+    "reference to no document, one of two": (
+        lambda w: w["live"]["assetReferences"].append({**refs_in(w, "a")[0], "_id": "x", "entityId": "gone"}),
+        {"references_point_at_documents"},
+    ),
     "legacy field removed": (lambda w: live_doc(w, "a").pop("sceneIndex"), {"legacy_fields_unchanged"}),
     "planned field other value": (lambda w: live_doc(w, "a").update(assetVersion=2), {"planned_fields_written"}),
     "planned field missing": (lambda w: live_doc(w, "b").pop("assetVersion"), {"planned_fields_written"}),
@@ -365,15 +482,29 @@ PURE_DEFECTS: dict[str, tuple[Callable[[dict[str, Any]], None], set[str]]] = {
 }
 
 
+#: The example each failing check names: the document, and the asset type or what of the asset differs.
+EXAMPLES_OF = {
+    "reference deleted": "a (video_chunk)", "existing asset untracked": "c (video_chunk)", "reference duplicated": "a (video_chunk)",
+    "reference unlike its asset": "a (video_chunk)", "reference of another entity type": "a (video_chunk)",
+    "reference type the table lacks": "a (manifest)", "reference to no document": "gone", "reference to no document, one of two": "gone", "asset key": "a (videoAsset: key)",
+    "asset URL": "a (videoAsset: URL)", "asset checksum": "a (videoAsset: checksum)", "asset size": "a (videoAsset: size)",
+    "planned field missing": "b", "plan never applied": "b", "field outside the plan": "d", "existing field removed": "c",
+    "document deleted": "b", "assetCount": "s1", "totalAssetSize": "s1",
+}
+
+
 @pytest.mark.parametrize("defect", list(PURE_DEFECTS))
 def test_each_defect_of_the_tiny_world_fails_exactly_its_check(defect: str) -> None:
     w = world()
     spoil, expected = PURE_DEFECTS[defect]
     spoil(w)
     outcome = checks_of(w)
-    assert {c.name for c in outcome.checks if not c.passed} == expected
-    for check in outcome.checks:
-        assert check.failed == len(check.examples) if check.failed <= 5 else True
+    failed = [c for c in outcome.checks if not c.passed]
+    assert {c.name for c in failed} == expected
+    assert all(c.failed == len(c.examples) == 1 for c in failed)
+    assert all(c.explained == 0 and c.note == "" for c in outcome.checks)
+    if len(failed) == 1:
+        assert failed[0].examples == [EXAMPLES_OF.get(defect, "a")]
     assert outcome.changed_count == 0
 
 
