@@ -495,9 +495,14 @@ def verify(transport: ConvexTransport, run_dir: Path, *, page_size: int = 4000, 
         return progress(iter_documents(transport, table, page_size), desc=desc, total=backup.counts.get(table), show=show_progress)
 
     outcome = run_checks(iter_plan_lines(run_dir), lambda table: iter_backup_documents(backup, table), live)
+    return report(outcome, plan_summary.plan_sha256, backup.sha256)
+
+
+def report(outcome: Outcome, plan_sha256: str, backup_sha256: str) -> VerifyReport:
+    """The report of what the checks found, for the plan and backup they checked against."""
     return VerifyReport(
-        plan_sha256=plan_summary.plan_sha256,
-        backup_sha256=backup.sha256,
+        plan_sha256=plan_sha256,
+        backup_sha256=backup_sha256,
         checks=outcome.checks,
         changed_by_others=outcome.changed_by_application,
         changed_by_application=ChangedByApplication(count=outcome.changed_count, examples=outcome.changed_by_application[:EXAMPLES]),

@@ -416,6 +416,43 @@ def test_many_documents_changed_by_the_application_are_counted_and_a_hundred_lis
     assert [c.note != "" for c in outcome.checks if c.name == "legacy_fields_unchanged"] == [True]
 
 
+def test_each_failure_is_counted_and_names_what_differs() -> None:
+    w = world()
+    for doc_id in ("a", "b", "c"):
+        live_doc(w, doc_id).update(title="written by a faulty migration")
+    in_plan_and_live(w, "a", lambda d: d.update(
+        videoAsset={**d["videoAsset"], "s3Key": "z.mp4", "s3Url": f"{BUCKET}/z.mp4"}, thumbnailAsset={**d["thumbnailAsset"], "s3Url": f"{BUCKET}/t.png"},
+    ))
+    checks = {c.name: c for c in checks_of(w).checks}
+    assert (checks["legacy_fields_unchanged"].failed, checks["legacy_fields_unchanged"].examples) == (3, ["a", "b", "c"])
+    assert checks["assets_equal_legacy"].examples == ["a (videoAsset: key, thumbnailAsset: URL)"]
+
+
+def test_a_reference_on_a_document_the_application_changed_is_excused() -> None:
+    w = world()
+    video = next(r for r in refs_in(w, "a") if r["assetType"] == "video_chunk")
+    w["live"]["assetReferences"].append({**video, "entityId": "b", "_id": "moved"})  # a's stays: only b is odd
+    live_doc(w, "b").update(title="renamed", updatedAt=live_doc(w, "b")["updatedAt"] + 1)
+    outcome = checks_of(w)
+    assert [c.name for c in outcome.checks if not c.passed] == []
+    assert {c.name: c.explained for c in outcome.checks}["references_match_assets"] == 1
+
+
+def test_the_report_carries_the_checks_and_the_documents_the_application_changed() -> None:
+    from helpers.verify import report
+
+    w = world()
+    for doc_id in ("a", "b", "c", "e", "s1", "s2"):
+        live_doc(w, doc_id).update(title="renamed", updatedAt=1e13)
+    result = report(checks_of(w), "p" * 64, "b" * 64)
+    assert result.passed and (result.plan_sha256, result.backup_sha256) == ("p" * 64, "b" * 64)
+    assert result.changed_by_others == ["a", "b", "c", "e", "s1", "s2"]
+    assert (result.changed_by_application.count, result.changed_by_application.examples) == (6, ["a", "b", "c", "e", "s1"])
+    assert result.checks[3].name == "legacy_fields_unchanged" and "(re-plan it)" in result.checks[3].note
+    live_doc(w, "d").update(assetVersion=1)
+    assert not report(checks_of(w), "p", "b").passed
+
+
 def test_a_reference_type_the_table_lacks_on_a_document_the_application_changed_is_excused() -> None:
     w = world()
     w["live"]["assetReferences"].append({**refs_in(w, "a")[0], "_id": "m", "assetType": "manifest"})
@@ -441,6 +478,10 @@ def _video(change: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
 
 PURE_DEFECTS: dict[str, tuple[Callable[[dict[str, Any]], None], set[str]]] = {
     "legacy field changed": (lambda w: live_doc(w, "a").update(title="x"), {"legacy_fields_unchanged"}),
+    "two references to no document": (
+        lambda w: w["live"]["assetReferences"].extend({**refs_in(w, "a")[0], "_id": n, "entityId": "gone"} for n in "xy"),
+        {"references_point_at_documents", "no_duplicate_references"},
+    ),
     "reference to no document, one of two": (
         lambda w: w["live"]["assetReferences"].append({**refs_in(w, "a")[0], "_id": "x", "entityId": "gone"}),
         {"references_point_at_documents"},
@@ -493,6 +534,14 @@ EXAMPLES_OF = {
 }
 
 
+TWO_FAILURES = {
+    "plan sets a legacy field": {"legacy_fields_unchanged": ["a"], "nothing_outside_plan_changed": ["a"]},
+    "reference on the wrong document": {"references_match_assets": ["b (video_chunk)"], "tracking_complete": ["a (video_chunk)"]},
+    "existing asset unlike its legacy source": {"assets_equal_legacy": ["c (videoAsset: key)"], "legacy_fields_unchanged": ["c"]},
+    "two references to no document": {"no_duplicate_references": ["gone (video_chunk)"], "references_point_at_documents": ["gone"]},
+}
+
+
 @pytest.mark.parametrize("defect", list(PURE_DEFECTS))
 def test_each_defect_of_the_tiny_world_fails_exactly_its_check(defect: str) -> None:
     w = world()
@@ -505,6 +554,8 @@ def test_each_defect_of_the_tiny_world_fails_exactly_its_check(defect: str) -> N
     assert all(c.explained == 0 and c.note == "" for c in outcome.checks)
     if len(failed) == 1:
         assert failed[0].examples == [EXAMPLES_OF.get(defect, "a")]
+    else:
+        assert {c.name: c.examples for c in failed} == TWO_FAILURES[defect]
     assert outcome.changed_count == 0
 
 
