@@ -57,7 +57,8 @@ const SYSTEM_FIELDS = new Set(["_id", "_creationTime"]);
  * Applies each item atomically with its references, in the batch's one transaction.
  * Idempotency and preconditions are decided from the document itself (one db.get), never by an index
  * query per document: a document in its target state already has its references, because both were
- * written together, so nothing is ever inserted twice.
+ * written together, so nothing is ever inserted twice. The one exception is a reference-only item (it tracks
+ * assets the document held before the migration): it looks its references up by entity.
  */
 export const applyBatch = internalMutation({
   args: { migrationId: v.string(), runId: v.string(), items: v.array(item) },
@@ -99,6 +100,10 @@ async function applyItem(ctx: MutationCtx, migrationId: string, runId: string, i
     referencesToDelete.push(normalized);
   }
 
+  if (isReferenceOnly(it)) {
+    return await trackExistingAssets(ctx, migrationId, runId, id, doc, it);
+  }
+
   const inTarget =
     Object.entries(it.set).every(([field, value]) => valuesEqual(doc[field], value)) &&
     it.unset.every((field) => doc[field] === undefined) &&
@@ -107,28 +112,72 @@ async function applyItem(ctx: MutationCtx, migrationId: string, runId: string, i
     return { id: it.id, outcome: "already_applied" };
   }
 
+  const conflict = preconditionConflict(doc, it);
+  if (conflict !== null) return conflict;
+
+  const patch: Record<string, Value | undefined> = { ...it.set };
+  for (const field of it.unset) patch[field] = undefined;
+  await ctx.db.patch(id, patch);
+
+  const referenceIds = await insertReferences(ctx, migrationId, runId, id, it.insertReferences);
+  for (const refId of referencesToDelete) {
+    await ctx.db.delete(refId);
+  }
+  return { id: it.id, outcome: "applied", ...(referenceIds.length > 0 ? { referenceIds } : {}) };
+}
+
+/** An item that writes no field and only adds references: it tracks assets the document already holds. */
+function isReferenceOnly(it: Item): boolean {
+  return (
+    Object.keys(it.set).length === 0 && it.unset.length === 0 && it.deleteReferences.length === 0 && it.insertReferences.length > 0
+  );
+}
+
+/**
+ * A reference-only item's target state ("a reference of each type exists") is not visible on the document,
+ * so here, and only here, each reference is looked up by entity: one indexed query per reference of the rare
+ * documents that held assets before the migration. A type that already has any reference is left alone.
+ */
+async function trackExistingAssets(
+  ctx: MutationCtx, migrationId: string, runId: string, id: GenericId<"scenes"> | GenericId<"videoSessions">,
+  doc: Record<string, Value | undefined>, it: Item,
+): Promise<Result> {
+  const missing: Item["insertReferences"] = [];
+  for (const ref of it.insertReferences) {
+    const existing = await ctx.db
+      .query("assetReferences")
+      .withIndex("by_entity", (q) => q.eq("entityId", id).eq("assetType", ref.assetType))
+      .first();
+    if (existing === null) missing.push(ref);
+  }
+  if (missing.length === 0) {
+    return { id: it.id, outcome: "already_applied" };
+  }
+  const conflict = preconditionConflict(doc, it);
+  if (conflict !== null) return conflict;
+  const referenceIds = await insertReferences(ctx, migrationId, runId, id, missing);
+  return { id: it.id, outcome: "applied", referenceIds };
+}
+
+function preconditionConflict(doc: Record<string, Value | undefined>, it: Item): Result | null {
   const changed = [
     ...Object.entries(it.expect)
       .filter(([field, value]) => !valuesEqual(doc[field], value))
       .map(([field]) => `${field} changed`),
     ...it.expectAbsent.filter((field) => doc[field] !== undefined).map((field) => `${field} present`),
   ];
-  if (changed.length > 0) {
-    return { id: it.id, outcome: "conflict", message: `changed since the plan: ${changed.join(", ")}` };
-  }
+  return changed.length > 0 ? { id: it.id, outcome: "conflict", message: `changed since the plan: ${changed.join(", ")}` } : null;
+}
 
-  const patch: Record<string, Value | undefined> = { ...it.set };
-  for (const field of it.unset) patch[field] = undefined;
-  await ctx.db.patch(id, patch);
-
+async function insertReferences(
+  ctx: MutationCtx, migrationId: string, runId: string, id: GenericId<"scenes"> | GenericId<"videoSessions">,
+  references: Item["insertReferences"],
+): Promise<string[]> {
   const createdAt = Date.now();
   const referenceIds: string[] = [];
-  for (const { legacyField, ...ref } of it.insertReferences) {
+  for (const { legacyField, ...ref } of references) {
     const metadata = { migratedFromLegacy: true, migrationId, runId, ...(legacyField ? { legacyField } : {}) };
     referenceIds.push(await ctx.db.insert("assetReferences", { ...ref, entityId: id, createdAt, metadata }));
   }
-  for (const refId of referencesToDelete) {
-    await ctx.db.delete(refId);
-  }
-  return { id: it.id, outcome: "applied", ...(referenceIds.length > 0 ? { referenceIds } : {}) };
+  return referenceIds;
 }

@@ -103,6 +103,11 @@ def _key_digest(key: str) -> bytes:
     return hashlib.blake2b(key.encode(), digest_size=12).digest()
 
 
+def reference_key(entity_id: str, asset_type: str) -> int:
+    """A compact key for (document id, asset type): an int costs less memory than a tuple of two strings."""
+    return int.from_bytes(hashlib.blake2b(f"{entity_id}\0{asset_type}".encode(), digest_size=8).digest(), "big")
+
+
 @locked_step("02_dry_run")
 def build_plan(
     transport: ConvexTransport,
@@ -126,7 +131,16 @@ def build_plan(
     session_ids: set[str] = {
         doc["_id"] for doc in progress(iter_documents(transport, "videoSessions", page_size), desc="sessions (ids)", total=totals.get("videoSessions"), show=show_progress)
     }
-    ctx = rules.RulesContext(bucket_base_url=bucket_base_url, session_exists=session_ids.__contains__)
+    # Assets already tracked (a reference of any origin): the plan adds references only for the others.
+    tracked: set[int] = {
+        reference_key(ref["entityId"], ref["assetType"])
+        for ref in progress(iter_documents(transport, "assetReferences", page_size), desc="asset references", total=totals.get("assetReferences"), show=show_progress)
+    }
+    ctx = rules.RulesContext(
+        bucket_base_url=bucket_base_url,
+        session_exists=session_ids.__contains__,
+        is_tracked=lambda entity_id, asset_type: reference_key(entity_id, asset_type) in tracked,
+    )
 
     # Pass 1: plan scenes provisionally and count S3 keys (a key shared by several scenes blocks all of them).
     provisional = out / "scenes.provisional.jsonl"

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from . import MIGRATION_ID, jsonio
 from .archive import sha256_file, write_json_atomic
-from .backup import iter_backup_documents, read_backup
+from .backup import BackupSummary, iter_backup_documents, read_backup
 from .deployment import apply_batch, iter_documents
 from .errors import PreconditionFailed
 from .fields import MIGRATED_TABLES
@@ -27,6 +27,7 @@ from .plan import CHANGING_ACTIONS, iter_plan_lines, read_plan
 from .run_folder import locked_step
 from .transport import ConvexTransport
 from .values import digest
+from .verify import Check
 
 Mode = Literal["strip", "restore"]
 ROLLBACK_DIR = "rollback"
@@ -50,10 +51,37 @@ class RollbackCheck(BaseModel):
     checked: int
     failed: int
     examples: list[str]
+    checks: list[Check] = []
 
     @property
     def passed(self) -> bool:
         return self.failed == 0
+
+
+# -- the rollback's checks (pure), each over one live document or reference ---------------------------------------
+
+
+def check_stripped(live: dict[str, Any], set_fields: tuple[str, ...]) -> bool:
+    """strip: the document holds none of the new fields the plan set."""
+    return not any(f in live for f in set_fields)
+
+
+def check_restored(live: dict[str, Any], backed_up: bytes | None) -> bool:
+    """restore: the document equals its backup (every field, system fields included)."""
+    return backed_up is not None and digest(live) == backed_up
+
+
+def check_reference_removed(reference: dict[str, Any], touched: set[str]) -> bool:
+    """No reference of this migration is left on a document the rollback changed back."""
+    return reference.get("metadata", {}).get("migrationId") != MIGRATION_ID or reference["entityId"] not in touched
+
+
+ROLLBACK_CHECKS: dict[str, str] = {
+    "stripped": "strip: no document the rollback changed back holds a new field the plan set",
+    "restored": "restore: every document the rollback changed back equals its backup, field by field",
+    "references_removed": "no asset reference of this migration is left on a document the rollback changed back",
+    "documents_still_exist": "every document the rollback changed back still exists",
+}
 
 
 def rollback_dir(run_dir: Path, mode: Mode) -> Path:
@@ -65,7 +93,7 @@ def plan_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, page
     if mode not in ("strip", "restore"):
         raise ValueError(f"mode must be 'strip' or 'restore', not {mode!r}")
     plan = read_plan(run_dir)
-    backup = read_backup(run_dir)
+    backup = _backup_for_restore(run_dir) if mode == "restore" else None
     out = rollback_dir(run_dir, mode)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -80,7 +108,7 @@ def plan_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, page
             references[ref["entityId"]].append(ref["_id"])
 
     backed_up: dict[str, bytes] = {}
-    if mode == "restore":
+    if backup is not None:
         # Only the documents the migration touched are kept, as their encoded backup state.
         for table in MIGRATED_TABLES:
             for doc in iter_backup_documents(backup, table):
@@ -201,31 +229,60 @@ def execute_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, b
 
 
 def check_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, page_size: int = 4000) -> RollbackCheck:
-    """After execute: strip left no new field the plan set and no reference of this migration; restore made
-    every changed document equal to the backup. Conflicts the execution reported are excluded (left alone)."""
+    """After execute, the checks of ROLLBACK_CHECKS that concern this mode, over every document and reference the
+    rollback changed back. Conflicts the execution reported are excluded (left alone, listed there)."""
     summary = RollbackSummary.model_validate_json((rollback_dir(run_dir, mode) / "summary.json").read_bytes())
     excluded = {c["id"] for c in summary.conflicts}
     touched = {item["id"] for item in iter_rollback_items(run_dir, mode)} - excluded
-    failed: list[str] = []
-    checked = 0
+    names = ["stripped" if mode == "strip" else "restored", "references_removed", "documents_still_exist"]
+    results: dict[str, tuple[int, list[str]]] = {name: (0, []) for name in names}
+
+    def record(name: str, ok: bool, item_id: str) -> None:
+        checked, failed = results[name]
+        results[name] = (checked + 1, failed if ok else [*failed, item_id])
+
     expected: dict[str, bytes] = {}
     if mode == "restore":
-        backup = read_backup(run_dir)
+        backup = _backup_for_restore(run_dir)
         for table in MIGRATED_TABLES:
             for doc in iter_backup_documents(backup, table):
                 if doc["_id"] in touched:
                     expected[doc["_id"]] = digest(doc)
     plan_fields = {line["id"]: tuple(line["set"]) for line in iter_plan_lines(run_dir) if line["action"] in CHANGING_ACTIONS}
+    seen: set[str] = set()
     for table in MIGRATED_TABLES:
         for doc in iter_documents(transport, table, page_size):
             if doc["_id"] not in touched:
                 continue
-            checked += 1
-            ok = digest(doc) == expected.get(doc["_id"]) if mode == "restore" else not any(f in doc for f in plan_fields.get(doc["_id"], ()))
-            if not ok:
-                failed.append(doc["_id"])
+            seen.add(doc["_id"])
+            if mode == "restore":
+                record("restored", check_restored(doc, expected.get(doc["_id"])), doc["_id"])
+            else:
+                record("stripped", check_stripped(doc, plan_fields.get(doc["_id"], ())), doc["_id"])
+    for doc_id in touched:
+        record("documents_still_exist", doc_id in seen, doc_id)
     for ref in iter_documents(transport, "assetReferences", page_size):
-        if ref.get("metadata", {}).get("migrationId") == MIGRATION_ID and ref["entityId"] in touched:
-            checked += 1
-            failed.append(ref["_id"])
-    return RollbackCheck(checked=checked, failed=len(failed), examples=failed[:5])
+        record("references_removed", check_reference_removed(ref, touched), ref["_id"])
+    checks = [
+        Check(name=name, description=ROLLBACK_CHECKS[name], passed=not failed, checked=checked, failed=len(failed), examples=failed[:5])
+        for name, (checked, failed) in results.items()
+    ]
+    return RollbackCheck(
+        checked=sum(c.checked for c in checks),
+        failed=sum(c.failed for c in checks),
+        examples=[e for c in checks for e in c.examples][:5],
+        checks=checks,
+    )
+
+
+def _backup_for_restore(run_dir: Path) -> BackupSummary:
+    """This run's backup, which only restore needs; without it, say where it is kept and what works instead."""
+    try:
+        return read_backup(run_dir)
+    except PreconditionFailed as missing:
+        raise PreconditionFailed(
+            f"Rollback restore needs the backup this run took before the migration, and it is not usable: {missing.args[0]}",
+            hint=f"put this run's backup back into {Path(run_dir) / 'backup'} (snapshot_<ts>.zip and backup.json, from the "
+            "archived run folder or its ZIP), or roll back with mode='strip', which needs no backup; a new backup would "
+            "hold the migrated state and cannot restore it",
+        ) from None

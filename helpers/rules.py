@@ -28,8 +28,9 @@ ASSET_VERSION = 1
 MAX_STRING_LENGTH = 2048
 MAX_NESTING_DEPTH = 8
 UNKNOWN_CONTENT_TYPE = "application/octet-stream"
-#: Actions that change the document (helpers.plan has the same set; rules cannot import plan).
-CHANGING_ACTIONS = frozenset({"migrate", "fill_missing"})
+#: Actions apply sends (helpers.plan has the same set; rules cannot import plan). `track_existing` writes no
+#: field: it only adds the references of assets the document already held (SCN-10, SES-8).
+CHANGING_ACTIONS = frozenset({"migrate", "fill_missing", "track_existing"})
 
 #: Every problem code with its usual severity (docs/mapping.md explains each and what to do).
 #: `wrong_type` is blocking for keys and URLs, flagged for an error message.
@@ -38,11 +39,14 @@ PROBLEM_CODES: dict[str, str] = {
     "url_derived": FLAGGED,
     "key_derived": FLAGGED,
     "url_not_s3": BLOCKING,
+    "url_not_http": BLOCKING,
+    "url_plain_http": FLAGGED,
     "key_url_mismatch": BLOCKING,
     "presigned_url": FLAGGED,
     "wrong_type": BLOCKING,
     "empty_string": FLAGGED,
     "unknown_status": BLOCKING,
+    "status_variant": FLAGGED,
     "missing_session": BLOCKING,
     "duplicate_s3_key": BLOCKING,
     "invalid_unicode": BLOCKING,
@@ -76,18 +80,39 @@ CONTENT_TYPES: dict[str, str] = {
     "json": "application/json",
 }
 
+#: SCN-5: every status the legacy scene writers used -> assetsStatus ("ready" needs a video chunk).
+#: "error" is an older writer's word for failed; "queued" one for pending; a cancelled scene expects no assets.
 SCENE_STATUS_MAP: dict[str, str] = {
     "pending": "pending",
+    "queued": "pending",
     "generating": "pending",
     "rendering": "pending",
     "uploading": "uploading",
     "completed": "ready",
     "failed": "error",
+    "error": "error",
+    "cancelled": "error",
+    "canceled": "error",
 }
-SESSION_STATUSES = frozenset({"pending", "generating", "combining", "completed", "failed"})
+#: SES-6: every status the legacy session writers used -> what the session's own status says (its scenes decide
+#: the rest: "pending" here means "as ready as its scenes", "ready" that a combined video is also needed).
+SESSION_STATUS_MAP: dict[str, str] = {
+    "pending": "pending",
+    "queued": "pending",
+    "generating": "pending",
+    "combining": "pending",
+    "completed": "ready",
+    "failed": "error",
+    "error": "error",
+    "cancelled": "error",
+    "canceled": "error",
+}
+SESSION_STATUSES = frozenset(SESSION_STATUS_MAP)
 _KNOWN_STATUSES = SESSION_STATUSES.union(SCENE_STATUS_MAP)
+_CANCELLED = frozenset({"cancelled", "canceled"})
 
 MISSING_ERROR_TEXT = "Failed before migration 001; the legacy errorMessage was missing or not a text."
+CANCELLED_TEXT = "Cancelled before migration 001: no assets are expected."
 SCENE_WITHOUT_VIDEO_TEXT = "Legacy status is completed but no video chunk (s3ChunkKey / s3ChunkUrl) was recorded."
 
 
@@ -124,10 +149,12 @@ _SIGNED_QUERY = re.compile(r"(?:^|&)(?:X-Amz-Signature|Signature|X-Amz-Credentia
 
 @dataclass(frozen=True)
 class RulesContext:
-    """What the rules know beyond one document: the bucket's base URL (optional) and which sessions exist."""
+    """What the rules know beyond one document: the bucket's base URL (optional), which sessions exist, and
+    which (document id, asset type) already have an assetReferences row (of any origin)."""
 
     bucket_base_url: str | None = None
     session_exists: Callable[[str], bool] = lambda _id: True
+    is_tracked: Callable[[str, str], bool] = lambda _id, _asset_type: False
 
 
 class ParsedUrl(NamedTuple):
@@ -275,7 +302,7 @@ def _is_s3_object_prefix(prefix: str) -> bool:
     prefixes, and the memo is dropped if odd data ever fills it."""
     known = _S3_PREFIXES.get(prefix)
     if known is None:
-        parsed = parse_s3_url(prefix + "k") if prefix else None
+        parsed = parse_s3_url(prefix + "k") if prefix.startswith("https://") else None
         known = parsed is not None and parsed.key == "k" and parsed.url == prefix + "k"
         if len(_S3_PREFIXES) >= 4096:
             _S3_PREFIXES.clear()
@@ -290,7 +317,7 @@ def scene_assets_status(legacy_status: str, has_video: bool, legacy_error: str |
     """SCN-5, SCN-6: (assetsStatus, assetsErrorMessage) of a scene; the message is set only for "error"."""
     status = SCENE_STATUS_MAP[legacy_status]
     if status == "error":
-        return status, legacy_error or MISSING_ERROR_TEXT
+        return status, legacy_error or (CANCELLED_TEXT if legacy_status in _CANCELLED else MISSING_ERROR_TEXT)
     if status == "ready" and not has_video:
         return "error", SCENE_WITHOUT_VIDEO_TEXT
     return status, None
@@ -300,8 +327,8 @@ def session_assets_status(
     legacy_status: str, legacy_error: str | None, totals: SessionTotals, has_combined_video: bool
 ) -> tuple[str, str | None]:
     """SES-6, SES-7: a session is as ready as its scenes (and, once completed, its combined video)."""
-    if legacy_status == "failed":
-        return "error", legacy_error or MISSING_ERROR_TEXT
+    if SESSION_STATUS_MAP[legacy_status] == "error":
+        return "error", legacy_error or (CANCELLED_TEXT if legacy_status in _CANCELLED else MISSING_ERROR_TEXT)
     if totals.errors:
         return "error", f"{totals.errors} scene{'s' if totals.errors > 1 else ''} in error"
     all_ready = totals.ready == totals.scenes and (totals.scenes > 0 or has_combined_video)
@@ -310,6 +337,17 @@ def session_assets_status(
     if totals.uploading:
         return "uploading", None
     return "pending", None
+
+
+def canonical_status(status: Any, known: dict[str, str]) -> str | None:
+    """SCN-5, SES-6: the mapped status a legacy value names, exactly or after trimming and lower-casing it
+    ("Completed", " failed": a status_variant); None when it names none."""
+    if type(status) is not str:
+        return None
+    if status in known:
+        return status
+    folded = status.strip().lower()
+    return folded if folded in known else None
 
 
 def asset_keys(plan: DocumentPlan) -> list[str]:
@@ -338,7 +376,9 @@ def mark_blocking(plan: DocumentPlan, code: str, message: str, *, field_name: st
 def plan_scene(doc: dict[str, Any], ctx: RulesContext) -> DocumentPlan:
     """The scene rules SCN-1 to SCN-10, with the asset (AST-*) and general (GEN-*) rules."""
     status = doc.get("status")
-    reads = _SCENE_READS_FAILED if status == "failed" else _SCENE_READS
+    canonical = canonical_status(status, SCENE_STATUS_MAP)
+    failed = canonical is not None and SCENE_STATUS_MAP[canonical] == "error"
+    reads = _SCENE_READS_FAILED if failed else _SCENE_READS
     expect, expect_absent, problems, had_new = _read(doc, reads)
     raw_session = doc.get("sessionId")
     session_id = raw_session if type(raw_session) is str and (raw_session.isascii() or _recordable(raw_session)) else None
@@ -353,17 +393,18 @@ def plan_scene(doc: dict[str, Any], ctx: RulesContext) -> DocumentPlan:
             f"sessionId {_show(raw_session)} names no videoSessions document: attach the scene to its session "
             "(or delete the orphan) and plan again.",
         ))
-    known_status = type(status) is str and status in SCENE_STATUS_MAP
-    if not known_status:
+    if canonical is None:
         problems.append(_unknown_status(status, SCENE_STATUS_MAP))
+    elif canonical != status:
+        problems.append(_status_variant(status, canonical))
 
     produced = _assets(doc, SCENE_ASSET_SOURCES, ctx, problems)  # SCN-1, SCN-2, SCN-3, SCN-4
 
-    if known_status:
+    if canonical is not None:
         has_video = "videoAsset" in produced or "videoAsset" in doc
-        legacy_error = _legacy_error(doc, problems) if status == "failed" else None
-        assets_status, message = scene_assets_status(status, has_video, legacy_error)
-        if status == "completed" and not has_video and not _blocked(problems):  # a blocked chunk is reported already
+        legacy_error = _legacy_error(doc, problems) if failed else None
+        assets_status, message = scene_assets_status(canonical, has_video, legacy_error)
+        if canonical == "completed" and not has_video and not _blocked(problems):  # a blocked chunk is reported already
             problems.append(_problem(
                 "completed_without_video", "s3ChunkKey",
                 "status is completed but the scene has no video chunk (s3ChunkKey / s3ChunkUrl): assetsStatus is "
@@ -375,20 +416,23 @@ def plan_scene(doc: dict[str, Any], ctx: RulesContext) -> DocumentPlan:
         produced["assetVersion"] = ASSET_VERSION  # SCN-7
         produced["previousAssetVersions"] = []  # SCN-8
 
-    return _finish("scenes", doc, session_id, expect, expect_absent, produced, problems, had_new, current)
+    return _finish("scenes", doc, session_id, expect, expect_absent, produced, problems, had_new, current, ctx)
 
 
 def plan_session(doc: dict[str, Any], totals: SessionTotals, ctx: RulesContext) -> DocumentPlan:
     """The session rules SES-1 to SES-8 (with AST-*, GEN-*), given its scenes' totals after apply."""
     status = doc.get("status")
-    reads = _SESSION_READS_FAILED if status == "failed" else _SESSION_READS
+    canonical = canonical_status(status, SESSION_STATUS_MAP)
+    failed = canonical is not None and SESSION_STATUS_MAP[canonical] == "error"
+    reads = _SESSION_READS_FAILED if failed else _SESSION_READS
     expect, expect_absent, problems, had_new = _read(doc, reads)
     if problems:
         return _unrecordable_plan("videoSessions", doc, None, problems, {})
 
-    known_status = type(status) is str and status in SESSION_STATUSES
-    if not known_status:
-        problems.append(_unknown_status(status, SESSION_STATUSES))
+    if canonical is None:
+        problems.append(_unknown_status(status, SESSION_STATUS_MAP))
+    elif canonical != status:
+        problems.append(_status_variant(status, canonical))
 
     produced = _assets(doc, SESSION_ASSET_SOURCES, ctx, problems)  # SES-1, SES-2, SES-3
 
@@ -396,11 +440,11 @@ def plan_session(doc: dict[str, Any], totals: SessionTotals, ctx: RulesContext) 
     own = [asset for asset in own if type(asset) is dict]
     produced["assetCount"] = len(own) + totals.assets  # SES-4
     produced["totalAssetSize"] = sum(a.get("size", 0) for a in own) + totals.size  # SES-5
-    if known_status:
+    if canonical is not None:
         has_combined_video = "combinedVideoAsset" in produced or type(doc.get("combinedVideoAsset")) is dict
-        legacy_error = _legacy_error(doc, problems) if status == "failed" else None
-        assets_status, message = session_assets_status(status, legacy_error, totals, has_combined_video)
-        if status == "completed" and not has_combined_video and not _blocked(problems):
+        legacy_error = _legacy_error(doc, problems) if failed else None
+        assets_status, message = session_assets_status(canonical, legacy_error, totals, has_combined_video)
+        if canonical == "completed" and not has_combined_video and not _blocked(problems):
             problems.append(_problem(
                 "completed_without_video", "combinedVideoKey",
                 "status is completed but the session has no combined video (combinedVideoKey / combinedVideoUrl): "
@@ -410,7 +454,7 @@ def plan_session(doc: dict[str, Any], totals: SessionTotals, ctx: RulesContext) 
         if message is not None:
             produced["assetsErrorMessage"] = message  # SES-7
 
-    return _finish("videoSessions", doc, None, expect, expect_absent, produced, problems, had_new, {})
+    return _finish("videoSessions", doc, None, expect, expect_absent, produced, problems, had_new, {}, ctx)
 
 
 def _finish(
@@ -423,6 +467,7 @@ def _finish(
     problems: list[dict[str, str]],
     had_new: bool,
     current: dict[str, Any],
+    ctx: RulesContext,
 ) -> DocumentPlan:
     """GEN-1: keep what is already there, fill what is missing, refuse what differs; GEN-2: the action."""
     to_set = produced
@@ -442,13 +487,13 @@ def _finish(
     doc_id, legacy_status = doc["_id"], status if type(status) is str and status in _KNOWN_STATUSES else _printable(status)
     if problems and _blocked(problems):
         return DocumentPlan(table, doc_id, "problem", session_id, legacy_status, expect, expect_absent, {}, [], problems, current)
-    action = "no_change" if not to_set else "fill_missing" if had_new else "migrate"
     entity_type, sources = ("scene", SCENE_ASSET_SOURCES) if table == "scenes" else ("session", SESSION_ASSET_SOURCES)
-    references = [  # SCN-10, SES-8
+    references = [  # SCN-10, SES-8: every asset the document will hold (set now, or there before) and not yet tracked
         dict(asset, entityType=entity_type, assetType=ASSET_TYPES[name], version=ASSET_VERSION, legacyField=key_field)
         for name, (key_field, _) in sources.items()
-        if (asset := to_set.get(name)) is not None
+        if type(asset := to_set.get(name, doc.get(name))) is dict and not ctx.is_tracked(doc_id, ASSET_TYPES[name])
     ]
+    action = "fill_missing" if to_set and had_new else "migrate" if to_set else "track_existing" if references else "no_change"
     expect_absent.extend(to_set)
     return DocumentPlan(table, doc_id, action, session_id, legacy_status, expect, expect_absent, to_set, references, problems, current)
 
@@ -565,6 +610,14 @@ def _resolve_pair(
         return None
     if url is not None:
         base, _, query = url.partition("?")
+        scheme = base.partition("://")[0].lower() if "://" in base else ""
+        if scheme not in ("http", "https"):
+            problems.append(_problem(
+                "url_not_http", url_field,
+                f"{url_field} ({_show(base)}) is not a web address (scheme {scheme or 'missing'!r}), but s3Url promises "
+                f"the object's https S3 URL: write the https URL into {url_field}, then plan again.",
+            ))
+            return None
         if query and _SIGNED_QUERY.search(query):
             problems.append(_problem(
                 "presigned_url", url_field,
@@ -572,21 +625,30 @@ def _resolve_pair(
                 "plain object URL. Make sure readers get signed links from the key, not from s3Url.",
             ))
         parsed = parse_s3_url(url)
+        under_base = _key_under_base(base, ctx)
+        if parsed is None and under_base is None:
+            host = base.partition("://")[2].partition("/")[0]
+            problems.append(_problem(
+                "url_not_s3", url_field,
+                f"{url_field} ({_show(base)}) is not an S3 object URL (host {_show(host)} is not an S3 endpoint, e.g. a "
+                f"CDN), but s3Url promises one: write the object's S3 URL into {url_field}, or plan with bucket_base_url "
+                "set to this host's base if it serves the bucket.",
+            ))
+            return None
+        if parsed is not None and under_base is None and scheme == "http":
+            base = "https" + base[len(scheme):]
+            problems.append(_problem(
+                "url_plain_http", url_field,
+                f"{url_field} is a plain http:// S3 URL: the asset stores the same address over https ({_show(base)}).",
+            ))
+        derived = parsed.key if parsed is not None else under_base
         if key is None:
-            key = parsed.key if parsed is not None else _key_under_base(base, ctx)
-            if key is None:
-                problems.append(_problem(
-                    "url_not_s3", url_field,
-                    f"{key_field} is missing and {url_field} ({_show(base)}) is not an S3 object URL, so the key "
-                    f"cannot be derived: fill {key_field} in the legacy data (or plan with bucket_base_url if the URL "
-                    "lies under it).",
-                ))
-                return None
+            key = derived
             problems.append(_problem(
                 "key_derived", key_field,
                 f"{key_field} was missing; the key {_show(key)} was taken from {url_field}. Check it names the object.",
             ))
-        elif not _points_at(base, parsed, key):
+        elif derived != key:
             problems.append(_problem(
                 "key_url_mismatch", key_field,
                 f"{key_field} ({_show(key)}) and {url_field} ({_show(base)}) name different objects: decide which one "
@@ -626,13 +688,6 @@ def _text(doc: dict[str, Any], name: str, problems: list[dict[str, str]]) -> Any
         "legacy data, then plan again.",
     ))
     return _INVALID
-
-
-def _points_at(base: str, parsed: ParsedUrl | None, key: str) -> bool:
-    if parsed is not None:
-        return parsed.key == key
-    suffix = "/" + key
-    return base.endswith(suffix) or ("%" in base and unquote(base).endswith(suffix))
 
 
 def _key_under_base(base: str, ctx: RulesContext) -> str | None:
@@ -788,6 +843,13 @@ def _unknown_status(status: Any, known: Any) -> dict[str, str]:
         "unknown_status", "status",
         f"status {_show(status)} is not one of {', '.join(sorted(known))}: correct it in the legacy data (or extend "
         "the status mapping in docs/mapping.md and helpers/rules.py), then plan again.",
+    )
+
+
+def _status_variant(status: str, canonical: str) -> dict[str, str]:
+    return _problem(
+        "status_variant", "status",
+        f"status {_show(status)} is read as {canonical!r} (case and spaces ignored); the legacy value is left as it is.",
     )
 
 

@@ -1,31 +1,55 @@
 """Verify: after apply, prove the deployment holds what the plan promised and nothing else changed.
 
-Three streams meet here: the backup (the state before), the plan (the promise), and the live tables (the
-state after). Each is read once; what is kept per document is a few digests, so memory grows by bytes per
-document, not by documents. Asset values are checked against the legacy fields directly, not by running
-the conversion rules again, so a bug in the rules cannot hide itself.
+Three sources meet per document: the backup (the state before), the plan (the promise) and the live
+document (the state after), joined into one `Joined` record in one streaming pass. Every check is a small
+pure function over such records (or over one asset and its references, or one session and its scenes'
+totals) returning a `Verdict`, so each can be called alone in a unit test with hand-built documents.
+
+A document whose legacy fields another writer changed after the backup (legacy writers always move
+`updatedAt`) is never blamed on the migration: it is listed as "changed by the application since the
+migration", with the advice to re-plan it. Verify fails only for what the migration did wrong.
+
+Memory stays bounded by a few digests per document and per asset; asset values are checked against the
+legacy fields directly, not by running the conversion rules again, so a bug in the rules cannot hide itself.
 """
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from pydantic import BaseModel
 
 from . import MIGRATION_ID
 from .backup import iter_backup_documents, read_backup
 from .deployment import iter_documents
-from .fields import ASSET_SOURCES, MIGRATED_TABLES, NEW_FIELDS, legacy_part, new_part
+from .fields import ASSET_SOURCES, ASSET_TYPES, MIGRATED_TABLES, NEW_FIELDS, legacy_part, new_part
+from .plan import CHANGING_ACTIONS, iter_plan_lines, read_plan, reference_key
 from .progress import progress
-from .plan import CHANGING_ACTIONS, iter_plan_lines, read_plan
+from .rules import SCENE_STATUS_MAP, SESSION_STATUS_MAP, canonical_status, parse_s3_url
 from .run_folder import locked_step
 from .transport import ConvexTransport
-from .values import digest
+from .values import digest, equal
 
 EXAMPLES = 5
+RE_PLAN_ADVICE = (
+    "These documents were changed by the application after the backup (their legacy fields and updatedAt moved): "
+    "the migration did not do this. To bring them up to date, run a new dry-run in a new run folder (backup, "
+    "dry-run, apply, verify): it plans them from their current state."
+)
+_ENTITY_TYPES = {"scenes": "scene", "videoSessions": "session"}
+_REFERENCE_ASSET_FIELDS = ("s3Key", "s3Url", "contentType", "size", "checksum", "uploadedAt")
+
+
+class Verdict(Enum):
+    PASS = "pass"
+    FAIL = "fail"
+    APPLICATION = "application"  # differs, because the application changed the document since the backup
 
 
 class Check(BaseModel):
@@ -43,20 +67,389 @@ class Check(BaseModel):
         return "pass" if self.passed else "FAIL"
 
 
+class ChangedByApplication(BaseModel):
+    """Documents the application changed since the migration: not a failure, but no longer what the plan saw."""
+
+    count: int = 0
+    examples: list[str] = []
+    advice: str = RE_PLAN_ADVICE
+
+
 class VerifyReport(BaseModel):
     migration_id: str = MIGRATION_ID
     plan_sha256: str
     backup_sha256: str
     checks: list[Check]
-    changed_by_others: list[str]
+    changed_by_others: list[str]  # up to 100 ids of changed_by_application, for older readers
+    changed_by_application: ChangedByApplication = ChangedByApplication()
 
     @property
     def passed(self) -> bool:
         return all(c.passed for c in self.checks)
 
 
+# -- the joined record ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Before:
+    """A backed-up document as digests: its legacy part, its new part without the fields the plan sets, and
+    its updatedAt."""
+
+    legacy: bytes
+    kept_new: bytes
+    updated_at: bytes
+
+    @classmethod
+    def of(cls, table: str, doc: dict[str, Any], set_fields: Iterable[str] = ()) -> Before:
+        kept = {k: v for k, v in new_part(table, doc).items() if k not in set(set_fields)}
+        return cls(digest(legacy_part(table, doc)), digest(kept), digest(doc.get("updatedAt")))
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """A plan line as verify needs it: the action, the fields it sets with a digest of their values."""
+
+    action: str
+    set_fields: tuple[str, ...]
+    set_digest: bytes
+
+    @classmethod
+    def of(cls, line: dict[str, Any]) -> Planned:
+        return cls(line["action"], tuple(sorted(line["set"])), digest(line["set"]))
+
+    @property
+    def changes(self) -> bool:
+        return self.action in CHANGING_ACTIONS
+
+    @property
+    def migratable(self) -> bool:
+        return self.action != "problem"
+
+
+@dataclass(slots=True)
+class Joined:
+    """One document as the backup, the plan and the deployment know it (each may be missing)."""
+
+    table: str
+    before: Before | None
+    plan: Planned | None
+    live: dict[str, Any] | None
+
+    @property
+    def changed_by_application(self) -> bool:
+        """Its legacy fields differ from the backup and its updatedAt moved: a legacy writer changed it."""
+        if self.before is None or self.live is None:
+            return False
+        return (
+            digest(legacy_part(self.table, self.live)) != self.before.legacy
+            and digest(self.live.get("updatedAt")) != self.before.updated_at
+        )
+
+    @property
+    def in_planned_state(self) -> bool:
+        plan, live = self.plan, self.live
+        if plan is None or live is None or not all(f in live for f in plan.set_fields):
+            return False
+        return digest({f: live[f] for f in plan.set_fields}) == plan.set_digest
+
+
+def _verdict(ok: bool, doc: Joined) -> Verdict:
+    if ok:
+        return Verdict.PASS
+    return Verdict.APPLICATION if doc.changed_by_application else Verdict.FAIL
+
+
+# -- document checks (pure) ------------------------------------------------------------------------------
+
+
+def check_planned_fields_written(doc: Joined) -> Verdict | None:
+    """A document the plan changes holds exactly the values of the plan's `set` (Convex deep equality)."""
+    if doc.plan is None or not doc.plan.changes or doc.live is None:
+        return None
+    return _verdict(doc.in_planned_state, doc)
+
+
+def check_nothing_outside_plan_changed(doc: Joined) -> Verdict | None:
+    """The new fields the plan does not set are as the backup had them (present or absent, same values)."""
+    if doc.before is None or doc.live is None:
+        return None
+    set_fields = set(doc.plan.set_fields) if doc.plan is not None else set()  # empty unless the plan changes it
+    kept = {k: v for k, v in new_part(doc.table, doc.live).items() if k not in set_fields}
+    return _verdict(digest(kept) == doc.before.kept_new, doc)
+
+
+def check_legacy_fields_unchanged(doc: Joined) -> Verdict | None:
+    """Every legacy field (system fields included) equals the backup, unless a legacy writer moved updatedAt."""
+    if doc.before is None or doc.live is None:
+        return None
+    return _verdict(digest(legacy_part(doc.table, doc.live)) == doc.before.legacy, doc)
+
+
+def check_document_still_exists(doc: Joined) -> Verdict | None:
+    """A document of the backup still exists."""
+    if doc.before is None:
+        return None
+    return Verdict.FAIL if doc.live is None else Verdict.PASS
+
+
+def asset_disagreement(table: str, asset_field: str, asset: Any, doc: dict[str, Any]) -> str | None:
+    """What of an asset differs from its legacy source fields on the same document, None when nothing does.
+
+    Compares: s3Key with the trimmed key field (when it holds a text), s3Url with the trimmed URL field without
+    its query string, http upgraded to https (when it holds a text), s3Url naming s3Key, a non-empty contentType, and for the scene's video chunk the size
+    with a non-negative numeric s3ChunkSize (else no size) and the checksum with a non-blank text checksum
+    (else no checksum). A missing legacy key or URL was derived, so it is not compared."""
+    if type(asset) is not dict:
+        return "not an asset object"
+    key_field, url_field = ASSET_SOURCES[table][asset_field]
+    key, url = doc.get(key_field), doc.get(url_field)
+    if type(key) is str and key.strip() and asset.get("s3Key") != key.strip():
+        return "key"
+    if type(url) is str and url.strip():
+        legacy_url = url.strip().partition("?")[0]
+        if asset.get("s3Url") not in (legacy_url, _over_https(legacy_url)):
+            return "URL"
+    if not _url_names_key(asset):
+        return "key (its URL names another)"
+    if type(asset.get("contentType")) is not str or not asset["contentType"]:
+        return "contentType"
+    if asset_field == "videoAsset":
+        size = doc.get("s3ChunkSize")
+        legacy_size = size if type(size) in (int, float) and size >= 0 else None
+        if (legacy_size is None) != ("size" not in asset) or (legacy_size is not None and not equal(asset["size"], legacy_size)):
+            return "size"
+        checksum = doc.get("checksum")
+        legacy_checksum = checksum if type(checksum) is str and checksum.strip() else None
+        if asset.get("checksum") != legacy_checksum:
+            return "checksum"
+    return None
+
+
+def _url_names_key(asset: dict[str, Any]) -> bool:
+    """The asset's s3Url is the address of its s3Key (an S3 URL's key, or a URL under a base ending in the key)."""
+    url, key = asset.get("s3Url"), asset.get("s3Key")
+    if type(url) is not str or type(key) is not str:
+        return False
+    parsed = parse_s3_url(url)
+    if parsed is not None:
+        return parsed.key == key
+    return url.endswith("/" + key) or unquote(url).endswith("/" + key)
+
+
+def _over_https(url: str) -> str:
+    """The same address over https (a plain http S3 URL is stored so, docs/mapping.md url_plain_http)."""
+    return "https://" + url[7:] if url[:7].lower() == "http://" else url
+
+
+def check_assets_equal_legacy(doc: Joined) -> Verdict | None:
+    """Each asset of a migratable document (set by the plan or already there) agrees with its legacy source."""
+    if doc.plan is None or not doc.plan.migratable or doc.live is None:
+        return None
+    live = doc.live
+    held = [f for f in ASSET_SOURCES[doc.table] if f in live]
+    if not held:
+        return None
+    return _verdict(all(asset_disagreement(doc.table, f, live[f], live) is None for f in held), doc)
+
+
+def expected_assets_status(table: str, doc: dict[str, Any]) -> set[str] | None:
+    """The assetsStatus values the legacy status allows (docs/mapping.md SCN-5, SES-6), None when unknown.
+
+    A scene's status decides it (completed needs a video asset to be ready). A session's also depends on its
+    scenes, so only what its own status decides is pinned: failed is error; completed without a combined video
+    is never ready."""
+    status = doc.get("status")
+    if table == "scenes":
+        canonical = canonical_status(status, SCENE_STATUS_MAP)
+        if canonical is None:
+            return None
+        mapped = SCENE_STATUS_MAP[canonical]
+        if mapped == "ready" and "videoAsset" not in doc:
+            return {"error"}
+        return {mapped}
+    canonical = canonical_status(status, SESSION_STATUS_MAP)
+    if canonical is None:
+        return None
+    mapped = SESSION_STATUS_MAP[canonical]
+    if mapped == "error":
+        return {"error"}
+    allowed = {"pending", "uploading", "ready", "error"}
+    if mapped == "ready" and "combinedVideoAsset" not in doc:
+        allowed.discard("ready")
+    return allowed
+
+
+def check_assets_status_matches_legacy(doc: Joined) -> Verdict | None:
+    """A migratable document's assetsStatus is one its legacy status maps to (stale when a writer moved on)."""
+    if doc.plan is None or not doc.plan.migratable or doc.live is None or "assetsStatus" not in doc.live:
+        return None
+    allowed = expected_assets_status(doc.table, doc.live)
+    return _verdict(allowed is None or doc.live["assetsStatus"] in allowed, doc)
+
+
+@dataclass(frozen=True)
+class DocumentCheck:
+    name: str
+    description: str
+    run: Callable[[Joined], Verdict | None]
+
+
+DOCUMENT_CHECKS: tuple[DocumentCheck, ...] = (
+    DocumentCheck(
+        "planned_fields_written",
+        "every document the plan changes holds exactly the values of the plan's `set` (deep Convex equality)",
+        check_planned_fields_written,
+    ),
+    DocumentCheck(
+        "assets_equal_legacy",
+        "each asset of a migratable document equals its legacy source on the same document: s3Key = key field, "
+        "s3Url = URL field without query string, s3Url names s3Key, video size = s3ChunkSize, video checksum = "
+        "checksum, contentType set",
+        check_assets_equal_legacy,
+    ),
+    DocumentCheck(
+        "assets_status_matches_legacy",
+        "each migratable document's assetsStatus is what its legacy status maps to (docs/mapping.md SCN-5, SES-6)",
+        check_assets_status_matches_legacy,
+    ),
+    DocumentCheck(
+        "legacy_fields_unchanged",
+        "every legacy field (system fields included) equals the backup",
+        check_legacy_fields_unchanged,
+    ),
+    DocumentCheck(
+        "nothing_outside_plan_changed",
+        "the new fields the plan does not set equal the backup's (none added, changed or removed), and the plan sets "
+        "only new fields",
+        check_nothing_outside_plan_changed,
+    ),
+    DocumentCheck(
+        "no_backup_document_missing",
+        "every scene and session of the backup still exists",
+        check_document_still_exists,
+    ),
+)
+
+
+def check_plan_writes_only_new_fields(line: dict[str, Any]) -> Verdict:
+    """A plan line sets only new fields of its table (part of nothing_outside_plan_changed)."""
+    return Verdict.PASS if all(f in NEW_FIELDS[line["table"]] for f in line["set"]) else Verdict.FAIL
+
+
+# -- session totals (pure) ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class SceneTotals:
+    """What a session's scenes hold after apply: assets, their known sizes, and whether any scene is excused."""
+
+    assets: int = 0
+    size: float = 0
+    excused: bool = False
+
+
+def held_assets(table: str, doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return [doc[f] for f in ASSET_SOURCES[table] if type(doc.get(f)) is dict]
+
+
+def asset_size(assets: list[dict[str, Any]]) -> float:
+    return sum(a["size"] for a in assets if type(a.get("size")) in (int, float))
+
+
+def check_session_totals(session: Joined, scenes: SceneTotals) -> Verdict | None:
+    """A session whose totals the plan set holds assetCount = its own assets + its scenes' assets, and
+    totalAssetSize = the sum of their known sizes (excused when one of its scenes was changed by the application)."""
+    live, plan = session.live, session.plan
+    if live is None or plan is None or "assetCount" not in plan.set_fields:  # the plan sets both or neither
+        return None
+    own = held_assets("videoSessions", live)
+    count_ok = equal(live.get("assetCount"), len(own) + scenes.assets)
+    size = live.get("totalAssetSize")
+    size_ok = type(size) in (int, float) and abs(size - (asset_size(own) + scenes.size)) < 1e-6
+    if count_ok and size_ok:
+        return Verdict.PASS
+    return Verdict.APPLICATION if scenes.excused or session.changed_by_application else Verdict.FAIL
+
+
+# -- references (pure) ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """An assetReferences row as verify needs it."""
+
+    ours: bool  # created by this migration
+    tracks: bytes  # digest of the asset it describes, with its entity type
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> Reference:
+        return cls(row["metadata"]["migrationId"] == MIGRATION_ID, reference_digest(row, row["entityType"]))
+
+
+def reference_digest(asset: dict[str, Any], entity_type: Any) -> bytes:
+    """What a reference must agree on with the asset it tracks: entity type and the asset's own fields."""
+    return digest([entity_type, {k: asset[k] for k in _REFERENCE_ASSET_FIELDS if k in asset}])
+
+
+def check_references_match_asset(doc: Joined, asset: dict[str, Any], refs: list[Reference]) -> Verdict | None:
+    """Every reference of this migration for one asset type of a document describes the asset it holds
+    (entityType, s3Key, s3Url, contentType, size, checksum, uploadedAt)."""
+    ours = [r for r in refs if r.ours]
+    if not ours:
+        return None
+    expected = reference_digest(asset, _ENTITY_TYPES[doc.table])
+    return _verdict(all(r.tracks == expected for r in ours), doc)
+
+
+def check_no_duplicate_references(refs: list[Reference]) -> Verdict | None:
+    """An entity has at most one reference per asset type."""
+    if not refs:
+        return None
+    return Verdict.PASS if len(refs) == 1 else Verdict.FAIL
+
+
+def check_asset_tracked(doc: Joined, refs: list[Reference]) -> Verdict | None:
+    """An asset a migratable document holds has an assetReferences row of its type (tracking is complete)."""
+    if doc.plan is None or not doc.plan.migratable or doc.live is None:
+        return None
+    return _verdict(bool(refs), doc)
+
+
+def check_reference_has_asset(document_changed_by_application: bool, refs: list[Reference]) -> Verdict | None:
+    """A reference of this migration on an existing document that holds no asset of its type: it points at the
+    wrong document (excused when the application changed that document since the backup)."""
+    if not any(r.ours for r in refs):
+        return None
+    return Verdict.APPLICATION if document_changed_by_application else Verdict.FAIL
+
+
+def check_reference_points_at_document(entity_exists: bool, refs: list[Reference]) -> Verdict | None:
+    """A reference of this migration points at an existing scene or session."""
+    if not any(r.ours for r in refs):
+        return None
+    return Verdict.PASS if entity_exists else Verdict.FAIL
+
+
+REFERENCE_CHECKS: dict[str, str] = {
+    "references_match_assets": "each reference of this migration equals the asset its document holds under that asset "
+    "type (entityType, s3Key, s3Url, contentType, size, checksum, uploadedAt); none names an asset its document lacks",
+    "no_duplicate_references": "no document has two references (of any origin) of one asset type",
+    "references_point_at_documents": "every reference of this migration points at an existing scene or session",
+    "tracking_complete": "every asset a migratable document holds (set by the plan or there before) has its "
+    "assetReferences row",
+}
+SESSION_CHECK = (
+    "session_totals",
+    "each session's assetCount = its own assets + its scenes' assets, totalAssetSize = the sum of their known sizes",
+)
+
+
+# -- the streaming pass ------------------------------------------------------------------------------------
+
+
 @dataclass
-class _Tracker:
+class _Tally:
     """Counts and a few example ids for one check."""
 
     name: str
@@ -65,42 +458,33 @@ class _Tracker:
     failed: int = 0
     explained: int = 0
     examples: list[str] = field(default_factory=list)
-    note: str = ""
 
-    def ok(self) -> None:
+    def add(self, verdict: Verdict | None, doc_id: str, detail: str = "") -> None:
+        if verdict is None:
+            return
         self.checked += 1
-
-    def fail(self, doc_id: str) -> None:
-        self.checked += 1
-        self.failed += 1
-        if len(self.examples) < EXAMPLES:
-            self.examples.append(doc_id)
-
-    def explain(self) -> None:
-        self.checked += 1
-        self.explained += 1
+        if verdict is Verdict.FAIL:
+            self.failed += 1
+            if len(self.examples) < EXAMPLES:
+                self.examples.append(f"{doc_id} ({detail})" if detail else doc_id)
+        elif verdict is Verdict.APPLICATION:
+            self.explained += 1
 
     def result(self) -> Check:
+        note = "explained: changed by the application since the migration (re-plan it)" if self.explained else ""
         return Check(
             name=self.name, description=self.description, passed=self.failed == 0, checked=self.checked,
-            failed=self.failed, explained=self.explained, examples=self.examples, note=self.note,
+            failed=self.failed, explained=self.explained, examples=self.examples, note=note,
         )
 
 
-@dataclass(slots=True)
-class _Planned:
-    table: str
-    action: str
-    set_digest: bytes
-    set_fields: tuple[str, ...]
-    references: tuple[tuple[str, str], ...]
+@dataclass
+class Outcome:
+    """What the checks found: one Check per check, and the documents the application changed since the backup."""
 
-
-@dataclass(slots=True)
-class _Before:
-    legacy: bytes
-    new: bytes
-    updated_at: bytes
+    checks: list[Check]
+    changed_by_application: list[str]
+    changed_count: int
 
 
 @locked_step("04_verify")
@@ -108,168 +492,113 @@ def verify(transport: ConvexTransport, run_dir: Path, *, page_size: int = 4000, 
     plan_summary = read_plan(run_dir)
     backup = read_backup(run_dir)
 
-    c_new = _Tracker("new_fields_present", "every planned document holds exactly the new fields the plan set")
-    c_assets = _Tracker("assets_equal_legacy", "each asset's key, URL and checksum equal its legacy source fields")
-    c_refs = _Tracker("references_match_plan", "asset references match the plan one to one")
-    c_dup = _Tracker("no_duplicate_references", "no entity has two references of one asset type from this migration")
-    c_dangling = _Tracker("references_point_at_documents", "every reference of this migration points at an existing document")
-    c_totals = _Tracker("session_totals", "session assetCount / totalAssetSize equal a recomputation from its scenes and its own assets")
-    c_legacy = _Tracker("legacy_fields_unchanged", "legacy fields equal the backup for every document (others' writes reported, not blamed)")
-    c_missing = _Tracker("no_backup_document_missing", "every document of the backup still exists")
-    c_outside = _Tracker("nothing_outside_plan_changed", "documents the plan left alone have the new fields the backup had; the plan writes only new fields")
+    def live(table: str) -> Iterable[dict[str, Any]]:
+        desc = f"verify {table}"
+        return progress(iter_documents(transport, table, page_size), desc=desc, total=backup.counts.get(table), show=show_progress)
 
-    # The promise: what the plan set per document, and the references it planned.
-    planned: dict[str, _Planned] = {}
-    for line in iter_plan_lines(run_dir):
-        table = line["table"]
-        set_fields = tuple(sorted(line["set"]))
-        if any(f not in NEW_FIELDS[table] for f in set_fields):
-            c_outside.fail(line["id"])
-        refs = tuple(sorted((r["assetType"], r["s3Key"]) for r in line.get("references", ())))
-        planned[line["id"]] = _Planned(table, line["action"], digest(line["set"]), set_fields, refs)
+    outcome = run_checks(iter_plan_lines(run_dir), lambda table: iter_backup_documents(backup, table), live)
+    return report(outcome, plan_summary.plan_sha256, backup.sha256)
 
-    # The state before: digests of each backed-up document's legacy and new parts.
-    before: dict[str, _Before] = {}
-    for table in MIGRATED_TABLES:
-        for doc in iter_backup_documents(backup, table):
-            before[doc["_id"]] = _Before(
-                digest(legacy_part(table, doc)), digest(new_part(table, doc)), digest(doc.get("updatedAt"))
-            )
 
-    # The state after, one live document at a time.
-    migrated: set[str] = set()
-    conflicted: set[str] = set()
-    live_ids: set[str] = set()
-    session_scene_totals: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
-    sessions_with_changed_scenes: set[str] = set()
-    session_docs: dict[str, tuple[int | None, float | None, int, float]] = {}
-    changed_by_others: list[str] = []
-
-    for table in ("scenes", "videoSessions"):
-        for doc in progress(iter_documents(transport, table, page_size), desc=f"verify {table}", total=backup.counts.get(table), show=show_progress):
-            doc_id = doc["_id"]
-            live_ids.add(doc_id)
-            prior = before.pop(doc_id, None)
-            plan = planned.get(doc_id)
-            legacy_changed = prior is not None and digest(legacy_part(table, doc)) != prior.legacy
-            if legacy_changed:
-                if digest(doc.get("updatedAt")) != prior.updated_at:
-                    c_legacy.explain()
-                    changed_by_others.append(doc_id)
-                else:
-                    c_legacy.fail(doc_id)
-            elif prior is not None:
-                c_legacy.ok()
-
-            if plan is not None and plan.action in CHANGING_ACTIONS:
-                now_set = digest({f: doc.get(f) for f in plan.set_fields if f in doc})
-                if now_set == plan.set_digest and all(f in doc for f in plan.set_fields):
-                    c_new.ok()
-                    migrated.add(doc_id)
-                elif legacy_changed or (prior is not None and digest(new_part(table, doc)) != prior.new):
-                    c_new.explain()
-                    conflicted.add(doc_id)
-                else:
-                    c_new.fail(doc_id)
-            elif prior is not None:
-                if digest(new_part(table, doc)) == prior.new:
-                    c_outside.ok()
-                elif legacy_changed:
-                    c_outside.explain()
-                else:
-                    c_outside.fail(doc_id)
-
-            if doc_id in migrated:
-                for asset_field, (key_field, url_field) in ASSET_SOURCES[table].items():
-                    if asset_field in doc:
-                        if _asset_matches_legacy(doc[asset_field], doc.get(key_field), doc.get(url_field)):
-                            c_assets.ok()
-                        else:
-                            c_assets.fail(doc_id)
-
-            assets = [doc[f] for f in ASSET_SOURCES[table] if isinstance(doc.get(f), dict)]
-            if table == "scenes":
-                session = str(doc.get("sessionId"))
-                totals = session_scene_totals[session]
-                totals[0] += len(assets)
-                totals[1] += sum(a.get("size", 0) for a in assets)
-                if doc_id in conflicted or (doc_id in planned and doc_id not in migrated and planned[doc_id].action in CHANGING_ACTIONS):
-                    sessions_with_changed_scenes.add(session)
-            elif doc_id in migrated:
-                own_size = sum(a.get("size", 0) for a in assets)
-                session_docs[doc_id] = (doc.get("assetCount"), doc.get("totalAssetSize"), len(assets), own_size)
-
-    for doc_id, (count, size, own_count, own_size) in session_docs.items():
-        scenes_count, scenes_size = session_scene_totals.get(doc_id, [0, 0.0])
-        if count == own_count + scenes_count and _same_number(size, own_size + scenes_size):
-            c_totals.ok()
-        elif doc_id in sessions_with_changed_scenes:
-            c_totals.explain()
-        else:
-            c_totals.fail(doc_id)
-    c_totals.note = "explained: a scene of the session changed after the plan (its total is the plan's)"
-
-    for doc_id in before:
-        c_missing.fail(doc_id)
-    c_missing.checked = backup.counts.get("scenes", 0) + backup.counts.get("videoSessions", 0)
-
-    _check_references(transport, page_size, planned, migrated, live_ids, c_refs, c_dup, c_dangling, show_progress)
-
-    c_legacy.note = "explained: updatedAt moved since the backup, so another writer changed the document"
-    c_new.note = "explained: changed by someone else between plan and apply (apply reported a conflict)"
-    checks = [c.result() for c in (c_new, c_assets, c_refs, c_dup, c_dangling, c_totals, c_legacy, c_missing, c_outside)]
+def report(outcome: Outcome, plan_sha256: str, backup_sha256: str) -> VerifyReport:
+    """The report of what the checks found, for the plan and backup they checked against."""
     return VerifyReport(
-        plan_sha256=plan_summary.plan_sha256,
-        backup_sha256=backup.sha256,
-        checks=checks,
-        changed_by_others=changed_by_others[:100],
+        plan_sha256=plan_sha256,
+        backup_sha256=backup_sha256,
+        checks=outcome.checks,
+        changed_by_others=outcome.changed_by_application,
+        changed_by_application=ChangedByApplication(count=outcome.changed_count, examples=outcome.changed_by_application[:EXAMPLES]),
     )
 
 
-def _check_references(
-    transport: ConvexTransport,
-    page_size: int,
-    planned: dict[str, _Planned],
-    migrated: set[str],
-    live_ids: set[str],
-    c_refs: _Tracker,
-    c_dup: _Tracker,
-    c_dangling: _Tracker,
-    show_progress: bool,
-) -> None:
-    found: dict[str, Counter[tuple[str, str]]] = defaultdict(Counter)
-    for ref in progress(iter_documents(transport, "assetReferences", page_size), desc="verify assetReferences", show=show_progress):
-        if ref.get("metadata", {}).get("migrationId") != MIGRATION_ID:
-            continue
-        entity = ref["entityId"]
-        found[entity][(ref["assetType"], ref["s3Key"])] += 1
-        if entity in live_ids:
-            c_dangling.ok()
-        else:
-            c_dangling.fail(ref["_id"])
-    for entity, refs in found.items():
-        by_type = Counter(asset_type for asset_type, _ in refs.elements())
-        if any(n > 1 for n in by_type.values()):
-            c_dup.fail(entity)
-        else:
-            c_dup.ok()
-    for doc_id in migrated:
-        expected = Counter(planned[doc_id].references)
-        if found.pop(doc_id, Counter()) == expected:
-            c_refs.ok()
-        else:
-            c_refs.fail(doc_id)
-    for entity in found:  # references of this migration for documents it did not migrate
-        c_refs.fail(entity)
+def run_checks(
+    plan_lines: Iterable[dict[str, Any]],
+    backup: Callable[[str], Iterable[dict[str, Any]]],
+    live: Callable[[str], Iterable[dict[str, Any]]],
+) -> Outcome:
+    """Every check over the three sources, each read once: the plan's lines, then `backup(table)` and `live(table)`
+    for scenes and videoSessions (and `live("assetReferences")`). Pure: the caller decides where they come from."""
+    tallies = {c.name: _Tally(c.name, c.description) for c in DOCUMENT_CHECKS}
+    tallies.update({name: _Tally(name, text) for name, text in REFERENCE_CHECKS.items()})
+    tallies[SESSION_CHECK[0]] = _Tally(*SESSION_CHECK)
+
+    # The promise, per document.
+    planned: dict[str, Planned] = {}
+    for line in plan_lines:
+        tallies["nothing_outside_plan_changed"].add(check_plan_writes_only_new_fields(line), line["id"])
+        planned[line["id"]] = Planned.of(line)
+
+    # The state before, per document, as digests.
+    before: dict[str, Before] = {}
+    for table in MIGRATED_TABLES:
+        for doc in backup(table):
+            plan = planned.get(doc["_id"])
+            before[doc["_id"]] = Before.of(table, doc, plan.set_fields if plan is not None else ())
+
+    # Every reference, by (entity, asset type), with its entity: references left over point at no live document.
+    references: dict[int, list[Reference]] = defaultdict(list)
+    entities: dict[int, tuple[str, str]] = {}
+    for row in live("assetReferences"):
+        key = reference_key(row["entityId"], row["assetType"])
+        references[key].append(Reference.of(row))
+        entities[key] = (row["entityId"], row["assetType"])
+
+    changed_by_app: list[str] = []
+    changed_count = 0
+    scene_totals: dict[str, SceneTotals] = defaultdict(SceneTotals)
+    live_docs: dict[str, bool] = {}  # id -> changed by the application (for references left over)
+    for table in ("scenes", "videoSessions"):
+        for document in live(table):
+            doc_id = document["_id"]
+            doc = Joined(table, before.pop(doc_id, None), planned.pop(doc_id, None), document)
+            by_app = doc.changed_by_application
+            live_docs[doc_id] = by_app
+            if by_app:
+                changed_count += 1
+                if len(changed_by_app) < 100:
+                    changed_by_app.append(doc_id)
+            for check in DOCUMENT_CHECKS:
+                verdict = check.run(doc)
+                tallies[check.name].add(verdict, doc_id, _detail(check, verdict, table, document))
+            for asset_field in ASSET_SOURCES[table]:
+                asset_type = ASSET_TYPES[asset_field]
+                key = reference_key(doc_id, asset_type)
+                refs = references.pop(key, [])
+                asset = document.get(asset_field)
+                if type(asset) is dict:
+                    tallies["references_match_assets"].add(check_references_match_asset(doc, asset, refs), doc_id, asset_type)
+                    tallies["tracking_complete"].add(check_asset_tracked(doc, refs), doc_id, asset_type)
+                else:
+                    tallies["references_match_assets"].add(check_reference_has_asset(by_app, refs), doc_id, asset_type)
+                tallies["no_duplicate_references"].add(check_no_duplicate_references(refs), doc_id, asset_type)
+                tallies["references_point_at_documents"].add(check_reference_points_at_document(True, refs), doc_id)
+            if table == "scenes":
+                totals = scene_totals[str(document.get("sessionId"))]
+                assets = held_assets(table, document)
+                totals.assets += len(assets)
+                totals.size += asset_size(assets)
+                totals.excused |= by_app
+            else:
+                tallies["session_totals"].add(check_session_totals(doc, scene_totals.pop(doc_id, SceneTotals())), doc_id)
+
+    for key, refs in references.items():  # references whose document no longer exists (or never did)
+        entity_id, asset_type = entities[key]
+        tallies["no_duplicate_references"].add(check_no_duplicate_references(refs), entity_id, asset_type)
+        tallies["references_point_at_documents"].add(check_reference_points_at_document(entity_id in live_docs, refs), entity_id)
+        if entity_id in live_docs:  # an asset type its table does not have
+            tallies["references_match_assets"].add(check_reference_has_asset(live_docs[entity_id], refs), entity_id, asset_type)
+    for doc_id, prior in before.items():  # backed-up documents no longer live
+        tallies["no_backup_document_missing"].add(check_document_still_exists(Joined("scenes", prior, None, None)), doc_id)
+
+    order = [c.name for c in DOCUMENT_CHECKS] + [SESSION_CHECK[0], *REFERENCE_CHECKS]
+    return Outcome([tallies[name].result() for name in order], changed_by_app, changed_count)
 
 
-def _asset_matches_legacy(asset: dict[str, Any], legacy_key: Any, legacy_url: Any) -> bool:
-    """The asset's key and URL are the legacy ones (a pre-signed URL's query string removed); a missing side was derived."""
-    key_ok = not isinstance(legacy_key, str) or not legacy_key.strip() or asset.get("s3Key") == legacy_key.strip()
-    url_ok = not isinstance(legacy_url, str) or not legacy_url.strip() or asset.get("s3Url") == legacy_url.strip().split("?", 1)[0]
-    type_ok = isinstance(asset.get("contentType"), str) and bool(asset.get("contentType"))
-    return key_ok and url_ok and type_ok
-
-
-def _same_number(a: Any, b: float) -> bool:
-    return isinstance(a, (int, float)) and abs(a - b) < 1e-6
+def _detail(check: DocumentCheck, verdict: Verdict | None, table: str, document: dict[str, Any]) -> str:
+    """For a failed asset check, which asset and what of it differs (the example then says it)."""
+    if check.run is not check_assets_equal_legacy or verdict is not Verdict.FAIL:
+        return ""
+    return ", ".join(
+        f"{f}: {what}" for f in ASSET_SOURCES[table] if f in document
+        if (what := asset_disagreement(table, f, document[f], document)) is not None
+    )

@@ -12,7 +12,7 @@ import pytest
 from helpers import MIGRATION_ID, errors
 from helpers.apply import apply_plan
 from helpers.deployment import acquire_lock, release_lock
-from helpers.plan import build_plan, iter_plan_lines, plan_dir
+from helpers.plan import CHANGING_ACTIONS, build_plan, iter_plan_lines, plan_dir
 from helpers.rollback import check_rollback, execute_rollback, plan_rollback
 from helpers.transport import ConvexTransport
 from helpers.verify import verify
@@ -36,8 +36,8 @@ def test_dry_run_changes_nothing(transport: ConvexTransport, run_dir: Path) -> N
 def test_apply_verify_then_apply_again_changes_nothing(transport: ConvexTransport, run_dir: Path) -> None:
     seed(transport)
     prepare(transport, run_dir)
-    planned = Counter(line["table"] for line in iter_plan_lines(run_dir) if line["action"] in ("migrate", "fill_missing"))
-    planned_refs = sum(len(line["references"]) for line in iter_plan_lines(run_dir) if line["action"] in ("migrate", "fill_missing"))
+    planned = Counter(line["table"] for line in iter_plan_lines(run_dir) if line["action"] in CHANGING_ACTIONS)
+    planned_refs = sum(len(line["references"]) for line in iter_plan_lines(run_dir) if line["action"] in CHANGING_ACTIONS)
     first = apply(transport, run_dir, batch_size=37)
     assert first.passed and first.conflicts == 0 and not first.errors
     assert first.scenes_migrated == planned["scenes"] and first.sessions_migrated == planned["videoSessions"]

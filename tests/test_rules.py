@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,11 @@ BUCKET = "https://tutor-assets.s3.us-east-1.amazonaws.com"
 CREATED = 1_700_000_000_123.5
 UPDATED = 1_710_000_000_000
 CTX = RulesContext()
+TRACKED = RulesContext(is_tracked=lambda _id, _asset_type: True)  # every asset already has its reference
 DROP = object()  # marks a field to leave out of a test document
+#: make mutation runs these tests once per mutant: fewer, reproducible examples there.
+MUTATION = os.environ.get("RUNBOOK_MUTATION") == "1"
+EXAMPLES = 40 if MUTATION else 300
 
 
 def key_of(name: str = "chunk.mp4", scene: int = 0) -> str:
@@ -384,11 +389,59 @@ def test_ast1_key_and_url_that_disagree_are_blocked() -> None:
     assert "X-Amz" not in problem(plan, "key_url_mismatch")["message"]
 
 
-def test_ast1_key_with_a_non_s3_url_for_that_key_is_accepted() -> None:
+# -- AST-1: URLs that are not what s3Url promises, each its own problem class --------------------------------------
+
+
+@pytest.mark.parametrize("key", [key_of(), DROP])
+@pytest.mark.parametrize("host", ["cdn.example.com", "tutor-assets.s3.amazonaws.com.evil.example", "d111111abcdef8.cloudfront.net"])
+def test_ast1_a_url_on_a_host_that_is_not_s3_is_blocked_as_not_s3_never_stored(key: Any, host: str) -> None:
+    url = f"https://{host}/" + key_of()  # names the same key: still not an S3 URL
+    plan = rules.plan_scene(scene(s3ChunkKey=key, s3ChunkUrl=url), CTX)
+    assert_blocked(plan, "url_not_s3")
+    assert codes(plan) == {("url_not_s3", "blocking")}  # not a key mismatch, not a derived key
+    assert host in problem(plan, "url_not_s3")["message"]
+
+
+def test_ast1_a_non_s3_host_under_the_bucket_base_url_is_accepted() -> None:
+    ctx = RulesContext(bucket_base_url="https://cdn.example.com")
     url = "https://cdn.example.com/" + key_of()
-    plan = rules.plan_scene(scene(s3ChunkUrl=url), CTX)
-    assert plan.set["videoAsset"]["s3Url"] == url
-    assert plan.problems == []
+    plan = rules.plan_scene(scene(s3ChunkUrl=url), ctx)
+    assert plan.set["videoAsset"]["s3Url"] == url and plan.problems == []
+
+
+@pytest.mark.parametrize("url", ["s3://tutor-assets/" + key_of(), "ftp://tutor-assets.s3.amazonaws.com/" + key_of(), key_of(), "file:///" + key_of()])
+@pytest.mark.parametrize("key", [key_of(), DROP])
+def test_ast1_a_url_that_is_not_http_is_blocked_as_not_http(url: str, key: Any) -> None:
+    plan = rules.plan_scene(scene(s3ChunkKey=key, s3ChunkUrl=url), CTX)
+    assert codes(plan) == {("url_not_http", "blocking")}
+    assert plan.action == "problem"
+
+
+@pytest.mark.parametrize("key", [key_of(), DROP])
+def test_ast1_a_plain_http_s3_url_is_flagged_and_stored_over_https(key: Any) -> None:
+    plan = rules.plan_scene(scene(s3ChunkKey=key, s3ChunkUrl="http://tutor-assets.s3.us-east-1.amazonaws.com/" + key_of()), CTX)
+    assert plan.set["videoAsset"]["s3Url"] == url_of(key_of())
+    assert ("url_plain_http", "flagged") in codes(plan)
+    assert plan.set["videoAsset"]["s3Key"] == key_of()
+
+
+def test_ast1_a_plain_http_s3_url_naming_another_key_is_a_mismatch() -> None:
+    plan = rules.plan_scene(scene(s3ChunkUrl="http://tutor-assets.s3.us-east-1.amazonaws.com/other.mp4"), CTX)
+    assert_blocked(plan, "key_url_mismatch")
+
+
+@given(st.sampled_from(["https", "http", "s3", "ftp", "HTTPS", "Http", "data", ""]), st.sampled_from(["tutor-assets.s3.amazonaws.com", "cdn.example.com", "s3.amazonaws.com/tutor-assets", "example.org"]), st.from_regex(r"[a-z]{1,4}/[a-z]{1,4}\.mp4", fullmatch=True), st.booleans())
+@settings(max_examples=EXAMPLES, derandomize=MUTATION, deadline=None)
+def test_property_a_stored_url_is_always_an_https_s3_url_of_its_key(scheme: str, host: str, key: str, with_key: bool) -> None:
+    url = f"{scheme}://{host}/{key}" if scheme else f"{host}/{key}"
+    plan = rules.plan_scene(scene(s3ChunkKey=key if with_key else DROP, s3ChunkUrl=url), CTX)
+    asset = plan.set.get("videoAsset")
+    if asset is None:
+        assert plan.action == "problem"
+        assert {c for c, _ in codes(plan)} & {"url_not_s3", "url_not_http"}
+        assert "key_url_mismatch" not in {c for c, _ in codes(plan)}
+    else:
+        assert asset["s3Url"].lower().startswith("https://") and rules.parse_s3_url(asset["s3Url"]).key == asset["s3Key"] == key
 
 
 def test_ast1_path_style_url_with_the_bucket_in_the_key_is_a_mismatch() -> None:
@@ -502,8 +555,26 @@ def test_ast4_ast5_size_and_checksum_belong_to_the_video_chunk_only() -> None:
 
 def test_gen1_fully_migrated_scene_is_no_change() -> None:
     doc = scene()
-    again = rules.plan_scene(applied(doc, rules.plan_scene(doc, CTX)), CTX)
+    again = rules.plan_scene(applied(doc, rules.plan_scene(doc, CTX)), TRACKED)
     assert (again.action, again.set, again.references) == ("no_change", {}, [])
+
+
+def test_scn10_assets_there_before_the_migration_get_their_references() -> None:
+    doc = scene(thumbnailKey=key_of("t.png"), thumbnailUrl=url_of(key_of("t.png")))
+    first = rules.plan_scene(doc, CTX)
+    again = rules.plan_scene(applied(doc, first), CTX)  # assets written by the application, not tracked
+    assert (again.action, again.set) == ("track_existing", {})
+    assert again.references == first.references
+    assert again.expect["videoAsset"] == first.set["videoAsset"]  # guarded: the asset must still be the same
+    tracked_video = RulesContext(is_tracked=lambda _id, asset_type: asset_type == "video_chunk")
+    assert [r["assetType"] for r in rules.plan_scene(applied(doc, first), tracked_video).references] == ["thumbnail"]
+
+
+def test_ses8_a_session_asset_there_before_gets_its_reference() -> None:
+    doc = session()
+    first = rules.plan_session(doc, SessionTotals(scenes=1, ready=1), CTX)
+    again = rules.plan_session(applied(doc, first), SessionTotals(scenes=1, ready=1), CTX)
+    assert again.action == "track_existing" and [r["assetType"] for r in again.references] == ["combined_video"]
 
 
 def test_gen1_partly_migrated_scene_gets_only_the_missing_fields() -> None:
@@ -513,7 +584,8 @@ def test_gen1_partly_migrated_scene_gets_only_the_missing_fields() -> None:
     plan = rules.plan_scene(partial, CTX)
     assert plan.action == "fill_missing"
     assert set(plan.set) == {"assetsStatus", "assetVersion", "previousAssetVersions"}
-    assert plan.references == []  # the video asset is already tracked
+    assert plan.references == first.references  # the video asset there before is tracked too
+    assert rules.plan_scene(partial, TRACKED).references == []  # unless it already has its reference
     assert plan.expect["videoAsset"] == first.set["videoAsset"]
 
 
@@ -526,7 +598,7 @@ def test_gen1_different_existing_value_is_a_conflict_and_never_overwritten() -> 
 
 
 def test_gen1_convex_equality_int_equals_float_but_not_boolean() -> None:
-    assert rules.plan_scene(applied(scene(), rules.plan_scene(scene(), CTX)) | {"assetVersion": 1.0}, CTX).action == "no_change"
+    assert rules.plan_scene(applied(scene(), rules.plan_scene(scene(), CTX)) | {"assetVersion": 1.0}, TRACKED).action == "no_change"
     plan = rules.plan_scene(scene(assetVersion=True), CTX)
     assert_blocked(plan, "new_field_conflict")
 
@@ -603,11 +675,55 @@ def test_gen4_surrogate_inside_an_error_object_blocks() -> None:
     orjson.dumps(plan.to_line())
 
 
-@pytest.mark.parametrize("status", ["archived", "Completed", "", 3, ["completed"], DROP])
+@pytest.mark.parametrize("status", ["archived", "complete", "", 3, ["completed"], DROP])
 def test_unknown_status_blocks(status: Any) -> None:
     plan = rules.plan_scene(scene(status=status), CTX)
     assert_blocked(plan, "unknown_status")
     assert rules.plan_session(session(status=status), SessionTotals(), CTX).action == "problem"
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [("error", "error"), ("failed", "error"), ("cancelled", "error"), ("canceled", "error"), ("queued", "pending"),
+     ("pending", "pending"), ("generating", "pending"), ("rendering", "pending"), ("uploading", "uploading"), ("completed", "ready")],
+)
+def test_scn5_every_legacy_scene_status_has_its_mapping(status: str, expected: str) -> None:
+    plan = rules.plan_scene(scene(status=status), CTX)
+    assert plan.action == "migrate" and plan.set["assetsStatus"] == expected
+    assert ("assetsErrorMessage" in plan.set) == (expected == "error")
+
+
+def test_scn6_error_status_copies_the_legacy_message_and_cancelled_says_so() -> None:
+    assert rules.plan_scene(scene(status="error", errorMessage="boom"), CTX).set["assetsErrorMessage"] == "boom"
+    assert rules.plan_scene(scene(status="cancelled"), CTX).set["assetsErrorMessage"] == rules.CANCELLED_TEXT
+    assert rules.plan_scene(scene(status="error"), CTX).set["assetsErrorMessage"] == rules.MISSING_ERROR_TEXT
+
+
+@pytest.mark.parametrize(("status", "expected"), [("error", "error"), ("cancelled", "error"), ("queued", "ready"), ("combining", "ready"), ("completed", "ready")])
+def test_ses6_every_legacy_session_status_has_its_mapping(status: str, expected: str) -> None:
+    totals = SessionTotals(scenes=1, ready=1)
+    plan = rules.plan_session(session(status=status), totals, CTX)
+    assert plan.action == "migrate" and plan.set["assetsStatus"] == expected
+
+
+@pytest.mark.parametrize(("status", "canonical"), [("Completed", "completed"), (" failed ", "failed"), ("ERROR", "error"), ("Queued", "queued")])
+def test_a_status_that_differs_only_in_case_or_spaces_is_read_and_flagged(status: str, canonical: str) -> None:
+    plan = rules.plan_scene(scene(status=status), CTX)
+    assert plan.action == "migrate" and codes(plan) == {("status_variant", "flagged")}
+    assert plan.set["assetsStatus"] == rules.plan_scene(scene(status=canonical), CTX).set["assetsStatus"]
+    assert rules.plan_session(session(status=status), SessionTotals(scenes=1, ready=1), CTX).action == "migrate"
+
+
+@given(st.text(max_size=12))
+@settings(max_examples=EXAMPLES, derandomize=MUTATION, deadline=None)
+def test_property_a_status_is_mapped_exactly_when_its_folded_form_is_known(status: str) -> None:
+    plan = rules.plan_scene(scene(status=status), CTX)
+    folded = status.strip().lower()
+    if folded in rules.SCENE_STATUS_MAP and rules._recordable(status):
+        assert plan.action == "migrate"
+        assert plan.set["assetsStatus"] in ({rules.SCENE_STATUS_MAP[folded]} | {"error"})
+    else:
+        assert plan.action == "problem"
 
 
 # -- the planner's interface: duplicates, keys, lines ------------------------------------------------------------
@@ -754,8 +870,9 @@ session_totals = st.builds(
     lambda scenes, ready, errors, uploading, assets, size: SessionTotals(scenes, assets, size, min(ready, scenes), min(errors, scenes - min(ready, scenes)), uploading if not errors else 0),
     st.integers(0, 5), st.integers(0, 5), st.integers(0, 1), st.integers(0, 1), st.integers(0, 20), st.integers(0, 10**9),
 )
-PROPERTIES = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTIES = settings(max_examples=EXAMPLES, derandomize=MUTATION, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SESSION_CTX = RulesContext(session_exists={"sess1", "sess2"}.__contains__)
+TRACKED_SESSION_CTX = RulesContext(session_exists={"sess1", "sess2"}.__contains__, is_tracked=lambda _id, _asset_type: True)
 
 
 def check_plan_invariants(doc: dict[str, Any], plan: DocumentPlan, table: str) -> None:
@@ -765,7 +882,7 @@ def check_plan_invariants(doc: dict[str, Any], plan: DocumentPlan, table: str) -
     assert set(plan.set) <= fields.NEW_FIELDS[table]
     assert not set(plan.set) & {"_id", "_creationTime"}
     assert not set(plan.expect) & set(plan.expect_absent)
-    assert plan.action in ("migrate", "fill_missing", "no_change", "problem")
+    assert plan.action in ("migrate", "fill_missing", "track_existing", "no_change", "problem")
     if plan.action == "problem":
         assert plan.set == {} and plan.references == []
         assert any(p["severity"] == "blocking" for p in plan.problems)
@@ -792,7 +909,12 @@ def check_plan_invariants(doc: dict[str, Any], plan: DocumentPlan, table: str) -
         reference = references.pop(fields.ASSET_TYPES[asset_field])
         assert {k: v for k, v in reference.items() if k not in ("entityType", "assetType", "version", "legacyField")} == asset
         assert reference["legacyField"] == key_field
-    assert references == {}
+    for asset_type, reference in references.items():  # the rest track assets the document already holds
+        asset_field = next(f for f, t in fields.ASSET_TYPES.items() if t == asset_type)
+        assert {k: v for k, v in reference.items() if k not in ("entityType", "assetType", "version", "legacyField")} == doc[asset_field]
+    held = {fields.ASSET_TYPES[f] for f in sources if isinstance(doc.get(f) or plan.set.get(f), dict)}
+    assert {r["assetType"] for r in plan.references} == held  # tracking complete (nothing is tracked in CTX)
+    assert (plan.action == "track_existing") == (not plan.set and bool(plan.references))
 
 
 @PROPERTIES
@@ -810,7 +932,7 @@ def test_property_scene_plans_are_sound(doc: dict[str, Any]) -> None:
 def test_property_planning_a_migrated_scene_again_changes_nothing(doc: dict[str, Any]) -> None:
     plan = rules.plan_scene(doc, SESSION_CTX)
     if plan.action in rules.CHANGING_ACTIONS:
-        again = rules.plan_scene(applied(doc, plan), SESSION_CTX)
+        again = rules.plan_scene(applied(doc, plan), TRACKED_SESSION_CTX)
         assert (again.action, again.set, again.references) == ("no_change", {}, [])
         totals_before, totals_after = SessionTotals(), SessionTotals()
         totals_before.add_scene(plan)
@@ -826,7 +948,7 @@ def test_property_session_plans_are_sound(doc: dict[str, Any], totals: SessionTo
     check_plan_invariants(doc, plan, "videoSessions")
     assert rules.plan_session(copy.deepcopy(doc), totals, CTX).to_line() == plan.to_line()
     if plan.action in rules.CHANGING_ACTIONS:
-        again = rules.plan_session(applied(doc, plan), totals, CTX)
+        again = rules.plan_session(applied(doc, plan), totals, TRACKED)
         assert (again.action, again.set, again.references) == ("no_change", {}, [])
         own = [a for f in fields.SESSION_ASSET_SOURCES if isinstance(a := applied(doc, plan).get(f), dict)]
         if "assetCount" in plan.set:

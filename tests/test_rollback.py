@@ -1,0 +1,112 @@
+"""Rollback's checks are shown to fail: each alone on hand-built documents, then on a local deployment damaged after
+the rollback in exactly the way it must catch; restore without its backup says where the backup is kept."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers import MIGRATION_ID, errors
+from helpers.apply import apply_plan
+from helpers.backup import read_backup
+from helpers.rollback import (
+    check_reference_removed,
+    check_restored,
+    check_rollback,
+    check_stripped,
+    execute_rollback,
+    iter_rollback_items,
+    plan_rollback,
+)
+from helpers.transport import ConvexTransport
+from helpers.values import digest
+
+from .flow import prepare, seed
+from .test_verify import damage, item
+
+SCENES = 60
+
+
+def test_check_stripped() -> None:
+    assert check_stripped({"_id": "a", "status": "completed"}, ("assetVersion", "videoAsset"))
+    assert not check_stripped({"_id": "a", "assetVersion": 1}, ("assetVersion", "videoAsset"))
+    assert check_stripped({"_id": "a", "assetVersion": 1}, ())  # a field the plan did not set is not rollback's
+
+
+def test_check_restored() -> None:
+    doc = {"_id": "a", "_creationTime": 1.0, "status": "completed"}
+    assert check_restored(doc, digest(doc))
+    assert not check_restored({**doc, "assetVersion": 1}, digest(doc))
+    assert not check_restored({**doc, "status": "failed"}, digest(doc))
+    assert not check_restored(doc, None)
+
+
+def test_check_reference_removed() -> None:
+    ours = {"_id": "r", "entityId": "a", "metadata": {"migrationId": MIGRATION_ID}}
+    assert not check_reference_removed(ours, {"a"})
+    assert check_reference_removed(ours, {"b"})
+    assert check_reference_removed({**ours, "metadata": {"migrationId": "someone else"}}, {"a"})
+
+
+def touched_scene(run_dir: Path, mode: str) -> str:
+    return next(i["id"] for i in iter_rollback_items(run_dir, mode) if i["table"] == "scenes" and i["deleteReferences"])
+
+
+def readd_field(transport: ConvexTransport, run_dir: Path, mode: str) -> None:
+    damage(transport, item("scenes", touched_scene(run_dir, mode), set={"assetVersion": 1}))
+
+
+def leave_reference(transport: ConvexTransport, run_dir: Path, mode: str) -> None:
+    ref = {"entityType": "scene", "assetType": "thumbnail", "s3Key": "k.png", "s3Url": "https://b.s3.amazonaws.com/k.png",
+           "contentType": "image/png", "uploadedAt": 1, "version": 1}
+    damage(transport, item("scenes", touched_scene(run_dir, mode), insertReferences=[ref]))
+
+
+def change_legacy(transport: ConvexTransport, run_dir: Path, mode: str) -> None:
+    damage(transport, item("scenes", touched_scene(run_dir, mode), set={"title": "not the backup's"}))
+
+
+def delete_document(transport: ConvexTransport, run_dir: Path, mode: str) -> None:
+    transport.function("sampleData:deleteBatch", {"ids": [touched_scene(run_dir, mode)]})
+
+
+DAMAGE: dict[str, tuple[str, Callable[[ConvexTransport, Path, str], None], str]] = {
+    "strip: a new field back": ("strip", readd_field, "stripped"),
+    "strip: a reference left": ("strip", leave_reference, "references_removed"),
+    "restore: a field unlike the backup": ("restore", change_legacy, "restored"),
+    "restore: a reference left": ("restore", leave_reference, "references_removed"),
+    "restore: a document deleted": ("restore", delete_document, "documents_still_exist"),
+}
+
+
+@pytest.mark.deployment
+@pytest.mark.parametrize("defect", list(DAMAGE))
+def test_each_rollback_check_fails_on_its_defect(defect: str, transport: ConvexTransport, run_dir: Path) -> None:
+    mode, spoil, expected = DAMAGE[defect]
+    seed(transport, SCENES)
+    prepare(transport, run_dir)
+    assert apply_plan(transport, run_dir, confirm=True, show_progress=False).passed
+    plan_rollback(transport, run_dir, mode)
+    execute_rollback(transport, run_dir, mode)
+    assert check_rollback(transport, run_dir, mode).passed
+    spoil(transport, run_dir, mode)
+    result = check_rollback(transport, run_dir, mode)
+    assert {c.name for c in result.checks if not c.passed} == {expected}
+    assert result.failed == 1 and len(result.examples) == 1
+
+
+@pytest.mark.deployment
+def test_restore_without_its_backup_points_at_the_archive_or_strip(transport: ConvexTransport, run_dir: Path) -> None:
+    seed(transport, SCENES)
+    prepare(transport, run_dir)
+    assert apply_plan(transport, run_dir, confirm=True, show_progress=False).passed
+    read_backup(run_dir).zip_path.unlink()
+    with pytest.raises(errors.PreconditionFailed) as refused:
+        plan_rollback(transport, run_dir, "restore")
+    message = str(refused.value)
+    assert "archived run folder" in message and "mode='strip'" in message and "new backup would" in message
+    assert "Take a new backup" not in message
+    assert plan_rollback(transport, run_dir, "strip").references_to_delete > 0  # strip needs no backup
