@@ -168,7 +168,7 @@ def used_ratio(writes: int, argument_bytes: int, seconds: float) -> float:
     return max(writes / CONVEX_MAX_WRITES, argument_bytes / CONVEX_MAX_ARGUMENT_BYTES, seconds / CONVEX_MAX_EXECUTION_S)
 
 
-class _Lease:
+class DeploymentLease:
     """The deployment lock's lease, renewed in the background every lease/3, also while batches are in flight.
     `ensure()` is called before anything is sent: it fails once a renewal was refused, and renews first when
     the last confirmed renewal may have run out (a paused process must not send on an expired lease)."""
@@ -184,7 +184,7 @@ class _Lease:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew_periodically, name="lease-renewal", daemon=True)
 
-    def __enter__(self) -> _Lease:
+    def __enter__(self) -> DeploymentLease:
         self._thread.start()
         return self
 
@@ -220,6 +220,21 @@ class _Lease:
                 pass  # a failed renewal is retried; ensure() renews before sending once the lease may be gone
             if self.lost is not None:
                 return
+
+
+def take_migration_lock(transport: ConvexTransport, run_id: str, operator: str, lease_ms: int) -> float:
+    """Takes the deployment's migration lock for this run (apply and rollback alike: both change documents), or
+    refuses naming its holder. Returns when it was asked for, the start of the lease's clock."""
+    asked_at = time.monotonic()
+    lock = acquire_lock(transport, MIGRATION_ID, run_id, operator, lease_ms)
+    if not lock["acquired"]:
+        holder = lock["holder"]
+        raise PreconditionFailed(
+            f"Another run holds the migration lock: run {holder['runId']} by {holder['operator']}, "
+            f"lease until {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(holder['expiresAt'] / 1000))}.",
+            hint="Wait for it to finish (or for its lease to expire if it was killed), then run this step again.",
+        )
+    return asked_at
 
 
 def apply_dir(run_dir: Path) -> Path:
@@ -335,15 +350,7 @@ class _Apply:
         started = time.monotonic()
         started_ms = int(time.time() * 1000)
 
-        asked_at = time.monotonic()
-        lock = acquire_lock(self.transport, MIGRATION_ID, self.run_id, self.operator, self.lease_ms)
-        if not lock["acquired"]:
-            holder = lock["holder"]
-            raise PreconditionFailed(
-                f"Another apply holds the migration lock: run {holder['runId']} by {holder['operator']}, "
-                f"lease until {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(holder['expiresAt'] / 1000))}.",
-                hint="Wait for it to finish (or for its lease to expire if it was killed), then run apply again.",
-            )
+        asked_at = take_migration_lock(self.transport, self.run_id, self.operator, self.lease_ms)
         try:
             check_no_apply_since_backup(
                 read_ledger(self.transport, MIGRATION_ID), self.run_id, self.backup.snapshot_ts, self.backup.snapshot_time
@@ -361,7 +368,7 @@ class _Apply:
         try:
             record_run(self.transport, MIGRATION_ID, self.run_id, step=APPLY_STEP, status="running",
                        operator=self.operator, startedAt=started_ms)
-            with _Lease(self.transport, self.run_id, self.lease_ms, asked_at) as lease:
+            with DeploymentLease(self.transport, self.run_id, self.lease_ms, asked_at) as lease:
                 exhausted = self._send_plan(checkpoint, lease)
             status = "passed" if exhausted and checkpoint.errors <= self.error_budget else "failed"
         except BaseException as error:
@@ -387,7 +394,7 @@ class _Apply:
                     raise  # otherwise the deployment's failure is already on its way to the operator
         return summary
 
-    def _send_plan(self, checkpoint: Checkpoint, lease: _Lease) -> bool:
+    def _send_plan(self, checkpoint: Checkpoint, lease: DeploymentLease) -> bool:
         """Sends every batch not in the checkpoint; True when the plan was sent to its end."""
         sizer = BatchSizer(self.batch_size)
         batches = _PlanBatches(self.run_dir, checkpoint.done)
@@ -441,7 +448,7 @@ class _Apply:
             raise stopped
         return exhausted
 
-    def _send(self, batch: _Batch, lease: _Lease) -> tuple[list[dict[str, Any]], list[int], int, float]:
+    def _send(self, batch: _Batch, lease: DeploymentLease) -> tuple[list[dict[str, Any]], list[int], int, float]:
         """One batch (split by the deployment helper when it hits a limit), with the limits it hit and its calls."""
         limits: list[int] = []
         calls = 0

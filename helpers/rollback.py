@@ -10,6 +10,9 @@ is reported as a conflict and left alone; documents the migration did not change
 
 from __future__ import annotations
 
+import getpass
+import os
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,15 +22,18 @@ from pydantic import BaseModel
 
 from . import MIGRATION_ID, jsonio
 from .archive import sha256_file, write_json_atomic
+from .apply import LEASE_MS, DeploymentLease, take_migration_lock
 from .backup import BackupSummary, iter_backup_documents, read_backup
-from .deployment import apply_batch, iter_documents
+from .deployment import apply_batch, iter_documents, record_run, release_lock
 from .errors import PreconditionFailed
 from .fields import MIGRATED_TABLES
 from .plan import CHANGING_ACTIONS, iter_plan_lines, read_plan
-from .run_folder import locked_step
+from .run_folder import locked_step, run_id as folder_run_id
 from .transport import ConvexTransport
 from .values import digest
 from .verify import Check
+
+ROLLBACK_STEP = "05_rollback"
 
 Mode = Literal["strip", "restore"]
 ROLLBACK_DIR = "rollback"
@@ -189,7 +195,8 @@ def iter_rollback_items(run_dir: Path, mode: Mode) -> Iterator[dict[str, Any]]:
 
 
 @locked_step("05_rollback")
-def execute_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, batch_size: int = 200) -> RollbackSummary:
+def execute_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, batch_size: int = 200,
+                     operator: str | None = None, lease_ms: int = LEASE_MS) -> RollbackSummary:
     """Sends the rollback plan after checking it is the one the dry-run showed."""
     out = rollback_dir(run_dir, mode)
     summary_path = out / "summary.json"
@@ -198,15 +205,16 @@ def execute_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, b
     summary = RollbackSummary.model_validate_json(summary_path.read_bytes())
     if sha256_file(out / "plan.jsonl") != summary.rollback_plan_sha256:
         raise PreconditionFailed(f"{out / 'plan.jsonl'} was altered since it was planned.", hint="Plan the rollback again.")
-    run_id = f"{Path(run_dir).resolve().name}-rollback-{mode}"
+    run = folder_run_id(run_dir)
+    operator = operator or os.environ.get("RUNBOOK_OPERATOR") or getpass.getuser()
     outcomes: dict[str, Counter[str]] = defaultdict(Counter)
     conflicts: list[dict[str, str]] = []
     errors: list[dict[str, str]] = []
     batch: list[dict[str, Any]] = []
 
-    def flush() -> None:
+    def flush(lease: DeploymentLease) -> None:
         tables = {item["id"]: item["table"] for item in batch}
-        for result in apply_batch(transport, MIGRATION_ID, run_id, batch):
+        for result in apply_batch(transport, MIGRATION_ID, run, batch, before_call=lease.ensure):
             outcomes[tables[result["id"]]][result["outcome"]] += 1
             entry = {"id": result["id"], "message": result.get("message", "")}
             if result["outcome"] == "conflict":
@@ -215,12 +223,26 @@ def execute_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, b
                 errors.append(entry)
         batch.clear()
 
-    for item in iter_rollback_items(run_dir, mode):
-        batch.append(item)
-        if len(batch) >= batch_size:
-            flush()
-    if batch:
-        flush()
+    # Rollback changes documents as apply does: under the same deployment lock, and recorded in the ledger, so
+    # another run's apply planned before this rollback is refused as stale.
+    asked_at = take_migration_lock(transport, run, operator, lease_ms)
+    started_ms = int(time.time() * 1000)
+    status = "failed"
+    try:
+        record_run(transport, MIGRATION_ID, run, step=ROLLBACK_STEP, status="running", operator=operator, startedAt=started_ms)
+        with DeploymentLease(transport, run, lease_ms, asked_at) as lease:
+            for item in iter_rollback_items(run_dir, mode):
+                batch.append(item)
+                if len(batch) >= batch_size:
+                    flush(lease)
+            if batch:
+                flush(lease)
+        status = "passed" if not errors else "failed"
+    finally:
+        record_run(transport, MIGRATION_ID, run, step=ROLLBACK_STEP, status=status, operator=operator,
+                   startedAt=started_ms, finishedAt=int(time.time() * 1000),
+                   counts={"conflicts": len(conflicts), "errors": len(errors)}, details=f"mode={mode}")
+        release_lock(transport, MIGRATION_ID, run)
     summary = summary.model_copy(
         update={"executed": True, "outcomes": {t: dict(c) for t, c in outcomes.items()}, "conflicts": conflicts, "errors": errors}
     )

@@ -21,7 +21,7 @@ from helpers.backup import take_backup
 from helpers.deployment import acquire_lock, count_run_references, read_ledger, release_lock
 from helpers.local_deployment import LocalDeployment
 from helpers.plan import build_plan
-from helpers.rollback import execute_rollback
+from helpers.rollback import execute_rollback, plan_rollback
 from helpers.run_folder import run_id, step_lock
 from helpers.runner import run_migration
 from helpers.transport import ConvexTransport
@@ -149,7 +149,7 @@ def test_same_named_folders_under_different_parents_do_not_share_the_deployment_
         child = start_apply(slow.url, alice)
         try:
             wait_for(lambda: checkpoint_lines(alice) >= 1, "alice's first batch", child)
-            with pytest.raises(errors.PreconditionFailed, match=f"Another apply holds the migration lock: run {run_id(alice)}"):
+            with pytest.raises(errors.PreconditionFailed, match=f"Another run holds the migration lock: run {run_id(alice)}"):
                 apply_plan(transport, bob, confirm=True, show_progress=False)
         finally:
             child.kill()
@@ -170,6 +170,40 @@ def test_apply_after_another_runs_apply_since_the_backup_is_refused(deploy_key: 
         assert [row["runId"] for row in read_ledger(transport, MIGRATION_ID) if row["step"] == "03_apply"] == [run_id(first)]
         prepare(transport, fresh)  # a backup taken after that apply is not stale
         assert apply_plan(transport, fresh, confirm=True, show_progress=False).passed
+
+
+def test_rollback_takes_the_migration_lock_and_is_refused_while_another_run_holds_it(deploy_key: str, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    with LocalDeployment(deploy_key=deploy_key) as deployment, deployment.transport() as transport:
+        seed(transport, SCENES)
+        prepare(transport, run_dir)
+        assert apply_plan(transport, run_dir, confirm=True, show_progress=False).passed
+        plan_rollback(transport, run_dir, "strip")
+        references = count_run_references(transport, MIGRATION_ID, run_id(run_dir))
+        assert sum(references.values()) > 0
+        assert acquire_lock(transport, MIGRATION_ID, "the-other-run", "bob", 600_000)["acquired"]
+        with pytest.raises(errors.PreconditionFailed, match="run the-other-run by bob"):
+            execute_rollback(transport, run_dir, "strip")
+        assert count_run_references(transport, MIGRATION_ID, run_id(run_dir)) == references  # nothing was sent
+        release_lock(transport, MIGRATION_ID, "the-other-run")
+        assert not execute_rollback(transport, run_dir, "strip").errors
+        assert sum(count_run_references(transport, MIGRATION_ID, run_id(run_dir)).values()) == 0
+        [row] = [r for r in read_ledger(transport, MIGRATION_ID) if r["step"] == "05_rollback"]
+        assert row["runId"] == run_id(run_dir) and row["status"] == "passed" and row["finishedAt"] >= row["startedAt"]
+        assert acquire_lock(transport, MIGRATION_ID, "after", "carol", 1_000)["acquired"]  # rollback released it
+
+
+def test_apply_planned_before_another_runs_rollback_is_refused_as_stale(deploy_key: str, tmp_path: Path) -> None:
+    first, stale = tmp_path / "first", tmp_path / "stale"
+    with LocalDeployment(deploy_key=deploy_key) as deployment, deployment.transport() as transport:
+        seed(transport, SCENES)
+        prepare(transport, first)
+        assert apply_plan(transport, first, confirm=True, show_progress=False).passed
+        prepare(transport, stale)  # planned on the migrated state, before the rollback below
+        plan_rollback(transport, first, "strip")
+        execute_rollback(transport, first, "strip")
+        with pytest.raises(errors.PreconditionFailed, match=f"Run {run_id(first)} .* rolled back this migration"):
+            apply_plan(transport, stale, confirm=True, show_progress=False)
 
 
 def test_a_paused_apply_that_lost_its_lease_stops_and_sends_nothing_more(deploy_key: str, tmp_path: Path) -> None:
