@@ -52,6 +52,8 @@ type Result = { id: string; outcome: Outcome; message?: string; referenceIds?: s
 type Item = typeof item.type;
 
 const SYSTEM_FIELDS = new Set(["_id", "_creationTime"]);
+/** The start of applyBatch's refusal when another run holds the lock (helpers.deployment recognises it). */
+export const LOCK_HELD_BY_OTHER = "the migration lock is held by run";
 
 /**
  * Applies each item atomically with its references, in the batch's one transaction.
@@ -63,6 +65,15 @@ const SYSTEM_FIELDS = new Set(["_id", "_creationTime"]);
 export const applyBatch = internalMutation({
   args: { migrationId: v.string(), runId: v.string(), items: v.array(item) },
   handler: async (ctx, { migrationId, runId, items }) => {
+    // A run whose lease ran out while a request of its was on its way (a retry, a paused process) must not
+    // write beside the run that took the lock over: the deployment refuses it, not only the client.
+    const lock = await ctx.db
+      .query("migrationRuns")
+      .withIndex("by_migration", (q) => q.eq("migrationId", migrationId).eq("kind", "lock"))
+      .first();
+    if (lock !== null && lock.runId !== runId && (lock.leaseExpiresAt ?? 0) > Date.now()) {
+      throw new Error(`${LOCK_HELD_BY_OTHER} ${lock.runId}: run ${runId} may not write`);
+    }
     const results: Result[] = [];
     for (const it of items) {
       results.push(await applyItem(ctx, migrationId, runId, it));

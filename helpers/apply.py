@@ -36,7 +36,7 @@ from .deployment import (
     renew_lock,
     run_reference_entities,
 )
-from .errors import PreconditionFailed, RunbookError
+from .errors import LeaseLost, PreconditionFailed, RunbookError
 from .plan import CHANGING_ACTIONS, iter_plan_lines, read_plan
 from .progress import progress
 from .run_folder import locked_step, run_id as folder_run_id
@@ -58,14 +58,6 @@ MAX_WRITES_PER_BATCH = CONVEX_MAX_WRITES // 2
 MAX_ARGUMENT_BYTES = CONVEX_MAX_ARGUMENT_BYTES // 4
 EXAMPLES = 10
 IN_TARGET = ("applied", "already_applied")
-
-
-class LeaseLost(PreconditionFailed):
-    hint = (
-        "Another run took the migration lock after this apply's lease ran out (it was paused or cut off). "
-        "Nothing more was sent and the checkpoint is valid: once the other run has finished, run apply again "
-        "in this run folder to resume (the deployment's ledger, migrationRuns, shows who holds the lock)."
-    )
 
 
 class Outcome(BaseModel):

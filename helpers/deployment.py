@@ -11,10 +11,12 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from .errors import ArgumentValidationError, FunctionFailed, LimitExceeded, SchemaNotDeployed
+from .errors import ArgumentValidationError, FunctionFailed, LeaseLost, LimitExceeded, SchemaNotDeployed
 from .transport import ConvexTransport
 
 READ_PAGE = "migration:readPage"
+#: applyBatch's refusal of a run that does not hold the migration lock (convex/migration.ts).
+LOCK_HELD_BY_OTHER = "the migration lock is held by run"
 APPLY_BATCH = "migration:applyBatch"
 MIN_PAGE_SIZE = 16
 
@@ -64,6 +66,8 @@ def apply_batch(
         response = transport.function(APPLY_BATCH, {"migrationId": migration_id, "runId": run_id, "items": list(items)})
         return list(response["results"])
     except (LimitExceeded, FunctionFailed, ArgumentValidationError, SchemaNotDeployed) as error:
+        if LOCK_HELD_BY_OTHER in str(error):
+            raise LeaseLost(f"lease lost: the deployment refused run {run_id}'s batch: {_server_message(str(error))}") from error
         if isinstance(error, LimitExceeded) and on_limit is not None:
             on_limit(len(items))
         if len(items) > 1:

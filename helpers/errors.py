@@ -86,3 +86,14 @@ class PreconditionFailed(RunbookError):
     """A step refused to start: what it needs from earlier steps or from the operator is missing."""
 
     hint = "Run the earlier steps of the runbook in this run folder first (01 backup, 02 dry-run, 03 apply, 04 verify)."
+
+
+class LeaseLost(PreconditionFailed):
+    """The deployment's migration lock passed to another run while this one was paused or cut off: the client
+    found it (its lease renewal was refused) or the deployment did (applyBatch refuses a run not holding it)."""
+
+    hint = (
+        "Another run took the migration lock after this run's lease ran out (it was paused or cut off). "
+        "Nothing more was sent and the checkpoint is valid: once the other run has finished, run the step again "
+        "in this run folder to resume (the deployment's ledger, migrationRuns, shows who holds the lock)."
+    )

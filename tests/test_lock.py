@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 
 from helpers import MIGRATION_ID, errors
-from helpers.apply import CHECKPOINT_FILE, apply_dir, apply_plan
+from helpers.apply import CHECKPOINT_FILE, _item, apply_dir, apply_plan
 from helpers.archive import MANIFEST_FILE
 from helpers.backup import take_backup
-from helpers.deployment import acquire_lock, count_run_references, read_ledger, release_lock
+from helpers.deployment import acquire_lock, apply_batch, count_run_references, read_ledger, release_lock
 from helpers.local_deployment import LocalDeployment
-from helpers.plan import build_plan
+from helpers.plan import CHANGING_ACTIONS, build_plan, iter_plan_lines
 from helpers.rollback import execute_rollback, plan_rollback
 from helpers.run_folder import run_id, step_lock
 from helpers.runner import run_migration
@@ -318,3 +318,18 @@ def alive(pid: int) -> bool:
         return False
     return state != "Z"
 
+
+
+def test_the_deployment_refuses_a_batch_from_a_run_that_does_not_hold_the_lock(transport: ConvexTransport, run_dir: Path) -> None:
+    """A request still on its way when the lease ran out (a retry, a paused process) reaches applyBatch after
+    another run took the lock over: the deployment refuses it, whatever the client believes."""
+    seed(transport, SCENES)
+    prepare(transport, run_dir)
+    items = [_item(line) for line in iter_plan_lines(run_dir) if line["action"] in CHANGING_ACTIONS][:5]
+    assert acquire_lock(transport, MIGRATION_ID, "the-other-run", "bob", 600_000)["acquired"]
+    with pytest.raises(errors.LeaseLost, match="the migration lock is held by run the-other-run"):
+        apply_batch(transport, MIGRATION_ID, run_id(run_dir), items)
+    assert sum(count_run_references(transport, MIGRATION_ID, run_id(run_dir)).values()) == 0
+    assert apply_batch(transport, MIGRATION_ID, "the-other-run", items)[0]["outcome"] == "applied"  # the holder may write
+    release_lock(transport, MIGRATION_ID, "the-other-run")
+    assert {r["outcome"] for r in apply_batch(transport, MIGRATION_ID, run_id(run_dir), items)} == {"already_applied"}  # no holder: not refused
