@@ -16,8 +16,9 @@ from pathlib import Path
 import nbformat
 import papermill
 import pytest
+from jupyter_client.kernelspec import KernelSpecManager
 
-from helpers import sample_data
+from helpers import runner, sample_data
 from helpers.local_deployment import LocalDeployment
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,6 +120,18 @@ def test_the_wheel_carries_the_notebooks_and_leaves_development_tooling_out(whee
     imported = _notebook_imports()
     assert {"helpers/archive", "helpers/transport", "helpers/plan", "helpers/verify"} <= imported  # the parse works
     assert {f"{module}.py" for module in imported} <= names, {f"{m}.py" for m in imported} - names
+
+
+def test_python3_kernels_are_the_runbooks_own_python_whatever_spec_jupyter_finds_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("python3", "other"):
+        (tmp_path / "kernels" / name).mkdir(parents=True)
+        (tmp_path / "kernels" / name / "kernel.json").write_text(
+            json.dumps({"argv": [f"/elsewhere/{name}", "-f", "{connection_file}"], "display_name": name, "language": "python"})
+        )
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
+    assert KernelSpecManager().get_kernel_spec("python3").argv[0] == "/elsewhere/python3"  # what Jupyter alone picks
+    assert runner.BoundKernelManager(kernel_name="python3").kernel_spec.argv[0] == sys.executable
+    assert runner.BoundKernelManager(kernel_name="other").kernel_spec.argv[0] == "/elsewhere/other"  # as Jupyter
 
 
 def _venv_without_the_runbook(venv: Path, links: Path) -> Path:
