@@ -248,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
         for option in _development_tool("local_deployment", "local-deployment").CLI_OPTIONS:
             local.add_argument(option.flag, dest=option.keyword, type=option.type, help=option.help)
     else:  # an installed runbook: whatever its arguments, the command answers where it lives
+        local.description = "Development tooling: the local test deployment runs from a checkout of the runbook."
         local.set_defaults(any_arguments=True)
     local.set_defaults(handler=cmd_local_deployment)
 
