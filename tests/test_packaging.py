@@ -84,17 +84,21 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The wheel `pip install .` installs, built from a copy of the checkout's files (what git tracks or would
     track), so that setuptools' build/ and egg-info, stale or not, stay out of the checkout and of the wheel."""
     source, dist = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("dist")
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True, check=True).stdout.decode().split("\0")
-    for name in filter(None, listed):
-        if (ROOT / name).is_file():
-            (source / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, source / name)
+    for name in _checkout_files():
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, source / name)
     # This venv's build backend (the test extra pins setuptools): no download, no isolated build environment.
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--wheel-dir",
                     str(dist), str(source)], check=True, capture_output=True)
     (built,) = dist.glob("convex_asset_runbook-*.whl")
     return built
+
+
+def _checkout_files() -> list[str]:
+    """The checkout's files as git sees them (tracked, or new and not ignored), relative POSIX paths."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    return [name for name in listed if name and (ROOT / name).is_file()]
 
 
 def _notebook_imports() -> set[str]:
@@ -116,6 +120,8 @@ def test_the_wheel_carries_the_notebooks_and_leaves_development_tooling_out(whee
         for path in NOTEBOOKS:
             assert archive.read(f"helpers/notebooks/{path.name}") == path.read_bytes(), path.name
     assert not names & set(DEVELOPMENT_MODULES), names & set(DEVELOPMENT_MODULES)
+    runbook = {name for name in _checkout_files() if name.startswith("helpers/")} - set(DEVELOPMENT_MODULES)
+    assert runbook <= names, runbook - names  # a module or data file of a migration added later is shipped too
     assert not [name for name in names if name.startswith(CHECKOUT_ONLY)]
     imported = _notebook_imports()
     assert {"helpers/archive", "helpers/transport", "helpers/plan", "helpers/verify"} <= imported  # the parse works
