@@ -1,7 +1,7 @@
 """What pyproject.toml cannot declare: the wheel carries the step notebooks and leaves the development tooling out.
 
 The notebooks have one copy, notebooks/ at the top of the checkout; the wheel ships them as helpers/notebooks/*.ipynb
-(helpers.runner finds them there when no checkout is around). The local test deployment, the sample data and the demo
+(helpers.paths finds them there when no checkout is around). The local test deployment, the sample data and the demo
 need the checkout (local_deployment/, node_modules/), so they are not in the wheel; an editable install of the
 checkout (make setup) maps the whole helpers/ folder and still provides them.
 """

@@ -169,8 +169,9 @@ def test_the_installed_wheel_runs_the_runbook_outside_the_checkout(wheel: Path, 
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-index", str(wheel)],
                    check=True, capture_output=True)
     runbook = python.parent / "runbook"
-    operator = tmp_path / "operator"  # where the operator stands: no checkout, no helpers/ folder
-    operator.mkdir()
+    operator = tmp_path / "operator"  # where the operator stands: no checkout, and someone else's helpers/ folder
+    (operator / "helpers").mkdir(parents=True)
+    (operator / "helpers" / "__init__.py").write_text('raise ImportError("the helpers/ where the operator stands")\n')
     # A "python3" kernel spec of another Python, found first by Jupyter: the runbook must not run its notebooks there.
     decoy = tmp_path / "jupyter" / "kernels" / "python3"
     decoy.mkdir(parents=True)
@@ -183,7 +184,7 @@ def test_the_installed_wheel_runs_the_runbook_outside_the_checkout(wheel: Path, 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([str(runbook), *args], cwd=operator, env=env, capture_output=True, text=True, timeout=300)
 
-    where = subprocess.run([str(python), "-c", "import helpers; print(helpers.__file__)"], cwd=operator, env=env,
+    where = subprocess.run([str(python), "-I", "-c", "import helpers; print(helpers.__file__)"], cwd=operator, env=env,
                            capture_output=True, text=True, check=True).stdout
     assert where.startswith(str(tmp_path / "venv")), where
     with deployment.transport() as transport:
