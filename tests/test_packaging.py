@@ -88,10 +88,11 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (source / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, source / name)
     # This venv's build backend (the test extra pins setuptools): no download, no isolated build environment.
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--wheel-dir",
-                    str(dist), str(source)], check=True, capture_output=True)
-    (built,) = dist.glob("convex_asset_runbook-*.whl")
-    return built
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                            "--wheel-dir", str(dist), str(source)], capture_output=True, text=True)
+    assert built.returncode == 0, f"{built.stderr[-3000:]}\nfix: `make setup` installs the pinned setuptools into the venv"
+    (wheel_file,) = dist.glob("convex_asset_runbook-*.whl")
+    return wheel_file
 
 
 def _checkout_files() -> list[str]:
