@@ -5,11 +5,11 @@ PY      := $(VENV)/bin/python
 PYTEST  := $(VENV)/bin/pytest
 RUNBOOK := $(VENV)/bin/runbook
 
-.PHONY: setup demo test test-faults test-browser bench typecheck lab strip clean mutation
+.PHONY: setup demo test test-faults test-browser bench typecheck lab strip clean mutation wheel
 
 setup: $(VENV)/.installed node_modules/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test,lab]'
@@ -70,9 +70,15 @@ $(VENV)/.browser-installed: pyproject.toml $(VENV)/.installed
 /usr/bin/chromium:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
+# The installable runbook (README, "Installing the runbook"): helpers/ with the notebooks inside, no development
+# tooling (setup.py). build/ goes first: setuptools would carry stale files from an earlier build into the wheel.
+wheel: setup
+	rm -rf build dist
+	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir dist .
+
 # Source notebooks are templates: committed without outputs.
 strip: setup
 	$(VENV)/bin/nbstripout notebooks/*.ipynb
 
 clean:
-	rm -rf $(VENV) node_modules runs .pytest_cache mutants
+	rm -rf $(VENV) node_modules runs .pytest_cache mutants build dist

@@ -35,12 +35,12 @@ from pydantic import BaseModel, Field
 
 from . import MIGRATION_ID
 from .errors import PreconditionFailed, RunbookError
+from .paths import CHECKOUT_ROOT, NOTEBOOKS_DIR, installed_version
 from .run_folder import LOCK_FILE, RUN_FILE, run_id
 
 MANIFEST_FILE = "manifest.json"
 RESULTS_FILE = "results.json"
 CHUNK = 1 << 20
-REPO_ROOT = Path(__file__).resolve().parent.parent
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK
@@ -298,17 +298,22 @@ def _command_output(argv: list[str], cwd: Path | None = None) -> str | None:
 
 
 def _runbook_revision() -> dict[str, Any]:
-    """The commit of the runbook that ran, and whether its checkout had uncommitted changes."""
-    commit = _command_output(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT)
+    """The commit of the runbook that ran and whether its checkout had uncommitted changes; an installed runbook
+    (no checkout: git would answer for whatever repository the environment lies in) records its version."""
+    if CHECKOUT_ROOT is None:
+        return {"commit": "unknown", "dirty": None, "installed_version": installed_version()}
+    commit = _command_output(["git", "rev-parse", "HEAD"], cwd=CHECKOUT_ROOT)
     if not commit:
         return {"commit": "unknown", "dirty": None}
-    status = _command_output(["git", "status", "--porcelain"], cwd=REPO_ROOT)
+    status = _command_output(["git", "status", "--porcelain"], cwd=CHECKOUT_ROOT)
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 
 def commit_label() -> str:
     """The runbook's commit as a page shows it, saying when the checkout had uncommitted changes."""
     revision = _runbook_revision()
+    if "installed_version" in revision:
+        return f"installed package {revision['installed_version']} (no checkout)"
     return f"{revision['commit']}{' (with uncommitted changes)' if revision.get('dirty') else ''}"
 
 
@@ -496,8 +501,6 @@ def _saved_notebook(run_dir: Path, step: str, notebooks_dir: Path | None) -> tup
     import nbformat
 
     from .report import notebook_parameter
-    from .runner import NOTEBOOKS_DIR
-
     own = step_dir(run_dir, step) / f"{step}.ipynb"
     source = Path(notebooks_dir) / f"{step}.ipynb" if notebooks_dir else own if own.is_file() else NOTEBOOKS_DIR / f"{step}.ipynb"
     if not source.is_file():

@@ -7,19 +7,20 @@ from __future__ import annotations
 
 import argparse
 import ast
-import os
+import importlib
+import importlib.util
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import papermill
 
 from .archive import check_archive
 from .errors import PreconditionFailed, RunbookError
-from .local_deployment import CLI_OPTIONS
-from .transport import DEPLOY_KEY_ENV, ConvexTransport
+from .transport import ConvexTransport
 from .runner import NOTEBOOKS_DIR, ROLLBACK_STEP, STEPS, StepFailed, notebook_path, run_migration
 
 EXIT_FAILED = 1
@@ -174,47 +175,28 @@ def _type_name(spec: dict[str, Any]) -> str:
 
 
 def cmd_local_deployment(args: argparse.Namespace) -> int:
-    from .local_deployment import serve
-
-    options = {option.keyword: getattr(args, option.keyword) for option in CLI_OPTIONS}
-    return int(serve(port=args.port, seed_scenes=args.seed_scenes, **options))
+    local = _development_tool("local_deployment", "local-deployment")
+    options = {option.keyword: getattr(args, option.keyword) for option in local.CLI_OPTIONS}
+    return int(local.serve(port=args.port, seed_scenes=args.seed_scenes, **options))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """`make demo`: local deployment + sample data, the whole runbook headless, a short summary."""
-    from .archive import find_secret
-    from .local_deployment import LocalDeployment, generate_local_key
-    from .sample_data import load
+    return int(_development_tool("demo", "demo").run_demo(args.seed_scenes, Path(args.runs_dir)))
 
-    key = os.environ.get(DEPLOY_KEY_ENV) or generate_local_key()
-    os.environ[DEPLOY_KEY_ENV] = key  # the notebooks' kernels inherit it; nothing writes it down
-    started = time.monotonic()
-    with LocalDeployment(deploy_key=key) as deployment:
-        print(f"Local deployment at {deployment.url}; loading {args.seed_scenes:,} sample scenes…", flush=True)
-        with deployment.transport() as transport:
-            loaded = load(transport, args.seed_scenes)
-        print(f"Loaded {loaded.sessions:,} sessions and {loaded.scenes:,} scenes. Running the runbook:", flush=True)
-        try:
-            result = run_migration(deployment.url, confirm=True, runs_dir=Path(args.runs_dir), on_step=_StepPrinter())
-        except StepFailed as failure:
-            _print_error(failure)
-            return 1
-        with deployment.transport() as transport:
-            check = check_archive(result.run_dir, transport)
-    leaks = find_secret(result.run_dir, key)
-    print("\nSummary")
-    print(f"  steps:                     {', '.join(f'{k} {v}' for k, v in result.steps.items())}")
-    if result.statistics is not None:
-        for name, value in result.statistics.model_dump().items():
-            if name not in ("errors", "planned"):
-                print(f"  {name + ':':<27}{value}")
-        print(f"  {'documents with errors:':<27}{len(result.statistics.errors)}")
-    print(f"  archive check:             {'OK (folder and ledger)' if check.ok else 'FAILED: ' + '; '.join(check.problems)}")
-    print(f"  deploy key in run folder:  {'FOUND in ' + ', '.join(leaks) if leaks else 'nowhere'}")
-    print(f"  demo time (with loading):  {time.monotonic() - started:.1f} s")
-    print(f"\nEvidence: {result.run_dir}")
-    print(_manifest_line(result.manifest_sha256, result.seal_not_recorded))
-    return 0 if result.passed and check.ok and not leaks else 1
+
+def _has_module(name: str) -> bool:
+    return importlib.util.find_spec(f"{__package__}.{name}") is not None
+
+
+def _development_tool(module: str, command: str) -> ModuleType:
+    """A helpers module that only a checkout has (setup.py leaves them out of the wheel), or a refusal saying so."""
+    if not _has_module(module):
+        raise PreconditionFailed(
+            f"`runbook {command}` is development tooling: it needs a checkout of the runbook, and this one is an installed package.",
+            hint=f"Clone the runbook's repository and run `make setup`, then `.venv/bin/runbook {command} …` in the checkout.",
+        )
+    return importlib.import_module(f"{__package__}.{module}")
 
 
 def _steps(text: str) -> list[str]:
@@ -260,10 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
     params.set_defaults(handler=cmd_params)
 
     local = commands.add_parser("local-deployment", help="serve the local test deployment (admin key: CONVEX_DEPLOY_KEY)")
-    local.add_argument("--port", type=int, required=True)
-    local.add_argument("--seed-scenes", type=int, default=0)
-    for option in CLI_OPTIONS:
-        local.add_argument(option.flag, dest=option.keyword, type=option.type, help=option.help)
+    if _has_module("local_deployment"):
+        local.add_argument("--port", type=int, required=True)
+        local.add_argument("--seed-scenes", type=int, default=0)
+        for option in _development_tool("local_deployment", "local-deployment").CLI_OPTIONS:
+            local.add_argument(option.flag, dest=option.keyword, type=option.type, help=option.help)
+    else:  # an installed runbook: whatever its arguments, the command answers where it lives
+        local.description = "Development tooling: the local test deployment runs from a checkout of the runbook."
+        local.set_defaults(any_arguments=True)
     local.set_defaults(handler=cmd_local_deployment)
 
     demo = commands.add_parser("demo", help="the whole runbook against a local deployment with sample data")
@@ -275,7 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "any_arguments", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")  # what parse_args says
     try:
         return args.handler(args)
     except RunbookError as exc:

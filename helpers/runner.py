@@ -22,8 +22,10 @@ from typing import Any
 
 import nbformat
 import papermill
+from jupyter_client.kernelspec import NATIVE_KERNEL_NAME, KernelSpec, KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from pydantic import BaseModel
+from traitlets import default
 
 from .archive import (
     STEP_STARTED_ENV,
@@ -40,6 +42,7 @@ from .archive import (
     writing,
 )
 from .errors import DeployKeyMissing, PreconditionFailed, RunbookError
+from .paths import CHECKOUT_ROOT, NOTEBOOKS_DIR
 from .report import REPORT_SUFFIX, PageContext, render_step, section_of, split_fix
 from .run_folder import run_id, run_lock
 from .transport import ConvexTransport, deploy_key_from_env, redact_url
@@ -50,8 +53,6 @@ DRY_RUN_STEPS = STEPS[:2]
 APPLY_STEP = "03_apply"
 #: Runs that include one of these report statistics (a rollback or a verify alone does not).
 PLANNING_STEPS = frozenset({"02_dry_run", APPLY_STEP})
-REPO_ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 #: The seal is recorded after the steps: a deployment that stopped answering must not hold up the run's end.
 SEAL_ATTEMPTS = 3
 
@@ -162,12 +163,32 @@ class QuietShutdownKernelManager(AsyncKernelManager):
         await super()._async_interrupt_kernel()
 
 
+class OwnPythonKernelSpecs(KernelSpecManager):
+    """"python3" is the Python running the runbook (ipykernel's native kernel), whatever kernel specs are registered.
+
+    The notebooks import the helpers of the runbook that runs them; a "python3" spec another Python registered
+    (in ~/.local/share/jupyter, JUPYTER_PATH or the system's share/jupyter) would run them with that Python's
+    packages, or none. Other kernel names resolve as Jupyter resolves them."""
+
+    def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
+        if kernel_name != NATIVE_KERNEL_NAME:
+            return super().get_kernel_spec(kernel_name)
+        from ipykernel.kernelspec import RESOURCES, get_kernel_dict
+
+        return self.kernel_spec_class(resource_dir=RESOURCES, **get_kernel_dict())
+
+
 class BoundKernelManager(QuietShutdownKernelManager):
     """A notebook kernel that cannot outlive the process that started it. Jupyter starts kernels in their own
     session, so a runner killed with SIGKILL would leave its kernel running (and applying); on Linux the
     kernel asks the OS to kill it when its parent dies (PR_SET_PDEATHSIG, strictly: when the thread that
     started it ends, which is the thread executing the step, alive until the kernel is shut down);
-    ipykernel's own parent poller (a 1 s poll) remains as the fallback elsewhere."""
+    ipykernel's own parent poller (a 1 s poll) remains as the fallback elsewhere. Its "python3" kernel is the
+    Python running the runbook (OwnPythonKernelSpecs)."""
+
+    @default("kernel_spec_manager")
+    def _own_python_kernel_specs(self) -> KernelSpecManager:
+        return OwnPythonKernelSpecs(data_dir=self.data_dir)
 
     async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
         if sys.platform.startswith("linux"):
@@ -247,7 +268,9 @@ def run_step(
                 kernel_manager_class=BoundKernelManager,
                 progress_bar=False,
                 log_output=log_output,
-                cwd=str(REPO_ROOT),
+                # A checkout's kernels import its helpers/ from there; an installed runbook's kernel starts in the
+                # step's folder, so a helpers/ folder wherever the operator stands cannot shadow the installed one.
+                cwd=str(CHECKOUT_ROOT or out),
                 # The kernel talks to papermill over loopback TCP, as Jupyter does; its start-up warning about
                 # that is noise on the operator's terminal.
                 extra_arguments=["--IPKernelApp.log_level=ERROR"],

@@ -1,0 +1,50 @@
+"""`runbook demo` (`make demo`): local deployment + sample data, the whole runbook headless, a short summary.
+
+Development tooling, like the local deployment and the sample data it uses: it needs the checkout and is not in
+the wheel (setup.py).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from .archive import check_archive, find_secret
+from .cli import _manifest_line, _print_error, _StepPrinter
+from .local_deployment import LocalDeployment, generate_local_key
+from .runner import StepFailed, run_migration
+from .sample_data import load
+from .transport import DEPLOY_KEY_ENV
+
+
+def run_demo(seed_scenes: int, runs_dir: Path) -> int:
+    key = os.environ.get(DEPLOY_KEY_ENV) or generate_local_key()
+    os.environ[DEPLOY_KEY_ENV] = key  # the notebooks' kernels inherit it; nothing writes it down
+    started = time.monotonic()
+    with LocalDeployment(deploy_key=key) as deployment:
+        print(f"Local deployment at {deployment.url}; loading {seed_scenes:,} sample scenes…", flush=True)
+        with deployment.transport() as transport:
+            loaded = load(transport, seed_scenes)
+        print(f"Loaded {loaded.sessions:,} sessions and {loaded.scenes:,} scenes. Running the runbook:", flush=True)
+        try:
+            result = run_migration(deployment.url, confirm=True, runs_dir=runs_dir, on_step=_StepPrinter())
+        except StepFailed as failure:
+            _print_error(failure)
+            return 1
+        with deployment.transport() as transport:
+            check = check_archive(result.run_dir, transport)
+    leaks = find_secret(result.run_dir, key)
+    print("\nSummary")
+    print(f"  steps:                     {', '.join(f'{k} {v}' for k, v in result.steps.items())}")
+    if result.statistics is not None:
+        for name, value in result.statistics.model_dump().items():
+            if name not in ("errors", "planned"):
+                print(f"  {name + ':':<27}{value}")
+        print(f"  {'documents with errors:':<27}{len(result.statistics.errors)}")
+    print(f"  archive check:             {'OK (folder and ledger)' if check.ok else 'FAILED: ' + '; '.join(check.problems)}")
+    print(f"  deploy key in run folder:  {'FOUND in ' + ', '.join(leaks) if leaks else 'nowhere'}")
+    print(f"  demo time (with loading):  {time.monotonic() - started:.1f} s")
+    print(f"\nEvidence: {result.run_dir}")
+    print(_manifest_line(result.manifest_sha256, result.seal_not_recorded))
+    return 0 if result.passed and check.ok and not leaks else 1
