@@ -765,6 +765,35 @@ def test_problem_messages_name_their_field() -> None:
         assert found["field"] in found["message"]
 
 
+@pytest.mark.parametrize(
+    ("value", "blocked"),
+    [(2**64 - 1, False), (2**64, True), (-(2**63), False), (-(2**63) - 1, True), (float("inf"), True), (1.5, False)],
+)
+def test_gen4_numbers_the_plan_file_can_carry(value: Any, blocked: bool) -> None:
+    for doc in (scene(s3ChunkSize=value), scene(status="failed", errorMessage={"code": [value]}), scene(status="failed", errorMessage=[value])):
+        plan = rules.plan_scene(doc, CTX)
+        assert (plan.action == "problem") is blocked
+        check_problems_are_well_formed(doc, plan, "scenes")
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"updatedAt": float("nan")}, {"status": "failed", "errorMessage": "x\ud800"}, {"combinedVideoKey": "k" * 2049}, {"title": "ok", "updatedAt": b"x"}],
+)
+def test_gen4_a_session_value_the_plan_cannot_carry_blocks_with_an_empty_precondition(changes: dict[str, Any]) -> None:
+    doc = session(**changes)
+    plan = rules.plan_session(doc, SessionTotals(), CTX)
+    assert (plan.action, plan.expect, plan.expect_absent, plan.set, plan.current) == ("problem", {}, [], {}, {})
+    check_problems_are_well_formed(doc, plan, "videoSessions")
+
+
+def test_gen4_an_unrecordable_scene_keeps_what_it_holds_for_its_session() -> None:
+    held = {"s3Key": key_of(), "s3Url": url_of(key_of()), "contentType": "video/mp4", "size": 5, "uploadedAt": 1}
+    plan = rules.plan_scene(scene(videoAsset=held, errorMessage=float("nan"), status="failed"), CTX)
+    assert plan.action == "problem" and plan.current == {"assets": 1, "size": 5, "keys": [key_of()], "assetsStatus": None}
+    assert plan.session_id == "sess1" and plan.legacy_status == "failed"
+
+
 def test_rules_module_stays_pure() -> None:
     source = (ROOT / "helpers" / "rules.py").read_text()
     assert not re.search(r"^\s*(from|import)\s+(\.|helpers\.)?(transport|deployment|httpx|pydantic|plan)\b", source, re.MULTILINE)
@@ -875,7 +904,35 @@ SESSION_CTX = RulesContext(session_exists={"sess1", "sess2"}.__contains__)
 TRACKED_SESSION_CTX = RulesContext(session_exists={"sess1", "sess2"}.__contains__, is_tracked=lambda _id, _asset_type: True)
 
 
+#: Fields a problem may name besides the ones the rules read: the new fields (a conflict) of either table.
+PROBLEM_FIELDS = {"sessionId", "status", "errorMessage", "updatedAt", "s3ChunkSize", "checksum",
+                  *(f for sources in fields.ASSET_SOURCES.values() for pair in sources.values() for f in pair),
+                  *fields.NEW_FIELDS["scenes"], *fields.NEW_FIELDS["videoSessions"]}
+
+
+def check_problems_are_well_formed(doc: dict[str, Any], plan: DocumentPlan, table: str) -> None:
+    """Every problem: a known code with its severity, the field it is about, and a message naming that field."""
+    for found in plan.problems:
+        assert set(found) == {"code", "severity", "field", "message"}
+        assert found["field"] in PROBLEM_FIELDS, found
+        assert found["field"] in found["message"] and found["message"].strip(), found
+        if found["code"] != "wrong_type":
+            assert found["severity"] == rules.PROBLEM_CODES[found["code"]], found
+        if found["code"] in ("unknown_status", "status_variant"):
+            assert rules._show(doc.get("status")) in found["message"]
+    line = plan.to_line()
+    assert (line["table"], line["id"]) == (table, doc["_id"])
+    status = doc.get("status")
+    assert line["legacyStatus"] == (status if status in rules._KNOWN_STATUSES else rules._printable(status))
+    if table == "videoSessions":
+        assert line["sessionId"] is None and line["current"] == {}
+    else:
+        raw = doc.get("sessionId")
+        assert line["sessionId"] == (raw if type(raw) is str and rules._recordable(raw) else None)
+
+
 def check_plan_invariants(doc: dict[str, Any], plan: DocumentPlan, table: str) -> None:
+    check_problems_are_well_formed(doc, plan, table)
     line = plan.to_line()
     raw = orjson.dumps(line, option=orjson.OPT_SORT_KEYS)
     assert DocumentPlan.from_line(orjson.loads(raw)).to_line() == orjson.loads(raw)
