@@ -138,6 +138,7 @@ def apply(transport: ConvexTransport, run_dir: Path, **kwargs):  # noqa: ANN201
     return apply_plan(transport, run_dir, confirm=True, show_progress=False, **kwargs)
 
 
+@pytest.mark.deployment
 def test_a_torn_last_checkpoint_line_is_cut_off_and_resumed(transport: ConvexTransport, tmp_path: Path) -> None:
     torn = tmp_path / "torn"
     seed(transport, 60)
@@ -157,6 +158,7 @@ def test_a_torn_last_checkpoint_line_is_cut_off_and_resumed(transport: ConvexTra
     assert sum(len(e["results"]) for e in entries[:-1]) == planned  # each planned document answered once
 
 
+@pytest.mark.deployment
 def test_a_document_someone_else_brought_to_its_target_state_is_not_counted_as_ours(transport: ConvexTransport, run_dir: Path) -> None:
     seed(transport, 40)
     prepare(transport, run_dir)
@@ -173,6 +175,7 @@ def test_a_document_someone_else_brought_to_its_target_state_is_not_counted_as_o
     assert summary.references_created == len(ours) == sum(len(p["references"]) for p in planned) - len(line["references"])
 
 
+@pytest.mark.deployment
 def test_batches_halve_on_a_convex_limit_and_grow_back(transport: ConvexTransport, run_dir: Path) -> None:
     """Each scene is ~0.95 MB, so a batch of 24 writes more than the 16 MiB Convex allows per call."""
     session = transport.function("sampleData:insertBatch", {"table": "videoSessions", "documents": [{"status": "pending"}]})["ids"][0]
