@@ -14,9 +14,9 @@ import pandas as pd
 
 from .progress import is_interactive
 
-ACTION_ORDER = ["migrate", "fill_missing", "no_change", "problem"]
+ACTION_ORDER = ["migrate", "fill_missing", "track_existing", "no_change", "problem"]
 #: One colour per planned action in every chart and panel (colour-blind-safe Okabe-Ito hues).
-ACTION_COLOURS = {"migrate": "#0072B2", "fill_missing": "#56B4E9", "no_change": "#999999", "problem": "#D55E00"}
+ACTION_COLOURS = {"migrate": "#0072B2", "fill_missing": "#56B4E9", "track_existing": "#009E73", "no_change": "#999999", "problem": "#D55E00"}
 #: Actions a later version may add get the remaining hues, by name, so they too keep theirs across panels.
 SPARE_COLOURS = ("#E69F00", "#009E73", "#CC79A7", "#F0E442", "#000000")
 OUTCOME_ORDER = ["applied", "already_applied", "conflict", "error"]

@@ -100,7 +100,7 @@ def iter_sessions(n_sessions: int, seed: int = 7) -> Iterator[dict[str, Any]]:
 
 def _spoil_session(doc: dict[str, Any], kind: str, rng: random.Random, folder: str) -> None:
     if kind == "unknown_status":
-        doc["status"] = rng.choice(("archived", "Completed", "cancelled"))
+        doc["status"] = rng.choice(("archived", "deleted", "on hold"))
     elif kind == "presigned_url":
         doc["combinedVideoUrl"] += _presigned_query(rng)
     elif kind == "zeroed_totals":
@@ -129,6 +129,9 @@ SCENE_DEFECTS: dict[str, str] = {
     "error_object": "wrong_type",
     "empty_strings": "empty_string",
     "unknown_status": "unknown_status",
+    "s3_uri": "url_not_http",
+    "plain_http": "url_plain_http",
+    "status_variant": "status_variant",
     "missing_session": "missing_session",
     "duplicate_key": "duplicate_s3_key",
     "oversized_key": "oversized_value",
@@ -240,7 +243,16 @@ class _Scenes:
         doc.update(thumbnailKey="", thumbnailUrl="   ")
 
     def _unknown_status(self, doc: dict[str, Any]) -> None:
-        doc["status"] = self.rng.choice(("archived", "Completed", "queued"))
+        doc["status"] = self.rng.choice(("archived", "deleted", "paused"))
+
+    def _s3_uri(self, doc: dict[str, Any]) -> None:
+        doc["thumbnailUrl"] = "s3://tutor-assets/" + doc["thumbnailKey"]
+
+    def _plain_http(self, doc: dict[str, Any]) -> None:
+        doc["subtitleUrl"] = doc["subtitleUrl"].replace("https://", "http://", 1)
+
+    def _status_variant(self, doc: dict[str, Any]) -> None:
+        doc["status"] = "Completed"
 
     def _missing_session(self, doc: dict[str, Any]) -> None:
         doc["sessionId"] = self.missing_session_id

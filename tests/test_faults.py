@@ -21,7 +21,7 @@ from helpers.archive import StepResults, write_step_results
 from helpers.deployment import iter_documents, read_ledger
 from helpers.fields import legacy_part
 from helpers.local_deployment import LocalDeployment
-from helpers.plan import iter_plan_lines
+from helpers.plan import CHANGING_ACTIONS, iter_plan_lines
 from helpers.run_folder import run_id
 from helpers.runner import APPLY_STEP, statistics
 from helpers.transport import ConvexTransport
@@ -190,7 +190,7 @@ def test_apply_killed_at_random_points_resumes_to_the_clean_state_and_statistics
         with slow_deployment(deploy_key, rate=0.3, seed=trial + 1) as slow, slow.transport() as transport:
             seed(transport, FAULT_SCENES)
             prepare(transport, run_dir)
-            batches = sum(1 for line in iter_plan_lines(run_dir) if line["action"] in ("migrate", "fill_missing")) // 5
+            batches = sum(1 for line in iter_plan_lines(run_dir) if line["action"] in CHANGING_ACTIONS) // 5
             for _ in range(rng.randint(1, 3)):  # any number of kills, each followed by a resume
                 kills += 1
                 killed_mid_run += kill_apply_midway(slow.url, run_dir, rng, batches - checkpoint_lines(run_dir))

@@ -203,7 +203,7 @@ def test_every_bad_input_class_appears_when_300_scenes_are_planned(seed: int) ->
     severities = {(p["code"], p["severity"]) for plan in plans for p in plan.problems}
     assert {("wrong_type", "blocking"), ("wrong_type", "flagged")} <= severities
     actions = Counter((plan.table, plan.action) for plan in plans)
-    for expected in [("scenes", "no_change"), ("scenes", "fill_missing"), ("scenes", "migrate"), ("videoSessions", "fill_missing"), ("videoSessions", "migrate")]:
+    for expected in [("scenes", "track_existing"), ("scenes", "fill_missing"), ("scenes", "migrate"), ("videoSessions", "fill_missing"), ("videoSessions", "migrate")]:
         assert actions[expected] > 0, expected
 
 
