@@ -262,7 +262,14 @@ function requestId(): string {
 function functionErrorMessage(error: unknown): string {
   const message = error instanceof Error ? error.message : String(error);
   const name = error instanceof Error && error.name !== "Error" ? error.name : "Uncaught Error";
-  return `[Request ID: ${requestId()}] Server Error\n${name}: ${message}`;
+  return wellFormed(`[Request ID: ${requestId()}] Server Error\n${name}: ${message}`);
+}
+
+/** convex-test's messages quote strings by UTF-16 code unit (e.g. "invalid character '\ud800'" for half of an
+ * emoji); Convex's are Rust strings, always valid UTF-8. A lone surrogate becomes U+FFFD, as Rust's lossy
+ * conversion would write it. */
+function wellFormed(text: string): string {
+  return text.replace(/[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g, "\ufffd");
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -130,3 +130,11 @@ def test_every_planned_change_passes_the_deployed_schema(schema_deployment, doc:
     change = item(doc_id, expect=line["expect"], expectAbsent=line["expectAbsent"], set=line["set"], insertReferences=line["references"])
     result = apply_batch(transport, "m", "r", [change])[0]
     assert result["outcome"] == "applied", result
+
+
+def test_a_refusal_quoting_half_of_a_surrogate_pair_arrives_as_the_functions_error(transport: ConvexTransport) -> None:
+    """convex-test quotes the offending UTF-16 code unit of a non-ASCII field name; Convex's (Rust) texts are always
+    valid UTF-8, so the local deployment sends U+FFFD there and the runbook reads a function error, not a broken
+    answer (found by the schema property test with the field name '𐀀')."""
+    with pytest.raises(errors.FunctionFailed, match="Field names can only contain non-control ASCII characters"):
+        insert(transport, "videoSessions", {"title": "x", "status": "pending", "errorMessage": {"\U00010000": ""}})
