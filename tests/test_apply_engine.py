@@ -6,6 +6,7 @@ injects faults: a Convex limit, a whole-batch failure, a lost answer, a kill, a 
 from __future__ import annotations
 
 import csv
+import re
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,8 @@ from hypothesis import strategies as st
 from helpers import MIGRATION_ID, jsonio
 from helpers.apply import (
     APPLY_STEP,
+    BatchSizer,
+    _item,
     CHECKPOINT_FILE,
     OUTCOMES_FILE,
     DeploymentLease,
@@ -29,7 +32,7 @@ from helpers.apply import (
     take_migration_lock,
 )
 from helpers.archive import sha256_file
-from helpers.errors import FunctionFailed, LeaseLost, LimitExceeded, PreconditionFailed, TransientFailure
+from helpers.errors import ArgumentValidationError, FunctionFailed, LeaseLost, LimitExceeded, PreconditionFailed, TransientFailure
 from helpers.run_folder import run_id as folder_run_id
 
 URL = "https://happy-otter-123.convex.cloud"
@@ -64,11 +67,26 @@ class FakeDeployment:
         self.drop: set[int] = set()
         self.kill: set[int] = set()
         self.steal_after: int | None = None
+        self.delay = 0.0  # seconds each batch takes
+        self.fail_record: str | None = None  # the ledger refuses a record with this status
+        self.ledger_while_sending: list[dict[str, Any]] = []
 
     def function(self, path: str, args: dict[str, Any] | None = None, *, idempotent: bool = True) -> Any:
         self.round_trips += 1
         self.paths.append(path)
-        return getattr(self, path.replace(":", "_"))(**(args or {}))
+        args = args or {}
+        # The functions' argument validators: these are v.string() / v.number(), never null.
+        for name, kind in (("migrationId", str), ("runId", str), ("operator", str), ("step", str), ("status", str),
+                           ("leaseMs", int), ("startedAt", int)):
+            if name in args and not isinstance(args[name], kind):
+                raise ArgumentValidationError(f"ArgumentValidationError: {name} {args[name]!r} is not a {kind.__name__}")
+        if "migrationId" in args and args["migrationId"] != MIGRATION_ID:
+            raise AssertionError(f"the fake holds only {MIGRATION_ID}")
+        if path == "migrationRuns:record" and not {"step", "status", "operator", "startedAt"} <= args.keys():
+            raise ArgumentValidationError(f"ArgumentValidationError: missing a required field of {sorted(args)}")
+        if path == "migrationRuns:record" and args["status"] == self.fail_record:
+            raise FunctionFailed("Server Error\nthe ledger is unavailable")
+        return getattr(self, path.replace(":", "_"))(**args)
 
     def state(self) -> Any:
         return jsonio.dumps([self.docs, self.references, self.lock, self.runs])
@@ -94,6 +112,8 @@ class FakeDeployment:
         if self.batches + 1 in self.kill:
             raise Killed
         self.batches += 1
+        self.ledger_while_sending = [dict(r) for r in self.runs]
+        time.sleep(self.delay)
         results = [self._apply_item(migrationId, runId, item) for item in items]
         if self.batches in self.drop:
             raise TransientFailure("The connection broke after the request was sent")
@@ -308,6 +328,9 @@ def test_a_clean_run_reports_exactly_what_the_deployment_holds(tmp_path: Path) -
                              "conflicts": 0.0, "errors": 0.0}
     assert jsonio.loads(row["details"]) == {"recheck": False, "statistics_confirmed": True}
     assert fake.lock is None  # released
+    (running,) = fake.ledger_while_sending  # while batches were sent the ledger said so
+    assert (running["status"], running["operator"], running["startedAt"]) == ("running", "alice", row["startedAt"])
+    assert "finishedAt" not in running and "counts" not in running
     assert fake.paths[:3] == ["migrationRuns:acquireLock", "migrationRuns:ledger", "migrationRuns:record"]
 
 
@@ -315,7 +338,8 @@ def test_the_operator_comes_from_the_environment(tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("RUNBOOK_OPERATOR", "carol")
     fake = FakeDeployment()
     run_dir = make_run(tmp_path, fake, 3, 0)
-    assert apply_plan(fake, run_dir, confirm=True, show_progress=False).operator == "carol"  # type: ignore[arg-type]
+    summary = apply_plan(fake, run_dir, confirm=True, show_progress=False)  # type: ignore[arg-type]
+    assert summary.operator == "carol" and summary.sessions_migrated == 0 and summary.scenes_migrated == 3
     assert fake.lock is None and ledger_row(fake)["operator"] == "carol"
 
 
@@ -330,12 +354,19 @@ def test_a_rerun_of_a_finished_apply_is_a_recheck_that_keeps_the_figures(tmp_pat
     assert again.answers == {"scenes": {"already_applied": 10}, "videoSessions": {"already_applied": 4}}
     assert (apply_dir(run_dir) / "checkpoint.1.jsonl").read_bytes() == first_lines  # kept as evidence
     assert again.batches_sent == 1 and again.batches_resumed == 0 and again.batch_sizes == {"14": 1}
+    assert again.round_trips == 4  # lock, ledger, record, one batch (on a transport that had made calls before)
     row = ledger_row(fake)
     assert row["finishedAt"] == finished and row["counts"]["scenesMigrated"] == 10
     assert jsonio.loads(row["details"])["recheck"] is True
     third = apply(fake, run_dir)  # the .1 file says it was finished, even when the current checkpoint is cut short
     assert third.recheck and (apply_dir(run_dir) / "checkpoint.2.jsonl").exists()
     assert len(fake.references) == 15
+    # A re-check that had to write again (a document put back to its planned state) records a new finish time.
+    fake.docs["scenes"]["s0"] = {"_id": "s0", "legacyKey": "k/0"}
+    time.sleep(0.002)
+    fourth = apply(fake, run_dir)
+    assert fourth.recheck and fourth.answers["scenes"] == {"applied": 1, "already_applied": 9}
+    assert ledger_row(fake)["finishedAt"] > finished
 
 
 # --- kills, lost answers, resumes ---------------------------------------------------------------------------
@@ -380,7 +411,8 @@ def test_a_lost_answer_fails_the_call_and_the_resume_counts_what_it_wrote(tmp_pa
     with pytest.raises(TransientFailure):
         apply(fake, run_dir)
     row = ledger_row(fake)
-    assert row["status"] == "failed" and row["counts"]["scenesMigrated"] == 3  # the checkpoint's word, not recounted
+    # the checkpoint's word (s0, s1, s2: 4 references), not a recount of what the lost batch also wrote
+    assert row["status"] == "failed" and row["counts"]["scenesMigrated"] == 3 and row["counts"]["referencesCreated"] == 4
     assert fake.lock is None
     assert outcome_rows(run_dir) == [["table", "id", "outcome", "message"]]
     fake.drop = set()
@@ -397,7 +429,12 @@ def test_a_document_someone_else_migrated_is_not_counted_as_ours(tmp_path: Path)
     item = {"table": line["table"], "id": line["id"], "expect": line["expect"], "expectAbsent": line["expectAbsent"],
             "set": line["set"], "unset": [], "insertReferences": line["references"], "deleteReferences": []}
     fake.migration_applyBatch(MIGRATION_ID, "other-run", [item])
+    fake.batches, fake.drop = 0, {2}  # and this run's second answer is lost: its documents answer already_applied later
+    with pytest.raises(TransientFailure):
+        apply(fake, run_dir)
+    fake.drop = set()
     summary = apply(fake, run_dir)
+    assert summary.answers["scenes"] == {"applied": 6, "already_applied": 4}
     assert not summary.statistics_confirmed and summary.already_applied == 1
     assert summary.outcomes["scenes"] == {"applied": 9, "already_applied": 1}
     assert summary.scenes_migrated == 9 and summary.references_created == 13
@@ -439,6 +476,7 @@ def test_conflict_examples_are_capped(tmp_path: Path) -> None:
     summary = apply(fake, run_dir, batch_size=50)
     assert summary.conflicts == 24 and len(summary.conflict_examples) == 10 and len(outcome_rows(run_dir)) == 25
     assert summary.passed and summary.scenes_migrated == 0 and summary.statistics_confirmed
+    assert ledger_row(fake)["finishedAt"] is not None  # a first run that wrote nothing still finished
 
 
 def test_errors_beyond_the_budget_stop_sending_and_fail(tmp_path: Path) -> None:
@@ -574,19 +612,25 @@ def test_a_failing_renewal_is_retried_in_the_background() -> None:
 # --- refusals change nothing -------------------------------------------------------------------------------------
 
 
-def refused(fake: FakeDeployment, run_dir: Path, match: str, **kwargs: Any) -> None:
+def refused(fake: FakeDeployment, run_dir: Path, match: str, hint: str, **kwargs: Any) -> None:
+    """The refusal fires with its message and its one fix line, and the deployment and the folder stay as they were."""
     before = fake.state()
-    with pytest.raises(PreconditionFailed, match=match):
+    with pytest.raises(PreconditionFailed, match=match) as refusal:
         kwargs.setdefault("confirm", True)
         apply_plan(fake, run_dir, show_progress=False, operator="alice", **kwargs)  # type: ignore[arg-type]
+    assert refusal.value.hint == hint
     assert fake.state() == before and "migration:applyBatch" not in fake.paths
     assert not (apply_dir(run_dir) / CHECKPOINT_FILE).exists()
+
+
+STALE_HINT = "Take a fresh backup in a new run folder, or set allow_stale_backup=True (the override is recorded)."
 
 
 def test_an_unconfirmed_apply_changes_nothing(tmp_path: Path) -> None:
     fake = FakeDeployment()
     run_dir = make_run(tmp_path, fake)
-    refused(fake, run_dir, f"Not confirmed: 14 documents of {URL} would change", confirm=False)
+    refused(fake, run_dir, f"Not confirmed: 14 documents of {URL} would change",
+            "Confirm with the button (interactive) or run with confirm=True (papermill -p confirm True).", confirm=False)
     assert fake.paths == [] and not apply_dir(run_dir).exists()
 
 
@@ -595,32 +639,39 @@ def test_an_altered_plan_is_refused(tmp_path: Path) -> None:
     run_dir = make_run(tmp_path, fake)
     with (run_dir / "plan" / "plan.jsonl").open("ab") as sink:
         sink.write(b"\n")
-    refused(fake, run_dir, "does not match the dry-run's hash")
+    refused(fake, run_dir, "does not match the dry-run's hash", "Never edit a plan: run the dry-run again in a new run folder.")
 
 
 def test_an_altered_backup_is_refused(tmp_path: Path) -> None:
     fake = FakeDeployment()
     run_dir = make_run(tmp_path, fake)
     (run_dir / "backup" / "snapshot.zip").write_bytes(b"other")
-    refused(fake, run_dir, "does not match its recorded sha256")
+    refused(fake, run_dir, "does not match its recorded sha256", "Take a new backup in a new run folder.")
 
 
 def test_a_backup_of_another_deployment_is_refused(tmp_path: Path) -> None:
     fake = FakeDeployment()
     run_dir = make_run(tmp_path, fake, url="https://other-deployment-456.convex.cloud")
-    refused(fake, run_dir, f"taken from https://other-deployment-456.convex.cloud, not from {URL}")
-    fake_with_slash = FakeDeployment(URL + "/")
+    refused(fake, run_dir, f"taken from https://other-deployment-456.convex.cloud, not from {URL}",
+            "Take the backup, the dry-run and the apply against the same deployment, in one run folder.")
+    fake_with_slash = FakeDeployment(URL + "/")  # a trailing slash on either side is the same deployment
     assert check_preconditions(fake_with_slash, make_run(tmp_path, fake_with_slash, name="slash"))  # type: ignore[arg-type]
+    assert check_preconditions(fake, make_run(tmp_path, fake, name="slash-backup", url=URL + "/"))  # type: ignore[arg-type]
 
 
 def test_a_stale_backup_is_refused_unless_overridden(tmp_path: Path) -> None:
     fake = FakeDeployment()
-    run_dir = make_run(tmp_path, fake, snapshot=datetime.now(UTC) - timedelta(hours=25))
-    refused(fake, run_dir, "The backup is 25.0 h old; this apply accepts at most 24 h")
-    refused(fake, run_dir, "accepts at most 2.5 h", max_backup_age_hours=2.5)
-    assert check_preconditions(fake, run_dir, max_backup_age_hours=26)[2] > timedelta(hours=25)  # type: ignore[arg-type]
-    summary = apply(fake, run_dir, allow_stale_backup=True)
-    assert summary.passed and summary.backup_age_override and round(summary.backup_age_hours) == 25
+    run_dir = make_run(tmp_path, fake, snapshot=datetime.now(UTC) - timedelta(hours=24.5))
+    refused(fake, run_dir, "The backup is 24.5 h old; this apply accepts at most 24 h", STALE_HINT)
+    with pytest.raises(PreconditionFailed, match="24.5 h old"):
+        check_preconditions(fake, run_dir)  # type: ignore[arg-type]
+    refused(fake, run_dir, "accepts at most 2.5 h", STALE_HINT, max_backup_age_hours=2.5)
+    assert check_preconditions(fake, run_dir, max_backup_age_hours=26)[2] > timedelta(hours=24)  # type: ignore[arg-type]
+    old_fake = FakeDeployment()
+    old = make_run(tmp_path, old_fake, name="old", snapshot=datetime.now(UTC) - timedelta(hours=120.06))
+    refused(old_fake, old, "The backup is 120.1 h old", STALE_HINT)
+    summary = apply(old_fake, old, allow_stale_backup=True)
+    assert summary.passed and summary.backup_age_override and abs(summary.backup_age_hours - 120.06) < 0.01
     fresh_fake = FakeDeployment()
     fresh = apply(fresh_fake, make_run(tmp_path, fresh_fake, name="fresh"), allow_stale_backup=True)
     assert not fresh.backup_age_override  # nothing was overridden
@@ -630,7 +681,8 @@ def test_a_lock_held_by_another_run_is_refused_naming_it(tmp_path: Path) -> None
     fake = FakeDeployment()
     run_dir = make_run(tmp_path, fake)
     fake.lock = {"runId": "run-bob", "operator": "bob", "leaseExpiresAt": 1_800_000_000_000}
-    refused(fake, run_dir, r"run run-bob by bob, lease until 2027-01-15 08:00:00 UTC")
+    refused(fake, run_dir, r"run run-bob by bob, lease until 2027-01-15 08:00:00 UTC",
+            "Wait for it to finish (or for its lease to expire if it was killed), then run this step again.")
     assert not fake.runs
     fake.lock["leaseExpiresAt"] = now_ms() - 1  # expired: taken over
     assert apply(fake, run_dir).passed
@@ -649,9 +701,18 @@ def test_another_run_s_apply_after_the_snapshot_is_refused_and_the_lock_released
     run_dir = make_run(tmp_path, fake)
     fake.runs.append({"kind": "run", "migrationId": MIGRATION_ID, "runId": "run-bob", "step": APPLY_STEP, "status": "passed",
                       "operator": "bob", "startedAt": now_ms() - 60_000, "finishedAt": now_ms()})
-    with pytest.raises(PreconditionFailed, match="Run run-bob by bob applied this migration"):
+    # this run's own earlier apply, listed first, never counts (and does not hide the others)
+    fake.runs.insert(0, {**fake.runs[0], "runId": folder_run_id(run_dir), "operator": "alice"})
+    finished = 1_900_000_000_000
+    fake.runs[-1]["finishedAt"] = finished
+    snapshot_time = jsonio.loads((run_dir / "backup" / "backup.json").read_bytes())["snapshot_time"]
+    with pytest.raises(PreconditionFailed) as refusal:
         apply(fake, run_dir)
-    assert fake.lock is None and len(fake.runs) == 1 and fake.batches == 0
+    assert str(refusal.value).startswith(
+        f"Run run-bob by bob applied this migration at 2030-03-17 17:46:40 UTC, after this run's backup ({snapshot_time}): "
+        "this run's plan no longer describes the deployment. Nothing was sent.")
+    assert refusal.value.hint == "Take a new backup and make a new plan in a new run folder (runbook run --url … starts one), then apply that."
+    assert fake.lock is None and len(fake.runs) == 2 and fake.batches == 0
     assert not (apply_dir(run_dir) / CHECKPOINT_FILE).exists()
 
 
@@ -669,3 +730,107 @@ def test_concurrent_batches_give_the_same_figures(tmp_path: Path) -> None:
     serial = apply(serial_fake, make_run(tmp_path, serial_fake, 30, 10, name="serial"), batch_size=2)
     parallel = apply(parallel_fake, make_run(tmp_path, parallel_fake, 30, 10, name="parallel"), batch_size=2, concurrency=4)
     assert figures(parallel) == figures(serial) and parallel.batches_sent == serial.batches_sent
+
+
+def test_a_record_the_ledger_refuses_fails_the_apply(tmp_path: Path) -> None:
+    fake = FakeDeployment()
+    run_dir = make_run(tmp_path, fake, 3, 0)
+    fake.fail_record = "passed"
+    with pytest.raises(FunctionFailed, match="the ledger is unavailable"):
+        apply(fake, run_dir)
+    assert fake.batches == 1 and fake.lock is not None  # left to expire: the next step may retake it
+    other = FakeDeployment()
+    other_dir = make_run(tmp_path, other, 3, 0, name="other")
+    other.fail_record, other.drop = "failed", {1}
+    with pytest.raises(TransientFailure):  # the deployment's failure reaches the operator, not the ledger's
+        apply(other, other_dir)
+
+
+def test_the_lease_is_renewed_before_each_batch_once_it_may_have_run_out(tmp_path: Path) -> None:
+    fake = FakeDeployment()
+    run_dir = make_run(tmp_path, fake)
+    fake.delay = 0.003  # each batch outlasts the 1 ms lease
+    summary = apply(fake, run_dir, lease_ms=1)
+    assert summary.passed and summary.lease_ms == 1 and fake.paths.count("migrationRuns:renewLock") >= 5
+
+
+def test_a_refused_renewal_before_a_batch_stops_the_apply(tmp_path: Path) -> None:
+    fake = FakeDeployment()
+    run_dir = make_run(tmp_path, fake)
+    fake.delay, fake.steal_after = 0.003, 1
+    with pytest.raises(LeaseLost, match="no longer holds the migration lock"):
+        apply(fake, run_dir, lease_ms=1)
+    assert fake.batches == 1 and read_checkpoint(apply_dir(run_dir) / CHECKPOINT_FILE).lines_read == 1
+    assert checkpoint_lines(run_dir)[-1] != {"complete": True} and ledger_row(fake)["status"] == "failed"
+
+
+def test_the_renewal_thread_does_not_keep_the_process_alive() -> None:
+    lease = DeploymentLease(FakeDeployment(), "mine", 60_000, time.monotonic())  # type: ignore[arg-type]
+    assert lease._thread.daemon and lease._thread.name == "lease-renewal"
+
+
+def write_plan(run_dir: Path, lines: list[dict[str, Any]]) -> None:
+    plan_path = run_dir / "plan" / "plan.jsonl"
+    plan_path.write_bytes(b"".join(jsonio.dumps(line) + b"\n" for line in lines))
+    plan = jsonio.loads((run_dir / "plan" / "plan.json").read_bytes())
+    (run_dir / "plan" / "plan.json").write_bytes(jsonio.dumps({**plan, "plan_sha256": sha256_file(plan_path),
+                                                               "actions": {"scenes": {"migrate": len(lines)}}}))
+
+
+def test_a_batch_stops_at_exactly_half_of_convex_s_write_limit(tmp_path: Path) -> None:
+    fake = FakeDeployment()
+    run_dir = make_run(tmp_path, fake, 5, 0)
+    lines = [plan_line("scenes", n, "migrate") for n in range(5)]
+    for line in lines:  # 1 document + 3,999 references: 4,000 writes, two fill the 8,000 allowed exactly
+        line["references"] = [{**reference("scenes", "video_chunk", 0), "version": v} for v in range(3_999)]
+        fake.docs["scenes"][line["id"]] = {"_id": line["id"], **line["expect"]}
+    write_plan(run_dir, lines)
+    summary = apply(fake, run_dir, batch_size=10)
+    assert [line["size"] for line in checkpoint_lines(run_dir)[:-1]] == [2, 2, 1]
+    assert summary.scenes_migrated == 5 and summary.references_created == 5 * 3_999
+
+
+def test_a_batch_stops_at_exactly_a_quarter_of_convex_s_argument_limit(tmp_path: Path) -> None:
+    fake = FakeDeployment()
+    run_dir = make_run(tmp_path, fake, 3, 0)
+    lines = [plan_line("scenes", n, "migrate") for n in range(3)]
+    for line in lines:  # each item exactly 2 MiB as sent: two fill the 4 MiB allowed exactly
+        line["set"]["title"] = ""
+        padding = 2 * 1024 * 1024 - len(jsonio.dumps(_item(line)))
+        line["set"]["title"] = "t" * padding
+        assert len(jsonio.dumps(_item(line))) == 2 * 1024 * 1024
+    write_plan(run_dir, lines)
+    summary = apply(fake, run_dir, batch_size=10)
+    assert [line["size"] for line in checkpoint_lines(run_dir)[:-1]] == [2, 1]
+    assert summary.scenes_migrated == 3
+
+
+def test_the_progress_bar_counts_the_answers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fake = FakeDeployment()
+    run_dir = make_run(tmp_path, fake)
+    apply_plan(fake, run_dir, confirm=True, batch_size=3, operator="a", show_progress=False)  # type: ignore[arg-type]
+    assert capsys.readouterr() == ("", "")
+    run_dir = make_run(tmp_path, fake := FakeDeployment(), name="shown")
+    fake.drop = {5}
+    with pytest.raises(TransientFailure):
+        apply(fake, run_dir)
+    fake.drop = set()
+    apply_plan(fake, run_dir, confirm=True, batch_size=3, operator="a")  # type: ignore[arg-type]
+    out, err = capsys.readouterr()  # resumed at the 12 answered: 2 more make 14 of 14
+    assert re.fullmatch(r"apply: 14/14 doc \(100%\) in \d\d:\d\d\n", out) and err == ""
+
+
+def test_batch_sizer_rules_at_their_edges() -> None:
+    with pytest.raises(ValueError, match="^batch_size must be at least 1$"):
+        BatchSizer(0)
+    sizer = BatchSizer(1000, size=100)
+    sizer.after_success(100, 0.1)  # a tenth used: five times the room at half the limits
+    assert sizer.size == 500
+    sizer = BatchSizer(1000, size=100)
+    sizer.after_success(100, 0.0)  # nothing measurable used: one more
+    assert sizer.size == 101
+    sizer.after_success(101, 0.5)  # exactly the target: one more
+    assert sizer.size == 102
+    sizer.after_limit(100)
+    sizer.after_limit(200)
+    assert sizer.failed_at == 100 and sizer.size == 50
