@@ -78,6 +78,10 @@ class ScratchTable:
             present.update(key for (key,) in self.db.execute(f"SELECT DISTINCT key FROM {self.name} WHERE key IN ({marks})", part))
         return present
 
+    def __contains__(self, key: object) -> bool:
+        """One key's presence (a query per call: for rare look-ups; a page of keys goes through `has`)."""
+        return self.db.execute(f"SELECT 1 FROM {self.name} WHERE key = ? LIMIT 1", (key,)).fetchone() is not None
+
     def pop(self, keys: Iterable[Key]) -> dict[Key, Any]:
         """As `get`, and removes what it returns: what is left at the end was never asked for."""
         keys = list(dict.fromkeys(keys))

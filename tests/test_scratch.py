@@ -29,6 +29,7 @@ def test_a_single_valued_table_is_a_dict(stored: list[tuple[Any, Any]], asked: l
         probe = asked + [k for k, _ in stored[:5]]
         assert table.get(probe) == {k: reference[k] for k in probe if k in reference}
         assert table.has(probe) == {k for k in probe if k in reference}
+        assert [k in table for k in probe] == [k in reference for k in probe]
         assert len(table) == len(reference)
         popped = table.pop(probe)
         assert popped == {k: reference[k] for k in probe if k in reference}
