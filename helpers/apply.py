@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -30,16 +30,17 @@ from .deployment import (
     acquire_lock,
     apply_batch,
     count_run_references,
+    iter_run_reference_entities,
     read_ledger,
     record_run,
     release_lock,
     renew_lock,
-    run_reference_entities,
 )
 from .errors import LeaseLost, PreconditionFailed, RunbookError
 from .plan import CHANGING_ACTIONS, iter_plan_lines, read_plan
 from .progress import progress
 from .run_folder import locked_step, run_id as folder_run_id
+from .scratch import Scratch
 from .transport import ConvexTransport, redact_url
 
 APPLY_DIR = "apply"
@@ -463,7 +464,10 @@ class _Apply:
         confirmed = by_type is not None and sum(by_type.values()) == figures.planned_references
         if by_type is not None and not confirmed:
             # Some document reached its target state without this run's references: attribute each one.
-            figures = read_checkpoint(self.checkpoint_path, ours=run_reference_entities(self.transport, MIGRATION_ID, self.run_id)).figures()
+            with Scratch() as scratch:  # one id per document: kept on disk, not in memory
+                ours = scratch.table("ours")
+                ours.load((entity_id, None) for entity_id in iter_run_reference_entities(self.transport, MIGRATION_ID, self.run_id))
+                figures = read_checkpoint(self.checkpoint_path, ours=ours).figures()
         tables = {table: dict(c) for table, c in figures.outcomes.items()}
         return ApplySummary(
             run_id=self.run_id,
@@ -567,7 +571,7 @@ class Checkpoint:
     hold references of this run: an already_applied document with planned references outside it was put in
     its target state by someone else."""
 
-    ours: set[str] | None = None
+    ours: Container[str] | None = None
     done: list[tuple[int, int]] = field(default_factory=list)
     answers: dict[str, Counter[str]] = field(default_factory=dict)
     derived: dict[str, Counter[str]] = field(default_factory=dict)
@@ -613,7 +617,7 @@ class Checkpoint:
         return Figures(self.derived, self.planned_references)
 
 
-def read_checkpoint(path: Path, ours: set[str] | None = None) -> Checkpoint:
+def read_checkpoint(path: Path, ours: Container[str] | None = None) -> Checkpoint:
     """The checkpoint's contents. A torn or unreadable line (a kill mid-write) and everything after it is cut
     off the file, so appending continues after the last complete line and its batches are simply sent again."""
     checkpoint = Checkpoint(ours=ours)

@@ -219,6 +219,14 @@ def read_backup(run_dir: Path) -> BackupSummary:
     return summary
 
 
+def require_backup(run_dir: Path, needed_for: str, hint: str) -> BackupSummary:
+    """`read_backup`, refused with the reason a step needs the backup (`needed_for`) and what to do (`hint`)."""
+    try:
+        return read_backup(run_dir)
+    except PreconditionFailed as missing:
+        raise PreconditionFailed(f"{needed_for}, and it is not usable: {missing.args[0]}", hint=hint) from None
+
+
 def backup_age(summary: BackupSummary) -> timedelta:
     return datetime.now(UTC) - datetime.fromisoformat(summary.snapshot_time)
 

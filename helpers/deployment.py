@@ -97,9 +97,10 @@ def count_run_references(transport: ConvexTransport, migration_id: str, run_id: 
     return Counter(reference["entityType"] for reference in _run_references(transport, migration_id, run_id))
 
 
-def run_reference_entities(transport: ConvexTransport, migration_id: str, run_id: str) -> set[str]:
-    """The documents holding a reference of this run: only needed when the counts do not confirm each other."""
-    return {reference["entityId"] for reference in _run_references(transport, migration_id, run_id)}
+def iter_run_reference_entities(transport: ConvexTransport, migration_id: str, run_id: str) -> Iterator[str]:
+    """The documents holding a reference of this run (one id per reference, streamed): only needed when the
+    counts do not confirm each other."""
+    return (reference["entityId"] for reference in _run_references(transport, migration_id, run_id))
 
 
 def acquire_lock(transport: ConvexTransport, migration_id: str, run_id: str, operator: str, lease_ms: int) -> dict[str, Any]:

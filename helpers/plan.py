@@ -1,27 +1,32 @@
-"""The dry-run: stream the tables page by page, plan every document, write the plan apply will execute.
+"""The dry-run: stream the backup snapshot (or the live tables) page by page, plan every document, write the
+plan apply will execute.
 
-Memory stays bounded by the page size plus a few bytes per document (a digest per S3 key for the duplicate
-check, a running total per session), never by the documents themselves: plan lines go straight to disk.
+Memory stays bounded by the page size: plan lines go straight to disk, and what must be known across
+documents (which sessions exist, which assets are tracked, each S3 key's uses, each session's running
+totals) lives in a scratch SQLite file (helpers/scratch.py), looked up one page at a time.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from . import MIGRATION_ID, jsonio, rules
 from .archive import sha256_file, write_json_atomic
-from .deployment import iter_documents
+from .backup import BackupSummary, iter_backup_documents, require_backup
+from .deployment import iter_pages
 from .errors import PreconditionFailed
+from .fields import ASSET_TYPES
 from .progress import progress
 from .rules import CHANGING_ACTIONS
 from .run_folder import locked_step
+from .scratch import Scratch, ScratchTable, batched, prefetch
 from .transport import ConvexTransport, redact_url
 
 PLAN_DIR = "plan"
@@ -105,7 +110,10 @@ def _key_digest(key: str) -> bytes:
 
 def reference_key(entity_id: str, asset_type: str) -> int:
     """A compact key for (document id, asset type): an int costs less memory than a tuple of two strings."""
-    return int.from_bytes(hashlib.blake2b(f"{entity_id}\0{asset_type}".encode(), digest_size=8).digest(), "big")
+    return int.from_bytes(hashlib.blake2b(f"{entity_id}\0{asset_type}".encode(), digest_size=8).digest(), "big", signed=True)
+
+
+PlanSource = Literal["snapshot", "live"]
 
 
 @locked_step("02_dry_run")
@@ -116,71 +124,85 @@ def build_plan(
     page_size: int = 4000,
     bucket_base_url: str | None = None,
     show_progress: bool = True,
+    source: PlanSource = "snapshot",
 ) -> PlanSummary:
-    """Reads the deployment (changing nothing) and writes plan/plan.jsonl, plan/plan.json and the CSV tables."""
+    """Plans every document (changing nothing) and writes plan/plan.jsonl, plan/plan.json and the CSV tables.
+
+    `source="snapshot"` (the default) plans from this run folder's backup ZIP: one consistent instant, no
+    second read of production. `source="live"` reads the deployment's tables page by page instead (the next
+    page is fetched while this one is planned). Either way apply's per-document preconditions catch what
+    changed since. Each source is read once; per-document state lives in a scratch SQLite file."""
+    if source not in ("snapshot", "live"):
+        raise ValueError(f"source must be 'snapshot' or 'live', not {source!r}")
     out = plan_dir(run_dir)
     if (out / PLAN_SUMMARY_FILE).exists():
         raise PreconditionFailed(
             f"{out / PLAN_SUMMARY_FILE} already exists: a run folder holds one plan.",
             hint="Start a new run folder to plan again (apply executes exactly the plan its run folder holds).",
         )
+    snapshot = _snapshot(run_dir) if source == "snapshot" else None
     out.mkdir(parents=True, exist_ok=True)
     backup = _backup_record(run_dir)
     totals = {table: int(n) for table, n in backup.get("counts", {}).items()}
 
-    session_ids: set[str] = {
-        doc["_id"] for doc in progress(iter_documents(transport, "videoSessions", page_size), desc="sessions (ids)", total=totals.get("videoSessions"), show=show_progress)
-    }
-    # Assets already tracked (a reference of any origin): the plan adds references only for the others.
-    tracked: set[int] = {
-        reference_key(ref["entityId"], ref["assetType"])
-        for ref in progress(iter_documents(transport, "assetReferences", page_size), desc="asset references", total=totals.get("assetReferences"), show=show_progress)
-    }
-    ctx = rules.RulesContext(
-        bucket_base_url=bucket_base_url,
-        session_exists=session_ids.__contains__,
-        is_tracked=lambda entity_id, asset_type: reference_key(entity_id, asset_type) in tracked,
-    )
-
-    # Pass 1: plan scenes provisionally and count S3 keys (a key shared by several scenes blocks all of them).
-    provisional = out / "scenes.provisional.jsonl"
-    key_counts: Counter[bytes] = Counter()
-    with provisional.open("wb") as sink:
-        for doc in progress(iter_documents(transport, "scenes", page_size), desc="scenes", total=totals.get("scenes"), show=show_progress):
-            plan = rules.plan_scene(doc, ctx)
-            for key in rules.asset_keys(plan):
-                key_counts[_key_digest(key)] += 1
-            sink.write(_dump(plan.to_line()))
-    del session_ids
+    def pages(table: str, desc: str) -> Iterator[list[dict[str, Any]]]:
+        stream = (
+            batched(iter_backup_documents(snapshot, table), page_size) if snapshot is not None
+            else prefetch(iter_pages(transport, table, page_size))
+        )
+        return paged_progress(stream, desc=desc, total=totals.get(table), show=show_progress)
 
     tally = _Tally()
-    session_totals: dict[str, rules.SessionTotals] = defaultdict(rules.SessionTotals)
     plan_path = out / PLAN_FILE
     partial = plan_path.with_suffix(".partial")
-    with partial.open("wb") as sink:
-        # Pass 2 (local file): settle duplicates, total each session's scene assets, write final scene lines.
-        for plan in _read_plan_lines(provisional):
-            shared = [key for key in rules.asset_keys(plan) if key_counts[_key_digest(key)] > 1]
-            if shared:
-                plan = rules.mark_blocking(
-                    plan,
-                    "duplicate_s3_key",
-                    f"S3 key {shared[0]!r} is used by {key_counts[_key_digest(shared[0])]} scenes; "
-                    "decide which scene owns it before migrating any of them",
-                )
-            if plan.session_id is not None:
-                session_totals[plan.session_id].add_scene(plan)
-            line = plan.to_line()
-            tally.add(line)
-            sink.write(_dump(line))
-        del key_counts
-        # Pass 3: sessions, with totals computed from their scenes' planned assets and their own.
-        for doc in progress(iter_documents(transport, "videoSessions", page_size), desc="sessions", total=totals.get("videoSessions"), show=show_progress):
-            plan = rules.plan_session(doc, session_totals.pop(doc["_id"], rules.SessionTotals()), ctx)
-            line = plan.to_line()
-            tally.add(line)
-            sink.write(_dump(line))
-    provisional.unlink()
+    with Scratch() as scratch:
+        sessions = scratch.table("sessions")  # id -> the session document, in the order read
+        for page in pages("videoSessions", "sessions"):
+            sessions.put((doc["_id"], doc) for doc in page)
+        # Assets already tracked (a reference of any origin): the plan adds references only for the others.
+        tracked = scratch.table("tracked")
+        for page in pages("assetReferences", "asset references"):
+            tracked.put((reference_key(ref["entityId"], ref["assetType"]), None) for ref in page)
+
+        # Pass 1: plan scenes provisionally and record each S3 key's uses (a key shared by scenes blocks them all).
+        provisional = scratch.path("scenes.provisional.jsonl")
+        key_uses = scratch.table("key_uses", multi=True)
+        with provisional.open("wb") as sink:
+            for page in pages("scenes", "scenes"):
+                ctx = _page_context(page, bucket_base_url, sessions, tracked)
+                plans = [rules.plan_scene(doc, ctx) for doc in page]
+                key_uses.put((_key_digest(key), None) for plan in plans for key in rules.asset_keys(plan))
+                sink.writelines(_dump(plan.to_line()) for plan in plans)
+
+        session_totals = scratch.table("session_totals")
+        with partial.open("wb") as sink:
+            # Pass 2 (local file): settle duplicates, total each session's scene assets, write final scene lines.
+            for page in batched(_read_plan_lines(provisional), page_size):
+                uses = {k: len(v) for k, v in key_uses.get(_key_digest(key) for plan in page for key in rules.asset_keys(plan)).items()}
+                running = session_totals.get(plan.session_id for plan in page if plan.session_id is not None)
+                for plan in page:
+                    shared = [key for key in rules.asset_keys(plan) if uses[_key_digest(key)] > 1]
+                    if shared:
+                        plan = rules.mark_blocking(
+                            plan,
+                            "duplicate_s3_key",
+                            f"S3 key {shared[0]!r} is used by {uses[_key_digest(shared[0])]} scenes; "
+                            "decide which scene owns it before migrating any of them",
+                        )
+                    if plan.session_id is not None:
+                        running.setdefault(plan.session_id, rules.SessionTotals()).add_scene(plan)
+                    line = plan.to_line()
+                    tally.add(line)
+                    sink.write(_dump(line))
+                session_totals.put(running.items())
+            # Pass 3: sessions, with totals computed from their scenes' planned assets and their own.
+            for page in batched((doc for _, doc in sessions.items()), page_size):
+                ctx = _page_context(page, bucket_base_url, sessions, tracked)
+                found = session_totals.get(doc["_id"] for doc in page)
+                for doc in page:
+                    line = rules.plan_session(doc, found.get(doc["_id"], rules.SessionTotals()), ctx).to_line()
+                    tally.add(line)
+                    sink.write(_dump(line))
     partial.replace(plan_path)
 
     summary = PlanSummary(
@@ -190,7 +212,7 @@ def build_plan(
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         deployment_url=redact_url(transport.url),
         backup_sha256=backup.get("sha256"),
-        parameters={"page_size": page_size, "bucket_base_url": bucket_base_url},
+        parameters={"page_size": page_size, "bucket_base_url": bucket_base_url, "source": source},
         actions={table: dict(c) for table, c in tally.actions.items()},
         by_status={table: {status: dict(c) for status, c in statuses.items()} for table, statuses in tally.by_status.items()},
         references_by_type=dict(tally.references),
@@ -261,6 +283,40 @@ def _write_problem_details(plan_path: Path, csv_path: Path) -> None:
                 writer.writerow(
                     [line["table"], line["id"], line["action"], problem["code"], problem["severity"], problem.get("field", ""), problem["message"]]
                 )
+
+
+def _page_context(
+    page: list[dict[str, Any]], bucket_base_url: str | None, sessions: ScratchTable, tracked: ScratchTable
+) -> rules.RulesContext:
+    """What the rules may ask about one page of documents, looked up in two queries: which sessions its scenes
+    name exist, and which of its assets already have a reference."""
+    named = {doc["sessionId"] for doc in page if type(doc.get("sessionId")) is str}
+    existing = sessions.has(named) if named else set()
+    held = tracked.has(reference_key(doc["_id"], asset_type) for doc in page for asset_type in ASSET_TYPES.values())
+    return rules.RulesContext(
+        bucket_base_url=bucket_base_url,
+        session_exists=existing.__contains__,
+        is_tracked=lambda entity_id, asset_type: reference_key(entity_id, asset_type) in held,
+    )
+
+
+def paged_progress(pages: Iterable[list[Any]], *, desc: str, total: int | None, show: bool) -> Iterator[list[Any]]:
+    """The pages, with a progress bar counting their documents."""
+    bar = progress(desc=desc, total=total, show=show)
+    for page in pages:
+        yield page
+        bar.update(len(page))
+    bar.close()
+
+
+def _snapshot(run_dir: Path) -> BackupSummary:
+    """The run folder's checked backup, which the default plan reads; without it, say what to do."""
+    return require_backup(
+        run_dir,
+        "The dry-run plans from this run folder's backup snapshot",
+        hint="run notebooks/01_backup_snapshot.ipynb with this run_dir first, or plan from the live tables with "
+        "plan_source='live' (build_plan(..., source='live'))",
+    )
 
 
 def _backup_record(run_dir: Path) -> dict[str, Any]:

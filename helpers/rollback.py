@@ -23,12 +23,13 @@ from pydantic import BaseModel
 from . import MIGRATION_ID, jsonio
 from .archive import sha256_file, write_json_atomic
 from .apply import LEASE_MS, DeploymentLease, take_migration_lock
-from .backup import BackupSummary, iter_backup_documents, read_backup
-from .deployment import apply_batch, iter_documents, record_run, release_lock
+from .backup import BackupSummary, iter_backup_documents, require_backup
+from .deployment import apply_batch, iter_documents, iter_pages, record_run, release_lock
 from .errors import PreconditionFailed
 from .fields import MIGRATED_TABLES
 from .plan import CHANGING_ACTIONS, iter_plan_lines, read_plan
 from .run_folder import locked_step, run_id as folder_run_id
+from .scratch import Scratch, batched
 from .transport import ConvexTransport
 from .values import digest
 from .verify import Check
@@ -103,52 +104,54 @@ def plan_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, page
     out = rollback_dir(run_dir, mode)
     out.mkdir(parents=True, exist_ok=True)
 
-    set_fields: dict[str, tuple[str, ...]] = {}
-    for line in iter_plan_lines(run_dir):
-        if line["action"] in CHANGING_ACTIONS:
-            set_fields[line["id"]] = tuple(line["set"])
-
-    references: dict[str, list[str]] = defaultdict(list)
-    for ref in iter_documents(transport, "assetReferences", page_size):
-        if ref.get("metadata", {}).get("migrationId") == MIGRATION_ID:
-            references[ref["entityId"]].append(ref["_id"])
-
-    backed_up: dict[str, bytes] = {}
-    if backup is not None:
-        # Only the documents the migration touched are kept, as their encoded backup state.
-        for table in MIGRATED_TABLES:
-            for doc in iter_backup_documents(backup, table):
-                if doc["_id"] in set_fields:
-                    backed_up[doc["_id"]] = jsonio.dumps(doc)
-
     actions: dict[str, Counter[str]] = defaultdict(Counter)
     path = out / "plan.jsonl"
-    with path.open("wb") as sink:
-        for table in MIGRATED_TABLES:
-            for doc in iter_documents(transport, table, page_size):
-                doc_id = doc["_id"]
-                if doc_id not in set_fields and doc_id not in references:
-                    continue
-                if mode == "strip":
-                    item = _strip_item(table, doc, set_fields.get(doc_id, ()), references.get(doc_id, []))
-                else:
-                    raw = backed_up.get(doc_id)
-                    if raw is None:
-                        actions[table]["not_in_backup"] += 1
-                        continue
-                    item = _restore_item(table, doc, jsonio.loads(raw), references.get(doc_id, []))
-                if item is None:
-                    actions[table]["nothing_to_undo"] += 1
-                    continue
-                actions[table]["change_back"] += 1
-                sink.write(jsonio.dumps(item, sort_keys=True) + b"\n")
+    with Scratch() as scratch:
+        set_fields = scratch.table("set_fields")  # id -> the fields the plan set, for the documents it changed
+        set_fields.load((line["id"], tuple(line["set"])) for line in iter_plan_lines(run_dir) if line["action"] in CHANGING_ACTIONS)
+        references = scratch.table("references", multi=True)  # entity id -> ids of this migration's references
+        references.load(
+            (ref["entityId"], ref["_id"]) for ref in iter_documents(transport, "assetReferences", page_size)
+            if ref.get("metadata", {}).get("migrationId") == MIGRATION_ID
+        )
+        backed_up = scratch.table("backed_up")
+        if backup is not None:
+            # Only the documents the migration touched are kept, as their backup state.
+            for table in MIGRATED_TABLES:
+                for page in batched(iter_backup_documents(backup, table), page_size):
+                    wanted = set_fields.has(doc["_id"] for doc in page)
+                    backed_up.put((doc["_id"], doc) for doc in page if doc["_id"] in wanted)
+
+        with path.open("wb") as sink:
+            for table in MIGRATED_TABLES:
+                for page in iter_pages(transport, table, page_size):
+                    ids = [doc["_id"] for doc in page]
+                    fields, refs = set_fields.get(ids), references.get(ids)
+                    before = backed_up.get(ids) if backup is not None else {}
+                    for doc in page:
+                        doc_id = doc["_id"]
+                        if doc_id not in fields and doc_id not in refs:
+                            continue
+                        if mode == "strip":
+                            item = _strip_item(table, doc, fields.get(doc_id, ()), refs.get(doc_id, []))
+                        elif doc_id not in before:
+                            actions[table]["not_in_backup"] += 1
+                            continue
+                        else:
+                            item = _restore_item(table, doc, before[doc_id], refs.get(doc_id, []))
+                        if item is None:
+                            actions[table]["nothing_to_undo"] += 1
+                            continue
+                        actions[table]["change_back"] += 1
+                        sink.write(jsonio.dumps(item, sort_keys=True) + b"\n")
+        references_to_delete = len(references)
     summary = RollbackSummary(
         mode=mode,
         executed=False,
         plan_sha256=plan.plan_sha256,
         rollback_plan_sha256=sha256_file(path),
         actions={t: dict(c) for t, c in actions.items()},
-        references_to_delete=sum(len(v) for v in references.values()),
+        references_to_delete=references_to_delete,
     )
     write_json_atomic(out / "summary.json", summary.model_dump(mode="json"))
     return summary
@@ -255,7 +258,6 @@ def check_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, pag
     rollback changed back. Conflicts the execution reported are excluded (left alone, listed there)."""
     summary = RollbackSummary.model_validate_json((rollback_dir(run_dir, mode) / "summary.json").read_bytes())
     excluded = {c["id"] for c in summary.conflicts}
-    touched = {item["id"] for item in iter_rollback_items(run_dir, mode)} - excluded
     names = ["stripped" if mode == "strip" else "restored", "references_removed", "documents_still_exist"]
     results: dict[str, tuple[int, list[str]]] = {name: (0, []) for name in names}
 
@@ -263,28 +265,40 @@ def check_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, pag
         checked, failed = results[name]
         results[name] = (checked + 1, failed if ok else [*failed, item_id])
 
-    expected: dict[str, bytes] = {}
-    if mode == "restore":
-        backup = _backup_for_restore(run_dir)
+    with Scratch() as scratch:
+        touched = scratch.table("touched")  # the documents the rollback changed back; those not seen live are gone
+        touched.load((item["id"], None) for item in iter_rollback_items(run_dir, mode) if item["id"] not in excluded)
+        expected = scratch.table("expected")
+        if mode == "restore":
+            backup = _backup_for_restore(run_dir)
+            for table in MIGRATED_TABLES:
+                for page in batched(iter_backup_documents(backup, table), page_size):
+                    wanted = touched.has(doc["_id"] for doc in page)
+                    expected.put((doc["_id"], digest(doc)) for doc in page if doc["_id"] in wanted)
+        plan_fields = scratch.table("plan_fields")
+        plan_fields.load((line["id"], tuple(line["set"])) for line in iter_plan_lines(run_dir) if line["action"] in CHANGING_ACTIONS)
+        changed_back = scratch.table("changed_back")  # touched ids, kept for the references check
         for table in MIGRATED_TABLES:
-            for doc in iter_backup_documents(backup, table):
-                if doc["_id"] in touched:
-                    expected[doc["_id"]] = digest(doc)
-    plan_fields = {line["id"]: tuple(line["set"]) for line in iter_plan_lines(run_dir) if line["action"] in CHANGING_ACTIONS}
-    seen: set[str] = set()
-    for table in MIGRATED_TABLES:
-        for doc in iter_documents(transport, table, page_size):
-            if doc["_id"] not in touched:
-                continue
-            seen.add(doc["_id"])
-            if mode == "restore":
-                record("restored", check_restored(doc, expected.get(doc["_id"])), doc["_id"])
-            else:
-                record("stripped", check_stripped(doc, plan_fields.get(doc["_id"], ())), doc["_id"])
-    for doc_id in touched:
-        record("documents_still_exist", doc_id in seen, doc_id)
-    for ref in iter_documents(transport, "assetReferences", page_size):
-        record("references_removed", check_reference_removed(ref, touched), ref["_id"])
+            for page in iter_pages(transport, table, page_size):
+                seen = touched.pop(doc["_id"] for doc in page)
+                changed_back.put((doc_id, None) for doc_id in seen)
+                digests = expected.get(seen) if mode == "restore" else {}
+                fields = plan_fields.get(seen) if mode == "strip" else {}
+                for doc in page:
+                    if doc["_id"] not in seen:
+                        continue
+                    record("documents_still_exist", True, doc["_id"])
+                    if mode == "restore":
+                        record("restored", check_restored(doc, digests.get(doc["_id"])), doc["_id"])
+                    else:
+                        record("stripped", check_stripped(doc, fields.get(doc["_id"], ())), doc["_id"])
+        for doc_id in touched.keys():
+            record("documents_still_exist", False, doc_id)
+            changed_back.put([(doc_id, None)])
+        for page in iter_pages(transport, "assetReferences", page_size):
+            on_changed_back = changed_back.has(ref["entityId"] for ref in page)
+            for ref in page:
+                record("references_removed", check_reference_removed(ref, on_changed_back), ref["_id"])
     checks = [
         Check(name=name, description=ROLLBACK_CHECKS[name], passed=not failed, checked=checked, failed=len(failed), examples=failed[:5])
         for name, (checked, failed) in results.items()
@@ -299,12 +313,10 @@ def check_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, pag
 
 def _backup_for_restore(run_dir: Path) -> BackupSummary:
     """This run's backup, which only restore needs; without it, say where it is kept and what works instead."""
-    try:
-        return read_backup(run_dir)
-    except PreconditionFailed as missing:
-        raise PreconditionFailed(
-            f"Rollback restore needs the backup this run took before the migration, and it is not usable: {missing.args[0]}",
-            hint=f"put this run's backup back into {Path(run_dir) / 'backup'} (snapshot_<ts>.zip and backup.json, from the "
-            "archived run folder or its ZIP), or roll back with mode='strip', which needs no backup; a new backup would "
-            "hold the migrated state and cannot restore it",
-        ) from None
+    return require_backup(
+        run_dir,
+        "Rollback restore needs the backup this run took before the migration",
+        hint=f"put this run's backup back into {Path(run_dir) / 'backup'} (snapshot_<ts>.zip and backup.json, from the "
+        "archived run folder or its ZIP), or roll back with mode='strip', which needs no backup; a new backup would "
+        "hold the migrated state and cannot restore it",
+    )

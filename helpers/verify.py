@@ -9,13 +9,15 @@ A document whose legacy fields another writer changed after the backup (legacy w
 `updatedAt`) is never blamed on the migration: it is listed as "changed by the application since the
 migration", with the advice to re-plan it. Verify fails only for what the migration did wrong.
 
-Memory stays bounded by a few digests per document and per asset; asset values are checked against the
-legacy fields directly, not by running the conversion rules again, so a bug in the rules cannot hide itself.
+Memory stays bounded by the page size: the per-document digests, references and session totals live in a
+scratch SQLite file (helpers/scratch.py) and each page of live documents looks its own up. Asset values are
+checked against the legacy fields directly, not by running the conversion rules again, so a bug in the rules
+cannot hide itself. Live documents neither the backup nor the plan knows were created after the snapshot: they
+are listed apart (not a failure), with the advice to run again in a new run folder.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -27,12 +29,12 @@ from pydantic import BaseModel
 
 from . import MIGRATION_ID
 from .backup import iter_backup_documents, read_backup
-from .deployment import iter_documents
+from .deployment import iter_pages
 from .fields import ASSET_SOURCES, ASSET_TYPES, MIGRATED_TABLES, NEW_FIELDS, legacy_part, new_part
-from .plan import CHANGING_ACTIONS, iter_plan_lines, read_plan, reference_key
-from .progress import progress
+from .plan import CHANGING_ACTIONS, iter_plan_lines, paged_progress, read_plan, reference_key
 from .rules import SCENE_STATUS_MAP, SESSION_STATUS_MAP, canonical_status, parse_s3_url
 from .run_folder import locked_step
+from .scratch import Scratch, batched, prefetch
 from .transport import ConvexTransport
 from .values import digest, equal
 
@@ -41,6 +43,11 @@ RE_PLAN_ADVICE = (
     "These documents were changed by the application after the backup (their legacy fields and updatedAt moved): "
     "the migration did not do this. To bring them up to date, run a new dry-run in a new run folder (backup, "
     "dry-run, apply, verify): it plans them from their current state."
+)
+NEW_DOCUMENTS_ADVICE = (
+    "These documents were created after the backup snapshot this run planned from, so the migration did not see "
+    "them and they are not migrated. To migrate them, run again in a new run folder (backup, dry-run, apply, "
+    "verify): its snapshot includes them."
 )
 _ENTITY_TYPES = {"scenes": "scene", "videoSessions": "session"}
 _REFERENCE_ASSET_FIELDS = ("s3Key", "s3Url", "contentType", "size", "checksum", "uploadedAt")
@@ -75,6 +82,15 @@ class ChangedByApplication(BaseModel):
     advice: str = RE_PLAN_ADVICE
 
 
+class CreatedAfterSnapshot(BaseModel):
+    """Live documents neither the backup nor the plan knows: created after the snapshot. Not a failure (the
+    migration never saw them), but not migrated either."""
+
+    count: int = 0
+    examples: list[str] = []
+    advice: str = NEW_DOCUMENTS_ADVICE
+
+
 class VerifyReport(BaseModel):
     migration_id: str = MIGRATION_ID
     plan_sha256: str
@@ -82,6 +98,7 @@ class VerifyReport(BaseModel):
     checks: list[Check]
     changed_by_others: list[str]  # up to 100 ids of changed_by_application, for older readers
     changed_by_application: ChangedByApplication = ChangedByApplication()
+    created_after_snapshot: CreatedAfterSnapshot = CreatedAfterSnapshot()
 
     @property
     def passed(self) -> bool:
@@ -485,6 +502,8 @@ class Outcome:
     checks: list[Check]
     changed_by_application: list[str]
     changed_count: int
+    created_after_snapshot: list[str] = field(default_factory=list)
+    created_count: int = 0
 
 
 @locked_step("04_verify")
@@ -493,10 +512,11 @@ def verify(transport: ConvexTransport, run_dir: Path, *, page_size: int = 4000, 
     backup = read_backup(run_dir)
 
     def live(table: str) -> Iterable[dict[str, Any]]:
-        desc = f"verify {table}"
-        return progress(iter_documents(transport, table, page_size), desc=desc, total=backup.counts.get(table), show=show_progress)
+        pages = paged_progress(prefetch(iter_pages(transport, table, page_size)), desc=f"verify {table}",
+                               total=backup.counts.get(table), show=show_progress)
+        return (document for page in pages for document in page)
 
-    outcome = run_checks(iter_plan_lines(run_dir), lambda table: iter_backup_documents(backup, table), live)
+    outcome = run_checks(iter_plan_lines(run_dir), lambda table: iter_backup_documents(backup, table), live, page_size=page_size)
     return report(outcome, plan_summary.plan_sha256, backup.sha256)
 
 
@@ -508,6 +528,7 @@ def report(outcome: Outcome, plan_sha256: str, backup_sha256: str) -> VerifyRepo
         checks=outcome.checks,
         changed_by_others=outcome.changed_by_application,
         changed_by_application=ChangedByApplication(count=outcome.changed_count, examples=outcome.changed_by_application[:EXAMPLES]),
+        created_after_snapshot=CreatedAfterSnapshot(count=outcome.created_count, examples=outcome.created_after_snapshot[:EXAMPLES]),
     )
 
 
@@ -515,83 +536,126 @@ def run_checks(
     plan_lines: Iterable[dict[str, Any]],
     backup: Callable[[str], Iterable[dict[str, Any]]],
     live: Callable[[str], Iterable[dict[str, Any]]],
+    *,
+    page_size: int = 4000,
 ) -> Outcome:
     """Every check over the three sources, each read once: the plan's lines, then `backup(table)` and `live(table)`
-    for scenes and videoSessions (and `live("assetReferences")`). Pure: the caller decides where they come from."""
+    for scenes and videoSessions (and `live("assetReferences")`). Pure: the caller decides where they come from.
+
+    The join keeps its per-document state (the plan's promise and the backup's digests, the references, the
+    sessions' running totals) in a scratch SQLite file: each source streams past in pages of `page_size`, and
+    each live page looks up its documents in one query per kind, so memory is bounded by the page."""
     tallies = {c.name: _Tally(c.name, c.description) for c in DOCUMENT_CHECKS}
     tallies.update({name: _Tally(name, text) for name, text in REFERENCE_CHECKS.items()})
     tallies[SESSION_CHECK[0]] = _Tally(*SESSION_CHECK)
+    changed = _Listed()
+    created = _Listed()
 
-    # The promise, per document.
-    planned: dict[str, Planned] = {}
-    for line in plan_lines:
-        tallies["nothing_outside_plan_changed"].add(check_plan_writes_only_new_fields(line), line["id"])
-        planned[line["id"]] = Planned.of(line)
+    with Scratch() as scratch:
+        # The promise, per document.
+        planned = scratch.table("planned")
+        for lines in batched(plan_lines, page_size):
+            for line in lines:
+                tallies["nothing_outside_plan_changed"].add(check_plan_writes_only_new_fields(line), line["id"])
+            planned.put((line["id"], _as_tuple(Planned.of(line))) for line in lines)
 
-    # The state before, per document, as digests.
-    before: dict[str, Before] = {}
-    for table in MIGRATED_TABLES:
-        for doc in backup(table):
-            plan = planned.get(doc["_id"])
-            before[doc["_id"]] = Before.of(table, doc, plan.set_fields if plan is not None else ())
+        # The state before, per document, as digests.
+        before = scratch.table("before")
+        for table in MIGRATED_TABLES:
+            for page in batched(backup(table), page_size):
+                set_fields = {doc_id: plan[1] for doc_id, plan in planned.get(doc["_id"] for doc in page).items()}
+                before.put((doc["_id"], _as_tuple(Before.of(table, doc, set_fields.get(doc["_id"], ())))) for doc in page)
 
-    # Every reference, by (entity, asset type), with its entity: references left over point at no live document.
-    references: dict[int, list[Reference]] = defaultdict(list)
-    entities: dict[int, tuple[str, str]] = {}
-    for row in live("assetReferences"):
-        key = reference_key(row["entityId"], row["assetType"])
-        references[key].append(Reference.of(row))
-        entities[key] = (row["entityId"], row["assetType"])
+        # Every reference, by (entity, asset type), with its entity: references left over point at no live document.
+        references = scratch.table("references", multi=True)
+        for rows in batched(live("assetReferences"), page_size):
+            references.put(
+                (reference_key(row["entityId"], row["assetType"]), (row["entityId"], row["assetType"], *_as_tuple(Reference.of(row))))
+                for row in rows
+            )
 
-    changed_by_app: list[str] = []
-    changed_count = 0
-    scene_totals: dict[str, SceneTotals] = defaultdict(SceneTotals)
-    live_docs: dict[str, bool] = {}  # id -> changed by the application (for references left over)
-    for table in ("scenes", "videoSessions"):
-        for document in live(table):
-            doc_id = document["_id"]
-            doc = Joined(table, before.pop(doc_id, None), planned.pop(doc_id, None), document)
-            by_app = doc.changed_by_application
-            live_docs[doc_id] = by_app
-            if by_app:
-                changed_count += 1
-                if len(changed_by_app) < 100:
-                    changed_by_app.append(doc_id)
-            for check in DOCUMENT_CHECKS:
-                verdict = check.run(doc)
-                tallies[check.name].add(verdict, doc_id, _detail(check, verdict, table, document))
-            for asset_field in ASSET_SOURCES[table]:
-                asset_type = ASSET_TYPES[asset_field]
-                key = reference_key(doc_id, asset_type)
-                refs = references.pop(key, [])
-                asset = document.get(asset_field)
-                if type(asset) is dict:
-                    tallies["references_match_assets"].add(check_references_match_asset(doc, asset, refs), doc_id, asset_type)
-                    tallies["tracking_complete"].add(check_asset_tracked(doc, refs), doc_id, asset_type)
+        scene_totals = scratch.table("scene_totals")  # session id -> SceneTotals of its live scenes
+        live_docs = scratch.table("live_docs")  # id -> changed by the application (for references left over)
+        for table in ("scenes", "videoSessions"):
+            for page in batched(live(table), page_size):
+                ids = [document["_id"] for document in page]
+                befores = {doc_id: Before(*fields) for doc_id, fields in before.pop(ids).items()}
+                plans = {doc_id: Planned(*fields) for doc_id, fields in planned.pop(ids).items()}
+                refs_by_key = references.pop(reference_key(i, ASSET_TYPES[f]) for i in ids for f in ASSET_SOURCES[table])
+                if table == "scenes":
+                    totals = scene_totals.get(str(document.get("sessionId")) for document in page)
                 else:
-                    tallies["references_match_assets"].add(check_reference_has_asset(by_app, refs), doc_id, asset_type)
-                tallies["no_duplicate_references"].add(check_no_duplicate_references(refs), doc_id, asset_type)
-                tallies["references_point_at_documents"].add(check_reference_points_at_document(True, refs), doc_id)
-            if table == "scenes":
-                totals = scene_totals[str(document.get("sessionId"))]
-                assets = held_assets(table, document)
-                totals.assets += len(assets)
-                totals.size += asset_size(assets)
-                totals.excused |= by_app
-            else:
-                tallies["session_totals"].add(check_session_totals(doc, scene_totals.pop(doc_id, SceneTotals())), doc_id)
+                    totals = scene_totals.pop(ids)
+                flags = []
+                for document in page:
+                    doc_id = document["_id"]
+                    doc = Joined(table, befores.get(doc_id), plans.get(doc_id), document)
+                    by_app = doc.changed_by_application
+                    flags.append((doc_id, by_app))
+                    if by_app:
+                        changed.add(doc_id)
+                    if doc.before is None and doc.plan is None:
+                        created.add(doc_id)
+                    for check in DOCUMENT_CHECKS:
+                        verdict = check.run(doc)
+                        tallies[check.name].add(verdict, doc_id, _detail(check, verdict, table, document))
+                    for asset_field in ASSET_SOURCES[table]:
+                        asset_type = ASSET_TYPES[asset_field]
+                        refs = [Reference(*ref) for _, _, *ref in refs_by_key.get(reference_key(doc_id, asset_type), [])]
+                        asset = document.get(asset_field)
+                        if type(asset) is dict:
+                            tallies["references_match_assets"].add(check_references_match_asset(doc, asset, refs), doc_id, asset_type)
+                            tallies["tracking_complete"].add(check_asset_tracked(doc, refs), doc_id, asset_type)
+                        else:
+                            tallies["references_match_assets"].add(check_reference_has_asset(by_app, refs), doc_id, asset_type)
+                        tallies["no_duplicate_references"].add(check_no_duplicate_references(refs), doc_id, asset_type)
+                        tallies["references_point_at_documents"].add(check_reference_points_at_document(True, refs), doc_id)
+                    if table == "scenes":
+                        running = totals.setdefault(str(document.get("sessionId")), SceneTotals())
+                        assets = held_assets(table, document)
+                        running.assets += len(assets)
+                        running.size += asset_size(assets)
+                        running.excused |= by_app
+                    else:
+                        tallies["session_totals"].add(check_session_totals(doc, totals.get(doc_id, SceneTotals())), doc_id)
+                live_docs.put(flags)
+                if table == "scenes":
+                    scene_totals.put(totals.items())
 
-    for key, refs in references.items():  # references whose document no longer exists (or never did)
-        entity_id, asset_type = entities[key]
-        tallies["no_duplicate_references"].add(check_no_duplicate_references(refs), entity_id, asset_type)
-        tallies["references_point_at_documents"].add(check_reference_points_at_document(entity_id in live_docs, refs), entity_id)
-        if entity_id in live_docs:  # an asset type its table does not have
-            tallies["references_match_assets"].add(check_reference_has_asset(live_docs[entity_id], refs), entity_id, asset_type)
-    for doc_id, prior in before.items():  # backed-up documents no longer live
-        tallies["no_backup_document_missing"].add(check_document_still_exists(Joined("scenes", prior, None, None)), doc_id)
+        # References whose document no longer exists (or never did), one entity and asset type at a time.
+        for group in batched(references.groups(), page_size):
+            live_flags = live_docs.get(rows[0][0] for _, rows in group)
+            for _, rows in group:
+                entity_id, asset_type = rows[0][0], rows[0][1]
+                refs = [Reference(*ref) for _, _, *ref in rows]
+                tallies["no_duplicate_references"].add(check_no_duplicate_references(refs), entity_id, asset_type)
+                tallies["references_point_at_documents"].add(check_reference_points_at_document(entity_id in live_flags, refs), entity_id)
+                if entity_id in live_flags:  # an asset type its table does not have
+                    tallies["references_match_assets"].add(check_reference_has_asset(live_flags[entity_id], refs), entity_id, asset_type)
+        for doc_id, prior in before.items():  # backed-up documents no longer live
+            tallies["no_backup_document_missing"].add(check_document_still_exists(Joined("scenes", Before(*prior), None, None)), doc_id)
 
     order = [c.name for c in DOCUMENT_CHECKS] + [SESSION_CHECK[0], *REFERENCE_CHECKS]
-    return Outcome([tallies[name].result() for name in order], changed_by_app, changed_count)
+    return Outcome([tallies[name].result() for name in order], changed.ids, changed.count, created.ids, created.count)
+
+
+def _as_tuple(record: Before | Planned | Reference) -> tuple[Any, ...]:
+    """A slotted record's fields as a plain tuple, which the scratch tables store several times faster than the
+    record itself (pickling a dataclass looks its fields up every time)."""
+    return tuple(getattr(record, name) for name in record.__slots__)
+
+
+@dataclass
+class _Listed:
+    """A count of documents, and the first hundred ids."""
+
+    count: int = 0
+    ids: list[str] = field(default_factory=list)
+
+    def add(self, doc_id: str) -> None:
+        self.count += 1
+        if len(self.ids) < 100:
+            self.ids.append(doc_id)
 
 
 def _detail(check: DocumentCheck, verdict: Verdict | None, table: str, document: dict[str, Any]) -> str:

@@ -11,6 +11,7 @@ import pytest
 
 from helpers import MIGRATION_ID, errors
 from helpers.apply import apply_plan
+from helpers.backup import take_backup
 from helpers.deployment import acquire_lock, release_lock
 from helpers.plan import CHANGING_ACTIONS, build_plan, iter_plan_lines, plan_dir
 from helpers.rollback import check_rollback, execute_rollback, plan_rollback
@@ -27,10 +28,31 @@ def apply(transport: ConvexTransport, run_dir: Path, **kwargs):  # noqa: ANN201
 def test_dry_run_changes_nothing(transport: ConvexTransport, run_dir: Path) -> None:
     seed(transport)
     before = state(transport)
-    summary = build_plan(transport, run_dir, show_progress=False)
+    summary = build_plan(transport, run_dir, show_progress=False, source="live")
     assert state(transport) == before
     assert summary.documents == len(before["scenes"]) + len(before["videoSessions"])
     assert (plan_dir(run_dir) / "plan.jsonl").exists() and (plan_dir(run_dir) / "problems.csv").exists()
+
+
+def test_the_plan_from_the_snapshot_equals_the_plan_from_the_live_tables_on_a_quiet_deployment(
+    transport: ConvexTransport, run_dir: Path, tmp_path: Path
+) -> None:
+    seed(transport)
+    take_backup(transport, run_dir, poll_seconds=0.05, show_progress=False)
+    from_snapshot = build_plan(transport, run_dir, show_progress=False, page_size=7)  # pages end mid-session
+    from_live = build_plan(transport, tmp_path / "live", show_progress=False, source="live", page_size=7)
+    assert from_snapshot.parameters["source"] == "snapshot" and from_live.parameters["source"] == "live"
+    assert from_snapshot.plan_sha256 == from_live.plan_sha256
+    assert from_snapshot.problems and from_snapshot.problems == from_live.problems
+    assert {line["action"] for line in iter_plan_lines(run_dir)} >= {"migrate", "problem"}
+
+
+def test_the_dry_run_from_the_snapshot_needs_the_backup(transport: ConvexTransport, run_dir: Path) -> None:
+    seed(transport, 5)
+    with pytest.raises(errors.PreconditionFailed, match="plans from this run folder's backup") as refused:
+        build_plan(transport, run_dir, show_progress=False)
+    assert "source='live'" in refused.value.hint
+    assert not plan_dir(run_dir).exists()
 
 
 def test_apply_verify_then_apply_again_changes_nothing(transport: ConvexTransport, run_dir: Path) -> None:
@@ -74,7 +96,7 @@ def test_writer_between_plan_and_apply_is_a_conflict_and_keeps_its_write(transpo
 
 def test_refusals_change_nothing(transport: ConvexTransport, run_dir: Path, tmp_path: Path) -> None:
     seed(transport)
-    build_plan(transport, run_dir, show_progress=False)
+    build_plan(transport, run_dir, show_progress=False, source="live")
     with pytest.raises(errors.PreconditionFailed, match="No backup"):
         apply(transport, run_dir)
 
@@ -122,7 +144,7 @@ def test_rollback_returns_documents_to_backup(transport: ConvexTransport, run_di
 
 def test_plan_lines_are_json_with_hash(transport: ConvexTransport, run_dir: Path) -> None:
     seed(transport, 50)
-    summary = build_plan(transport, run_dir, show_progress=False)
+    summary = build_plan(transport, run_dir, show_progress=False, source="live")
     lines = [orjson.loads(raw) for raw in (plan_dir(run_dir) / "plan.jsonl").read_bytes().splitlines()]
     assert len(lines) == summary.documents
     assert {"table", "id", "action", "expect", "expectAbsent", "set", "references", "problems"} <= set(lines[0])

@@ -13,6 +13,7 @@ import pytest
 
 from helpers import MIGRATION_ID, fields, rules
 from helpers.apply import apply_plan
+from helpers.backup import iter_backup_documents, take_backup
 from helpers.deployment import apply_batch, iter_documents
 from helpers.plan import build_plan, iter_plan_lines
 from helpers.transport import ConvexTransport
@@ -764,7 +765,7 @@ def test_a_faulty_rule_applied_faithfully_fails_exactly_its_check(
 ) -> None:
     name, (predicate, change), expected = FAULTY_RULES[fault]
     seed(transport, SCENES)
-    build_plan(transport, tmp_path / "scratch", show_progress=False)  # a clean plan, to pick a migrated document
+    build_plan(transport, tmp_path / "scratch", show_progress=False, source="live")  # a clean plan, to pick a migrated document
     table = "scenes" if name == "plan_scene" else "videoSessions"
     target = next(line["id"] for line in lines(tmp_path / "scratch", table) if predicate(line["set"]))
     monkeypatch.setattr(rules, name, corrupting(getattr(rules, name), target, change))
@@ -810,6 +811,23 @@ def test_a_legacy_writer_during_and_after_apply_is_listed_not_blamed(transport: 
     assert explained["assets_equal_legacy"] + explained["assets_status_matches_legacy"] > 0
 
 
+@pytest.mark.deployment
+def test_a_scene_created_after_the_snapshot_is_listed_not_blamed(transport: ConvexTransport, run_dir: Path) -> None:
+    seed(transport, SCENES)
+    backup = take_backup(transport, run_dir, poll_seconds=0.05, show_progress=False)
+    session = next(iter_backup_documents(backup, "videoSessions"))["_id"]
+    late = {"sessionId": session, "sceneIndex": 99, "status": "completed", "s3ChunkKey": "late/chunk.mp4"}
+    [created] = transport.function("sampleData:insertBatch", {"table": "scenes", "documents": [late]})["ids"]
+    plan = build_plan(transport, run_dir, show_progress=False)  # from the snapshot: the late scene is not in it
+    assert created not in {line["id"] for line in iter_plan_lines(run_dir)}
+    assert apply_plan(transport, run_dir, confirm=True, show_progress=False).passed
+    report = verify(transport, run_dir, show_progress=False)
+    assert report.passed, [c for c in report.checks if not c.passed]
+    assert report.created_after_snapshot.count == 1 and report.created_after_snapshot.examples == [created]
+    assert "new run folder" in report.created_after_snapshot.advice
+    assert plan.documents == sum(backup.counts[t] for t in ("scenes", "videoSessions"))
+
+
 # -- tracking complete ------------------------------------------------------------------------------------------------
 
 
@@ -831,7 +849,7 @@ def test_assets_there_before_the_migration_are_tracked_once(transport: ConvexTra
 
     again = apply_plan(transport, run_dir, confirm=True, show_progress=False)  # reference-only items are idempotent
     assert again.passed and len(migration_references(transport)) == len(references)
-    build_plan(transport, tmp_path / "next", show_progress=False)  # a new dry-run sees every asset tracked
+    build_plan(transport, tmp_path / "next", show_progress=False, source="live")  # a new dry-run sees every asset tracked
     assert {line["action"] for line in iter_plan_lines(tmp_path / "next")} <= {"no_change", "problem"}
 
 

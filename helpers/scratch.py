@@ -1,0 +1,191 @@
+"""Per-document state too large for memory, kept in a temporary SQLite database; and page-wise streaming.
+
+A pass over millions of documents (the dry-run's duplicate keys and session totals, verify's join of backup,
+plan and deployment, rollback's sets) keeps one small entry per document. In Python that costs ~100 bytes
+each (4 GiB at 10M documents in an analyst's kernel); here it lives in a scratch SQLite file (the standard
+library's engine) and only one page of entries is in memory at a time: the caller streams its sources page
+by page and looks each page's keys up in one query. The file is scratch, not evidence: it lives in the
+system's temporary directory (TMPDIR; it needs ~100 bytes per document), never in the run folder, and is
+removed when the `Scratch` closes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+import queue
+import shutil
+import sqlite3
+import tempfile
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+Key = str | int | bytes
+T = TypeVar("T")
+_IN_CHUNK = 900  # bound parameters per query (SQLite's historical limit is 999)
+_DONE = object()
+
+
+def _dump(value: Any) -> bytes:
+    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+class ScratchTable:
+    """key → value (any picklable value), or key → [values] when `multi`; loaded and read in bulk."""
+
+    def __init__(self, db: sqlite3.Connection, name: str, multi: bool) -> None:
+        self.db, self.name, self.multi = db, f'"t_{name}"', multi
+        if multi:
+            db.execute(f"CREATE TABLE {self.name} (key NOT NULL, value BLOB NOT NULL)")
+            db.execute(f'CREATE INDEX "i_{name}" ON {self.name} (key)')
+        else:
+            db.execute(f"CREATE TABLE {self.name} (key PRIMARY KEY, value BLOB NOT NULL)")
+
+    def put(self, pairs: Iterable[tuple[Key, Any]]) -> None:
+        """Stores each (key, value); a single-valued table keeps the last value per key."""
+        verb = "INSERT" if self.multi else "INSERT OR REPLACE"
+        with self.db:
+            self.db.executemany(f"{verb} INTO {self.name} VALUES (?, ?)", ((key, _dump(value)) for key, value in pairs))
+
+    def load(self, pairs: Iterable[tuple[Key, Any]], chunk: int = 10_000) -> int:
+        """Stores a stream of pairs in transactions of `chunk` rows (memory: one chunk); returns how many."""
+        count = 0
+        for part in batched(pairs, chunk):
+            self.put(part)
+            count += len(part)
+        return count
+
+    def get(self, keys: Iterable[Key]) -> dict[Key, Any]:
+        """The stored value (or list of values, when multi) of each key present, for one page of keys."""
+        found: dict[Key, Any] = {}
+        for part in batched(dict.fromkeys(keys), _IN_CHUNK):
+            marks = ",".join("?" * len(part))
+            for key, value in self.db.execute(f"SELECT key, value FROM {self.name} WHERE key IN ({marks}) ORDER BY rowid", part):
+                if self.multi:
+                    found.setdefault(key, []).append(pickle.loads(value))
+                else:
+                    found[key] = pickle.loads(value)
+        return found
+
+    def has(self, keys: Iterable[Key]) -> set[Key]:
+        """Which of one page of keys are stored."""
+        present: set[Key] = set()
+        for part in batched(dict.fromkeys(keys), _IN_CHUNK):
+            marks = ",".join("?" * len(part))
+            present.update(key for (key,) in self.db.execute(f"SELECT DISTINCT key FROM {self.name} WHERE key IN ({marks})", part))
+        return present
+
+    def __contains__(self, key: object) -> bool:
+        """One key's presence (a query per call: for rare look-ups; a page of keys goes through `has`)."""
+        return self.db.execute(f"SELECT 1 FROM {self.name} WHERE key = ? LIMIT 1", (key,)).fetchone() is not None
+
+    def pop(self, keys: Iterable[Key]) -> dict[Key, Any]:
+        """As `get`, and removes what it returns: what is left at the end was never asked for."""
+        keys = list(dict.fromkeys(keys))
+        found = self.get(keys)
+        with self.db:
+            for part in batched(keys, _IN_CHUNK):
+                self.db.execute(f"DELETE FROM {self.name} WHERE key IN ({','.join('?' * len(part))})", part)
+        return found
+
+    def items(self) -> Iterator[tuple[Key, Any]]:
+        """Every stored (key, value) in insertion order, streamed (one row per value when multi)."""
+        cursor = self.db.execute(f"SELECT key, value FROM {self.name} ORDER BY rowid")
+        for key, value in cursor:
+            yield key, pickle.loads(value)
+
+    def groups(self) -> Iterator[tuple[Key, list[Any]]]:
+        """Each stored key with all its values (for a multi table), streamed in key order."""
+        rows = ((key, pickle.loads(value)) for key, value in self.db.execute(f"SELECT key, value FROM {self.name} ORDER BY key, rowid"))
+        for key, group in itertools.groupby(rows, key=lambda row: row[0]):
+            yield key, [value for _, value in group]
+
+    def keys(self) -> Iterator[Key]:
+        for (key,) in self.db.execute(f"SELECT DISTINCT key FROM {self.name}" if self.multi else f"SELECT key FROM {self.name} ORDER BY rowid"):
+            yield key
+
+    def __len__(self) -> int:
+        return int(self.db.execute(f"SELECT COUNT(*) FROM {self.name}").fetchone()[0])
+
+
+class Scratch:
+    """A temporary SQLite database of named tables, removed on close. Not durable on purpose (journal and fsync
+    off): it lives only as long as one step, and a crash simply starts that step again."""
+
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="runbook-scratch-"))
+        self.db = sqlite3.connect(self.folder / "scratch.sqlite3", isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=OFF")
+        self.db.execute("PRAGMA synchronous=OFF")
+        self.db.execute("PRAGMA temp_store=FILE")
+        self.db.isolation_level = "DEFERRED"  # `with self.db:` groups each bulk load in one transaction
+        self._names: set[str] = set()
+
+    def table(self, name: str, *, multi: bool = False) -> ScratchTable:
+        if not name.isidentifier() or name in self._names:
+            raise ValueError(f"scratch table name {name!r} is not a new identifier")
+        self._names.add(name)
+        return ScratchTable(self.db, name, multi)
+
+    def path(self, name: str) -> Path:
+        """A scratch file beside the database (e.g. a stream kept for a second local pass), removed with it."""
+        return self.folder / name
+
+    def close(self) -> None:
+        self.db.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def __enter__(self) -> Scratch:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
+        self.close()
+
+
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of `size` items (the last one shorter)."""
+    source = iter(items)
+    while part := list(itertools.islice(source, size)):
+        yield part
+
+
+def prefetch(pages: Iterable[T], depth: int = 1) -> Iterator[T]:
+    """The same items, fetched by a background thread `depth` items ahead: the next page travels while the
+    caller works on this one. Errors surface where the item would have; closing the iterator stops the thread."""
+    slots: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def offer(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def fetch() -> None:
+        try:
+            for item in pages:
+                if not offer((item, None)):
+                    return
+            offer((_DONE, None))
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer, raised there
+            offer((_DONE, error))
+
+    worker = threading.Thread(target=fetch, name="prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, error = slots.get()
+            if item is _DONE:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join(timeout=5)

@@ -1,0 +1,108 @@
+"""The scratch SQLite tables behave as the dicts they replace, and prefetch hands over the same items."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from helpers.scratch import Scratch, batched, prefetch
+
+keys = st.one_of(st.text(max_size=6), st.integers(min_value=-(2**63), max_value=2**63 - 1), st.binary(max_size=6))
+values = st.one_of(st.none(), st.integers(), st.text(max_size=5), st.tuples(st.text(max_size=3), st.binary(max_size=3)))
+pairs = st.lists(st.tuples(keys, values), max_size=60)
+
+
+@settings(max_examples=60, deadline=None)
+@given(stored=pairs, asked=st.lists(keys, max_size=30), page=st.integers(min_value=1, max_value=7))
+def test_a_single_valued_table_is_a_dict(stored: list[tuple[Any, Any]], asked: list[Any], page: int) -> None:
+    reference: dict[Any, Any] = {}
+    for key, value in stored:
+        reference[key] = value
+    with Scratch() as scratch:
+        table = scratch.table("t")
+        assert table.load(iter(stored), chunk=page) == len(stored)
+        probe = asked + [k for k, _ in stored[:5]]
+        assert table.get(probe) == {k: reference[k] for k in probe if k in reference}
+        assert table.has(probe) == {k for k in probe if k in reference}
+        assert [k in table for k in probe] == [k in reference for k in probe]
+        assert len(table) == len(reference)
+        popped = table.pop(probe)
+        assert popped == {k: reference[k] for k in probe if k in reference}
+        left = {k: v for k, v in reference.items() if k not in popped}
+        assert dict(table.items()) == left and set(table.keys()) == set(left)
+
+
+@settings(max_examples=60, deadline=None)
+@given(stored=pairs, asked=st.lists(keys, max_size=30))
+def test_a_multi_table_keeps_every_value_in_order(stored: list[tuple[Any, Any]], asked: list[Any]) -> None:
+    reference: dict[Any, list[Any]] = {}
+    for key, value in stored:
+        reference.setdefault(key, []).append(value)
+    with Scratch() as scratch:
+        table = scratch.table("m", multi=True)
+        for part in batched(stored, 4):
+            table.put(part)
+        assert table.get(asked) == {k: reference[k] for k in asked if k in reference}
+        assert dict(table.groups()) == reference
+        popped = table.pop(asked)
+        assert dict(table.groups()) == {k: v for k, v in reference.items() if k not in popped}
+
+
+def test_the_scratch_folder_is_removed_on_close_even_after_an_error() -> None:
+    with pytest.raises(RuntimeError), Scratch() as scratch:
+        scratch.table("t").put([("a", 1)])
+        folder = scratch.folder
+        assert (folder / "scratch.sqlite3").exists()
+        raise RuntimeError("stop")
+    assert not folder.exists()
+
+
+def test_a_table_name_is_used_once() -> None:
+    with Scratch() as scratch:
+        scratch.table("references")  # an SQL keyword is a fine name
+        with pytest.raises(ValueError):
+            scratch.table("references")
+
+
+@given(st.lists(st.integers(), max_size=40), st.integers(min_value=1, max_value=9))
+def test_batched_keeps_every_item_in_order(items: list[int], size: int) -> None:
+    parts = list(batched(items, size))
+    assert [x for part in parts for x in part] == items
+    assert all(len(part) == size for part in parts[:-1]) and all(parts)
+
+
+def test_prefetch_hands_over_the_same_items_and_the_source_error() -> None:
+    assert list(prefetch(iter(range(50)))) == list(range(50))
+
+    def failing() -> Iterator[int]:
+        yield 1
+        raise ConnectionError("page 2 lost")
+
+    got: list[int] = []
+    with pytest.raises(ConnectionError, match="page 2 lost"):
+        for item in prefetch(failing()):
+            got.append(item)
+    assert got == [1]
+
+
+def test_prefetch_reads_ahead_and_stops_when_the_consumer_stops() -> None:
+    fetched: list[int] = []
+    second_fetched = threading.Event()
+
+    def source() -> Iterator[int]:
+        for n in range(1000):
+            fetched.append(n)
+            if n == 1:
+                second_fetched.set()
+            yield n
+
+    stream = prefetch(source())
+    assert next(stream) == 0
+    assert second_fetched.wait(5)  # the next page was fetched while the caller holds the first
+    stream.close()
+    assert len(fetched) < 10
