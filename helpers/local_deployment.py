@@ -171,7 +171,7 @@ CLI_OPTIONS: tuple[CliOption, ...] = (
 
 
 class _Stop(Exception):
-    """SIGTERM, raised where the server is waited for, so the `with` block stops the Node process."""
+    """SIGTERM or SIGINT, raised where the server is waited for, so the `with` block stops the Node process."""
 
 
 def _raise_stop(signum: int, frame: object) -> None:
@@ -187,7 +187,9 @@ def serve(*, port: int, seed_scenes: int = 0, **options: Any) -> int:
 
     given = {keyword: value for keyword, value in options.items() if value is not None}
     deployment = LocalDeployment(port=port, deploy_key=deploy_key_from_env(), **given)
-    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    # Both handlers explicitly: a process started in the background by a non-interactive shell inherits SIGINT
+    # ignored, and Python then installs no KeyboardInterrupt handler of its own.
+    previous = {signum: signal.signal(signum, _raise_stop) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         with deployment:
             if seed_scenes:
@@ -200,5 +202,6 @@ def serve(*, port: int, seed_scenes: int = 0, **options: Any) -> int:
     except (KeyboardInterrupt, _Stop):
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return 0
