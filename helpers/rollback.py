@@ -25,7 +25,7 @@ from .archive import sha256_file, write_json_atomic
 from .apply import LEASE_MS, DeploymentLease, take_migration_lock
 from .backup import BackupSummary, iter_backup_documents, require_backup
 from .deployment import apply_batch, iter_documents, iter_pages, record_run, release_lock
-from .errors import PreconditionFailed
+from .errors import PreconditionFailed, RunbookError
 from .fields import MIGRATED_TABLES
 from .plan import CHANGING_ACTIONS, iter_plan_lines, read_plan
 from .run_folder import locked_step, run_id as folder_run_id
@@ -241,16 +241,28 @@ def execute_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, b
             if batch:
                 flush(lease)
         status = "passed" if not errors else "failed"
-    finally:
-        record_run(transport, MIGRATION_ID, run, step=ROLLBACK_STEP, status=status, operator=operator,
-                   startedAt=started_ms, finishedAt=int(time.time() * 1000),
-                   counts={"conflicts": len(conflicts), "errors": len(errors)}, details=f"mode={mode}")
-        release_lock(transport, MIGRATION_ID, run)
+    except BaseException as failure:
+        _finish(transport, run, operator, started_ms, status, mode, len(conflicts), len(errors), failure)
+        raise
+    _finish(transport, run, operator, started_ms, status, mode, len(conflicts), len(errors), None)
     summary = summary.model_copy(
         update={"executed": True, "outcomes": {t: dict(c) for t, c in outcomes.items()}, "conflicts": conflicts, "errors": errors}
     )
     write_json_atomic(summary_path, summary.model_dump(mode="json"))
     return summary
+
+
+def _finish(transport: ConvexTransport, run: str, operator: str, started_ms: int, status: str, mode: Mode,
+            conflicts: int, errors: int, failure: BaseException | None) -> None:
+    """The ledger row and the lock's release; when the rollback itself failed, their own failure must not hide it."""
+    try:
+        record_run(transport, MIGRATION_ID, run, step=ROLLBACK_STEP, status=status, operator=operator,
+                   startedAt=started_ms, finishedAt=int(time.time() * 1000),
+                   counts={"conflicts": conflicts, "errors": errors}, details=f"mode={mode}")
+        release_lock(transport, MIGRATION_ID, run)
+    except RunbookError:
+        if failure is None:
+            raise
 
 
 def check_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, page_size: int = 4000) -> RollbackCheck:
