@@ -52,6 +52,12 @@ with lock:
 """
 
 
+def slow_applies(deploy_key: str, **options: object) -> LocalDeployment:
+    """A deployment whose every applyBatch is delayed, so a test can act while apply is mid-batch."""
+    return LocalDeployment(deploy_key=deploy_key, fault_rate=1.0, fault_kinds=("delay",), fault_paths=("migration:applyBatch",),
+                           **options)  # type: ignore[arg-type]
+
+
 def start_apply(url: str, run_dir: Path, lease_ms: int = 120_000) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-c", APPLY_SCRIPT, url, str(run_dir), str(lease_ms)], cwd=REPO, stderr=subprocess.PIPE)
 
@@ -141,8 +147,7 @@ def test_second_runbook_run_on_one_folder_is_refused_at_once(run_dir: Path, held
 
 def test_same_named_folders_under_different_parents_do_not_share_the_deployment_lock(deploy_key: str, tmp_path: Path) -> None:
     alice, bob = tmp_path / "alice" / "migration-001", tmp_path / "bob" / "migration-001"
-    with LocalDeployment(deploy_key=deploy_key, fault_rate=1.0, fault_kinds=("delay",), fault_paths=("migration:applyBatch",)) as slow, \
-            slow.transport() as transport:
+    with slow_applies(deploy_key) as slow, slow.transport() as transport:
         seed(transport, SCENES)
         prepare(transport, alice)
         prepare(transport, bob)
@@ -208,8 +213,7 @@ def test_apply_planned_before_another_runs_rollback_is_refused_as_stale(deploy_k
 
 def test_a_paused_apply_that_lost_its_lease_stops_and_sends_nothing_more(deploy_key: str, tmp_path: Path) -> None:
     run_dir = tmp_path / "paused"
-    with LocalDeployment(deploy_key=deploy_key, fault_rate=1.0, fault_kinds=("delay",), fault_paths=("migration:applyBatch",)) as slow, \
-            slow.transport() as transport:
+    with slow_applies(deploy_key) as slow, slow.transport() as transport:
         seed(transport, SCENES)
         prepare(transport, run_dir)
         child = start_apply(slow.url, run_dir, lease_ms=2_000)
@@ -236,8 +240,7 @@ def test_a_paused_apply_that_lost_its_lease_stops_and_sends_nothing_more(deploy_
 def test_the_lease_is_renewed_while_a_slow_batch_is_in_flight(deploy_key: str, tmp_path: Path) -> None:
     run_dir = tmp_path / "slow"
     taken: list[bool] = []
-    with LocalDeployment(deploy_key=deploy_key, fault_rate=1.0, fault_kinds=("delay",), fault_paths=("migration:applyBatch",),
-                         fault_seed=7) as slow, slow.transport() as transport:
+    with slow_applies(deploy_key, fault_seed=7) as slow, slow.transport() as transport:
         seed(transport, 20)
         prepare(transport, run_dir)
         done = threading.Event()
@@ -263,8 +266,7 @@ def test_the_lease_is_renewed_while_a_slow_batch_is_in_flight(deploy_key: str, t
 
 def test_a_killed_runner_leaves_no_kernel_behind(deploy_key: str, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    with LocalDeployment(deploy_key=deploy_key, fault_rate=1.0, fault_kinds=("delay",), fault_paths=("migration:applyBatch",)) as slow, \
-            slow.transport() as transport:
+    with slow_applies(deploy_key) as slow, slow.transport() as transport:
         seed(transport, SCENES)
         prepare(transport, run_dir)
         runner = subprocess.Popen(
