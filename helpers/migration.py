@@ -1,0 +1,172 @@
+"""What the core asks of a migration: one declared unit (tables, owned fields, planner, its own checks, labels).
+
+The core (backup, plan file, apply engine, verify's join, rollback, evidence, runner, display) runs any
+migration declared so; a migration is one folder under `helpers/migrations/` whose `__init__.py` exposes
+`MIGRATION`, found by id through `helpers.migrations.get`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Protocol
+
+from .values import digest
+
+#: The keys of a plan line the core reads. A migration may add its own (it reads them back itself).
+#: `expect`/`expectAbsent` are the precondition, `set`/`unset`/`references` the change (`migration:applyBatch`);
+#: `legacyStatus` groups the dry-run tables; `problems` are `{code, severity, message, field?}`.
+PLAN_LINE_KEYS = ("table", "id", "action", "legacyStatus", "expect", "expectAbsent", "set", "unset", "references", "problems")
+
+
+class Verdict(Enum):
+    PASS = "pass"
+    FAIL = "fail"
+    APPLICATION = "application"  # differs, because the application changed the document since the backup
+
+
+@dataclass(frozen=True, slots=True)
+class Before:
+    """A backed-up document as digests: the fields the migration does not own, the owned fields the plan does
+    not touch, the values of the fields the plan removes, and its updatedAt."""
+
+    untouched: bytes
+    kept_owned: bytes
+    removed: bytes
+    updated_at: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """A plan line as verify needs it: its action, the fields it sets (with a digest of their values), and the
+    fields it removes with the values it expected them to hold."""
+
+    action: str
+    changes: bool
+    set_fields: tuple[str, ...]
+    set_digest: bytes
+    removed: dict[str, Any]
+
+    @property
+    def migratable(self) -> bool:
+        return self.action != "problem"
+
+
+@dataclass(slots=True)
+class Joined:
+    """One document as the backup, the plan and the deployment know it (each may be missing)."""
+
+    table: str
+    before: Before | None
+    plan: Planned | None
+    live: dict[str, Any] | None
+    changed_by_application: bool = False
+
+    @property
+    def in_planned_state(self) -> bool:
+        """Every field the plan sets holds its value and every field it removes is absent."""
+        plan, live = self.plan, self.live
+        if plan is None or live is None or not all(f in live for f in plan.set_fields):
+            return False
+        if any(f in live for f in plan.removed):
+            return False
+        return digest({f: live[f] for f in plan.set_fields}) == plan.set_digest
+
+
+def verdict(ok: bool, doc: Joined) -> Verdict:
+    """PASS, else FAIL, unless the application changed the document since the backup (then APPLICATION)."""
+    if ok:
+        return Verdict.PASS
+    return Verdict.APPLICATION if doc.changed_by_application else Verdict.FAIL
+
+
+@dataclass(frozen=True)
+class DocumentCheck:
+    """A pure check over one joined document; `detail` says, for a failed document, what of it failed."""
+
+    name: str
+    description: str
+    run: Callable[[Joined], Verdict | None]
+    detail: Callable[[Joined], str] | None = None
+
+
+class CrossDocumentCheck(Protocol):
+    """A check that needs more than one document (001's session totals). Verify hands it every joined page of
+    each table in the migration's order; per-document state belongs in `scratch` tables, not in memory."""
+
+    name: str
+    description: str
+
+    def page(self, table: str, page: Sequence[Joined]) -> Iterator[tuple[str, Verdict | None]]: ...
+
+
+class PageSource(Protocol):
+    """Where a planner reads: the backup snapshot or the live tables, one page of documents at a time."""
+
+    def __call__(self, table: str, desc: str) -> Iterator[list[dict[str, Any]]]: ...
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    """What the core gives a planner: pages of any table it reads, a scratch store for state across documents
+    (helpers.scratch.Scratch), the dry-run's options (e.g. bucket_base_url) and the page size."""
+
+    pages: PageSource
+    scratch: Any
+    options: Mapping[str, Any]
+    page_size: int
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One migration, declared. Everything the core must know of it, and nothing it does not."""
+
+    id: str
+    title: str
+    predecessor: str | None
+    #: The tables whose documents it plans, in plan order (verify joins them in this order too).
+    tables: tuple[str, ...]
+    #: The tables its planner reads besides `tables` (the backup must hold all of them).
+    reads: tuple[str, ...]
+    #: Per table, the fields it may set or remove. Every other field (system fields included) must stay exactly
+    #: as it was: verify's `legacy_fields_unchanged`. Rollback *strip* removes what the plan set of these.
+    owned_fields: Mapping[str, frozenset[str]]
+    #: Per table: asset field -> the assetType of the reference row that tracks it (empty: it creates none).
+    reference_fields: Mapping[str, Mapping[str, str]]
+    #: Per table: the entityType its reference rows carry.
+    entity_types: Mapping[str, str]
+    #: Plan actions that change the deployment, and every action in display order.
+    changing_actions: frozenset[str]
+    actions: tuple[str, ...]
+    #: Plans every document: yields plan lines (dicts with PLAN_LINE_KEYS, plus its own keys).
+    planner: Callable[[PlanInputs], Iterator[dict[str, Any]]]
+    #: Its own document checks, after the core's, and its cross-document checks (built per verify pass).
+    checks: tuple[DocumentCheck, ...] = ()
+    cross_checks: Callable[[Any], Sequence[CrossDocumentCheck]] = lambda _scratch: ()
+    #: Refuses (raises PreconditionFailed) when the deployment is not ready for it (002: 001 not applied).
+    require: Callable[[Any], None] | None = None
+    #: Table -> the label its dry-run tables and charts use.
+    labels: Mapping[str, str] = field(default_factory=dict)
+    #: The rollback modes that make sense for it ("strip" removes what it set; "restore" puts back the backup).
+    rollback_modes: tuple[str, ...] = ("strip", "restore")
+    #: Its folder: README.md, mapping.md, fields.md, its Convex schema fragment.
+    folder: Path | None = None
+    #: The field legacy writers move on every write (tells "changed by the application" from damage).
+    updated_at_field: str = "updatedAt"
+
+    def label(self, table: str) -> str:
+        return self.labels.get(table, table)
+
+    def untouched_part(self, table: str, doc: Mapping[str, Any]) -> dict[str, Any]:
+        """The fields this migration never writes (system fields included): what must stay exactly as it was."""
+        owned = self.owned_fields.get(table, frozenset())
+        return {k: v for k, v in doc.items() if k not in owned}
+
+    def owned_part(self, table: str, doc: Mapping[str, Any]) -> dict[str, Any]:
+        owned = self.owned_fields.get(table, frozenset())
+        return {k: v for k, v in doc.items() if k in owned}
+
+    def changes(self, line: Mapping[str, Any]) -> bool:
+        return line["action"] in self.changing_actions
