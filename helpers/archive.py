@@ -472,7 +472,9 @@ def seal(
     this_run = run_id(run_dir)
     rows = {r.get("step"): r for r in read_ledger(transport, migration_id(run_dir)) if r.get("runId") == this_run}
     operator = operator or next((str(rows[s]["operator"]) for s in steps if rows.get(s, {}).get("operator")), None) or _operator()
-    context = PageContext(run_id=this_run, operator=operator, deployment=_redact(url), commit=commit_label())
+    context = PageContext(
+        run_id=this_run, operator=operator, deployment=_redact(url), commit=commit_label(), migration=migration_id(run_dir)
+    )
     starts = []
     with writing(run_dir):
         for step, (source, notebook) in sources.items():

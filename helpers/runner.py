@@ -302,6 +302,7 @@ def _secondary(failure: BaseException | None, what: str) -> Iterator[None]:
 def page_context(run_dir: Path, convex_url: str) -> PageContext:
     return PageContext(
         run_id=run_id(run_dir),
+        migration=migration_id(run_dir),
         operator=os.environ.get("RUNBOOK_OPERATOR") or getpass.getuser(),
         commit=commit_label(),
         deployment=redact_url(convex_url),

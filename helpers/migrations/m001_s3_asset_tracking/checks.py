@@ -63,7 +63,7 @@ def _url_names_key(asset: dict[str, Any]) -> bool:
 
 
 def _over_https(url: str) -> str:
-    """The same address over https (a plain http S3 URL is stored so, docs/mapping.md url_plain_http)."""
+    """The same address over https (a plain http S3 URL is stored so, mapping.md url_plain_http)."""
     return "https://" + url[7:] if url[:7].lower() == "http://" else url
 
 
@@ -79,7 +79,7 @@ def check_assets_equal_legacy(doc: Joined) -> Verdict | None:
 
 
 def expected_assets_status(table: str, doc: dict[str, Any]) -> set[str] | None:
-    """The assetsStatus values the legacy status allows (docs/mapping.md SCN-5, SES-6), None when unknown.
+    """The assetsStatus values the legacy status allows (mapping.md SCN-5, SES-6), None when unknown.
 
     A scene's status decides it (completed needs a video asset to be ready). A session's also depends on its
     scenes, so only what its own status decides is pinned: failed is error; completed without a combined video
