@@ -19,7 +19,8 @@ from typing import Any
 
 import orjson
 
-from helpers import jsonio, rules, sample_data
+from helpers import jsonio, sample_data
+from helpers.migrations.m001_s3_asset_tracking import rules
 
 REPEATS = 3
 

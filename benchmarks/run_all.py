@@ -226,7 +226,7 @@ def bench_naive_vs_runbook(n_scenes: int, seed: int, tmp: Path, repeats: int) ->
         if phase == "dry_run":
             extra = ["", "", "", f"{sum(t.get('problem', 0) for t in plan.actions.values())} blocked", ""]
         if phase == "apply":
-            extra = [applied.scenes_migrated, applied.sessions_migrated, applied.references_created,
+            extra = [applied.migrated["scenes"], applied.migrated["videoSessions"], applied.references_created,
                      f"{applied.conflicts} conflicts, {len(applied.errors)} errors", last["node_peak"] or "?"]
         rows.append([f"runbook: {title}", last["phases"][phase]["round_trips"], median(phase, "seconds"), median(phase, "cpu"), *extra])
     runbook_rt = last["phases"]["dry_run"]["round_trips"] + last["phases"]["apply"]["round_trips"]

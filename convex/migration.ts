@@ -5,7 +5,7 @@ import { v } from "convex/values";
 import type { Value } from "convex/values";
 import type { GenericId } from "convex/values";
 import { internalMutation, internalQuery, type MutationCtx } from "./_generated/server";
-import { assetType, entityType } from "./schema";
+import { assetType, entityType, s3AssetFields } from "./assets";
 import { valuesEqual } from "./values";
 
 const table = v.union(
@@ -26,12 +26,7 @@ export const readPage = internalQuery({
 const referenceInput = v.object({
   entityType,
   assetType,
-  s3Key: v.string(),
-  s3Url: v.string(),
-  contentType: v.string(),
-  size: v.optional(v.number()),
-  checksum: v.optional(v.string()),
-  uploadedAt: v.number(),
+  ...s3AssetFields,
   version: v.number(),
   legacyField: v.optional(v.string()),
 });

@@ -1,5 +1,6 @@
-// The deployment's schema: the tables as production has them today, plus the optional fields and the
-// tables that migration 001 (S3 asset tracking) adds. Every new field is optional, so documents written by
+// The deployment's schema: the tables as production has them today, plus the optional fields migration 001
+// (S3 asset tracking) adds (its fragment, helpers/migrations/m001_s3_asset_tracking/schema.ts) and the tables
+// the runbook writes (assetReferences, migrationRuns). Every new field is optional, so documents written by
 // old code stay valid and old code keeps working (the migration is backward compatible).
 //
 // Legacy fields are loosely typed where production data really is messy (timestamps stored as ISO strings
@@ -7,47 +8,11 @@
 // there, and the runbook reports such values instead of guessing.
 import { defineSchema, defineTable } from "convex/server";
 import { v } from "convex/values";
-
-export const s3Asset = v.object({
-  s3Key: v.string(),
-  s3Url: v.string(),
-  contentType: v.string(),
-  // Absent when the size is unknown: the migration never invents one.
-  size: v.optional(v.number()),
-  checksum: v.optional(v.string()),
-  uploadedAt: v.number(),
-});
-
-export const assetsStatus = v.union(
-  v.literal("pending"),
-  v.literal("uploading"),
-  v.literal("ready"),
-  v.literal("error"),
-);
-
-export const assetType = v.union(
-  v.literal("video_chunk"),
-  v.literal("source_code"),
-  v.literal("thumbnail"),
-  v.literal("subtitle"),
-  v.literal("combined_video"),
-  v.literal("combined_subtitle"),
-  v.literal("manifest"),
-);
-
-export const entityType = v.union(v.literal("scene"), v.literal("session"));
+import { sceneNewFields, sessionNewFields } from "../helpers/migrations/m001_s3_asset_tracking/schema";
+import { assetType, entityType, s3AssetFields } from "./assets";
 
 const looseString = v.optional(v.union(v.string(), v.null()));
 const looseTimestamp = v.optional(v.union(v.number(), v.string(), v.null()));
-
-export const previousAssetVersion = v.object({
-  version: v.number(),
-  videoAsset: v.optional(s3Asset),
-  sourceCodeAsset: v.optional(s3Asset),
-  thumbnailAsset: v.optional(s3Asset),
-  subtitleAsset: v.optional(s3Asset),
-  replacedAt: v.number(),
-});
 
 export const sceneLegacyFields = {
   sessionId: v.id("videoSessions"),
@@ -69,17 +34,6 @@ export const sceneLegacyFields = {
   updatedAt: looseTimestamp,
 };
 
-export const sceneNewFields = {
-  videoAsset: v.optional(s3Asset),
-  sourceCodeAsset: v.optional(s3Asset),
-  thumbnailAsset: v.optional(s3Asset),
-  subtitleAsset: v.optional(s3Asset),
-  assetsStatus: v.optional(assetsStatus),
-  assetsErrorMessage: v.optional(v.string()),
-  assetVersion: v.optional(v.number()),
-  previousAssetVersions: v.optional(v.array(previousAssetVersion)),
-};
-
 export const sessionLegacyFields = {
   title: v.optional(v.string()),
   userId: v.optional(v.string()),
@@ -94,26 +48,11 @@ export const sessionLegacyFields = {
   updatedAt: looseTimestamp,
 };
 
-export const sessionNewFields = {
-  combinedVideoAsset: v.optional(s3Asset),
-  combinedSubtitleAsset: v.optional(s3Asset),
-  manifestAsset: v.optional(s3Asset),
-  totalAssetSize: v.optional(v.number()),
-  assetCount: v.optional(v.number()),
-  assetsStatus: v.optional(assetsStatus),
-  assetsErrorMessage: v.optional(v.string()),
-};
-
 export const assetReferenceFields = {
   entityId: v.union(v.id("scenes"), v.id("videoSessions")),
   entityType,
   assetType,
-  s3Key: v.string(),
-  s3Url: v.string(),
-  contentType: v.string(),
-  size: v.optional(v.number()),
-  checksum: v.optional(v.string()),
-  uploadedAt: v.number(),
+  ...s3AssetFields,
   version: v.number(),
   createdAt: v.number(),
   metadata: v.object({

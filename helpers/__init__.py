@@ -1,3 +1,3 @@
-"""Runbook for Convex migration 001 (S3 asset tracking): all logic behind the notebooks."""
-
-MIGRATION_ID = "001_s3_asset_tracking"
+"""A runbook for Convex migrations: all logic behind the notebooks. The core (transport, values, run folder,
+backup, plan, apply, verify, rollback, evidence, runner) runs any migration declared under
+`helpers/migrations/`, one folder per migration, found by id (`helpers.migrations.get`)."""

@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from . import MIGRATION_ID, jsonio
+from . import jsonio
 from .backup import backup_age, read_backup
 from .deployment import (
     acquire_lock,
@@ -37,9 +37,10 @@ from .deployment import (
     renew_lock,
 )
 from .errors import LeaseLost, PreconditionFailed, RunbookError
-from .plan import CHANGING_ACTIONS, iter_plan_lines, read_plan
+from .migration import Migration
+from .plan import PlanSummary, iter_plan_lines, read_plan
 from .progress import progress
-from .run_folder import locked_step, run_id as folder_run_id
+from .run_folder import locked_step, migration_of, run_id as folder_run_id
 from .scratch import Scratch
 from .transport import ConvexTransport, redact_url
 
@@ -72,7 +73,7 @@ class ApplySummary(BaseModel):
     """What apply reports. The migrated/created figures count what this run did in total, across every
     resume and re-run of it, as the deployment holds it; `recheck` says this call only re-confirmed them."""
 
-    migration_id: str = MIGRATION_ID
+    migration_id: str
     run_id: str
     status: str
     #: True when the plan had already been applied completely by this run folder: this call re-sent it so the
@@ -85,9 +86,8 @@ class ApplySummary(BaseModel):
     deployment_url: str
     operator: str
     planned_changes: int
-    #: Planned documents now in their target state because this run migrated them (not someone else).
-    scenes_migrated: int
-    sessions_migrated: int
+    #: Per table: planned documents now in their target state because this run changed them (not someone else).
+    migrated: dict[str, int]
     #: Asset references in the deployment that carry this run's id.
     references_created: int
     references_by_entity_type: dict[str, int] = Field(default_factory=dict)
@@ -166,8 +166,9 @@ class DeploymentLease:
     `ensure()` is called before anything is sent: it fails once a renewal was refused, and renews first when
     the last confirmed renewal may have run out (a paused process must not send on an expired lease)."""
 
-    def __init__(self, transport: ConvexTransport, run_id: str, lease_ms: int, granted_at: float) -> None:
+    def __init__(self, transport: ConvexTransport, migration_id: str, run_id: str, lease_ms: int, granted_at: float) -> None:
         self.transport = transport
+        self.migration_id = migration_id
         self.run_id = run_id
         self.lease_s = lease_ms / 1000
         self.lease_ms = lease_ms
@@ -196,7 +197,7 @@ class DeploymentLease:
             if self.lost is not None:
                 return
             asked_at = time.monotonic()
-            answer = renew_lock(self.transport, MIGRATION_ID, self.run_id, self.lease_ms)
+            answer = renew_lock(self.transport, self.migration_id, self.run_id, self.lease_ms)
             if answer.get("renewed"):
                 self.valid_until = asked_at + self.lease_s
             else:
@@ -215,11 +216,11 @@ class DeploymentLease:
                 return
 
 
-def take_migration_lock(transport: ConvexTransport, run_id: str, operator: str, lease_ms: int) -> float:
+def take_migration_lock(transport: ConvexTransport, migration_id: str, run_id: str, operator: str, lease_ms: int) -> float:
     """Takes the deployment's migration lock for this run (apply and rollback alike: both change documents), or
     refuses naming its holder. Returns when it was asked for, the start of the lease's clock."""
     asked_at = time.monotonic()
-    lock = acquire_lock(transport, MIGRATION_ID, run_id, operator, lease_ms)
+    lock = acquire_lock(transport, migration_id, run_id, operator, lease_ms)
     if not lock["acquired"]:
         holder = lock["holder"]
         raise PreconditionFailed(
@@ -240,9 +241,12 @@ def check_preconditions(
     *,
     max_backup_age_hours: float = 24.0,
     allow_stale_backup: bool = False,
-) -> tuple[Any, Any, timedelta]:
-    """Refuses before anything is sent: no plan or an altered plan, no verified backup of this deployment, a stale one."""
+) -> tuple[PlanSummary, Any, timedelta]:
+    """Refuses before anything is sent: no plan or an altered plan, no verified backup of this deployment, a stale
+    one, a deployment the migration is not ready for (its `require`, e.g. its predecessor not applied)."""
     plan = read_plan(run_dir)
+    if plan.migration.require is not None:
+        plan.migration.require(transport)
     backup = read_backup(run_dir)
     if redact_url(transport.url).rstrip("/") != str(backup.deployment_url).rstrip("/"):
         raise PreconditionFailed(
@@ -304,12 +308,23 @@ def apply_plan(
     out = apply_dir(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     return _Apply(
-        transport, Path(run_dir), out, plan, backup, age,
+        transport, Path(run_dir), out, migration_of(run_dir), plan, backup, age,
         run_id=folder_run_id(run_dir),
         operator=operator or os.environ.get("RUNBOOK_OPERATOR") or getpass.getuser(),
-        batch_size=batch_size, concurrency=concurrency, error_budget=error_budget, lease_ms=lease_ms,
-        override=allow_stale_backup and age > timedelta(hours=max_backup_age_hours), show_progress=show_progress,
+        settings=ApplySettings(batch_size, concurrency, error_budget, lease_ms, show_progress),
+        override=allow_stale_backup and age > timedelta(hours=max_backup_age_hours),
     ).run()
+
+
+@dataclass(frozen=True)
+class ApplySettings:
+    """How apply sends the plan (the tuning knobs, apart from what it sends and to whom)."""
+
+    batch_size: int = 200
+    concurrency: int = 4
+    error_budget: int = 0
+    lease_ms: int = LEASE_MS
+    show_progress: bool = True
 
 
 @dataclass
@@ -317,17 +332,14 @@ class _Apply:
     transport: ConvexTransport
     run_dir: Path
     out: Path
-    plan: Any
+    migration: Migration
+    plan: PlanSummary
     backup: Any
     age: timedelta
     run_id: str
     operator: str
-    batch_size: int
-    concurrency: int
-    error_budget: int
-    lease_ms: int
+    settings: ApplySettings
     override: bool
-    show_progress: bool
     sent: int = 0
     written: int = 0
     sizes: Counter[int] = field(default_factory=Counter)
@@ -336,6 +348,10 @@ class _Apply:
     def checkpoint_path(self) -> Path:
         return self.out / CHECKPOINT_FILE
 
+    @property
+    def _written_fields(self) -> frozenset[str]:
+        return frozenset().union(*self.migration.owned_fields.values())
+
     def run(self) -> ApplySummary:
         checkpoint = read_checkpoint(self.checkpoint_path)
         recheck = checkpoint.complete or (self.out / f"{Path(CHECKPOINT_FILE).stem}.1.jsonl").exists()
@@ -343,13 +359,14 @@ class _Apply:
         started = time.monotonic()
         started_ms = int(time.time() * 1000)
 
-        asked_at = take_migration_lock(self.transport, self.run_id, self.operator, self.lease_ms)
+        migration_id, settings = self.migration.id, self.settings
+        asked_at = take_migration_lock(self.transport, migration_id, self.run_id, self.operator, settings.lease_ms)
         try:
             check_no_apply_since_backup(
-                read_ledger(self.transport, MIGRATION_ID), self.run_id, self.backup.snapshot_ts, self.backup.snapshot_time
+                read_ledger(self.transport, migration_id), self.run_id, self.backup.snapshot_ts, self.backup.snapshot_time
             )
         except BaseException:
-            release_lock(self.transport, MIGRATION_ID, self.run_id)  # refused before anything was sent or recorded
+            release_lock(self.transport, migration_id, self.run_id)  # refused before anything was sent or recorded
             raise
         if checkpoint.complete:
             # A finished apply run again: keep its checkpoint as evidence and send the whole plan once more, so
@@ -359,11 +376,11 @@ class _Apply:
         status = "failed"
         failure: BaseException | None = None
         try:
-            record_run(self.transport, MIGRATION_ID, self.run_id, step=APPLY_STEP, status="running",
+            record_run(self.transport, migration_id, self.run_id, step=APPLY_STEP, status="running",
                        operator=self.operator, startedAt=started_ms)
-            with DeploymentLease(self.transport, self.run_id, self.lease_ms, asked_at) as lease:
+            with DeploymentLease(self.transport, migration_id, self.run_id, settings.lease_ms, asked_at) as lease:
                 exhausted = self._send_plan(checkpoint, lease)
-            status = "passed" if exhausted and checkpoint.errors <= self.error_budget else "failed"
+            status = "passed" if exhausted and checkpoint.errors <= settings.error_budget else "failed"
         except BaseException as error:
             failure = error
             raise
@@ -377,11 +394,11 @@ class _Apply:
             finished_ms = None if recheck and not self.written else int(time.time() * 1000)
             try:
                 record_run(
-                    self.transport, MIGRATION_ID, self.run_id, step=APPLY_STEP, status=status, operator=self.operator,
-                    startedAt=started_ms, finishedAt=finished_ms, counts=_ledger_counts(summary),
+                    self.transport, migration_id, self.run_id, step=APPLY_STEP, status=status, operator=self.operator,
+                    startedAt=started_ms, finishedAt=finished_ms, counts=ledger_counts(self.migration, summary),
                     details=jsonio.dumps({"recheck": recheck, "statistics_confirmed": summary.statistics_confirmed}).decode(),
                 )
-                release_lock(self.transport, MIGRATION_ID, self.run_id)
+                release_lock(self.transport, migration_id, self.run_id)
             except RunbookError:
                 if failure is None:
                     raise  # otherwise the deployment's failure is already on its way to the operator
@@ -389,15 +406,16 @@ class _Apply:
 
     def _send_plan(self, checkpoint: Checkpoint, lease: DeploymentLease) -> bool:
         """Sends every batch not in the checkpoint; True when the plan was sent to its end."""
-        sizer = BatchSizer(self.batch_size)
-        batches = _PlanBatches(self.run_dir, checkpoint.done)
-        bar = progress(desc="apply", total=self.plan.changes, initial=checkpoint.answered, show=self.show_progress)
+        settings = self.settings
+        sizer = BatchSizer(settings.batch_size)
+        batches = _PlanBatches(self.run_dir, checkpoint.done, self.migration)
+        bar = progress(desc="apply", total=self.plan.changes, initial=checkpoint.answered, show=settings.show_progress)
         stopped: LeaseLost | None = None
         exhausted = False
-        with self.checkpoint_path.open("ab") as sink, ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+        with self.checkpoint_path.open("ab") as sink, ThreadPoolExecutor(max_workers=settings.concurrency) as pool:
             in_flight: dict[Future[tuple[list[dict[str, Any]], list[int], int, float]], _Batch] = {}
             while True:
-                while stopped is None and not exhausted and checkpoint.errors <= self.error_budget and len(in_flight) < self.concurrency:
+                while stopped is None and not exhausted and checkpoint.errors <= settings.error_budget and len(in_flight) < settings.concurrency:
                     try:
                         lease.ensure()
                     except LeaseLost as lost:
@@ -452,24 +470,28 @@ class _Apply:
             calls += 1
 
         began = time.monotonic()
-        results = apply_batch(self.transport, MIGRATION_ID, self.run_id, batch.items, on_limit=limits.append, before_call=before_call)
+        results = apply_batch(
+            self.transport, self.migration.id, self.run_id, batch.items, on_limit=limits.append, before_call=before_call,
+            written_fields=self._written_fields,
+        )
         return results, limits, calls, time.monotonic() - began
 
     def _summary(self, *, status: str, recheck: bool, checkpoint: Checkpoint, count_references: bool,
                  round_trips: int, duration: float) -> ApplySummary:
         by_type: Counter[str] | None = None
         if count_references:
-            by_type = count_run_references(self.transport, MIGRATION_ID, self.run_id)
+            by_type = count_run_references(self.transport, self.migration.id, self.run_id)
         figures = checkpoint.figures()
         confirmed = by_type is not None and sum(by_type.values()) == figures.planned_references
         if by_type is not None and not confirmed:
             # Some document reached its target state without this run's references: attribute each one.
             with Scratch() as scratch:  # one id per document: kept on disk, not in memory
                 ours = scratch.table("ours")
-                ours.load((entity_id, None) for entity_id in iter_run_reference_entities(self.transport, MIGRATION_ID, self.run_id))
+                ours.load((entity_id, None) for entity_id in iter_run_reference_entities(self.transport, self.migration.id, self.run_id))
                 figures = read_checkpoint(self.checkpoint_path, ours=ours).figures()
         tables = {table: dict(c) for table, c in figures.outcomes.items()}
         return ApplySummary(
+            migration_id=self.migration.id,
             run_id=self.run_id,
             status=status,
             recheck=recheck,
@@ -480,8 +502,7 @@ class _Apply:
             deployment_url=redact_url(self.transport.url),
             operator=self.operator,
             planned_changes=self.plan.changes,
-            scenes_migrated=tables.get("scenes", {}).get("applied", 0),
-            sessions_migrated=tables.get("videoSessions", {}).get("applied", 0),
+            migrated={table: tables.get(table, {}).get("applied", 0) for table in self.migration.tables},
             references_created=sum(by_type.values()) if by_type is not None else figures.planned_references,
             references_by_entity_type=dict(by_type or {}),
             already_applied=sum(c.get("already_applied", 0) for c in tables.values()),
@@ -494,7 +515,7 @@ class _Apply:
             batches_sent=self.sent,
             batches_resumed=checkpoint.lines_read,
             batch_sizes={str(size): n for size, n in sorted(self.sizes.items())},
-            lease_ms=self.lease_ms,
+            lease_ms=self.settings.lease_ms,
             round_trips=round_trips,
             duration_s=round(duration, 3),
         )
@@ -504,12 +525,12 @@ class _PlanBatches:
     """The plan's changes in plan order, cut into batches of the size asked for each time, skipping the plan
     lines a checkpoint already holds answers for (ranges of plan line numbers, so sizes may change freely)."""
 
-    def __init__(self, run_dir: Path, done: list[tuple[int, int]]) -> None:
-        self._lines = self._pending(run_dir, done)
+    def __init__(self, run_dir: Path, done: list[tuple[int, int]], migration: Migration) -> None:
+        self._lines = self._pending(run_dir, done, migration)
         self._held: tuple[int, dict[str, Any]] | None = None
 
     @staticmethod
-    def _pending(run_dir: Path, done: list[tuple[int, int]]) -> Iterator[tuple[int, dict[str, Any]]]:
+    def _pending(run_dir: Path, done: list[tuple[int, int]], migration: Migration) -> Iterator[tuple[int, dict[str, Any]]]:
         ranges = iter(done)
         current = next(ranges, None)
         for number, line in enumerate(iter_plan_lines(run_dir)):
@@ -517,7 +538,7 @@ class _PlanBatches:
                 current = next(ranges, None)
             if current is not None and current[0] <= number:
                 continue
-            if line["action"] in CHANGING_ACTIONS:
+            if migration.changes(line):
                 yield number, _item(line)
 
     def next(self, size: int) -> _Batch | None:
@@ -552,7 +573,7 @@ def _item(line: dict[str, Any]) -> dict[str, Any]:
         "expect": line["expect"],
         "expectAbsent": line["expectAbsent"],
         "set": line["set"],
-        "unset": [],
+        "unset": line.get("unset", []),
         "insertReferences": line["references"],
         "deleteReferences": [],
     }
@@ -679,10 +700,10 @@ def _write_outcomes(checkpoint_path: Path, csv_path: Path) -> None:
             writer.writerow([o.table, o.id, o.outcome, o.message])
 
 
-def _ledger_counts(summary: ApplySummary) -> dict[str, int]:
+def ledger_counts(migration: Migration, summary: ApplySummary) -> dict[str, int]:
+    """Apply's figures as its ledger row holds them: `<label>Migrated` per table (e.g. sessionsMigrated)."""
     return {
-        "scenesMigrated": summary.scenes_migrated,
-        "sessionsMigrated": summary.sessions_migrated,
+        **{f"{migration.label(table)}Migrated": n for table, n in summary.migrated.items()},
         "referencesCreated": summary.references_created,
         "alreadyApplied": summary.already_applied,
         "conflicts": summary.conflicts,

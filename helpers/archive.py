@@ -33,10 +33,9 @@ from urllib.parse import quote, quote_plus
 
 from pydantic import BaseModel, Field
 
-from . import MIGRATION_ID
 from .errors import PreconditionFailed, RunbookError
 from .paths import CHECKOUT_ROOT, NOTEBOOKS_DIR, installed_version
-from .run_folder import LOCK_FILE, RUN_FILE, run_id
+from .run_folder import LOCK_FILE, RUN_FILE, migration_id, run_id
 
 MANIFEST_FILE = "manifest.json"
 RESULTS_FILE = "results.json"
@@ -142,9 +141,9 @@ def record_step(
 
     path = write_step_results(run_dir, results.step, results)
     this_run = run_id(run_dir)
-    earlier = [r for r in read_ledger(transport, MIGRATION_ID) if r.get("runId") == this_run and r.get("step") == results.step]
+    earlier = [r for r in read_ledger(transport, migration_id(run_dir)) if r.get("runId") == this_run and r.get("step") == results.step]
     record_run(
-        transport, MIGRATION_ID, this_run, step=results.step, status=results.status,
+        transport, migration_id(run_dir), this_run, step=results.step, status=results.status,
         operator=operator or _operator(),
         startedAt=_step_started_ms(started_at, earlier), finishedAt=_ms(datetime.now(UTC)),
         evidence=step_evidence(run_dir, results),
@@ -246,7 +245,7 @@ class FileEntry(BaseModel):
 
 
 class Manifest(BaseModel):
-    migration_id: str = MIGRATION_ID
+    migration_id: str
     run_dir: str
     run_id: str | None = None
     deployment_url: str
@@ -335,6 +334,7 @@ def write_manifest(
     """Seals the run folder: written last, it lists every file with its hash, and what ran, where and by whom."""
     run_dir = Path(run_dir)
     manifest = Manifest(
+        migration_id=migration_id(run_dir),
         run_dir=run_dir.resolve().name,
         run_id=read_run_id(run_dir),
         deployment_url=_redact(deployment_url),
@@ -391,7 +391,7 @@ def record_seal(transport: Any, run_dir: Path) -> str:
         evidence.update({name: entry.sha256 for name, entry in manifest.files.items()})
     now = datetime.now(UTC)
     record_run(
-        transport, MIGRATION_ID, run_id(run_dir), step=SEAL_STEP, status="sealed", operator=manifest.operator,
+        transport, migration_id(run_dir), run_id(run_dir), step=SEAL_STEP, status="sealed", operator=manifest.operator,
         startedAt=_ms(_parse_time(manifest.started_at) or now), finishedAt=_ms(now), evidence=evidence,
     )
     return sha
@@ -470,9 +470,11 @@ def seal(
     from .deployment import read_ledger
 
     this_run = run_id(run_dir)
-    rows = {r.get("step"): r for r in read_ledger(transport, MIGRATION_ID) if r.get("runId") == this_run}
+    rows = {r.get("step"): r for r in read_ledger(transport, migration_id(run_dir)) if r.get("runId") == this_run}
     operator = operator or next((str(rows[s]["operator"]) for s in steps if rows.get(s, {}).get("operator")), None) or _operator()
-    context = PageContext(run_id=this_run, operator=operator, deployment=_redact(url), commit=commit_label())
+    context = PageContext(
+        run_id=this_run, operator=operator, deployment=_redact(url), commit=commit_label(), migration=migration_id(run_dir)
+    )
     starts = []
     with writing(run_dir):
         for step, (source, notebook) in sources.items():
@@ -550,7 +552,7 @@ def check_archive(run_dir: Path, transport: Any = None) -> ArchiveCheck:
         return ArchiveCheck(problems)
     from .deployment import read_ledger
 
-    return ArchiveCheck([*problems, *_ledger_problems(run_dir, read_ledger(transport, MIGRATION_ID))], anchored=True)
+    return ArchiveCheck([*problems, *_ledger_problems(run_dir, read_ledger(transport, migration_id(run_dir)))], anchored=True)
 
 
 def _ledger_problems(run_dir: Path, ledger: list[dict[str, Any]]) -> list[str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,13 +24,12 @@ from . import values
 from .archive import sha256_file, write_json_atomic
 from .errors import ExportCanceled, ExportFailed, ExportInProgress, PreconditionFailed, RunbookError, TransientFailure
 from .progress import progress
-from .run_folder import locked_step
+from .run_folder import locked_step, migration_of
 from .transport import ConvexTransport, redact_url
 
 BACKUP_DIR = "backup"
 BACKUP_RECORD = "backup.json"
 GET_LATEST = "_system/cli/exports:getLatest"
-REQUIRED_TABLES = ("scenes", "videoSessions")
 
 
 class BackupIncomplete(RunbookError):
@@ -73,6 +72,9 @@ def take_backup(
             hint="A run folder keeps the one backup its plan was made against: start a new run folder for a new backup.",
         )
     _check_functions_deployed(transport)  # before the export: a missing deploy found later would strand this folder
+    migration = migration_of(run_dir)
+    if migration.require is not None:
+        migration.require(transport)  # e.g. its predecessor not applied: no point in a snapshot
     out.mkdir(parents=True, exist_ok=True)
     for leftover in out.glob("*.partial"):
         leftover.unlink()  # an earlier attempt that never completed
@@ -84,7 +86,7 @@ def take_backup(
     partial = out / f"{zip_name}.partial"
     try:
         sha256, size = _download(transport, snapshot_ts, partial, show_progress)
-        counts = check_snapshot(partial)
+        counts = check_snapshot(partial, migration.tables)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
@@ -107,9 +109,9 @@ def take_backup(
 
 def _check_functions_deployed(transport: ConvexTransport) -> None:
     """Raises FunctionsNotDeployed (or DeployKeyRejected) now, while the run folder holds nothing yet."""
-    from .deployment import READ_PAGE
+    from .deployment import READ_PAGE, REFERENCE_TABLE
 
-    transport.function(READ_PAGE, {"table": REQUIRED_TABLES[0], "cursor": None, "numItems": 1})
+    transport.function(READ_PAGE, {"table": REFERENCE_TABLE, "cursor": None, "numItems": 1})
 
 
 def _request_export(transport: ConvexTransport) -> None:
@@ -172,7 +174,7 @@ def _download(transport: ConvexTransport, snapshot_ts: int, target: Path, show_p
     return digest.hexdigest(), received
 
 
-def check_snapshot(path: Path) -> dict[str, int]:
+def check_snapshot(path: Path, required_tables: Iterable[str] = ()) -> dict[str, int]:
     """Documents per table, after checking Convex's export layout, every CRC, and that every line is UTF-8 text
     that decodes as Convex's export format."""
     try:
@@ -181,7 +183,7 @@ def check_snapshot(path: Path) -> dict[str, int]:
         raise BackupIncomplete(f"{path.name} is not a readable ZIP: {error}") from error
     with archive:
         names = set(archive.namelist())
-        for required in ("README.md", "_tables/documents.jsonl", *(f"{t}/documents.jsonl" for t in REQUIRED_TABLES)):
+        for required in ("README.md", "_tables/documents.jsonl", *(f"{t}/documents.jsonl" for t in required_tables)):
             if required not in names:
                 raise BackupIncomplete(f"{path.name} lacks {required}: not a Convex snapshot export of this deployment.")
         tables = [values.loads(line)["name"] for line in archive.read("_tables/documents.jsonl").splitlines() if line.strip()]

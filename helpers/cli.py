@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import importlib
 import importlib.util
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import papermill
@@ -21,6 +21,7 @@ import papermill
 from .archive import check_archive
 from .errors import PreconditionFailed, RunbookError
 from .transport import ConvexTransport
+from .migrations import all_migrations
 from .runner import NOTEBOOKS_DIR, ROLLBACK_STEP, STEPS, StepFailed, notebook_path, run_migration
 
 EXIT_FAILED = 1
@@ -77,6 +78,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         result = run_migration(
             args.url,
             args.dry_run,
+            migration=args.migration,
             confirm=args.confirm,
             runs_dir=args.runs_dir,
             steps=args.steps,
@@ -96,8 +98,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         verb = "to migrate (planned)" if stats.planned else "migrated"
         if stats.recheck:
             print("re-check of a finished apply: nothing new written; the figures are those of the first apply")
-        print(f"scenes {verb}: {stats.scenes_migrated:,}")
-        print(f"sessions {verb}: {stats.sessions_migrated:,}")
+        for label, n in stats.migrated.items():
+            print(f"{label} {verb}: {n:,}")
         print(f"asset references {'to create' if stats.planned else 'created'}: {stats.asset_references_created:,}")
         print(f"errors: {len(stats.errors)}")
         for error in stats.errors[:ERRORS_SHOWN]:
@@ -174,29 +176,24 @@ def _type_name(spec: dict[str, Any]) -> str:
     return "None" if default is None else type(default).__name__
 
 
-def cmd_local_deployment(args: argparse.Namespace) -> int:
-    local = _development_tool("local_deployment", "local-deployment")
-    options = {option.keyword: getattr(args, option.keyword) for option in local.CLI_OPTIONS}
-    return int(local.serve(port=args.port, seed_scenes=args.seed_scenes, **options))
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    """`make demo`: local deployment + sample data, the whole runbook headless, a short summary."""
-    return int(_development_tool("demo", "demo").run_demo(args.seed_scenes, Path(args.runs_dir)))
-
-
 def _has_module(name: str) -> bool:
     return importlib.util.find_spec(f"{__package__}.{name}") is not None
 
 
-def _development_tool(module: str, command: str) -> ModuleType:
-    """A helpers module that only a checkout has (setup.py leaves them out of the wheel), or a refusal saying so."""
-    if not _has_module(module):
-        raise PreconditionFailed(
-            f"`runbook {command}` is development tooling: it needs a checkout of the runbook, and this one is an installed package.",
-            hint=f"Clone the runbook's repository and run `make setup`, then `.venv/bin/runbook {command} …` in the checkout.",
-        )
-    return importlib.import_module(f"{__package__}.{module}")
+#: Commands whose module only a checkout has (setup.py leaves them out of the wheel): each module declares its
+#: own arguments (`add_cli_arguments`) and runs them (`cli_main`).
+DEVELOPMENT_COMMANDS = {
+    "local-deployment": ("local_deployment", "serve the local test deployment (admin key: CONVEX_DEPLOY_KEY)"),
+    "demo": ("demo", "the whole runbook against a local deployment with sample data"),
+}
+
+
+def _refuse_development_tool(module: str, command: str, args: argparse.Namespace) -> int:
+    """What a development command answers in an installed runbook (whose wheel left `module` out)."""
+    raise PreconditionFailed(
+        f"`runbook {command}` is development tooling: it needs a checkout of the runbook, and this one is an installed package.",
+        hint=f"Clone the runbook's repository and run `make setup`, then `.venv/bin/runbook {command} …` in the checkout.",
+    )
 
 
 def _steps(text: str) -> list[str]:
@@ -204,11 +201,15 @@ def _steps(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="runbook", description="Convex migration 001 (S3 asset tracking), headless.")
+    parser = argparse.ArgumentParser(prog="runbook", description="Convex migration runbook (backup, dry run, apply, verify, rollback), headless.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run the steps in a new run folder (backup, dry run, apply, verify)")
     run.add_argument("--url", required=True, help="deployment URL; the deploy key comes from CONVEX_DEPLOY_KEY")
+    run.add_argument(
+        "--migration", choices=[m.id for m in all_migrations()],
+        help=f"the migration to run (default: the run folder's, else {all_migrations()[0].id})",
+    )
     run.add_argument("--steps", type=_steps, help=f"comma-separated subset of {','.join(ALL_STEPS)}")
     run.add_argument("--dry-run", action="store_true", help="only back up and plan; change nothing")
     run.add_argument("--confirm", action="store_true", help="required to apply: this changes the deployment")
@@ -241,21 +242,15 @@ def build_parser() -> argparse.ArgumentParser:
     params.add_argument("notebook", metavar="NOTEBOOK_OR_STEP")
     params.set_defaults(handler=cmd_params)
 
-    local = commands.add_parser("local-deployment", help="serve the local test deployment (admin key: CONVEX_DEPLOY_KEY)")
-    if _has_module("local_deployment"):
-        local.add_argument("--port", type=int, required=True)
-        local.add_argument("--seed-scenes", type=int, default=0)
-        for option in _development_tool("local_deployment", "local-deployment").CLI_OPTIONS:
-            local.add_argument(option.flag, dest=option.keyword, type=option.type, help=option.help)
-    else:  # an installed runbook: whatever its arguments, the command answers where it lives
-        local.description = "Development tooling: the local test deployment runs from a checkout of the runbook."
-        local.set_defaults(any_arguments=True)
-    local.set_defaults(handler=cmd_local_deployment)
-
-    demo = commands.add_parser("demo", help="the whole runbook against a local deployment with sample data")
-    demo.add_argument("--seed-scenes", type=int, default=3000)
-    demo.add_argument("--runs-dir", default="runs", help="where the run folder goes (default: runs)")
-    demo.set_defaults(handler=cmd_demo)
+    for command, (module, text) in DEVELOPMENT_COMMANDS.items():
+        tool = commands.add_parser(command, help=text)
+        if _has_module(module):
+            development = importlib.import_module(f"{__package__}.{module}")
+            development.add_cli_arguments(tool)
+            tool.set_defaults(handler=development.cli_main)
+        else:  # an installed runbook: whatever its arguments, the command answers where it lives
+            tool.description = f"Development tooling: `runbook {command}` runs from a checkout of the runbook."
+            tool.set_defaults(any_arguments=True, handler=functools.partial(_refuse_development_tool, module, command))
     return parser
 
 

@@ -53,10 +53,9 @@ class Confirmation:
     @classmethod
     def for_plan(cls, url: str, plan: Any, backup: Any) -> Confirmation:
         """From the plan's summary (documents per table and action) and the backup record apply checked."""
-        from .plan import CHANGING_ACTIONS
-
+        changing = plan.migration.changing_actions
         changes = {
-            f"{table} documents": sum(n for action, n in actions.items() if action in CHANGING_ACTIONS)
+            f"{table} documents": sum(n for action, n in actions.items() if action in changing)
             for table, actions in plan.actions.items()
         }
         changes["references to create"] = plan.references

@@ -6,6 +6,7 @@ the wheel (setup.py).
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
 from pathlib import Path
@@ -16,6 +17,16 @@ from .local_deployment import LocalDeployment, generate_local_key
 from .runner import StepFailed, run_migration
 from .sample_data import load
 from .transport import DEPLOY_KEY_ENV
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    """`runbook demo`'s arguments (the CLI asks the module: it exists only in a checkout)."""
+    parser.add_argument("--seed-scenes", type=int, default=3000)
+    parser.add_argument("--runs-dir", default="runs", help="where the run folder goes (default: runs)")
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    return run_demo(args.seed_scenes, Path(args.runs_dir))
 
 
 def run_demo(seed_scenes: int, runs_dir: Path) -> int:
@@ -38,9 +49,10 @@ def run_demo(seed_scenes: int, runs_dir: Path) -> int:
     print("\nSummary")
     print(f"  steps:                     {', '.join(f'{k} {v}' for k, v in result.steps.items())}")
     if result.statistics is not None:
-        for name, value in result.statistics.model_dump().items():
-            if name not in ("errors", "planned"):
-                print(f"  {name + ':':<27}{value}")
+        for label, n in result.statistics.migrated.items():
+            print(f"  {label + ' migrated:':<27}{n:,}")
+        for name, value in result.statistics.model_dump(exclude={"errors", "planned", "migrated"}).items():
+            print(f"  {name + ':':<27}{value}")
         print(f"  {'documents with errors:':<27}{len(result.statistics.errors)}")
     print(f"  archive check:             {'OK (folder and ledger)' if check.ok else 'FAILED: ' + '; '.join(check.problems)}")
     print(f"  deploy key in run folder:  {'FOUND in ' + ', '.join(leaks) if leaks else 'nowhere'}")

@@ -8,13 +8,15 @@ so one bad document never blocks the others and never goes unreported.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any
 
 from .errors import ArgumentValidationError, FunctionFailed, LeaseLost, LimitExceeded, SchemaNotDeployed
 from .transport import ConvexTransport
 
 READ_PAGE = "migration:readPage"
+#: The table applyBatch inserts asset references into (and deletes its own from): part of the function's protocol.
+REFERENCE_TABLE = "assetReferences"
 #: applyBatch's refusal of a run that does not hold the migration lock (convex/migration.ts).
 LOCK_HELD_BY_OTHER = "the migration lock is held by run"
 APPLY_BATCH = "migration:applyBatch"
@@ -54,16 +56,20 @@ def apply_batch(
     *,
     on_limit: Callable[[int], None] | None = None,
     before_call: Callable[[], None] | None = None,
+    written_fields: Collection[str] = (),
 ) -> list[dict[str, Any]]:
     """One result per item, in order. Limits split the batch; a whole-batch failure is bisected to its cause.
     `on_limit(size)` hears of every call refused for a Convex limit; `before_call()` runs before every call
-    (and may raise to stop the batch, e.g. when apply's lease is lost)."""
+    (and may raise to stop the batch, e.g. when apply's lease is lost). A schema refusal naming one of
+    `written_fields` (the fields the migration writes) is raised: the deployment lacks the migration's schema."""
     if not items:
         return []
     try:
         if before_call is not None:
             before_call()
-        response = transport.function(APPLY_BATCH, {"migrationId": migration_id, "runId": run_id, "items": list(items)})
+        response = transport.function(
+            APPLY_BATCH, {"migrationId": migration_id, "runId": run_id, "items": list(items)}, writes_documents=True
+        )
         return list(response["results"])
     except (LimitExceeded, FunctionFailed, ArgumentValidationError, SchemaNotDeployed) as error:
         if LOCK_HELD_BY_OTHER in str(error):
@@ -72,11 +78,11 @@ def apply_batch(
             on_limit(len(items))
         if len(items) > 1:
             middle = len(items) // 2
-            hooks = {"on_limit": on_limit, "before_call": before_call}
+            hooks = {"on_limit": on_limit, "before_call": before_call, "written_fields": written_fields}
             return apply_batch(transport, migration_id, run_id, items[:middle], **hooks) + apply_batch(
                 transport, migration_id, run_id, items[middle:], **hooks
             )
-        if isinstance(error, SchemaNotDeployed) and _new_field_refused(str(error)):
+        if isinstance(error, SchemaNotDeployed) and _field_refused(str(error), [*written_fields, REFERENCE_TABLE]):
             raise  # every document would fail alike: the deployment lacks the migration's schema
         return [{"id": items[0]["id"], "outcome": "error", "message": _server_message(str(error))}]
 
@@ -86,7 +92,7 @@ REFERENCE_PAGE = 16_000
 
 
 def _run_references(transport: ConvexTransport, migration_id: str, run_id: str) -> Iterator[dict[str, Any]]:
-    for reference in iter_documents(transport, "assetReferences", REFERENCE_PAGE):
+    for reference in iter_documents(transport, REFERENCE_TABLE, REFERENCE_PAGE):
         metadata = reference.get("metadata") or {}
         if metadata.get("migrationId") == migration_id and metadata.get("runId") == run_id:
             yield reference
@@ -130,16 +136,9 @@ def read_ledger(transport: ConvexTransport, migration_id: str) -> list[dict[str,
     return list(transport.function("migrationRuns:ledger", {"migrationId": migration_id}))
 
 
-_NEW_FIELD_NAMES = (
-    "videoAsset", "sourceCodeAsset", "thumbnailAsset", "subtitleAsset", "assetsStatus", "assetsErrorMessage",
-    "assetVersion", "previousAssetVersions", "combinedVideoAsset", "combinedSubtitleAsset", "manifestAsset",
-    "totalAssetSize", "assetCount", "assetReferences",
-)
-
-
-def _new_field_refused(message: str) -> bool:
-    """The schema does not know a field the migration adds (Convex: "extra field", convex-test: "Unexpected field")."""
-    return any(f"extra field `{name}`" in message or f"Unexpected field `{name}`" in message for name in _NEW_FIELD_NAMES)
+def _field_refused(message: str, names: Iterable[str]) -> bool:
+    """The schema does not know one of these fields (Convex: "extra field", convex-test: "Unexpected field")."""
+    return any(f"extra field `{name}`" in message or f"Unexpected field `{name}`" in message for name in names)
 
 
 def _server_message(message: str) -> str:

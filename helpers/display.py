@@ -6,7 +6,7 @@ Only presentation lives here; every number comes from a summary the logic module
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +116,7 @@ def plan_chart(by_status_per_table: Mapping[str, Mapping[str, Mapping[str, int]]
     """One stacked bar chart per table: documents per legacy status, coloured by planned action (None if empty)."""
     import matplotlib.pyplot as plt
 
-    tables = [t for t in ("scenes", "videoSessions") if by_status_per_table.get(t)]
+    tables = [t for t, by_status in by_status_per_table.items() if by_status]  # in plan order
     if not tables:
         return None
     figure, axes = plt.subplots(1, len(tables), figsize=(6 * len(tables), 4), squeeze=False)
@@ -129,8 +129,6 @@ def plan_chart(by_status_per_table: Mapping[str, Mapping[str, Mapping[str, int]]
     return figure
 
 
-#: New fields whose legacy source is not found by value (a status mapped through docs/mapping.md).
-DERIVED_FROM: dict[str, tuple[str, ...]] = {"assetsStatus": ("status",)}
 BEFORE_AFTER_COLUMNS = ["document", "action", "problems", "new field", "new value", "from legacy field(s)"]
 ALL = "(all)"
 
@@ -164,12 +162,13 @@ def _telling(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value not in (0, 1)
 
 
-def legacy_sources(field: str, new_value: Any, before: Mapping[str, Any]) -> list[str]:
-    """The legacy fields a new field was built from: the catalogue's key/URL pair, a status mapping, and
-    every legacy field whose value appears in the new value (size, checksum, ...)."""
-    from .fields import ASSET_SOURCES
-
-    named = [*ASSET_SOURCES.get(str(before.get("_table")), {}).get(field, ()), *DERIVED_FROM.get(field, ())]
+def legacy_sources(
+    field: str, new_value: Any, before: Mapping[str, Any], derived_from: Mapping[str, Mapping[str, Sequence[str]]] | None = None
+) -> list[str]:
+    """The legacy fields a new field was built from: those the migration declares (`Migration.derived_from`:
+    a key/URL pair, a status mapping), and every legacy field whose value appears in the new value (size,
+    checksum, ...)."""
+    named = list((derived_from or {}).get(str(before.get("_table")), {}).get(field, ()))
     leaves = [leaf for leaf in _leaves(new_value) if _telling(leaf)]
     found = [k for k, v in before.items() if not k.startswith("_") and k not in named and _telling(v) and v in leaves]
     return [k for k in named if k in before] + sorted(found)
@@ -181,21 +180,29 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, indent=1, ensure_ascii=False, default=str)
 
 
-def before_after_frame(pairs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> pd.DataFrame:
+def before_after_frame(
+    pairs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]],
+    derived_from: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
+) -> pd.DataFrame:
     """One row per new field of each example document, beside the legacy field(s) it came from (`name = value`
-    lines); a document the plan leaves alone gets one row saying why. Values are whole (JSON for objects)."""
+    lines), and one per field the plan removes; a document the plan leaves alone gets one row saying why. Values
+    are whole (JSON for objects)."""
     rows = []
     for before, after in pairs:
         problems = ", ".join(str(p.get("code")) for p in before.get("_problems", ()))
         common = {"document": document_label(before), "action": before.get("_action", ""), "problems": problems}
         changed = [f for f in after if not f.startswith("_") and (f not in before or before[f] != after[f])]
         for field in changed:
-            sources = legacy_sources(field, after[field], before)
+            sources = legacy_sources(field, after[field], before, derived_from)
             rows.append({
                 **common, "new field": field, "new value": _text(after[field]),
                 "from legacy field(s)": "\n".join(f"{s} = {_text(before[s])}" for s in sources) or "(derived)",
             })
-        if not changed:
+        removed = [f for f in before if not f.startswith("_") and f not in after]
+        for field in removed:
+            rows.append({**common, "new field": f"{field} (removed)", "new value": "(absent)",
+                         "from legacy field(s)": f"{field} = {_text(before[field])}"})
+        if not changed and not removed:
             blocking = [str(p.get("message")) for p in before.get("_problems", ()) if p.get("severity") == "blocking"]
             rows.append({**common, "new field": "(none)", "new value": "; ".join(blocking) or "already migrated: nothing to write",
                          "from legacy field(s)": ""})
@@ -231,10 +238,12 @@ def problems_html(before: Mapping[str, Any]) -> str:
     )
 
 
-def before_after_view(pairs: list[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> Any:
+def before_after_view(
+    pairs: list[tuple[Mapping[str, Any], Mapping[str, Any]]], derived_from: Mapping[str, Mapping[str, Sequence[str]]] | None = None
+) -> Any:
     """Filters (action, problem) and a document picker over the examples when interactive, opening on a document
     that changes; the whole table, static, otherwise."""
-    frame = before_after_frame(pairs)
+    frame = before_after_frame(pairs, derived_from)
     if not is_interactive() or frame.empty:
         return before_after_styled(frame)
     import ipywidgets as widgets
@@ -269,10 +278,10 @@ def before_after_view(pairs: list[tuple[Mapping[str, Any], Mapping[str, Any]]]) 
 
 
 def plan_tables(summary: Any) -> dict[str, pd.DataFrame]:
-    """The dry-run's tables, by the name of the CSV each is written to."""
+    """The dry-run's tables, by the name of the CSV each is written to (`<label>_by_status` per table)."""
+    migration = summary.migration
     return {
-        "scenes_by_status": status_action_table(summary.by_status.get("scenes", {})),
-        "sessions_by_status": status_action_table(summary.by_status.get("videoSessions", {})),
+        **{f"{migration.label(t)}_by_status": status_action_table(summary.by_status.get(t, {})) for t in migration.tables},
         "references_by_type": counts_table(summary.references_by_type, key="asset type", value="references to create"),
         "problems": problems_table(summary.problems),
     }
@@ -291,8 +300,7 @@ def write_tables(tables: Mapping[str, pd.DataFrame], folder: Path) -> list[Path]
 def apply_statistics(summary: Any) -> pd.DataFrame:
     """The statistics the migration's README promises, as one small table."""
     rows = {
-        "scenes migrated": summary.scenes_migrated,
-        "video sessions migrated": summary.sessions_migrated,
+        **{f"{table} migrated": n for table, n in summary.migrated.items()},
         "asset references created": summary.references_created,
         "already applied (not written again)": summary.already_applied,
         "conflicts (left alone)": summary.conflicts,

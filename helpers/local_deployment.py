@@ -6,6 +6,8 @@ HTTP API. Its admin key travels in the child's environment only (never argv, nev
 
 from __future__ import annotations
 
+import argparse
+
 import json
 import os
 import secrets
@@ -172,6 +174,18 @@ CLI_OPTIONS: tuple[CliOption, ...] = (
 
 class _Stop(Exception):
     """SIGTERM or SIGINT, raised where the server is waited for, so the `with` block stops the Node process."""
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    """`runbook local-deployment`'s arguments (the CLI asks the module: it exists only in a checkout)."""
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--seed-scenes", type=int, default=0, help="load this many sample scenes (with their sessions)")
+    for option in CLI_OPTIONS:
+        parser.add_argument(option.flag, dest=option.keyword, type=option.type, help=option.help)
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    return serve(port=args.port, seed_scenes=args.seed_scenes, **{o.keyword: getattr(args, o.keyword) for o in CLI_OPTIONS})
 
 
 def _raise_stop(signum: int, frame: object) -> None:

@@ -7,7 +7,8 @@ migration declared so; a migration is one folder under `helpers/migrations/` who
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import hashlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -30,24 +31,40 @@ class Verdict(Enum):
 @dataclass(frozen=True, slots=True)
 class Before:
     """A backed-up document as digests: the fields the migration does not own, the owned fields the plan does
-    not touch, the values of the fields the plan removes, and its updatedAt."""
+    not touch, and its updatedAt."""
 
     untouched: bytes
     kept_owned: bytes
-    removed: bytes
     updated_at: bytes
+
+    @classmethod
+    def of(cls, migration: Migration, table: str, doc: Mapping[str, Any], touched: Iterable[str] = ()) -> Before:
+        """`touched`: the fields the plan sets or removes on this document."""
+        skip = set(touched)
+        kept = {k: v for k, v in migration.owned_part(table, doc).items() if k not in skip}
+        return cls(digest(migration.untouched_part(table, doc)), digest(kept), digest(doc.get(migration.updated_at_field)))
 
 
 @dataclass(frozen=True, slots=True)
 class Planned:
-    """A plan line as verify needs it: its action, the fields it sets (with a digest of their values), and the
-    fields it removes with the values it expected them to hold."""
+    """A plan line as verify needs it: its action, whether it changes the document, the fields it sets (with a
+    digest of their values), and the fields it removes with the values it expected them to hold."""
 
     action: str
     changes: bool
     set_fields: tuple[str, ...]
     set_digest: bytes
     removed: dict[str, Any]
+
+    @classmethod
+    def of(cls, migration: Migration, line: Mapping[str, Any]) -> Planned:
+        unset = line.get("unset", ())
+        removed = {f: line["expect"][f] for f in unset if f in line["expect"]}
+        return cls(line["action"], migration.changes(line), tuple(sorted(line["set"])), digest(line["set"]), removed)
+
+    @property
+    def touched(self) -> tuple[str, ...]:
+        return (*self.set_fields, *self.removed)
 
     @property
     def migratable(self) -> bool:
@@ -58,11 +75,21 @@ class Planned:
 class Joined:
     """One document as the backup, the plan and the deployment know it (each may be missing)."""
 
+    migration: Migration
     table: str
     before: Before | None
     plan: Planned | None
     live: dict[str, Any] | None
-    changed_by_application: bool = False
+
+    @property
+    def changed_by_application(self) -> bool:
+        """Fields the migration does not own differ from the backup and updatedAt moved: a legacy writer changed it."""
+        if self.before is None or self.live is None:
+            return False
+        return (
+            digest(self.migration.untouched_part(self.table, self.live)) != self.before.untouched
+            and digest(self.live.get(self.migration.updated_at_field)) != self.before.updated_at
+        )
 
     @property
     def in_planned_state(self) -> bool:
@@ -93,7 +120,7 @@ class DocumentCheck:
 
 
 class CrossDocumentCheck(Protocol):
-    """A check that needs more than one document (001's session totals). Verify hands it every joined page of
+    """A check that needs more than one document (a parent's totals over its children, say). Verify hands it every joined page of
     each table in the migration's order; per-document state belongs in `scratch` tables, not in memory."""
 
     name: str
@@ -145,10 +172,12 @@ class Migration:
     #: Its own document checks, after the core's, and its cross-document checks (built per verify pass).
     checks: tuple[DocumentCheck, ...] = ()
     cross_checks: Callable[[Any], Sequence[CrossDocumentCheck]] = lambda _scratch: ()
-    #: Refuses (raises PreconditionFailed) when the deployment is not ready for it (002: 001 not applied).
+    #: Refuses (raises PreconditionFailed) when the deployment is not ready for it (its predecessor not applied, say).
     require: Callable[[Any], None] | None = None
-    #: Table -> the label its dry-run tables and charts use.
+    #: Table -> the label its dry-run tables, charts, statistics and ledger counts use.
     labels: Mapping[str, str] = field(default_factory=dict)
+    #: Per table: field it writes -> the fields it is built from (the analyst's before/after view names them).
+    derived_from: Mapping[str, Mapping[str, tuple[str, ...]]] = field(default_factory=dict)
     #: The rollback modes that make sense for it ("strip" removes what it set; "restore" puts back the backup).
     rollback_modes: tuple[str, ...] = ("strip", "restore")
     #: Its folder: README.md, mapping.md, fields.md, its Convex schema fragment.
@@ -170,3 +199,8 @@ class Migration:
 
     def changes(self, line: Mapping[str, Any]) -> bool:
         return line["action"] in self.changing_actions
+
+
+def reference_key(entity_id: str, asset_type: str) -> int:
+    """A compact key for (document id, asset type) in scratch tables: an int costs less than two strings."""
+    return int.from_bytes(hashlib.blake2b(f"{entity_id}\0{asset_type}".encode(), digest_size=8).digest(), "big", signed=True)

@@ -1,14 +1,12 @@
-"""The dry-run: stream the backup snapshot (or the live tables) page by page, plan every document, write the
-plan apply will execute.
+"""The dry-run: stream the backup snapshot (or the live tables) page by page, let the run folder's migration
+plan every document, write the plan apply will execute.
 
-Memory stays bounded by the page size: plan lines go straight to disk, and what must be known across
-documents (which sessions exist, which assets are tracked, each S3 key's uses, each session's running
-totals) lives in a scratch SQLite file (helpers/scratch.py), looked up one page at a time.
+Memory stays bounded by the page size: plan lines go straight to disk, and what the migration must know
+across documents lives in a scratch SQLite file (helpers/scratch.py) it is handed, looked up a page at a time.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
@@ -17,16 +15,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from . import MIGRATION_ID, jsonio, rules
+from . import jsonio
 from .archive import sha256_file, write_json_atomic
 from .backup import BackupSummary, iter_backup_documents, require_backup
 from .deployment import iter_pages
 from .errors import PreconditionFailed
-from .fields import ASSET_TYPES
+from .migration import Migration, PlanInputs
 from .progress import progress
-from .rules import CHANGING_ACTIONS
-from .run_folder import locked_step
-from .scratch import Scratch, ScratchTable, batched, prefetch
+from .run_folder import locked_step, migration_of
+from .scratch import Scratch, batched, prefetch
 from .transport import ConvexTransport, redact_url
 
 PLAN_DIR = "plan"
@@ -47,7 +44,7 @@ class ProblemCount(BaseModel):
 
 
 class PlanSummary(BaseModel):
-    migration_id: str = MIGRATION_ID
+    migration_id: str
     plan_file: str
     plan_sha256: str
     documents: int
@@ -61,8 +58,15 @@ class PlanSummary(BaseModel):
     problems: list[ProblemCount]
 
     @property
+    def migration(self) -> Migration:
+        from .migrations import get
+
+        return get(self.migration_id)
+
+    @property
     def changes(self) -> int:
-        return sum(n for table in self.actions.values() for action, n in table.items() if action in CHANGING_ACTIONS)
+        changing = self.migration.changing_actions
+        return sum(n for table in self.actions.values() for action, n in table.items() if action in changing)
 
     @property
     def references(self) -> int:
@@ -104,15 +108,6 @@ def _dump(line: dict[str, Any]) -> bytes:
     return jsonio.dumps(line, sort_keys=True) + b"\n"
 
 
-def _key_digest(key: str) -> bytes:
-    return hashlib.blake2b(key.encode(), digest_size=12).digest()
-
-
-def reference_key(entity_id: str, asset_type: str) -> int:
-    """A compact key for (document id, asset type): an int costs less memory than a tuple of two strings."""
-    return int.from_bytes(hashlib.blake2b(f"{entity_id}\0{asset_type}".encode(), digest_size=8).digest(), "big", signed=True)
-
-
 PlanSource = Literal["snapshot", "live"]
 
 
@@ -140,6 +135,9 @@ def build_plan(
             f"{out / PLAN_SUMMARY_FILE} already exists: a run folder holds one plan.",
             hint="Start a new run folder to plan again (apply executes exactly the plan its run folder holds).",
         )
+    migration = migration_of(run_dir)
+    if migration.require is not None:
+        migration.require(transport)
     snapshot = _snapshot(run_dir) if source == "snapshot" else None
     out.mkdir(parents=True, exist_ok=True)
     backup = _backup_record(run_dir)
@@ -155,57 +153,15 @@ def build_plan(
     tally = _Tally()
     plan_path = out / PLAN_FILE
     partial = plan_path.with_suffix(".partial")
-    with Scratch() as scratch:
-        sessions = scratch.table("sessions")  # id -> the session document, in the order read
-        for page in pages("videoSessions", "sessions"):
-            sessions.put((doc["_id"], doc) for doc in page)
-        # Assets already tracked (a reference of any origin): the plan adds references only for the others.
-        tracked = scratch.table("tracked")
-        for page in pages("assetReferences", "asset references"):
-            tracked.put((reference_key(ref["entityId"], ref["assetType"]), None) for ref in page)
-
-        # Pass 1: plan scenes provisionally and record each S3 key's uses (a key shared by scenes blocks them all).
-        provisional = scratch.path("scenes.provisional.jsonl")
-        key_uses = scratch.table("key_uses", multi=True)
-        with provisional.open("wb") as sink:
-            for page in pages("scenes", "scenes"):
-                ctx = _page_context(page, bucket_base_url, sessions, tracked)
-                plans = [rules.plan_scene(doc, ctx) for doc in page]
-                key_uses.put((_key_digest(key), None) for plan in plans for key in rules.asset_keys(plan))
-                sink.writelines(_dump(plan.to_line()) for plan in plans)
-
-        session_totals = scratch.table("session_totals")
-        with partial.open("wb") as sink:
-            # Pass 2 (local file): settle duplicates, total each session's scene assets, write final scene lines.
-            for page in batched(_read_plan_lines(provisional), page_size):
-                uses = {k: len(v) for k, v in key_uses.get(_key_digest(key) for plan in page for key in rules.asset_keys(plan)).items()}
-                running = session_totals.get(plan.session_id for plan in page if plan.session_id is not None)
-                for plan in page:
-                    shared = [key for key in rules.asset_keys(plan) if uses[_key_digest(key)] > 1]
-                    if shared:
-                        plan = rules.mark_blocking(
-                            plan,
-                            "duplicate_s3_key",
-                            f"S3 key {shared[0]!r} is used by {uses[_key_digest(shared[0])]} scenes; "
-                            "decide which scene owns it before migrating any of them",
-                        )
-                    if plan.session_id is not None:
-                        running.setdefault(plan.session_id, rules.SessionTotals()).add_scene(plan)
-                    line = plan.to_line()
-                    tally.add(line)
-                    sink.write(_dump(line))
-                session_totals.put(running.items())
-            # Pass 3: sessions, with totals computed from their scenes' planned assets and their own.
-            for page in batched((doc for _, doc in sessions.items()), page_size):
-                ctx = _page_context(page, bucket_base_url, sessions, tracked)
-                found = session_totals.get(doc["_id"] for doc in page)
-                for doc in page:
-                    line = rules.plan_session(doc, found.get(doc["_id"], rules.SessionTotals()), ctx).to_line()
-                    tally.add(line)
-                    sink.write(_dump(line))
+    options = {"bucket_base_url": bucket_base_url}
+    with Scratch() as scratch, partial.open("wb") as sink:
+        for line in migration.planner(PlanInputs(pages, scratch, options, page_size)):
+            tally.add(line)
+            sink.write(_dump(line))
     partial.replace(plan_path)
 
     summary = PlanSummary(
+        migration_id=migration.id,
         plan_file=f"{PLAN_DIR}/{PLAN_FILE}",
         plan_sha256=sha256_file(plan_path),
         documents=sum(sum(c.values()) for c in tally.actions.values()),
@@ -260,14 +216,10 @@ def example_pairs(run_dir: Path, n: int) -> list[tuple[dict[str, Any], dict[str,
             continue
         seen[kind] += 1
         before = {"_id": line["id"], "_table": line["table"], "_action": line["action"], "_problems": line.get("problems", []), **line["expect"]}
-        pairs.append((before, {**before, **line["set"]}))
-    return sorted(pairs, key=lambda pair: pair[0]["_action"] not in CHANGING_ACTIONS)
-
-
-def _read_plan_lines(path: Path) -> Iterator[rules.DocumentPlan]:
-    with path.open("rb") as source:
-        for raw in source:
-            yield rules.DocumentPlan.from_line(jsonio.loads(raw))
+        after = {k: v for k, v in before.items() if k not in line.get("unset", ())}
+        pairs.append((before, {**after, **line["set"]}))
+    changing = migration_of(run_dir).changing_actions
+    return sorted(pairs, key=lambda pair: pair[0]["_action"] not in changing)
 
 
 def _write_problem_details(plan_path: Path, csv_path: Path) -> None:
@@ -283,21 +235,6 @@ def _write_problem_details(plan_path: Path, csv_path: Path) -> None:
                 writer.writerow(
                     [line["table"], line["id"], line["action"], problem["code"], problem["severity"], problem.get("field", ""), problem["message"]]
                 )
-
-
-def _page_context(
-    page: list[dict[str, Any]], bucket_base_url: str | None, sessions: ScratchTable, tracked: ScratchTable
-) -> rules.RulesContext:
-    """What the rules may ask about one page of documents, looked up in two queries: which sessions its scenes
-    name exist, and which of its assets already have a reference."""
-    named = {doc["sessionId"] for doc in page if type(doc.get("sessionId")) is str}
-    existing = sessions.has(named) if named else set()
-    held = tracked.has(reference_key(doc["_id"], asset_type) for doc in page for asset_type in ASSET_TYPES.values())
-    return rules.RulesContext(
-        bucket_base_url=bucket_base_url,
-        session_exists=existing.__contains__,
-        is_tracked=lambda entity_id, asset_type: reference_key(entity_id, asset_type) in held,
-    )
 
 
 def paged_progress(pages: Iterable[list[Any]], *, desc: str, total: int | None, show: bool) -> Iterator[list[Any]]:

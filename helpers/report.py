@@ -16,6 +16,8 @@ from typing import Any
 
 import nbformat
 
+from .run_folder import migration_id
+
 INDEX_FILE = "index.html"
 REPORT_SUFFIX = ".report.html"
 #: How many of a step summary's figures the index shows (its results.json has them all).
@@ -31,6 +33,7 @@ class PageContext:
     operator: str
     commit: str
     deployment: str
+    migration: str = ""
     #: Start and end from elsewhere (the ledger) for a notebook that recorded no timing (JupyterLab's default).
     started: str | None = None
     finished: str | None = None
@@ -125,7 +128,8 @@ def header_html(step: str, context: PageContext, notebook: Any) -> str:
     rows = {
         "step": step, "operator": context.operator, "started": start or "not recorded", "finished": end or "not recorded",
         "duration": f"{duration:.1f} s" if duration is not None else "not recorded",
-        "run id": context.run_id, "runbook commit": context.commit, "deployment": context.deployment,
+        "migration": context.migration or "not recorded", "run id": context.run_id, "runbook commit": context.commit,
+        "deployment": context.deployment,
     }
     return f'<style>{CSS}</style><div class="runbook-header">{_dl(rows)}</div>'
 
@@ -246,7 +250,7 @@ def write_index(
     run_dir = Path(run_dir)
     run_id = read_run_id(run_dir) or "not recorded"
     about = {
-        "operator": operator, "started": started_at, "finished": finished_at, "run id": run_id,
+        "migration": migration_id(run_dir), "operator": operator, "started": started_at, "finished": finished_at, "run id": run_id,
         "runbook commit": commit_label(), "deployment": deployment_url,
     }
     rows = "".join(_step_row(run_dir, step, status) for step, status in steps.items())

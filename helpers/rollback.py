@@ -1,6 +1,6 @@
 """Rollback, two ways, through the same guarded batch write apply uses.
 
-- strip: remove the new fields the plan set and delete the asset references this migration created;
+- strip: remove the fields the plan set and delete the asset references this migration created;
   legacy data stays as it is, so old code (and the old schema) see exactly what they expect.
 - restore: bring every document the migration changed back to its state in the backup, field by field.
 
@@ -14,21 +14,20 @@ import getpass
 import os
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from . import MIGRATION_ID, jsonio
+from . import jsonio
 from .archive import sha256_file, write_json_atomic
 from .apply import LEASE_MS, DeploymentLease, take_migration_lock
 from .backup import BackupSummary, iter_backup_documents, require_backup
-from .deployment import apply_batch, iter_documents, iter_pages, record_run, release_lock
+from .deployment import REFERENCE_TABLE, apply_batch, iter_documents, iter_pages, record_run, release_lock
 from .errors import PreconditionFailed, RunbookError
-from .fields import MIGRATED_TABLES
-from .plan import CHANGING_ACTIONS, iter_plan_lines, read_plan
-from .run_folder import locked_step, run_id as folder_run_id
+from .plan import iter_plan_lines, read_plan
+from .run_folder import locked_step, migration_of, run_id as folder_run_id
 from .scratch import Scratch, batched
 from .transport import ConvexTransport
 from .values import digest
@@ -42,7 +41,7 @@ SYSTEM_FIELDS = ("_id", "_creationTime")
 
 
 class RollbackSummary(BaseModel):
-    migration_id: str = MIGRATION_ID
+    migration_id: str
     mode: str
     executed: bool
     plan_sha256: str
@@ -69,7 +68,7 @@ class RollbackCheck(BaseModel):
 
 
 def check_stripped(live: dict[str, Any], set_fields: tuple[str, ...]) -> bool:
-    """strip: the document holds none of the new fields the plan set."""
+    """strip: the document holds none of the fields the plan set."""
     return not any(f in live for f in set_fields)
 
 
@@ -78,13 +77,13 @@ def check_restored(live: dict[str, Any], backed_up: bytes | None) -> bool:
     return backed_up is not None and digest(live) == backed_up
 
 
-def check_reference_removed(reference: dict[str, Any], touched: set[str]) -> bool:
+def check_reference_removed(reference: dict[str, Any], touched: Container[str], migration_id: str) -> bool:
     """No reference of this migration is left on a document the rollback changed back."""
-    return reference.get("metadata", {}).get("migrationId") != MIGRATION_ID or reference["entityId"] not in touched
+    return reference.get("metadata", {}).get("migrationId") != migration_id or reference["entityId"] not in touched
 
 
 ROLLBACK_CHECKS: dict[str, str] = {
-    "stripped": "strip: no document the rollback changed back holds a new field the plan set",
+    "stripped": "strip: no document the rollback changed back holds a field the plan set",
     "restored": "restore: every document the rollback changed back equals its backup, field by field",
     "references_removed": "no asset reference of this migration is left on a document the rollback changed back",
     "documents_still_exist": "every document the rollback changed back still exists",
@@ -99,6 +98,12 @@ def plan_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, page
     """Writes rollback/<mode>/plan.jsonl: one guarded item per document to change back. Changes nothing."""
     if mode not in ("strip", "restore"):
         raise ValueError(f"mode must be 'strip' or 'restore', not {mode!r}")
+    migration = migration_of(run_dir)
+    if mode not in migration.rollback_modes:
+        raise PreconditionFailed(
+            f"Migration {migration.id} cannot be rolled back with mode={mode!r}.",
+            hint=f"Use mode={migration.rollback_modes[0]!r} (its README says why).",
+        )
     plan = read_plan(run_dir)
     backup = _backup_for_restore(run_dir) if mode == "restore" else None
     out = rollback_dir(run_dir, mode)
@@ -108,22 +113,22 @@ def plan_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, page
     path = out / "plan.jsonl"
     with Scratch() as scratch:
         set_fields = scratch.table("set_fields")  # id -> the fields the plan set, for the documents it changed
-        set_fields.load((line["id"], tuple(line["set"])) for line in iter_plan_lines(run_dir) if line["action"] in CHANGING_ACTIONS)
+        set_fields.load((line["id"], tuple(line["set"])) for line in iter_plan_lines(run_dir) if migration.changes(line))
         references = scratch.table("references", multi=True)  # entity id -> ids of this migration's references
         references.load(
-            (ref["entityId"], ref["_id"]) for ref in iter_documents(transport, "assetReferences", page_size)
-            if ref.get("metadata", {}).get("migrationId") == MIGRATION_ID
+            (ref["entityId"], ref["_id"]) for ref in iter_documents(transport, REFERENCE_TABLE, page_size)
+            if ref.get("metadata", {}).get("migrationId") == migration.id
         )
         backed_up = scratch.table("backed_up")
         if backup is not None:
             # Only the documents the migration touched are kept, as their backup state.
-            for table in MIGRATED_TABLES:
+            for table in migration.tables:
                 for page in batched(iter_backup_documents(backup, table), page_size):
                     wanted = set_fields.has(doc["_id"] for doc in page)
                     backed_up.put((doc["_id"], doc) for doc in page if doc["_id"] in wanted)
 
         with path.open("wb") as sink:
-            for table in MIGRATED_TABLES:
+            for table in migration.tables:
                 for page in iter_pages(transport, table, page_size):
                     ids = [doc["_id"] for doc in page]
                     fields, refs = set_fields.get(ids), references.get(ids)
@@ -146,6 +151,7 @@ def plan_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, page
                         sink.write(jsonio.dumps(item, sort_keys=True) + b"\n")
         references_to_delete = len(references)
     summary = RollbackSummary(
+        migration_id=migration.id,
         mode=mode,
         executed=False,
         plan_sha256=plan.plan_sha256,
@@ -209,6 +215,7 @@ def execute_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, b
     if sha256_file(out / "plan.jsonl") != summary.rollback_plan_sha256:
         raise PreconditionFailed(f"{out / 'plan.jsonl'} was altered since it was planned.", hint="Plan the rollback again.")
     run = folder_run_id(run_dir)
+    migration = migration_of(run_dir)
     operator = operator or os.environ.get("RUNBOOK_OPERATOR") or getpass.getuser()
     outcomes: dict[str, Counter[str]] = defaultdict(Counter)
     conflicts: list[dict[str, str]] = []
@@ -217,7 +224,7 @@ def execute_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, b
 
     def flush(lease: DeploymentLease) -> None:
         tables = {item["id"]: item["table"] for item in batch}
-        for result in apply_batch(transport, MIGRATION_ID, run, batch, before_call=lease.ensure):
+        for result in apply_batch(transport, migration.id, run, batch, before_call=lease.ensure):
             outcomes[tables[result["id"]]][result["outcome"]] += 1
             entry = {"id": result["id"], "message": result.get("message", "")}
             if result["outcome"] == "conflict":
@@ -228,12 +235,12 @@ def execute_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, b
 
     # Rollback changes documents as apply does: under the same deployment lock, and recorded in the ledger, so
     # another run's apply planned before this rollback is refused as stale.
-    asked_at = take_migration_lock(transport, run, operator, lease_ms)
+    asked_at = take_migration_lock(transport, migration.id, run, operator, lease_ms)
     started_ms = int(time.time() * 1000)
     status = "failed"
     try:
-        record_run(transport, MIGRATION_ID, run, step=ROLLBACK_STEP, status="running", operator=operator, startedAt=started_ms)
-        with DeploymentLease(transport, run, lease_ms, asked_at) as lease:
+        record_run(transport, migration.id, run, step=ROLLBACK_STEP, status="running", operator=operator, startedAt=started_ms)
+        with DeploymentLease(transport, migration.id, run, lease_ms, asked_at) as lease:
             for item in iter_rollback_items(run_dir, mode):
                 batch.append(item)
                 if len(batch) >= batch_size:
@@ -242,9 +249,9 @@ def execute_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, b
                 flush(lease)
         status = "passed" if not errors else "failed"
     except BaseException as failure:
-        _finish(transport, run, operator, started_ms, status, mode, len(conflicts), len(errors), failure)
+        _finish(transport, migration.id, run, operator, started_ms, status, mode, len(conflicts), len(errors), failure)
         raise
-    _finish(transport, run, operator, started_ms, status, mode, len(conflicts), len(errors), None)
+    _finish(transport, migration.id, run, operator, started_ms, status, mode, len(conflicts), len(errors), None)
     summary = summary.model_copy(
         update={"executed": True, "outcomes": {t: dict(c) for t, c in outcomes.items()}, "conflicts": conflicts, "errors": errors}
     )
@@ -252,14 +259,14 @@ def execute_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, b
     return summary
 
 
-def _finish(transport: ConvexTransport, run: str, operator: str, started_ms: int, status: str, mode: Mode,
+def _finish(transport: ConvexTransport, migration_id: str, run: str, operator: str, started_ms: int, status: str, mode: Mode,
             conflicts: int, errors: int, failure: BaseException | None) -> None:
     """The ledger row and the lock's release; when the rollback itself failed, their own failure must not hide it."""
     try:
-        record_run(transport, MIGRATION_ID, run, step=ROLLBACK_STEP, status=status, operator=operator,
+        record_run(transport, migration_id, run, step=ROLLBACK_STEP, status=status, operator=operator,
                    startedAt=started_ms, finishedAt=int(time.time() * 1000),
                    counts={"conflicts": conflicts, "errors": errors}, details=f"mode={mode}")
-        release_lock(transport, MIGRATION_ID, run)
+        release_lock(transport, migration_id, run)
     except RunbookError:
         if failure is None:
             raise
@@ -269,6 +276,7 @@ def check_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, pag
     """After execute, the checks of ROLLBACK_CHECKS that concern this mode, over every document and reference the
     rollback changed back. Conflicts the execution reported are excluded (left alone, listed there)."""
     summary = RollbackSummary.model_validate_json((rollback_dir(run_dir, mode) / "summary.json").read_bytes())
+    migration = migration_of(run_dir)
     excluded = {c["id"] for c in summary.conflicts}
     names = ["stripped" if mode == "strip" else "restored", "references_removed", "documents_still_exist"]
     results: dict[str, tuple[int, list[str]]] = {name: (0, []) for name in names}
@@ -283,14 +291,14 @@ def check_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, pag
         expected = scratch.table("expected")
         if mode == "restore":
             backup = _backup_for_restore(run_dir)
-            for table in MIGRATED_TABLES:
+            for table in migration.tables:
                 for page in batched(iter_backup_documents(backup, table), page_size):
                     wanted = touched.has(doc["_id"] for doc in page)
                     expected.put((doc["_id"], digest(doc)) for doc in page if doc["_id"] in wanted)
         plan_fields = scratch.table("plan_fields")
-        plan_fields.load((line["id"], tuple(line["set"])) for line in iter_plan_lines(run_dir) if line["action"] in CHANGING_ACTIONS)
+        plan_fields.load((line["id"], tuple(line["set"])) for line in iter_plan_lines(run_dir) if migration.changes(line))
         changed_back = scratch.table("changed_back")  # touched ids, kept for the references check
-        for table in MIGRATED_TABLES:
+        for table in migration.tables:
             for page in iter_pages(transport, table, page_size):
                 seen = touched.pop(doc["_id"] for doc in page)
                 changed_back.put((doc_id, None) for doc_id in seen)
@@ -307,10 +315,10 @@ def check_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, pag
         for doc_id in touched.keys():
             record("documents_still_exist", False, doc_id)
             changed_back.put([(doc_id, None)])
-        for page in iter_pages(transport, "assetReferences", page_size):
+        for page in iter_pages(transport, REFERENCE_TABLE, page_size):
             on_changed_back = changed_back.has(ref["entityId"] for ref in page)
             for ref in page:
-                record("references_removed", check_reference_removed(ref, on_changed_back), ref["_id"])
+                record("references_removed", check_reference_removed(ref, on_changed_back, migration.id), ref["_id"])
     checks = [
         Check(name=name, description=ROLLBACK_CHECKS[name], passed=not failed, checked=checked, failed=len(failed), examples=failed[:5])
         for name, (checked, failed) in results.items()

@@ -1,8 +1,9 @@
 """A run folder's identity and its lock: one random run id per folder, one step at a time in it.
 
+The folder also records which migration it runs (`run.json`'s `migration`): every step reads it from there.
 The run id names the run everywhere (deployment lock, ledger rows, asset references, evidence). It is drawn
 once, when the folder's first step starts, and stored in the folder, so two folders that happen to share a
-base name (alice/migration-001, bob/migration-001) never share a run id, and a resumed step keeps its own.
+base name (alice/nightly, bob/nightly) never share a run id, and a resumed step keeps its own.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from . import jsonio
 from .errors import PreconditionFailed
+
+if TYPE_CHECKING:
+    from .migration import Migration
 
 RUN_FILE = "run.json"
 #: Holds the name and pid of the step at work; not evidence (the manifest leaves it out).
@@ -36,10 +40,46 @@ _held_guard = threading.Lock()
 
 def run_id(run_dir: Path) -> str:
     """This folder's run id, drawn and stored on first use (atomically: two first callers agree)."""
+    return str(_record(run_dir)["run_id"])
+
+
+def migration_id(run_dir: Path) -> str:
+    """The migration this folder runs, recorded with its run id (a folder runs one migration); reading it never
+    writes the folder (a check must not change what it checks)."""
+    from .migrations import default_id
+
+    path = Path(run_dir) / RUN_FILE
+    recorded = jsonio.loads(path.read_bytes()).get("migration") if path.exists() else None
+    return str(recorded or default_id())
+
+
+def migration_of(run_dir: Path) -> Migration:
+    from .migrations import get
+
+    return get(migration_id(run_dir))
+
+
+def bind_migration(run_dir: Path, migration: str) -> Migration:
+    """Records that this folder runs `migration` (on its first step), or refuses when it already runs another."""
+    from .migrations import get
+
+    declared = get(migration)
+    recorded = migration_id(Path(run_dir)) if (Path(run_dir) / RUN_FILE).exists() else _record(run_dir, migration)["migration"]
+    if recorded != declared.id:
+        raise PreconditionFailed(
+            f"The run folder {run_dir} runs migration {recorded}, not {declared.id}.",
+            hint=f"Use a new run folder for {declared.id} (each run folder holds one migration's evidence).",
+        )
+    return declared
+
+
+def _record(run_dir: Path, migration: str | None = None) -> dict[str, str]:
     path = Path(run_dir) / RUN_FILE
     if not path.exists():
+        from .migrations import default_id
+
         path.parent.mkdir(parents=True, exist_ok=True)
-        record = {"run_id": f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(6)}"}
+        record = {"run_id": f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(6)}", "migration": migration or default_id()}
         draft = path.with_name(f".{RUN_FILE}.{secrets.token_hex(4)}")
         draft.write_bytes(jsonio.dumps(record))
         try:
@@ -48,7 +88,7 @@ def run_id(run_dir: Path) -> str:
             pass
         finally:
             draft.unlink()
-    return str(jsonio.loads(path.read_bytes())["run_id"])
+    return dict(jsonio.loads(path.read_bytes()))
 
 
 @contextmanager

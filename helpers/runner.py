@@ -44,7 +44,8 @@ from .archive import (
 from .errors import DeployKeyMissing, PreconditionFailed, RunbookError
 from .paths import CHECKOUT_ROOT, NOTEBOOKS_DIR
 from .report import REPORT_SUFFIX, PageContext, render_step, section_of, split_fix
-from .run_folder import run_id, run_lock
+from .migrations import get as get_migration
+from .run_folder import bind_migration, migration_id, migration_of, run_id, run_lock
 from .transport import ConvexTransport, deploy_key_from_env, redact_url
 
 STEPS = ("01_backup_snapshot", "02_dry_run", "03_apply", "04_verify")
@@ -102,8 +103,8 @@ class Statistics(BaseModel):
 
     planned: bool
     recheck: bool = False
-    scenes_migrated: int
-    sessions_migrated: int
+    #: The migration's label of each table it changes -> documents migrated (or to migrate, when planned).
+    migrated: dict[str, int]
     asset_references_created: int
     errors: list[dict[str, str]]
     #: apply's own duration ("total execution time" of the migration); None when apply did not run.
@@ -247,7 +248,7 @@ def run_step(
     """Executes one step notebook into run_dir/<step>/ (.ipynb, .html, parameters.json) and returns its results."""
     run_dir = Path(run_dir)
     source = notebook_path(step, notebooks_dir)
-    values = {"convex_url": convex_url, "run_dir": str(run_dir.resolve()), **(parameters or {})}
+    values = {"convex_url": convex_url, "run_dir": str(run_dir.resolve()), "migration": migration_id(run_dir), **(parameters or {})}
     check_parameters(step, values, notebooks_dir)
     out = step_dir(run_dir, step)
     executed = out / f"{step}.ipynb"
@@ -301,6 +302,7 @@ def _secondary(failure: BaseException | None, what: str) -> Iterator[None]:
 def page_context(run_dir: Path, convex_url: str) -> PageContext:
     return PageContext(
         run_id=run_id(run_dir),
+        migration=migration_id(run_dir),
         operator=os.environ.get("RUNBOOK_OPERATOR") or getpass.getuser(),
         commit=commit_label(),
         deployment=redact_url(convex_url),
@@ -330,6 +332,7 @@ def run_migration(
     url: str,
     dry_run: bool = False,
     *,
+    migration: str | None = None,
     confirm: bool = False,
     runs_dir: Path = Path("runs"),
     steps: Sequence[str] | None = None,
@@ -341,10 +344,12 @@ def run_migration(
 ) -> RunResult:
     """Backup → dry run (→ apply → verify) in a new run folder, sealed with a manifest even when a step fails.
 
+    `migration` is a migration's id (`helpers.migrations`; default: the run folder's, else the first one).
     `run_dir` continues an existing run folder instead (resume an apply, verify later, roll back); its manifest
     is rewritten with the earlier steps kept. `on_step(step, status)` is told "running" before each step and its
     status after, for live progress.
     """
+    chosen_migration = get_migration(migration).id if migration is not None else None
     chosen = _chosen_steps(dry_run, steps, confirm)
     per_step = {step: dict((parameters or {}).get(step, {})) for step in chosen}
     _check_step_parameters(chosen, parameters or {}, per_step, notebooks_dir)
@@ -366,7 +371,9 @@ def run_migration(
             failure: BaseException | None = None
             try:
                 with writing(run_dir):
-                    run_id(run_dir)  # drawn before the first step, so every page and ledger row names the same run
+                    # Drawn before the first step, so every page and ledger row names the same run and migration.
+                    bind_migration(run_dir, chosen_migration or migration_id(run_dir))
+                    run_id(run_dir)
                 with _environment(RUNBOOK_OPERATOR=operator):
                     for step in chosen:
                         notify(step, "running")
@@ -459,16 +466,18 @@ def _check_step_parameters(
             f"Parameters given for step(s) not run: {', '.join(stray)}.", hint=f"Steps run: {', '.join(chosen)}."
         )
     for step, values in per_step.items():
-        if "confirm" in values or {"convex_url", "run_dir"} & set(values):
+        if "confirm" in values or {"convex_url", "run_dir", "migration"} & set(values):
             raise PreconditionFailed(
-                f"{step}: convex_url, run_dir and confirm are set by the runner, not as parameters.",
-                hint="Use url=… / --url, and confirm=True / --confirm; the run folder is created for each run.",
+                f"{step}: convex_url, run_dir, migration and confirm are set by the runner, not as parameters.",
+                hint="Use url=… / --url, migration=… / --migration, and confirm=True / --confirm; the run folder is "
+                "created for each run.",
             )
         check_parameters(step, values, notebooks_dir)
 
 
 def statistics(run_dir: Path, *, wall_seconds: float) -> Statistics | None:
     """Apply's figures when the folder has them, else the dry run's planned counts, else None."""
+    migration = migration_of(run_dir)
     applied = Path(run_dir) / APPLY_STEP / "results.json"
     planned = Path(run_dir) / DRY_RUN_STEPS[1] / "results.json"
     if applied.exists():
@@ -476,8 +485,7 @@ def statistics(run_dir: Path, *, wall_seconds: float) -> Statistics | None:
         return Statistics(
             planned=False,
             recheck=summary.get("recheck", False),
-            scenes_migrated=summary["scenes_migrated"],
-            sessions_migrated=summary["sessions_migrated"],
+            migrated={migration.label(table): n for table, n in summary["migrated"].items()},
             asset_references_created=summary["references_created"],
             errors=[{"id": e["id"], "reason": e.get("message", "")} for e in summary.get("errors", [])],
             apply_seconds=summary["duration_s"],
@@ -488,17 +496,13 @@ def statistics(run_dir: Path, *, wall_seconds: float) -> Statistics | None:
         actions = summary.get("actions", {})
         return Statistics(
             planned=True,
-            scenes_migrated=_changes(actions.get("scenes", {})),
-            sessions_migrated=_changes(actions.get("videoSessions", {})),
+            migrated={
+                migration.label(table): sum(n for action, n in actions.get(table, {}).items() if action in migration.changing_actions)
+                for table in migration.tables
+            },
             asset_references_created=sum(summary.get("references_by_type", {}).values()),
             errors=[],
             apply_seconds=None,
             wall_seconds=round(wall_seconds, 3),
         )
     return None
-
-
-def _changes(actions: Mapping[str, int]) -> int:
-    from .plan import CHANGING_ACTIONS
-
-    return sum(n for action, n in actions.items() if action in CHANGING_ACTIONS)

@@ -19,8 +19,8 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from .fields import SCENE_ASSET_SOURCES, SESSION_ASSET_SOURCES
-from .rules import content_type_for_key
+from .migrations.m001_s3_asset_tracking.fields import SCENE_ASSET_SOURCES, SESSION_ASSET_SOURCES
+from .migrations.m001_s3_asset_tracking.s3_urls import content_type_for_key
 from .values import Int64
 
 BUCKET_URL = "https://tutor-assets.s3.us-east-1.amazonaws.com"
@@ -366,7 +366,7 @@ def load(transport: Transport, n_scenes: int, *, seed: int = 7, batch_size: int 
 
 def _insert(transport: Transport, table: str, documents: list[dict[str, Any]]) -> list[str]:
     # An insert repeated after a lost response would insert twice: retried only if it never reached the server.
-    return list(transport.function("sampleData:insertBatch", {"table": table, "documents": documents}, idempotent=False)["ids"])
+    return list(transport.function("sampleData:insertBatch", {"table": table, "documents": documents}, idempotent=False, writes_documents=True)["ids"])
 
 
 def _batches(items: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:

@@ -173,7 +173,7 @@ def prefetch(pages: Iterable[T], depth: int = 1) -> Iterator[T]:
                 if not offer((item, None)):
                     return
             offer((_DONE, None))
-        except BaseException as error:  # noqa: BLE001 - handed to the consumer, raised there
+        except BaseException as error:  # every error is handed to the consumer and raised there
             offer((_DONE, error))
 
     worker = threading.Thread(target=fetch, name="prefetch", daemon=True)

@@ -134,16 +134,24 @@ class ConvexTransport:
     def query(self, path: str, args: Mapping[str, Any] | None = None) -> Any:
         return self._call("/api/query", path, args, idempotent=True)
 
-    def mutation(self, path: str, args: Mapping[str, Any] | None = None, *, idempotent: bool = True) -> Any:
-        return self._call("/api/mutation", path, args, idempotent=idempotent)
+    def mutation(
+        self, path: str, args: Mapping[str, Any] | None = None, *, idempotent: bool = True, writes_documents: bool = False
+    ) -> Any:
+        return self._call("/api/mutation", path, args, idempotent=idempotent, writes_documents=writes_documents)
 
-    def function(self, path: str, args: Mapping[str, Any] | None = None, *, idempotent: bool = True) -> Any:
+    def function(
+        self, path: str, args: Mapping[str, Any] | None = None, *, idempotent: bool = True, writes_documents: bool = False
+    ) -> Any:
         """Any function, internal ones included (needs the deploy key), as `npx convex run` calls it.
 
-        `idempotent=False` retries only failures that happened before the request reached the server."""
-        return self._call("/api/function", path, args, idempotent=idempotent)
+        `idempotent=False` retries only failures that happened before the request reached the server.
+        `writes_documents=True` (the caller knows the function writes documents it was given) reads a schema
+        validation failure as `SchemaNotDeployed`."""
+        return self._call("/api/function", path, args, idempotent=idempotent, writes_documents=writes_documents)
 
-    def _call(self, endpoint: str, path: str, args: Mapping[str, Any] | None, *, idempotent: bool) -> Any:
+    def _call(
+        self, endpoint: str, path: str, args: Mapping[str, Any] | None, *, idempotent: bool, writes_documents: bool = False
+    ) -> Any:
         try:
             body = values.dumps({"path": path, "args": dict(args or {}), "format": "convex_encoded_json"}, convex_numbers=True)
         except (TypeError, ValueError) as error:  # e.g. a lone UTF-16 surrogate (Convex strings are UTF-8), an int beyond 2**53
@@ -151,7 +159,7 @@ class ConvexTransport:
 
         def attempt() -> Any:
             response = self._send("POST", endpoint, content=body, headers={"content-type": "application/json"}, idempotent=idempotent)
-            return self._function_result(path, response)
+            return self._function_result(path, response, writes_documents)
 
         return self._retrying(attempt, f"{path} at {redact_url(self.url)}")
 
@@ -220,7 +228,7 @@ class ConvexTransport:
             raise _Transient(f"HTTP {response.status_code}: {response.text[:200]}")
         return response
 
-    def _function_result(self, path: str, response: httpx.Response) -> Any:
+    def _function_result(self, path: str, response: httpx.Response, writes_documents: bool = False) -> Any:
         if response.status_code not in (200, UDF_FAILED):
             self._raise_for_status(response)
         payload = _decode(response.content)
@@ -231,7 +239,9 @@ class ConvexTransport:
             )
         if payload["status"] == "success":
             return payload.get("value")
-        raise classify_function_error(path, str(payload.get("errorMessage", "")), payload.get("errorData"))
+        raise classify_function_error(
+            path, str(payload.get("errorMessage", "")), payload.get("errorData"), writes_documents=writes_documents
+        )
 
     def _raise_for_status(self, response: httpx.Response) -> None:
         if response.status_code < 400:
@@ -266,8 +276,9 @@ _SCHEMA = re.compile(r"does not match the schema|not in the validator|Unexpected
 _ARGUMENTS = re.compile(r"ArgumentValidationError|Validator error|does not match validator|Value does not match", re.IGNORECASE)
 
 
-def classify_function_error(path: str, message: str, data: Any = None) -> RunbookError:
-    """Turns a Convex function error into the exception that names its cause and fix."""
+def classify_function_error(path: str, message: str, data: Any = None, *, writes_documents: bool = False) -> RunbookError:
+    """Turns a Convex function error into the exception that names its cause and fix. The transport knows no
+    function: whether a schema failure means "the schema is not deployed" is the caller's (`writes_documents`)."""
     text = message.strip()
     if _NOT_FOUND.search(text):
         return FunctionsNotDeployed(
@@ -276,7 +287,7 @@ def classify_function_error(path: str, message: str, data: Any = None) -> Runboo
         )
     if _LIMIT.search(text):
         return LimitExceeded(f"{path} exceeded a Convex limit: {text}")
-    if _SCHEMA.search(text) and path.endswith(("applyBatch", "insertBatch")):
+    if writes_documents and _SCHEMA.search(text):
         return SchemaNotDeployed(f"{path} was refused by the deployed schema: {text}")
     if _ARGUMENTS.search(text):
         return ArgumentValidationError(f"{path} rejected its arguments: {text}")

@@ -12,8 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from helpers import migrations
 from helpers.local_deployment import LocalDeployment
+from helpers.migration import Migration
 from helpers.transport import ConvexTransport
+
+from .toy_migration import TOY
 
 #: Recognisable on purpose: the secret-leak tests search run folders for it.
 TEST_DEPLOY_KEY = f"test-deploy-key-{secrets.token_hex(12)}"
@@ -55,3 +59,11 @@ def run_dir(tmp_path: Path) -> Path:
     path = tmp_path / "run"
     path.mkdir()
     return path
+
+
+@pytest.fixture
+def toy_registered(monkeypatch: pytest.MonkeyPatch) -> Migration:
+    """The registry with a migration the runbook does not ship (tests/toy_migration.py) after the real ones."""
+    real = migrations.all_migrations()
+    monkeypatch.setattr(migrations, "all_migrations", lambda: (*real, TOY))
+    return TOY

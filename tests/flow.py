@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from helpers import MIGRATION_ID
 from helpers.archive import StepResults, write_step_results
 from helpers.backup import take_backup
 from helpers.deployment import iter_documents
-from helpers.fields import ALL_TABLES
+from helpers.migrations.m001_s3_asset_tracking.fields import ALL_TABLES
 from helpers.plan import build_plan
 from helpers.sample_data import load
 from helpers.transport import ConvexTransport
+from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 
 SAMPLE_SCENES = 300
 
@@ -38,7 +38,7 @@ def prepare(transport: ConvexTransport, run_dir: Path) -> None:
 
 
 def migration_references(transport: ConvexTransport) -> list[dict[str, Any]]:
-    return [r for r in iter_documents(transport, "assetReferences") if r["metadata"]["migrationId"] == MIGRATION_ID]
+    return [r for r in iter_documents(transport, "assetReferences") if r["metadata"]["migrationId"] == M001.id]
 
 
 def comparable(snapshot: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:

@@ -18,8 +18,11 @@ DETECTED = {"killed", "timeout", "caught by type check", "segfault"}
 
 
 def module_of(mutant: str) -> str:
-    """helpers.verify.x_check__mutmut_3 -> helpers/verify.py (a method's name is helpers.verify.xǁClassǁname...)."""
-    return "/".join(mutant.split(".")[:2]) + ".py"
+    """helpers.verify.x_check__mutmut_3 -> helpers/verify.py (a method's name is helpers.verify.xǁClassǁname...);
+    helpers.migrations.m001_s3_asset_tracking.rules.x_… -> helpers/migrations/m001_s3_asset_tracking/rules.py."""
+    parts = mutant.split(".")
+    depth = 4 if parts[1] == "migrations" else 2
+    return "/".join(parts[:depth]) + ".py"
 
 
 def main() -> int:

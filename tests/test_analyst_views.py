@@ -11,6 +11,7 @@ import pytest
 from helpers import display as show
 from helpers import jsonio
 from helpers.confirm import ApplyCancelled, Confirmation
+from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 from helpers.plan import PLAN_FILE, example_pairs, plan_dir
 
 LONG_URL = "https://tutor-assets.s3.us-east-1.amazonaws.com/sessions/" + "x" * 120 + "/scene-2/chunk.mp4"
@@ -35,7 +36,7 @@ UNCHANGED = pair("00000000000000000000010053scenes", "no_change", {"status": "co
 
 
 def test_each_new_field_stands_beside_the_legacy_fields_it_came_from_untruncated() -> None:
-    frame = show.before_after_frame([MIGRATED])
+    frame = show.before_after_frame([MIGRATED], M001.derived_from)
     rows = frame.set_index("new field")
     assert set(rows.index) == {"videoAsset", "assetsStatus", "assetVersion"}
     video = rows.loc["videoAsset"]
@@ -51,7 +52,7 @@ def test_each_new_field_stands_beside_the_legacy_fields_it_came_from_untruncated
 
 
 def test_a_document_left_alone_says_why() -> None:
-    frame = show.before_after_frame([BLOCKED, UNCHANGED]).set_index("action")
+    frame = show.before_after_frame([BLOCKED, UNCHANGED], M001.derived_from).set_index("action")
     assert frame.loc["problem", "new field"] == "(none)"
     assert "used by 2 scenes" in frame.loc["problem", "new value"]
     assert frame.loc["no_change", "new value"] == "already migrated: nothing to write"
@@ -64,7 +65,7 @@ def test_labels_show_the_telling_part_of_an_id() -> None:
 
 
 def test_filters_pick_documents_by_action_and_problem() -> None:
-    frame = show.before_after_frame([MIGRATED, BLOCKED, UNCHANGED])
+    frame = show.before_after_frame([MIGRATED, BLOCKED, UNCHANGED], M001.derived_from)
     assert show.filter_choices(frame) == ["scenes 10033 · migrate", "scenes 10031 · problem", "scenes 10053 · no_change"]
     assert show.filter_choices(frame, action="problem") == ["scenes 10031 · problem"]
     assert show.filter_choices(frame, problem="key_derived") == ["scenes 10033 · migrate"]
@@ -73,11 +74,12 @@ def test_filters_pick_documents_by_action_and_problem() -> None:
 
 def test_headless_the_view_is_the_static_table(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RUNBOOK_HEADLESS", "1")
-    view = show.before_after_view([MIGRATED, BLOCKED])
+    view = show.before_after_view([MIGRATED, BLOCKED], M001.derived_from)
     assert LONG_URL in view.to_html()
 
 
 class Plan:
+    migration = M001
     plan_sha256 = "a" * 64
     actions = {"scenes": {"migrate": 5, "fill_missing": 2, "no_change": 9, "problem": 1}, "videoSessions": {"migrate": 3}}
     references = 11

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import pytest
 
-from helpers import MIGRATION_ID, errors, jsonio
+from helpers import errors, jsonio
 from helpers.apply import (
     CHECKPOINT_FILE,
     BatchSizer,
@@ -21,13 +21,15 @@ from helpers.apply import (
     used_ratio,
 )
 from helpers.deployment import apply_batch, iter_documents
-from helpers.plan import CHANGING_ACTIONS, iter_plan_lines
+from helpers.plan import iter_plan_lines
 from helpers.transport import ConvexTransport
+from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
+from helpers.migrations.m001_s3_asset_tracking.plan_line import CHANGING_ACTIONS
 
 from .corpus import _scene
 from .flow import migration_references, prepare, seed
 
-FIGURES = ("scenes_migrated", "sessions_migrated", "references_created", "already_applied", "conflicts")
+FIGURES = ("migrated", "references_created", "already_applied", "conflicts")
 
 
 def figures(summary) -> tuple:  # noqa: ANN001
@@ -165,12 +167,12 @@ def test_a_document_someone_else_brought_to_its_target_state_is_not_counted_as_o
     line = next(line for line in iter_plan_lines(run_dir) if line["action"] == "migrate" and line["table"] == "scenes" and line["references"])
     item = {"table": line["table"], "id": line["id"], "expect": line["expect"], "expectAbsent": line["expectAbsent"],
             "set": line["set"], "unset": [], "insertReferences": line["references"], "deleteReferences": []}
-    assert apply_batch(transport, MIGRATION_ID, "someone-elses-run", [item])[0]["outcome"] == "applied"
+    assert apply_batch(transport, M001.id, "someone-elses-run", [item])[0]["outcome"] == "applied"
     planned = [line for line in iter_plan_lines(run_dir) if line["action"] in CHANGING_ACTIONS]
     summary = apply(transport, run_dir)
     assert summary.passed and summary.statistics_confirmed is False
     assert summary.already_applied == 1
-    assert summary.scenes_migrated + summary.sessions_migrated == len(planned) - 1
+    assert summary.migrated["scenes"] + summary.migrated["videoSessions"] == len(planned) - 1
     ours = [r for r in migration_references(transport) if r["metadata"]["runId"] == summary.run_id]
     assert summary.references_created == len(ours) == sum(len(p["references"]) for p in planned) - len(line["references"])
 
@@ -184,7 +186,7 @@ def test_batches_halve_on_a_convex_limit_and_grow_back(transport: ConvexTranspor
         transport.function("sampleData:insertBatch", {"table": "scenes", "documents": scenes})
     prepare(transport, run_dir)
     summary = apply(transport, run_dir, batch_size=24, concurrency=1)
-    assert summary.passed and summary.scenes_migrated == 48
+    assert summary.passed and summary.migrated["scenes"] == 48
     lines = [jsonio.loads(raw) for raw in (apply_dir(run_dir) / CHECKPOINT_FILE).read_bytes().splitlines()][:-1]
     limited = [line for line in lines if line["limit_hits"]]
     assert limited and limited[0]["size"] > 17 and limited[0]["calls"] > 1  # halved and retried

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import MIGRATION_ID, jsonio
+from helpers import jsonio
 from helpers.apply import (
     APPLY_STEP,
     BatchSizer,
@@ -34,6 +34,7 @@ from helpers.apply import (
 from helpers.archive import sha256_file
 from helpers.errors import ArgumentValidationError, FunctionFailed, LeaseLost, LimitExceeded, PreconditionFailed, TransientFailure
 from helpers.run_folder import run_id as folder_run_id
+from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 
 URL = "https://happy-otter-123.convex.cloud"
 TABLES = {"scenes": "scene", "videoSessions": "session"}
@@ -71,7 +72,7 @@ class FakeDeployment:
         self.fail_record: str | None = None  # the ledger refuses a record with this status
         self.ledger_while_sending: list[dict[str, Any]] = []
 
-    def function(self, path: str, args: dict[str, Any] | None = None, *, idempotent: bool = True) -> Any:
+    def function(self, path: str, args: dict[str, Any] | None = None, *, idempotent: bool = True, writes_documents: bool = False) -> Any:
         self.round_trips += 1
         self.paths.append(path)
         args = args or {}
@@ -80,8 +81,8 @@ class FakeDeployment:
                            ("leaseMs", int), ("startedAt", int)):
             if name in args and not isinstance(args[name], kind):
                 raise ArgumentValidationError(f"ArgumentValidationError: {name} {args[name]!r} is not a {kind.__name__}")
-        if "migrationId" in args and args["migrationId"] != MIGRATION_ID:
-            raise AssertionError(f"the fake holds only {MIGRATION_ID}")
+        if "migrationId" in args and args["migrationId"] != M001.id:
+            raise AssertionError(f"the fake holds only {M001.id}")
         if path == "migrationRuns:record" and not {"step", "status", "operator", "startedAt"} <= args.keys():
             raise ArgumentValidationError(f"ArgumentValidationError: missing a required field of {sorted(args)}")
         if path == "migrationRuns:record" and args["status"] == self.fail_record:
@@ -245,7 +246,7 @@ def make_run(tmp: Path, fake: FakeDeployment, scenes: int = 12, sessions: int = 
         "deployment_url": url, "taken_at": taken.isoformat(),
     }))
     (run_dir / "plan" / "plan.json").write_bytes(jsonio.dumps({
-        "plan_file": "plan.jsonl", "plan_sha256": sha256_file(plan_path), "documents": len(lines),
+        "migration_id": M001.id, "plan_file": "plan.jsonl", "plan_sha256": sha256_file(plan_path), "documents": len(lines),
         "created_at": taken.isoformat(), "deployment_url": url, "backup_sha256": sha256_file(zip_path), "parameters": {},
         "actions": {t: dict(c) for t, c in actions.items()}, "by_status": {}, "references_by_type": {}, "problems": [],
     }))
@@ -264,7 +265,7 @@ def apply(fake: FakeDeployment, run_dir: Path, **kwargs: Any) -> Any:
     return apply_plan(fake, run_dir, confirm=True, show_progress=False, **kwargs)  # type: ignore[arg-type]
 
 
-FIGURES = ("scenes_migrated", "sessions_migrated", "references_created", "already_applied", "conflicts",
+FIGURES = ("migrated", "references_created", "already_applied", "conflicts",
            "references_by_entity_type", "outcomes", "statistics_confirmed")
 
 
@@ -298,7 +299,7 @@ def test_a_clean_run_reports_exactly_what_the_deployment_holds(tmp_path: Path) -
     assert 0 <= summary.duration_s <= round(took, 3) + 0.001
     changes = planned(run_dir)
     # 12 scenes: 0,1,5,6,10,11 migrate, 2,7 track, 4,9 fill; 5 sessions: 0,1 migrate, 2 track, 4 fill.
-    assert (summary.scenes_migrated, summary.sessions_migrated) == (10, 4)
+    assert (summary.migrated["scenes"], summary.migrated["videoSessions"]) == (10, 4)
     assert summary.references_created == len(fake.references) == sum(len(line["references"]) for line in changes) == 15
     assert summary.references_by_entity_type == {"scene": 11, "session": 4}
     assert summary.outcomes == {"scenes": {"applied": 10}, "videoSessions": {"applied": 4}}
@@ -323,7 +324,7 @@ def test_a_clean_run_reports_exactly_what_the_deployment_holds(tmp_path: Path) -
     assert lines[0]["results"][0] == {"id": "s0", "outcome": "applied", "referenceIds": ["r0"], "table": "scenes", "refs": 1}
     assert outcome_rows(run_dir) == [["table", "id", "outcome", "message"]]
     row = ledger_row(fake)
-    assert row["status"] == "passed" and row["operator"] == "alice" and row["migrationId"] == MIGRATION_ID
+    assert row["status"] == "passed" and row["operator"] == "alice" and row["migrationId"] == M001.id
     assert row["runId"] == summary.run_id and before - 1 <= row["startedAt"] <= row["finishedAt"] <= after + 1
     assert row["counts"] == {"scenesMigrated": 10.0, "sessionsMigrated": 4.0, "referencesCreated": 15.0, "alreadyApplied": 0.0,
                              "conflicts": 0.0, "errors": 0.0}
@@ -340,7 +341,7 @@ def test_the_operator_comes_from_the_environment(tmp_path: Path, monkeypatch: py
     fake = FakeDeployment()
     run_dir = make_run(tmp_path, fake, 3, 0)
     summary = apply_plan(fake, run_dir, confirm=True, show_progress=False)  # type: ignore[arg-type]
-    assert summary.operator == "carol" and summary.sessions_migrated == 0 and summary.scenes_migrated == 3
+    assert summary.operator == "carol" and summary.migrated["videoSessions"] == 0 and summary.migrated["scenes"] == 3
     assert fake.lock is None and ledger_row(fake)["operator"] == "carol"
 
 
@@ -418,7 +419,7 @@ def test_a_lost_answer_fails_the_call_and_the_resume_counts_what_it_wrote(tmp_pa
     assert outcome_rows(run_dir) == [["table", "id", "outcome", "message"]]
     fake.drop = set()
     summary = apply(fake, run_dir)
-    assert summary.scenes_migrated == 10 and summary.statistics_confirmed and summary.batches_resumed == 1
+    assert summary.migrated["scenes"] == 10 and summary.statistics_confirmed and summary.batches_resumed == 1
     assert summary.answers["scenes"] == {"applied": 7, "already_applied": 3}
     assert summary.already_applied == 0
 
@@ -429,7 +430,7 @@ def test_a_document_someone_else_migrated_is_not_counted_as_ours(tmp_path: Path)
     line = planned(run_dir)[1]  # s1, two references
     item = {"table": line["table"], "id": line["id"], "expect": line["expect"], "expectAbsent": line["expectAbsent"],
             "set": line["set"], "unset": [], "insertReferences": line["references"], "deleteReferences": []}
-    fake.migration_applyBatch(MIGRATION_ID, "other-run", [item])
+    fake.migration_applyBatch(M001.id, "other-run", [item])
     fake.batches, fake.drop = 0, {2}  # and this run's second answer is lost: its documents answer already_applied later
     with pytest.raises(TransientFailure):
         apply(fake, run_dir)
@@ -438,7 +439,7 @@ def test_a_document_someone_else_migrated_is_not_counted_as_ours(tmp_path: Path)
     assert summary.answers["scenes"] == {"applied": 6, "already_applied": 4}
     assert not summary.statistics_confirmed and summary.already_applied == 1
     assert summary.outcomes["scenes"] == {"applied": 9, "already_applied": 1}
-    assert summary.scenes_migrated == 9 and summary.references_created == 13
+    assert summary.migrated["scenes"] == 9 and summary.references_created == 13
     assert ledger_row(fake)["counts"]["alreadyApplied"] == 1
 
 
@@ -453,7 +454,7 @@ def test_conflicts_and_errors_are_listed_with_the_deployment_s_reasons(tmp_path:
     del fake.docs["scenes"]["s5"]
     fake.failing = {"s6": "Value is too large"}
     summary = apply(fake, run_dir, error_budget=1)
-    assert summary.passed and summary.conflicts == 3 and summary.scenes_migrated == 6
+    assert summary.passed and summary.conflicts == 3 and summary.migrated["scenes"] == 6
     assert [(o.id, o.table, o.outcome, o.message) for o in summary.errors] == [("s6", "scenes", "error", "Uncaught Error: Value is too large")]
     assert [(o.id, o.message) for o in summary.conflict_examples] == [
         ("s0", "changed since the plan: legacyKey changed"), ("s1", "changed since the plan: asset present"),
@@ -476,7 +477,7 @@ def test_conflict_examples_are_capped(tmp_path: Path) -> None:
         doc["legacyKey"] = "edited"
     summary = apply(fake, run_dir, batch_size=50)
     assert summary.conflicts == 24 and len(summary.conflict_examples) == 10 and len(outcome_rows(run_dir)) == 25
-    assert summary.passed and summary.scenes_migrated == 0 and summary.statistics_confirmed
+    assert summary.passed and summary.migrated["scenes"] == 0 and summary.statistics_confirmed
     assert ledger_row(fake)["finishedAt"] is not None  # a first run that wrote nothing still finished
 
 
@@ -486,12 +487,12 @@ def test_errors_beyond_the_budget_stop_sending_and_fail(tmp_path: Path) -> None:
     fake.failing = {"s1": "boom"}
     summary = apply(fake, run_dir)
     assert summary.status == "failed" and not summary.passed and len(summary.errors) == 1
-    assert summary.batches_sent == 1 and summary.scenes_migrated == 2  # s0 and s2, then nothing after their batch
+    assert summary.batches_sent == 1 and summary.migrated["scenes"] == 2  # s0 and s2, then nothing after their batch
     assert checkpoint_lines(run_dir)[-1] != {"complete": True}
     assert ledger_row(fake)["status"] == "failed" and fake.lock is None
     fake.failing = {}
     resumed = apply(fake, run_dir, error_budget=1)  # the error stays counted: one within the budget
-    assert resumed.passed and len(resumed.errors) == 1 and resumed.scenes_migrated == 9
+    assert resumed.passed and len(resumed.errors) == 1 and resumed.migrated["scenes"] == 9
 
 
 def test_an_item_the_deployment_refuses_is_an_error(tmp_path: Path) -> None:
@@ -513,7 +514,7 @@ def test_a_convex_limit_halves_the_batch_and_is_recorded(tmp_path: Path) -> None
     run_dir = make_run(tmp_path, fake, 40, 0)
     fake.limit_over = 5
     summary = apply(fake, run_dir, batch_size=8)
-    assert summary.passed and summary.scenes_migrated == 32 and summary.statistics_confirmed
+    assert summary.passed and summary.migrated["scenes"] == 32 and summary.statistics_confirmed
     lines = checkpoint_lines(run_dir)[:-1]
     # 8 refused, sent as 4 + 4; 4 grows to 6 (below the 8 that failed), refused again; 3, 4, 5 stay below 6.
     assert [(line["size"], line["calls"], line["limit_hits"]) for line in lines] == [
@@ -530,7 +531,7 @@ def test_calm_batches_grow_toward_the_configured_size(tmp_path: Path) -> None:
     sizes = [line["size"] for line in checkpoint_lines(run_dir)[:-1]]
     # grows back, but never to a size that failed: 10 fails, 5 grows to 7, then 8 (below 10) fails, 4 grows to 7
     assert sizes == [10, 5, 7, 8, 4, 6, 7, 1]
-    assert summary.scenes_migrated == 48
+    assert summary.migrated["scenes"] == 48
 
 
 # --- the lease ----------------------------------------------------------------------------------------------------
@@ -548,16 +549,16 @@ def test_a_lost_lease_stops_sending_and_leaves_a_valid_checkpoint(tmp_path: Path
     assert ledger_row(fake)["status"] == "failed"
     fake.lock, fake.steal_after = None, None
     summary = apply(fake, run_dir)
-    assert summary.passed and summary.batches_resumed == 2 and summary.scenes_migrated == 10 and summary.statistics_confirmed
+    assert summary.passed and summary.batches_resumed == 2 and summary.migrated["scenes"] == 10 and summary.statistics_confirmed
 
 
 def test_a_refused_renewal_loses_the_lease_for_good(tmp_path: Path) -> None:
     fake = FakeDeployment()
     fake.lock = {"runId": "thief", "operator": "m", "leaseExpiresAt": now_ms() + 60_000}
-    lease = DeploymentLease(fake, "mine", 60_000, time.monotonic())  # type: ignore[arg-type]
+    lease = DeploymentLease(fake, M001.id, "mine", 60_000, time.monotonic())  # type: ignore[arg-type]
     lease.ensure()  # fresh: nothing asked
     assert fake.paths == []
-    stale = DeploymentLease(fake, "mine", 60_000, time.monotonic() - 45)  # type: ignore[arg-type]
+    stale = DeploymentLease(fake, M001.id, "mine", 60_000, time.monotonic() - 45)  # type: ignore[arg-type]
     with pytest.raises(LeaseLost, match="run mine no longer holds the migration lock .*lease of 60 s"):
         stale.ensure()
     with pytest.raises(LeaseLost):
@@ -569,7 +570,7 @@ def test_a_refused_renewal_loses_the_lease_for_good(tmp_path: Path) -> None:
 def test_a_lease_near_its_end_is_renewed_before_sending(tmp_path: Path) -> None:
     fake = FakeDeployment()
     fake.lock = {"runId": "mine", "operator": "a", "leaseExpiresAt": now_ms() + 1}
-    lease = DeploymentLease(fake, "mine", 60_000, time.monotonic() - 41)  # type: ignore[arg-type]
+    lease = DeploymentLease(fake, M001.id, "mine", 60_000, time.monotonic() - 41)  # type: ignore[arg-type]
     lease.ensure()
     assert fake.paths == ["migrationRuns:renewLock"] and lease.lost is None
     assert lease.valid_until > time.monotonic() + 59
@@ -580,7 +581,7 @@ def test_a_lease_near_its_end_is_renewed_before_sending(tmp_path: Path) -> None:
 def test_the_lease_is_renewed_in_the_background_until_it_is_lost() -> None:
     fake = FakeDeployment()
     fake.lock = {"runId": "mine", "operator": "a", "leaseExpiresAt": now_ms() + 1}
-    with DeploymentLease(fake, "mine", 30, time.monotonic()) as lease:  # type: ignore[arg-type]
+    with DeploymentLease(fake, M001.id, "mine", 30, time.monotonic()) as lease:  # type: ignore[arg-type]
         while fake.paths.count("migrationRuns:renewLock") < 2:
             time.sleep(0.005)
         fake.lock = None
@@ -604,7 +605,7 @@ def test_a_failing_renewal_is_retried_in_the_background() -> None:
         return FakeDeployment.function(fake, path, args)
 
     fake.function = flaky  # type: ignore[method-assign]
-    with DeploymentLease(fake, "mine", 30, time.monotonic()) as lease:  # type: ignore[arg-type]
+    with DeploymentLease(fake, M001.id, "mine", 30, time.monotonic()) as lease:  # type: ignore[arg-type]
         while len(calls) < 3:
             time.sleep(0.005)
         assert lease.lost is None
@@ -692,7 +693,7 @@ def test_a_lock_held_by_another_run_is_refused_naming_it(tmp_path: Path) -> None
 def test_take_migration_lock_returns_when_it_asked() -> None:
     fake = FakeDeployment()
     before = time.monotonic()
-    asked = take_migration_lock(fake, "mine", "alice", 5_000)  # type: ignore[arg-type]
+    asked = take_migration_lock(fake, M001.id, "mine", "alice", 5_000)  # type: ignore[arg-type]
     assert before <= asked <= time.monotonic() and fake.lock["runId"] == "mine" and fake.lock["operator"] == "alice"
     assert fake.lock["leaseExpiresAt"] <= now_ms() + 5_000
 
@@ -700,7 +701,7 @@ def test_take_migration_lock_returns_when_it_asked() -> None:
 def test_another_run_s_apply_after_the_snapshot_is_refused_and_the_lock_released(tmp_path: Path) -> None:
     fake = FakeDeployment()
     run_dir = make_run(tmp_path, fake)
-    fake.runs.append({"kind": "run", "migrationId": MIGRATION_ID, "runId": "run-bob", "step": APPLY_STEP, "status": "passed",
+    fake.runs.append({"kind": "run", "migrationId": M001.id, "runId": "run-bob", "step": APPLY_STEP, "status": "passed",
                       "operator": "bob", "startedAt": now_ms() - 60_000, "finishedAt": now_ms()})
     # this run's own earlier apply, listed first, never counts (and does not hide the others)
     fake.runs.insert(0, {**fake.runs[0], "runId": folder_run_id(run_dir), "operator": "alice"})
@@ -766,7 +767,7 @@ def test_a_refused_renewal_before_a_batch_stops_the_apply(tmp_path: Path) -> Non
 
 
 def test_the_renewal_thread_does_not_keep_the_process_alive() -> None:
-    lease = DeploymentLease(FakeDeployment(), "mine", 60_000, time.monotonic())  # type: ignore[arg-type]
+    lease = DeploymentLease(FakeDeployment(), M001.id, "mine", 60_000, time.monotonic())  # type: ignore[arg-type]
     assert lease._thread.daemon and lease._thread.name == "lease-renewal"
 
 
@@ -788,7 +789,7 @@ def test_a_batch_stops_at_exactly_half_of_convex_s_write_limit(tmp_path: Path) -
     write_plan(run_dir, lines)
     summary = apply(fake, run_dir, batch_size=10)
     assert [line["size"] for line in checkpoint_lines(run_dir)[:-1]] == [2, 2, 1]
-    assert summary.scenes_migrated == 5 and summary.references_created == 5 * 3_999
+    assert summary.migrated["scenes"] == 5 and summary.references_created == 5 * 3_999
 
 
 def test_a_batch_stops_at_exactly_a_quarter_of_convex_s_argument_limit(tmp_path: Path) -> None:
@@ -803,7 +804,7 @@ def test_a_batch_stops_at_exactly_a_quarter_of_convex_s_argument_limit(tmp_path:
     write_plan(run_dir, lines)
     summary = apply(fake, run_dir, batch_size=10)
     assert [line["size"] for line in checkpoint_lines(run_dir)[:-1]] == [2, 1]
-    assert summary.scenes_migrated == 3
+    assert summary.migrated["scenes"] == 3
 
 
 def test_the_progress_bar_counts_the_answers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,11 +15,12 @@ import pytest
 from helpers import archive, cli, runner
 from helpers.errors import PreconditionFailed
 from helpers.runner import StepFailed
+from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 URL = "http://127.0.0.1:9"
 
-PARAMETERS = 'convex_url = ""\nrun_dir = ""\nlabel = "default"'
+PARAMETERS = 'convex_url = ""\nrun_dir = ""\nmigration = ""\nlabel = "default"'
 RECORD = """\
 import os
 from pathlib import Path
@@ -66,7 +67,7 @@ def test_run_step_leaves_parameters_notebook_html_and_results(tmp_path: Path, no
     assert results.summary == {"label": "given", "headless": "1", "key_in_env": True}
     out = run_dir / "ok_step"
     assert json.loads((out / "parameters.json").read_text()) == {
-        "convex_url": URL, "run_dir": str(run_dir.resolve()), "label": "given",
+        "convex_url": URL, "run_dir": str(run_dir.resolve()), "migration": M001.id, "label": "given",
     }
     executed = nbformat.read(out / "ok_step.ipynb", as_version=4)
     assert any("injected-parameters" in cell.metadata.get("tags", []) for cell in executed.cells)
@@ -135,7 +136,7 @@ def test_run_migration_dry_run_chains_the_steps_and_seals_the_folder(tmp_path: P
     assert seen == [("01_backup_snapshot", "running"), ("01_backup_snapshot", "passed"), ("02_dry_run", "running"), ("02_dry_run", "passed")]
     stats = result.statistics
     assert stats is not None and stats.planned
-    assert (stats.scenes_migrated, stats.sessions_migrated, stats.asset_references_created, stats.errors) == (3, 2, 5, [])
+    assert (stats.migrated["scenes"], stats.migrated["sessions"], stats.asset_references_created, stats.errors) == (3, 2, 5, [])
     manifest = json.loads((result.run_dir / "manifest.json").read_text())
     assert manifest["operator"] == "alice" and manifest["steps"] == result.steps
     assert "02_dry_run/02_dry_run.html" in manifest["files"]
@@ -166,12 +167,12 @@ def test_run_migration_seals_the_folder_when_a_step_fails(tmp_path: Path, notebo
 
 
 def test_statistics_come_from_the_apply_summary(tmp_path: Path) -> None:
-    summary = {"scenes_migrated": 10, "sessions_migrated": 2, "references_created": 25, "duration_s": 4.5,
+    summary = {"migrated": {"scenes": 10, "videoSessions": 2}, "references_created": 25, "duration_s": 4.5,
                "errors": [{"id": "s9", "table": "scenes", "outcome": "error", "message": "too large"}]}
     archive.write_step_results(tmp_path, "03_apply", archive.StepResults(step="03_apply", status="passed", summary=summary))
     stats = runner.statistics(tmp_path, wall_seconds=99.0)
     assert stats is not None and not stats.planned
-    assert (stats.scenes_migrated, stats.sessions_migrated, stats.asset_references_created) == (10, 2, 25)
+    assert (stats.migrated["scenes"], stats.migrated["sessions"], stats.asset_references_created) == (10, 2, 25)
     assert (stats.apply_seconds, stats.wall_seconds) == (4.5, 99.0)
     assert stats.errors == [{"id": "s9", "reason": "too large"}]
 
@@ -238,7 +239,7 @@ def test_run_prints_statistics_and_the_evidence_folder(
 
     def fake_run_migration(url: str, dry_run: bool, **kwargs: object) -> runner.RunResult:
         calls.append({"url": url, "dry_run": dry_run, **kwargs})
-        stats = runner.Statistics(planned=False, scenes_migrated=1200, sessions_migrated=40, asset_references_created=3100,
+        stats = runner.Statistics(planned=False, migrated={"scenes": 1200, "sessions": 40}, asset_references_created=3100,
                                   errors=[{"id": "s7", "reason": "too large"}], apply_seconds=12.25, wall_seconds=40.0)
         return runner.RunResult(run_dir=tmp_path / "run", passed=True, steps={"03_apply": "passed"}, statistics=stats,
                                 manifest_sha256="ab" * 32)

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers import MIGRATION_ID, archive, cli, runner
+from helpers import archive, cli, runner
 from helpers.deployment import read_ledger
 from helpers.local_deployment import LocalDeployment
+from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 
 from .test_cli import _notebook
 
@@ -107,7 +108,7 @@ def test_each_step_row_records_what_it_read_and_wrote_and_the_seal_records_the_m
     run_dir = made.run_dir
     this_run = json.loads((run_dir / "run.json").read_text())["run_id"]
     with deployment.transport() as transport:
-        rows = {row["step"]: row for row in read_ledger(transport, MIGRATION_ID) if row["runId"] == this_run}
+        rows = {row["step"]: row for row in read_ledger(transport, M001.id) if row["runId"] == this_run}
     assert set(rows) == {"01_backup_snapshot", "02_dry_run", archive.SEAL_STEP}
     assert rows["01_backup_snapshot"]["evidence"] == {
         name: _sha(run_dir / name) for name in ("01_backup_snapshot/results.json", "backup/backup.json", "backup/snapshot_1.zip")
@@ -173,7 +174,7 @@ def test_a_manifest_edited_alone_is_caught(run_dir: Path, deployment: LocalDeplo
 def _sha_of_seal(deployment: LocalDeployment, run_dir: Path) -> str:
     this_run = json.loads((run_dir / "run.json").read_text())["run_id"]
     with deployment.transport() as transport:
-        rows = read_ledger(transport, MIGRATION_ID)
+        rows = read_ledger(transport, M001.id)
     return next(r for r in rows if r["runId"] == this_run and r["step"] == archive.SEAL_STEP)["evidence"]["manifest.json"]
 
 
@@ -211,11 +212,11 @@ def test_a_step_row_keeps_the_start_its_step_recorded(deployment: LocalDeploymen
     monkeypatch.delenv(archive.STEP_STARTED_ENV, raising=False)
     run_dir = tmp_path / "run"
     with deployment.transport() as transport:
-        record_run(transport, MIGRATION_ID, run_id(run_dir), step="03_apply", status="running", operator="alice", startedAt=1_000)
+        record_run(transport, M001.id, run_id(run_dir), step="03_apply", status="running", operator="alice", startedAt=1_000)
         archive.record_step(transport, run_dir, archive.StepResults(step="03_apply", status="passed"))
         monkeypatch.setenv(archive.STEP_STARTED_ENV, "2000")  # the runner's start of the step wins when it is known
         archive.record_step(transport, run_dir, archive.StepResults(step="04_verify", status="passed"))
-        rows = {r["step"]: r for r in read_ledger(transport, MIGRATION_ID) if r["runId"] == run_id(run_dir)}
+        rows = {r["step"]: r for r in read_ledger(transport, M001.id) if r["runId"] == run_id(run_dir)}
     assert rows["03_apply"]["startedAt"] == 1_000 and rows["03_apply"]["status"] == "passed"
     assert rows["04_verify"]["startedAt"] == 2_000 and rows["04_verify"]["finishedAt"] > 2_000
     assert rows["03_apply"]["evidence"] == {"03_apply/results.json": _sha(run_dir / "03_apply" / "results.json")}

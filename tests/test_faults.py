@@ -15,17 +15,19 @@ from pathlib import Path
 
 import pytest
 
-from helpers import MIGRATION_ID, errors
+from helpers import errors
 from helpers.apply import CHECKPOINT_FILE, ApplySummary, apply_dir, apply_plan
 from helpers.archive import StepResults, write_step_results
 from helpers.deployment import iter_documents, read_ledger
-from helpers.fields import legacy_part
 from helpers.local_deployment import LocalDeployment
-from helpers.plan import CHANGING_ACTIONS, iter_plan_lines
+from helpers.plan import iter_plan_lines
 from helpers.run_folder import run_id
 from helpers.runner import APPLY_STEP, statistics
 from helpers.transport import ConvexTransport
 from helpers.verify import verify
+from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
+from helpers.migrations.m001_s3_asset_tracking.fields import legacy_part
+from helpers.migrations.m001_s3_asset_tracking.plan_line import CHANGING_ACTIONS
 
 from .corpus import bad_documents
 from .flow import comparable, migration_references, prepare, seed, state
@@ -47,15 +49,15 @@ def reported(transport: ConvexTransport, run_dir: Path, summary: ApplySummary) -
     run's ledger row in the deployment, and the runner's summary that `runbook run` prints."""
     write_step_results(run_dir, APPLY_STEP, StepResults(step=APPLY_STEP, status=summary.status, summary=summary.model_dump(mode="json")))
     results = StepResults.model_validate_json((run_dir / APPLY_STEP / "results.json").read_bytes()).summary
-    row = next(r for r in read_ledger(transport, MIGRATION_ID) if r["runId"] == run_id(run_dir) and r["step"] == APPLY_STEP)
+    row = next(r for r in read_ledger(transport, M001.id) if r["runId"] == run_id(run_dir) and r["step"] == APPLY_STEP)
     cli = statistics(run_dir, wall_seconds=0)
     assert cli is not None and not cli.planned
     return {
-        "results.json": (results["scenes_migrated"], results["sessions_migrated"], results["references_created"],
+        "results.json": (results["migrated"]["scenes"], results["migrated"]["videoSessions"], results["references_created"],
                          results["already_applied"], results["conflicts"], len(results["errors"])),
         "ledger": tuple(int(row["counts"][k]) for k in ("scenesMigrated", "sessionsMigrated", "referencesCreated",
                                                          "alreadyApplied", "conflicts", "errors")),
-        "cli": (cli.scenes_migrated, cli.sessions_migrated, cli.asset_references_created, None, None, len(cli.errors)),
+        "cli": (cli.migrated["scenes"], cli.migrated["sessions"], cli.asset_references_created, None, None, len(cli.errors)),
     }
 
 
@@ -71,7 +73,7 @@ def clean_run(deploy_key: str, tmp_path_factory: pytest.TempPathFactory) -> tupl
         seed(transport, FAULT_SCENES)
         prepare(transport, run_dir)
         summary = apply_plan(transport, run_dir, confirm=True, show_progress=False)
-        assert summary.passed and summary.statistics_confirmed and summary.scenes_migrated > 0
+        assert summary.passed and summary.statistics_confirmed and summary.migrated["scenes"] > 0
         figures = reported(transport, run_dir, summary)
         assert figures["results.json"] == figures["ledger"]
         assert [f for f in figures["cli"] if f is not None] == [figures["ledger"][i] for i in (0, 1, 2, 5)]
@@ -132,13 +134,13 @@ def test_rerun_of_a_finished_apply_is_a_recheck_that_keeps_the_figures(deploy_ke
         prepare(transport, run_dir)
         first = apply_plan(transport, run_dir, confirm=True, show_progress=False)
         assert_reported_like(clean_statistics, transport, run_dir, first, "first apply")
-        row = next(r for r in read_ledger(transport, MIGRATION_ID) if r["step"] == APPLY_STEP)
+        row = next(r for r in read_ledger(transport, M001.id) if r["step"] == APPLY_STEP)
         for attempt in range(2):
             again = apply_plan(transport, run_dir, confirm=True, batch_size=23, show_progress=False)
             assert again.passed and again.recheck and not first.recheck
             assert sum(c.get("applied", 0) for c in again.answers.values()) == 0  # nothing was written again
             assert_reported_like(clean_statistics, transport, run_dir, again, f"re-check {attempt + 1}")
-            rechecked = next(r for r in read_ledger(transport, MIGRATION_ID) if r["step"] == APPLY_STEP)
+            rechecked = next(r for r in read_ledger(transport, M001.id) if r["step"] == APPLY_STEP)
             assert (rechecked["startedAt"], rechecked["finishedAt"]) == (row["startedAt"], row["finishedAt"])
         assert (apply_dir(run_dir) / "checkpoint.1.jsonl").exists() and (apply_dir(run_dir) / "checkpoint.2.jsonl").exists()
 

@@ -9,14 +9,16 @@ from pathlib import Path
 import orjson
 import pytest
 
-from helpers import MIGRATION_ID, errors
+from helpers import errors
 from helpers.apply import apply_plan
 from helpers.backup import take_backup
 from helpers.deployment import acquire_lock, release_lock
-from helpers.plan import CHANGING_ACTIONS, build_plan, iter_plan_lines, plan_dir
+from helpers.plan import build_plan, iter_plan_lines, plan_dir
 from helpers.rollback import check_rollback, execute_rollback, plan_rollback
 from helpers.transport import ConvexTransport
 from helpers.verify import verify
+from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
+from helpers.migrations.m001_s3_asset_tracking.plan_line import CHANGING_ACTIONS
 
 from .flow import migration_references, prepare, seed, state
 
@@ -62,7 +64,7 @@ def test_apply_verify_then_apply_again_changes_nothing(transport: ConvexTranspor
     planned_refs = sum(len(line["references"]) for line in iter_plan_lines(run_dir) if line["action"] in CHANGING_ACTIONS)
     first = apply(transport, run_dir, batch_size=37)
     assert first.passed and first.conflicts == 0 and not first.errors
-    assert first.scenes_migrated == planned["scenes"] and first.sessions_migrated == planned["videoSessions"]
+    assert first.migrated["scenes"] == planned["scenes"] and first.migrated["videoSessions"] == planned["videoSessions"]
     assert first.references_created == planned_refs == len(migration_references(transport))
     report = verify(transport, run_dir, show_progress=False)
     assert report.passed, [c for c in report.checks if not c.passed]
@@ -71,7 +73,7 @@ def test_apply_verify_then_apply_again_changes_nothing(transport: ConvexTranspor
     del after_first["migrationRuns"]  # the ledger records every run, this one included
     second = apply(transport, run_dir, batch_size=50)
     assert second.passed and second.recheck and not first.recheck
-    figures = ("scenes_migrated", "sessions_migrated", "references_created", "already_applied", "conflicts", "errors")
+    figures = ("migrated", "references_created", "already_applied", "conflicts", "errors")
     assert [getattr(second, f) for f in figures] == [getattr(first, f) for f in figures]  # the first run's figures stay
     assert sum(c.get("already_applied", 0) for c in second.answers.values()) == sum(planned.values())
     after_second = state(transport)
@@ -107,10 +109,10 @@ def test_refusals_change_nothing(transport: ConvexTransport, run_dir: Path, tmp_
         apply_plan(transport, ready, confirm=False, show_progress=False)
     with pytest.raises(errors.PreconditionFailed, match="old"):
         apply(transport, ready, max_backup_age_hours=0.0)
-    acquire_lock(transport, MIGRATION_ID, "someone-elses-run", "alice", 60_000)
+    acquire_lock(transport, M001.id, "someone-elses-run", "alice", 60_000)
     with pytest.raises(errors.PreconditionFailed, match="alice"):
         apply(transport, ready)
-    release_lock(transport, MIGRATION_ID, "someone-elses-run")
+    release_lock(transport, M001.id, "someone-elses-run")
     plan_file = plan_dir(ready) / "plan.jsonl"
     lines = plan_file.read_bytes().splitlines(keepends=True)
     plan_file.write_bytes(b"".join(lines[1:]))

@@ -9,10 +9,11 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from helpers import errors, fields, rules
+from helpers import errors
 from helpers.deployment import acquire_lock, apply_batch, record_run, release_lock, renew_lock
 from helpers.local_deployment import LocalDeployment
 from helpers.transport import ConvexTransport
+from helpers.migrations.m001_s3_asset_tracking import fields, rules
 
 from .test_rules import legacy_scenes
 

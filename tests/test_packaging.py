@@ -125,7 +125,7 @@ def test_the_wheel_carries_the_notebooks_and_leaves_development_tooling_out(whee
     assert runbook <= names, runbook - names  # a module or data file of a migration added later is shipped too
     assert not [name for name in names if name.startswith(CHECKOUT_ONLY)]
     imported = _notebook_imports()
-    assert {"helpers/archive", "helpers/transport", "helpers/plan", "helpers/verify"} <= imported  # the parse works
+    assert {"helpers/step", "helpers/display", "helpers/plan", "helpers/verify"} <= imported  # the parse works
     assert {f"{module}.py" for module in imported} <= names, {f"{m}.py" for m in imported} - names
 
 

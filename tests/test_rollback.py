@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from helpers import MIGRATION_ID, errors
+from helpers import errors
 from helpers.apply import apply_plan
 from helpers.backup import read_backup
 from helpers.rollback import (
@@ -23,6 +22,7 @@ from helpers.rollback import (
 )
 from helpers.transport import ConvexTransport
 from helpers.values import digest
+from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 
 from .flow import prepare, seed
 from .test_verify import damage, item
@@ -45,10 +45,10 @@ def test_check_restored() -> None:
 
 
 def test_check_reference_removed() -> None:
-    ours = {"_id": "r", "entityId": "a", "metadata": {"migrationId": MIGRATION_ID}}
-    assert not check_reference_removed(ours, {"a"})
-    assert check_reference_removed(ours, {"b"})
-    assert check_reference_removed({**ours, "metadata": {"migrationId": "someone else"}}, {"a"})
+    ours = {"_id": "r", "entityId": "a", "metadata": {"migrationId": M001.id}}
+    assert not check_reference_removed(ours, {"a"}, M001.id)
+    assert check_reference_removed(ours, {"b"}, M001.id)
+    assert check_reference_removed({**ours, "metadata": {"migrationId": "someone else"}}, {"a"}, M001.id)
 
 
 def touched_scene(run_dir: Path, mode: str) -> str:

@@ -1,4 +1,4 @@
-"""The conversion rules, one test (or a few) per row of docs/mapping.md, plus properties over messy documents."""
+"""Migration 001's conversion rules, one test (or a few) per row of its mapping.md, plus properties over messy documents."""
 
 from __future__ import annotations
 
@@ -14,10 +14,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import fields, rules
-from helpers.rules import DocumentPlan, RulesContext, SessionTotals
+from helpers.migrations.m001_s3_asset_tracking.rules import DocumentPlan, RulesContext, SessionTotals
+from helpers.migration import PLAN_LINE_KEYS
+from helpers.migrations.m001_s3_asset_tracking import fields, plan_line, rules, s3_urls
 
 ROOT = Path(__file__).resolve().parents[1]
+M001_DIR = ROOT / "helpers" / "migrations" / "m001_s3_asset_tracking"
+#: The pure modules of 001's rules: no I/O, no plan file, no transport.
+RULE_MODULES = ("rules.py", "plan_line.py", "s3_urls.py", "value_checks.py")
 BUCKET = "https://tutor-assets.s3.us-east-1.amazonaws.com"
 CREATED = 1_700_000_000_123.5
 UPDATED = 1_710_000_000_000
@@ -262,7 +266,7 @@ def test_ses4_blocked_scene_contributes_only_what_it_already_has() -> None:
     assert blocked.action == "problem"
     totals = SessionTotals()
     totals.add_scene(blocked)
-    totals.add_scene(rules.mark_blocking(rules.plan_scene(scene(_id="scene2"), CTX), "duplicate_s3_key", "shared"))
+    totals.add_scene(plan_line.mark_blocking(rules.plan_scene(scene(_id="scene2"), CTX), "duplicate_s3_key", "shared"))
     assert (totals.scenes, totals.assets, totals.size, totals.ready) == (2, 1, 10, 0)
 
 
@@ -481,7 +485,7 @@ def test_ast1_blank_strings_count_as_absent_and_are_flagged() -> None:
     ],
 )
 def test_parse_s3_url(url: str, expected: tuple[str, str, bool, str] | None) -> None:
-    assert rules.parse_s3_url(url) == (rules.ParsedUrl(*expected) if expected else None)
+    assert rules.parse_s3_url(url) == (s3_urls.ParsedUrl(*expected) if expected else None)
 
 
 # -- AST-2 ... AST-5 ----------------------------------------------------------------------------------------------
@@ -719,7 +723,7 @@ def test_a_status_that_differs_only_in_case_or_spaces_is_read_and_flagged(status
 def test_property_a_status_is_mapped_exactly_when_its_folded_form_is_known(status: str) -> None:
     plan = rules.plan_scene(scene(status=status), CTX)
     folded = status.strip().lower()
-    if folded in rules.SCENE_STATUS_MAP and rules._recordable(status):
+    if folded in rules.SCENE_STATUS_MAP and rules.recordable(status):
         assert plan.action == "migrate"
         assert plan.set["assetsStatus"] in ({rules.SCENE_STATUS_MAP[folded]} | {"error"})
     else:
@@ -731,7 +735,7 @@ def test_property_a_status_is_mapped_exactly_when_its_folded_form_is_known(statu
 
 def test_mark_blocking_keeps_the_precondition_but_changes_nothing() -> None:
     plan = rules.plan_scene(scene(), CTX)
-    blocked = rules.mark_blocking(plan, "duplicate_s3_key", "S3 key used by 2 scenes", field_name="s3ChunkKey")
+    blocked = plan_line.mark_blocking(plan, "duplicate_s3_key", "S3 key used by 2 scenes", field_name="s3ChunkKey")
     assert_blocked(blocked, "duplicate_s3_key")
     assert blocked.problems[-1] == {"code": "duplicate_s3_key", "severity": "blocking", "field": "s3ChunkKey", "message": "S3 key used by 2 scenes"}
     assert blocked.expect == plan.expect
@@ -753,7 +757,7 @@ def test_line_round_trips_through_orjson() -> None:
     line = orjson.loads(orjson.dumps(plan.to_line(), option=orjson.OPT_SORT_KEYS))
     assert DocumentPlan.from_line(line) == plan
     assert DocumentPlan.from_line(line).to_line() == line
-    assert set(line) == {"table", "id", "action", "legacyStatus", "sessionId", "expect", "expectAbsent", "set", "references", "problems", "current"}
+    assert set(line) == {*PLAN_LINE_KEYS, "sessionId", "current"}  # the core's keys, and 001's own
 
 
 def test_problem_messages_name_their_field() -> None:
@@ -761,7 +765,7 @@ def test_problem_messages_name_their_field() -> None:
     plan = rules.plan_scene(doc, CTX)
     assert {p["code"] for p in plan.problems} == {"key_without_url", "empty_string", "wrong_type"}
     for found in plan.problems:
-        assert found["code"] in rules.PROBLEM_CODES
+        assert found["code"] in plan_line.PROBLEM_CODES
         assert found["field"] in found["message"]
 
 
@@ -795,25 +799,26 @@ def test_gen4_an_unrecordable_scene_keeps_what_it_holds_for_its_session() -> Non
 
 
 def test_rules_module_stays_pure() -> None:
-    source = (ROOT / "helpers" / "rules.py").read_text()
-    assert not re.search(r"^\s*(from|import)\s+(\.|helpers\.)?(transport|deployment|httpx|pydantic|plan)\b", source, re.MULTILINE)
+    for module in RULE_MODULES:
+        source = (M001_DIR / module).read_text()
+        assert not re.search(r"^\s*(from|import)\s+(\.|helpers\.)?(transport|deployment|httpx|pydantic|plan)\b", source, re.MULTILINE), module
 
 
 # -- the docs describe exactly these rules and codes ---------------------------------------------------------------
 
 
 def test_mapping_doc_rows_match_rule_ids_in_the_code() -> None:
-    doc = (ROOT / "docs" / "mapping.md").read_text()
+    doc = (M001_DIR / "mapping.md").read_text()
     rows = re.findall(r"^\| ((?:SCN|SES|AST|GEN)-\d+) \|", doc, re.MULTILINE)
-    in_code = set(re.findall(r"\b((?:SCN|SES|AST|GEN)-\d+)\b", (ROOT / "helpers" / "rules.py").read_text()))
+    in_code = {rule for m in RULE_MODULES for rule in re.findall(r"\b((?:SCN|SES|AST|GEN)-\d+)\b", (M001_DIR / m).read_text())}
     assert len(rows) == len(set(rows))
     assert set(rows) == in_code
 
 
 def test_mapping_doc_lists_every_problem_code_with_its_severity() -> None:
-    doc = (ROOT / "docs" / "mapping.md").read_text()
+    doc = (M001_DIR / "mapping.md").read_text()
     rows = dict(re.findall(r"^\| `([a-z_0-9]+)` \| (blocking|flagged)", doc, re.MULTILINE))
-    assert rows == rules.PROBLEM_CODES
+    assert rows == plan_line.PROBLEM_CODES
 
 
 # -- properties ------------------------------------------------------------------------------------------------------
@@ -917,18 +922,18 @@ def check_problems_are_well_formed(doc: dict[str, Any], plan: DocumentPlan, tabl
         assert found["field"] in PROBLEM_FIELDS, found
         assert found["field"] in found["message"] and found["message"].strip(), found
         if found["code"] != "wrong_type":
-            assert found["severity"] == rules.PROBLEM_CODES[found["code"]], found
+            assert found["severity"] == plan_line.PROBLEM_CODES[found["code"]], found
         if found["code"] in ("unknown_status", "status_variant"):
-            assert rules._show(doc.get("status")) in found["message"]
+            assert rules.show(doc.get("status")) in found["message"]
     line = plan.to_line()
     assert (line["table"], line["id"]) == (table, doc["_id"])
     status = doc.get("status")
-    assert line["legacyStatus"] == (status if status in rules._KNOWN_STATUSES else rules._printable(status))
+    assert line["legacyStatus"] == (status if status in rules._KNOWN_STATUSES else rules.printable(status))
     if table == "videoSessions":
         assert line["sessionId"] is None and line["current"] == {}
     else:
         raw = doc.get("sessionId")
-        assert line["sessionId"] == (raw if type(raw) is str and rules._recordable(raw) else None)
+        assert line["sessionId"] == (raw if type(raw) is str and rules.recordable(raw) else None)
 
 
 def check_plan_invariants(doc: dict[str, Any], plan: DocumentPlan, table: str) -> None:

@@ -13,9 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import rules, sample_data
-from helpers.fields import NEW_FIELDS
-from helpers.rules import DocumentPlan, RulesContext
+from helpers import sample_data
+from helpers.migrations.m001_s3_asset_tracking.fields import NEW_FIELDS
+from helpers.migrations.m001_s3_asset_tracking.rules import DocumentPlan, RulesContext
+from helpers.migrations.m001_s3_asset_tracking import plan_line, rules
 
 MISSING = "deleted-session"
 
@@ -41,7 +42,7 @@ def plan_dataset(sessions: list[dict[str, Any]], scenes: list[dict[str, Any]], b
     for plan in provisional:
         shared = [key for key in rules.asset_keys(plan) if key_counts[key] > 1]
         if shared:
-            plan = rules.mark_blocking(plan, "duplicate_s3_key", f"S3 key {shared[0]!r} is used by several scenes")
+            plan = plan_line.mark_blocking(plan, "duplicate_s3_key", f"S3 key {shared[0]!r} is used by several scenes")
         if plan.session_id is not None:
             totals[plan.session_id].add_scene(plan)
         plans.append(plan)
@@ -192,7 +193,7 @@ def test_bad_input_classes_are_the_rules_problem_codes() -> None:
     assert len(sample_data.BAD_INPUT_CLASSES) == len(set(sample_data.BAD_INPUT_CLASSES))
     # url_derived is not bad input: it appears when the dry-run is given a bucket base URL.
     # invalid_unicode neither: Convex strings are UTF-8, so a deployment cannot hold a lone surrogate.
-    assert set(sample_data.BAD_INPUT_CLASSES) == set(rules.PROBLEM_CODES) - {"url_derived", "invalid_unicode"}
+    assert set(sample_data.BAD_INPUT_CLASSES) == set(plan_line.PROBLEM_CODES) - {"url_derived", "invalid_unicode"}
 
 
 @pytest.mark.parametrize("seed", [7, 8])
@@ -245,7 +246,7 @@ class RecordingTransport:
         self.tables: dict[str, dict[str, dict[str, Any]]] = {"videoSessions": {}, "scenes": {}}
         self.deleted: list[str] = []
 
-    def function(self, path: str, args: dict[str, Any], *, idempotent: bool = True) -> Any:
+    def function(self, path: str, args: dict[str, Any], *, idempotent: bool = True, writes_documents: bool = False) -> Any:
         self.calls.append((path, args))
         if path == "sampleData:insertBatch":
             table = self.tables[args["table"]]

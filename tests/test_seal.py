@@ -13,10 +13,11 @@ from pathlib import Path
 import papermill
 import pytest
 
-from helpers import MIGRATION_ID, archive, cli
+from helpers import archive, cli
 from helpers.deployment import read_ledger
 from helpers.errors import PreconditionFailed
 from helpers.local_deployment import LocalDeployment
+from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 
 from .flow import seed
 
@@ -81,7 +82,7 @@ def test_a_sealed_interactive_run_passes_check_archive_with_the_ledger(
     assert "deployment's ledger" in capsys.readouterr().out
     this_run = json.loads((run_dir / "run.json").read_text())["run_id"]
     with deployment.transport() as transport:
-        seal = next(r for r in read_ledger(transport, MIGRATION_ID) if r["runId"] == this_run and r["step"] == archive.SEAL_STEP)
+        seal = next(r for r in read_ledger(transport, M001.id) if r["runId"] == this_run and r["step"] == archive.SEAL_STEP)
     assert seal["evidence"]["manifest.json"] == sha
 
     # Edited afterwards and resealed without the ledger: caught.
@@ -125,7 +126,7 @@ def test_pages_of_an_untimed_notebook_take_who_and_when_from_the_ledger(copy: tu
     run_dir, saved = copy
     archive.write_json_atomic(run_dir / "run.json", {"run_id": "20261125T120000Z-c0ffee000001"})  # a run of its own
     with deployment.transport() as transport:
-        record_run(transport, MIGRATION_ID, "20261125T120000Z-c0ffee000001", step="01_backup_snapshot", status="passed",
+        record_run(transport, M001.id, "20261125T120000Z-c0ffee000001", step="01_backup_snapshot", status="passed",
                    operator="carol", startedAt=1_795_600_000_000, finishedAt=1_795_600_042_000)
         notebook = nbformat.read(saved / "01_backup_snapshot.ipynb", as_version=4)
         notebook.metadata.pop("papermill")

@@ -87,8 +87,12 @@ def test_transport_errors_name_cause_and_fix(deployment: LocalDeployment, transp
         transport.function("migration:readPage", {"table": "nope", "cursor": None, "numItems": 1})
     with pytest.raises(errors.DeployKeyRejected):
         deployment.transport(deploy_key="wrong-key").function("migration:readPage", {})
+    refused = {"table": "videoSessions", "documents": [{"status": "x", "notInSchema": 1}]}
     with pytest.raises(errors.SchemaNotDeployed):
-        transport.function("sampleData:insertBatch", {"table": "videoSessions", "documents": [{"status": "x", "notInSchema": 1}]})
+        transport.function("sampleData:insertBatch", refused, writes_documents=True)
+    with pytest.raises(errors.RunbookError) as plain:  # the transport knows no function: only its caller can say
+        transport.function("sampleData:insertBatch", refused)
+    assert not isinstance(plain.value, errors.SchemaNotDeployed)
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:9", "http://no-such-deployment.invalid:3210"], ids=["refused", "dns"])

@@ -11,37 +11,40 @@ from typing import Any
 
 import pytest
 
-from helpers import MIGRATION_ID, fields, rules
 from helpers.apply import apply_plan
 from helpers.backup import iter_backup_documents, take_backup
 from helpers.deployment import apply_batch, iter_documents
 from helpers.plan import build_plan, iter_plan_lines
 from helpers.transport import ConvexTransport
+from helpers.migrations.m001_s3_asset_tracking.checks import (
+    SceneTotals,
+    asset_disagreement,
+    check_assets_equal_legacy,
+    check_assets_status_matches_legacy,
+    check_session_totals,
+    expected_assets_status,
+)
 from helpers.verify import (
     DOCUMENT_CHECKS,
     Before,
     Joined,
     Planned,
     Reference,
-    SceneTotals,
     Verdict,
-    asset_disagreement,
     check_asset_tracked,
-    check_assets_equal_legacy,
-    check_assets_status_matches_legacy,
     check_document_still_exists,
     check_legacy_fields_unchanged,
     check_no_duplicate_references,
     check_nothing_outside_plan_changed,
-    check_plan_writes_only_new_fields,
+    check_plan_writes_only_owned_fields,
     check_planned_fields_written,
     check_reference_has_asset,
     check_reference_points_at_document,
     check_references_match_asset,
-    check_session_totals,
-    expected_assets_status,
     verify,
 )
+from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
+from helpers.migrations.m001_s3_asset_tracking import fields, rules
 
 from .flow import migration_references, prepare, seed
 
@@ -70,9 +73,10 @@ def plan_line(doc: dict[str, Any], table: str = "scenes") -> dict[str, Any]:
 def joined(before: dict[str, Any] | None, line: dict[str, Any] | None, live: dict[str, Any] | None, table: str = "scenes") -> Joined:
     set_fields = line["set"] if line is not None and line["action"] in rules.CHANGING_ACTIONS else ()
     return Joined(
+        M001,
         table,
-        Before.of(table, before, set_fields) if before is not None else None,
-        Planned.of(line) if line is not None else None,
+        Before.of(M001, table, before, set_fields) if before is not None else None,
+        Planned.of(M001, line) if line is not None else None,
         live,
     )
 
@@ -92,7 +96,7 @@ def by_app(live: dict[str, Any], **changes: Any) -> dict[str, Any]:
 def test_a_correct_migration_passes_every_document_check() -> None:
     before, line, live = migrated_scene()
     doc = joined(before, line, live)
-    assert {c.name: c.run(doc) for c in DOCUMENT_CHECKS} == {
+    assert {c.name: c.run(doc) for c in (*DOCUMENT_CHECKS, *M001.checks)} == {
         "planned_fields_written": PASS, "assets_equal_legacy": PASS, "assets_status_matches_legacy": PASS,
         "legacy_fields_unchanged": PASS, "nothing_outside_plan_changed": PASS, "no_backup_document_missing": PASS,
     }
@@ -129,8 +133,8 @@ def test_nothing_outside_plan_changed() -> None:
     had = {**before, "videoAsset": asset}
     assert check_nothing_outside_plan_changed(joined(had, problem, before)) is FAIL  # removed
     assert check_nothing_outside_plan_changed(joined(before, problem, by_app(before, status="failed") | {"assetVersion": 1})) is APP
-    assert check_plan_writes_only_new_fields(line) is PASS
-    assert check_plan_writes_only_new_fields({**line, "set": {**line["set"], "status": "x"}}) is FAIL
+    assert check_plan_writes_only_owned_fields(M001, line) is PASS
+    assert check_plan_writes_only_owned_fields(M001, {**line, "set": {**line["set"], "status": "x"}}) is FAIL
 
 
 def test_document_still_exists() -> None:
@@ -193,7 +197,7 @@ def test_asset_disagreement_edges() -> None:
 
 def test_checks_that_need_a_live_document_or_a_plan_say_nothing_without_one() -> None:
     before, line, live = migrated_scene()
-    for check in DOCUMENT_CHECKS:
+    for check in (*DOCUMENT_CHECKS, *M001.checks):
         if check.name != "no_backup_document_missing":
             assert check.run(joined(before, line, None)) is None, check.name
     assert check_nothing_outside_plan_changed(joined(before, None, before)) is PASS
@@ -278,9 +282,9 @@ def test_session_totals() -> None:
 
 
 def reference(ref_id: str, asset: dict[str, Any], *, ours: bool = True, entity_type: str = "scene") -> Reference:
-    row = {"_id": ref_id, "entityType": entity_type, **asset, "metadata": {"migrationId": MIGRATION_ID if ours else "app"}}
-    assert Reference.of(row).ours is ours
-    return Reference.of(row)
+    row = {"_id": ref_id, "entityType": entity_type, **asset, "metadata": {"migrationId": M001.id if ours else "app"}}
+    assert Reference.of(row, M001.id).ours is ours
+    return Reference.of(row, M001.id)
 
 
 def test_reference_checks() -> None:
@@ -335,7 +339,7 @@ def world() -> dict[str, Any]:
     live = {table: [{**doc, **by_id[doc["_id"]]["set"]} for doc in docs] for table, docs in (("scenes", scenes), ("videoSessions", sessions))}
     live["assetReferences"] = [
         {**{k: v for k, v in ref.items() if k != "legacyField"}, "_id": f"ref-{line['id']}-{ref['assetType']}", "entityId": line["id"],
-         "metadata": {"migrationId": MIGRATION_ID, "runId": "run", "legacyField": ref["legacyField"]}}
+         "metadata": {"migrationId": M001.id, "runId": "run", "legacyField": ref["legacyField"]}}
         for line in plan if line["action"] in rules.CHANGING_ACTIONS for ref in line["references"]
     ]
     return {"plan": plan, "backup": {"scenes": scenes, "videoSessions": sessions}, "live": live}
@@ -344,7 +348,7 @@ def world() -> dict[str, Any]:
 def checks_of(w: dict[str, Any]) -> Any:
     from helpers.verify import run_checks
 
-    return run_checks(iter(w["plan"]), lambda table: iter(w["backup"][table]), lambda table: iter(w["live"][table]))
+    return run_checks(iter(w["plan"]), lambda table: iter(w["backup"][table]), lambda table: iter(w["live"][table]), migration=M001)
 
 
 def live_doc(w: dict[str, Any], doc_id: str) -> dict[str, Any]:
@@ -445,13 +449,13 @@ def test_the_report_carries_the_checks_and_the_documents_the_application_changed
     w = world()
     for doc_id in ("a", "b", "c", "e", "s1", "s2"):
         live_doc(w, doc_id).update(title="renamed", updatedAt=1e13)
-    result = report(checks_of(w), "p" * 64, "b" * 64)
+    result = report(checks_of(w), M001.id, "p" * 64, "b" * 64)
     assert result.passed and (result.plan_sha256, result.backup_sha256) == ("p" * 64, "b" * 64)
     assert result.changed_by_others == ["a", "b", "c", "e", "s1", "s2"]
     assert (result.changed_by_application.count, result.changed_by_application.examples) == (6, ["a", "b", "c", "e", "s1"])
-    assert result.checks[3].name == "legacy_fields_unchanged" and "(re-plan it)" in result.checks[3].note
+    assert "(re-plan it)" in {c.name: c for c in result.checks}["legacy_fields_unchanged"].note
     live_doc(w, "d").update(assetVersion=1)
-    assert not report(checks_of(w), "p", "b").passed
+    assert not report(checks_of(w), M001.id, "p", "b").passed
 
 
 def test_a_reference_type_the_table_lacks_on_a_document_the_application_changed_is_excused() -> None:
@@ -627,7 +631,7 @@ def item(table: str, doc_id: str, **fields: Any) -> dict[str, Any]:
 
 
 def damage(transport: ConvexTransport, *items: dict[str, Any]) -> None:
-    results = apply_batch(transport, MIGRATION_ID, "damage", list(items))
+    results = apply_batch(transport, M001.id, "damage", list(items))
     assert all(r["outcome"] == "applied" for r in results), results
 
 
@@ -862,10 +866,10 @@ def test_a_reference_only_item_adds_only_the_missing_reference(transport: Convex
     refs = refs_of(transport, scene)
     doc = next(d for d in iter_documents(transport, "scenes") if d["_id"] == scene)
     item_ = item("scenes", scene, expect={"updatedAt": doc["updatedAt"]}, insertReferences=[as_input(r) for r in refs])
-    assert apply_batch(transport, MIGRATION_ID, "again", [item_])[0]["outcome"] == "already_applied"
+    assert apply_batch(transport, M001.id, "again", [item_])[0]["outcome"] == "already_applied"
     damage(transport, item("scenes", scene, deleteReferences=[refs[0]["_id"]]))
     stale = {**item_, "expect": {"updatedAt": -1}}
-    assert apply_batch(transport, MIGRATION_ID, "again", [stale])[0]["outcome"] == "conflict"
-    [result] = apply_batch(transport, MIGRATION_ID, "again", [item_])
+    assert apply_batch(transport, M001.id, "again", [stale])[0]["outcome"] == "conflict"
+    [result] = apply_batch(transport, M001.id, "again", [item_])
     assert result["outcome"] == "applied" and len(result["referenceIds"]) == 1
     assert sorted(r["assetType"] for r in refs_of(transport, scene)) == sorted(r["assetType"] for r in refs)

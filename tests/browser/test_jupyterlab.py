@@ -192,7 +192,7 @@ def test_run_all_dry_run_then_apply_with_the_confirmation(
     apply.screenshot(path=str(tmp_path / "03_apply-applied.png"))
     assert "Confirmed with the button" in apply.inner_text(".jp-Notebook")
     results = read_step_results(run_dir, "03_apply")
-    assert results.passed and results.summary["scenes_migrated"] > 0
+    assert results.passed and results.summary["migrated"]["scenes"] > 0
 
     run_all(apply)  # again, and this time the analyst cancels: Run All stops at the gate with one line
     cancel = apply.locator("button:has-text('Cancel'):not([disabled])")

@@ -1,6 +1,6 @@
 """Migration 001's conversion rules: one legacy document in, one plan line out. Pure: no I/O.
 
-Each rule carries an id (SCN-1, AST-2, ...) that is a row of docs/mapping.md's mapping table, and each
+Each rule carries an id (SCN-1, AST-2, ...) that is a row of the mapping table in mapping.md (beside this module), and each
 problem code is a row of its problem table. Bad input gets a reason, never a guess: a value the rules cannot
 convert faithfully blocks its document ("blocking"), a value they convert with a caveat is "flagged".
 
@@ -10,75 +10,25 @@ regular expressions, no validation library per document.
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 from typing import Any, NamedTuple
 from urllib.parse import unquote
 
+from ...values import equal as values_equal
 from .fields import ASSET_TYPES, NEW_FIELDS, SCENE_ASSET_SOURCES, SESSION_ASSET_SOURCES
-from .values import equal as values_equal
+from .plan_line import CHANGING_ACTIONS, FLAGGED, DocumentPlan, SessionTotals, blocked, problem_of
+from .s3_urls import CONTENT_TYPES, SIGNED_QUERY, content_type_for_key, is_s3_object_prefix, parse_s3_url
+from .value_checks import (
+    INT64_MIN, MAX_STRING_LENGTH, UINT64_MAX, describe, empty_string, nested_problem, printable, recordable, show,
+    text_problem, type_name,
+)
 
-BLOCKING = "blocking"
-FLAGGED = "flagged"
 ASSET_VERSION = 1
-MAX_STRING_LENGTH = 2048
-MAX_NESTING_DEPTH = 8
 UNKNOWN_CONTENT_TYPE = "application/octet-stream"
-#: Actions apply sends (helpers.plan has the same set; rules cannot import plan). `track_existing` writes no
-#: field: it only adds the references of assets the document already held (SCN-10, SES-8).
-CHANGING_ACTIONS = frozenset({"migrate", "fill_missing", "track_existing"})
 
-#: Every problem code with its usual severity (docs/mapping.md explains each and what to do).
-#: `wrong_type` is blocking for keys and URLs, flagged for an error message.
-PROBLEM_CODES: dict[str, str] = {
-    "key_without_url": BLOCKING,
-    "url_derived": FLAGGED,
-    "key_derived": FLAGGED,
-    "url_not_s3": BLOCKING,
-    "url_not_http": BLOCKING,
-    "url_plain_http": FLAGGED,
-    "key_url_mismatch": BLOCKING,
-    "presigned_url": FLAGGED,
-    "wrong_type": BLOCKING,
-    "empty_string": FLAGGED,
-    "unknown_status": BLOCKING,
-    "status_variant": FLAGGED,
-    "missing_session": BLOCKING,
-    "duplicate_s3_key": BLOCKING,
-    "invalid_unicode": BLOCKING,
-    "oversized_value": BLOCKING,
-    "too_deeply_nested": BLOCKING,
-    "new_field_conflict": BLOCKING,
-    "completed_without_video": FLAGGED,
-    "unknown_content_type": FLAGGED,
-    "timestamp_string": FLAGGED,
-    "invalid_timestamp": FLAGGED,
-    "invalid_size": FLAGGED,
-    "invalid_checksum": FLAGGED,
-}
 
-CONTENT_TYPES: dict[str, str] = {
-    "mp4": "video/mp4",
-    "webm": "video/webm",
-    "mov": "video/quicktime",
-    "py": "text/x-python",
-    "js": "text/javascript",
-    "ts": "text/typescript",
-    "txt": "text/plain",
-    "png": "image/png",
-    "jpg": "image/jpeg",
-    "jpeg": "image/jpeg",
-    "webp": "image/webp",
-    "vtt": "text/vtt",
-    "srt": "application/x-subrip",
-    "m3u8": "application/vnd.apple.mpegurl",
-    "mpd": "application/dash+xml",
-    "json": "application/json",
-}
 
 #: SCN-5: every status the legacy scene writers used -> assetsStatus ("ready" needs a video chunk).
 #: "error" is an older writer's word for failed; "queued" one for pending; a cancelled scene expects no assets.
@@ -137,14 +87,9 @@ _SESSION_READS = _Reads.of("videoSessions", *_SESSION_LEGACY_READS)
 _SESSION_READS_FAILED = _Reads.of("videoSessions", *_SESSION_LEGACY_READS, "errorMessage")
 _ABSENT: Any = object()
 _INVALID: Any = object()
-_INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1  # what the plan file (orjson) can hold
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND = timedelta(milliseconds=1)
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
-_S3_ENDPOINT = re.compile(r"s3(?:[.-](?:dualstack\.)?[a-z0-9-]+)?\.amazonaws\.com(?:\.cn)?")
-_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-_SIGNED_QUERY = re.compile(r"(?:^|&)(?:X-Amz-Signature|Signature|X-Amz-Credential)=", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -157,160 +102,23 @@ class RulesContext:
     is_tracked: Callable[[str, str], bool] = lambda _id, _asset_type: False
 
 
-class ParsedUrl(NamedTuple):
-    bucket: str
-    key: str
-    presigned: bool
-    url: str  # without its query string
 
 
-@dataclass(slots=True)
-class DocumentPlan:
-    """One plan line: what apply will do to one document, under which precondition, and why.
-
-    `current` summarises the new-field assets the scene already holds ({"assets", "size", "keys",
-    "assetsStatus"}, empty when none): with `set` it gives the scene as it will be after apply, which is
-    what its session's totals and the duplicate-key check need.
-    """
-
-    table: str
-    id: str
-    action: str
-    session_id: str | None
-    legacy_status: str | None
-    expect: dict[str, Any]
-    expect_absent: list[str]
-    set: dict[str, Any]
-    references: list[dict[str, Any]]
-    problems: list[dict[str, str]]
-    current: dict[str, Any] = field(default_factory=dict)
-
-    def to_line(self) -> dict[str, Any]:
-        return {
-            "table": self.table,
-            "id": self.id,
-            "action": self.action,
-            "legacyStatus": self.legacy_status,
-            "sessionId": self.session_id,
-            "expect": self.expect,
-            "expectAbsent": self.expect_absent,
-            "set": self.set,
-            "references": self.references,
-            "problems": self.problems,
-            "current": self.current,
-        }
-
-    @classmethod
-    def from_line(cls, line: dict[str, Any]) -> DocumentPlan:
-        return cls(
-            table=line["table"],
-            id=line["id"],
-            action=line["action"],
-            session_id=line["sessionId"],
-            legacy_status=line["legacyStatus"],
-            expect=line["expect"],
-            expect_absent=line["expectAbsent"],
-            set=line["set"],
-            references=line["references"],
-            problems=line["problems"],
-            current=line["current"],
-        )
 
 
-@dataclass(slots=True)
-class SessionTotals:
-    """A session's scenes as they will be after apply: asset count, known size sum, assetsStatus counts."""
-
-    scenes: int = 0
-    assets: int = 0
-    size: float = 0
-    ready: int = 0
-    errors: int = 0
-    uploading: int = 0
-
-    def add_scene(self, plan: DocumentPlan) -> None:
-        current = plan.current
-        assets, size, status = current.get("assets", 0), current.get("size", 0), current.get("assetsStatus")
-        if plan.action in CHANGING_ACTIONS:
-            for asset_field in SCENE_ASSET_SOURCES:
-                asset = plan.set.get(asset_field)
-                if asset is not None:
-                    assets += 1
-                    size += asset.get("size", 0)
-            status = plan.set.get("assetsStatus", status)
-        self.scenes += 1
-        self.assets += assets
-        self.size += size
-        self.ready += status == "ready"
-        self.errors += status == "error"
-        self.uploading += status == "uploading"
 
 
 # -- public helpers ------------------------------------------------------------------------------------
 
 
-def content_type_for_key(key: str) -> str | None:
-    """AST-2: the content type the key's file extension names, None when it names none we know."""
-    dot = key.rfind(".")
-    if dot < 1 or key[dot - 1] == "/":  # no extension, or a file name that is only one (".mp4")
-        return None
-    extension = key[dot + 1 :]  # holds a "/" when the dot is in a folder name: then no type matches
-    return CONTENT_TYPES.get(extension) or CONTENT_TYPES.get(extension.lower())
 
 
-def parse_s3_url(url: str) -> ParsedUrl | None:
-    """Bucket and (percent-decoded) key of a virtual-hosted or path-style S3 object URL, else None."""
-    scheme_end = url.find("://")
-    host_end = url.find("/", scheme_end + 3)
-    if scheme_end < 0 or host_end < 0:
-        return None
-    style = _s3_host_style(url[:host_end])
-    if style is None:
-        return None
-    base, _, query = url.partition("?")
-    path = base[host_end + 1 :].partition("#")[0]
-    bucket, key = (style, path) if style else path.partition("/")[::2]
-    if "%" in key:
-        key = unquote(key)
-    if not bucket or not key:
-        return None
-    return ParsedUrl(bucket, key, _SIGNED_QUERY.search(query) is not None, base)
 
 
-@lru_cache(maxsize=1024)
-def _s3_host_style(origin: str) -> str | None:
-    """For "scheme://host": the bucket of a virtual-hosted S3 host, "" for a path-style one, None if not S3.
-
-    Cached: a deployment's URLs share a handful of hosts, and this runs for every URL."""
-    scheme, _, host = origin.partition("://")
-    if scheme.lower() not in ("http", "https"):
-        return None
-    host = host.rpartition("@")[2].partition(":")[0].lower()
-    if _S3_ENDPOINT.fullmatch(host):
-        return ""
-    for dot in (i for i, char in enumerate(host) if char == "."):
-        if _S3_ENDPOINT.fullmatch(host, dot + 1):
-            bucket = host[:dot]
-            return bucket if _BUCKET_NAME.fullmatch(bucket) else None
-    return None
 
 
-def _is_s3_object_prefix(prefix: str) -> bool:
-    """Whether prefix + key is the plain S3 URL of exactly that key (the fast path of rule A1).
-
-    Memoised in a plain dict (cheaper than lru_cache on this hot path); a deployment has a handful of
-    prefixes, and the memo is dropped if odd data ever fills it."""
-    known = _S3_PREFIXES.get(prefix)
-    if known is None:
-        parsed = parse_s3_url(prefix + "k") if prefix.startswith("https://") else None
-        known = parsed is not None and parsed.key == "k" and parsed.url == prefix + "k"
-        if len(_S3_PREFIXES) >= 4096:
-            _S3_PREFIXES.clear()
-        _S3_PREFIXES[prefix] = known
-    return known
 
 
-_S3_PREFIXES: dict[str, bool] = {}
 
 
 def scene_assets_status(legacy_status: str, has_video: bool, legacy_error: str | None) -> tuple[str, str | None]:
@@ -358,16 +166,6 @@ def asset_keys(plan: DocumentPlan) -> list[str]:
     return list(dict.fromkeys(keys))
 
 
-def mark_blocking(plan: DocumentPlan, code: str, message: str, *, field_name: str = "") -> DocumentPlan:
-    """A copy that changes nothing and says why (used for problems only the whole table reveals)."""
-    return replace(
-        plan,
-        action="problem",
-        expect_absent=[f for f in plan.expect_absent if f not in plan.set],
-        set={},
-        references=[],
-        problems=[*plan.problems, _problem(code, field_name, message, BLOCKING)],
-    )
 
 
 # -- planning ------------------------------------------------------------------------------------------
@@ -381,16 +179,16 @@ def plan_scene(doc: dict[str, Any], ctx: RulesContext) -> DocumentPlan:
     reads = _SCENE_READS_FAILED if failed else _SCENE_READS
     expect, expect_absent, problems, had_new = _read(doc, reads)
     raw_session = doc.get("sessionId")
-    session_id = raw_session if type(raw_session) is str and (raw_session.isascii() or _recordable(raw_session)) else None
+    session_id = raw_session if type(raw_session) is str and (raw_session.isascii() or recordable(raw_session)) else None
     current = _current(doc) if had_new else {}
     if problems:
         return _unrecordable_plan("scenes", doc, session_id, problems, current)
 
     # SCN-9: the scene's session must exist.
     if session_id is None or not ctx.session_exists(session_id):
-        problems.append(_problem(
+        problems.append(problem_of(
             "missing_session", "sessionId",
-            f"sessionId {_show(raw_session)} names no videoSessions document: attach the scene to its session "
+            f"sessionId {show(raw_session)} names no videoSessions document: attach the scene to its session "
             "(or delete the orphan) and plan again.",
         ))
     if canonical is None:
@@ -404,8 +202,8 @@ def plan_scene(doc: dict[str, Any], ctx: RulesContext) -> DocumentPlan:
         has_video = "videoAsset" in produced or "videoAsset" in doc
         legacy_error = _legacy_error(doc, problems) if failed else None
         assets_status, message = scene_assets_status(canonical, has_video, legacy_error)
-        if canonical == "completed" and not has_video and not _blocked(problems):  # a blocked chunk is reported already
-            problems.append(_problem(
+        if canonical == "completed" and not has_video and not blocked(problems):  # a blocked chunk is reported already
+            problems.append(problem_of(
                 "completed_without_video", "s3ChunkKey",
                 "status is completed but the scene has no video chunk (s3ChunkKey / s3ChunkUrl): assetsStatus is "
                 "set to error. Re-render the scene or confirm it never had a video.",
@@ -444,8 +242,8 @@ def plan_session(doc: dict[str, Any], totals: SessionTotals, ctx: RulesContext) 
         has_combined_video = "combinedVideoAsset" in produced or type(doc.get("combinedVideoAsset")) is dict
         legacy_error = _legacy_error(doc, problems) if failed else None
         assets_status, message = session_assets_status(canonical, legacy_error, totals, has_combined_video)
-        if canonical == "completed" and not has_combined_video and not _blocked(problems):
-            problems.append(_problem(
+        if canonical == "completed" and not has_combined_video and not blocked(problems):
+            problems.append(problem_of(
                 "completed_without_video", "combinedVideoKey",
                 "status is completed but the session has no combined video (combinedVideoKey / combinedVideoUrl): "
                 "check whether combining really finished.",
@@ -478,14 +276,14 @@ def _finish(
             if existing is _ABSENT:
                 to_set[name] = value
             elif not values_equal(existing, value):
-                problems.append(_problem(
+                problems.append(problem_of(
                     "new_field_conflict", name,
-                    f"{name} already holds {_show(existing)} but migration 001 computes {_show(value)}; it is never "
+                    f"{name} already holds {show(existing)} but migration 001 computes {show(value)}; it is never "
                     "overwritten. Find out who wrote it, correct or remove the field by hand, then plan again.",
                 ))
     status = doc.get("status")
-    doc_id, legacy_status = doc["_id"], status if type(status) is str and status in _KNOWN_STATUSES else _printable(status)
-    if problems and _blocked(problems):
+    doc_id, legacy_status = doc["_id"], status if type(status) is str and status in _KNOWN_STATUSES else printable(status)
+    if problems and blocked(problems):
         return DocumentPlan(table, doc_id, "problem", session_id, legacy_status, expect, expect_absent, {}, [], problems, current)
     entity_type, sources = ("scene", SCENE_ASSET_SOURCES) if table == "scenes" else ("session", SESSION_ASSET_SOURCES)
     references = [  # SCN-10, SES-8: every asset the document will hold (set now, or there before) and not yet tracked
@@ -502,7 +300,7 @@ def _unrecordable_plan(
     table: str, doc: dict[str, Any], session_id: str | None, problems: list[dict[str, str]], current: dict[str, Any]
 ) -> DocumentPlan:
     """GEN-4: a value the plan cannot carry blocks the document; its line then holds no precondition at all."""
-    return DocumentPlan(table, doc["_id"], "problem", session_id, _printable(doc.get("status")), {}, [], {}, [], problems, current)
+    return DocumentPlan(table, doc["_id"], "problem", session_id, printable(doc.get("status")), {}, [], {}, [], problems, current)
 
 
 # -- GEN-3, GEN-4: reading the fields the rules use -----------------------------------------------------
@@ -523,67 +321,25 @@ def _read(doc: dict[str, Any], reads: _Reads) -> tuple[dict[str, Any], list[str]
         expect[name] = value
         if type(value) is str:
             if len(value) > MAX_STRING_LENGTH or not value.isascii():
-                problem = _text_problem(name, value)
+                problem = text_problem(name, value)
                 if problem is not None:
                     problems.append(problem)
-        elif (type(value) is not int or not _INT64_MIN <= value <= _UINT64_MAX) and value is not None:
-            problem = _nested_problem(name, value, 1)
+        elif (type(value) is not int or not INT64_MIN <= value <= UINT64_MAX) and value is not None:
+            problem = nested_problem(name, value, 1)
             if problem is not None:
                 problems.append(problem)
     had_new = not reads.new_fields.isdisjoint(doc)
     if had_new:
         for name in sorted(reads.new_fields.intersection(doc)):
             value = expect[name] = doc[name]
-            problem = _nested_problem(name, value, 1)
+            problem = nested_problem(name, value, 1)
             if problem is not None:
                 problems.append(problem)
     return expect, absent, problems, had_new
 
 
-def _text_problem(name: str, value: str) -> dict[str, str] | None:
-    if not _recordable(value):
-        return _invalid_unicode(name)
-    if len(value) > MAX_STRING_LENGTH:
-        return _problem(
-            "oversized_value", name,
-            f"{name} is {len(value)} characters long, over the {MAX_STRING_LENGTH} the migration accepts: "
-            "correct it in the legacy data, then plan again.",
-        )
-    return None
 
 
-def _nested_problem(name: str, value: Any, level: int) -> dict[str, str] | None:
-    """Why a non-text value cannot be recorded in the plan (too deep, unpaired surrogate, NaN, bytes), if it cannot."""
-    value_type = type(value)
-    if value_type is dict or value_type is list:
-        if level > MAX_NESTING_DEPTH:
-            return _problem(
-                "too_deeply_nested", name,
-                f"{name} holds an object nested more than {MAX_NESTING_DEPTH} levels deep: replace it with a "
-                "readable message (or remove it) in the legacy data, then plan again.",
-            )
-        items = value.items() if value_type is dict else enumerate(value)
-        for key, item in items:
-            if type(key) is str and not _recordable(key):
-                return _invalid_unicode(name)
-            item_type = type(item)
-            if item_type is str:
-                if not _recordable(item):
-                    return _invalid_unicode(name)
-            elif (item_type is not int or not _INT64_MIN <= item <= _UINT64_MAX) and item is not None:
-                problem = _nested_problem(name, item, level + 1)
-                if problem is not None:
-                    return problem
-        return None
-    if value_type is str:
-        return None if _recordable(value) else _invalid_unicode(name)
-    if value_type is float:
-        return None if math.isfinite(value) else _cannot_record(name, "a non-finite number")
-    if value_type is int:
-        return None if _INT64_MIN <= value <= _UINT64_MAX else _cannot_record(name, "an integer beyond 64 bits")
-    if value is None or value_type is bool:
-        return None
-    return _cannot_record(name, _type_name(value))
 
 
 def _current(doc: dict[str, Any]) -> dict[str, Any]:
@@ -592,7 +348,7 @@ def _current(doc: dict[str, Any]) -> dict[str, Any]:
     status = doc.get("assetsStatus")
     if not assets and status is None:
         return {}
-    keys = [a["s3Key"] for a in assets if type(a.get("s3Key")) is str and _recordable(a["s3Key"])]
+    keys = [a["s3Key"] for a in assets if type(a.get("s3Key")) is str and recordable(a["s3Key"])]
     size = sum(a.get("size", 0) for a in assets if type(a.get("size", 0)) in (int, float))
     return {"assets": len(assets), "size": size, "keys": keys, "assetsStatus": status if type(status) is str else None}
 
@@ -612,14 +368,14 @@ def _resolve_pair(
         base, _, query = url.partition("?")
         scheme = base.partition("://")[0].lower() if "://" in base else ""
         if scheme not in ("http", "https"):
-            problems.append(_problem(
+            problems.append(problem_of(
                 "url_not_http", url_field,
-                f"{url_field} ({_show(base)}) is not a web address (scheme {scheme or 'missing'!r}), but s3Url promises "
+                f"{url_field} ({show(base)}) is not a web address (scheme {scheme or 'missing'!r}), but s3Url promises "
                 f"the object's https S3 URL: write the https URL into {url_field}, then plan again.",
             ))
             return None
-        if query and _SIGNED_QUERY.search(query):
-            problems.append(_problem(
+        if query and SIGNED_QUERY.search(query):
+            problems.append(problem_of(
                 "presigned_url", url_field,
                 f"{url_field} is a pre-signed URL: its query string (signature) is removed and the asset stores the "
                 "plain object URL. Make sure readers get signed links from the key, not from s3Url.",
@@ -628,30 +384,30 @@ def _resolve_pair(
         under_base = _key_under_base(base, ctx)
         if parsed is None and under_base is None:
             host = base.partition("://")[2].partition("/")[0]
-            problems.append(_problem(
+            problems.append(problem_of(
                 "url_not_s3", url_field,
-                f"{url_field} ({_show(base)}) is not an S3 object URL (host {_show(host)} is not an S3 endpoint, e.g. a "
+                f"{url_field} ({show(base)}) is not an S3 object URL (host {show(host)} is not an S3 endpoint, e.g. a "
                 f"CDN), but s3Url promises one: write the object's S3 URL into {url_field}, or plan with bucket_base_url "
                 "set to this host's base if it serves the bucket.",
             ))
             return None
         if parsed is not None and under_base is None and scheme == "http":
             base = "https" + base[len(scheme):]
-            problems.append(_problem(
+            problems.append(problem_of(
                 "url_plain_http", url_field,
-                f"{url_field} is a plain http:// S3 URL: the asset stores the same address over https ({_show(base)}).",
+                f"{url_field} is a plain http:// S3 URL: the asset stores the same address over https ({show(base)}).",
             ))
         derived = parsed.key if parsed is not None else under_base
         if key is None:
             key = derived
-            problems.append(_problem(
+            problems.append(problem_of(
                 "key_derived", key_field,
-                f"{key_field} was missing; the key {_show(key)} was taken from {url_field}. Check it names the object.",
+                f"{key_field} was missing; the key {show(key)} was taken from {url_field}. Check it names the object.",
             ))
         elif derived != key:
-            problems.append(_problem(
+            problems.append(problem_of(
                 "key_url_mismatch", key_field,
-                f"{key_field} ({_show(key)}) and {url_field} ({_show(base)}) name different objects: decide which one "
+                f"{key_field} ({show(key)}) and {url_field} ({show(base)}) name different objects: decide which one "
                 "is right, correct the legacy data, then plan again.",
             ))
             return None
@@ -659,12 +415,12 @@ def _resolve_pair(
     if key is None:
         return None
     if ctx.bucket_base_url:
-        problems.append(_problem(
+        problems.append(problem_of(
             "url_derived", url_field,
             f"{url_field} was missing; derived from bucket_base_url and {key_field}. Check the base URL serves this object.",
         ))
         return key, f"{ctx.bucket_base_url.rstrip('/')}/{key}"
-    problems.append(_problem(
+    problems.append(problem_of(
         "key_without_url", key_field,
         f"{key_field} is set but {url_field} is missing, so the asset's URL is unknown: plan again with "
         f"bucket_base_url (the bucket's public base URL) or fill {url_field} in the legacy data.",
@@ -681,10 +437,10 @@ def _text(doc: dict[str, Any], name: str, problems: list[dict[str, str]]) -> Any
         text = value.strip()
         if text:
             return text
-        problems.append(_empty_string(name))
+        problems.append(empty_string(name))
         return None
-    problems.append(_problem(
-        "wrong_type", name, f"{name} holds {_type_name(value)} where a text is expected: correct or remove it in the "
+    problems.append(problem_of(
+        "wrong_type", name, f"{name} holds {type_name(value)} where a text is expected: correct or remove it in the "
         "legacy data, then plan again.",
     ))
     return _INVALID
@@ -715,7 +471,7 @@ def _assets(
         # The usual case needs none of AST-1's repairs: a key and the plain S3 URL of that very key.
         if not (
             type(key) is str and type(url) is str and (key := key.strip()) and (url := url.strip()).endswith(key)
-            and "?" not in key and "#" not in key and "%" not in key and _is_s3_object_prefix(url[: -len(key)])
+            and "?" not in key and "#" not in key and "%" not in key and is_s3_object_prefix(url[: -len(key)])
         ):
             pair = _resolve_pair(doc, key_field, url_field, ctx, problems)
             if pair is None:
@@ -727,9 +483,9 @@ def _assets(
         content_type = CONTENT_TYPES.get(key[dot + 1 :]) if dot > 0 and key[dot - 1] != "/" else None
         if content_type is None and (content_type := content_type_for_key(key)) is None:
             content_type = UNKNOWN_CONTENT_TYPE
-            problems.append(_problem(
+            problems.append(problem_of(
                 "unknown_content_type", key_field,
-                f"{key_field} {_show(key)} has no known file extension: contentType is set to {UNKNOWN_CONTENT_TYPE}. "
+                f"{key_field} {show(key)} has no known file extension: contentType is set to {UNKNOWN_CONTENT_TYPE}. "
                 "Correct it later if the object has a real type.",
             ))
         if asset_field == "videoAsset":
@@ -752,9 +508,9 @@ def _assets(
 def _size(value: Any, problems: list[dict[str, str]]) -> int | float | None:
     if (type(value) is int or type(value) is float) and value >= 0:
         return value
-    problems.append(_problem(
+    problems.append(problem_of(
         "invalid_size", "s3ChunkSize",
-        f"s3ChunkSize holds {_describe(value)} instead of a non-negative number: videoAsset.size is left out "
+        f"s3ChunkSize holds {describe(value)} instead of a non-negative number: videoAsset.size is left out "
         "(unknown). Record the real size later if it matters.",
     ))
     return None
@@ -764,11 +520,11 @@ def _checksum(value: Any, problems: list[dict[str, str]]) -> str | None:
     if type(value) is str:
         if value.strip():
             return value
-        problems.append(_empty_string("checksum"))
+        problems.append(empty_string("checksum"))
         return None
-    problems.append(_problem(
+    problems.append(problem_of(
         "invalid_checksum", "checksum",
-        f"checksum holds {_type_name(value)} instead of a text: videoAsset.checksum is left out. Recompute it from "
+        f"checksum holds {type_name(value)} instead of a text: videoAsset.checksum is left out. Recompute it from "
         "the object if it is needed.",
     ))
     return None
@@ -784,17 +540,17 @@ def _uploaded_at(doc: dict[str, Any], problems: list[dict[str, str]]) -> int | f
     text = value.strip() if type(value) is str else ""
     parsed = _iso_to_ms(text) if text else None
     if parsed is not None:
-        problems.append(_problem(
+        problems.append(problem_of(
             "timestamp_string", "updatedAt",
             "updatedAt is an ISO date text (an old writer's format): converted to milliseconds for uploadedAt.",
         ))
         return parsed
     if type(value) is str and not text:
-        problems.append(_empty_string("updatedAt"))
+        problems.append(empty_string("updatedAt"))
     else:
-        problems.append(_problem(
+        problems.append(problem_of(
             "invalid_timestamp", "updatedAt",
-            f"updatedAt holds {_describe(value)}, neither a number nor an ISO date: uploadedAt uses _creationTime.",
+            f"updatedAt holds {describe(value)}, neither a number nor an ISO date: uploadedAt uses _creationTime.",
         ))
     return doc["_creationTime"]
 
@@ -820,11 +576,11 @@ def _legacy_error(doc: dict[str, Any], problems: list[dict[str, str]]) -> str | 
     if type(value) is str:
         if value.strip():
             return value
-        problems.append(_empty_string("errorMessage"))
+        problems.append(empty_string("errorMessage"))
         return None
-    problems.append(_problem(
+    problems.append(problem_of(
         "wrong_type", "errorMessage",
-        f"errorMessage holds {_type_name(value)} instead of a text: assetsErrorMessage gets a fixed text; the "
+        f"errorMessage holds {type_name(value)} instead of a text: assetsErrorMessage gets a fixed text; the "
         "original stays in errorMessage for whoever investigates the failure.",
         FLAGGED,
     ))
@@ -834,79 +590,36 @@ def _legacy_error(doc: dict[str, Any], problems: list[dict[str, str]]) -> str | 
 # -- problems ---------------------------------------------------------------------------------------------
 
 
-def _problem(code: str, field_name: str, message: str, severity: str | None = None) -> dict[str, str]:
-    return {"code": code, "severity": severity or PROBLEM_CODES[code], "field": field_name, "message": message}
 
 
 def _unknown_status(status: Any, known: Any) -> dict[str, str]:
-    return _problem(
+    return problem_of(
         "unknown_status", "status",
-        f"status {_show(status)} is not one of {', '.join(sorted(known))}: correct it in the legacy data (or extend "
-        "the status mapping in docs/mapping.md and helpers/rules.py), then plan again.",
+        f"status {show(status)} is not one of {', '.join(sorted(known))}: correct it in the legacy data (or extend "
+        "the status mapping in helpers/migrations/m001_s3_asset_tracking: mapping.md and rules.py), then plan again.",
     )
 
 
 def _status_variant(status: str, canonical: str) -> dict[str, str]:
-    return _problem(
+    return problem_of(
         "status_variant", "status",
-        f"status {_show(status)} is read as {canonical!r} (case and spaces ignored); the legacy value is left as it is.",
+        f"status {show(status)} is read as {canonical!r} (case and spaces ignored); the legacy value is left as it is.",
     )
 
 
-def _invalid_unicode(name: str) -> dict[str, str]:
-    return _problem(
-        "invalid_unicode", name,
-        f"{name} holds a text with an unpaired surrogate (not valid UTF-8), which cannot be stored or written to the "
-        "plan: correct the text in the legacy data, then plan again.",
-    )
 
 
-def _cannot_record(name: str, what: str) -> dict[str, str]:
-    return _problem(
-        "wrong_type", name,
-        f"{name} holds {what}, which the plan file cannot record faithfully: correct it in the legacy data, then plan again.",
-    )
 
 
-def _empty_string(name: str) -> dict[str, str]:
-    return _problem("empty_string", name, f"{name} is an empty text and is treated as absent.")
 
 
-def _blocked(problems: list[dict[str, str]]) -> bool:
-    return any(p["severity"] == BLOCKING for p in problems)
 
 
-def _recordable(text: str) -> bool:
-    return text.isascii() or _SURROGATE.search(text) is None
 
 
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {bool: "a boolean", int: "a number", float: "a number", str: "a text", dict: "an object", list: "an array",
-            bytes: "bytes"}.get(type(value), type(value).__name__)
 
 
-def _describe(value: Any) -> str:
-    if type(value) is str:
-        return f"the text {_show(value)}"
-    if type(value) in (int, float):
-        return f"the number {value!r}"
-    return _type_name(value)
 
 
-def _show(value: Any, limit: int = 120) -> str:
-    """A short, recordable rendering of a value for a message (an asset shows only its key: URLs may carry secrets)."""
-    if type(value) is dict and "s3Key" in value:
-        value = {"s3Key": value["s3Key"]}
-    text = repr(value)
-    if not _recordable(text):
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _printable(value: Any) -> str | None:
-    """A status for the summary tables; a value that cannot be recorded is shown escaped and shortened."""
-    if type(value) is not str:
-        return None
-    return value if _recordable(value) and len(value) <= 100 else _show(value, 100)

@@ -1,4 +1,4 @@
-"""The migration's field catalogue, mirroring convex/schema.ts (docs/fields.md has one line per field).
+"""The migration's field catalogue, mirroring convex/schema.ts (fields.md beside it has one line per field).
 
 Everything on a document that is not a new field (system fields included) is legacy and is never written.
 """

@@ -1,0 +1,152 @@
+"""Migration 001's plan line: what apply will do to one document, and the problems that explain it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .fields import SCENE_ASSET_SOURCES
+
+BLOCKING = "blocking"
+
+
+FLAGGED = "flagged"
+
+
+#: Actions apply sends (helpers.plan has the same set; rules cannot import plan). `track_existing` writes no
+#: field: it only adds the references of assets the document already held (SCN-10, SES-8).
+CHANGING_ACTIONS = frozenset({"migrate", "fill_missing", "track_existing"})
+
+
+#: Every problem code with its usual severity (mapping.md explains each and what to do).
+#: `wrong_type` is blocking for keys and URLs, flagged for an error message.
+PROBLEM_CODES: dict[str, str] = {
+    "key_without_url": BLOCKING,
+    "url_derived": FLAGGED,
+    "key_derived": FLAGGED,
+    "url_not_s3": BLOCKING,
+    "url_not_http": BLOCKING,
+    "url_plain_http": FLAGGED,
+    "key_url_mismatch": BLOCKING,
+    "presigned_url": FLAGGED,
+    "wrong_type": BLOCKING,
+    "empty_string": FLAGGED,
+    "unknown_status": BLOCKING,
+    "status_variant": FLAGGED,
+    "missing_session": BLOCKING,
+    "duplicate_s3_key": BLOCKING,
+    "invalid_unicode": BLOCKING,
+    "oversized_value": BLOCKING,
+    "too_deeply_nested": BLOCKING,
+    "new_field_conflict": BLOCKING,
+    "completed_without_video": FLAGGED,
+    "unknown_content_type": FLAGGED,
+    "timestamp_string": FLAGGED,
+    "invalid_timestamp": FLAGGED,
+    "invalid_size": FLAGGED,
+    "invalid_checksum": FLAGGED,
+}
+
+
+@dataclass(slots=True)
+class DocumentPlan:
+    """One plan line: what apply will do to one document, under which precondition, and why.
+
+    `current` summarises the new-field assets the scene already holds ({"assets", "size", "keys",
+    "assetsStatus"}, empty when none): with `set` it gives the scene as it will be after apply, which is
+    what its session's totals and the duplicate-key check need.
+    """
+
+    table: str
+    id: str
+    action: str
+    session_id: str | None
+    legacy_status: str | None
+    expect: dict[str, Any]
+    expect_absent: list[str]
+    set: dict[str, Any]
+    references: list[dict[str, Any]]
+    problems: list[dict[str, str]]
+    current: dict[str, Any] = field(default_factory=dict)
+
+    def to_line(self) -> dict[str, Any]:
+        return {
+            "table": self.table,
+            "id": self.id,
+            "action": self.action,
+            "legacyStatus": self.legacy_status,
+            "sessionId": self.session_id,
+            "expect": self.expect,
+            "expectAbsent": self.expect_absent,
+            "set": self.set,
+            "unset": [],
+            "references": self.references,
+            "problems": self.problems,
+            "current": self.current,
+        }
+
+    @classmethod
+    def from_line(cls, line: dict[str, Any]) -> DocumentPlan:
+        return cls(
+            table=line["table"],
+            id=line["id"],
+            action=line["action"],
+            session_id=line["sessionId"],
+            legacy_status=line["legacyStatus"],
+            expect=line["expect"],
+            expect_absent=line["expectAbsent"],
+            set=line["set"],
+            references=line["references"],
+            problems=line["problems"],
+            current=line["current"],
+        )
+
+
+@dataclass(slots=True)
+class SessionTotals:
+    """A session's scenes as they will be after apply: asset count, known size sum, assetsStatus counts."""
+
+    scenes: int = 0
+    assets: int = 0
+    size: float = 0
+    ready: int = 0
+    errors: int = 0
+    uploading: int = 0
+
+    def add_scene(self, plan: DocumentPlan) -> None:
+        current = plan.current
+        assets, size, status = current.get("assets", 0), current.get("size", 0), current.get("assetsStatus")
+        if plan.action in CHANGING_ACTIONS:
+            for asset_field in SCENE_ASSET_SOURCES:
+                asset = plan.set.get(asset_field)
+                if asset is not None:
+                    assets += 1
+                    size += asset.get("size", 0)
+            status = plan.set.get("assetsStatus", status)
+        self.scenes += 1
+        self.assets += assets
+        self.size += size
+        self.ready += status == "ready"
+        self.errors += status == "error"
+        self.uploading += status == "uploading"
+
+
+def mark_blocking(plan: DocumentPlan, code: str, message: str, *, field_name: str = "") -> DocumentPlan:
+    """A copy that changes nothing and says why (used for problems only the whole table reveals)."""
+    return replace(
+        plan,
+        action="problem",
+        expect_absent=[f for f in plan.expect_absent if f not in plan.set],
+        set={},
+        references=[],
+        problems=[*plan.problems, problem_of(code, field_name, message, BLOCKING)],
+    )
+
+
+def problem_of(code: str, field_name: str, message: str, severity: str | None = None) -> dict[str, str]:
+    return {"code": code, "severity": severity or PROBLEM_CODES[code], "field": field_name, "message": message}
+
+
+def blocked(problems: list[dict[str, str]]) -> bool:
+    return any(p["severity"] == BLOCKING for p in problems)
+

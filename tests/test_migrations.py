@@ -1,0 +1,130 @@
+"""The seam between the core and its migrations: the registry, a run folder bound to one migration, the step
+every notebook opens and records, and the core running a migration it has never heard of."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers import migrations
+from helpers.archive import StepResults, read_step_results, write_step_results
+from helpers.errors import PreconditionFailed
+from helpers.migration import PLAN_LINE_KEYS, Migration
+from helpers.run_folder import bind_migration, migration_id, run_id
+from helpers.step import PREVIOUS_STEP, Step
+from helpers.verify import run_checks
+
+from .toy_migration import plan_note
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Development tooling for migration 001's sample data (not in the wheel), and the migrations themselves.
+NOT_CORE = {"sample_data.py", "local_deployment.py", "demo.py"}
+
+
+def core_modules() -> list[Path]:
+    return [path for path in sorted((ROOT / "helpers").glob("*.py")) if path.name not in NOT_CORE]
+
+
+def test_the_core_names_no_table_field_or_migration_of_its_own() -> None:
+    """Issue 14's check: a search of the core modules for scenes, videoSessions and 001 finds nothing."""
+    found = {
+        f"{path.name}:{number}": line.strip()
+        for path in core_modules()
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"scenes|videoSessions|001", line)
+    }
+    assert found == {}
+
+
+def test_the_search_would_find_a_table_name() -> None:
+    """The check above is not vacuous: the files it reads are the core's, and a migration's name shows."""
+    names = {path.name for path in core_modules()}
+    assert {"plan.py", "verify.py", "apply.py", "rollback.py", "runner.py", "cli.py", "transport.py"} <= names
+    assert re.search(r"scenes|videoSessions|001", (ROOT / "helpers/migrations/m001_s3_asset_tracking/planner.py").read_text())
+
+
+def test_the_registry_finds_each_migration_by_id_in_order() -> None:
+    found = migrations.all_migrations()
+    assert [m.id for m in found][:2] == ["001_s3_asset_tracking", "002_retire_legacy_fields"]
+    assert migrations.default_id() == "001_s3_asset_tracking"
+    assert migrations.get("002_retire_legacy_fields").predecessor == "001_s3_asset_tracking"
+    for migration in found:
+        assert migration.folder is not None and (migration.folder / "README.md").exists(), migration.id
+        assert set(migration.changing_actions) <= set(migration.actions), migration.id
+        assert set(migration.owned_fields) <= set(migration.tables), migration.id
+    with pytest.raises(PreconditionFailed, match="No migration '003_x'") as unknown:
+        migrations.get("003_x")
+    assert "001_s3_asset_tracking" in str(unknown.value)
+
+
+def test_a_run_folder_runs_one_migration(tmp_path: Path) -> None:
+    assert migration_id(tmp_path / "never-used") == migrations.default_id()  # reading writes nothing
+    assert not (tmp_path / "never-used").exists()
+    bind_migration(tmp_path / "a", "002_retire_legacy_fields")
+    assert migration_id(tmp_path / "a") == "002_retire_legacy_fields" and run_id(tmp_path / "a")
+    bind_migration(tmp_path / "a", "002_retire_legacy_fields")  # again: the same migration is fine
+    with pytest.raises(PreconditionFailed, match="runs migration 002_retire_legacy_fields, not 001_s3_asset_tracking"):
+        bind_migration(tmp_path / "a", "001_s3_asset_tracking")
+    run_id(tmp_path / "b")  # a folder whose first step named no migration runs the default one
+    with pytest.raises(PreconditionFailed):
+        bind_migration(tmp_path / "b", "002_retire_legacy_fields")
+
+
+@pytest.mark.parametrize("step", sorted(PREVIOUS_STEP))
+def test_every_step_refuses_when_the_step_before_did_not_pass(tmp_path: Path, step: str) -> None:
+    before = PREVIOUS_STEP[step]
+    with pytest.raises(PreconditionFailed):  # not run at all
+        Step.open(step, "http://127.0.0.1:9", tmp_path, "001_s3_asset_tracking")
+    write_step_results(tmp_path, before, StepResults(step=before, status="failed"))
+    with pytest.raises(PreconditionFailed, match=f"step {before} did not pass"):
+        Step.open(step, "http://127.0.0.1:9", tmp_path, "001_s3_asset_tracking")
+    write_step_results(tmp_path, before, StepResults(step=before, status="passed"))
+    opened = Step.open(step, "http://127.0.0.1:9", tmp_path, "001_s3_asset_tracking")
+    assert opened.migration.id == "001_s3_asset_tracking" and "001_s3_asset_tracking" in opened.heading()
+
+
+def test_a_step_records_its_results_and_its_ledger_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rows: list[dict[str, Any]] = []
+    monkeypatch.setattr("helpers.deployment.read_ledger", lambda transport, migration: [])
+    monkeypatch.setattr("helpers.deployment.record_run", lambda transport, migration, run, **row: rows.append({"migration": migration, **row}))
+    write_step_results(tmp_path, "03_apply", StepResults(step="03_apply", status="passed"))
+    step = Step.open("04_verify", "http://127.0.0.1:9", tmp_path, "001_s3_asset_tracking")
+
+    class Report:
+        passed, plan_sha256, backup_sha256 = False, "p" * 64, "b" * 64
+
+        def model_dump(self, mode: str) -> dict[str, Any]:
+            return {"checks": []}
+
+    results = step.record(Report())
+    assert results.status == "failed" and read_step_results(tmp_path, "04_verify").status == "failed"
+    assert results.inputs["plan_sha256"] == "p" * 64
+    [row] = rows
+    assert (row["migration"], row["step"], row["status"]) == ("001_s3_asset_tracking", "04_verify", "failed")
+    assert "04_verify/results.json" in row["evidence"]
+
+
+def test_verify_runs_the_core_checks_and_the_migrations_own_on_a_migration_it_never_heard_of(toy_registered: Migration) -> None:
+    backup = [{"_id": "n1", "text": "a b", "updatedAt": 1}, {"_id": "n2", "text": "c", "updatedAt": 1}, {"_id": "n3", "text": 5}]
+    plan = [plan_note(doc) for doc in backup]
+    assert all(set(PLAN_LINE_KEYS) <= set(line) for line in plan)
+    live = [{**doc, **line["set"]} for doc, line in zip(backup, plan)]
+
+    def outcome(documents: list[dict[str, Any]]) -> dict[str, int]:
+        result = run_checks(plan, lambda table: iter(backup), lambda table: iter(documents), migration=toy_registered)
+        return {check.name: check.failed for check in result.checks}
+
+    assert outcome(live) == {
+        "planned_fields_written": 0, "legacy_fields_unchanged": 0, "nothing_outside_plan_changed": 0,
+        "no_backup_document_missing": 0, "word_count_right": 0,  # no reference check: it tracks no asset
+    }
+    wrong = [{**live[0], "wordCount": 9}, live[1], live[2]]
+    assert outcome(wrong)["planned_fields_written"] == 1 and outcome(wrong)["word_count_right"] == 1
+    touched = [{**live[0], "text": "x y"}, live[1], live[2]]  # a field the migration does not own
+    assert outcome(touched)["legacy_fields_unchanged"] == 1
+    extra = [live[0], live[1], {**live[2], "wordCount": 0}]  # an owned field the plan does not set
+    assert outcome(extra)["nothing_outside_plan_changed"] == 1
+    assert outcome(live[:2])["no_backup_document_missing"] == 1

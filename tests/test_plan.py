@@ -1,0 +1,127 @@
+"""The dry-run's core (helpers.plan) around a migration's planner: the plan file, its hash, its tables, its refusals.
+
+Runs a migration the runbook does not ship (tests/toy_migration.py) against a fake deployment that answers
+`migration:readPage`, so what is checked here is the core alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers import display as show
+from helpers import jsonio, migrations
+from helpers.errors import PreconditionFailed
+from helpers.migration import Migration
+from helpers.plan import PLAN_FILE, build_plan, example_pairs, iter_plan_lines, plan_dir, read_plan
+from helpers.run_folder import bind_migration
+
+from .toy_migration import TOY
+
+NOTES = [
+    {"_id": "n1", "_creationTime": 1.0, "text": "one two three", "status": "draft"},
+    {"_id": "n2", "_creationTime": 2.0, "text": "four", "status": "final"},
+    {"_id": "n3", "_creationTime": 3.0, "text": 7, "status": "final"},
+    {"_id": "n4", "_creationTime": 4.0, "text": "done", "wordCount": 1, "status": "final"},
+]
+
+
+class PagedTables:
+    """A deployment as far as `migration:readPage` goes: fixed tables, two documents per page at most."""
+
+    url = "http://127.0.0.1:9"
+
+    def __init__(self, tables: dict[str, list[dict[str, Any]]]) -> None:
+        self.tables = tables
+        self.paths: list[str] = []
+
+    def function(self, path: str, args: dict[str, Any], **_: Any) -> Any:
+        self.paths.append(path)
+        assert path == "migration:readPage"
+        docs = self.tables[args["table"]]
+        start = int(args["cursor"] or 0)
+        end = start + min(args["numItems"], 2)
+        return {"page": docs[start:end], "isDone": end >= len(docs), "continueCursor": str(end)}
+
+
+@pytest.fixture
+def toy_run(tmp_path: Path, toy_registered: Migration) -> Path:
+    run_dir = tmp_path / "run"
+    bind_migration(run_dir, toy_registered.id)
+    return run_dir
+
+
+def test_the_plan_holds_what_the_migration_planned_in_order_hashed_and_counted(toy_run: Path) -> None:
+    deployment = PagedTables({"notes": NOTES})
+    summary = build_plan(deployment, toy_run, source="live", page_size=2, show_progress=False)  # type: ignore[arg-type]
+
+    lines = list(iter_plan_lines(toy_run))
+    assert [line["id"] for line in lines] == ["n1", "n2", "n3", "n4"]
+    assert lines[0]["set"] == {"wordCount": 3} and lines[1]["set"] == {"wordCount": 1}
+    raw = (plan_dir(toy_run) / PLAN_FILE).read_bytes().splitlines()[0]
+    assert raw == jsonio.dumps(lines[0], sort_keys=True)  # one line per document, keys sorted: a stable hash
+    assert read_plan(toy_run).plan_sha256 == summary.plan_sha256
+    assert summary.migration_id == TOY.id and summary.documents == 4
+    assert summary.actions == {"notes": {"count": 2, "problem": 1, "no_change": 1}}
+    assert summary.by_status == {"notes": {"draft": {"count": 1}, "final": {"count": 1, "problem": 1, "no_change": 1}}}
+    assert summary.changes == 2 and summary.references == 0
+    [problem] = summary.problems
+    assert (problem.table, problem.code, problem.count, problem.examples) == ("notes", "no_text", 1, ["n3"])
+    with (plan_dir(toy_run) / "problems.csv").open(newline="") as source:
+        assert [row["id"] for row in csv.DictReader(source)] == ["n3"]
+    assert set(deployment.paths) == {"migration:readPage"}  # the dry-run only reads
+
+
+def test_an_altered_plan_is_refused(toy_run: Path) -> None:
+    build_plan(PagedTables({"notes": NOTES}), toy_run, source="live", show_progress=False)  # type: ignore[arg-type]
+    path = plan_dir(toy_run) / PLAN_FILE
+    path.write_bytes(path.read_bytes().replace(b'"wordCount":3', b'"wordCount":4'))
+    with pytest.raises(PreconditionFailed, match="does not match the dry-run's hash"):
+        read_plan(toy_run)
+
+
+def test_a_run_folder_holds_one_plan(toy_run: Path) -> None:
+    build_plan(PagedTables({"notes": NOTES}), toy_run, source="live", show_progress=False)  # type: ignore[arg-type]
+    with pytest.raises(PreconditionFailed, match="a run folder holds one plan"):
+        build_plan(PagedTables({"notes": NOTES}), toy_run, source="live", show_progress=False)  # type: ignore[arg-type]
+
+
+def test_a_migration_that_refuses_the_deployment_plans_nothing(toy_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def not_ready(transport: Any) -> None:
+        raise PreconditionFailed("migration 000 was not applied", hint="apply it first")
+
+    refusing = dataclasses.replace(TOY, require=not_ready)
+    monkeypatch.setattr(migrations, "all_migrations", lambda: (refusing,))
+    deployment = PagedTables({"notes": NOTES})
+    with pytest.raises(PreconditionFailed, match="000 was not applied"):
+        build_plan(deployment, toy_run, source="live", show_progress=False)  # type: ignore[arg-type]
+    assert deployment.paths == [] and not plan_dir(toy_run).exists()
+
+
+def test_the_snapshot_source_needs_the_backup(toy_run: Path) -> None:
+    with pytest.raises(PreconditionFailed, match="plans from this run folder's backup snapshot"):
+        build_plan(PagedTables({"notes": NOTES}), toy_run, show_progress=False)  # type: ignore[arg-type]
+
+
+def test_examples_show_what_a_line_sets_and_what_it_removes(tmp_path: Path) -> None:
+    lines = [
+        {"id": "a", "table": "scenes", "action": "retire", "expect": {"s3ChunkKey": "k.mp4", "videoAsset": {"s3Key": "k.mp4"}},
+         "set": {}, "unset": ["s3ChunkKey"], "problems": []},
+        {"id": "b", "table": "scenes", "action": "blocked", "expect": {}, "set": {}, "unset": [],
+         "problems": [{"code": "not_migrated", "severity": "blocking", "message": "no videoAsset"}]},
+    ]
+    plan_file = plan_dir(tmp_path) / PLAN_FILE
+    plan_file.parent.mkdir()
+    plan_file.write_bytes(b"".join(jsonio.dumps(line) + b"\n" for line in lines))
+    bind_migration(tmp_path, "001_s3_asset_tracking")  # any registered migration: only its changing actions matter
+    [(before, after), _] = example_pairs(tmp_path, 5)
+    assert before["s3ChunkKey"] == "k.mp4" and "s3ChunkKey" not in after
+    rows = show.before_after_frame(example_pairs(tmp_path, 5)).set_index("document")
+    removed = rows.loc["scenes a · retire"]
+    assert (removed["new field"], removed["new value"], removed["from legacy field(s)"]) == (
+        "s3ChunkKey (removed)", "(absent)", "s3ChunkKey = k.mp4"
+    )
