@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers.migration import PLAN_LINE_KEYS, Joined, Planned, PlanInputs, Verdict
+from helpers.migration import PLAN_LINE_KEYS, Before, Joined, Planned, PlanInputs, Verdict
 from helpers.migrations.m002_retire_legacy_fields import MIGRATION, rules
 from helpers.migrations.m002_retire_legacy_fields.checks import LEGACY_VALUES_RECOVERABLE
-from helpers.values import digest, equal
+from helpers.values import equal
 
 BUCKET = "https://tutor.s3.us-east-1.amazonaws.com"
 MIGRATED_AT = 1_704_067_200_000
@@ -49,10 +49,11 @@ def after_apply(doc: dict[str, Any], line: dict[str, Any]) -> dict[str, Any]:
     return {**{k: v for k, v in doc.items() if k not in line["unset"]}, **line["set"]}
 
 
-def joined(line: dict[str, Any], live: dict[str, Any] | None, *, changed_by_application: bool = False) -> Joined:
-    removed = {f: line["expect"][f] for f in line["unset"]}
-    planned = Planned(line["action"], MIGRATION.changes(line), tuple(sorted(line["set"])), digest(line["set"]), removed)
-    return Joined(line["table"], None, planned, live, changed_by_application)
+def joined(line: dict[str, Any], live: dict[str, Any] | None, backed_up: dict[str, Any] | None = None) -> Joined:
+    """The document as verify joins it: its backup, its plan line, the live document."""
+    planned = Planned.of(MIGRATION, line)
+    before = None if backed_up is None else Before.of(MIGRATION, line["table"], backed_up, planned.touched)
+    return Joined(MIGRATION, line["table"], before, planned, live)
 
 
 # -- documents of every shape ------------------------------------------------------------------------------
@@ -121,7 +122,7 @@ def test_a_retired_documents_removed_values_are_all_recoverable_from_its_assets(
     carriers = {rules.CARRIED_BY[table][name][0] for name in line["unset"]}
     assert set(line["expect"]) == set(legacy) | carriers  # the compare-and-set covers the asset fields as well
     assert all(equal(line["expect"][a], doc[a]) for a in carriers)
-    assert LEGACY_VALUES_RECOVERABLE.run(joined(line, after)) is Verdict.PASS
+    assert LEGACY_VALUES_RECOVERABLE.run(joined(line, after, doc)) is Verdict.PASS
 
 
 @settings(max_examples=400)
@@ -266,17 +267,17 @@ def test_the_check_passes_on_the_planned_state_and_fires_when_the_asset_changed_
     doc = migrated_scene()
     line = rules.plan_document("scenes", doc)
     after = after_apply(doc, line)
-    assert LEGACY_VALUES_RECOVERABLE.run(joined(line, after)) is Verdict.PASS
+    assert LEGACY_VALUES_RECOVERABLE.run(joined(line, after, doc)) is Verdict.PASS
 
     rewritten = {**after, "videoAsset": {**after["videoAsset"], "s3Url": f"{BUCKET}/s/1/elsewhere.mp4"}}
-    assert LEGACY_VALUES_RECOVERABLE.run(joined(line, rewritten)) is Verdict.FAIL
-    assert LEGACY_VALUES_RECOVERABLE.detail(joined(line, rewritten)) == "videoAsset no longer carries s3ChunkUrl"
-    by_app = joined(line, rewritten, changed_by_application=True)
-    assert LEGACY_VALUES_RECOVERABLE.run(by_app) is Verdict.APPLICATION
+    assert LEGACY_VALUES_RECOVERABLE.run(joined(line, rewritten, doc)) is Verdict.FAIL
+    assert LEGACY_VALUES_RECOVERABLE.detail(joined(line, rewritten, doc)) == "videoAsset no longer carries s3ChunkUrl"
+    by_app = {**rewritten, "updatedAt": MIGRATED_AT + 60_000}  # a writer that also moved updatedAt: the application's doing
+    assert LEGACY_VALUES_RECOVERABLE.run(joined(line, by_app, doc)) is Verdict.APPLICATION
 
     gone = {k: v for k, v in after.items() if k != "thumbnailAsset"}
-    assert LEGACY_VALUES_RECOVERABLE.run(joined(line, gone)) is Verdict.FAIL
-    assert LEGACY_VALUES_RECOVERABLE.detail(joined(line, gone)) == "thumbnailAsset no longer carries thumbnailKey, thumbnailUrl"
+    assert LEGACY_VALUES_RECOVERABLE.run(joined(line, gone, doc)) is Verdict.FAIL
+    assert LEGACY_VALUES_RECOVERABLE.detail(joined(line, gone, doc)) == "thumbnailAsset no longer carries thumbnailKey, thumbnailUrl"
 
 
 def test_the_check_ignores_what_was_not_removed_and_what_was_not_retired() -> None:
@@ -284,7 +285,7 @@ def test_the_check_ignores_what_was_not_removed_and_what_was_not_retired() -> No
     line = rules.plan_document("scenes", doc)
     # apply met a conflict: the legacy fields are still there, so nothing was lost whatever the asset holds now
     untouched = {**doc, "videoAsset": {**doc["videoAsset"], "s3Key": "changed.mp4"}}
-    assert LEGACY_VALUES_RECOVERABLE.run(joined(line, untouched)) is Verdict.PASS
-    assert LEGACY_VALUES_RECOVERABLE.run(joined(line, None)) is None  # deleted: the core's missing-document check
+    assert LEGACY_VALUES_RECOVERABLE.run(joined(line, untouched, doc)) is Verdict.PASS
+    assert LEGACY_VALUES_RECOVERABLE.run(joined(line, None, doc)) is None  # deleted: the core's missing-document check
     blocked = rules.plan_document("scenes", {**doc, "s3ChunkSize": "1 MB"})
     assert LEGACY_VALUES_RECOVERABLE.run(joined(blocked, doc)) is None

@@ -1,4 +1,5 @@
-"""Migration 002 against the local deployment: it refuses where 001 is not in effect, and runs after 001."""
+"""Migration 002 against the local deployment, through the same core as 001: 001 end to end, then 002's backup,
+dry-run, apply, verify and rollback restore; its refusal where 001 is not in effect."""
 
 from __future__ import annotations
 
@@ -8,40 +9,65 @@ from typing import Any
 
 import pytest
 
-from helpers import MIGRATION_ID as M001, archive, errors
+from helpers import archive, errors
 from helpers.apply import apply_plan
-from helpers.deployment import iter_pages, read_ledger
-from helpers.migration import PlanInputs
+from helpers.backup import iter_backup_documents, read_backup, take_backup
+from helpers.deployment import apply_batch, read_ledger
+from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 from helpers.migrations.m002_retire_legacy_fields import MIGRATION as M002
-from helpers.plan import iter_plan_lines
-from helpers.rollback import execute_rollback, plan_rollback
+from helpers.plan import build_plan, iter_plan_lines, plan_dir, read_plan
+from helpers.rollback import check_rollback, execute_rollback, plan_rollback
+from helpers.run_folder import bind_migration
 from helpers.transport import ConvexTransport
+from helpers.values import equal
 from helpers.verify import verify
 
 from .flow import prepare, seed, state
 
-SCENES = 30
+SCENES = 120
+#: What 001 flagged and stored normalised or left out: the legacy value is then not carried.
+NOT_CARRIED_FLAGS = {"presigned_url", "url_plain_http", "invalid_size", "invalid_checksum"}
 
 
-def run_001(transport: ConvexTransport, run_dir: Path) -> None:
-    """Migration 001 end to end, each step recorded in the ledger as its notebook records it."""
-    prepare(transport, run_dir)
+def folder(tmp_path: Path, migration_id: str) -> Path:
+    run_dir = tmp_path / migration_id
+    bind_migration(run_dir, migration_id)
+    return run_dir
+
+
+def apply_and_verify(transport: ConvexTransport, run_dir: Path) -> None:
+    """Steps 03 and 04 after `prepare`, each recorded (results.json and its ledger row) as its notebook records it."""
     applied = apply_plan(transport, run_dir, confirm=True, show_progress=False)
-    archive.record_step(transport, run_dir, archive.StepResults(step="03_apply", status="passed" if applied.passed else "failed"))
+    assert applied.passed and applied.conflicts == 0 and not applied.errors
+    archive.record_step(transport, run_dir, archive.StepResults(step="03_apply", status="passed"))
     report = verify(transport, run_dir, show_progress=False)
     assert report.passed, [c for c in report.checks if not c.passed]
     archive.record_step(transport, run_dir, archive.StepResults(step="04_verify", status="passed"))
 
 
-def test_002_refuses_where_001_never_ran(transport: ConvexTransport) -> None:
-    seed(transport, SCENES)
+def run_001(transport: ConvexTransport, tmp_path: Path) -> dict[str, dict[str, Any]]:
+    """Migration 001 end to end; its plan lines by document id."""
+    run_dir = folder(tmp_path, M001.id)
+    prepare(transport, run_dir)
+    apply_and_verify(transport, run_dir)
+    return {line["id"]: line for line in iter_plan_lines(run_dir)}
+
+
+def test_002_refuses_where_001_never_ran(transport: ConvexTransport, tmp_path: Path) -> None:
+    seed(transport, 30)
+    run_dir = folder(tmp_path, M002.id)
+    before = state(transport)
     with pytest.raises(errors.PreconditionFailed, match="001_s3_asset_tracking has no passed 04_verify") as refused:
-        M002.require(transport)
+        take_backup(transport, run_dir, poll_seconds=0.05, show_progress=False)
     assert "runbook run --migration 001_s3_asset_tracking" in refused.value.hint
+    with pytest.raises(errors.PreconditionFailed, match="no passed 04_verify"):
+        build_plan(transport, run_dir, show_progress=False, source="live")
+    assert not plan_dir(run_dir).exists() and state(transport) == before
 
 
-def test_002_requires_001_verified_and_not_rolled_back_since(transport: ConvexTransport, run_dir: Path) -> None:
-    seed(transport, SCENES)
+def test_002_requires_001_verified_and_not_rolled_back_since(transport: ConvexTransport, tmp_path: Path) -> None:
+    seed(transport, 30)
+    run_dir = folder(tmp_path, M001.id)
     prepare(transport, run_dir)
     apply_plan(transport, run_dir, confirm=True, show_progress=False)
     archive.record_step(transport, run_dir, archive.StepResults(step="03_apply", status="passed"))
@@ -53,50 +79,102 @@ def test_002_requires_001_verified_and_not_rolled_back_since(transport: ConvexTr
 
     plan_rollback(transport, run_dir, "strip")
     execute_rollback(transport, run_dir, "strip")
-    assert [row["step"] for row in read_ledger(transport, M001)][-1] == "05_rollback"
+    assert [row["step"] for row in read_ledger(transport, M001.id)][-1] == "05_rollback"
     with pytest.raises(errors.PreconditionFailed, match="was rolled back"):
         M002.require(transport)
 
 
-#: What 001 flagged and stored normalised or left out: the legacy value is then not carried.
-NOT_CARRIED_FLAGS = {"presigned_url", "url_plain_http", "invalid_size", "invalid_checksum"}
+def expected_002(line_001: dict[str, Any], doc: dict[str, Any], overtaken: set[str], rewritten: set[str]) -> tuple[str, frozenset[str]]:
+    """What 002 must plan for a document, from what 001 planned for it and what happened since."""
+    table = line_001["table"]
+    if not M002.owned_part(table, doc):
+        return "nothing_to_retire", frozenset()
+    if line_001["action"] == "problem":
+        return "blocked", frozenset({"not_migrated"})
+    if doc["_id"] in overtaken:
+        return "blocked", frozenset({"legacy_changed_since_migration"})
+    # 001's flags on a legacy asset field: a blank key or URL built no asset, anything else was normalised
+    reasons = {
+        "not_migrated" if p["code"] == "empty_string" and p["field"] not in ("s3ChunkSize", "checksum") else "asset_disagrees_with_legacy"
+        for p in line_001["problems"]
+        if p["field"] in M002.owned_fields[table] and (p["code"] in NOT_CARRIED_FLAGS or p["code"] == "empty_string")
+    }
+    if doc["_id"] in rewritten:
+        reasons.add("asset_disagrees_with_legacy")
+    return ("blocked", frozenset(reasons)) if reasons else ("retire", frozenset())
 
 
-def plan_002(transport: ConvexTransport) -> dict[str, dict[str, Any]]:
-    lines = M002.planner(PlanInputs(pages=lambda table, _desc: iter_pages(transport, table, 50), scratch=None, options={}, page_size=50))
-    return {line["id"]: line for line in lines}
+def rewrite_thumbnail(transport: ConvexTransport, doc: dict[str, Any], s3_url: str) -> None:
+    """Someone other than 002 (a new-code writer) rewrites a scene's thumbnail asset; updatedAt stays."""
+    item = {"table": "scenes", "id": doc["_id"], "expect": {}, "expectAbsent": [], "unset": [], "insertReferences": [],
+            "deleteReferences": [], "set": {"thumbnailAsset": {**doc["thumbnailAsset"], "s3Url": s3_url}}}
+    assert [r["outcome"] for r in apply_batch(transport, "test-writer", "test-run", [item])] == ["applied"]
 
 
-def test_002_plans_a_deployment_001_migrated_by_what_001_carried(transport: ConvexTransport, run_dir: Path) -> None:
-    seed(transport, 120)
-    run_001(transport, run_dir)
-    m001 = {line["id"]: line for line in iter_plan_lines(run_dir)}
-    overtaken = [i for i, line in m001.items() if line["table"] == "scenes" and line["action"] == "migrate" and not line["problems"]
-                 and "s3ChunkKey" in line["expect"]][:2]
-    for scene in overtaken:  # a legacy writer after 001: a new chunk the asset does not hold
+def test_001_then_002_then_002s_rollback_restore(transport: ConvexTransport, tmp_path: Path) -> None:
+    seed(transport, SCENES)
+    m001 = run_001(transport, tmp_path)
+    migrated = state(transport)
+    retirable = [i for i, line in m001.items() if line["table"] == "scenes" and line["action"] == "migrate"
+                 and not line["problems"] and "s3ChunkKey" in line["expect"] and "thumbnailKey" in line["expect"]]
+    overtaken, rewritten = set(retirable[:2]), {retirable[2]}
+    for scene in overtaken:  # the legacy renderer after 001: a new chunk the asset does not hold
         transport.mutation("scenes:setChunk", {"id": scene, "s3ChunkKey": f"re/{scene}.mp4", "s3ChunkUrl": f"https://x/{scene}.mp4"})
-    docs = {i: d for table in M002.tables for i, d in state(transport)[table].items()}
-    plan = plan_002(transport)
-    assert plan.keys() == docs.keys()
+    for scene in rewritten:
+        rewrite_thumbnail(transport, migrated["scenes"][scene], "https://tutor-assets.s3.amazonaws.com/elsewhere.png")
 
-    def expected(doc_id: str) -> tuple[str, frozenset[str]]:
-        table = m001[doc_id]["table"]
-        if not M002.owned_part(table, docs[doc_id]):
-            return "nothing_to_retire", frozenset()
-        if m001[doc_id]["action"] == "problem":
-            return "blocked", frozenset({"not_migrated"})
-        if doc_id in overtaken:
-            return "blocked", frozenset({"legacy_changed_since_migration"})
-        # 001's flags on a legacy asset field: a blank key or URL built no asset, anything else was normalised
-        reasons = frozenset(
-            "not_migrated" if p["code"] == "empty_string" and p["field"] not in ("s3ChunkSize", "checksum") else "asset_disagrees_with_legacy"
-            for p in m001[doc_id]["problems"]
-            if p["field"] in M002.owned_fields[table] and (p["code"] in NOT_CARRIED_FLAGS or p["code"] == "empty_string")
-        )
-        return ("blocked", reasons) if reasons else ("retire", frozenset())
+    # backup and dry-run: nothing changes; each document planned as what 001 carried says
+    run_dir = folder(tmp_path, M002.id)
+    before = state(transport)
+    prepare(transport, run_dir)
+    assert state(transport) == before
+    docs = {i: d for table in M002.tables for i, d in before[table].items()}
+    lines = {line["id"]: line for line in iter_plan_lines(run_dir)}
+    expected = {i: expected_002(m001[i], doc, overtaken, rewritten) for i, doc in docs.items()}
+    assert {i: (line["action"], frozenset(p["code"] for p in line["problems"])) for i, line in lines.items()} == expected
+    per_status = Counter((m001[i]["table"], str(docs[i]["status"]), action) for i, (action, _) in expected.items())
+    summary = read_plan(run_dir)
+    assert {(t, s, a): n for t, statuses in summary.by_status.items() for s, actions in statuses.items() for a, n in actions.items()} == per_status
+    assert per_status[("scenes", "completed", "retire")] > 50 and per_status[("scenes", "completed", "blocked")] >= 3
+    assert summary.actions["videoSessions"]["retire"] > 5
 
-    got = {i: (line["action"], frozenset(p["code"] for p in line["problems"])) for i, line in plan.items()}
-    assert got == {i: expected(i) for i in docs}
-    counts = Counter((line["table"], line["action"]) for line in plan.values())
-    assert counts[("scenes", "retire")] > 50 and counts[("videoSessions", "retire")] > 5
-    assert counts[("scenes", "blocked")] and counts[("videoSessions", "blocked")]
+    # apply: only the retired documents' legacy fields are gone; every other field and document as before
+    apply_and_verify(transport, run_dir)
+    after = state(transport)
+    assert after["assetReferences"] == before["assetReferences"]
+    for doc_id, doc in docs.items():
+        table, line = lines[doc_id]["table"], lines[doc_id]
+        if line["action"] == "retire":
+            assert after[table][doc_id] == {k: v for k, v in doc.items() if k not in M002.owned_fields[table]}
+        else:
+            assert after[table][doc_id] == doc  # a blocked document keeps its legacy fields
+    report = verify(transport, run_dir, show_progress=False)
+    recoverable = next(c for c in report.checks if c.name == "legacy_values_recoverable")
+    assert recoverable.passed and recoverable.checked == sum(line["action"] == "retire" for line in lines.values())
+
+    # strip makes no sense for 002; restore puts every removed field back, exactly as the backup holds it
+    with pytest.raises(errors.PreconditionFailed, match="restore"):
+        plan_rollback(transport, run_dir, "strip")
+    plan_rollback(transport, run_dir, "restore")
+    restored = execute_rollback(transport, run_dir, "restore")
+    assert not restored.conflicts and not restored.errors
+    assert check_rollback(transport, run_dir, "restore").failed == 0
+    live = state(transport)
+    for table in M002.tables:
+        backed_up = {doc["_id"]: doc for doc in iter_backup_documents(read_backup(run_dir), table)}
+        assert backed_up.keys() == live[table].keys()
+        assert all(equal(live[table][i], doc) for i, doc in backed_up.items())
+
+
+def test_verify_of_002_catches_an_asset_changed_after_retire(transport: ConvexTransport, tmp_path: Path) -> None:
+    seed(transport, 30)
+    run_001(transport, tmp_path)
+    run_dir = folder(tmp_path, M002.id)
+    prepare(transport, run_dir)
+    apply_and_verify(transport, run_dir)
+    retired = next(line["id"] for line in iter_plan_lines(run_dir) if line["action"] == "retire" and "thumbnailKey" in line["unset"])
+    rewrite_thumbnail(transport, state(transport)["scenes"][retired], "https://tutor-assets.s3.amazonaws.com/lost.png")
+    report = verify(transport, run_dir, show_progress=False)
+    failed = {c.name: c for c in report.checks if not c.passed}
+    assert "legacy_values_recoverable" in failed and failed["legacy_values_recoverable"].failed == 1
+    assert f"{retired} (thumbnailAsset no longer carries thumbnailUrl)" in failed["legacy_values_recoverable"].examples

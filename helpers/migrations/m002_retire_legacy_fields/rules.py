@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ...fields import ASSET_SOURCES
+from ..m001_s3_asset_tracking.fields import ASSET_SOURCES
 from ...values import equal as values_equal
 
 RETIRE = "retire"
