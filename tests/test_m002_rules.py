@@ -138,10 +138,12 @@ def test_a_document_is_blocked_exactly_when_a_present_legacy_value_is_not_carrie
         assert line["action"] == rules.BLOCKED and [p["code"] for p in line["problems"]] == ["not_migrated"]
     elif uncarried:
         assert line["action"] == rules.BLOCKED and line["unset"] == [] and line["expect"] == {}
-        named = {rules.CARRIED_BY[table][name][0] for name in uncarried}
-        assert {p["field"] for p in line["problems"]} == named  # one problem per asset that does not carry its fields
-        assert all(p["severity"] == "blocking" for p in line["problems"])
-        assert {p["code"] for p in line["problems"]} <= {"not_migrated", "asset_disagrees_with_legacy", "legacy_changed_since_migration"}
+        named = [rules.CARRIED_BY[table][name][0] for name in uncarried]
+        at_fault = [asset for p in line["problems"] for asset in p["field"].split(", ")]
+        assert sorted(at_fault) == sorted(set(named))  # each asset that does not carry a field, under one reason
+        reasons = [p["code"] for p in line["problems"]]
+        assert len(reasons) == len(set(reasons)) and all(p["severity"] == "blocking" for p in line["problems"])
+        assert set(reasons) <= {"not_migrated", "asset_disagrees_with_legacy", "legacy_changed_since_migration"}
     else:
         assert line["action"] == rules.RETIRE
 
@@ -209,15 +211,21 @@ def test_a_later_write_that_left_the_legacy_values_as_001_carried_them_still_ret
     assert line["action"] == "retire"  # nothing would be lost; the compare-and-set guards the rest
 
 
-def test_every_reason_is_reported_once_per_asset() -> None:
-    doc = migrated_scene(thumbnailUrl="https://cdn.example.com/t.png", sourceCodeKey="s/1/source.py", updatedAt=MIGRATED_AT)
-    doc["videoAsset"] = {**doc["videoAsset"], "uploadedAt": MIGRATED_AT - 1}  # the chunk was written again since
-    doc["s3ChunkUrl"] = f"{BUCKET}/s/1/other.mp4"
+def test_each_reason_is_one_problem_naming_every_asset_it_concerns() -> None:
+    doc = migrated_scene(thumbnailUrl="https://cdn.example.com/t.png", sourceCodeKey="s/1/source.py", subtitleUrl="",
+                         s3ChunkUrl=f"{BUCKET}/s/1/other.mp4", updatedAt=MIGRATED_AT)
+    doc["videoAsset"] = {**doc["videoAsset"], "uploadedAt": MIGRATED_AT - 1}  # the document was written since
     line = rules.plan_document("scenes", doc)
     assert codes(line) == [
-        ("legacy_changed_since_migration", "videoAsset"), ("not_migrated", "sourceCodeAsset"),
+        ("legacy_changed_since_migration", "videoAsset"), ("not_migrated", "sourceCodeAsset, subtitleAsset"),
         ("asset_disagrees_with_legacy", "thumbnailAsset"),
     ]
+    assert line["problems"][1]["message"].startswith(
+        "sourceCodeKey is set but sourceCodeAsset is absent; subtitleUrl is set but subtitleAsset is absent: migration 001"
+    )
+    assert line["problems"][0]["message"].startswith(
+        "s3ChunkUrl differs from videoAsset.s3Url and updatedAt is later than videoAsset.uploadedAt: a legacy writer"
+    )
 
 
 def test_a_document_without_legacy_fields_has_nothing_to_retire() -> None:

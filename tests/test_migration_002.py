@@ -137,6 +137,8 @@ def test_001_then_002_then_002s_rollback_restore(transport: ConvexTransport, tmp
     assert {(t, s, a): n for t, statuses in summary.by_status.items() for s, actions in statuses.items() for a, n in actions.items()} == per_status
     assert per_status[("scenes", "completed", "retire")] > 50 and per_status[("scenes", "completed", "blocked")] >= 3
     assert summary.actions["videoSessions"]["retire"] > 5
+    per_reason = Counter((m001[i]["table"], code) for i, (_, codes) in expected.items() for code in codes)
+    assert {(p.table, p.code): p.count for p in summary.problems} == per_reason  # documents per reason
 
     # apply: only the retired documents' legacy fields are gone; every other field and document as before
     apply_and_verify(transport, run_dir)

@@ -79,7 +79,7 @@ def plan_document(table: str, doc: Mapping[str, Any]) -> dict[str, Any]:
         )])
     missing = not_carried(table, legacy, doc)
     if missing:
-        return _line(table, doc, BLOCKED, problems=[_asset_problem(table, doc, asset, names) for asset, names in missing.items()])
+        return _line(table, doc, BLOCKED, problems=_problems(table, doc, missing))
     carriers = dict.fromkeys(carried_by[name][0] for name in legacy)
     expect = {**legacy, **{asset: doc[asset] for asset in carriers}}
     return _line(table, doc, RETIRE, expect=expect, unset=list(legacy))
@@ -109,31 +109,42 @@ def _line(
     }
 
 
-def _asset_problem(table: str, doc: Mapping[str, Any], asset_field: str, names: list[str]) -> dict[str, str]:
-    asset = doc.get(asset_field)
-    if type(asset) is not dict:
-        return _problem(
-            "not_migrated", asset_field,
-            f"{_names(names)} {_are(names)} set but {asset_field} is absent: migration 001 built no asset from "
-            f"{_them(names)} (the value was blank or invalid, 001 was blocked on it, or a legacy writer set it after "
-            "001 ran). Run migration 001 again (it fills a missing asset), or clear a meaningless legacy value by "
-            "hand, then plan again.",
-        )
-    attributes = ", ".join(f"{asset_field}.{CARRIED_BY[table][name][1]}" for name in names)
-    if legacy_changed_after(doc, asset):
-        return _problem(
-            "legacy_changed_since_migration", asset_field,
-            f"{_names(names)} {_differ(names)} from {attributes}, and {UPDATED_AT} is later than {asset_field}."
-            f"{UPLOADED_AT}: a legacy writer changed the document after migration 001 built the asset. Stop every "
-            "legacy writer first; then bring the asset up to date (remove it and run migration 001 again) and plan again.",
-        )
-    return _problem(
-        "asset_disagrees_with_legacy", asset_field,
-        f"{_names(names)} {_differ(names)} from {attributes}: removing {_them(names)} would lose what the asset "
-        "does not hold (a pre-signed URL's query string, an http:// scheme, surrounding spaces, or a size or "
-        "checksum 001 left out as invalid; or the asset was rewritten since). Decide which is right, correct the "
-        "legacy field or the asset, then plan again.",
-    )
+def _problems(table: str, doc: Mapping[str, Any], missing: Mapping[str, list[str]]) -> list[dict[str, str]]:
+    """One problem per reason (so the dry-run counts documents per reason); its field names the asset fields at
+    fault, its message what each does not carry."""
+    assets: dict[str, list[str]] = {}
+    clauses: dict[str, list[str]] = {}
+    for asset_field, names in missing.items():
+        asset = doc.get(asset_field)
+        if type(asset) is not dict:
+            reason, clause = "not_migrated", f"{_names(names)} {_are(names)} set but {asset_field} is absent"
+        else:
+            attributes = ", ".join(f"{asset_field}.{CARRIED_BY[table][name][1]}" for name in names)
+            clause = f"{_names(names)} {_differ(names)} from {attributes}"
+            reason = "asset_disagrees_with_legacy"
+            if legacy_changed_after(doc, asset):
+                reason, clause = "legacy_changed_since_migration", f"{clause} and {UPDATED_AT} is later than {asset_field}.{UPLOADED_AT}"
+        assets.setdefault(reason, []).append(asset_field)
+        clauses.setdefault(reason, []).append(clause)
+    return [_problem(reason, ", ".join(assets[reason]), "; ".join(clauses[reason]) + _CONSEQUENCE[reason]) for reason in assets]
+
+
+_CONSEQUENCE = {
+    "not_migrated": (
+        ": migration 001 built no asset from it (the value was blank or invalid, 001 was blocked on it, or a legacy "
+        "writer set it after 001 ran). Run migration 001 again (it fills a missing asset), or clear a meaningless "
+        "legacy value by hand, then plan again."
+    ),
+    "legacy_changed_since_migration": (
+        ": a legacy writer changed the document after migration 001 built the asset. Stop every legacy writer first; "
+        "then bring the asset up to date (remove it and run migration 001 again) and plan again."
+    ),
+    "asset_disagrees_with_legacy": (
+        ": removing the legacy value would lose what the asset does not hold (a pre-signed URL's query string, an "
+        "http:// scheme, surrounding spaces, or a size or checksum 001 left out as invalid; or the asset was "
+        "rewritten since). Decide which is right, correct the legacy field or the asset, then plan again."
+    ),
+}
 
 
 def _problem(code: str, field_name: str, message: str) -> dict[str, str]:
@@ -150,10 +161,6 @@ def _are(names: Mapping[str, Any] | list[str]) -> str:
 
 def _differ(names: list[str]) -> str:
     return "differs" if len(names) == 1 else "differ"
-
-
-def _them(names: list[str]) -> str:
-    return "it" if len(names) == 1 else "them"
 
 
 def _is_number(value: Any) -> bool:
