@@ -17,12 +17,16 @@ from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 from helpers.migrations.m002_retire_legacy_fields import MIGRATION as M002
 from helpers.plan import build_plan, iter_plan_lines, plan_dir, read_plan
 from helpers.rollback import check_rollback, execute_rollback, plan_rollback
+from helpers.local_deployment import LocalDeployment
 from helpers.run_folder import bind_migration
+from helpers.runner import ROLLBACK_STEP, run_migration
 from helpers.transport import ConvexTransport
 from helpers.values import equal
 from helpers.verify import verify
 
 from .flow import prepare, seed, state
+
+pytestmark = pytest.mark.deployment
 
 SCENES = 120
 #: What 001 flagged and stored normalised or left out: the legacy value is then not carried.
@@ -180,3 +184,26 @@ def test_verify_of_002_catches_an_asset_changed_after_retire(transport: ConvexTr
     failed = {c.name: c for c in report.checks if not c.passed}
     assert "legacy_values_recoverable" in failed and failed["legacy_values_recoverable"].failed == 1
     assert f"{retired} (thumbnailAsset no longer carries thumbnailUrl)" in failed["legacy_values_recoverable"].examples
+
+
+@pytest.mark.slow
+def test_001_then_002_then_002s_rollback_through_the_notebooks(deployment: LocalDeployment, tmp_path: Path) -> None:
+    """The same five notebooks and the same `run_migration`, given the migration's id."""
+    with deployment.transport() as transport:
+        seed(transport, 80)
+        assert run_migration(deployment.url, migration=M001.id, confirm=True, runs_dir=tmp_path / "runs").passed
+        migrated = state(transport)
+        second = run_migration(deployment.url, migration=M002.id, confirm=True, runs_dir=tmp_path / "runs")
+        assert second.passed, second.steps
+        plan = read_plan(second.run_dir)
+        assert second.statistics is not None
+        assert all(plan.actions[t]["retire"] for t in M002.tables)
+        assert second.statistics.migrated == {M002.label(t): plan.actions[t]["retire"] for t in M002.tables}
+        retired = state(transport)
+        retired_lines = [line for line in iter_plan_lines(second.run_dir) if line["action"] == "retire"]
+        assert all(not M002.owned_part(line["table"], retired[line["table"]][line["id"]]) for line in retired_lines)
+        restored = run_migration(deployment.url, confirm=True, run_dir=second.run_dir, steps=[ROLLBACK_STEP],
+                                 parameters={ROLLBACK_STEP: {"execute": True, "mode": "restore"}})
+        assert restored.passed, restored.steps
+        after = state(transport)
+        assert all(after[t] == migrated[t] for t in (*M002.tables, "assetReferences"))
