@@ -168,7 +168,13 @@ def test_a_document_001_never_migrated_is_blocked_as_not_migrated() -> None:
     del doc["assetsStatus"]
     line = rules.plan_document("scenes", doc)
     assert line["action"] == "blocked" and codes(line) == [("not_migrated", "assetsStatus")]
-    assert "Run migration 001 again" in line["problems"][0]["message"]
+    assert line["problems"][0]["message"] == (
+        "s3ChunkKey, s3ChunkUrl, s3ChunkSize, checksum, thumbnailKey and thumbnailUrl are set but the document has no "
+        "assetsStatus: migration 001 never migrated it (it was blocked there, or it was written after 001 ran). Run "
+        "migration 001 again, then plan again."
+    )
+    session = {"_id": "s1", "_creationTime": 1.0, "status": "completed", "manifestUrl": f"{BUCKET}/m.json"}
+    assert rules.plan_document("videoSessions", session)["problems"][0]["message"].startswith("manifestUrl is set but")
 
 
 def test_a_legacy_field_without_its_asset_is_blocked_as_not_migrated() -> None:
@@ -201,6 +207,7 @@ def test_a_legacy_writer_after_001_is_blocked_as_legacy_changed_since_migration(
     line = rules.plan_document("scenes", doc)
     assert codes(line) == [("legacy_changed_since_migration", "videoAsset")]
     assert line["problems"][0]["message"].startswith("s3ChunkKey and s3ChunkUrl differ from videoAsset.s3Key, videoAsset.s3Url")
+    assert codes(rules.plan_document("scenes", {**doc, "updatedAt": MIGRATED_AT + 0.5})) == codes(line)  # a float too
     # The same difference without a later write is the asset's disagreement, not the legacy writer's.
     same_time = rules.plan_document("scenes", {**doc, "updatedAt": MIGRATED_AT})
     assert codes(same_time) == [("asset_disagrees_with_legacy", "videoAsset")]
@@ -237,7 +244,8 @@ def test_a_document_without_legacy_fields_has_nothing_to_retire() -> None:
 def test_legacy_status_is_shown_only_when_it_is_a_plain_text() -> None:
     assert rules.legacy_status({"status": "failed"}) == "failed"
     assert rules.legacy_status({"status": 3}) is None and rules.legacy_status({}) is None
-    assert rules.legacy_status({"status": "x" * 101}) is None
+    assert rules.legacy_status({"status": "x" * 100}) == "x" * 100 and rules.legacy_status({"status": "x" * 101}) is None
+    assert rules.legacy_status({"status": "done\ud800"}) is None  # not UTF-8: the plan file could not hold it
 
 
 def test_the_owned_fields_are_the_legacy_asset_fields_001_reads_and_nothing_else() -> None:
@@ -283,9 +291,11 @@ def test_the_check_passes_on_the_planned_state_and_fires_when_the_asset_changed_
     by_app = {**rewritten, "updatedAt": MIGRATED_AT + 60_000}  # a writer that also moved updatedAt: the application's doing
     assert LEGACY_VALUES_RECOVERABLE.run(joined(line, by_app, doc)) is Verdict.APPLICATION
 
-    gone = {k: v for k, v in after.items() if k != "thumbnailAsset"}
+    gone = {k: v for k, v in rewritten.items() if k != "thumbnailAsset"}
     assert LEGACY_VALUES_RECOVERABLE.run(joined(line, gone, doc)) is Verdict.FAIL
-    assert LEGACY_VALUES_RECOVERABLE.detail(joined(line, gone, doc)) == "thumbnailAsset no longer carries thumbnailKey, thumbnailUrl"
+    assert LEGACY_VALUES_RECOVERABLE.detail(joined(line, gone, doc)) == (
+        "videoAsset no longer carries s3ChunkUrl; thumbnailAsset no longer carries thumbnailKey, thumbnailUrl"
+    )
 
 
 def test_the_check_ignores_what_was_not_removed_and_what_was_not_retired() -> None:

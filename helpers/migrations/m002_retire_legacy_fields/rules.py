@@ -85,10 +85,10 @@ def plan_document(table: str, doc: Mapping[str, Any]) -> dict[str, Any]:
     return _line(table, doc, RETIRE, expect=expect, unset=list(legacy))
 
 
-def legacy_changed_after(doc: Mapping[str, Any], asset: Any) -> bool:
+def legacy_changed_after(doc: Mapping[str, Any], asset: Mapping[str, Any]) -> bool:
     """The document's updatedAt is later than the asset's uploadedAt, which 001 took from updatedAt (AST-3): a
     writer moved the document after 001 built the asset. Only numbers compare (every current writer writes one)."""
-    updated, uploaded = doc.get(UPDATED_AT), asset.get(UPLOADED_AT) if type(asset) is dict else None
+    updated, uploaded = doc.get(UPDATED_AT), asset.get(UPLOADED_AT)
     return _is_number(updated) and _is_number(uploaded) and updated > uploaded
 
 
