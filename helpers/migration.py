@@ -120,8 +120,8 @@ class DocumentCheck:
 
 
 class CrossDocumentCheck(Protocol):
-    """A check that needs more than one document (a parent's totals over its children, say). Verify hands it every joined page of
-    each table in the migration's order; per-document state belongs in `scratch` tables, not in memory."""
+    """A check that needs more than one document (a parent's totals over its children, say). Verify hands it
+    every joined page of each table in the migration's order; per-document state belongs in scratch tables."""
 
     name: str
     description: str
@@ -155,8 +155,6 @@ class Migration:
     predecessor: str | None
     #: The tables whose documents it plans, in plan order (verify joins them in this order too).
     tables: tuple[str, ...]
-    #: The tables its planner reads besides `tables` (the backup must hold all of them).
-    reads: tuple[str, ...]
     #: Per table, the fields it may set or remove. Every other field (system fields included) must stay exactly
     #: as it was: verify's `legacy_fields_unchanged`. Rollback *strip* removes what the plan set of these.
     owned_fields: Mapping[str, frozenset[str]]

@@ -39,7 +39,6 @@ TOY = Migration(
     title="word count",
     predecessor=None,
     tables=("notes",),
-    reads=(),
     owned_fields={"notes": frozenset({"wordCount"})},
     reference_fields={},
     entity_types={},

@@ -15,7 +15,6 @@ MIGRATION = Migration(
     title="S3 asset tracking",
     predecessor=None,
     tables=MIGRATED_TABLES,
-    reads=("assetReferences",),
     owned_fields=NEW_FIELDS,
     reference_fields={table: {f: ASSET_TYPES[f] for f in sources} for table, sources in ASSET_SOURCES.items()},
     entity_types={"scenes": "scene", "videoSessions": "session"},
