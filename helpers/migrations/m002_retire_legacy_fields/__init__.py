@@ -39,7 +39,6 @@ MIGRATION = Migration(
     title="Retire the legacy asset fields",
     predecessor=PREDECESSOR,
     tables=TABLES,
-    reads=(),
     owned_fields={table: rules.RETIRED_FIELDS[table] for table in TABLES},
     reference_fields={},
     entity_types={},
