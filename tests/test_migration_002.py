@@ -80,12 +80,18 @@ def test_002_requires_001_verified_and_not_rolled_back_since(transport: ConvexTr
     report = verify(transport, run_dir, show_progress=False)
     archive.record_step(transport, run_dir, archive.StepResults(step="04_verify", status="passed" if report.passed else "failed"))
     M002.require(transport)  # verified: 002 may run
+    m002_dir = folder(tmp_path, M002.id)
+    prepare(transport, m002_dir)  # 002's backup and plan while 001 is in effect
 
     plan_rollback(transport, run_dir, "strip")
     execute_rollback(transport, run_dir, "strip")
     assert [row["step"] for row in read_ledger(transport, M001.id)][-1] == "05_rollback"
     with pytest.raises(errors.PreconditionFailed, match="was rolled back"):
         M002.require(transport)
+    before = state(transport)
+    with pytest.raises(errors.PreconditionFailed, match="was rolled back"):  # apply asks again, before sending anything
+        apply_plan(transport, m002_dir, confirm=True, show_progress=False)
+    assert state(transport) == before
 
 
 def expected_002(line_001: dict[str, Any], doc: dict[str, Any], overtaken: set[str], rewritten: set[str]) -> tuple[str, frozenset[str]]:
