@@ -199,9 +199,11 @@ def before_after_frame(
                 "from legacy field(s)": "\n".join(f"{s} = {_text(before[s])}" for s in sources) or "(derived)",
             })
         removed = [f for f in before if not f.startswith("_") and f not in after]
+        carriers = (derived_from or {}).get(str(before.get("_table")), {})
         for field in removed:
+            carried = [f"carried by {c} = {_text(after[c])}" for c in carriers.get(field, ()) if c in after]
             rows.append({**common, "new field": f"{field} (removed)", "new value": "(absent)",
-                         "from legacy field(s)": f"{field} = {_text(before[field])}"})
+                         "from legacy field(s)": "\n".join([f"{field} = {_text(before[field])}", *carried])})
         if not changed and not removed:
             blocking = [str(p.get("message")) for p in before.get("_problems", ()) if p.get("severity") == "blocking"]
             rows.append({**common, "new field": "(none)", "new value": "; ".join(blocking) or "already migrated: nothing to write",
@@ -299,8 +301,11 @@ def write_tables(tables: Mapping[str, pd.DataFrame], folder: Path) -> list[Path]
 
 def apply_statistics(summary: Any) -> pd.DataFrame:
     """The statistics the migration's README promises, as one small table."""
+    from .migrations import get
+
+    migration = get(summary.migration_id)
     rows = {
-        **{f"{table} migrated": n for table, n in summary.migrated.items()},
+        **{f"{migration.label(table)} migrated": n for table, n in summary.migrated.items()},
         "asset references created": summary.references_created,
         "already applied (not written again)": summary.already_applied,
         "conflicts (left alone)": summary.conflicts,

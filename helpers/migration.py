@@ -174,7 +174,8 @@ class Migration:
     require: Callable[[Any], None] | None = None
     #: Table -> the label its dry-run tables, charts, statistics and ledger counts use.
     labels: Mapping[str, str] = field(default_factory=dict)
-    #: Per table: field it writes -> the fields it is built from (the analyst's before/after view names them).
+    #: Per table: field it writes -> the fields it is built from, field it removes -> the fields that carry it
+    #: (the analyst's before/after view shows them beside it).
     derived_from: Mapping[str, Mapping[str, tuple[str, ...]]] = field(default_factory=dict)
     #: The rollback modes that make sense for it ("strip" removes what it set; "restore" puts back the backup).
     rollback_modes: tuple[str, ...] = ("strip", "restore")

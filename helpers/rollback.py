@@ -22,10 +22,12 @@ from pydantic import BaseModel
 
 from . import jsonio
 from .archive import sha256_file, write_json_atomic
-from .apply import LEASE_MS, DeploymentLease, take_migration_lock
+from .apply import APPLY_STEP, LEASE_MS, DeploymentLease, take_migration_lock
 from .backup import BackupSummary, iter_backup_documents, require_backup
-from .deployment import REFERENCE_TABLE, apply_batch, iter_documents, iter_pages, record_run, release_lock
+from .deployment import REFERENCE_TABLE, apply_batch, iter_documents, iter_pages, read_ledger, record_run, release_lock
 from .errors import PreconditionFailed, RunbookError
+from .migration import Migration
+from .migrations import all_migrations
 from .plan import iter_plan_lines, read_plan
 from .run_folder import locked_step, migration_of, run_id as folder_run_id
 from .scratch import Scratch, batched
@@ -99,6 +101,7 @@ def plan_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, page
     if mode not in ("strip", "restore"):
         raise ValueError(f"mode must be 'strip' or 'restore', not {mode!r}")
     migration = migration_of(run_dir)
+    refuse_while_successor_in_effect(transport, migration)
     if mode not in migration.rollback_modes:
         raise PreconditionFailed(
             f"Migration {migration.id} cannot be rolled back with mode={mode!r}.",
@@ -207,6 +210,8 @@ def iter_rollback_items(run_dir: Path, mode: Mode) -> Iterator[dict[str, Any]]:
 def execute_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, batch_size: int = 200,
                      operator: str | None = None, lease_ms: int = LEASE_MS) -> RollbackSummary:
     """Sends the rollback plan after checking it is the one the dry-run showed."""
+    migration = migration_of(run_dir)
+    refuse_while_successor_in_effect(transport, migration)
     out = rollback_dir(run_dir, mode)
     summary_path = out / "summary.json"
     if not summary_path.exists():
@@ -215,7 +220,6 @@ def execute_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, b
     if sha256_file(out / "plan.jsonl") != summary.rollback_plan_sha256:
         raise PreconditionFailed(f"{out / 'plan.jsonl'} was altered since it was planned.", hint="Plan the rollback again.")
     run = folder_run_id(run_dir)
-    migration = migration_of(run_dir)
     operator = operator or os.environ.get("RUNBOOK_OPERATOR") or getpass.getuser()
     outcomes: dict[str, Counter[str]] = defaultdict(Counter)
     conflicts: list[dict[str, str]] = []
@@ -257,6 +261,30 @@ def execute_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, b
     )
     write_json_atomic(summary_path, summary.model_dump(mode="json"))
     return summary
+
+
+def refuse_while_successor_in_effect(transport: ConvexTransport, migration: Migration) -> None:
+    """A migration another one builds on cannot be rolled back while that one is applied (rolling back the asset
+    tracking under the migration that retired the legacy fields would leave the documents with neither).
+    Refuses when a successor's ledger shows an apply that no passed restore of it followed."""
+    for successor in all_migrations():
+        if successor.predecessor != migration.id:
+            continue
+        rows = read_ledger(transport, successor.id)
+        applies = [row for row in rows if row.get("step") == APPLY_STEP]
+        if not applies:
+            continue
+        applied = max(applies, key=lambda row: row["startedAt"])
+        restored = [
+            row for row in rows if row.get("step") == ROLLBACK_STEP and row.get("status") == "passed"
+            and row.get("details") == "mode=restore" and row["startedAt"] > applied["startedAt"]
+        ]
+        if not restored:
+            raise PreconditionFailed(
+                f"Migration {successor.id} builds on {migration.id} and is applied (run {applied['runId']}): rolling "
+                f"{migration.id} back now would lose what {successor.id} relies on. Nothing was planned or sent.",
+                hint=f"Roll {successor.id} back first (its run folder, 05_rollback with mode='restore'), then roll back {migration.id}.",
+            )
 
 
 def _finish(transport: ConvexTransport, migration_id: str, run: str, operator: str, started_ms: int, status: str, mode: Mode,

@@ -46,7 +46,7 @@ def test_the_known_actions_have_distinct_colours() -> None:
 
 @pytest.mark.parametrize("recheck", [False, True])
 def test_apply_statistics_say_whether_the_deployment_confirmed_them_and_whether_this_was_a_recheck(recheck: bool) -> None:
-    summary = SimpleNamespace(migrated={"scenes": 3, "videoSessions": 1}, references_created=9, already_applied=0, conflicts=0,
+    summary = SimpleNamespace(migration_id="001_s3_asset_tracking", migrated={"scenes": 3, "videoSessions": 1}, references_created=9, already_applied=0, conflicts=0,
                               errors=[], batches_sent=2, batches_resumed=0, round_trips=5, duration_s=1.0,
                               statistics_confirmed=not recheck, recheck=recheck)
     rows = display.apply_statistics(summary)["value"]

@@ -164,6 +164,15 @@ def test_001_then_002_then_002s_rollback_restore(transport: ConvexTransport, tmp
     recoverable = next(c for c in report.checks if c.name == "legacy_values_recoverable")
     assert recoverable.passed and recoverable.checked == sum(line["action"] == "retire" for line in lines.values())
 
+    # 001 cannot be rolled back under 002: its assets alone still carry what 002 removed
+    run_001_dir = tmp_path / M001.id
+    for mode in ("strip", "restore"):
+        with pytest.raises(errors.PreconditionFailed, match=f"{M002.id} builds on {M001.id} and is applied"):
+            plan_rollback(transport, run_001_dir, mode)  # type: ignore[arg-type]
+    with pytest.raises(errors.PreconditionFailed, match="builds on"):
+        execute_rollback(transport, run_001_dir, "strip")
+    assert state(transport) == after
+
     # strip makes no sense for 002; restore puts every removed field back, exactly as the backup holds it
     with pytest.raises(errors.PreconditionFailed, match="restore"):
         plan_rollback(transport, run_dir, "strip")
@@ -176,6 +185,7 @@ def test_001_then_002_then_002s_rollback_restore(transport: ConvexTransport, tmp
         backed_up = {doc["_id"]: doc for doc in iter_backup_documents(read_backup(run_dir), table)}
         assert backed_up.keys() == live[table].keys()
         assert all(equal(live[table][i], doc) for i, doc in backed_up.items())
+    plan_rollback(transport, run_001_dir, "strip")  # 002 restored: 001 may be rolled back again
 
 
 def test_verify_of_002_catches_an_asset_changed_after_retire(transport: ConvexTransport, tmp_path: Path) -> None:

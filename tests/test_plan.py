@@ -120,8 +120,9 @@ def test_examples_show_what_a_line_sets_and_what_it_removes(tmp_path: Path) -> N
     bind_migration(tmp_path, "001_s3_asset_tracking")  # any registered migration: only its changing actions matter
     [(before, after), _] = example_pairs(tmp_path, 5)
     assert before["s3ChunkKey"] == "k.mp4" and "s3ChunkKey" not in after
-    rows = show.before_after_frame(example_pairs(tmp_path, 5)).set_index("document")
+    carriers = {"scenes": {"s3ChunkKey": ("videoAsset",)}}
+    rows = show.before_after_frame(example_pairs(tmp_path, 5), carriers).set_index("document")
     removed = rows.loc["scenes a · retire"]
     assert (removed["new field"], removed["new value"], removed["from legacy field(s)"]) == (
-        "s3ChunkKey (removed)", "(absent)", "s3ChunkKey = k.mp4"
+        "s3ChunkKey (removed)", "(absent)", 's3ChunkKey = k.mp4\ncarried by videoAsset = {\n "s3Key": "k.mp4"\n}'
     )

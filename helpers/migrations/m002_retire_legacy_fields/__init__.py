@@ -48,6 +48,7 @@ MIGRATION = Migration(
     checks=(LEGACY_VALUES_RECOVERABLE,),
     require=require,
     labels=LABELS,
+    derived_from={table: {legacy: (asset,) for legacy, (asset, _) in rules.CARRIED_BY[table].items()} for table in TABLES},
     rollback_modes=("restore",),
     folder=Path(__file__).parent,
 )
