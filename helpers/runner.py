@@ -44,7 +44,7 @@ from .archive import (
 from .errors import DeployKeyMissing, PreconditionFailed, RunbookError
 from .paths import CHECKOUT_ROOT, NOTEBOOKS_DIR
 from .report import REPORT_SUFFIX, PageContext, render_step, section_of, split_fix
-from .migrations import get as get_migration
+from .migrations import default_id, get as get_migration
 from .run_folder import bind_migration, migration_id, migration_of, run_id, run_lock
 from .transport import ConvexTransport, deploy_key_from_env, redact_url
 
@@ -54,6 +54,8 @@ DRY_RUN_STEPS = STEPS[:2]
 APPLY_STEP = "03_apply"
 #: Runs that include one of these report statistics (a rollback or a verify alone does not).
 PLANNING_STEPS = frozenset({"02_dry_run", APPLY_STEP})
+#: The steps a migration's `require` guards (its own steps refuse too; the runner asks once, before a folder exists).
+GUARDED_STEPS = frozenset({STEPS[0], *PLANNING_STEPS})
 #: The seal is recorded after the steps: a deployment that stopped answering must not hold up the run's end.
 SEAL_ATTEMPTS = 3
 
@@ -363,6 +365,9 @@ def run_migration(
     operator = operator or os.environ.get("RUNBOOK_OPERATOR") or getpass.getuser()
     notify = on_step or (lambda step, status: None)
     with preflight(url) as transport:
+        declared = get_migration(chosen_migration or (migration_id(run_dir) if run_dir is not None else default_id()))
+        if declared.require is not None and GUARDED_STEPS & set(chosen):
+            declared.require(transport)  # a deployment not ready for it is refused before a run folder exists
         run_dir, earlier = _open_run_dir(run_dir, runs_dir)
         with run_lock(run_dir):  # a second `runbook run` on this folder is refused here, before it writes anything
             started_at = earlier.started_at if earlier else datetime.now(UTC)

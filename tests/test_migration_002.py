@@ -67,6 +67,9 @@ def test_002_refuses_where_001_never_ran(transport: ConvexTransport, tmp_path: P
     with pytest.raises(errors.PreconditionFailed, match="no passed 04_verify"):
         build_plan(transport, run_dir, show_progress=False, source="live")
     assert not plan_dir(run_dir).exists() and state(transport) == before
+    with pytest.raises(errors.PreconditionFailed, match="no passed 04_verify"):  # the runner asks before any folder exists
+        run_migration(transport.url, dry_run=True, migration=M002.id, runs_dir=tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_002_requires_001_verified_and_not_rolled_back_since(transport: ConvexTransport, tmp_path: Path) -> None:
