@@ -201,6 +201,77 @@ function utf8Error(value: unknown): string {
   db._addWrite = (id: string, value: unknown) => {
     if (value !== null && holdsLoneSurrogate(value)) throw new Error(utf8Error(value));
     addWrite(id, value);
+    noteWrite(id, value);
+  };
+}
+
+// Query cost independent of the database's size. convex-test answers every query (an index range included) by
+// visiting every document of every table; real Convex reads the index range. So each scan here visits only
+// candidates: the ids ever written to its table and, for an index range with an `eq` on a field that leads one
+// of the table's declared indexes, the ids ever written with that string in that field. Candidates are a superset
+// of the matches (a later write may have moved a document away), and convex-test still reads, filters, sorts
+// and counts every candidate as before, so every query answers exactly what the full scan answers.
+type QuerySource = { type: string; indexName?: string; range?: { type: string; fieldPath: string; value: unknown }[] };
+type ScanningDatabase = {
+  get: (table: string, id: string) => unknown;
+  _iterateDocs: (table: string, visit: (doc: unknown) => void) => void;
+  _resolveQuerySource: (query: { source: QuerySource }) => unknown;
+};
+const idsByTable = new Map<string, Set<string>>();
+const idsByLeadingValue = new Map<string, Set<string>>(); // `${table}\0${field}\0${value}` -> ids
+const leadingFields = new Map<string, Set<string>>(
+  Object.entries(schema.tables).map(([name, table]) => [
+    name,
+    new Set(exportedIndexes(table).map((index) => index.fields[0]).filter((field) => !field.includes("."))),
+  ]),
+);
+let candidates: { table: string; ids: Set<string> } | null = null;
+
+function exportedIndexes(table: unknown): { fields: string[] }[] {
+  return (table as { export: () => { indexes: { fields: string[] }[] } }).export().indexes; // as convex-test reads it
+}
+
+function idTable(id: string): string | null {
+  const digits = /^[0-9]+/.exec(id); // convex-test's tableNameFromId
+  return digits === null || digits[0].length === id.length ? null : id.slice(digits[0].length);
+}
+
+function addCandidate(index: Map<string, Set<string>>, key: string, id: string) {
+  let ids = index.get(key);
+  if (ids === undefined) index.set(key, (ids = new Set()));
+  ids.add(id);
+}
+
+function noteWrite(id: string, value: unknown) {
+  const table = idTable(id);
+  if (table === null) return;
+  addCandidate(idsByTable, table, id);
+  if (value === null || typeof value !== "object") return;
+  for (const field of leadingFields.get(table) ?? []) {
+    const held = (value as Record<string, unknown>)[field];
+    if (typeof held === "string") addCandidate(idsByLeadingValue, `${table}\0${field}\0${held}`, id);
+  }
+}
+
+{
+  const db = convexGlobal!.components[""].db as unknown as ScanningDatabase;
+  db._iterateDocs = (table, visit) => {
+    for (const id of candidates?.table === table ? candidates.ids : idsByTable.get(table) ?? []) {
+      const doc = db.get(table, id);
+      if (doc !== null) visit(doc);
+    }
+  };
+  const resolveQuerySource = db._resolveQuerySource.bind(db);
+  db._resolveQuerySource = (query) => {
+    const { type, indexName, range } = query.source;
+    const table = indexName?.split(".")[0] ?? "";
+    const eq = type === "IndexRange" ? range?.find((r) => r.type === "Eq" && typeof r.value === "string" && leadingFields.get(table)?.has(r.fieldPath)) : undefined;
+    candidates = eq ? { table, ids: idsByLeadingValue.get(`${table}\0${eq.fieldPath}\0${eq.value}`) ?? new Set() } : null;
+    try {
+      return resolveQuerySource(query);
+    } finally {
+      candidates = null;
+    }
   };
 }
 

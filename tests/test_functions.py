@@ -77,6 +77,18 @@ def test_reverse_operations_unset_fields_and_delete_only_own_references(transpor
     assert refused["outcome"] == "conflict" and "not created by m1" in refused["message"]
 
 
+def test_index_lookups_see_this_transactions_writes_and_only_their_own_entity(transport: ConvexTransport, scene: str) -> None:
+    """The local deployment narrows index scans to candidates (server.ts): a reference-only item looks its
+    references up by entity, so it must see one inserted earlier in the same batch, not one of another scene,
+    and not one deleted since."""
+    other = insert(transport, "scenes", {"sessionId": get(transport, scene)["sessionId"], "sceneIndex": 1, "status": "completed"})[0]
+    track = item(scene, insertReferences=[REFERENCE])
+    first, again, elsewhere = apply_batch(transport, "m1", "r", [track, track, item(other, insertReferences=[REFERENCE])])
+    assert (first["outcome"], again["outcome"], elsewhere["outcome"]) == ("applied", "already_applied", "applied")
+    assert apply_batch(transport, "m1", "r", [item(scene, deleteReferences=first["referenceIds"])])[0]["outcome"] == "applied"
+    assert apply_batch(transport, "m1", "r", [track])[0]["outcome"] == "applied"
+
+
 def test_lock_and_ledger(transport: ConvexTransport) -> None:
     assert acquire_lock(transport, "m", "run-a", "alice", 60_000)["acquired"] is True
     refused = acquire_lock(transport, "m", "run-b", "bob", 60_000)
