@@ -89,6 +89,21 @@ def test_index_lookups_see_this_transactions_writes_and_only_their_own_entity(tr
     assert apply_batch(transport, "m1", "r", [track])[0]["outcome"] == "applied"
 
 
+def test_small_pages_hold_exactly_the_documents_of_one_large_page(transport: ConvexTransport, scene: str) -> None:
+    """A page after a cursor visits only the documents created from the cursor on (server.ts): none is lost."""
+    insert(transport, "scenes", *({"sessionId": get(transport, scene)["sessionId"], "sceneIndex": i, "status": "pending"} for i in range(7)))
+    whole = transport.function("migration:readPage", {"table": "scenes", "cursor": None, "numItems": 10_000})
+    assert whole["isDone"]
+    paged, cursor = [], None
+    while True:
+        page = transport.function("migration:readPage", {"table": "scenes", "cursor": cursor, "numItems": 2})
+        paged += page["page"]
+        if page["isDone"]:
+            break
+        cursor = page["continueCursor"]
+    assert [doc["_id"] for doc in paged] == [doc["_id"] for doc in whole["page"]] and len(paged) >= 8
+
+
 def test_lock_and_ledger(transport: ConvexTransport) -> None:
     assert acquire_lock(transport, "m", "run-a", "alice", 60_000)["acquired"] is True
     refused = acquire_lock(transport, "m", "run-b", "bob", 60_000)
