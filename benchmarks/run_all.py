@@ -318,7 +318,7 @@ def bench_scale(sizes: list[int], seed: int, tmp: Path) -> dict[str, Any]:
             sum(p["round_trips"] for p in phases.values()), f"{report['apply_status']} ({report['errors']} err)", node_peak or "?",
         ])
     table(
-        "Runbook pass per size (scale_step.py; RSS = its own ru_maxrss, after each phase)",
+        "Runbook pass per size (scale_step.py; RSS = its own peak, VmHWM, after each phase)",
         ["size", "documents", "backup s", "dry-run s", "apply s", "total s", "s / 1k docs", "RSS backup", "RSS dry-run",
          "peak RSS MiB", "round trips", "apply", "node peak MiB"],
         rows,
@@ -436,7 +436,7 @@ def bench_simulated(sizes: list[int], seed: int, tmp: Path) -> dict[str, Any]:
                      total_s / docs * 1000, report["peak_rss_mib"], f"{report['apply_status']}, verify {'passed' if report['verify_passed'] else 'FAILED'}"])
         say(f"{tag}: {total_s:.1f} s, peak RSS {report['peak_rss_mib']} MiB")
     table(
-        "Runbook pass per simulated size (RSS = the runbook process's own ru_maxrss)",
+        "Runbook pass per simulated size (RSS = the runbook process's own peak, VmHWM)",
         ["size", "documents", "backup s", "dry-run s", "apply s", "verify s", "total s", "s / 1k docs", "peak RSS MiB", "result"],
         rows,
     )
