@@ -45,6 +45,9 @@ class NaiveResult:
     read_seconds: float = 0.0
     round_trips: int = 0
     seconds: float = 0.0
+    every: int = 1  # 1: every document written; k: every k-th scene and session only (a sample)
+    written_scenes: int = 0  # documents the write loop went through (all of them unless sampled)
+    written_sessions: int = 0
 
     @property
     def write_round_trips(self) -> int:
@@ -53,6 +56,22 @@ class NaiveResult:
     @property
     def write_seconds(self) -> float:
         return self.seconds - self.read_seconds
+
+    @property
+    def sample_factor(self) -> float:
+        """All documents / the documents the write loop went through (1.0 for a full run)."""
+        visited = self.written_scenes + self.written_sessions
+        return (self.scenes + self.sessions) / visited if visited else 1.0
+
+    @property
+    def extrapolated_seconds(self) -> float:
+        """The whole run's wall time: the read as measured, the writes scaled from the sample to every document
+        (each write is one round trip of constant cost, so the write loop's time is linear in the documents)."""
+        return self.read_seconds + self.write_seconds * self.sample_factor
+
+    @property
+    def extrapolated_round_trips(self) -> int:
+        return self.read_round_trips + round(self.write_round_trips * self.sample_factor)
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "write_round_trips": self.write_round_trips, "write_seconds": self.write_seconds}
@@ -106,9 +125,12 @@ def _call(transport: ConvexTransport, path: str, args: dict[str, Any], result: N
     return True
 
 
-def run_naive(transport: ConvexTransport) -> NaiveResult:
-    """The whole seed algorithm against `transport`'s deployment (which must serve benchmarks/convex/naive.ts)."""
-    result = NaiveResult()
+def run_naive(transport: ConvexTransport, every: int = 1) -> NaiveResult:
+    """The whole seed algorithm against `transport`'s deployment (which must serve benchmarks/convex/naive.ts).
+
+    `every=k` reads everything but writes only every k-th scene and session (a uniform sample of the same data),
+    for `extrapolated_seconds` when the full write loop would take too long (through added latency)."""
+    result = NaiveResult(every=every)
     trips_before = transport.round_trips
     started = time.perf_counter()
 
@@ -118,7 +140,8 @@ def run_naive(transport: ConvexTransport) -> NaiveResult:
     result.read_round_trips = transport.round_trips - trips_before
     result.read_seconds = time.perf_counter() - started
 
-    for doc in scenes:
+    for doc in scenes[::every]:
+        result.written_scenes += 1
         try:
             assets = _assets(doc, SCENE_ASSET_SOURCES)
         except Exception:  # noqa: BLE001
@@ -137,7 +160,8 @@ def run_naive(transport: ConvexTransport) -> NaiveResult:
             if _call(transport, "naive:createAssetReference", reference, result):
                 result.references_created += 1
 
-    for doc in sessions:
+    for doc in sessions[::every]:
+        result.written_sessions += 1
         try:
             assets = _assets(doc, SESSION_ASSET_SOURCES)
         except Exception:  # noqa: BLE001

@@ -2,7 +2,7 @@
 
     CONVEX_DEPLOY_KEY=... python benchmarks/scale_step.py --url URL --run-dir DIR
 
-Run by benchmarks/run_all.py once per data size, so `ru_maxrss` (this process's peak resident memory) is the
+Run by benchmarks/run_all.py once per data size, so its peak resident memory (VmHWM) is the
 runbook's own footprint: nothing the benchmark did before (loading the data) counts. The deploy key comes from
 the environment only. Prints one JSON object on stdout: seconds and round trips per phase, peak RSS after
 each phase (MiB, monotonic), and the counts that show the pass really did its work.
@@ -26,7 +26,15 @@ from helpers.verify import verify
 
 
 def peak_rss_mib() -> float:
-    """This process's peak RSS so far; Linux reports ru_maxrss in KiB (macOS in bytes)."""
+    """This process's peak RSS so far. On Linux its own memory's high-water mark (VmHWM): `ru_maxrss` also counts
+    the parent's RSS at fork (the kernel carries it across exec), so a child of a large benchmark process would
+    report at least the parent's size. Elsewhere ru_maxrss (KiB on Linux, bytes on macOS)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import math
 import os
 import signal
 import sqlite3
@@ -36,7 +37,7 @@ from typing import Any
 
 import orjson
 
-from helpers import jsonio
+from helpers import values
 from helpers.sample_data import SCENES_PER_SESSION, START_MS, iter_scenes, iter_sessions
 
 TABLES = ("videoSessions", "scenes", "assetReferences", "migrationRuns")
@@ -49,18 +50,21 @@ def document_id(table: str, index: int) -> str:
     return f"{index:019d}{table}"
 
 
-def as_convex_numbers(value: Any) -> Any:
-    """Sample documents hold Python ints where Convex holds float64 (`v.number()`): make them floats, so the
-    wire and the export print them as Convex does (`5.0`)."""
+def convex_wire(value: Any) -> Any:
+    """A sample value as Convex's wire format holds it, in one walk: every number is a float64 (`v.number()`; the
+    sample's ints become floats, so the wire and the export print them as Convex does, `5.0`), and a float JSON
+    cannot write (NaN, ±Inf, -0.0) is `{"$float": base64}`. Documents are kept in this form, so answering a page
+    is one `orjson.dumps`."""
     if isinstance(value, bool) or value is None or isinstance(value, str):
         return value
-    if isinstance(value, int):
-        return float(value)
+    if isinstance(value, (int, float)):
+        number = float(value)
+        return number if -math.inf < number < math.inf and (number != 0 or math.copysign(1.0, number) > 0) else values.to_wire(number)
     if isinstance(value, dict):
-        return {k: as_convex_numbers(v) for k, v in value.items()}
+        return {k: convex_wire(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [as_convex_numbers(v) for v in value]
-    return value
+        return [convex_wire(v) for v in value]
+    return values.to_wire(value)
 
 
 def int64_wire(value: int) -> dict[str, str]:
@@ -94,7 +98,7 @@ class GeneratedTables:
             yield {
                 "_id": document_id(table, index + (0 if table == "videoSessions" else offset)),
                 "_creationTime": float(START_MS + offset + index),
-                **as_convex_numbers(doc),
+                **convex_wire(doc),
             }
 
     def page(self, table: str, start: int, size: int) -> list[dict[str, Any]]:
@@ -138,7 +142,7 @@ class Writes:
         with self.lock:
             self.db.execute("BEGIN")
             for item in items:
-                target = orjson.dumps({"set": item["set"], "unset": sorted(item["unset"])}, option=orjson.OPT_SORT_KEYS)
+                target = orjson.dumps({"set": convex_wire(item["set"]), "unset": sorted(item["unset"])}, option=orjson.OPT_SORT_KEYS)
                 row = self.db.execute("SELECT body FROM patches WHERE id = ?", (item["id"],)).fetchone()
                 if row is not None and row[0] == target:
                     results.append({"id": item["id"], "outcome": "already_applied"})
@@ -152,7 +156,7 @@ class Writes:
                     if legacy:
                         metadata["legacyField"] = legacy
                     body = {**ref, "entityId": item["id"], "createdAt": created, "metadata": metadata}
-                    seq = self.db.execute("INSERT INTO refs (body) VALUES (?)", (orjson.dumps(body),)).lastrowid
+                    seq = self.db.execute("INSERT INTO refs (body) VALUES (?)", (orjson.dumps(convex_wire(body)),)).lastrowid
                     reference_ids.append(document_id("assetReferences", seq))
                 results.append({"id": item["id"], "outcome": "applied", **({"referenceIds": reference_ids} if reference_ids else {})})
             self.db.execute("COMMIT")
@@ -232,6 +236,7 @@ class Simulation:
 
     def record(self, args: dict[str, Any]) -> None:
         with self.state_lock:
+            args = convex_wire(args)  # kept as the wire holds it: read pages and the export print it as is
             for row in self.ledger:
                 if row["runId"] == args["runId"] and row["step"] == args["step"]:
                     row.update(args)
@@ -275,7 +280,7 @@ class Simulation:
             for table in TABLES:
                 with archive.open(f"{table}/documents.jsonl", "w", force_zip64=True) as sink:
                     for doc in self._export_documents(table):
-                        sink.write(jsonio.dumps(doc) + b"\n")
+                        sink.write(orjson.dumps(doc) + b"\n")
                 archive.writestr(f"{table}/generated_schema.jsonl", '"uniform"\n')
         record.update(path=str(path), complete_ts=time.time_ns(), zip_object_key=path.name, state="completed")
 
@@ -293,6 +298,8 @@ class Simulation:
         return Path(record["path"])
 
 
+#: Functions whose answers are already `convex_wire` values (documents are kept so): answered without another walk.
+WIRE_READY = frozenset({"migration:readPage"})
 FUNCTIONS = {
     "migration:readPage": Simulation.read_page,
     "migration:applyBatch": Simulation.apply_batch,
@@ -314,7 +321,7 @@ def make_handler(sim: Simulation) -> type[BaseHTTPRequestHandler]:
             return
 
         def _send(self, status: int, body: Any) -> None:
-            payload = jsonio.dumps(body)
+            payload = orjson.dumps(body)  # wire-ready: convex_wire
             self.send_response(status)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(payload)))
@@ -342,13 +349,14 @@ def make_handler(sim: Simulation) -> type[BaseHTTPRequestHandler]:
                 return None
             request = orjson.loads(body)
             try:
-                value = sim.call(request["path"].replace(".js", ""), request.get("args") or {})
+                path = request["path"].replace(".js", "")
+                value = sim.call(path, request.get("args") or {})
             except LookupError as error:
                 return self._send(200, {"status": "error", "errorMessage": str(error)})
             except Exception as error:  # noqa: BLE001 - answered as Convex answers an internal error
                 print(f"internal error: {error!r}", file=sys.stderr, flush=True)
                 return self._send(500, {"code": "InternalServerError", "message": "Your request couldn't be completed."})
-            return self._send(200, {"status": "success", "value": as_convex_numbers(value)})
+            return self._send(200, {"status": "success", "value": value if path in WIRE_READY else convex_wire(value)})
 
         def do_GET(self) -> None:  # noqa: N802
             if not self._admin():

@@ -78,6 +78,33 @@ def test_reverse_operations_unset_fields_and_delete_only_own_references(transpor
     assert refused["outcome"] == "conflict" and "not created by m1" in refused["message"]
 
 
+def test_index_lookups_see_this_transactions_writes_and_only_their_own_entity(transport: ConvexTransport, scene: str) -> None:
+    """The local deployment narrows index scans to candidates (server.ts): a reference-only item looks its
+    references up by entity, so it must see one inserted earlier in the same batch, not one of another scene,
+    and not one deleted since."""
+    other = insert(transport, "scenes", {"sessionId": get(transport, scene)["sessionId"], "sceneIndex": 1, "status": "completed"})[0]
+    track = item(scene, insertReferences=[REFERENCE])
+    first, again, elsewhere = apply_batch(transport, "m1", "r", [track, track, item(other, insertReferences=[REFERENCE])])
+    assert (first["outcome"], again["outcome"], elsewhere["outcome"]) == ("applied", "already_applied", "applied")
+    assert apply_batch(transport, "m1", "r", [item(scene, deleteReferences=first["referenceIds"])])[0]["outcome"] == "applied"
+    assert apply_batch(transport, "m1", "r", [track])[0]["outcome"] == "applied"
+
+
+def test_small_pages_hold_exactly_the_documents_of_one_large_page(transport: ConvexTransport, scene: str) -> None:
+    """A page after a cursor visits only the documents created from the cursor on (server.ts): none is lost."""
+    insert(transport, "scenes", *({"sessionId": get(transport, scene)["sessionId"], "sceneIndex": i, "status": "pending"} for i in range(7)))
+    whole = transport.function("migration:readPage", {"table": "scenes", "cursor": None, "numItems": 10_000})
+    assert whole["isDone"]
+    paged, cursor = [], None
+    while True:
+        page = transport.function("migration:readPage", {"table": "scenes", "cursor": cursor, "numItems": 2})
+        paged += page["page"]
+        if page["isDone"]:
+            break
+        cursor = page["continueCursor"]
+    assert [doc["_id"] for doc in paged] == [doc["_id"] for doc in whole["page"]] and len(paged) >= 8
+
+
 def test_lock_and_ledger(transport: ConvexTransport) -> None:
     assert acquire_lock(transport, "m", "run-a", "alice", 60_000)["acquired"] is True
     refused = acquire_lock(transport, "m", "run-b", "bob", 60_000)
