@@ -108,7 +108,24 @@ def dumps(value: Any, *, sort_keys: bool = False, convex_numbers: bool = False) 
     """One JSON text (no newline) in the wire format: every Convex value, NaN, -0.0, int64 and bytes included.
 
     Raises TypeError for what is no Convex value (or a string with a lone surrogate: Convex strings are UTF-8)."""
-    return orjson.dumps(to_wire(value, convex_numbers=convex_numbers), option=orjson.OPT_SORT_KEYS if sort_keys else 0)
+    option = orjson.OPT_SORT_KEYS if sort_keys else 0
+    try:  # fast path: orjson walks in C; Int64, bytes and ConvexInt64 reach `_wire_default`
+        text = orjson.dumps(value, default=_wire_default,
+                            option=option | orjson.OPT_PASSTHROUGH_SUBCLASS | (orjson.OPT_STRICT_INTEGER if convex_numbers else 0))
+    except TypeError:
+        text = None
+    # orjson writes NaN and ±Inf as null and keeps -0.0: where either may be, walk in Python (exact, slower)
+    if text is None or b"null" in text or b"-0.0" in text:
+        return orjson.dumps(to_wire(value, convex_numbers=convex_numbers), option=option)
+    return text
+
+
+def _wire_default(value: Any) -> Any:
+    """orjson's hook for what it does not write itself: the Convex values with a wire object of their own."""
+    value_type = type(value)
+    if value_type is Int64 or value_type is bytes or value_type is bytearray or value_type is memoryview or value_type is ConvexInt64:
+        return to_wire(value)
+    raise TypeError
 
 
 def loads(data: bytes | str) -> Any:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -85,6 +86,26 @@ def test_wire_format_round_trips_every_value(value: Any) -> None:
     decoded = jsonio.loads(written)
     assert values.equal(decoded, value) and values.digest(decoded) == values.digest(value)
     json.loads(written, parse_constant=pytest.fail)  # standard JSON: no NaN/Infinity tokens, no null for NaN
+
+
+@given(convex_values, st.booleans(), st.booleans())
+def test_dumps_fast_path_writes_exactly_the_walk(value: Any, sort_keys: bool, convex_numbers: bool) -> None:
+    """`dumps` lets orjson walk in C and falls back to `to_wire` where it must: the bytes are the walk's, always."""
+    walked = orjson.dumps(values.to_wire(value, convex_numbers=convex_numbers), option=orjson.OPT_SORT_KEYS if sort_keys else 0)
+    assert values.dumps(value, sort_keys=sort_keys, convex_numbers=convex_numbers) == walked
+
+
+@pytest.mark.parametrize("odd", [(1, 2), "x\ud800", {"k": 2**64}, {1: "a"}, {"k": Int64(3), "f": -0.0}])
+def test_dumps_refuses_or_writes_what_the_walk_does(odd: Any) -> None:
+    try:
+        walked: Any = orjson.dumps(values.to_wire(odd))
+    except (TypeError, ValueError) as error:
+        walked = type(error)
+    try:
+        fast: Any = values.dumps(odd)
+    except (TypeError, ValueError) as error:
+        fast = type(error)
+    assert fast == walked
 
 
 @given(convex_values)
