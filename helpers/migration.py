@@ -80,16 +80,22 @@ class Joined:
     before: Before | None
     plan: Planned | None
     live: dict[str, Any] | None
+    _untouched: bytes | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def untouched_unchanged(self) -> bool:
+        """The fields the migration does not own equal the backup's (digested once per document: two checks ask)."""
+        assert self.before is not None and self.live is not None
+        if self._untouched is None:
+            self._untouched = digest(self.migration.untouched_part(self.table, self.live))
+        return self._untouched == self.before.untouched
 
     @property
     def changed_by_application(self) -> bool:
         """Fields the migration does not own differ from the backup and updatedAt moved: a legacy writer changed it."""
         if self.before is None or self.live is None:
             return False
-        return (
-            digest(self.migration.untouched_part(self.table, self.live)) != self.before.untouched
-            and digest(self.live.get(self.migration.updated_at_field)) != self.before.updated_at
-        )
+        return not self.untouched_unchanged and digest(self.live.get(self.migration.updated_at_field)) != self.before.updated_at
 
     @property
     def in_planned_state(self) -> bool:

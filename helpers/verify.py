@@ -119,7 +119,7 @@ def check_legacy_fields_unchanged(doc: Joined) -> Verdict | None:
     moved updatedAt."""
     if doc.before is None or doc.live is None:
         return None
-    return verdict(digest(doc.migration.untouched_part(doc.table, doc.live)) == doc.before.untouched, doc)
+    return verdict(doc.untouched_unchanged, doc)
 
 
 def check_document_still_exists(doc: Joined) -> Verdict | None:

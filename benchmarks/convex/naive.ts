@@ -8,7 +8,8 @@
 // preconditions, idempotency or batching.
 import { v } from "convex/values";
 import { internalMutation, internalQuery } from "../../convex/_generated/server";
-import { assetReferenceFields, sceneNewFields, sessionNewFields } from "../../convex/schema";
+import { sceneNewFields, sessionNewFields } from "../../helpers/migrations/m001_s3_asset_tracking/schema";
+import { assetReferenceFields } from "../../convex/schema";
 
 /** Every scene in one query: the seed's read. */
 export const listScenes = internalQuery({
