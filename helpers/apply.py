@@ -38,6 +38,7 @@ from .deployment import (
 )
 from .errors import LeaseLost, PreconditionFailed, RunbookError
 from .migration import Migration
+from .migrations import default_id
 from .plan import PlanSummary, iter_plan_lines, read_plan
 from .progress import progress
 from .run_folder import locked_step, migration_of, run_id as folder_run_id
@@ -73,7 +74,8 @@ class ApplySummary(BaseModel):
     """What apply reports. The migrated/created figures count what this run did in total, across every
     resume and re-run of it, as the deployment holds it; `recheck` says this call only re-confirmed them."""
 
-    migration_id: str
+    #: Files written before migrations were declared hold none: they were the first (default) migration's.
+    migration_id: str = Field(default_factory=default_id)
     run_id: str
     status: str
     #: True when the plan had already been applied completely by this run folder: this call re-sent it so the

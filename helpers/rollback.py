@@ -18,7 +18,7 @@ from collections.abc import Container, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from . import jsonio
 from .archive import sha256_file, write_json_atomic
@@ -27,7 +27,7 @@ from .backup import BackupSummary, iter_backup_documents, require_backup
 from .deployment import REFERENCE_TABLE, apply_batch, iter_documents, iter_pages, read_ledger, record_run, release_lock
 from .errors import PreconditionFailed, RunbookError
 from .migration import Migration
-from .migrations import all_migrations
+from .migrations import all_migrations, default_id
 from .plan import iter_plan_lines, read_plan
 from .run_folder import locked_step, migration_of, run_id as folder_run_id
 from .scratch import Scratch, batched
@@ -43,7 +43,8 @@ SYSTEM_FIELDS = ("_id", "_creationTime")
 
 
 class RollbackSummary(BaseModel):
-    migration_id: str
+    #: Files written before migrations were declared hold none: they were the first (default) migration's.
+    migration_id: str = Field(default_factory=default_id)
     mode: str
     executed: bool
     plan_sha256: str

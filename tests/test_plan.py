@@ -126,3 +126,12 @@ def test_examples_show_what_a_line_sets_and_what_it_removes(tmp_path: Path) -> N
     assert (removed["new field"], removed["new value"], removed["from legacy field(s)"]) == (
         "s3ChunkKey (removed)", "(absent)", 's3ChunkKey = k.mp4\ncarried by videoAsset = {\n "s3Key": "k.mp4"\n}'
     )
+
+
+def test_a_plan_written_before_migrations_were_declared_is_the_first_migrations(toy_run: Path) -> None:
+    build_plan(PagedTables({"notes": NOTES}), toy_run, source="live", show_progress=False)  # type: ignore[arg-type]
+    summary_path = plan_dir(toy_run) / "plan.json"
+    record = jsonio.loads(summary_path.read_bytes())
+    del record["migration_id"]
+    summary_path.write_bytes(jsonio.dumps(record))
+    assert read_plan(toy_run).migration_id == migrations.default_id() != TOY.id
