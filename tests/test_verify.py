@@ -137,6 +137,14 @@ def test_nothing_outside_plan_changed() -> None:
     assert check_plan_writes_only_owned_fields(M001, {**line, "set": {**line["set"], "status": "x"}}) is FAIL
 
 
+def test_a_plan_may_remove_only_fields_its_migration_owns() -> None:
+    _, line, _ = migrated_scene()
+    assert check_plan_writes_only_owned_fields(M001, {**line, "unset": ["assetVersion"]}) is PASS
+    assert check_plan_writes_only_owned_fields(M001, {**line, "unset": ["s3ChunkKey"]}) is FAIL  # a legacy field
+    assert check_plan_writes_only_owned_fields(M001, {k: v for k, v in line.items() if k != "unset"}) is PASS
+    assert check_plan_writes_only_owned_fields(M001, {**line, "table": "notes"}) is FAIL  # a table it does not change
+
+
 def test_document_still_exists() -> None:
     before, line, live = migrated_scene()
     assert check_document_still_exists(joined(before, line, live)) is PASS
