@@ -141,10 +141,10 @@ def record_step(
     from .deployment import read_ledger, record_run  # the ledger's calls; archive stays usable without a deployment
 
     path = write_step_results(run_dir, results.step, results)
-    this_run = run_id(run_dir)
-    earlier = [r for r in read_ledger(transport, migration_id(run_dir)) if r.get("runId") == this_run and r.get("step") == results.step]
+    this_run, migration = run_id(run_dir), migration_id(run_dir)
+    earlier = [r for r in read_ledger(transport, migration) if r.get("runId") == this_run and r.get("step") == results.step]
     record_run(
-        transport, migration_id(run_dir), this_run, step=results.step, status=results.status,
+        transport, migration, this_run, step=results.step, status=results.status,
         operator=operator or _operator(),
         startedAt=_step_started_ms(started_at, earlier), finishedAt=_ms(datetime.now(UTC)),
         evidence=step_evidence(run_dir, results),
@@ -471,12 +471,10 @@ def seal(
             return seal(run_dir, convex_url=url, notebooks_dir=notebooks_dir, operator=operator, transport=own)
     from .deployment import read_ledger
 
-    this_run = run_id(run_dir)
-    rows = {r.get("step"): r for r in read_ledger(transport, migration_id(run_dir)) if r.get("runId") == this_run}
+    this_run, migration = run_id(run_dir), migration_id(run_dir)
+    rows = {r.get("step"): r for r in read_ledger(transport, migration) if r.get("runId") == this_run}
     operator = operator or next((str(rows[s]["operator"]) for s in steps if rows.get(s, {}).get("operator")), None) or _operator()
-    context = PageContext(
-        run_id=this_run, operator=operator, deployment=_redact(url), commit=commit_label(), migration=migration_id(run_dir)
-    )
+    context = PageContext(run_id=this_run, operator=operator, deployment=_redact(url), commit=commit_label(), migration=migration)
     starts = []
     with writing(run_dir):
         for step, (source, notebook) in sources.items():

@@ -188,8 +188,8 @@ DEVELOPMENT_COMMANDS = {
 }
 
 
-def _refuse_development_tool(module: str, command: str, args: argparse.Namespace) -> int:
-    """What a development command answers in an installed runbook (whose wheel left `module` out)."""
+def _refuse_development_tool(command: str, args: argparse.Namespace) -> int:
+    """What a development command answers in an installed runbook (whose wheel left its module out)."""
     raise PreconditionFailed(
         f"`runbook {command}` is development tooling: it needs a checkout of the runbook, and this one is an installed package.",
         hint=f"Clone the runbook's repository and run `make setup`, then `.venv/bin/runbook {command} …` in the checkout.",
@@ -250,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
             tool.set_defaults(handler=development.cli_main)
         else:  # an installed runbook: whatever its arguments, the command answers where it lives
             tool.description = f"Development tooling: `runbook {command}` runs from a checkout of the runbook."
-            tool.set_defaults(any_arguments=True, handler=functools.partial(_refuse_development_tool, module, command))
+            tool.set_defaults(any_arguments=True, handler=functools.partial(_refuse_development_tool, command))
     return parser
 
 

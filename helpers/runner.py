@@ -351,7 +351,7 @@ def run_migration(
     is rewritten with the earlier steps kept. `on_step(step, status)` is told "running" before each step and its
     status after, for live progress.
     """
-    chosen_migration = get_migration(migration).id if migration is not None else None
+    requested = get_migration(migration) if migration is not None else None  # an unknown id is refused first
     chosen = _chosen_steps(dry_run, steps, confirm)
     per_step = {step: dict((parameters or {}).get(step, {})) for step in chosen}
     _check_step_parameters(chosen, parameters or {}, per_step, notebooks_dir)
@@ -365,7 +365,7 @@ def run_migration(
     operator = operator or os.environ.get("RUNBOOK_OPERATOR") or getpass.getuser()
     notify = on_step or (lambda step, status: None)
     with preflight(url) as transport:
-        declared = get_migration(chosen_migration or (migration_id(run_dir) if run_dir is not None else default_id()))
+        declared = requested or get_migration(migration_id(run_dir) if run_dir is not None else default_id())
         if declared.require is not None and GUARDED_STEPS & set(chosen):
             declared.require(transport)  # a deployment not ready for it is refused before a run folder exists
         run_dir, earlier = _open_run_dir(run_dir, runs_dir)
@@ -377,7 +377,7 @@ def run_migration(
             try:
                 with writing(run_dir):
                     # Drawn before the first step, so every page and ledger row names the same run and migration.
-                    bind_migration(run_dir, chosen_migration or migration_id(run_dir))
+                    bind_migration(run_dir, declared.id)
                     run_id(run_dir)
                 with _environment(RUNBOOK_OPERATOR=operator):
                     for step in chosen:
