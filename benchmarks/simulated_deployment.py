@@ -4,7 +4,7 @@
 
 The local deployment (convex-test) keeps every document in memory and scans whole tables per query, so it
 cannot hold a production-sized table. This server speaks the same HTTP calls the runbook makes —
-`migration:readPage`, `migration:applyBatch`, the `migrationRuns:*` lock and ledger calls and the snapshot
+`migration:readPage`, `migration:applyBatch`, `migration:countRunReferences`, the `migrationRuns:*` lock and ledger calls and the snapshot
 export (`POST /api/export/request/zip`, `_system/cli/exports:getLatest`, `GET /api/export/zip/<ts>`) — but
 generates the legacy documents on the fly from the sample-data generator (deterministic: the same seed gives
 the same documents) and keeps only what apply writes, in SQLite on disk. So its own memory stays small at
@@ -208,6 +208,14 @@ class Simulation:
         rows = self.ledger[start:start + size] if table == "migrationRuns" else []
         return {"page": rows, "isDone": start + len(rows) >= len(self.ledger), "continueCursor": str(start + len(rows))}
 
+    def count_run_references(self, args: dict[str, Any]) -> dict[str, Any]:
+        result = self.read_page({"table": "assetReferences", "cursor": args["cursor"], "numItems": args["numItems"]})
+        counts: dict[str, float] = {}
+        for ref in result.pop("page"):
+            if ref["metadata"]["migrationId"] == args["migrationId"] and ref["metadata"]["runId"] == args["runId"]:
+                counts[ref["entityType"]] = counts.get(ref["entityType"], 0.0) + 1.0  # a JavaScript number
+        return {**result, "counts": counts}
+
     def apply_batch(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"results": self.writes.apply(args["migrationId"], args["runId"], args["items"])}
 
@@ -303,6 +311,7 @@ WIRE_READY = frozenset({"migration:readPage"})
 FUNCTIONS = {
     "migration:readPage": Simulation.read_page,
     "migration:applyBatch": Simulation.apply_batch,
+    "migration:countRunReferences": Simulation.count_run_references,
     "migrationRuns:acquireLock": Simulation.acquire_lock,
     "migrationRuns:renewLock": Simulation.renew_lock,
     "migrationRuns:releaseLock": Simulation.release_lock,

@@ -23,6 +23,22 @@ export const readPage = internalQuery({
   },
 });
 
+/**
+ * How many asset references one run created, per entity type, over one page of the references table: apply
+ * confirms its statistics with the deployment's own count, without sending every reference over the wire.
+ */
+export const countRunReferences = internalQuery({
+  args: { migrationId: v.string(), runId: v.string(), cursor: v.union(v.string(), v.null()), numItems: v.number() },
+  handler: async (ctx, { migrationId, runId, cursor, numItems }) => {
+    const { page, isDone, continueCursor } = await ctx.db.query("assetReferences").paginate({ cursor, numItems });
+    const counts: Record<string, number> = {};
+    for (const { entityType, metadata } of page) {
+      if (metadata.migrationId === migrationId && metadata.runId === runId) counts[entityType] = (counts[entityType] ?? 0) + 1;
+    }
+    return { counts, isDone, continueCursor };
+  },
+});
+
 const referenceInput = v.object({
   entityType,
   assetType,

@@ -20,24 +20,30 @@ REFERENCE_TABLE = "assetReferences"
 #: applyBatch's refusal of a run that does not hold the migration lock (convex/migration.ts).
 LOCK_HELD_BY_OTHER = "the migration lock is held by run"
 APPLY_BATCH = "migration:applyBatch"
+COUNT_RUN_REFERENCES = "migration:countRunReferences"
 MIN_PAGE_SIZE = 16
 
 
 def iter_pages(transport: ConvexTransport, table: str, page_size: int) -> Iterator[list[dict[str, Any]]]:
     """Every page of a table in creation order; a page too large for Convex's read limits is halved."""
+    for result in _paginated(transport, READ_PAGE, {"table": table}, page_size):
+        if result["page"]:
+            yield result["page"]
+
+
+def _paginated(transport: ConvexTransport, function: str, args: dict[str, Any], page_size: int) -> Iterator[dict[str, Any]]:
+    """Each answer of a paginated query (`cursor`/`numItems` in, `isDone`/`continueCursor` out) to the end."""
     cursor: str | None = None
     size = page_size
     while True:
         try:
-            result = transport.function(READ_PAGE, {"table": table, "cursor": cursor, "numItems": size})
+            result = transport.function(function, {**args, "cursor": cursor, "numItems": size})
         except LimitExceeded:
             if size <= MIN_PAGE_SIZE:
                 raise
             size = max(MIN_PAGE_SIZE, size // 2)
             continue
-        page = result["page"]
-        if page:
-            yield page
+        yield result
         if result["isDone"]:
             return
         cursor = result["continueCursor"]
@@ -99,8 +105,13 @@ def _run_references(transport: ConvexTransport, migration_id: str, run_id: str) 
 
 
 def count_run_references(transport: ConvexTransport, migration_id: str, run_id: str) -> Counter[str]:
-    """The asset references this run created, per entity type, as the deployment holds them (one stream)."""
-    return Counter(reference["entityType"] for reference in _run_references(transport, migration_id, run_id))
+    """The asset references this run created, per entity type, as the deployment counts them (only the counts
+    travel: a page of references is counted where it is read)."""
+    counts: Counter[str] = Counter()
+    args = {"migrationId": migration_id, "runId": run_id}
+    for result in _paginated(transport, COUNT_RUN_REFERENCES, args, REFERENCE_PAGE):
+        counts.update({entity_type: int(n) for entity_type, n in result["counts"].items()})
+    return counts
 
 
 def iter_run_reference_entities(transport: ConvexTransport, migration_id: str, run_id: str) -> Iterator[str]:

@@ -101,6 +101,12 @@ class FakeDeployment:
         end = start + len(page)
         return {"page": page, "isDone": end >= len(self.references), "continueCursor": str(end)}
 
+    def migration_countRunReferences(self, migrationId: str, runId: str, cursor: str | None, numItems: int) -> dict[str, Any]:
+        result = self.migration_readPage("assetReferences", cursor, numItems)
+        page = result.pop("page")
+        ours = [r["entityType"] for r in page if (r["metadata"]["migrationId"], r["metadata"]["runId"]) == (migrationId, runId)]
+        return {**result, "counts": dict(Counter(ours))}
+
     def migration_applyBatch(self, migrationId: str, runId: str, items: list[dict[str, Any]]) -> dict[str, Any]:
         lock = self.lock
         if lock is not None and lock["runId"] != runId and lock["leaseExpiresAt"] > now_ms():

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from helpers import errors
-from helpers.deployment import acquire_lock, apply_batch, record_run, release_lock, renew_lock
+from helpers import deployment, errors
+from helpers.deployment import acquire_lock, apply_batch, count_run_references, record_run, release_lock, renew_lock
 from helpers.local_deployment import LocalDeployment
 from helpers.transport import ConvexTransport
 from helpers.migrations.m001_s3_asset_tracking import fields, rules
@@ -103,6 +103,30 @@ def test_small_pages_hold_exactly_the_documents_of_one_large_page(transport: Con
             break
         cursor = page["continueCursor"]
     assert [doc["_id"] for doc in paged] == [doc["_id"] for doc in whole["page"]] and len(paged) >= 8
+
+
+def test_run_references_are_counted_per_entity_type_for_that_run_only(
+    transport: ConvexTransport, scene: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session = get(transport, scene)["sessionId"]
+    scenes = [scene, *insert(transport, "scenes", *({"sessionId": session, "sceneIndex": i, "status": "pending"} for i in range(1, 4)))]
+    as_session = {**REFERENCE, "entityType": "session", "assetType": "manifest"}
+    written = [
+        ("m1", "run-1", item(scenes[0], set={"assetVersion": 1}, insertReferences=[REFERENCE, REFERENCE])),
+        ("m1", "run-2", item(scenes[1], set={"assetVersion": 1}, insertReferences=[REFERENCE])),
+        ("m2", "run-1", item(scenes[2], set={"assetVersion": 1}, insertReferences=[REFERENCE])),
+        ("m1", "run-1", {**item(session, set={"assetCount": 1}, insertReferences=[as_session]), "table": "videoSessions"}),
+        ("m1", "run-1", item(scenes[3], set={"assetVersion": 1}, insertReferences=[REFERENCE])),
+    ]
+    for migration_id, run_id, change in written:
+        assert apply_batch(transport, migration_id, run_id, [change])[0]["outcome"] == "applied"
+    first = transport.function("migration:countRunReferences", {"migrationId": "m1", "runId": "run-1", "cursor": None, "numItems": 2})
+    assert first["counts"] == {"scene": 2} and not first["isDone"]  # counted where read, a page at a time
+    monkeypatch.setattr(deployment, "REFERENCE_PAGE", 2)  # the runbook sums every page
+    assert count_run_references(transport, "m1", "run-1") == {"scene": 3, "session": 1}
+    assert count_run_references(transport, "m1", "run-2") == {"scene": 1}
+    assert count_run_references(transport, "m2", "run-1") == {"scene": 1}
+    assert count_run_references(transport, "m2", "run-2") == {}
 
 
 def test_lock_and_ledger(transport: ConvexTransport) -> None:
