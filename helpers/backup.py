@@ -108,10 +108,12 @@ def take_backup(
 
 
 def _check_functions_deployed(transport: ConvexTransport) -> None:
-    """Raises FunctionsNotDeployed (or DeployKeyRejected) now, while the run folder holds nothing yet."""
-    from .deployment import READ_PAGE, REFERENCE_TABLE
+    """Raises FunctionsNotDeployed (or DeployKeyRejected) now, while the run folder holds nothing yet: both reads
+    the steps after it need (apply's statistics are confirmed by the count, after its writes)."""
+    from .deployment import COUNT_RUN_REFERENCES, READ_PAGE, REFERENCE_TABLE
 
     transport.function(READ_PAGE, {"table": REFERENCE_TABLE, "cursor": None, "numItems": 1})
+    transport.function(COUNT_RUN_REFERENCES, {"migrationId": "", "runId": "", "cursor": None, "numItems": 1})
 
 
 def _request_export(transport: ConvexTransport) -> None:

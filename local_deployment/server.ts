@@ -10,7 +10,7 @@
 // Usage: CONVEX_DEPLOY_KEY=... tsx local_deployment/server.ts --port 3210 [--fault-rate 0.1]
 //        [--fault-kinds 5xx,drop,delay,timeout,oom] [--fault-seed 1] [--fault-paths migration:applyBatch,...]
 //        [--export-fault failed|canceled|truncate|lost-response] [--export-ms 50]
-//        [--undeployed migration,...] [--extra-functions DIR]
+//        [--undeployed migration,migration:countRunReferences,...] [--extra-functions DIR]
 // Prints one JSON line {"event":"ready","url":...} on stdout once it accepts requests.
 import { AsyncLocalStorage } from "node:async_hooks";
 import { randomBytes } from "node:crypto";
@@ -55,7 +55,7 @@ const faultKinds = options["fault-kinds"]!.split(",").filter((k) => k !== "");
 // Function paths (prefixes) that faults hit; empty means every function call.
 const faultPaths = options["fault-paths"]!.split(",").filter((p) => p !== "");
 const exportFault = options["export-fault"];
-// Function modules answered as "not deployed" (a deployment whose functions were never pushed).
+// Function modules (or single functions) answered as "not deployed" (functions never pushed, or an older push).
 const undeployed = options.undeployed!.split(",").filter((m) => m !== "");
 const MAX_ARGS_BYTES = 16 * 1024 * 1024; // Convex: function arguments up to 16 MiB
 const MAX_ARRAY_LENGTH = 8192; // Convex: arrays hold at most 8192 values
@@ -446,7 +446,7 @@ async function callFunction(req: IncomingMessage, res: ServerResponse, endpoint:
     requireAdmin(identity);
     return sendJson(res, 200, { status: "success", value: encodeValue(latestExportValue(), format) });
   }
-  const fn = undeployed.some((module) => path.startsWith(`${module}:`)) ? null : await lookupFunction(path);
+  const fn = undeployed.some((name) => path === name || path.startsWith(`${name}:`)) ? null : await lookupFunction(path);
   if (fn === null || (!fn.isPublic && identity !== "admin")) {
     // Convex answers a missing and an internal-without-admin-key function alike.
     return fail(`Could not find function for '${path}'. Did you forget to run \`npx convex dev\`?`);

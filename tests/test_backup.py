@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -126,15 +127,23 @@ def test_lost_answer_to_the_export_request_follows_the_export_it_started(deploy_
 
 
 class UndeployedDeployment(LocalDeployment):
-    """A deployment whose `migration` functions were never pushed (Convex answers "Could not find function")."""
+    """A deployment lacking some functions (Convex answers "Could not find function"): never pushed, or pushed
+    before a function was added."""
+
+    def __init__(self, missing: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.missing = missing
 
     def command(self) -> list[str]:
-        return [*super().command(), "--undeployed", "migration"]
+        return [*super().command(), "--undeployed", self.missing]
 
 
-def test_functions_not_deployed_is_found_before_the_backup_so_step_01_can_run_again(deploy_key: str, run_dir: Path) -> None:
-    with UndeployedDeployment(deploy_key=deploy_key) as bare, bare.transport() as client:
-        with pytest.raises(errors.FunctionsNotDeployed, match="npx convex deploy"):
+@pytest.mark.parametrize(("missing", "named"), [("migration", "migration:readPage"), ("migration:countRunReferences", "migration:countRunReferences")])
+def test_functions_not_deployed_is_found_before_the_backup_so_step_01_can_run_again(
+    deploy_key: str, run_dir: Path, missing: str, named: str
+) -> None:
+    with UndeployedDeployment(missing, deploy_key=deploy_key) as bare, bare.transport() as client:
+        with pytest.raises(errors.FunctionsNotDeployed, match=f"{named} was not found(.|\n)*npx convex deploy"):
             take_backup(client, run_dir, poll_seconds=0.05, show_progress=False)
         assert client.query("_system/cli/exports:getLatest", {}) is None  # no export was even requested
     assert not backup_dir(run_dir).exists()
