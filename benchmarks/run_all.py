@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -46,7 +47,7 @@ from helpers.apply import apply_plan  # noqa: E402
 from helpers.backup import take_backup  # noqa: E402
 from helpers.local_deployment import LocalDeployment, generate_local_key  # noqa: E402
 from helpers.plan import build_plan  # noqa: E402
-from helpers.sample_data import load  # noqa: E402
+from helpers.sample_data import SCENES_PER_SESSION, load  # noqa: E402
 from helpers.transport import DEPLOY_KEY_ENV, ConvexTransport  # noqa: E402
 
 NAIVE_FUNCTIONS = BENCH_DIR / "convex"
@@ -61,6 +62,10 @@ LATENCY_MS = 20
 REQUIRED = ("round_trip_ratio", "wall_time_ratio", "peak_rss_mib_200k", "conversion_vs_json_loads",
             "peak_rss_mib_1m", "seconds_per_1k_docs_100k", "seconds_per_1k_docs_1m", "wall_time_ratio_20ms")
 GIB = 1024.0
+#: Disk a simulated size needs at its peak, per document (scenes and sessions), measured at 200k scenes on
+#: 2026-11-25: the plan (~3.0 KB a line), the dry-run's scratch copy of the scene plans (~2.9 KB), the simulated
+#: deployment's record of apply's writes (~1.4 KB), the backup and the checkpoint. 10M scenes: about 77 GiB.
+DISK_BYTES_PER_DOCUMENT = 7_500
 
 
 def label(n: int) -> str:
@@ -410,6 +415,11 @@ def bench_simulated(sizes: list[int], seed: int, tmp: Path) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     rows = []
     for n in sizes:
+        needed, free = round(n * (1 + 1 / SCENES_PER_SESSION) * DISK_BYTES_PER_DOCUMENT), shutil.disk_usage(tmp).free
+        if free < needed:  # a full disk mid-run would stop every other process on the machine too
+            say(f"{label(n)}: SKIPPED: needs about {needed / 2**30:,.0f} GiB free in {tmp} "
+                f"({DISK_BYTES_PER_DOCUMENT:,} bytes per document), {free / 2**30:,.0f} GiB are free")
+            continue
         key = generate_local_key()
         env = {**os.environ, DEPLOY_KEY_ENV: key, "PYTHONPATH": str(BENCH_DIR.parent)}
         server = subprocess.Popen([sys.executable, str(SIMULATED_DEPLOYMENT), "--scenes", str(n), "--seed", str(seed)],
@@ -430,18 +440,25 @@ def bench_simulated(sizes: list[int], seed: int, tmp: Path) -> dict[str, Any]:
         docs = report["documents"]
         total_s = sum(p["seconds"] for p in phases.values())
         tag = label(n)
+        run_dir = tmp / f"simulated-{tag}"
+        folder_bytes = sum(path.stat().st_size for path in run_dir.rglob("*") if path.is_file())
+        shutil.rmtree(run_dir)  # the next size needs the disk
         figures[f"peak_rss_mib_{tag}"] = report["peak_rss_mib"]
         figures[f"seconds_per_1k_docs_{tag}"] = total_s / docs * 1000
+        figures[f"run_folder_bytes_per_doc_{tag}"] = round(folder_bytes / docs)
         rows.append([tag, docs, *(phases[p]["seconds"] for p in ("backup", "dry_run", "apply", "verify")), total_s,
-                     total_s / docs * 1000, report["peak_rss_mib"], f"{report['apply_status']}, verify {'passed' if report['verify_passed'] else 'FAILED'}"])
+                     total_s / docs * 1000, report["peak_rss_mib"], round(folder_bytes / docs),
+                     f"{report['apply_status']}, verify {'passed' if report['verify_passed'] else 'FAILED'}"])
         say(f"{tag}: {total_s:.1f} s, peak RSS {report['peak_rss_mib']} MiB")
     table(
         "Runbook pass per simulated size (RSS = the runbook process's own peak, VmHWM)",
-        ["size", "documents", "backup s", "dry-run s", "apply s", "verify s", "total s", "s / 1k docs", "peak RSS MiB", "result"],
+        ["size", "documents", "backup s", "dry-run s", "apply s", "verify s", "total s", "s / 1k docs", "peak RSS MiB",
+         "run folder bytes / doc", "result"],
         rows,
     )
-    if len(sizes) > 1:
-        first, last = label(sizes[0]), label(sizes[-1])
+    measured = [n for n in sizes if f"seconds_per_1k_docs_{label(n)}" in figures]
+    if len(measured) > 1:
+        first, last = label(measured[0]), label(measured[-1])
         figures["seconds_per_1k_docs_growth"] = figures[f"seconds_per_1k_docs_{last}"] / figures[f"seconds_per_1k_docs_{first}"]
         say(f"  time per 1k documents: {figures['seconds_per_1k_docs_growth']:.2f}x from {first} to {last} (flat is 1.0)")
     return figures
