@@ -225,14 +225,20 @@ def digest(value: Any) -> bytes:
 
 
 def _canonical(value: Any) -> Any:
+    """`value` with every number as one float64 (an int as the float it stands for), NaN as one tag and the
+    floats JSON cannot write, Int64 and bytes as wire objects. Verify digests a dozen values per document, so
+    the common leaves (text, a plain float) are tested first and text never costs a call."""
     value_type = type(value)
-    if value_type is int or value_type is float:  # one float64, however it was written
-        number = float(value)
-        if number != number:
-            return {"$float": _NAN_TAG}
-        return number if _plain_float(number) else {"$float": _float_base64(number)}
+    if value_type is str:
+        return value
+    if value_type is float:
+        if -_INF < value < _INF and (value != 0 or math.copysign(1.0, value) > 0):  # `_plain_float`, inlined
+            return value
+        return {"$float": _NAN_TAG} if value != value else {"$float": _float_base64(value)}
     if value_type is dict:
-        return {key: _canonical(item) for key, item in value.items()}
+        return {key: item if type(item) is str else _canonical(item) for key, item in value.items()}
     if value_type is list:
-        return [_canonical(item) for item in value]
+        return [item if type(item) is str else _canonical(item) for item in value]
+    if value_type is int:  # one float64, however it was written
+        return _canonical(float(value))
     return to_wire(value)
