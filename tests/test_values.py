@@ -86,6 +86,7 @@ def test_wire_format_round_trips_every_value(value: Any) -> None:
     written = jsonio.dumps(value)
     decoded = jsonio.loads(written)
     assert values.equal(decoded, value) and values.digest(decoded) == values.digest(value)
+    assert values.equal(jsonio.loads(written.decode()), value)  # a text answer decodes alike
     json.loads(written, parse_constant=pytest.fail)  # standard JSON: no NaN/Infinity tokens, no null for NaN
 
 
