@@ -48,6 +48,7 @@ def test_a_multi_table_keeps_every_value_in_order(stored: list[tuple[Any, Any]],
         for part in batched(stored, 4):
             table.put(part)
         assert table.get(asked) == {k: reference[k] for k in asked if k in reference}
+        assert table.counts(asked) == {k: len(reference.get(k, ())) for k in asked}
         assert dict(table.groups()) == reference
         popped = table.pop(asked)
         assert dict(table.groups()) == {k: v for k, v in reference.items() if k not in popped}
