@@ -25,7 +25,7 @@ from .migration import Migration, PlanInputs
 from .migrations import default_id
 from .progress import progress
 from .run_folder import locked_step, migration_of
-from .scratch import Scratch, batched, prefetch
+from .scratch import Scratch, batched, few_collections, prefetch
 from .transport import ConvexTransport, redact_url
 
 PLAN_DIR = "plan"
@@ -157,7 +157,7 @@ def build_plan(
     plan_path, problems_path = out / PLAN_FILE, out / PROBLEMS_FILE
     partial, problems_partial = plan_path.with_suffix(".partial"), problems_path.with_suffix(".partial")
     options = {"bucket_base_url": bucket_base_url}
-    with Scratch() as scratch, partial.open("wb") as sink, problems_partial.open("w", newline="", encoding="utf-8") as details:
+    with few_collections(), Scratch() as scratch, partial.open("wb") as sink, problems_partial.open("w", newline="", encoding="utf-8") as details:
         problem_rows = _ProblemDetails(details)
         for line in migration.planner(PlanInputs(pages, scratch, options, page_size)):
             tally.add(line)

@@ -11,6 +11,7 @@ removed when the `Scratch` closes.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import pickle
 import queue
@@ -19,6 +20,7 @@ import sqlite3
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -151,6 +153,20 @@ class Scratch:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
         self.close()
+
+
+@contextmanager
+def few_collections(threshold: int = 100_000) -> Iterator[None]:
+    """Python's cyclic garbage collector run every `threshold` new containers instead of every 700, for a pass
+    over pages of thousands of documents: at 700 it scans each page's dicts and lists again and again, though
+    reference counting frees them (a document forms no cycle). Measured: ~15% of verify, ~20% of the dry-run.
+    The previous thresholds come back afterwards, also after an error."""
+    previous = gc.get_threshold()
+    gc.set_threshold(threshold, *previous[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*previous)
 
 
 def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
