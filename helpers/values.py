@@ -114,8 +114,10 @@ def dumps(value: Any, *, sort_keys: bool = False, convex_numbers: bool = False) 
                             option=option | orjson.OPT_PASSTHROUGH_SUBCLASS | (orjson.OPT_STRICT_INTEGER if convex_numbers else 0))
     except TypeError:
         text = None
-    # orjson writes NaN and ±Inf as null and keeps -0.0: where either may be, walk in Python (exact, slower)
-    if text is None or b"null" in text or b"-0.0" in text:
+    # orjson writes NaN and ±Inf as null and keeps -0.0: where either may be, walk in Python (exact, slower).
+    # A null is usually a None: the text read back then equals the value (a NaN or ±Inf read back is None, never
+    # equal to it; Int64, bytes and tuples read back unequal too), which costs a fraction of the walk.
+    if text is None or b"-0.0" in text or (b"null" in text and orjson.loads(text) != value):
         return orjson.dumps(to_wire(value, convex_numbers=convex_numbers), option=option)
     return text
 
