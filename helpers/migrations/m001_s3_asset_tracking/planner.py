@@ -7,7 +7,6 @@ documents lives in scratch tables (the core's SQLite scratch store), looked up o
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,28 +32,29 @@ def plan(inputs: PlanInputs) -> Iterator[dict[str, Any]]:
     any_tracked = tracked if len(tracked) else None  # None on the usual first run: no page needs the look-up
 
     # Pass 1: plan scenes provisionally and record each S3 key's uses (a key shared by scenes blocks them all).
+    # Keyed by the S3 key itself: keys of consecutive scenes are usually neighbours in SQLite's index.
     provisional = scratch.path("scenes.provisional.jsonl")
     key_uses = scratch.table("key_uses", multi=True)
     with provisional.open("wb") as sink:
         for page in pages("scenes", "scenes"):
             ctx = _page_context(page, bucket_base_url, sessions, any_tracked)
             plans = [rules.plan_scene(doc, ctx) for doc in page]
-            key_uses.put((_key_digest(key), None) for plan in plans for key in rules.asset_keys(plan))
+            key_uses.put((key, None) for plan in plans for key in rules.asset_keys(plan))
             sink.writelines(jsonio.dumps(plan.to_line()) + b"\n" for plan in plans)
 
     # Pass 2 (local file): settle duplicates, total each session's scene assets, yield the final scene lines.
     session_totals = scratch.table("session_totals")
     for page in batched(_read_plans(provisional), page_size):
-        keys = [[(key, _key_digest(key)) for key in rules.asset_keys(plan)] for plan in page]
-        uses = key_uses.counts(digest for plan_keys in keys for _, digest in plan_keys)
+        keys = [rules.asset_keys(plan) for plan in page]
+        uses = key_uses.counts(key for plan_keys in keys for key in plan_keys)
         running = session_totals.get(plan.session_id for plan in page if plan.session_id is not None)
         for plan, plan_keys in zip(page, keys, strict=True):
-            shared = [(key, uses[digest]) for key, digest in plan_keys if uses[digest] > 1]
+            shared = [key for key in plan_keys if uses[key] > 1]
             if shared:
                 plan = plan_line.mark_blocking(
                     plan,
                     "duplicate_s3_key",
-                    f"S3 key {shared[0][0]!r} is used by {shared[0][1]} scenes; "
+                    f"S3 key {shared[0]!r} is used by {uses[shared[0]]} scenes; "
                     "decide which scene owns it before migrating any of them",
                 )
             if plan.session_id is not None:
@@ -67,10 +67,6 @@ def plan(inputs: PlanInputs) -> Iterator[dict[str, Any]]:
         found = session_totals.get(doc["_id"] for doc in page)
         for doc in page:
             yield rules.plan_session(doc, found.get(doc["_id"], rules.SessionTotals()), ctx).to_line()
-
-
-def _key_digest(key: str) -> bytes:
-    return hashlib.blake2b(key.encode(), digest_size=12).digest()
 
 
 def _read_plans(path: Path) -> Iterator[rules.DocumentPlan]:
