@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TextIO
@@ -157,7 +158,10 @@ def build_plan(
     plan_path, problems_path = out / PLAN_FILE, out / PROBLEMS_FILE
     partial, problems_partial = plan_path.with_suffix(".partial"), problems_path.with_suffix(".partial")
     options = {"bucket_base_url": bucket_base_url}
-    with few_collections(), Scratch() as scratch, partial.open("wb") as sink, problems_partial.open("w", newline="", encoding="utf-8") as details:
+    # Fewer GC passes only from the snapshot: with the HTTP client in the loop its reference cycles hold page bodies
+    # until a collection (helpers.scratch.few_collections).
+    gc_passes = few_collections() if snapshot is not None else nullcontext()
+    with gc_passes, Scratch() as scratch, partial.open("wb") as sink, problems_partial.open("w", newline="", encoding="utf-8") as details:
         problem_rows = _ProblemDetails(details)
         for line in migration.planner(PlanInputs(pages, scratch, options, page_size)):
             tally.add(line)

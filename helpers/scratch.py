@@ -159,9 +159,10 @@ class Scratch:
 def few_collections(threshold: int = 20_000) -> Iterator[None]:
     """Python's cyclic garbage collector run every `threshold` new containers instead of every 700, for a pass
     over pages of thousands of documents: at 700 it scans each page's dicts and lists again and again, though
-    reference counting frees them (a document forms no cycle). Measured: ~11-15% of verify, ~20% of the dry-run.
-    Not much higher: the HTTP client leaves reference cycles (httpx responses) that keep each page's body alive
-    until a collection (verify's peak RSS over 110,000 documents: 259 MiB at 700, 371 at 20,000, 578 at 100,000).
+    reference counting frees them (a document forms no cycle). Measured: ~20% of the dry-run from a snapshot.
+    Not where the HTTP client reads pages: it leaves reference cycles (httpx responses) that keep each page's
+    body alive until a collection, and fewer collections let them pile up (verify's peak RSS over 110,000
+    documents: 259 MiB at 700, 371 at 20,000; 703 MiB over 1.1M at 20,000).
     The previous thresholds come back afterwards, also after an error."""
     previous = gc.get_threshold()
     gc.set_threshold(threshold, *previous[1:])

@@ -31,7 +31,7 @@ from .migration import Before, DocumentCheck, Joined, Migration, Planned, Verdic
 from .migrations import default_id
 from .plan import iter_plan_lines, paged_progress, read_plan
 from .run_folder import locked_step, migration_of
-from .scratch import Scratch, batched, few_collections, prefetch
+from .scratch import Scratch, batched, prefetch
 from .transport import ConvexTransport
 from .values import digest
 
@@ -329,7 +329,7 @@ def run_checks(
     changed = _Listed()
     created = _Listed()
 
-    with few_collections(), Scratch() as scratch:
+    with Scratch() as scratch:
         cross_checks = migration.cross_checks(scratch)
         tallies.update({c.name: _Tally(c.name, c.description) for c in cross_checks})
         if tracks_assets:
