@@ -31,7 +31,7 @@ from .migration import Before, DocumentCheck, Joined, Migration, Planned, Verdic
 from .migrations import default_id
 from .plan import iter_plan_lines, paged_progress, read_plan
 from .run_folder import locked_step, migration_of
-from .scratch import Scratch, batched, prefetch
+from .scratch import Scratch, batched, few_collections, prefetch
 from .transport import ConvexTransport
 from .values import digest
 
@@ -334,25 +334,28 @@ def run_checks(
         tallies.update({c.name: _Tally(c.name, c.description) for c in cross_checks})
         if tracks_assets:
             tallies.update({name: _Tally(name, text) for name, text in REFERENCE_CHECKS.items()})
-        # The promise, per document.
-        planned = scratch.table("planned")
-        for lines in batched(plan_lines, page_size):
-            for line in lines:
-                tallies["nothing_outside_plan_changed"].add(check_plan_writes_only_owned_fields(migration, line), line["id"])
-            planned.put((line["id"], _as_tuple(Planned.of(migration, line))) for line in lines)
+        # The plan and the backup are local files: fewer GC passes there (helpers.scratch.few_collections; not
+        # while live pages come, whose HTTP client leaves cycles holding page bodies).
+        with few_collections():
+            # The promise, per document.
+            planned = scratch.table("planned")
+            for lines in batched(plan_lines, page_size):
+                for line in lines:
+                    tallies["nothing_outside_plan_changed"].add(check_plan_writes_only_owned_fields(migration, line), line["id"])
+                planned.put((line["id"], _as_tuple(Planned.of(migration, line))) for line in lines)
 
-        # The state before, per document, as digests, with the document's plan moved beside it: a live page then
-        # finds both in one look-up (`planned` keeps only lines for documents the backup lacks).
-        before = scratch.table("before")
-        for table in migration.tables:
-            for page in batched(backup(table), page_size):
-                plans = planned.pop(doc["_id"] for doc in page)
-                rows = []
-                for doc in page:
-                    plan = plans.get(doc["_id"])
-                    touched = _touched(Planned(*plan)) if plan is not None else ()
-                    rows.append((doc["_id"], (table, plan, *_as_tuple(Before.of(migration, table, doc, touched)))))
-                before.put(rows)
+            # The state before, per document, as digests, with the document's plan moved beside it: a live page then
+            # finds both in one look-up (`planned` keeps only lines for documents the backup lacks).
+            before = scratch.table("before")
+            for table in migration.tables:
+                for page in batched(backup(table), page_size):
+                    plans = planned.pop(doc["_id"] for doc in page)
+                    rows = []
+                    for doc in page:
+                        plan = plans.get(doc["_id"])
+                        touched = _touched(Planned(*plan)) if plan is not None else ()
+                        rows.append((doc["_id"], (table, plan, *_as_tuple(Before.of(migration, table, doc, touched)))))
+                    before.put(rows)
 
         # Every reference, by (entity, asset type), with its entity: references left over point at no live document.
         references = scratch.table("references", multi=True)
