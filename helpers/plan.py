@@ -7,11 +7,13 @@ across documents lives in a scratch SQLite file (helpers/scratch.py) it is hande
 
 from __future__ import annotations
 
+import csv
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 from pydantic import BaseModel, Field
 
@@ -24,7 +26,7 @@ from .migration import Migration, PlanInputs
 from .migrations import default_id
 from .progress import progress
 from .run_folder import locked_step, migration_of
-from .scratch import Scratch, batched, prefetch
+from .scratch import Scratch, batched, few_collections, prefetch
 from .transport import ConvexTransport, redact_url
 
 PLAN_DIR = "plan"
@@ -153,14 +155,20 @@ def build_plan(
         return paged_progress(stream, desc=desc, total=totals.get(table), show=show_progress)
 
     tally = _Tally()
-    plan_path = out / PLAN_FILE
-    partial = plan_path.with_suffix(".partial")
+    plan_path, problems_path = out / PLAN_FILE, out / PROBLEMS_FILE
+    partial, problems_partial = plan_path.with_suffix(".partial"), problems_path.with_suffix(".partial")
     options = {"bucket_base_url": bucket_base_url}
-    with Scratch() as scratch, partial.open("wb") as sink:
+    # Fewer GC passes only from the snapshot: with the HTTP client in the loop its reference cycles hold page bodies
+    # until a collection (helpers.scratch.few_collections).
+    gc_passes = few_collections() if snapshot is not None else nullcontext()
+    with gc_passes, Scratch() as scratch, partial.open("wb") as sink, problems_partial.open("w", newline="", encoding="utf-8") as details:
+        problem_rows = _ProblemDetails(details)
         for line in migration.planner(PlanInputs(pages, scratch, options, page_size)):
             tally.add(line)
             sink.write(_dump(line))
+            problem_rows.add(line)
     partial.replace(plan_path)
+    problems_partial.replace(problems_path)
 
     summary = PlanSummary(
         migration_id=migration.id,
@@ -176,7 +184,6 @@ def build_plan(
         references_by_type=dict(tally.references),
         problems=sorted(tally.problems.values(), key=lambda p: (p.table, -p.count, p.code)),
     )
-    _write_problem_details(plan_path, out / PROBLEMS_FILE)
     write_json_atomic(out / PLAN_SUMMARY_FILE, summary.model_dump(mode="json"))
     return summary
 
@@ -224,19 +231,19 @@ def example_pairs(run_dir: Path, n: int) -> list[tuple[dict[str, Any], dict[str,
     return sorted(pairs, key=lambda pair: pair[0]["_action"] not in changing)
 
 
-def _write_problem_details(plan_path: Path, csv_path: Path) -> None:
-    """Every document with a problem, one row per problem: the full list behind the examples."""
-    import csv
+class _ProblemDetails:
+    """problems.csv: every document with a problem, one row per problem (the full list behind the examples),
+    written while the lines stream past (no second read of the plan)."""
 
-    with plan_path.open("rb") as source, csv_path.open("w", newline="", encoding="utf-8") as sink:
-        writer = csv.writer(sink)
-        writer.writerow(["table", "id", "action", "code", "severity", "field", "message"])
-        for raw in source:
-            line = jsonio.loads(raw)
-            for problem in line.get("problems", ()):
-                writer.writerow(
-                    [line["table"], line["id"], line["action"], problem["code"], problem["severity"], problem.get("field", ""), problem["message"]]
-                )
+    def __init__(self, sink: TextIO) -> None:
+        self.writer = csv.writer(sink)
+        self.writer.writerow(["table", "id", "action", "code", "severity", "field", "message"])
+
+    def add(self, line: dict[str, Any]) -> None:
+        for problem in line.get("problems", ()):
+            self.writer.writerow(
+                [line["table"], line["id"], line["action"], problem["code"], problem["severity"], problem.get("field", ""), problem["message"]]
+            )
 
 
 def paged_progress(pages: Iterable[list[Any]], *, desc: str, total: int | None, show: bool) -> Iterator[list[Any]]:

@@ -31,7 +31,7 @@ from .migration import Before, DocumentCheck, Joined, Migration, Planned, Verdic
 from .migrations import default_id
 from .plan import iter_plan_lines, paged_progress, read_plan
 from .run_folder import locked_step, migration_of
-from .scratch import Scratch, batched, prefetch
+from .scratch import Scratch, batched, few_collections, prefetch
 from .transport import ConvexTransport
 from .values import digest
 
@@ -334,22 +334,28 @@ def run_checks(
         tallies.update({c.name: _Tally(c.name, c.description) for c in cross_checks})
         if tracks_assets:
             tallies.update({name: _Tally(name, text) for name, text in REFERENCE_CHECKS.items()})
-        # The promise, per document.
-        planned = scratch.table("planned")
-        for lines in batched(plan_lines, page_size):
-            for line in lines:
-                tallies["nothing_outside_plan_changed"].add(check_plan_writes_only_owned_fields(migration, line), line["id"])
-            planned.put((line["id"], _as_tuple(Planned.of(migration, line))) for line in lines)
+        # The plan and the backup are local files: fewer GC passes there (helpers.scratch.few_collections; not
+        # while live pages come, whose HTTP client leaves cycles holding page bodies).
+        with few_collections():
+            # The promise, per document.
+            planned = scratch.table("planned")
+            for lines in batched(plan_lines, page_size):
+                for line in lines:
+                    tallies["nothing_outside_plan_changed"].add(check_plan_writes_only_owned_fields(migration, line), line["id"])
+                planned.put((line["id"], _as_tuple(Planned.of(migration, line))) for line in lines)
 
-        # The state before, per document, as digests.
-        before = scratch.table("before")
-        for table in migration.tables:
-            for page in batched(backup(table), page_size):
-                plans = {doc_id: Planned(*plan) for doc_id, plan in planned.get(doc["_id"] for doc in page).items()}
-                before.put(
-                    (doc["_id"], (table, *_as_tuple(Before.of(migration, table, doc, _touched(plans.get(doc["_id"]))))))
-                    for doc in page
-                )
+            # The state before, per document, as digests, with the document's plan moved beside it: a live page then
+            # finds both in one look-up (`planned` keeps only lines for documents the backup lacks).
+            before = scratch.table("before")
+            for table in migration.tables:
+                for page in batched(backup(table), page_size):
+                    plans = planned.pop(doc["_id"] for doc in page)
+                    rows = []
+                    for doc in page:
+                        plan = plans.get(doc["_id"])
+                        touched = _touched(Planned(*plan)) if plan is not None else ()
+                        rows.append((doc["_id"], (table, plan, *_as_tuple(Before.of(migration, table, doc, touched)))))
+                    before.put(rows)
 
         # Every reference, by (entity, asset type), with its entity: references left over point at no live document.
         references = scratch.table("references", multi=True)
@@ -366,9 +372,17 @@ def run_checks(
             asset_types = migration.reference_fields.get(table, {})
             for page in batched(live(table), page_size):
                 ids = [document["_id"] for document in page]
-                befores = {doc_id: Before(*fields[1:]) for doc_id, fields in before.pop(ids).items()}
-                plans = {doc_id: Planned(*fields) for doc_id, fields in planned.pop(ids).items()}
-                refs_by_key = references.pop(reference_key(i, t) for i in ids for t in asset_types.values()) if asset_types else {}
+                backed_up = before.pop(ids)
+                befores = {doc_id: Before(*fields[2:]) for doc_id, fields in backed_up.items()}
+                plans = {doc_id: Planned(*fields[1]) for doc_id, fields in backed_up.items() if fields[1] is not None}
+                not_backed_up = [doc_id for doc_id in ids if doc_id not in backed_up]
+                if not_backed_up:
+                    plans.update((doc_id, Planned(*fields)) for doc_id, fields in planned.pop(not_backed_up).items())
+                ref_keys = {  # each (document, asset type)'s scratch key, computed once
+                    doc_id: [(asset_field, asset_type, reference_key(doc_id, asset_type)) for asset_field, asset_type in asset_types.items()]
+                    for doc_id in ids
+                }
+                refs_by_key = references.pop(key for keys in ref_keys.values() for _, _, key in keys) if asset_types else {}
                 joined_page = []
                 flags = []
                 for document in page:
@@ -385,8 +399,8 @@ def run_checks(
                         result = check.run(doc)
                         detail = check.detail(doc) if check.detail is not None and result is Verdict.FAIL else ""
                         tallies[check.name].add(result, doc_id, detail)
-                    for asset_field, asset_type in asset_types.items():
-                        refs = [Reference(*ref) for _, _, *ref in refs_by_key.get(reference_key(doc_id, asset_type), [])]
+                    for asset_field, asset_type, key in ref_keys[doc_id]:
+                        refs = [Reference(*ref) for _, _, *ref in refs_by_key.get(key, [])]
                         asset = document.get(asset_field)
                         if type(asset) is dict:
                             tallies["references_match_assets"].add(check_references_match_asset(doc, asset, refs), doc_id, asset_type)
@@ -410,7 +424,7 @@ def run_checks(
                 tallies["references_point_at_documents"].add(check_reference_points_at_document(entity_id in live_flags, refs), entity_id)
                 if entity_id in live_flags:  # an asset type its table does not have
                     tallies["references_match_assets"].add(check_reference_has_asset(live_flags[entity_id], refs), entity_id, asset_type)
-        for doc_id, (table, *prior) in before.items():  # backed-up documents no longer live
+        for doc_id, (table, _, *prior) in before.items():  # backed-up documents no longer live
             gone = Joined(migration, table, Before(*prior), None, None)
             tallies["no_backup_document_missing"].add(check_document_still_exists(gone), doc_id)
 
@@ -418,9 +432,9 @@ def run_checks(
     return Outcome([tallies[name].result() for name in order], changed.ids, changed.count, created.ids, created.count)
 
 
-def _touched(plan: Planned | None) -> tuple[str, ...]:
+def _touched(plan: Planned) -> tuple[str, ...]:
     """The fields a plan line sets or removes, for a document it changes (none otherwise)."""
-    return plan.touched if plan is not None and plan.changes else ()
+    return plan.touched if plan.changes else ()
 
 
 def _as_tuple(record: Before | Planned | Reference) -> tuple[Any, ...]:

@@ -6,13 +6,17 @@ Runs a migration the runbook does not ship (tests/toy_migration.py) against a fa
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import hashlib
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import helpers.plan
 from helpers import display as show
 from helpers import jsonio, migrations
 from helpers.errors import PreconditionFailed
@@ -135,3 +139,39 @@ def test_a_plan_written_before_migrations_were_declared_is_the_first_migrations(
     del record["migration_id"]
     summary_path.write_bytes(jsonio.dumps(record))
     assert read_plan(toy_run).migration_id == migrations.default_id() != TOY.id
+
+
+def _snapshot_of(run_dir: Path, tables: dict[str, list[dict[str, Any]]]) -> None:
+    """A backup step's output for `tables`: a ZIP in Convex's export layout and its record."""
+    out = run_dir / "backup"
+    out.mkdir(parents=True)
+    with zipfile.ZipFile(out / "snapshot_1.zip", "w") as archive:
+        archive.writestr("README.md", "export")
+        archive.writestr("_tables/documents.jsonl", "".join(jsonio.dumps({"name": t}).decode() + "\n" for t in tables))
+        for table, docs in tables.items():
+            archive.writestr(f"{table}/documents.jsonl", "".join(jsonio.dumps(d).decode() + "\n" for d in docs))
+    data = (out / "snapshot_1.zip").read_bytes()
+    record = {"zip_file": "snapshot_1.zip", "sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data), "snapshot_ts": 1,
+              "snapshot_time": "1970-01-01T00:00:00.000+00:00", "counts": {t: len(d) for t, d in tables.items()},
+              "deployment_url": "http://127.0.0.1:9", "taken_at": "1970-01-01T00:00:00+00:00"}
+    (out / "backup.json").write_bytes(jsonio.dumps(record))
+
+
+def test_fewer_gc_passes_only_when_planning_from_the_snapshot(toy_run: Path, tmp_path: Path, toy_registered: Migration,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The snapshot is a local file; with the HTTP client in the loop (live) its cycles would hold page bodies."""
+    entered: list[bool] = []
+
+    @contextlib.contextmanager
+    def recording() -> Any:
+        entered.append(True)
+        yield
+
+    monkeypatch.setattr(helpers.plan, "few_collections", recording)
+    _snapshot_of(toy_run, {"notes": NOTES})
+    from_snapshot = build_plan(PagedTables({"notes": NOTES}), toy_run, show_progress=False)  # type: ignore[arg-type]
+    assert entered == [True]
+    live_run = tmp_path / "live"
+    bind_migration(live_run, toy_registered.id)
+    from_live = build_plan(PagedTables({"notes": NOTES}), live_run, source="live", show_progress=False)  # type: ignore[arg-type]
+    assert entered == [True] and from_live.plan_sha256 == from_snapshot.plan_sha256

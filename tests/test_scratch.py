@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers.scratch import Scratch, batched, prefetch
+from helpers.scratch import Scratch, batched, few_collections, prefetch
 
 keys = st.one_of(st.text(max_size=6), st.integers(min_value=-(2**63), max_value=2**63 - 1), st.binary(max_size=6))
 values = st.one_of(st.none(), st.integers(), st.text(max_size=5), st.tuples(st.text(max_size=3), st.binary(max_size=3)))
@@ -48,9 +49,18 @@ def test_a_multi_table_keeps_every_value_in_order(stored: list[tuple[Any, Any]],
         for part in batched(stored, 4):
             table.put(part)
         assert table.get(asked) == {k: reference[k] for k in asked if k in reference}
+        assert table.counts(asked) == {k: len(reference.get(k, ())) for k in asked}
         assert dict(table.groups()) == reference
         popped = table.pop(asked)
         assert dict(table.groups()) == {k: v for k, v in reference.items() if k not in popped}
+
+
+def test_few_collections_raises_the_threshold_and_restores_it_even_after_an_error() -> None:
+    before = gc.get_threshold()
+    with pytest.raises(RuntimeError), few_collections(50_000):
+        assert gc.get_threshold() == (50_000, *before[1:])
+        raise RuntimeError("the pass failed")
+    assert gc.get_threshold() == before
 
 
 def test_the_scratch_folder_is_removed_on_close_even_after_an_error() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 import json
 import math
 import string
@@ -85,6 +86,7 @@ def test_wire_format_round_trips_every_value(value: Any) -> None:
     written = jsonio.dumps(value)
     decoded = jsonio.loads(written)
     assert values.equal(decoded, value) and values.digest(decoded) == values.digest(value)
+    assert values.equal(jsonio.loads(written.decode()), value)  # a text answer decodes alike
     json.loads(written, parse_constant=pytest.fail)  # standard JSON: no NaN/Infinity tokens, no null for NaN
 
 
@@ -199,6 +201,29 @@ def test_equal_is_an_equivalence_consistent_with_digest(a: Any, b: Any, c: Any) 
     if values.equal(a, b) and values.equal(b, c):
         assert values.equal(a, c)
     assert values.equal(a, b) == (values.digest(a) == values.digest(b))
+
+
+def canonical_twin(value: Any) -> Any:
+    """A test-side twin of the canonical form `digest` hashes, as first written (one float64 per number, one tag for
+    every NaN, the floats JSON cannot write and Int64/bytes as wire objects): pins the digest's bytes, so a faster
+    `_canonical` cannot change what a digest is."""
+    if type(value) in (int, float):
+        number = float(value)
+        if number != number:
+            return {"$float": "NaN"}
+        plain = math.isfinite(number) and (number != 0 or math.copysign(1.0, number) > 0)
+        return number if plain else {"$float": base64.b64encode(struct.pack("<d", number)).decode()}
+    if type(value) is dict:
+        return {key: canonical_twin(item) for key, item in value.items()}
+    if type(value) is list:
+        return [canonical_twin(item) for item in value]
+    return values.to_wire(value)
+
+
+@given(convex_values)
+def test_digest_hashes_the_canonical_form(value: Any) -> None:
+    expected = hashlib.blake2b(orjson.dumps(canonical_twin(value), option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
+    assert values.digest(value) == expected
 
 
 def test_int64_is_never_equal_to_a_number_even_with_plain_equality() -> None:

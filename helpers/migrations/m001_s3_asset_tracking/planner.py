@@ -7,7 +7,6 @@ documents lives in scratch tables (the core's SQLite scratch store), looked up o
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,29 +29,32 @@ def plan(inputs: PlanInputs) -> Iterator[dict[str, Any]]:
     tracked = scratch.table("tracked")
     for page in pages("assetReferences", "asset references"):
         tracked.put((reference_key(ref["entityId"], ref["assetType"]), None) for ref in page)
+    any_tracked = tracked if len(tracked) else None  # None on the usual first run: no page needs the look-up
 
     # Pass 1: plan scenes provisionally and record each S3 key's uses (a key shared by scenes blocks them all).
+    # Keyed by the S3 key itself: keys of consecutive scenes are usually neighbours in SQLite's index.
     provisional = scratch.path("scenes.provisional.jsonl")
     key_uses = scratch.table("key_uses", multi=True)
     with provisional.open("wb") as sink:
         for page in pages("scenes", "scenes"):
-            ctx = _page_context(page, bucket_base_url, sessions, tracked)
+            ctx = _page_context(page, bucket_base_url, sessions, any_tracked)
             plans = [rules.plan_scene(doc, ctx) for doc in page]
-            key_uses.put((_key_digest(key), None) for plan in plans for key in rules.asset_keys(plan))
+            key_uses.put((key, None) for plan in plans for key in rules.asset_keys(plan))
             sink.writelines(jsonio.dumps(plan.to_line()) + b"\n" for plan in plans)
 
     # Pass 2 (local file): settle duplicates, total each session's scene assets, yield the final scene lines.
     session_totals = scratch.table("session_totals")
     for page in batched(_read_plans(provisional), page_size):
-        uses = {k: len(v) for k, v in key_uses.get(_key_digest(key) for plan in page for key in rules.asset_keys(plan)).items()}
+        keys = [rules.asset_keys(plan) for plan in page]
+        uses = key_uses.counts(key for plan_keys in keys for key in plan_keys)
         running = session_totals.get(plan.session_id for plan in page if plan.session_id is not None)
-        for plan in page:
-            shared = [key for key in rules.asset_keys(plan) if uses[_key_digest(key)] > 1]
+        for plan, plan_keys in zip(page, keys, strict=True):
+            shared = [key for key in plan_keys if uses[key] > 1]
             if shared:
                 plan = plan_line.mark_blocking(
                     plan,
                     "duplicate_s3_key",
-                    f"S3 key {shared[0]!r} is used by {uses[_key_digest(shared[0])]} scenes; "
+                    f"S3 key {shared[0]!r} is used by {uses[shared[0]]} scenes; "
                     "decide which scene owns it before migrating any of them",
                 )
             if plan.session_id is not None:
@@ -61,14 +63,10 @@ def plan(inputs: PlanInputs) -> Iterator[dict[str, Any]]:
         session_totals.put(running.items())
     # Pass 3: sessions, with totals computed from their scenes' planned assets and their own.
     for page in batched((doc for _, doc in sessions.items()), page_size):
-        ctx = _page_context(page, bucket_base_url, sessions, tracked)
+        ctx = _page_context(page, bucket_base_url, sessions, any_tracked)
         found = session_totals.get(doc["_id"] for doc in page)
         for doc in page:
             yield rules.plan_session(doc, found.get(doc["_id"], rules.SessionTotals()), ctx).to_line()
-
-
-def _key_digest(key: str) -> bytes:
-    return hashlib.blake2b(key.encode(), digest_size=12).digest()
 
 
 def _read_plans(path: Path) -> Iterator[rules.DocumentPlan]:
@@ -78,13 +76,16 @@ def _read_plans(path: Path) -> Iterator[rules.DocumentPlan]:
 
 
 def _page_context(
-    page: list[dict[str, Any]], bucket_base_url: str | None, sessions: ScratchTable, tracked: ScratchTable
+    page: list[dict[str, Any]], bucket_base_url: str | None, sessions: ScratchTable, tracked: ScratchTable | None
 ) -> rules.RulesContext:
     """What the rules may ask about one page of documents, looked up in two queries: which sessions its scenes
-    name exist, and which of its assets already have a reference."""
+    name exist, and which of its assets already have a reference (none when `tracked` is None: no reference
+    exists, so no key is computed or looked up)."""
     named = {doc["sessionId"] for doc in page if type(doc.get("sessionId")) is str}
     existing = sessions.has(named) if named else set()
-    held = tracked.has(reference_key(doc["_id"], asset_type) for doc in page for asset_type in ASSET_TYPES.values())
+    held = tracked.has(reference_key(doc["_id"], asset_type) for doc in page for asset_type in ASSET_TYPES.values()) if tracked is not None else set()
+    if not held:
+        return rules.RulesContext(bucket_base_url=bucket_base_url, session_exists=existing.__contains__)
     return rules.RulesContext(
         bucket_base_url=bucket_base_url,
         session_exists=existing.__contains__,
