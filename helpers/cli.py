@@ -149,7 +149,14 @@ def cmd_seal(args: argparse.Namespace) -> int:
     from .archive import seal
 
     sealed = seal(args.dir, convex_url=args.url, notebooks_dir=args.notebooks, operator=args.operator)
-    print(f"Sealed: {args.dir} (overview: {Path(args.dir) / 'index.html'})")
+    if sealed.action == "unchanged":
+        print(f"Already sealed: {args.dir} is unchanged since its seal, which the deployment's ledger holds. Nothing was written.")
+    elif sealed.action == "recorded":
+        print(f"Recorded: {args.dir} is unchanged since it was sealed; the deployment's ledger now holds that seal.")
+    else:
+        print(f"Sealed: {args.dir} (overview: {Path(args.dir) / 'index.html'})")
+    if sealed.not_recorded is not None:
+        print(f"Sealed locally only. Record the seal once the deployment answers: runbook seal {args.dir} --url URL")
     print(_manifest_line(sealed.sha256, sealed.not_recorded))
     return 0 if sealed.not_recorded is None else EXIT_FAILED
 

@@ -201,7 +201,7 @@ def test_a_deleted_file_is_named_by_the_ledger(run_dir: Path, deployment: LocalD
     _reseal(run_dir)
     with deployment.transport() as transport:
         problems = archive.check_archive(run_dir, transport).problems
-    assert "missing: backup/snapshot_1.zip (recorded by the seal in the deployment's ledger)" in problems
+    assert "missing: backup/snapshot_1.zip (recorded by step 01_backup_snapshot in the deployment's ledger)" in problems
 
 
 def test_a_step_row_keeps_the_start_its_step_recorded(deployment: LocalDeployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
