@@ -20,9 +20,10 @@ import papermill
 
 from .archive import check_archive
 from .errors import PreconditionFailed, RunbookError
-from .transport import ConvexTransport
+from .report import check_command, run_verdicts
+from .transport import ConvexTransport, redact_url
 from .migrations import all_migrations
-from .runner import NOTEBOOKS_DIR, ROLLBACK_STEP, STEPS, StepFailed, notebook_path, run_migration
+from .runner import NOTEBOOKS_DIR, ROLLBACK_STEP, STEPS, RunResult, StepFailed, notebook_path, run_migration
 
 EXIT_FAILED = 1
 EXIT_REFUSED = 2
@@ -93,25 +94,32 @@ def cmd_run(args: argparse.Namespace) -> int:
         if exc.manifest_sha256:
             print(_manifest_line(exc.manifest_sha256))
         return EXIT_FAILED
+    print_summary(result, args.url)
+    return 0
+
+
+def print_summary(result: RunResult, url: str) -> None:
+    """The run's verdicts first (as index.html shows them), then the documents that failed, the times, where
+    the evidence is and the command that checks it; the manifest's sha256 last (the line for the ticket)."""
+    for verdict in run_verdicts(result.run_dir, result.steps):
+        print(f"{verdict.label}: {verdict.text}")
     stats = result.statistics
     if stats is not None:
-        verb = "to migrate (planned)" if stats.planned else "migrated"
         if stats.recheck:
             print("re-check of a finished apply: nothing new written; the figures are those of the first apply")
-        for label, n in stats.migrated.items():
-            print(f"{label} {verb}: {n:,}")
+        if stats.planned:
+            print(f"to migrate (planned): {', '.join(f'{label} {n:,}' for label, n in stats.migrated.items())}")
         print(f"asset references {'to create' if stats.planned else 'created'}: {stats.asset_references_created:,}")
-        print(f"errors: {len(stats.errors)}")
+        print(f"documents with errors: {len(stats.errors)}")
         for error in stats.errors[:ERRORS_SHOWN]:
             print(f"  {error['id']}: {error['reason']}")
         if len(stats.errors) > ERRORS_SHOWN:
             print(f"  … and {len(stats.errors) - ERRORS_SHOWN:,} more in apply/outcomes.csv")
-        if stats.apply_seconds is not None:
-            print(f"apply time: {stats.apply_seconds:.1f} s")
-        print(f"wall time: {stats.wall_seconds:.1f} s")
+        apply_time = "" if stats.apply_seconds is None else f"apply {stats.apply_seconds:.1f} s, "
+        print(f"time: {apply_time}whole run {stats.wall_seconds:.1f} s")
     print(f"Evidence: {result.run_dir}")
+    print(f"Check it: {check_command(result.run_dir, redact_url(url))}")
     print(_manifest_line(result.manifest_sha256, result.seal_not_recorded))
-    return 0
 
 
 def _print_error(exc: BaseException) -> None:

@@ -72,7 +72,7 @@ def test_run_step_leaves_parameters_notebook_html_and_results(tmp_path: Path, no
     executed = nbformat.read(out / "ok_step.ipynb", as_version=4)
     assert any("injected-parameters" in cell.metadata.get("tags", []) for cell in executed.cells)
     html = (out / "ok_step.html").read_text(encoding="utf-8")
-    assert html.lstrip().lower().startswith("<!doctype html") and "given" in html and "<script" in html
+    assert html.lstrip().lower().startswith("<!doctype html") and "given" in html and "jp-Notebook" in html
     # The key reached the kernel through the environment only: nothing in the folder holds it.
     assert deploy_key not in (out / "parameters.json").read_text()
     assert archive.find_secret(run_dir, deploy_key) == []
@@ -251,9 +251,9 @@ def test_run_prints_statistics_and_the_evidence_folder(
     assert calls[0]["parameters"] == {"03_apply": {"batch_size": 50}}
     out = capsys.readouterr().out.splitlines()
     assert out == [
-        "scenes migrated: 1,200", "sessions migrated: 40", "asset references created: 3,100", "errors: 1",
-        "  s7: too large", "apply time: 12.2 s", "wall time: 40.0 s", f"Evidence: {tmp_path / 'run'}",
-        f"Manifest sha256: {'ab' * 32}",
+        "steps: 1 of 1 passed (03_apply passed)", "asset references created: 3,100", "documents with errors: 1",
+        "  s7: too large", "time: apply 12.2 s, whole run 40.0 s", f"Evidence: {tmp_path / 'run'}",
+        f"Check it: runbook check-archive {tmp_path.resolve() / 'run'} --url {URL}", f"Manifest sha256: {'ab' * 32}",
     ]
 
 
