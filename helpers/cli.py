@@ -169,6 +169,30 @@ def cmd_seal(args: argparse.Namespace) -> int:
     return 0 if sealed.not_recorded is None else EXIT_FAILED
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """`runbook status`: the deployment's ledger, per migration of the registry, then each run. Writes nothing."""
+    from .archive import deployment_status
+
+    with ConvexTransport(args.url) as transport:
+        states = deployment_status(transport)
+    print(f"Deployment {redact_url(args.url)}: what its ledger (migrationRuns) holds. Nothing was written.")
+    width = max(len(state.migration_id) for state in states)
+    for state in states:
+        by = f" (run {state.decided_by.run_id} by {state.decided_by.operator}, {_when(state.decided_by.started_ms)})" if state.decided_by else ""
+        print(f"  {state.migration_id:<{width}}  {state.state}{by}")
+    for state in states:
+        print(f"\n{state.migration_id}: {len(state.runs)} run{'s' if len(state.runs) != 1 else ''}")
+        for run in state.runs:
+            steps = ", ".join(f"{step} {status}" for step, status in run.steps.items()) or "no step recorded"
+            print(f"  {run.run_id}  {run.operator}  {_when(run.started_ms)}  {steps}")
+            print(f"    sealed manifest sha256: {run.sealed or 'not sealed'}")
+    return 0
+
+
+def _when(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ms / 1000))
+
+
 def cmd_params(args: argparse.Namespace) -> int:
     given = Path(args.notebook)
     path = given if given.suffix == ".ipynb" else notebook_path(args.notebook, NOTEBOOKS_DIR)
@@ -252,6 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
     seal.add_argument("--notebooks", type=Path, help="folder of the saved, executed notebooks (default: notebooks/)")
     seal.add_argument("--operator", help="recorded in the manifest (default: RUNBOOK_OPERATOR or the user)")
     seal.set_defaults(handler=cmd_seal)
+
+    status = commands.add_parser(
+        "status", help="what the deployment's ledger holds: each migration's state (pending, applied, rolled back) and each run"
+    )
+    status.add_argument("--url", required=True, help="the deployment; the deploy key comes from CONVEX_DEPLOY_KEY")
+    status.set_defaults(handler=cmd_status)
 
     params = commands.add_parser("params", help="list a step notebook's parameters")
     params.add_argument("notebook", metavar="NOTEBOOK_OR_STEP")
