@@ -653,7 +653,8 @@ def _saved_notebook(run_dir: Path, step: str, notebooks_dir: Path | None) -> tup
     notebook = nbformat.read(source, as_version=4)
     ran = any(cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")
     ran_in = notebook_parameter(notebook, "run_dir")
-    here = ran_in is not None and Path(str(ran_in)).name == run_dir.resolve().name
+    # A relative run_dir is relative to where the notebook's kernel ran: JupyterLab starts it in the notebook's folder.
+    here = ran_in is not None and (source.parent / str(ran_in)).resolve().name == run_dir.resolve().name
     if not recorded and not (ran and here):
         return None  # a template, or a notebook prepared for this folder that nobody ran
     if not ran:

@@ -269,3 +269,23 @@ def test_pages_of_an_untimed_notebook_take_who_and_when_from_the_ledger(copy: tu
     assert "operator:</b> carol" in page
     assert "started:</b> 2026-11-25T09:46:40+00:00" in page and "finished:</b> 2026-11-25T09:47:22+00:00" in page
     assert archive.read_manifest(run_dir).operator == "carol"
+
+
+def test_notebooks_prepared_in_the_run_folder_are_sealed_in_place(
+    copy: tuple[Path, Path], deployment: LocalDeployment, tmp_path: Path
+) -> None:
+    """`runbook new-run` puts each step's notebook at <run>/<step>/<step>.ipynb with run_dir relative to it."""
+    import nbformat
+
+    run_dir, saved = copy
+    run_dir = _new_run(run_dir, tmp_path, "in-place")
+    for step in STEPS:
+        notebook = nbformat.read(saved / f"{step}.ipynb", as_version=4)
+        for cell in notebook.cells:
+            if "injected-parameters" in cell.metadata.get("tags", []):
+                cell.source = "\n".join('run_dir = ".."' if line.startswith("run_dir") else line for line in cell.source.splitlines())
+        nbformat.write(notebook, run_dir / step / f"{step}.ipynb")
+    sealed = archive.seal(run_dir, convex_url=deployment.url)
+    assert sealed.not_recorded is None and sealed.action == "sealed"
+    assert archive.read_manifest(run_dir).steps == dict.fromkeys(STEPS, "passed")  # type: ignore[union-attr]
+    assert all((run_dir / step / f"{step}.report.html").is_file() for step in STEPS)
