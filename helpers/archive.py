@@ -605,8 +605,8 @@ def _seal_as_it_is(run_dir: Path, rows: list[dict[str, Any]], transport: Any) ->
     path = run_dir / MANIFEST_FILE
     unchanged = path.is_file() and not _file_problems(run_dir)
     sha = sha256_file(path) if path.is_file() else None
-    if unchanged and seals and (seals[-1].get("evidence") or {}).get(MANIFEST_FILE) == sha:
-        return Sealed(path, str(sha), action="unchanged")
+    if unchanged and sha in {(seal.get("evidence") or {}).get(MANIFEST_FILE) for seal in trusted_seals(rows)}:
+        return Sealed(path, str(sha), action="unchanged")  # as one of the run's seals left it (a copy may have gone on)
     continued = not seals or any(r.get("step") != SEAL_STEP for r in rows[rows.index(seals[-1]) + 1:])
     manifest = read_manifest(run_dir) if unchanged else None
     if manifest is not None and continued:
