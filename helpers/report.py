@@ -423,8 +423,9 @@ def _step_row(run_dir: Path, step: str, status: str) -> str:
 def write_index(
     run_dir: Path, *, deployment_url: str, operator: str, started_at: str, finished_at: str, steps: Mapping[str, str]
 ) -> Path:
-    """The run overview: who, when, which commit and deployment, each step with its figures and hashes, links
-    to every step page, and how to check the folder again."""
+    """The run overview: its verdicts first (as the CLI prints them), then who, when, which commit and
+    deployment, each step that ran (a failed one too) with what it found and its hashes, links to every step
+    page, and the command that checks the folder again."""
     from .archive import MANIFEST_FILE, commit_label, read_run_id
 
     run_dir = Path(run_dir)
