@@ -279,12 +279,12 @@ def test_check_archive_compares_each_step_with_its_own_row(run_dir: Path, deploy
     assert problems[:3] == [
         "step 01_backup_snapshot: status failed in the folder, passed in its ledger row",
         "step 01_backup_snapshot: figure documents is 4 in the folder, 3 in its ledger row",
-        f"altered: 01_backup_snapshot/results.json (the deployment's ledger holds sha256 {results_sha(deployment, run_dir)} "
+        f"altered: 01_backup_snapshot/results.json (the deployment's ledger holds sha256 {_results_sha(deployment, run_dir)} "
         f"from step 01_backup_snapshot, found {_sha(path)})",
     ]
 
 
-def results_sha(deployment: LocalDeployment, run_dir: Path) -> str:
+def _results_sha(deployment: LocalDeployment, run_dir: Path) -> str:
     this_run = json.loads((run_dir / "run.json").read_text())["run_id"]
     row = next(r for r in _rows(deployment, this_run) if r["step"] == "01_backup_snapshot")
     return str(row["evidence"]["01_backup_snapshot/results.json"])  # type: ignore[index]
