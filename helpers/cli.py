@@ -119,6 +119,8 @@ def print_summary(result: RunResult, url: str) -> None:
         print(f"time: {apply_time}whole run {stats.wall_seconds:.1f} s")
     print(f"Evidence: {result.run_dir}")
     print(f"Check it: {check_command(result.run_dir, redact_url(url))}")
+    if result.seal_not_recorded is not None:
+        print(f"Record the seal once the deployment answers: runbook seal {result.run_dir} --url {redact_url(url)}")
     print(_manifest_line(result.manifest_sha256, result.seal_not_recorded))
 
 

@@ -267,6 +267,7 @@ def run_step(
         # A results file left by an earlier execution must not vouch for this one.
         (out / "results.json").unlink(missing_ok=True)
     started_ms = str(int(time.time() * 1000))
+    resume = resume_command(run_dir, step, redact_url(convex_url), tuple(planned))
     failed: StepFailed | None = None
     try:
         with _environment(RUNBOOK_HEADLESS="1", **{STEP_STARTED_ENV: started_ms}):
@@ -289,13 +290,13 @@ def run_step(
         index = _source_cell_index(source, exc.cell_index)
         cells = nbformat.read(source, as_version=4).cells
         failed = StepFailed(step, index, exc.ename, exc.evalue, executed, exc.source, exc.exec_count, section_of(cells, index),
-                            resume=resume_command(run_dir, step, redact_url(convex_url), tuple(planned)))
+                            resume=resume)
         raise failed from exc
     finally:
         if executed.exists():
             with _secondary(failed, "Its pages could not be rendered either"), writing(out):
                 render_step(executed, replace(page_context(run_dir, convex_url), planned=tuple(planned)))
-    return _passed_results(run_dir, step, executed)
+    return _passed_results(run_dir, step, executed, resume)
 
 
 @contextmanager
@@ -328,13 +329,13 @@ def _source_cell_index(source: Path, executed_index: int) -> int:
     return executed_index - 1 if executed_index > parameters_at else executed_index
 
 
-def _passed_results(run_dir: Path, step: str, executed: Path) -> StepResults:
+def _passed_results(run_dir: Path, step: str, executed: Path, resume: str) -> StepResults:
     try:
         results = read_step_results(run_dir, step)
     except PreconditionFailed as exc:
-        raise StepFailed(step, None, "ResultsMissing", f"the notebook finished without writing it ({exc})", executed) from exc
+        raise StepFailed(step, None, "ResultsMissing", f"the notebook finished without writing it ({exc})", executed, resume=resume) from exc
     if not results.passed:
-        raise StepFailed(step, None, "StepNotPassed", f"results.json has status {results.status!r}", executed)
+        raise StepFailed(step, None, "StepNotPassed", f"results.json has status {results.status!r}", executed, resume=resume)
     return results
 
 

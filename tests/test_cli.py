@@ -417,3 +417,17 @@ def test_status_prints_each_migrations_state_and_each_run_and_writes_nothing(
     out = capsys.readouterr().out.splitlines()
     assert out[1] == f"  {M001.id:<{width}}  rolled back (run run-b by bob, 2026-11-26 13:33 UTC)"
     assert "  run-b  bob  2026-11-26 13:33 UTC  05_rollback passed" in out and "    sealed manifest sha256: not sealed" in out
+
+
+def test_a_run_whose_seal_the_deployment_missed_says_how_to_record_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = runner.RunResult(run_dir=tmp_path / "run", passed=True, steps={"01_backup_snapshot": "passed"}, statistics=None,
+                              manifest_sha256="ab" * 32, seal_not_recorded="the deployment did not answer")
+    monkeypatch.setattr(cli, "run_migration", lambda *args, **kwargs: result)
+    assert cli.main(["run", "--url", URL, "--dry-run", "--steps", "01_backup_snapshot"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2:] == [
+        f"Record the seal once the deployment answers: runbook seal {tmp_path / 'run'} --url {URL}",
+        f"Manifest sha256: {'ab' * 32} (NOT recorded in the deployment's ledger: the deployment did not answer)",
+    ]
