@@ -53,8 +53,22 @@ export const releaseLock = internalMutation({
   },
 });
 
-/** Upserts the ledger row of one step of one run. The row keeps the step's first start: a resumed or
- * re-checked apply is still the apply that began then (apply's stale-plan check reads it). */
+/** The ledger row of a run's seal: it holds the manifest's sha256 (and every file the manifest lists). */
+export const SEAL_STEP = "seal";
+export const MANIFEST_FILE = "manifest.json";
+/** The words a refused seal starts with (helpers/archive.py recognises them). */
+export const SEAL_REFUSED = "the run is sealed already";
+
+/** Appends to the ledger of one run; nothing recorded as evidence is ever rewritten.
+ *
+ * A step's row is written when the step starts (apply, rollback) and completed when it finishes; once it holds
+ * evidence (the sha256 of what the step read and wrote) it is final, and the step run again gets a row of its
+ * own. An unfinished row keeps the step's first start: a resumed apply is still the apply that began then
+ * (apply's stale-plan check reads it).
+ *
+ * A seal is final too: the same manifest again is a no-op, another manifest is refused unless a step of the run
+ * was recorded since the last seal (the run continued, so its folder changed). A folder edited and sealed again
+ * therefore cannot re-anchor itself here, whoever calls this function. */
 export const record = internalMutation({
   args: {
     migrationId: v.string(),
@@ -73,18 +87,38 @@ export const record = internalMutation({
       .query("migrationRuns")
       .withIndex("by_migration", (q) => q.eq("migrationId", args.migrationId).eq("kind", "run").eq("runId", args.runId))
       .collect();
-    const existing = rows.find((row) => row.step === args.step);
-    if (existing) {
-      await ctx.db.patch(existing._id, { ...args, startedAt: Math.min(existing.startedAt, args.startedAt) });
-    } else {
-      await ctx.db.insert("migrationRuns", { kind: "run", ...args });
+    const recordedAt = Date.now();
+    if (args.step === SEAL_STEP) {
+      const seals = rows.filter((row) => row.step === SEAL_STEP);
+      const last = seals[seals.length - 1];
+      if (last !== undefined) {
+        const sealed = last.evidence?.[MANIFEST_FILE];
+        if (sealed === args.evidence?.[MANIFEST_FILE]) return { recorded: false, unchanged: true };
+        const lastAt = last.recordedAt ?? 0;
+        if (!rows.some((row) => row.step !== SEAL_STEP && (row.recordedAt ?? 0) > lastAt)) {
+          throw new Error(
+            `${SEAL_REFUSED} with manifest sha256 ${sealed} and no step of run ${args.runId} was recorded since: ` +
+              `a seal with manifest sha256 ${args.evidence?.[MANIFEST_FILE]} would rewrite it`,
+          );
+        }
+      }
+      await ctx.db.insert("migrationRuns", { kind: "run", ...args, recordedAt });
+      return { recorded: true, unchanged: false };
     }
-    return null;
+    const earlier = rows.filter((row) => row.step === args.step);
+    const last = earlier[earlier.length - 1];
+    if (last !== undefined && last.evidence === undefined) {
+      await ctx.db.patch(last._id, { ...args, startedAt: Math.min(last.startedAt, args.startedAt), recordedAt });
+    } else {
+      await ctx.db.insert("migrationRuns", { kind: "run", ...args, recordedAt });
+    }
+    return { recorded: true, unchanged: false };
   },
 });
 
-/** Every ledger row of a migration (one per run and step), oldest first: the evidence anchor and the record
- * of who applied what, read by `check-archive --url` and by apply's stale-plan check. */
+/** Every ledger row of a migration (one per run and step attempt, and each seal), oldest first: the evidence
+ * anchor and the record of who applied what, read by `check-archive --url`, `runbook status` and apply's
+ * stale-plan check. */
 export const ledger = internalQuery({
   args: { migrationId: v.string() },
   handler: async (ctx, { migrationId }) => {

@@ -86,5 +86,7 @@ export default defineSchema({
     details: v.optional(v.string()),
     // sha256 of what the step read and wrote (run-folder path -> hex digest): anchors the evidence here.
     evidence: v.optional(v.record(v.string(), v.string())),
+    // When the deployment wrote the row (its own clock): orders a run's step rows and seals.
+    recordedAt: v.optional(v.number()),
   }).index("by_migration", ["migrationId", "kind", "runId"]),
 });

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import secrets
 import shutil
 import subprocess
@@ -135,21 +136,44 @@ def record_step(
     started_at: datetime | None = None,
 ) -> Path:
     """Writes a step's results.json and anchors it in the deployment's ledger (``migrationRuns``): the row of
-    this run and step records the step's verdict and the sha256 of every file it read and wrote (backup ZIP,
-    plan, checkpoint, its results), so the folder can later be compared with the deployment
-    (``runbook check-archive DIR --url URL``)."""
+    this run and step records the step's verdict, its figures and the sha256 of every file it read and wrote
+    (backup ZIP, plan, checkpoint, its results), so the folder can later be compared with the deployment
+    (``runbook check-archive DIR --url URL``). The deployment keeps that row as it is: the step run again gets
+    a row of its own."""
     from .deployment import read_ledger, record_run  # the ledger's calls; archive stays usable without a deployment
 
     path = write_step_results(run_dir, results.step, results)
     this_run, migration = run_id(run_dir), migration_id(run_dir)
-    earlier = [r for r in read_ledger(transport, migration) if r.get("runId") == this_run and r.get("step") == results.step]
+    earlier = [r for r in run_rows(read_ledger(transport, migration), this_run) if r.get("step") == results.step]
+    # An attempt still open (apply records its row when it begins) is completed, keeping its start and counts.
+    open_row = earlier[-1] if earlier and not earlier[-1].get("evidence") else {}
     record_run(
         transport, migration, this_run, step=results.step, status=results.status,
         operator=operator or _operator(),
-        startedAt=_step_started_ms(started_at, earlier), finishedAt=_ms(datetime.now(UTC)),
+        startedAt=_step_started_ms(started_at, open_row), finishedAt=_ms(datetime.now(UTC)),
+        counts={**(open_row.get("counts") or {}), **ledger_figures(results.summary)},
         evidence=step_evidence(run_dir, results),
     )
     return path
+
+
+#: A figure the ledger can hold: a Convex field name, and an integer a float64 carries exactly.
+_FIGURE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+
+
+def ledger_figures(summary: Mapping[str, Any]) -> dict[str, int]:
+    """A summary's top-level counts as the ledger row records them (timestamps and flags left out), so
+    `check-archive --url` can name the figure a folder changed."""
+    return {
+        key: value for key, value in summary.items()
+        if isinstance(value, int) and not isinstance(value, bool) and not key.endswith("_ts")
+        and abs(value) <= 2**53 and _FIGURE_NAME.fullmatch(key)
+    }
+
+
+def run_rows(ledger: list[dict[str, Any]], this_run: str | None) -> list[dict[str, Any]]:
+    """A run's ledger rows in the order the deployment wrote them (rows from before it stamped them first)."""
+    return sorted((r for r in ledger if r.get("runId") == this_run), key=lambda r: r.get("recordedAt") or 0)
 
 
 def _operator() -> str:
@@ -164,15 +188,15 @@ def _ms(moment: datetime) -> int:
 STEP_STARTED_ENV = "RUNBOOK_STEP_STARTED_MS"
 
 
-def _step_started_ms(started_at: datetime | None, earlier: list[dict[str, Any]]) -> int:
-    """The caller's start, else the runner's, else the start an earlier row of this step holds (apply records
-    its own when it begins), else now: a step run cell by cell has no better record of when it began."""
+def _step_started_ms(started_at: datetime | None, open_row: Mapping[str, Any]) -> int:
+    """The caller's start, else the runner's, else the start the step's open row holds (apply records its own
+    when it begins), else now: a step run cell by cell has no better record of when it began."""
     if started_at is not None:
         return _ms(started_at)
     if os.environ.get(STEP_STARTED_ENV, "").isdigit():
         return int(os.environ[STEP_STARTED_ENV])
-    if earlier and isinstance(earlier[0].get("startedAt"), int | float):
-        return int(earlier[0]["startedAt"])
+    if isinstance(open_row.get("startedAt"), int | float):
+        return int(open_row["startedAt"])
     return _ms(datetime.now(UTC))
 
 
@@ -367,20 +391,38 @@ def read_manifest(run_dir: Path) -> Manifest | None:
 SEAL_STEP = "seal"
 #: A Convex object holds at most 1,024 fields: a folder with more files is anchored by its manifest's hash alone.
 MAX_SEALED_FILES = 1000
+#: How convex/migrationRuns.ts `record` words its refusal of a second seal with another manifest.
+SEAL_REFUSED = "the run is sealed already"
+#: Statuses of a step that ran without recording its results (the runner's "failed", a notebook stopped early).
+UNRECORDED_STATUSES = frozenset({"failed", "not recorded"})
+#: Tries of each call `runbook seal` makes: a deployment that does not answer soon is sealed against later.
+SEAL_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
 class Sealed:
-    """A sealed run folder: its manifest, the manifest's sha256 (the line for the change ticket), and whether
-    the deployment's ledger holds it (``not_recorded`` says why not)."""
+    """A sealed run folder: its manifest, the manifest's sha256 (the line for the change ticket), whether
+    the deployment's ledger holds it (``not_recorded`` says why not), and what sealing did: ``sealed`` (pages,
+    index and manifest written), ``recorded`` (a folder sealed earlier and unchanged since, recorded in the
+    ledger now), ``unchanged`` (the ledger holds this very seal already: nothing was done)."""
 
     manifest: Path
     sha256: str
     not_recorded: str | None = None
+    action: Literal["sealed", "recorded", "unchanged"] = "sealed"
+
+
+class SealRefused(PreconditionFailed):
+    hint = (
+        "The deployment's ledger keeps a run's seal for good. Restore the folder from its archive (`runbook "
+        "check-archive DIR --url URL` names each file that differs); a step run again in the folder "
+        "(`runbook run --run-dir DIR --steps …`) records a row of its own, after which the run is sealed anew."
+    )
 
 
 def record_seal(transport: Any, run_dir: Path) -> str:
-    """Records the manifest's sha256 and every file it lists in the ledger row ``seal`` of this run."""
+    """Records the manifest's sha256 and every file it lists in a ``seal`` row of this run. The deployment
+    refuses another manifest for a run it holds a seal of, unless a step of the run was recorded since."""
     from .deployment import record_run
 
     run_dir = Path(run_dir)
@@ -392,11 +434,40 @@ def record_seal(transport: Any, run_dir: Path) -> str:
     if len(manifest.files) < MAX_SEALED_FILES:
         evidence.update({name: entry.sha256 for name, entry in manifest.files.items()})
     now = datetime.now(UTC)
-    record_run(
-        transport, migration_id(run_dir), run_id(run_dir), step=SEAL_STEP, status="sealed", operator=manifest.operator,
-        startedAt=_ms(_parse_time(manifest.started_at) or now), finishedAt=_ms(now), evidence=evidence,
-    )
+    try:
+        record_run(
+            transport, migration_id(run_dir), run_id(run_dir), step=SEAL_STEP, status="sealed", operator=manifest.operator,
+            startedAt=_ms(_parse_time(manifest.started_at) or now), finishedAt=_ms(now), evidence=evidence,
+        )
+    except RunbookError as exc:
+        if SEAL_REFUSED in str(exc):
+            raise SealRefused(f"The deployment refused the seal of {run_dir}: {SEAL_REFUSED} and nothing ran since.") from exc
+        raise
     return sha
+
+
+def record_unrecorded_steps(transport: Any, run_dir: Path, steps: Mapping[str, str], operator: str) -> None:
+    """A step that ran but recorded no results (it failed before its last cell) gets a ledger row too: its
+    status and the sha256 of its notebook as it ran. The run's record then shows it, and the seal that lists
+    its page follows a step the deployment saw (it accepts a new seal only then)."""
+    from .deployment import read_ledger, record_run
+
+    run_dir = Path(run_dir)
+    rows = None
+    for step, status in steps.items():
+        notebook = step_dir(run_dir, step) / f"{step}.ipynb"
+        if status not in UNRECORDED_STATUSES or (step_dir(run_dir, step) / RESULTS_FILE).is_file() or not notebook.is_file():
+            continue
+        if rows is None:
+            rows = run_rows(read_ledger(transport, migration_id(run_dir)), run_id(run_dir))
+        evidence = {f"{step}/{step}.ipynb": sha256_file(notebook)}
+        earlier = [r for r in rows if r.get("step") == step]
+        if earlier and earlier[-1].get("evidence") == evidence:
+            continue  # recorded by an earlier seal of this same attempt
+        open_row = earlier[-1] if earlier and not earlier[-1].get("evidence") else {}
+        now = _ms(datetime.now(UTC))
+        record_run(transport, migration_id(run_dir), run_id(run_dir), step=step, status=status, operator=operator,
+                   startedAt=int(open_row.get("startedAt") or now), finishedAt=now, evidence=evidence)
 
 
 def _parse_time(text: str) -> datetime | None:
@@ -417,7 +488,8 @@ def seal_folder(
     transport: Any = None,
 ) -> Sealed:
     """index.html first (the manifest lists it, so it cannot show the manifest's own hash), then the manifest,
-    then the manifest's sha256 in the deployment's ledger when a transport is given."""
+    then, when a transport is given, the steps that ran without recording themselves and the manifest's sha256
+    in the deployment's ledger."""
     from .report import write_index
 
     run_dir = Path(run_dir)
@@ -430,6 +502,7 @@ def seal_folder(
     if transport is None:
         return Sealed(path, sha, "no deployment was given")
     try:
+        record_unrecorded_steps(transport, run_dir, steps, operator)
         record_seal(transport, run_dir)
     except RunbookError as exc:
         return Sealed(path, sha, str(exc).split("\n", 1)[0])
@@ -445,78 +518,153 @@ def seal(
     transport: Any = None,
 ) -> Sealed:
     """Seals a run made cell by cell in JupyterLab as `runbook run` seals its own: each step's notebook as it
-    ran (saved by the analyst) copied into its step folder and rendered (full page and report), index.html,
-    the manifest, and the manifest's sha256 in the deployment's ledger. Also re-seals a folder `runbook run`
-    made (its step folders already hold the executed notebooks), e.g. to record a seal the ledger missed.
+    ran (saved by the analyst) in its step folder and rendered (full page and report), index.html, the
+    manifest, and the manifest's sha256 in the deployment's ledger. A step that ran and failed, or stopped
+    before recording its results, is sealed too: its page opens with what went wrong.
 
-    `notebooks_dir` holds the saved notebooks (default: each step folder's own executed copy, else notebooks/);
+    The ledger keeps what it holds. A folder unchanged since its seal is not sealed again (``unchanged``, or
+    ``recorded`` when the seal was made while the deployment did not answer); a folder that changed since
+    its recorded seal, with no step recorded since, is refused before anything is written (SealRefused names
+    each file that differs). When the deployment does not answer, the folder is sealed locally and says so:
+    `runbook seal DIR --url URL` records it later.
+
+    `notebooks_dir` holds the saved notebooks (default: each step folder's own notebook, else notebooks/);
     `convex_url` defaults to the URL the notebooks ran against."""
-    from .report import PageContext, execution_times, notebook_parameter, render_step
+    from .errors import DeploymentUnreachable, TransientFailure
+    from .report import PageContext, execution_times, find_failure, notebook_parameter, render_step
     from .runner import ROLLBACK_STEP, STEPS
     from .transport import ConvexTransport
 
     run_dir = Path(run_dir)
-    steps = [step for step in (*STEPS, ROLLBACK_STEP) if (step_dir(run_dir, step) / RESULTS_FILE).is_file()]
-    if not steps:
+    sources, unfit = {}, None
+    for step in (*STEPS, ROLLBACK_STEP):
+        try:
+            if found := _saved_notebook(run_dir, step, notebooks_dir):
+                sources[step] = found
+        except PreconditionFailed as exc:
+            unfit = unfit or exc
+    earlier = read_manifest(run_dir)
+    if unfit is not None and earlier is None:
+        raise unfit  # a folder sealed before is first compared with its seal: that refusal says more
+    if not sources and unfit is None:
         raise PreconditionFailed(
-            f"No step has recorded its results in {run_dir}: there is nothing to seal.",
-            hint="Run the notebooks with this run_dir first (each records its results in its last cell), then seal.",
+            f"No step has run in {run_dir}: there is nothing to seal.",
+            hint="Run the notebooks with this run_dir first (and save them in JupyterLab), then seal.",
         )
-    sources = {step: _saved_notebook(run_dir, step, notebooks_dir) for step in steps}
     url = convex_url or next(filter(None, (notebook_parameter(nb, "convex_url") for _, nb in sources.values())), None)
+    url = url or (earlier.deployment_url if earlier else None)
     if not url:
         raise PreconditionFailed("The notebooks do not say which deployment they ran against.", hint="Pass --url URL / convex_url=….")
     if transport is None:  # a missing key or a bad URL is refused before anything is written
-        with ConvexTransport(url) as own:
+        with ConvexTransport(url, max_attempts=SEAL_ATTEMPTS) as own:
             return seal(run_dir, convex_url=url, notebooks_dir=notebooks_dir, operator=operator, transport=own)
     from .deployment import read_ledger
 
     this_run, migration = run_id(run_dir), migration_id(run_dir)
-    rows = {r.get("step"): r for r in read_ledger(transport, migration) if r.get("runId") == this_run}
-    operator = operator or next((str(rows[s]["operator"]) for s in steps if rows.get(s, {}).get("operator")), None) or _operator()
+    offline = None
+    try:
+        rows = run_rows(read_ledger(transport, migration), this_run)
+    except (DeploymentUnreachable, TransientFailure) as exc:
+        rows, offline = [], str(exc).split("\n", 1)[0]
+    if offline is None:
+        done = _seal_as_it_is(run_dir, rows, transport)
+        if done is not None:
+            return done
+    if unfit is not None:
+        raise unfit
+    latest = {r.get("step"): r for r in rows}  # who ran each step and when, as its last row recorded it
+    operator = operator or next((str(latest[s]["operator"]) for s in sources if latest.get(s, {}).get("operator")), None) or _operator()
     context = PageContext(run_id=this_run, operator=operator, deployment=_redact(url), commit=commit_label(), migration=migration)
-    starts = []
+    starts, statuses = [], {}
     with writing(run_dir):
         for step, (source, notebook) in sources.items():
             target = step_dir(run_dir, step) / f"{step}.ipynb"
             if source.resolve() != target.resolve():
                 shutil.copyfile(source, target)
-            row = rows.get(step, {})  # who ran the step and when, as the step recorded it
+            recorded = (step_dir(run_dir, step) / RESULTS_FILE).is_file()
+            statuses[step] = read_step_results(run_dir, step).status if recorded else "failed" if find_failure(notebook) else "not recorded"
+            row = latest.get(step, {})
             render_step(target, replace(
                 context, operator=str(row.get("operator") or operator),
                 started=_iso(row.get("startedAt")), finished=_iso(row.get("finishedAt")),
             ))
             starts.append(execution_times(notebook)[0] or _iso(row.get("startedAt")))
-    earlier = read_manifest(run_dir)
-    statuses = {**(earlier.steps if earlier else {}), **{step: read_step_results(run_dir, step).status for step in steps}}
     started_at = earlier.started_at if earlier else min(filter(None, starts), default=_now())
-    return seal_folder(run_dir, deployment_url=url, operator=operator, started_at=started_at,
-                       finished_at=datetime.now(UTC), steps=statuses, transport=transport)
+    sealed = seal_folder(run_dir, deployment_url=url, operator=operator, started_at=started_at, finished_at=datetime.now(UTC),
+                         steps={**(earlier.steps if earlier else {}), **statuses}, transport=None if offline else transport)
+    if offline:
+        return replace(sealed, not_recorded=f"the deployment did not answer ({offline})")
+    return sealed
+
+
+def _seal_as_it_is(run_dir: Path, rows: list[dict[str, Any]], transport: Any) -> Sealed | None:
+    """What the ledger allows before anything is written: None to seal the folder (anew); a Sealed when the
+    folder is unchanged since its manifest and the ledger holds it or is given it now; SealRefused when the
+    ledger holds a seal of this run, the folder differs from it and no step was recorded since."""
+    seals = [r for r in rows if r.get("step") == SEAL_STEP]
+    path = run_dir / MANIFEST_FILE
+    unchanged = path.is_file() and not _file_problems(run_dir)
+    sha = sha256_file(path) if path.is_file() else None
+    if unchanged and sha in {(seal.get("evidence") or {}).get(MANIFEST_FILE) for seal in trusted_seals(rows)}:
+        return Sealed(path, str(sha), action="unchanged")  # as one of the run's seals left it (a copy may have gone on)
+    continued = not seals or any(r.get("step") != SEAL_STEP for r in rows[rows.index(seals[-1]) + 1:])
+    manifest = read_manifest(run_dir) if unchanged else None
+    if manifest is not None and continued:
+        record_unrecorded_steps(transport, run_dir, manifest.steps, manifest.operator)
+        record_seal(transport, run_dir)
+        return Sealed(path, str(sha), action="recorded")
+    if continued:
+        return None
+    differs = _seal_differences(run_dir, seals[-1].get("evidence") or {})
+    raise SealRefused(
+        f"Run {read_run_id(run_dir)} is sealed in the deployment's ledger already (manifest sha256 "
+        f"{(seals[-1].get('evidence') or {}).get(MANIFEST_FILE)}) and no step of it ran since, but {run_dir} differs "
+        f"from that seal: {'; '.join(differs[:10])}{f' and {len(differs) - 10} more' if len(differs) > 10 else ''}. Nothing was written."
+    )
+
+
+def _seal_differences(run_dir: Path, evidence: Mapping[str, str]) -> list[str]:
+    """Each file of the folder that is not as a seal row lists it (a seal of the manifest alone names that)."""
+    listed = dict(sorted(evidence.items(), key=lambda item: item[0] != MANIFEST_FILE))  # the manifest first
+    differs = [f"missing: {name}" if not (run_dir / name).is_file() else f"altered: {name}"
+               for name, sha in listed.items() if _hash_of(run_dir / name) != sha]
+    if len(listed) > 1:
+        differs += [f"not in the seal: {name}" for name in _iter_files(run_dir) if name not in listed]
+    return differs
 
 
 def _iso(ms: Any) -> str | None:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds") if isinstance(ms, int | float) else None
 
 
-def _saved_notebook(run_dir: Path, step: str, notebooks_dir: Path | None) -> tuple[Path, Any]:
-    """The notebook of a step as it ran in this folder, refused when it cannot be that."""
+def _saved_notebook(run_dir: Path, step: str, notebooks_dir: Path | None) -> tuple[Path, Any] | None:
+    """The notebook of a step as it ran in this folder, None when the step never ran there (no results, and no
+    notebook with outputs), refused when it cannot be the notebook that ran."""
     import nbformat
 
     from .report import notebook_parameter
     own = step_dir(run_dir, step) / f"{step}.ipynb"
+    recorded = (step_dir(run_dir, step) / RESULTS_FILE).is_file()
     source = Path(notebooks_dir) / f"{step}.ipynb" if notebooks_dir else own if own.is_file() else NOTEBOOKS_DIR / f"{step}.ipynb"
     if not source.is_file():
+        if not recorded:
+            return None
         raise PreconditionFailed(f"Step {step} ran in {run_dir} but {source} does not exist.", hint="Name the folder of the saved notebooks with --notebooks.")
     notebook = nbformat.read(source, as_version=4)
-    if not any(cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"):
+    ran = any(cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")
+    ran_in = notebook_parameter(notebook, "run_dir")
+    # A relative run_dir is relative to where the notebook's kernel ran: JupyterLab starts it in the notebook's folder.
+    here = ran_in is not None and (source.parent / str(ran_in)).resolve().name == run_dir.resolve().name
+    if not recorded and not (ran and here):
+        return None  # a template, or a notebook prepared for this folder that nobody ran
+    if not ran:
         raise PreconditionFailed(
             f"{source} holds no outputs, so it is not the notebook as it ran.",
             hint="Save the notebook in JupyterLab (File > Save) after running it, then seal again.",
         )
-    ran_in = notebook_parameter(notebook, "run_dir")
-    if ran_in is None or Path(str(ran_in)).name != run_dir.resolve().name:
+    if not here:
         raise PreconditionFailed(f"{source} ran with run_dir={ran_in!r}, not in {run_dir}.", hint="Seal the run folder that notebook ran in.")
-    if source.stat().st_mtime < (step_dir(run_dir, step) / RESULTS_FILE).stat().st_mtime:
+    if recorded and source.stat().st_mtime < (step_dir(run_dir, step) / RESULTS_FILE).stat().st_mtime:
         raise PreconditionFailed(
             f"{source} was saved before its step recorded its results: its last cells' outputs are not in it.",
             hint="Save the notebook in JupyterLab (File > Save) now, then seal again, naming the folder it is saved in "
@@ -542,8 +690,9 @@ class ArchiveCheck:
 def check_archive(run_dir: Path, transport: Any = None) -> ArchiveCheck:
     """Every listed file present and unchanged, nothing unlisted, and each step consumed this folder's own files.
 
-    With a transport, also compares the folder with the deployment's ledger rows of its run: a folder edited and
-    resealed, or a manifest edited alone, is caught there, naming the file."""
+    With a transport, also compares the folder with the deployment's ledger rows of its run: each step's
+    results with that step's own row (status, figures, the sha256 of what it read and wrote), and every file
+    with the seal. A folder edited and resealed, or a manifest edited alone, is caught there, naming the file."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return ArchiveCheck([f"{run_dir} is not a directory"], anchored=transport is not None)
@@ -555,34 +704,82 @@ def check_archive(run_dir: Path, transport: Any = None) -> ArchiveCheck:
     return ArchiveCheck([*problems, *_ledger_problems(run_dir, read_ledger(transport, migration_id(run_dir)))], anchored=True)
 
 
+def trusted_seals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A run's seals the ledger vouches for: its first, and each later one that follows a step recorded after
+    the seal before it (the run continued). A seal written over an unchanged run (which the deployment
+    refuses today) is left out: the first seal of a state counts, not the latest."""
+    trusted, stepped = [], True
+    for row in rows:
+        if row.get("step") != SEAL_STEP:
+            stepped = True
+        elif stepped:
+            trusted.append(row)
+            stepped = False
+    return trusted
+
+
 def _ledger_problems(run_dir: Path, ledger: list[dict[str, Any]]) -> list[str]:
-    """Each file must hash to what the deployment last recorded for it (a step's row or the seal), and every
-    file must have been recorded there."""
+    """The folder against the seal its manifest is (else the run's last trusted seal), and each step's results
+    against that step's last row before that seal: a forger's copy sealed later never changes what the
+    original is compared with."""
     this_run = read_run_id(run_dir)
     if this_run is None:
         return [f"ledger: {RUN_FILE} is missing or unreadable, so this run cannot be looked up in the deployment's ledger"]
-    rows = sorted((r for r in ledger if r.get("runId") == this_run), key=lambda r: r.get("finishedAt") or r.get("startedAt") or 0)
+    rows = run_rows(ledger, this_run)
     if not rows:
         return [f"ledger: the deployment has no record of run {this_run} (run against another deployment, or {RUN_FILE} changed)"]
-    seal_at = next((i for i, r in enumerate(rows) if r.get("step") == SEAL_STEP), None)
-    if seal_at is not None and len(rows[seal_at].get("evidence") or {}) > 1:
-        rows = rows[seal_at:]  # the seal lists the whole folder as it was sealed: earlier step rows are superseded
-    recorded: dict[str, tuple[str, str]] = {}
-    for row in rows:
-        who = "the seal" if row.get("step") == SEAL_STEP else f"step {row.get('step')}"
-        recorded.update({name: (sha, who) for name, sha in (row.get("evidence") or {}).items()})
+    seals = trusted_seals(rows)
+    sha = _hash_of(run_dir / MANIFEST_FILE)
+    seal = next((s for s in seals if (s.get("evidence") or {}).get(MANIFEST_FILE) == sha), seals[-1] if seals else None)
+    steps = rows[: rows.index(seal)] if seal is not None else rows
+    latest = {row.get("step"): row for row in steps if row.get("step") != SEAL_STEP}
+    problems: list[str] = []
+    reported: set[str] = set()
+    for step, row in latest.items():
+        problems += _step_row_problems(run_dir, str(step), row, reported)
+    if seal is None:
+        return [*problems, f"ledger: run {this_run} was never sealed in the deployment's ledger: nothing vouches for {MANIFEST_FILE}"]
+    evidence = seal.get("evidence") or {}
+    problems += _evidence_problems(run_dir, evidence, "the seal", reported)
+    if len(evidence) > 1:
+        problems += [f"not in the deployment's ledger: {name}" for name in _iter_files(run_dir) if name not in evidence]
+    return problems
+
+
+def _step_row_problems(run_dir: Path, step: str, row: Mapping[str, Any], reported: set[str]) -> list[str]:
+    """A step's results against its own ledger row: status, figures, and every file it read and wrote."""
     problems = []
-    for name, (sha, who) in sorted(recorded.items()):
+    path = step_dir(run_dir, step) / RESULTS_FILE
+    if path.is_file():
+        try:
+            results = StepResults.model_validate_json(path.read_bytes())
+        except ValueError:
+            results = None  # the hash chain check names an unreadable results file
+        if results is not None:
+            if results.status != row.get("status"):
+                problems.append(f"step {step}: status {results.status} in the folder, {row.get('status')} in its ledger row")
+            recorded = row.get("counts") or {}
+            problems += [
+                f"step {step}: figure {key} is {value:,} in the folder, {int(recorded[key]):,} in its ledger row"
+                for key, value in ledger_figures(results.summary).items() if key in recorded and recorded[key] != value
+            ]
+    return [*problems, *_evidence_problems(run_dir, row.get("evidence") or {}, f"step {step}", reported)]
+
+
+def _evidence_problems(run_dir: Path, evidence: Mapping[str, str], who: str, reported: set[str]) -> list[str]:
+    """Each file a ledger row names must hash as the row says (each file named once, by the first row)."""
+    problems = []
+    for name, sha in sorted(evidence.items()):
+        if name in reported:
+            continue
         file = run_dir / name
         if not file.is_file():
             problems.append(f"missing: {name} (recorded by {who} in the deployment's ledger)")
         elif (actual := sha256_file(file)) != sha:
             problems.append(f"altered: {name} (the deployment's ledger holds sha256 {sha} from {who}, found {actual})")
-    seal = next((r for r in rows if r.get("step") == SEAL_STEP), None)
-    if seal is None:
-        problems.append(f"ledger: run {this_run} was never sealed in the deployment's ledger: nothing vouches for {MANIFEST_FILE}")
-    elif len(seal.get("evidence") or {}) > 1:
-        problems += [f"not in the deployment's ledger: {name}" for name in _iter_files(run_dir) if name not in recorded]
+        else:
+            continue
+        reported.add(name)
     return problems
 
 
@@ -717,3 +914,68 @@ def assert_no_secret(run_dir: Path, secret: str) -> None:
     leaked = find_secret(run_dir, secret)
     if leaked:
         raise SecretLeaked(f"The secret appears in {len(leaked)} file(s) of {run_dir}: {', '.join(leaked)}")
+
+
+# --- the deployment's history -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run as the deployment's ledger holds it: each step's last status, and the manifest it was sealed with."""
+
+    run_id: str
+    operator: str
+    started_ms: int
+    steps: dict[str, str]
+    #: sha256 of the manifest of the run's last trusted seal; None when the run was never sealed.
+    sealed: str | None
+
+
+@dataclass(frozen=True)
+class MigrationState:
+    """A migration of the registry on one deployment: pending, applied, rolled back or apply failed, with the
+    run that decided it and every run of it."""
+
+    migration_id: str
+    state: Literal["pending", "applied", "rolled back", "apply failed"]
+    decided_by: RunRecord | None
+    runs: list[RunRecord]
+
+
+def _changed_documents(row: Mapping[str, Any]) -> bool:
+    """An apply, or a rollback that changed documents: an executed rollback's row names its mode (a preview's
+    row, written by its results, names none)."""
+    from .runner import APPLY_STEP, ROLLBACK_STEP
+
+    return row.get("step") == APPLY_STEP or row.get("step") == ROLLBACK_STEP and str(row.get("details") or "").startswith("mode=")
+
+
+def deployment_status(transport: Any) -> list[MigrationState]:
+    """What the deployment's ledger holds, per migration of the registry (as Flyway's `info`): its state here
+    and its runs, oldest first. Only reads (one ledger query per migration)."""
+    from .deployment import read_ledger
+    from .migrations import all_migrations
+    from .runner import APPLY_STEP
+
+    states = []
+    for migration in all_migrations():
+        ledger = read_ledger(transport, migration.id)
+        runs = {}
+        for this_run in dict.fromkeys(str(r.get("runId")) for r in ledger):
+            rows = run_rows(ledger, this_run)
+            seals = trusted_seals(rows)
+            runs[this_run] = RunRecord(
+                run_id=this_run, operator=str(rows[0].get("operator")), started_ms=int(min(r.get("startedAt") or 0 for r in rows)),
+                steps={str(r["step"]): str(r.get("status")) for r in rows if r.get("step") != SEAL_STEP},
+                sealed=(seals[-1].get("evidence") or {}).get(MANIFEST_FILE) if seals else None,
+            )
+        changes = sorted(filter(_changed_documents, ledger), key=lambda r: r.get("startedAt") or 0)
+        last = changes[-1] if changes else None
+        state: Literal["pending", "applied", "rolled back", "apply failed"] = "pending"
+        if last is not None and last.get("step") == APPLY_STEP:
+            state = "applied" if last.get("status") == "passed" else "apply failed"
+        elif last is not None:
+            state = "rolled back"
+        ordered = sorted(runs.values(), key=lambda run: run.started_ms)
+        states.append(MigrationState(migration.id, state, runs.get(str(last.get("runId"))) if last else None, ordered))
+    return states

@@ -20,9 +20,10 @@ import papermill
 
 from .archive import check_archive
 from .errors import PreconditionFailed, RunbookError
-from .transport import ConvexTransport
+from .report import check_command, run_verdicts
+from .transport import ConvexTransport, redact_url
 from .migrations import all_migrations
-from .runner import NOTEBOOKS_DIR, ROLLBACK_STEP, STEPS, StepFailed, notebook_path, run_migration
+from .runner import NOTEBOOKS_DIR, ROLLBACK_STEP, STEPS, RunResult, StepFailed, notebook_path, run_migration
 
 EXIT_FAILED = 1
 EXIT_REFUSED = 2
@@ -93,25 +94,34 @@ def cmd_run(args: argparse.Namespace) -> int:
         if exc.manifest_sha256:
             print(_manifest_line(exc.manifest_sha256))
         return EXIT_FAILED
+    print_summary(result, args.url)
+    return 0
+
+
+def print_summary(result: RunResult, url: str) -> None:
+    """The run's verdicts first (as index.html shows them), then the documents that failed, the times, where
+    the evidence is and the command that checks it; the manifest's sha256 last (the line for the ticket)."""
+    for verdict in run_verdicts(result.run_dir, result.steps):
+        print(f"{verdict.label}: {verdict.text}")
     stats = result.statistics
     if stats is not None:
-        verb = "to migrate (planned)" if stats.planned else "migrated"
         if stats.recheck:
             print("re-check of a finished apply: nothing new written; the figures are those of the first apply")
-        for label, n in stats.migrated.items():
-            print(f"{label} {verb}: {n:,}")
+        if stats.planned:
+            print(f"to migrate (planned): {', '.join(f'{label} {n:,}' for label, n in stats.migrated.items())}")
         print(f"asset references {'to create' if stats.planned else 'created'}: {stats.asset_references_created:,}")
-        print(f"errors: {len(stats.errors)}")
+        print(f"documents with errors: {len(stats.errors)}")
         for error in stats.errors[:ERRORS_SHOWN]:
             print(f"  {error['id']}: {error['reason']}")
         if len(stats.errors) > ERRORS_SHOWN:
             print(f"  … and {len(stats.errors) - ERRORS_SHOWN:,} more in apply/outcomes.csv")
-        if stats.apply_seconds is not None:
-            print(f"apply time: {stats.apply_seconds:.1f} s")
-        print(f"wall time: {stats.wall_seconds:.1f} s")
+        apply_time = "" if stats.apply_seconds is None else f"apply {stats.apply_seconds:.1f} s, "
+        print(f"time: {apply_time}whole run {stats.wall_seconds:.1f} s")
     print(f"Evidence: {result.run_dir}")
+    print(f"Check it: {check_command(result.run_dir, redact_url(url))}")
+    if result.seal_not_recorded is not None:
+        print(f"Record the seal once the deployment answers: runbook seal {result.run_dir} --url {redact_url(url)}")
     print(_manifest_line(result.manifest_sha256, result.seal_not_recorded))
-    return 0
 
 
 def _print_error(exc: BaseException) -> None:
@@ -149,9 +159,40 @@ def cmd_seal(args: argparse.Namespace) -> int:
     from .archive import seal
 
     sealed = seal(args.dir, convex_url=args.url, notebooks_dir=args.notebooks, operator=args.operator)
-    print(f"Sealed: {args.dir} (overview: {Path(args.dir) / 'index.html'})")
+    if sealed.action == "unchanged":
+        print(f"Already sealed: {args.dir} is unchanged since its seal, which the deployment's ledger holds. Nothing was written.")
+    elif sealed.action == "recorded":
+        print(f"Recorded: {args.dir} is unchanged since it was sealed; the deployment's ledger now holds that seal.")
+    else:
+        print(f"Sealed: {args.dir} (overview: {Path(args.dir) / 'index.html'})")
+    if sealed.not_recorded is not None:
+        print(f"Sealed locally only. Record the seal once the deployment answers: runbook seal {args.dir} --url URL")
     print(_manifest_line(sealed.sha256, sealed.not_recorded))
     return 0 if sealed.not_recorded is None else EXIT_FAILED
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """`runbook status`: the deployment's ledger, per migration of the registry, then each run. Writes nothing."""
+    from .archive import deployment_status
+
+    with ConvexTransport(args.url) as transport:
+        states = deployment_status(transport)
+    print(f"Deployment {redact_url(args.url)}: what its ledger (migrationRuns) holds. Nothing was written.")
+    width = max(len(state.migration_id) for state in states)
+    for state in states:
+        by = f" (run {state.decided_by.run_id} by {state.decided_by.operator}, {_when(state.decided_by.started_ms)})" if state.decided_by else ""
+        print(f"  {state.migration_id:<{width}}  {state.state}{by}")
+    for state in states:
+        print(f"\n{state.migration_id}: {len(state.runs)} run{'s' if len(state.runs) != 1 else ''}")
+        for run in state.runs:
+            steps = ", ".join(f"{step} {status}" for step, status in run.steps.items()) or "no step recorded"
+            print(f"  {run.run_id}  {run.operator}  {_when(run.started_ms)}  {steps}")
+            print(f"    sealed manifest sha256: {run.sealed or 'not sealed'}")
+    return 0
+
+
+def _when(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ms / 1000))
 
 
 def cmd_params(args: argparse.Namespace) -> int:
@@ -237,6 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
     seal.add_argument("--notebooks", type=Path, help="folder of the saved, executed notebooks (default: notebooks/)")
     seal.add_argument("--operator", help="recorded in the manifest (default: RUNBOOK_OPERATOR or the user)")
     seal.set_defaults(handler=cmd_seal)
+
+    status = commands.add_parser(
+        "status", help="what the deployment's ledger holds: each migration's state (pending, applied, rolled back) and each run"
+    )
+    status.add_argument("--url", required=True, help="the deployment; the deploy key comes from CONVEX_DEPLOY_KEY")
+    status.set_defaults(handler=cmd_status)
 
     params = commands.add_parser("params", help="list a step notebook's parameters")
     params.add_argument("notebook", metavar="NOTEBOOK_OR_STEP")

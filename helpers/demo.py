@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from .archive import check_archive, find_secret
-from .cli import _manifest_line, _print_error, _StepPrinter
+from .cli import _print_error, _StepPrinter, print_summary
 from .local_deployment import LocalDeployment, generate_local_key
 from .runner import StepFailed, run_migration
 from .sample_data import load
@@ -47,16 +47,8 @@ def run_demo(seed_scenes: int, runs_dir: Path) -> int:
             check = check_archive(result.run_dir, transport)
     leaks = find_secret(result.run_dir, key)
     print("\nSummary")
-    print(f"  steps:                     {', '.join(f'{k} {v}' for k, v in result.steps.items())}")
-    if result.statistics is not None:
-        for label, n in result.statistics.migrated.items():
-            print(f"  {label + ' migrated:':<27}{n:,}")
-        for name, value in result.statistics.model_dump(exclude={"errors", "planned", "migrated"}).items():
-            print(f"  {name + ':':<27}{value}")
-        print(f"  {'documents with errors:':<27}{len(result.statistics.errors)}")
-    print(f"  archive check:             {'OK (folder and ledger)' if check.ok else 'FAILED: ' + '; '.join(check.problems)}")
-    print(f"  deploy key in run folder:  {'FOUND in ' + ', '.join(leaks) if leaks else 'nowhere'}")
-    print(f"  demo time (with loading):  {time.monotonic() - started:.1f} s")
-    print(f"\nEvidence: {result.run_dir}")
-    print(_manifest_line(result.manifest_sha256, result.seal_not_recorded))
+    print(f"archive check: {'OK (folder and ledger)' if check.ok else 'FAILED: ' + '; '.join(check.problems)}")
+    print(f"deploy key in run folder: {'FOUND in ' + ', '.join(leaks) if leaks else 'nowhere'}")
+    print(f"demo time (with loading): {time.monotonic() - started:.1f} s")
+    print_summary(result, deployment.url)
     return 0 if result.passed and check.ok and not leaks else 1

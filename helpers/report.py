@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import html
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,6 +38,8 @@ class PageContext:
     #: Start and end from elsewhere (the ledger) for a notebook that recorded no timing (JupyterLab's default).
     started: str | None = None
     finished: str | None = None
+    #: The steps the run was to run: a failed step's page names the command that runs it and those after it.
+    planned: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,51 @@ def section_of(cells: list[Any], index: int) -> str | None:
             if headings:
                 return headings[-1]
     return None
+
+
+def where(section: str | None, prompt: str) -> str:
+    """Where a step failed, worded the same on its page and by the CLI: the author's section and the prompt."""
+    return f"section “{section}”, cell {prompt}" if section else f"cell {prompt}"
+
+
+def resume_command(run_dir: Path, step: str, url: str, planned: tuple[str, ...] = ()) -> str:
+    """The command that runs a failed step again in its run folder, with the steps planned after it and the
+    parameters it was given (its parameters.json), confirmed when it changes the deployment."""
+    from .archive import _load_json
+    from .runner import APPLY_STEP, ROLLBACK_STEP, STEPS
+
+    run_dir = Path(run_dir).resolve()
+    order = list(planned) if step in planned else list(STEPS) if step in STEPS else [step]
+    steps = order[order.index(step):]
+    given = {k: v for k, v in _load_json(run_dir / step / "parameters.json").items() if k not in RUNNER_PARAMETERS}
+    options = [f"-p {shlex.quote(f'{step}.{name}={value}')}" for name, value in sorted(given.items())]
+    if APPLY_STEP in steps or given.get("execute") is True and ROLLBACK_STEP in steps:
+        options.append("--confirm")
+    return " ".join(["runbook run --url", shlex.quote(url), "--run-dir", shlex.quote(str(run_dir)), "--steps", ",".join(steps), *options])
+
+
+#: Parameters the runner gives every step itself (and apply's confirmation): not the operator's to repeat.
+RUNNER_PARAMETERS = frozenset({"convex_url", "run_dir", "migration", "confirm"})
+
+
+def applied_so_far(run_dir: Path) -> dict[str, int]:
+    """The deployment's answers apply recorded in its checkpoint, by outcome (applied, already_applied, conflict,
+    error): how much a failed apply changed. Read-only (apply itself trims a torn last line when it resumes)."""
+    from .jsonio import loads
+
+    counts: dict[str, int] = {}
+    path = Path(run_dir) / "apply" / "checkpoint.jsonl"
+    if not path.is_file():
+        return counts
+    with path.open("rb") as source:
+        for raw in source:
+            try:
+                entry = loads(raw)
+            except ValueError:
+                break  # a line torn by a kill: apply sends its batch again on resume
+            for result in entry.get("results", ()):
+                counts[result["outcome"]] = counts.get(result["outcome"], 0) + 1
+    return counts
 
 
 def split_fix(text: str) -> tuple[str, str]:
@@ -134,33 +182,61 @@ def header_html(step: str, context: PageContext, notebook: Any) -> str:
     return f'<style>{CSS}</style><div class="runbook-header">{_dl(rows)}</div>'
 
 
-def failure_html(failure: Failure) -> str:
-    where = f"section “{_e(failure.section)}”, cell {failure.prompt}" if failure.section else f"cell {failure.prompt}"
-    fix = f"<p><b>What to do:</b> {_e(failure.fix)}</p>" if failure.fix else ""
-    return (
-        f'<div class="runbook-failure"><p><b>This step failed</b> in {where}: <b>{_e(failure.ename)}</b></p>'
-        f"<pre>{_e(failure.message)}</pre>{fix}<p>The full traceback is in that cell's output below.</p></div>"
-    )
+def failure_html(failure: Failure | None, resume: str, applied: dict[str, int] | None) -> str:
+    """The box a page of a step that did not pass opens with: where and why it failed, what to do, how much
+    apply had changed, and the command that resumes the run."""
+    if failure is None:
+        what = "<p><b>This step recorded no results</b>: its last cell did not run, so it did not pass.</p>"
+    else:
+        fix = f"<p><b>What to do:</b> {_e(failure.fix)}</p>" if failure.fix else ""
+        what = (f"<p><b>This step failed</b> in {_e(where(failure.section, failure.prompt))}: <b>{_e(failure.ename)}</b></p>"
+                f"<pre>{_e(failure.message)}</pre>{fix}")
+    if applied is not None:
+        done = ", ".join(f"{n:,} {outcome.replace('_', ' ')}" for outcome, n in sorted(applied.items())) or "nothing"
+        what += f"<p><b>Applied before it stopped</b> (apply/checkpoint.jsonl): {_e(done)}.</p>"
+    traceback = "<p>The full traceback is in that cell's output below.</p>" if failure is not None else ""
+    return f'<div class="runbook-failure">{what}<p><b>To resume:</b></p><pre>{_e(resume)}</pre>{traceback}</div>'
+
+
+#: nbconvert's lab template with every script it loads from a CDN (require.js, MathJax, Mermaid, the widget
+#: manager) left out: a page is evidence and must read the same offline, years later. Its CSS is inline.
+OFFLINE_TEMPLATE = """{%- extends 'index.html.j2' -%}
+{%- block html_head_js -%}{%- endblock html_head_js -%}
+{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+"""
+
+
+def _exporter(**options: Any) -> Any:
+    from jinja2 import DictLoader
+    from nbconvert import HTMLExporter
+
+    return HTMLExporter(extra_loaders=[DictLoader({"offline.html.j2": OFFLINE_TEMPLATE})], template_file="offline.html.j2",
+                        embed_images=True, **options)
 
 
 def render_step(notebook_path: Path, context: PageContext) -> tuple[Path, Path]:
     """`<step>.html` (every cell) and `<step>.report.html` (no code cells), each headed by who/when and, for a
     failed step, what failed and what to do. The notebook file itself is left as it ran."""
-    from nbconvert import HTMLExporter
+    from .runner import APPLY_STEP
 
     notebook = nbformat.read(notebook_path, as_version=4)
     step = notebook_path.stem
     top = header_html(step, context, notebook)
     failure = find_failure(notebook)
-    if failure is not None:
-        top += failure_html(failure)
+    results = notebook_path.parent / "results.json"
+    if failure is not None or not results.is_file():
+        run_dir = notebook_path.parent.parent
+        top += failure_html(failure, resume_command(run_dir, step, context.deployment, context.planned),
+                            applied_so_far(run_dir) if step == APPLY_STEP else None)
     notebook.cells.insert(0, nbformat.v4.new_markdown_cell(top))
     notebook.metadata["title"] = f"{step} · run {context.run_id} · {context.operator}"
     full = notebook_path.with_suffix(".html")
     report = notebook_path.with_suffix(REPORT_SUFFIX)
     exporters = (
-        (full, HTMLExporter(embed_images=True)),
-        (report, HTMLExporter(embed_images=True, exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)),
+        (full, _exporter()),
+        (report, _exporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)),
     )
     for path, exporter in exporters:
         body, _ = exporter.from_notebook_node(notebook)
@@ -192,22 +268,123 @@ def _assigned(source: str, name: str, default: Any) -> Any:
     return default
 
 
-# --- index.html ---------------------------------------------------------------------------------------------
+# --- verdicts: index.html and the CLI summary --------------------------------------------------------------
+
+
+def _words(key: str) -> str:
+    return key.replace("_", " ")
+
+
+def _counted(counts: Mapping[str, Any]) -> str:
+    """`{"applied": 66, "already_applied": 0}` → "66 applied, 0 already applied"."""
+    return ", ".join(f"{n:,} {_words(k)}" for k, n in counts.items() if isinstance(n, int))
 
 
 def _figures(summary: Mapping[str, Any]) -> str:
-    """A summary's counts and measures (a list counts as its length); names, times and hashes are elsewhere."""
+    """A summary's counts, in words (a list counts as its length): what a step without a verdict of its own shows."""
     shown = []
     for key, value in summary.items():
-        if isinstance(value, bool) or key.endswith("_ts"):
+        if isinstance(value, bool) or key.endswith(("_ts", "_ms", "_sha256")):
             continue
         if isinstance(value, int):
-            shown.append((key, f"{value:,}"))
-        elif isinstance(value, float):
-            shown.append((key, f"{value:,.3g}"))
+            shown.append(f"{_words(key)}: {value:,}")
         elif isinstance(value, list):
-            shown.append((key, f"{len(value):,}"))
-    return "<br>".join(f"{_e(key)}: {_e(value)}" for key, value in shown[:MAX_FIGURES])
+            shown.append(f"{_words(key)}: {len(value):,}")
+    return "; ".join(shown[:MAX_FIGURES])
+
+
+def step_duration(run_dir: Path, step: str) -> float | None:
+    path = Path(run_dir) / step / f"{step}.ipynb"
+    return execution_times(nbformat.read(path, as_version=4))[2] if path.is_file() else None
+
+
+def _summary(run_dir: Path, step: str) -> dict[str, Any]:
+    from .archive import RESULTS_FILE, _load_json
+
+    summary = _load_json(Path(run_dir) / step / RESULTS_FILE).get("summary")
+    return summary if isinstance(summary, dict) else {}
+
+
+def checks_verdict(run_dir: Path) -> tuple[str, bool] | None:
+    """"11 of 11 checks passed", or which failed, from verify's results."""
+    checks = [c for c in _summary(run_dir, "04_verify").get("checks") or [] if isinstance(c, dict)]
+    if not checks:
+        return None
+    failed = [str(c.get("name")) for c in checks if not c.get("passed")]
+    text = f"{len(checks) - len(failed)} of {len(checks)} checks passed"
+    return (f"{text}; failed: {', '.join(failed)}" if failed else text), not failed
+
+
+def blocked_verdict(run_dir: Path) -> str | None:
+    """Documents the dry run blocked, per problem (they are not migrated), from the plan's record."""
+    from .archive import _load_json
+
+    problems = _load_json(Path(run_dir) / "plan" / "plan.json").get("problems")
+    if not isinstance(problems, list):
+        return None
+    blocking = {p.get("code"): p.get("count", 0) for p in problems if isinstance(p, dict) and p.get("severity") == "blocking"}
+    if not blocking:
+        return "none"
+    return f"{sum(blocking.values()):,} ({', '.join(f'{code} {n:,}' for code, n in blocking.items())})"
+
+
+def step_finding(run_dir: Path, step: str) -> str:
+    """What a step found or did, in a line an auditor reads (its results.json has every figure)."""
+    summary = _summary(run_dir, step)
+    if step == "01_backup_snapshot" and isinstance(summary.get("counts"), dict):
+        counts = summary["counts"]
+        return f"{sum(counts.values()):,} documents backed up ({', '.join(f'{t} {n:,}' for t, n in counts.items())})"
+    if step == "02_dry_run" and isinstance(summary.get("actions"), dict):
+        actions = "; ".join(f"{table}: {_counted(by_action)}" for table, by_action in summary["actions"].items())
+        return f"planned: {actions}; blocked documents: {blocked_verdict(run_dir) or 'not recorded'}"
+    if step == "03_apply" and isinstance(summary.get("outcomes"), dict):
+        outcomes = "; ".join(f"{table}: {_counted(by)}" for table, by in summary["outcomes"].items())
+        again = " (a re-check: the figures are those of the first apply)" if summary.get("recheck") else ""
+        return f"outcomes: {outcomes or 'none'}; references created: {summary.get('references_created', 0):,}{again}"
+    if step == "04_verify" and (verdict := checks_verdict(run_dir)) is not None:
+        return verdict[0]
+    return _figures(summary)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    label: str
+    text: str
+    #: False when the verdict is a failure (the index shows it in red), None when it is neither.
+    ok: bool | None = None
+
+
+def run_verdicts(run_dir: Path, steps: Mapping[str, str]) -> list[Verdict]:
+    """What the run came to, read from its folder: index.html opens with these and the CLI prints them."""
+    from .run_folder import migration_of
+
+    run_dir = Path(run_dir)
+    ran = {step: status for step, status in steps.items() if status != "not run"}
+    failed = [f"{step} {status}" for step, status in ran.items() if status != "passed"]
+    durations = [(step, status, step_duration(run_dir, step)) for step, status in ran.items()]
+    timed = ", ".join(f"{step} {status}" + ("" if d is None else f" in {d:.1f} s") for step, status, d in durations)
+    verdicts = [Verdict("steps", f"{len(ran) - len(failed)} of {len(ran)} passed" + (f" ({timed})" if timed else ""), not failed)]
+    if (checks := checks_verdict(run_dir)) is not None:
+        verdicts.append(Verdict("verify", *checks))
+    migrated = _summary(run_dir, "03_apply").get("migrated")
+    if isinstance(migrated, dict):
+        label = migration_of(run_dir).label
+        verdicts.append(Verdict("migrated", ", ".join(f"{label(table)} {n:,}" for table, n in migrated.items())))
+    if (blocked := blocked_verdict(run_dir)) is not None:
+        verdicts.append(Verdict("blocked documents (not migrated), per problem", blocked))
+    outcomes = _summary(run_dir, "03_apply").get("outcomes")
+    if isinstance(outcomes, dict):
+        totals: dict[str, int] = {}
+        for by_outcome in outcomes.values():
+            for outcome, n in by_outcome.items():
+                totals[outcome] = totals.get(outcome, 0) + n
+        verdicts.append(Verdict("apply outcomes", _counted(totals) or "none", not (totals.get("error") or totals.get("conflict"))))
+    return verdicts
+
+
+def check_command(run_dir: Path, deployment_url: str) -> str:
+    """The command that checks this folder against its manifest, its hash chain and the deployment's ledger."""
+    return f"runbook check-archive {shlex.quote(str(Path(run_dir).resolve()))} --url {shlex.quote(deployment_url)}"
 
 
 def _hashes(results: Mapping[str, Any]) -> str:
@@ -230,12 +407,15 @@ def _step_row(run_dir: Path, step: str, status: str) -> str:
         if (folder / name).is_file()
     )
     results_sha = sha256_file(folder / RESULTS_FILE) if (folder / RESULTS_FILE).is_file() else "no results file"
-    figures = _figures(results.get("summary") or {})
+    found = _e(step_finding(run_dir, step))
     if failure is not None:
-        figures = f"<b>{_e(failure.ename)}</b>: {_e(failure.message)}" + (f"<br>What to do: {_e(failure.fix)}" if failure.fix else "")
+        found = f"<b>{_e(failure.ename)}</b> in {_e(where(failure.section, failure.prompt))}: {_e(failure.message)}" + (
+            f"<br>What to do: {_e(failure.fix)}" if failure.fix else "")
+    elif not results:
+        found = "recorded no results (its last cell did not run)"
     return (
         f'<tr><td><b>{_e(step)}</b><br>{links}</td><td class="{_e(status)}">{_e(status)}</td>'
-        f"<td>{'' if duration is None else f'{duration:.1f} s'}</td><td>{figures}</td>"
+        f"<td>{'' if duration is None else f'{duration:.1f} s'}</td><td>{found}</td>"
         f"<td>{_hashes(results)}<br>results.json: <code>{_e(results_sha)}</code></td></tr>"
     )
 
@@ -243,8 +423,9 @@ def _step_row(run_dir: Path, step: str, status: str) -> str:
 def write_index(
     run_dir: Path, *, deployment_url: str, operator: str, started_at: str, finished_at: str, steps: Mapping[str, str]
 ) -> Path:
-    """The run overview: who, when, which commit and deployment, each step with its figures and hashes, links
-    to every step page, and how to check the folder again."""
+    """The run overview: its verdicts first (as the CLI prints them), then who, when, which commit and
+    deployment, each step that ran (a failed one too) with what it found and its hashes, links to every step
+    page, and the command that checks the folder again."""
     from .archive import MANIFEST_FILE, commit_label, read_run_id
 
     run_dir = Path(run_dir)
@@ -253,16 +434,21 @@ def write_index(
         "migration": migration_id(run_dir), "operator": operator, "started": started_at, "finished": finished_at, "run id": run_id,
         "runbook commit": commit_label(), "deployment": deployment_url,
     }
-    rows = "".join(_step_row(run_dir, step, status) for step, status in steps.items())
-    check = f"runbook check-archive path/to/{run_dir.name} --url {deployment_url}"
+    rows = "".join(_step_row(run_dir, step, status) for step, status in steps.items() if status != "not run")
+    verdicts = "".join(
+        f'<li><b>{_e(v.label)}:</b> <span class="{"" if v.ok is not False else "failed"}">{_e(v.text)}</span></li>'
+        for v in run_verdicts(run_dir, steps)
+    )
+    check = check_command(run_dir, deployment_url)
     body = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Run {_e(run_id)} · {_e(operator)} · {_e(started_at)}</title>
 <style>{CSS}</style></head>
 <body class="runbook-index">
 <h1>Run {_e(run_id)}</h1>
+<ul class="runbook-verdicts">{verdicts}</ul>
 <table class="runbook">{"".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in about.items())}</table>
 <h2>Steps</h2>
-<table class="runbook"><tr><th>step and pages</th><th>status</th><th>duration</th><th>key figures</th><th>hash chain (sha256)</th></tr>
+<table class="runbook"><tr><th>step and pages</th><th>status</th><th>duration</th><th>what it found</th><th>hash chain (sha256)</th></tr>
 {rows}</table>
 <p>Each step names the sha256 of what it read (inputs) and wrote (outputs); the next step names the same
 hashes, so a plan or backup swapped between steps shows. Each page comes in two forms: the <i>report</i>

@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ from .archive import (
 )
 from .errors import DeployKeyMissing, PreconditionFailed, RunbookError
 from .paths import CHECKOUT_ROOT, NOTEBOOKS_DIR
-from .report import REPORT_SUFFIX, PageContext, render_step, section_of, split_fix
+from .report import REPORT_SUFFIX, PageContext, render_step, resume_command, section_of, split_fix, where as where_failed
 from .migrations import default_id, get as get_migration
 from .run_folder import bind_migration, migration_id, migration_of, run_id, run_lock
 from .transport import ConvexTransport, deploy_key_from_env, redact_url
@@ -76,13 +77,16 @@ class StepFailed(RunbookError):
         cell_source: str = "",
         exec_count: int | None = None,
         section: str | None = None,
+        resume: str | None = None,
     ) -> None:
         self.step = step
         self.cell_index = cell_index
         self.ename = ename
         self.evalue = evalue
         self.notebook_path = Path(notebook_path)
-        if section:
+        if section and exec_count is not None:
+            where = f" in {where_failed(section, f'In [{exec_count}]')}"  # as the step's page names it
+        elif section:
             where = f" in section “{section}” (cell {cell_index})"
         elif cell_index is not None:
             first_line = next((line.strip() for line in cell_source.splitlines() if line.strip()), "")
@@ -91,7 +95,8 @@ class StepFailed(RunbookError):
         else:
             where = ""
         message, fix = split_fix(evalue)
-        then = f"run the step again in this run folder (--run-dir {self.notebook_path.parent.parent}) or start a new run"
+        then = (f"resume the run with `{resume}` (the step's page names the same command), or start a new run" if resume else
+                f"run the step again in this run folder (--run-dir {self.notebook_path.parent.parent}) or start a new run")
         details = f"{self.notebook_path.with_suffix(REPORT_SUFFIX)} (executed notebook: {self.notebook_path})"
         super().__init__(
             f"step {step} failed{where}: {ename}: {message}",
@@ -246,8 +251,10 @@ def run_step(
     notebooks_dir: Path = NOTEBOOKS_DIR,
     kernel_name: str = "python3",
     log_output: bool = False,
+    planned: Sequence[str] = (),
 ) -> StepResults:
-    """Executes one step notebook into run_dir/<step>/ (.ipynb, .html, parameters.json) and returns its results."""
+    """Executes one step notebook into run_dir/<step>/ (.ipynb, .html, parameters.json) and returns its results.
+    `planned` names the steps of the run from this one on: a failure names the command that resumes them."""
     run_dir = Path(run_dir)
     source = notebook_path(step, notebooks_dir)
     values = {"convex_url": convex_url, "run_dir": str(run_dir.resolve()), "migration": migration_id(run_dir), **(parameters or {})}
@@ -260,6 +267,7 @@ def run_step(
         # A results file left by an earlier execution must not vouch for this one.
         (out / "results.json").unlink(missing_ok=True)
     started_ms = str(int(time.time() * 1000))
+    resume = resume_command(run_dir, step, redact_url(convex_url), tuple(planned))
     failed: StepFailed | None = None
     try:
         with _environment(RUNBOOK_HEADLESS="1", **{STEP_STARTED_ENV: started_ms}):
@@ -281,13 +289,14 @@ def run_step(
     except papermill.PapermillExecutionError as exc:
         index = _source_cell_index(source, exc.cell_index)
         cells = nbformat.read(source, as_version=4).cells
-        failed = StepFailed(step, index, exc.ename, exc.evalue, executed, exc.source, exc.exec_count, section_of(cells, index))
+        failed = StepFailed(step, index, exc.ename, exc.evalue, executed, exc.source, exc.exec_count, section_of(cells, index),
+                            resume=resume)
         raise failed from exc
     finally:
         if executed.exists():
             with _secondary(failed, "Its pages could not be rendered either"), writing(out):
-                render_step(executed, page_context(run_dir, convex_url))
-    return _passed_results(run_dir, step, executed)
+                render_step(executed, replace(page_context(run_dir, convex_url), planned=tuple(planned)))
+    return _passed_results(run_dir, step, executed, resume)
 
 
 @contextmanager
@@ -320,13 +329,13 @@ def _source_cell_index(source: Path, executed_index: int) -> int:
     return executed_index - 1 if executed_index > parameters_at else executed_index
 
 
-def _passed_results(run_dir: Path, step: str, executed: Path) -> StepResults:
+def _passed_results(run_dir: Path, step: str, executed: Path, resume: str) -> StepResults:
     try:
         results = read_step_results(run_dir, step)
     except PreconditionFailed as exc:
-        raise StepFailed(step, None, "ResultsMissing", f"the notebook finished without writing it ({exc})", executed) from exc
+        raise StepFailed(step, None, "ResultsMissing", f"the notebook finished without writing it ({exc})", executed, resume=resume) from exc
     if not results.passed:
-        raise StepFailed(step, None, "StepNotPassed", f"results.json has status {results.status!r}", executed)
+        raise StepFailed(step, None, "StepNotPassed", f"results.json has status {results.status!r}", executed, resume=resume)
     return results
 
 
@@ -384,7 +393,8 @@ def run_migration(
                         notify(step, "running")
                         statuses[step] = "failed"
                         try:
-                            results = run_step(step, convex_url=url, run_dir=run_dir, parameters=per_step[step], notebooks_dir=notebooks_dir)
+                            results = run_step(step, convex_url=url, run_dir=run_dir, parameters=per_step[step],
+                                               notebooks_dir=notebooks_dir, planned=chosen[chosen.index(step):])
                             statuses[step] = results.status
                         finally:
                             notify(step, statuses[step])

@@ -14,6 +14,7 @@ import pytest
 
 from helpers import archive, cli, runner
 from helpers.errors import PreconditionFailed
+from helpers.local_deployment import LocalDeployment
 from helpers.runner import StepFailed
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 
@@ -72,7 +73,7 @@ def test_run_step_leaves_parameters_notebook_html_and_results(tmp_path: Path, no
     executed = nbformat.read(out / "ok_step.ipynb", as_version=4)
     assert any("injected-parameters" in cell.metadata.get("tags", []) for cell in executed.cells)
     html = (out / "ok_step.html").read_text(encoding="utf-8")
-    assert html.lstrip().lower().startswith("<!doctype html") and "given" in html and "<script" in html
+    assert html.lstrip().lower().startswith("<!doctype html") and "given" in html and "jp-Notebook" in html
     # The key reached the kernel through the environment only: nothing in the folder holds it.
     assert deploy_key not in (out / "parameters.json").read_text()
     assert archive.find_secret(run_dir, deploy_key) == []
@@ -251,9 +252,9 @@ def test_run_prints_statistics_and_the_evidence_folder(
     assert calls[0]["parameters"] == {"03_apply": {"batch_size": 50}}
     out = capsys.readouterr().out.splitlines()
     assert out == [
-        "scenes migrated: 1,200", "sessions migrated: 40", "asset references created: 3,100", "errors: 1",
-        "  s7: too large", "apply time: 12.2 s", "wall time: 40.0 s", f"Evidence: {tmp_path / 'run'}",
-        f"Manifest sha256: {'ab' * 32}",
+        "steps: 1 of 1 passed (03_apply passed)", "asset references created: 3,100", "documents with errors: 1",
+        "  s7: too large", "time: apply 12.2 s, whole run 40.0 s", f"Evidence: {tmp_path / 'run'}",
+        f"Check it: runbook check-archive {tmp_path.resolve() / 'run'} --url {URL}", f"Manifest sha256: {'ab' * 32}",
     ]
 
 
@@ -376,3 +377,57 @@ def test_the_kernel_is_shut_down_without_an_interrupt(tmp_path: Path, notebooks:
     papermill.execute_notebook(str(source), str(witness / "out.ipynb"), parameters={"run_dir": str(witness)},
                                kernel_name="python3", progress_bar=False)
     assert (witness / "interrupted").read_text() == "SIGINT reached the kernel"
+
+
+def test_status_prints_each_migrations_state_and_each_run_and_writes_nothing(
+    deployment: LocalDeployment, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from helpers.deployment import record_run
+    from helpers.migrations import all_migrations
+
+    def ledger_rows() -> list[dict]:
+        with deployment.transport() as transport:
+            return transport.function("migration:readPage", {"table": "migrationRuns", "cursor": None, "numItems": 100})["page"]
+
+    with deployment.transport() as transport:
+        record_run(transport, M001.id, "run-a", step="03_apply", status="passed", operator="alice", startedAt=1_795_600_000_000,
+                   finishedAt=1_795_600_060_000)
+        record_run(transport, M001.id, "run-a", step="seal", status="sealed", operator="alice", startedAt=1_795_600_000_000,
+                   evidence={"manifest.json": "ab" * 32})
+    before = ledger_rows()
+    assert cli.main(["status", "--url", deployment.url]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert ledger_rows() == before  # it only read
+    others = [m.id for m in all_migrations() if m.id != M001.id]
+    assert out[0] == f"Deployment {deployment.url}: what its ledger (migrationRuns) holds. Nothing was written."
+    width = max(len(m.id) for m in all_migrations())
+    assert out[1] == f"  {M001.id:<{width}}  applied (run run-a by alice, 2026-11-25 09:46 UTC)"
+    assert [line.split()[1] for line in out[2:2 + len(others)]] == ["pending"] * len(others)
+    assert f"{M001.id}: 1 run" in out
+    assert "  run-a  alice  2026-11-25 09:46 UTC  03_apply passed" in out and f"    sealed manifest sha256: {'ab' * 32}" in out
+
+    with deployment.transport() as transport:  # a rollback preview changes nothing; an executed one rolls back
+        record_run(transport, M001.id, "run-b", step="05_rollback", status="passed", operator="bob", startedAt=1_795_700_000_000,
+                   evidence={"05_rollback/results.json": "cd" * 32})
+        assert cli.main(["status", "--url", deployment.url]) == 0
+        assert capsys.readouterr().out.splitlines()[1].split()[1] == "applied"
+        record_run(transport, M001.id, "run-b", step="05_rollback", status="passed", operator="bob", startedAt=1_795_700_000_000,
+                   finishedAt=1_795_700_010_000, details="mode=restore")
+    assert cli.main(["status", "--url", deployment.url]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == f"  {M001.id:<{width}}  rolled back (run run-b by bob, 2026-11-26 13:33 UTC)"
+    assert "  run-b  bob  2026-11-26 13:33 UTC  05_rollback passed" in out and "    sealed manifest sha256: not sealed" in out
+
+
+def test_a_run_whose_seal_the_deployment_missed_says_how_to_record_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = runner.RunResult(run_dir=tmp_path / "run", passed=True, steps={"01_backup_snapshot": "passed"}, statistics=None,
+                              manifest_sha256="ab" * 32, seal_not_recorded="the deployment did not answer")
+    monkeypatch.setattr(cli, "run_migration", lambda *args, **kwargs: result)
+    assert cli.main(["run", "--url", URL, "--dry-run", "--steps", "01_backup_snapshot"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2:] == [
+        f"Record the seal once the deployment answers: runbook seal {tmp_path / 'run'} --url {URL}",
+        f"Manifest sha256: {'ab' * 32} (NOT recorded in the deployment's ledger: the deployment did not answer)",
+    ]

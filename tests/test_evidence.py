@@ -201,7 +201,7 @@ def test_a_deleted_file_is_named_by_the_ledger(run_dir: Path, deployment: LocalD
     _reseal(run_dir)
     with deployment.transport() as transport:
         problems = archive.check_archive(run_dir, transport).problems
-    assert "missing: backup/snapshot_1.zip (recorded by the seal in the deployment's ledger)" in problems
+    assert "missing: backup/snapshot_1.zip (recorded by step 01_backup_snapshot in the deployment's ledger)" in problems
 
 
 def test_a_step_row_keeps_the_start_its_step_recorded(deployment: LocalDeployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -234,3 +234,78 @@ def test_a_step_run_again_and_failed_is_superseded_by_the_new_seal(deployment: L
     with deployment.transport() as transport:
         check = archive.check_archive(first.run_dir, transport)
     assert check.ok, check.problems
+
+
+def _rows(deployment: LocalDeployment, run: str) -> list[dict[str, object]]:
+    with deployment.transport() as transport:
+        return archive.run_rows(read_ledger(transport, M001.id), run)
+
+
+def test_the_deployment_keeps_a_seal_and_a_finished_step_row_as_they_were(deployment: LocalDeployment) -> None:
+    """Append-only in the deployment itself, whoever calls `migrationRuns:record`: the same seal again is a
+    no-op, another manifest is refused until a step of the run is recorded, a finished step row stays."""
+    from helpers.deployment import record_run
+    from helpers.errors import RunbookError
+
+    run = "20261206T000000Z-appendonly01"
+    seal = {"step": archive.SEAL_STEP, "status": "sealed", "operator": "alice", "startedAt": 1}
+    with deployment.transport() as transport:
+        record_run(transport, M001.id, run, step="01_backup_snapshot", status="passed", operator="alice", startedAt=1,
+                   finishedAt=2, evidence={"01_backup_snapshot/results.json": "a" * 64})
+        record_run(transport, M001.id, run, **seal, evidence={"manifest.json": "1" * 64})
+        record_run(transport, M001.id, run, **seal, evidence={"manifest.json": "1" * 64})  # the same seal: nothing added
+        with pytest.raises(RunbookError, match="the run is sealed already with manifest sha256 1{64} and no step"):
+            record_run(transport, M001.id, run, **seal, evidence={"manifest.json": "2" * 64})
+        record_run(transport, M001.id, run, step="01_backup_snapshot", status="failed", operator="mallory", startedAt=5,
+                   finishedAt=6, evidence={"01_backup_snapshot/results.json": "b" * 64})
+        record_run(transport, M001.id, run, **seal, evidence={"manifest.json": "2" * 64})  # the run continued: a new seal
+    rows = _rows(deployment, run)
+    assert [(r["step"], r["status"], r["operator"], r["evidence"]) for r in rows] == [
+        ("01_backup_snapshot", "passed", "alice", {"01_backup_snapshot/results.json": "a" * 64}),
+        (archive.SEAL_STEP, "sealed", "alice", {"manifest.json": "1" * 64}),
+        ("01_backup_snapshot", "failed", "mallory", {"01_backup_snapshot/results.json": "b" * 64}),
+        (archive.SEAL_STEP, "sealed", "alice", {"manifest.json": "2" * 64}),
+    ]
+
+
+def test_check_archive_compares_each_step_with_its_own_row(run_dir: Path, deployment: LocalDeployment) -> None:
+    """A step's status and figures changed in the folder and resealed locally: the step's own row names both."""
+    path = run_dir / "01_backup_snapshot" / "results.json"
+    results = json.loads(path.read_text())
+    archive.write_json_atomic(path, {**results, "status": "failed", "summary": {**results["summary"], "documents": 4}})
+    _reseal(run_dir)
+    with deployment.transport() as transport:
+        problems = archive.check_archive(run_dir, transport).problems
+    assert problems[:3] == [
+        "step 01_backup_snapshot: status failed in the folder, passed in its ledger row",
+        "step 01_backup_snapshot: figure documents is 4 in the folder, 3 in its ledger row",
+        f"altered: 01_backup_snapshot/results.json (the deployment's ledger holds sha256 {_results_sha(deployment, run_dir)} "
+        f"from step 01_backup_snapshot, found {_sha(path)})",
+    ]
+
+
+def _results_sha(deployment: LocalDeployment, run_dir: Path) -> str:
+    this_run = json.loads((run_dir / "run.json").read_text())["run_id"]
+    row = next(r for r in _rows(deployment, this_run) if r["step"] == "01_backup_snapshot")
+    return str(row["evidence"]["01_backup_snapshot/results.json"])  # type: ignore[index]
+
+
+def test_the_first_seal_counts_not_a_later_one_written_over_it(run_dir: Path, deployment: LocalDeployment) -> None:
+    """A second seal with no step between (the deployment refuses one today; an older deployment overwrote
+    its seal row) does not vouch for the folder: the folder is compared with the first seal."""
+    this_run = json.loads((run_dir / "run.json").read_text())["run_id"]
+    (run_dir / "02_dry_run" / "approval.txt").write_text("approved by the CTO\n")
+    _reseal(run_dir)
+    manifest = archive.read_manifest(run_dir)
+    assert manifest is not None
+    first = _rows(deployment, this_run)
+    later_seal = {**first[-1], "recordedAt": (first[-1].get("recordedAt") or 0) + 1, "evidence": {
+        "manifest.json": _sha(run_dir / "manifest.json"), **{name: entry.sha256 for name, entry in manifest.files.items()}}}
+    assert archive.trusted_seals([*first, later_seal]) == [first[-1]]
+    problems = archive._ledger_problems(run_dir, [*first, later_seal])
+    assert "not in the deployment's ledger: 02_dry_run/approval.txt" in problems
+    assert any(p.startswith("altered: manifest.json (the deployment's ledger holds sha256 "
+                            f"{first[-1]['evidence']['manifest.json']} from the seal") for p in problems)  # type: ignore[index]
+    # With a step recorded between them (the run continued), the later seal is the folder's.
+    step_again = {**next(r for r in first if r["step"] == "02_dry_run"), "recordedAt": later_seal["recordedAt"]}
+    assert archive._ledger_problems(run_dir, [*first, step_again, {**later_seal, "recordedAt": later_seal["recordedAt"] + 1}]) == []

@@ -137,7 +137,7 @@ def test_demo_runs_the_whole_runbook_on_the_local_deployment(tmp_path: Path, dep
         capture_output=True, text=True, cwd=REPO, timeout=600,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "04_verify            passed" in done.stdout and "archive check:             OK" in done.stdout
+    assert "04_verify            passed" in done.stdout and "archive check: OK (folder and ledger)" in done.stdout and "verify: 11 of 11 checks passed" in done.stdout
     run_dir = Path(done.stdout.rsplit("Evidence: ", 1)[1].splitlines()[0])
     assert check_archive(run_dir).ok and find_secret(run_dir, deploy_key) == []
 

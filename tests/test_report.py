@@ -4,6 +4,7 @@ starts with what failed and what to do, the CLI naming the failing section, and 
 from __future__ import annotations
 
 import re
+from html.parser import HTMLParser
 from pathlib import Path
 
 import nbformat
@@ -37,20 +38,24 @@ def test_the_cli_names_the_failing_section_and_its_fix_once(failed_run: tuple[Pa
     _, failure = failed_run
     message = str(failure)
     assert message.startswith(
-        "step 02_dry_run failed in section “2. Check the input” (cell 5): PreconditionFailed: the input holds 3 rows without an id\n"
-        "  fix: Give every row an id, then run the step again. Then run the step again in this run folder"
+        "step 02_dry_run failed in section “2. Check the input”, cell In [5]: PreconditionFailed: the input holds 3 rows without an id\n"
+        "  fix: Give every row an id, then run the step again. Then resume the run with "
+        f"`runbook run --url {URL} --run-dir {failure.notebook_path.parent.parent.resolve()} --steps 02_dry_run`"
     )
     assert message.count("fix:") == 1 and "02_dry_run.report.html" in message
 
 
 def test_a_failed_step_page_starts_with_what_failed_and_what_to_do(failed_run: tuple[Path, StepFailed]) -> None:
-    run_dir, _ = failed_run
+    run_dir, failure = failed_run
     for page in ("02_dry_run.html", "02_dry_run.report.html"):
         text = (run_dir / "02_dry_run" / page).read_text(encoding="utf-8")
         box = text.index('<div class="runbook-failure">')
         assert box < text.index("Traceback") and box < text.index("Every row needs an id")
         assert "in section “2. Check the input”, cell In [5]" in text[box:box + 400]
         assert "What to do:</b> Give every row an id, then run the step again." in text
+        # the command the CLI prints, word for word
+        assert f"<pre>runbook run --url {URL} --run-dir {run_dir.resolve()} --steps 02_dry_run</pre>" in text[box:]
+        assert f"`runbook run --url {URL} --run-dir {run_dir.resolve()} --steps 02_dry_run`" in str(failure)
 
 
 def test_each_step_page_says_who_and_when_and_has_a_title(failed_run: tuple[Path, StepFailed]) -> None:
@@ -91,13 +96,14 @@ def test_the_index_names_who_when_commit_deployment_and_each_step(failed_run: tu
                  f"runbook commit {manifest.runbook['commit']}", f"deployment {URL}", f"run id {manifest.run_id}"):
         assert fact in text
     assert "01_backup_snapshot" in text and "passed" in text and "documents: 1,234" in text
-    assert "PreconditionFailed : the input holds 3 rows without an id" in text and "failed" in text
+    assert "steps: 1 of 2 passed (01_backup_snapshot passed in " in text and ", 02_dry_run failed in " in text
+    assert "in section “2. Check the input”, cell In [5]: the input holds 3 rows without an id" in text
     for link in ("01_backup_snapshot/01_backup_snapshot.report.html", "01_backup_snapshot/01_backup_snapshot.html",
                  "02_dry_run/02_dry_run.report.html"):
         assert f'href="{link}"' in page and (run_dir / link).is_file()
     results_sha = archive.sha256_file(run_dir / "01_backup_snapshot" / "results.json")
     assert results_sha in text
-    assert f"runbook check-archive path/to/{run_dir.name} --url {URL}" in text
+    assert f"runbook check-archive {run_dir.resolve()} --url {URL}" in text
     assert "<script" not in page
 
 
@@ -140,7 +146,86 @@ def test_cli_run_prints_the_failing_section_and_the_manifest_hash(
     assert cli.main(["run", "--url", URL, "--dry-run", "--runs-dir", str(runs)]) == 1
 
     captured = capsys.readouterr()
-    assert captured.err.startswith("error: step 02_dry_run failed in section “1. Plan” (cell 4): RuntimeError: plan failed")
+    assert captured.err.startswith("error: step 02_dry_run failed in section “1. Plan”, cell In [4]: RuntimeError: plan failed")
     assert "import tenacity" not in captured.err
     run_dir = next(runs.iterdir())
     assert captured.out.splitlines()[-1] == f"Manifest sha256: {archive.sha256_file(run_dir / 'manifest.json')}"
+
+
+class _Loads(HTMLParser):
+    """What a browser would fetch to render a page: script, style, image and frame sources."""
+
+    FETCHED = {"script": "src", "link": "href", "img": "src", "iframe": "src", "source": "src", "embed": "src", "object": "data"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        wanted = self.FETCHED.get(tag)
+        self.urls += [value or "" for name, value in attrs if name == wanted]
+
+
+def test_every_page_of_a_sealed_folder_loads_nothing_from_the_network(failed_run: tuple[Path, StepFailed]) -> None:
+    run_dir, _ = failed_run
+    pages = sorted(run_dir.rglob("*.html"))
+    assert len(pages) == 5  # index.html and two pages for each of the two steps
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        parser = _Loads()
+        parser.feed(text)
+        remote = [url for url in parser.urls if re.match(r"(https?:)?//", url)]
+        assert remote == [], (page, remote)
+        assert not re.search(r"""import\(\s*["']https?:""", text), page  # nor a module a script would import
+
+
+def _results(run_dir: Path, step: str, status: str, summary: dict) -> None:
+    archive.write_step_results(run_dir, step, archive.StepResults(step=step, status=status, summary=summary))  # type: ignore[arg-type]
+
+
+def test_the_verdicts_lead_with_what_passed_failed_migrated_and_was_blocked(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    (run_dir / "plan").mkdir(parents=True)
+    archive.write_json_atomic(run_dir / "plan" / "plan.json", {"problems": [
+        {"code": "duplicate_s3_key", "count": 2, "severity": "blocking"}, {"code": "empty_string", "count": 4, "severity": "flagged"},
+        {"code": "wrong_type", "count": 3, "severity": "blocking"}]})
+    _results(run_dir, "03_apply", "passed", {"migrated": {"scenes": 66, "videoSessions": 5}, "lease_ms": 120000,
+                                            "outcomes": {"scenes": {"applied": 60, "conflict": 6}, "videoSessions": {"applied": 5}}})
+    _results(run_dir, "04_verify", "failed", {"checks": [{"name": "session_totals", "passed": True},
+                                                         {"name": "tracking_complete", "passed": False}]})
+    verdicts = report.run_verdicts(run_dir, {"02_dry_run": "passed", "03_apply": "passed", "04_verify": "failed", "05_rollback": "not run"})
+    assert [(v.label, v.text, v.ok) for v in verdicts] == [
+        ("steps", "2 of 3 passed (02_dry_run passed, 03_apply passed, 04_verify failed)", False),
+        ("verify", "1 of 2 checks passed; failed: tracking_complete", False),
+        ("migrated", "scenes 66, sessions 5", None),
+        ("blocked documents (not migrated), per problem", "5 (duplicate_s3_key 2, wrong_type 3)", None),
+        ("apply outcomes", "65 applied, 6 conflict", False),
+    ]
+    assert report.step_finding(run_dir, "03_apply") == (
+        "outcomes: scenes: 60 applied, 6 conflict; videoSessions: 5 applied; references created: 0")
+    assert "lease" not in report.step_finding(run_dir, "03_apply")
+
+
+def test_a_failed_apply_page_says_how_much_was_applied_and_how_to_resume(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    (run_dir / "apply").mkdir(parents=True)
+    (run_dir / "03_apply").mkdir()
+    (run_dir / "apply" / "checkpoint.jsonl").write_text(
+        '{"start":0,"end":2,"results":[{"id":"a","table":"scenes","outcome":"applied"},{"id":"b","table":"scenes","outcome":"error"}]}\n'
+        '{"start":2,"end":3,"results":[{"id":"c","table":"scenes","outcome":"applied"}]}\n{"start":3,"en')  # the last line torn
+    archive.write_json_atomic(run_dir / "03_apply" / "parameters.json", {"convex_url": URL, "run_dir": str(run_dir), "confirm": True,
+                                                                       "batch_size": 50})
+    notebook = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("apply()", execution_count=3)
+    cell.outputs = [nbformat.v4.new_output("error", ename="LeaseLost", evalue="lost the lease", traceback=[])]
+    notebook.cells = [nbformat.v4.new_markdown_cell("## 3. Apply"), cell]
+    nbformat.write(notebook, run_dir / "03_apply" / "03_apply.ipynb")
+    context = report.PageContext(run_id="r", operator="alice", commit="c", deployment=URL, planned=("03_apply", "04_verify"))
+    report.render_step(run_dir / "03_apply" / "03_apply.ipynb", context)
+    text = (run_dir / "03_apply" / "03_apply.report.html").read_text(encoding="utf-8")
+    box = text[text.index('<div class="runbook-failure">'):]
+    assert "in section “3. Apply”, cell In [3]: <b>LeaseLost</b>" in box
+    assert "Applied before it stopped</b> (apply/checkpoint.jsonl): 2 applied, 1 error." in box
+    assert (f"<pre>runbook run --url {URL} --run-dir {run_dir.resolve()} --steps 03_apply,04_verify "
+            "-p 03_apply.batch_size=50 --confirm</pre>") in box
+    assert (run_dir / "apply" / "checkpoint.jsonl").read_text().endswith('{"start":3,"en')  # read, never trimmed
