@@ -38,7 +38,6 @@ from .deployment import (
 )
 from .errors import LeaseLost, PreconditionFailed, RunbookError
 from .migration import Migration
-from .migrations import default_id
 from .plan import PlanSummary, iter_plan_lines, read_plan
 from .progress import progress
 from .run_folder import locked_step, migration_of, run_id as folder_run_id
@@ -74,8 +73,8 @@ class ApplySummary(BaseModel):
     """What apply reports. The migrated/created figures count what this run did in total, across every
     resume and re-run of it, as the deployment holds it; `recheck` says this call only re-confirmed them."""
 
-    #: Files written before migrations were declared hold none: they were the first (default) migration's.
-    migration_id: str = Field(default_factory=default_id)
+    #: Required: a file that names no migration is refused, never judged as the first one's.
+    migration_id: str
     run_id: str
     status: str
     #: True when the plan had already been applied completely by this run folder: this call re-sent it so the

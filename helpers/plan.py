@@ -23,7 +23,6 @@ from .backup import BackupSummary, iter_backup_documents, require_backup
 from .deployment import iter_pages
 from .errors import PreconditionFailed
 from .migration import Migration, PlanInputs
-from .migrations import default_id
 from .progress import progress
 from .run_folder import locked_step, migration_of
 from .scratch import Scratch, batched, few_collections, prefetch
@@ -47,8 +46,8 @@ class ProblemCount(BaseModel):
 
 
 class PlanSummary(BaseModel):
-    #: Files written before migrations were declared hold none: they were the first (default) migration's.
-    migration_id: str = Field(default_factory=default_id)
+    #: Required: a file that names no migration is refused, never judged as the first one's.
+    migration_id: str
     plan_file: str
     plan_sha256: str
     documents: int

@@ -18,7 +18,7 @@ from collections.abc import Container, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from . import jsonio
 from .archive import sha256_file, write_json_atomic
@@ -27,7 +27,7 @@ from .backup import BackupSummary, iter_backup_documents, require_backup
 from .deployment import REFERENCE_TABLE, apply_batch, iter_documents, iter_pages, read_ledger, record_run, release_lock
 from .errors import PreconditionFailed, RunbookError
 from .migration import Migration
-from .migrations import all_migrations, default_id
+from .migrations import all_migrations
 from .plan import iter_plan_lines, read_plan
 from .run_folder import locked_step, migration_of, run_id as folder_run_id
 from .scratch import Scratch, batched
@@ -43,8 +43,8 @@ SYSTEM_FIELDS = ("_id", "_creationTime")
 
 
 class RollbackSummary(BaseModel):
-    #: Files written before migrations were declared hold none: they were the first (default) migration's.
-    migration_id: str = Field(default_factory=default_id)
+    #: Required: a file that names no migration is refused, never judged as the first one's.
+    migration_id: str
     mode: str
     executed: bool
     plan_sha256: str

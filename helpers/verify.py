@@ -23,12 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from .backup import iter_backup_documents, read_backup
 from .deployment import REFERENCE_TABLE, iter_pages
 from .migration import Before, DocumentCheck, Joined, Migration, Planned, Verdict, reference_key, verdict
-from .migrations import default_id
 from .plan import iter_plan_lines, paged_progress, read_plan
 from .run_folder import locked_step, migration_of
 from .scratch import Scratch, batched, few_collections, prefetch
@@ -82,8 +81,8 @@ class CreatedAfterSnapshot(BaseModel):
 
 
 class VerifyReport(BaseModel):
-    #: Files written before migrations were declared hold none: they were the first (default) migration's.
-    migration_id: str = Field(default_factory=default_id)
+    #: Required: a file that names no migration is refused, never judged as the first one's.
+    migration_id: str
     plan_sha256: str
     backup_sha256: str
     checks: list[Check]

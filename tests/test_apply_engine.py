@@ -33,7 +33,7 @@ from helpers.apply import (
 )
 from helpers.archive import sha256_file
 from helpers.errors import ArgumentValidationError, FunctionFailed, LeaseLost, LimitExceeded, PreconditionFailed, TransientFailure
-from helpers.run_folder import run_id as folder_run_id
+from helpers.run_folder import bind_migration, run_id as folder_run_id
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 
 URL = "https://happy-otter-123.convex.cloud"
@@ -232,6 +232,7 @@ def make_run(tmp: Path, fake: FakeDeployment, scenes: int = 12, sessions: int = 
     """A run folder whose plan covers `scenes` scenes and `sessions` sessions (actions cycling through ACTIONS),
     and the fake deployment holding those documents as the plan found them."""
     run_dir = tmp / name
+    bind_migration(run_dir, M001.id)
     (run_dir / "plan").mkdir(parents=True)
     (run_dir / "backup").mkdir()
     lines = [plan_line(table, n, ACTIONS[n % len(ACTIONS)]) for table, count in (("scenes", scenes), ("videoSessions", sessions))

@@ -3,21 +3,27 @@ every notebook opens and records, and the core running a migration it has never 
 
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import BaseModel, ValidationError
 
 from helpers import migrations
-from helpers.archive import StepResults, read_step_results, write_step_results
+from helpers.apply import ApplySummary
+from helpers.archive import Manifest, StepResults, read_step_results, write_step_results
 from helpers.errors import PreconditionFailed
 from helpers.migration import PLAN_LINE_KEYS, Migration
+from helpers.plan import PlanSummary
+from helpers.rollback import RollbackSummary
 from helpers.run_folder import bind_migration, migration_id, run_id
 from helpers.step import PREVIOUS_STEP, Step
-from helpers.verify import run_checks
+from helpers.verify import VerifyReport, run_checks
 
-from .toy_migration import plan_note
+from .toy_migration import TOY, plan_note
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Development tooling for migration 001's sample data (not in the wheel), and the migrations themselves.
@@ -61,16 +67,59 @@ def test_the_registry_finds_each_migration_by_id_in_order() -> None:
 
 
 def test_a_run_folder_runs_one_migration(tmp_path: Path) -> None:
-    assert migration_id(tmp_path / "never-used") == migrations.default_id()  # reading writes nothing
-    assert not (tmp_path / "never-used").exists()
     bind_migration(tmp_path / "a", "002_retire_legacy_fields")
     assert migration_id(tmp_path / "a") == "002_retire_legacy_fields" and run_id(tmp_path / "a")
     bind_migration(tmp_path / "a", "002_retire_legacy_fields")  # again: the same migration is fine
     with pytest.raises(PreconditionFailed, match="runs migration 002_retire_legacy_fields, not 001_s3_asset_tracking"):
         bind_migration(tmp_path / "a", "001_s3_asset_tracking")
-    run_id(tmp_path / "b")  # a folder whose first step named no migration runs the default one
-    with pytest.raises(PreconditionFailed):
-        bind_migration(tmp_path / "b", "002_retire_legacy_fields")
+    drawn = run_id(tmp_path / "b")  # a run id drawn before the migration is bound: the binding keeps it
+    bind_migration(tmp_path / "b", "002_retire_legacy_fields")
+    assert run_id(tmp_path / "b") == drawn and migration_id(tmp_path / "b") == "002_retire_legacy_fields"
+
+
+@pytest.mark.parametrize("run_json", [None, {"run_id": "r"}])
+def test_a_folder_that_records_no_migration_is_refused_not_judged_as_the_first(tmp_path: Path, run_json: dict[str, str] | None) -> None:
+    if run_json is not None:
+        (tmp_path / "run.json").write_text(json.dumps(run_json))
+    with pytest.raises(PreconditionFailed, match="records no migration"):
+        migration_id(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["run.json"] if run_json else [])  # reading wrote nothing
+
+
+@pytest.mark.parametrize("model", [PlanSummary, ApplySummary, VerifyReport, RollbackSummary, Manifest])
+def test_a_steps_file_that_names_no_migration_is_refused(model: type[BaseModel]) -> None:
+    """The five files a step writes name their migration; one that does not is never read as the first one's."""
+    with pytest.raises(ValidationError) as refused:
+        model.model_validate({})
+    assert "migration_id" in {str(error["loc"][0]) for error in refused.value.errors()}
+
+
+def _declared(id_: str, predecessor: str | None) -> Migration:
+    return replace(TOY, id=id_, predecessor=predecessor)
+
+
+@pytest.mark.parametrize(("chain", "refusal"), [
+    ([("m001_a", _declared("001_a", None)), ("m002_b", _declared("002_b", "001_a"))], None),
+    ([("m001_a", _declared("001_a", None)), ("m002_b", _declared("002_c", "001_a"))], "folder m002_b declares id '002_c'"),
+    ([("m001_a", _declared("001_a", None)), ("m002_b", _declared("002_b", "001_x"))], "unknown predecessor '001_x'"),
+    ([("m001_a", _declared("001_a", None)), ("m002_b", _declared("002_b", "001_a")), ("m003_c", _declared("003_c", "001_a"))],
+     r"2 heads \(002_b, 003_c\)"),
+    ([("m001_a", _declared("001_a", None)), ("m002_b", _declared("002_b", None))], "2 heads"),
+    ([("m001_a", _declared("001_a", "002_b")), ("m002_b", _declared("002_b", "001_a"))], "0 heads"),
+    ([("m001_a", _declared("001_a", None)), ("m001_a", _declared("001_a", None))], "declared twice"),
+])
+def test_the_registry_refuses_a_broken_chain(chain: list[tuple[str, Migration]], refusal: str | None) -> None:
+    if refusal is None:
+        assert [m.id for m in migrations.check_chain(chain)] == ["001_a", "002_b"]
+        return
+    with pytest.raises(PreconditionFailed, match=refusal):
+        migrations.check_chain(chain)
+
+
+def test_the_shipped_registry_is_one_chain_whose_head_is_the_newest() -> None:
+    shipped = migrations.all_migrations()
+    assert migrations.check_chain([(f"m{m.id}", m) for m in shipped]) == shipped
+    assert migrations.head_id() == shipped[-1].id != migrations.default_id()
 
 
 @pytest.mark.parametrize("step", sorted(PREVIOUS_STEP))
