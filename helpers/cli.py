@@ -100,7 +100,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             print("re-check of a finished apply: nothing new written; the figures are those of the first apply")
         for label, n in stats.migrated.items():
             print(f"{label} {verb}: {n:,}")
-        print(f"asset references {'to create' if stats.planned else 'created'}: {stats.asset_references_created:,}")
+        for label, n in stats.side_rows.items():  # only a migration that creates side rows has any
+            print(f"{label} {'to create' if stats.planned else 'created'}: {n:,}")
         print(f"errors: {len(stats.errors)}")
         for error in stats.errors[:ERRORS_SHOWN]:
             print(f"  {error['id']}: {error['reason']}")

@@ -83,7 +83,9 @@ def plan_dir(run_dir: Path) -> Path:
 class _Tally:
     """Counts for the dry-run tables, filled while lines stream past."""
 
-    def __init__(self) -> None:
+    def __init__(self, migration: Migration) -> None:
+        #: The plan line key grouping the by-status tables, and the field telling the side rows' kinds apart.
+        self.status_key, self.kind = migration.status_key, migration.side_rows.kind if migration.side_rows else None
         self.actions: dict[str, Counter[str]] = defaultdict(Counter)
         self.by_status: dict[str, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
         self.references: Counter[str] = Counter()
@@ -92,9 +94,9 @@ class _Tally:
     def add(self, line: dict[str, Any]) -> None:
         table, action = line["table"], line["action"]
         self.actions[table][action] += 1
-        self.by_status[table][str(line.get("legacyStatus"))][action] += 1
+        self.by_status[table][str(line.get(self.status_key) if self.status_key else "all")][action] += 1
         for ref in line.get("references", ()):
-            self.references[ref["assetType"]] += 1
+            self.references[str(ref.get(self.kind) if self.kind else None)] += 1
         for problem in line.get("problems", ()):
             key = (table, problem["code"], problem["severity"])
             entry = self.problems.get(key)
@@ -153,7 +155,7 @@ def build_plan(
         )
         return paged_progress(stream, desc=desc, total=totals.get(table), show=show_progress)
 
-    tally = _Tally()
+    tally = _Tally(migration)
     plan_path, problems_path = out / PLAN_FILE, out / PROBLEMS_FILE
     partial, problems_partial = plan_path.with_suffix(".partial"), problems_path.with_suffix(".partial")
     options = {"bucket_base_url": bucket_base_url}

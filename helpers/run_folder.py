@@ -1,7 +1,7 @@
 """A run folder's identity and its lock: one random run id per folder, one step at a time in it.
 
 The folder also records which migration it runs (`run.json`'s `migration`): every step reads it from there.
-The run id names the run everywhere (deployment lock, ledger rows, asset references, evidence). It is drawn
+The run id names the run everywhere (deployment lock, ledger rows, side rows, evidence). It is drawn
 once, when the folder's first step starts, and stored in the folder, so two folders that happen to share a
 base name (alice/nightly, bob/nightly) never share a run id, and a resumed step keeps its own.
 """

@@ -143,7 +143,7 @@ def test_run_migration_dry_run_chains_the_steps_and_seals_the_folder(tmp_path: P
     assert seen == [("01_backup_snapshot", "running"), ("01_backup_snapshot", "passed"), ("02_dry_run", "running"), ("02_dry_run", "passed")]
     stats = result.statistics
     assert stats is not None and stats.planned
-    assert (stats.migrated["scenes"], stats.migrated["sessions"], stats.asset_references_created, stats.errors) == (3, 2, 5, [])
+    assert (stats.migrated["scenes"], stats.migrated["sessions"], stats.side_rows, stats.errors) == (3, 2, {"asset references": 5}, [])
     manifest = json.loads((result.run_dir / "manifest.json").read_text())
     assert manifest["operator"] == "alice" and manifest["steps"] == result.steps
     assert "02_dry_run/02_dry_run.html" in manifest["files"]
@@ -180,7 +180,7 @@ def test_statistics_come_from_the_apply_summary(tmp_path: Path) -> None:
     archive.write_step_results(tmp_path, "03_apply", archive.StepResults(step="03_apply", status="passed", summary=summary))
     stats = runner.statistics(tmp_path, wall_seconds=99.0)
     assert stats is not None and not stats.planned
-    assert (stats.migrated["scenes"], stats.migrated["sessions"], stats.asset_references_created) == (10, 2, 25)
+    assert (stats.migrated["scenes"], stats.migrated["sessions"], stats.side_rows) == (10, 2, {"asset references": 25})
     assert (stats.apply_seconds, stats.wall_seconds) == (4.5, 99.0)
     assert stats.errors == [{"id": "s9", "reason": "too large"}]
 
@@ -248,7 +248,7 @@ def test_run_prints_statistics_and_the_evidence_folder(
 
     def fake_run_migration(url: str, dry_run: bool, **kwargs: object) -> runner.RunResult:
         calls.append({"url": url, "dry_run": dry_run, **kwargs})
-        stats = runner.Statistics(planned=False, migrated={"scenes": 1200, "sessions": 40}, asset_references_created=3100,
+        stats = runner.Statistics(planned=False, migrated={"scenes": 1200, "sessions": 40}, side_rows={"asset references": 3100},
                                   errors=[{"id": "s7", "reason": "too large"}], apply_seconds=12.25, wall_seconds=40.0)
         return runner.RunResult(run_dir=_bound(tmp_path / "run"), passed=True, steps={"03_apply": "passed"}, statistics=stats,
                                 manifest_sha256="ab" * 32)

@@ -30,26 +30,61 @@ ROOT = Path(__file__).resolve().parents[1]
 NOT_CORE = {"sample_data.py", "local_deployment.py", "demo.py"}
 
 
-def core_modules() -> list[Path]:
-    return [path for path in sorted((ROOT / "helpers").glob("*.py")) if path.name not in NOT_CORE]
+def core_files() -> list[Path]:
+    """The core's Python modules and the Convex functions every migration runs through."""
+    modules = [path for path in sorted((ROOT / "helpers").glob("*.py")) if path.name not in NOT_CORE]
+    return [*modules, *sorted((ROOT / "convex").glob("migration*.ts"))]
+
+
+def names_of_001() -> set[str]:
+    """Every name of migration 001's world: its tables, the fields it owns and reads, its side rows' table and
+    fields, its asset types, its plan line keys, its wording, and the field legacy writers move."""
+    from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001, fields
+
+    side = M001.side_rows
+    assert side is not None
+    names = {*M001.tables, *(f for owned in M001.owned_fields.values() for f in owned), *fields.ASSET_TYPES.values()}
+    names |= {f for pairs in fields.ASSET_SOURCES.values() for pair in pairs.values() for f in pair}
+    names |= {side.table, side.owner, side.kind, side.group, side.index, *side.mirrored, *side.groups.values()}
+    names |= {M001.status_key or "", M001.updated_at_field or "", "legacyField", "migratedFromLegacy", side.label}
+    # Names the core once used for them (issue 22): the seam's 001-shaped fields and 001's wording.
+    names |= {"reference_fields", "entity_types", "entityType", "s3Key", "REFERENCE_TABLE", "countRunReferences", "001"}
+    # Four of its names are ordinary words the core uses for its own things (a batch size, a file's checksum, the
+    # run folder's manifest, a kernel's session): every other name is searched, as a whole word.
+    return names - {"", "size", "checksum", "manifest", "session"}
+
+
+def occurrences(names: set[str], files: list[Path]) -> dict[str, str]:
+    pattern = re.compile("|".join(rf"\b{re.escape(name)}\b" for name in sorted(names, key=len, reverse=True)), re.IGNORECASE)
+    return {
+        f"{path.name}:{number}": line.strip()
+        for path in files
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line)
+    }
 
 
 def test_the_core_names_no_table_field_or_migration_of_its_own() -> None:
-    """Issue 14's check: a search of the core modules for scenes, videoSessions and 001 finds nothing."""
-    found = {
-        f"{path.name}:{number}": line.strip()
-        for path in core_modules()
-        for number, line in enumerate(path.read_text().splitlines(), 1)
-        if re.search(r"scenes|videoSessions|001", line)
-    }
-    assert found == {}
+    """Issue 22's check: a search of the core modules and convex/migration*.ts for every name of 001's world
+    (tables, fields, side rows, asset types, plan line keys, wording) finds nothing."""
+    assert occurrences(names_of_001(), core_files()) == {}
 
 
-def test_the_search_would_find_a_table_name() -> None:
-    """The check above is not vacuous: the files it reads are the core's, and a migration's name shows."""
-    names = {path.name for path in core_modules()}
-    assert {"plan.py", "verify.py", "apply.py", "rollback.py", "runner.py", "cli.py", "transport.py"} <= names
-    assert re.search(r"scenes|videoSessions|001", (ROOT / "helpers/migrations/m001_s3_asset_tracking/planner.py").read_text())
+def test_the_search_would_find_each_kind_of_name() -> None:
+    """The check above is not vacuous: it reads the core's files, its names are 001's, and the search finds each
+    kind of name (table, owned field, side row field, asset type, plan line key, wording) where 001 uses it."""
+    names = {path.name for path in core_files()}
+    assert {"plan.py", "verify.py", "apply.py", "rollback.py", "runner.py", "cli.py", "deployment.py", "migration.ts"} <= names
+    wanted = {"assetReferences", "scenes", "videoSessions", "videoAsset", "s3Key", "s3Url", "contentType", "uploadedAt",
+              "entityId", "entityType", "assetType", "legacyStatus", "updatedAt", "video_chunk", "asset references"}
+    assert wanted <= names_of_001()
+    m001 = sorted((ROOT / "helpers/migrations/m001_s3_asset_tracking").glob("*.py"))
+    found = " ".join(occurrences(names_of_001(), m001).values())
+    for name in wanted:
+        assert re.search(rf"\b{re.escape(name)}\b", found, re.IGNORECASE), name
+    planted = ROOT / "convex" / "migration.ts"
+    assert occurrences({"assetReferences"}, [planted]) == {}
+    assert occurrences({"applyBatch"}, [planted])  # the same search finds a name the file does hold
 
 
 def test_the_registry_finds_each_migration_by_id_in_order() -> None:

@@ -291,8 +291,8 @@ def test_session_totals() -> None:
 
 def reference(ref_id: str, asset: dict[str, Any], *, ours: bool = True, entity_type: str = "scene") -> Reference:
     row = {"_id": ref_id, "entityType": entity_type, **asset, "metadata": {"migrationId": M001.id if ours else "app"}}
-    assert Reference.of(row, M001.id).ours is ours
-    return Reference.of(row, M001.id)
+    assert Reference.of(row, M001.side_rows, M001.id).ours is ours
+    return Reference.of(row, M001.side_rows, M001.id)
 
 
 def test_reference_checks() -> None:
@@ -346,8 +346,8 @@ def world() -> dict[str, Any]:
     by_id = {line["id"]: line for line in plan}
     live = {table: [{**doc, **by_id[doc["_id"]]["set"]} for doc in docs] for table, docs in (("scenes", scenes), ("videoSessions", sessions))}
     live["assetReferences"] = [
-        {**{k: v for k, v in ref.items() if k != "legacyField"}, "_id": f"ref-{line['id']}-{ref['assetType']}", "entityId": line["id"],
-         "metadata": {"migrationId": M001.id, "runId": "run", "legacyField": ref["legacyField"]}}
+        {**ref, "_id": f"ref-{line['id']}-{ref['assetType']}", "entityId": line["id"],
+         "metadata": {**ref["metadata"], "migrationId": M001.id, "runId": "run"}}
         for line in plan if line["action"] in rules.CHANGING_ACTIONS for ref in line["references"]
     ]
     return {"plan": plan, "backup": {"scenes": scenes, "videoSessions": sessions}, "live": live}
@@ -639,7 +639,7 @@ def item(table: str, doc_id: str, **fields: Any) -> dict[str, Any]:
 
 
 def damage(transport: ConvexTransport, *items: dict[str, Any]) -> None:
-    results = apply_batch(transport, M001.id, "damage", list(items))
+    results = apply_batch(transport, M001.id, "damage", list(items), side_rows=M001.side_rows)
     assert all(r["outcome"] == "applied" for r in results), results
 
 
@@ -654,7 +654,7 @@ def refs_of(transport: ConvexTransport, entity: str) -> list[dict[str, Any]]:
 def as_input(ref: dict[str, Any]) -> dict[str, Any]:
     """An assetReferences row as applyBatch's insertReferences takes it."""
     out = {k: v for k, v in ref.items() if k not in ("_id", "_creationTime", "entityId", "createdAt", "metadata")}
-    return {**out, "legacyField": ref["metadata"]["legacyField"]}
+    return {**out, "metadata": {"migratedFromLegacy": True, "legacyField": ref["metadata"]["legacyField"]}}
 
 
 def with_video(run_dir: Path) -> dict[str, Any]:
@@ -874,10 +874,10 @@ def test_a_reference_only_item_adds_only_the_missing_reference(transport: Convex
     refs = refs_of(transport, scene)
     doc = next(d for d in iter_documents(transport, "scenes") if d["_id"] == scene)
     item_ = item("scenes", scene, expect={"updatedAt": doc["updatedAt"]}, insertReferences=[as_input(r) for r in refs])
-    assert apply_batch(transport, M001.id, "again", [item_])[0]["outcome"] == "already_applied"
+    assert apply_batch(transport, M001.id, "again", [item_], side_rows=M001.side_rows)[0]["outcome"] == "already_applied"
     damage(transport, item("scenes", scene, deleteReferences=[refs[0]["_id"]]))
     stale = {**item_, "expect": {"updatedAt": -1}}
-    assert apply_batch(transport, M001.id, "again", [stale])[0]["outcome"] == "conflict"
-    [result] = apply_batch(transport, M001.id, "again", [item_])
+    assert apply_batch(transport, M001.id, "again", [stale], side_rows=M001.side_rows)[0]["outcome"] == "conflict"
+    [result] = apply_batch(transport, M001.id, "again", [item_], side_rows=M001.side_rows)
     assert result["outcome"] == "applied" and len(result["referenceIds"]) == 1
     assert sorted(r["assetType"] for r in refs_of(transport, scene)) == sorted(r["assetType"] for r in refs)
