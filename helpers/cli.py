@@ -186,6 +186,7 @@ def _has_module(name: str) -> bool:
 DEVELOPMENT_COMMANDS = {
     "local-deployment": ("local_deployment", "serve the local test deployment (admin key: CONVEX_DEPLOY_KEY)"),
     "demo": ("demo", "the whole runbook against a local deployment with sample data"),
+    "new-migration": ("scaffold", "a new migration's folder (README, rules, checks, tests) that dry-runs at once"),
 }
 
 

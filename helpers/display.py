@@ -281,12 +281,12 @@ def before_after_view(
 
 def plan_tables(summary: Any) -> dict[str, pd.DataFrame]:
     """The dry-run's tables, by the name of the CSV each is written to (`<label>_by_status` per table; the side
-    rows to create per kind only for a migration that creates some)."""
+    rows to create per kind, named as the migration declares them, empty for a migration that creates none)."""
     migration, side = summary.migration, summary.migration.side_rows
-    by_type = {"references_by_type": counts_table(summary.references_by_type, key=side.kind, value=f"{side.label} to create")} if side else {}
+    key, value = (side.kind, f"{side.label} to create") if side else ("kind", "side rows to create")
     return {
         **{f"{migration.label(t)}_by_status": status_action_table(summary.by_status.get(t, {})) for t in migration.tables},
-        **by_type,
+        "references_by_type": counts_table(summary.references_by_type, key=key, value=value),
         "problems": problems_table(summary.problems),
     }
 

@@ -258,3 +258,85 @@ def reference_key(owner: str, kind: str) -> str:
     keys are neighbours in SQLite's index, as pages come in id order; a hash scattered them over the whole index
     (at 3M keys: 20 us per key stored and looked up, against 7 us now)."""
     return f"{owner}\0{kind}"
+
+
+#: The actions of a backfill's plan lines (`backfill`).
+BACKFILL, NO_CHANGE = "backfill", "no_change"
+
+
+class _ReadRecorder(dict[str, Any]):
+    """A document that notes which fields a rule read: they become the plan line's precondition, so apply
+    writes only onto the document the rule saw (a field it read and someone changed since makes a conflict)."""
+
+    def __init__(self, doc: Mapping[str, Any]) -> None:
+        super().__init__(doc)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str) -> Any:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        self.read.add(str(key))
+        return super().__contains__(key)
+
+
+def backfill(
+    *,
+    id: str,
+    title: str,
+    predecessor: str | None,
+    table: str,
+    fields: Sequence[str],
+    migrate_one: Callable[[Mapping[str, Any]], Mapping[str, Any] | None],
+    checks: tuple[DocumentCheck, ...] = (),
+    folder: Path | None = None,
+    **declared: Any,
+) -> Migration:
+    """A one-table migration from one pure function, after get-convex/migrations' `migrations.define({table,
+    migrateOne})`: `migrate_one(doc)` returns the fields to set (a subset of `fields`), or None/{} to leave the
+    document alone. The planner, apply's compare-and-set (every field it read, as it was, and the fields it sets),
+    verify (the core's checks, and `migrate_one` recomputed on each live document it changed, without `fields`,
+    agrees with what the document holds) and rollback *strip* (removes what it set) follow.
+    `declared`: any other `Migration` field (labels, rollback_modes, require, updated_at_field, ...)."""
+    owned = frozenset(fields)
+
+    def plan_one(doc: Mapping[str, Any]) -> dict[str, Any]:
+        seen = _ReadRecorder(doc)
+        changes = dict(migrate_one(seen) or {})
+        if not set(changes) <= owned:
+            raise ValueError(f"{id}: migrate_one set {sorted(set(changes) - owned)}, which are not among its fields {sorted(owned)}")
+        to_set = {f: v for f, v in changes.items() if f not in doc or digest(doc[f]) != digest(v)}
+        line = {"table": table, "id": doc["_id"], "unset": [], "references": [], "problems": []}
+        if not to_set:
+            return {**line, "action": NO_CHANGE, "expect": {}, "expectAbsent": [], "set": {}}
+        read = seen.read
+        return {
+            **line,
+            "action": BACKFILL,
+            "expect": {f: doc[f] for f in sorted(read) if f in doc} | {f: doc[f] for f in to_set if f in doc},
+            "expectAbsent": sorted({f for f in read if f not in doc} | {f for f in to_set if f not in doc}),
+            "set": to_set,
+        }
+
+    def plan(inputs: PlanInputs) -> Iterator[dict[str, Any]]:
+        for page in inputs.pages(table, declared.get("labels", {}).get(table, table)):
+            yield from (plan_one(doc) for doc in page)
+
+    def recomputed(doc: Joined) -> Verdict | None:
+        if doc.live is None or doc.plan is None or not doc.plan.changes:
+            return None
+        expected = dict(migrate_one({k: v for k, v in doc.live.items() if k not in owned}) or {})
+        return verdict(all(f in doc.live and digest(doc.live[f]) == digest(v) for f, v in expected.items()), doc)
+
+    check = DocumentCheck("backfill_recomputed", "migrate_one, run again on each document it changed (without the fields "
+                          "it sets), computes what the document holds", recomputed)
+    return Migration(
+        id=id, title=title, predecessor=predecessor, tables=(table,), owned_fields={table: owned},
+        changing_actions=frozenset({BACKFILL}), actions=(BACKFILL, NO_CHANGE), planner=plan,
+        checks=(check, *checks), folder=folder, **declared,
+    )

@@ -61,7 +61,7 @@ def readd_field(transport: ConvexTransport, run_dir: Path, mode: str) -> None:
 
 def leave_reference(transport: ConvexTransport, run_dir: Path, mode: str) -> None:
     ref = {"entityType": "scene", "assetType": "thumbnail", "s3Key": "k.png", "s3Url": "https://b.s3.amazonaws.com/k.png",
-           "contentType": "image/png", "uploadedAt": 1, "version": 1}
+           "contentType": "image/png", "uploadedAt": 1, "version": 1, "metadata": {"migratedFromLegacy": True}}
     damage(transport, item("scenes", touched_scene(run_dir, mode), insertReferences=[ref]))
 
 

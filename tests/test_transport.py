@@ -85,6 +85,8 @@ def test_transport_errors_name_cause_and_fix(deployment: LocalDeployment, transp
         transport.function("migration:doesNotExist", {})
     assert "npx convex deploy" in str(missing.value)
     with pytest.raises(errors.ArgumentValidationError):
+        transport.function("migration:readPage", {"table": 1, "cursor": None, "numItems": 1})
+    with pytest.raises(errors.FunctionFailed, match="no table nope in the deployed schema"):  # tables: the schema's
         transport.function("migration:readPage", {"table": "nope", "cursor": None, "numItems": 1})
     with pytest.raises(errors.DeployKeyRejected):
         deployment.transport(deploy_key="wrong-key").function("migration:readPage", {})

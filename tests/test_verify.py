@@ -14,6 +14,7 @@ import pytest
 from helpers.apply import apply_plan
 from helpers.backup import iter_backup_documents, take_backup
 from helpers.deployment import apply_batch, iter_documents
+from helpers.run_folder import bind_migration
 from helpers.plan import build_plan, iter_plan_lines
 from helpers.transport import ConvexTransport
 from helpers.migrations.m001_s3_asset_tracking.checks import (
@@ -777,6 +778,7 @@ def test_a_faulty_rule_applied_faithfully_fails_exactly_its_check(
 ) -> None:
     name, (predicate, change), expected = FAULTY_RULES[fault]
     seed(transport, SCENES)
+    bind_migration(tmp_path / "scratch", M001.id)
     build_plan(transport, tmp_path / "scratch", show_progress=False, source="live")  # a clean plan, to pick a migrated document
     table = "scenes" if name == "plan_scene" else "videoSessions"
     target = next(line["id"] for line in lines(tmp_path / "scratch", table) if predicate(line["set"]))
@@ -861,6 +863,7 @@ def test_assets_there_before_the_migration_are_tracked_once(transport: ConvexTra
 
     again = apply_plan(transport, run_dir, confirm=True, show_progress=False)  # reference-only items are idempotent
     assert again.passed and len(migration_references(transport)) == len(references)
+    bind_migration(tmp_path / "next", M001.id)
     build_plan(transport, tmp_path / "next", show_progress=False, source="live")  # a new dry-run sees every asset tracked
     assert {line["action"] for line in iter_plan_lines(tmp_path / "next")} <= {"no_change", "problem"}
 
