@@ -96,6 +96,8 @@ def test_the_registry_finds_each_migration_by_id_in_order() -> None:
         assert migration.folder is not None and (migration.folder / "README.md").exists(), migration.id
         assert set(migration.changing_actions) <= set(migration.actions), migration.id
         assert set(migration.owned_fields) <= set(migration.tables), migration.id
+        if migration.side_rows is not None:
+            assert set(migration.side_rows.sources) <= set(migration.tables), migration.id
     with pytest.raises(PreconditionFailed, match="No migration '003_x'") as unknown:
         migrations.get("003_x")
     assert "001_s3_asset_tracking" in str(unknown.value)
