@@ -85,11 +85,11 @@ const SYSTEM_FIELDS = new Set(["_id", "_creationTime"]);
 export const LOCK_HELD_BY_OTHER = "the migration lock is held by run";
 
 /**
- * Applies each item atomically with its references, in the batch's one transaction.
+ * Applies each item atomically with its side rows, in the batch's one transaction.
  * Idempotency and preconditions are decided from the document itself (one db.get), never by an index
- * query per document: a document in its target state already has its references, because both were
+ * query per document: a document in its target state already has its side rows, because both were
  * written together, so nothing is ever inserted twice. The one exception is a reference-only item (it tracks
- * assets the document held before the migration): it looks its references up by entity.
+ * what the document held before the migration): it looks its side rows up by owner and kind.
  */
 export const applyBatch = internalMutation({
   args: { migrationId: v.string(), runId: v.string(), items: v.array(item), sideRows: v.optional(sideRows) },

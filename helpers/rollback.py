@@ -267,8 +267,8 @@ def execute_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, b
 
 
 def refuse_while_successor_in_effect(transport: ConvexTransport, migration: Migration) -> None:
-    """A migration another one builds on cannot be rolled back while that one is applied (rolling back the asset
-    tracking under the migration that retired the legacy fields would leave the documents with neither).
+    """A migration another one builds on cannot be rolled back while that one is applied (rolling back the fields
+    a successor moved data into would leave the documents with neither the old fields nor the new).
     Refuses when a successor's ledger shows an apply that no passed restore of it followed."""
     for successor in all_migrations():
         if successor.predecessor != migration.id:
