@@ -266,7 +266,8 @@ BACKFILL, NO_CHANGE = "backfill", "no_change"
 
 class _ReadRecorder(dict[str, Any]):
     """A document that notes which fields a rule read: they become the plan line's precondition, so apply
-    writes only onto the document the rule saw (a field it read and someone changed since makes a conflict)."""
+    writes only onto the document the rule saw (a field it read and someone changed since makes a conflict).
+    `[]`, `get` and `in` note one field; iterating it (keys, values, items) notes them all."""
 
     def __init__(self, doc: Mapping[str, Any]) -> None:
         super().__init__(doc)
@@ -283,6 +284,22 @@ class _ReadRecorder(dict[str, Any]):
     def __contains__(self, key: object) -> bool:
         self.read.add(str(key))
         return super().__contains__(key)
+
+    def __iter__(self) -> Iterator[str]:
+        self.read.update(super().keys())
+        return super().__iter__()
+
+    def keys(self) -> Any:
+        self.read.update(super().keys())
+        return super().keys()
+
+    def values(self) -> Any:
+        self.read.update(super().keys())
+        return super().values()
+
+    def items(self) -> Any:
+        self.read.update(super().keys())
+        return super().items()
 
 
 def backfill(

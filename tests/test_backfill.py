@@ -42,6 +42,9 @@ def test_a_backfill_plans_from_one_function_with_what_it_read_as_the_preconditio
     assert other_status["action"] == "no_change"
     overwrite = backfill(id="x", title="x", predecessor=None, table="t", fields=("n",), migrate_one=lambda doc: {"n": 2})
     assert plan_of(overwrite, {"_id": "o", "n": 1})[0]["expect"] == {"n": 1}  # an owned value it replaces is expected too
+    whole = backfill(id="x", title="x", predecessor=None, table="t", fields=("n",),
+                     migrate_one=lambda doc: {"n": sum(v for k, v in doc.items() if k != "_id")})
+    assert plan_of(whole, {"_id": "w", "a": 1, "b": 2})[0]["expect"] == {"_id": "w", "a": 1, "b": 2}  # it read every field
     stray = backfill(id="x", title="x", predecessor=None, table="t", fields=("n",), migrate_one=lambda doc: {"other": 1})
     with pytest.raises(ValueError, match=r"migrate_one set \['other'\], which are not among its fields \['n'\]"):
         plan_of(stray, {"_id": "s"})
