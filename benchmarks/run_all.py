@@ -46,7 +46,9 @@ from naive_baseline import run_naive  # noqa: E402
 from helpers.apply import apply_plan  # noqa: E402
 from helpers.backup import take_backup  # noqa: E402
 from helpers.local_deployment import LocalDeployment, generate_local_key  # noqa: E402
+from helpers.migrations import default_id  # noqa: E402
 from helpers.plan import build_plan  # noqa: E402
+from helpers.run_folder import bind_migration  # noqa: E402
 from helpers.sample_data import SCENES_PER_SESSION, load  # noqa: E402
 from helpers.transport import DEPLOY_KEY_ENV, ConvexTransport  # noqa: E402
 
@@ -188,6 +190,7 @@ def _naive_side(n_scenes: int, seed: int, key: str) -> tuple[Any, dict[str, floa
 
 
 def _runbook_side(n_scenes: int, seed: int, key: str, run_dir: Path) -> dict[str, Any]:
+    bind_migration(run_dir, default_id())
     with LocalDeployment(deploy_key=key) as deployment:
         with deployment.transport() as transport:
             load(transport, n_scenes, seed=seed)
@@ -367,6 +370,7 @@ def bench_latency(n_scenes: int, seed: int, tmp: Path, naive_every: int = 1) -> 
                     live_plan_s = time.perf_counter() - live_started
                     started, trips = time.perf_counter(), transport.round_trips
                     run_dir = tmp / "latency-runbook"
+                    bind_migration(run_dir, default_id())
                     take_backup(transport, run_dir, show_progress=False)
                     backup_s = time.perf_counter() - started
                     build_plan(transport, run_dir, show_progress=False)

@@ -20,7 +20,9 @@ from typing import Any
 
 from helpers.apply import apply_plan
 from helpers.backup import take_backup
+from helpers.migrations import default_id
 from helpers.plan import build_plan
+from helpers.run_folder import bind_migration
 from helpers.transport import ConvexTransport
 from helpers.verify import verify
 
@@ -49,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     report: dict[str, Any] = {"rss_mib_start": peak_rss_mib(), "phases": {}}
     args.run_dir.mkdir(parents=True, exist_ok=True)
+    bind_migration(args.run_dir, default_id())
     with ConvexTransport(args.url) as transport:
 
         def phase(name: str, step: Any) -> Any:

@@ -4,7 +4,7 @@
 
 The local deployment (convex-test) keeps every document in memory and scans whole tables per query, so it
 cannot hold a production-sized table. This server speaks the same HTTP calls the runbook makes —
-`migration:readPage`, `migration:applyBatch`, `migration:countRunReferences`, the `migrationRuns:*` lock and ledger calls and the snapshot
+`migration:readPage`, `migration:applyBatch`, `migration:countSideRows`, the `migrationRuns:*` lock and ledger calls and the snapshot
 export (`POST /api/export/request/zip`, `_system/cli/exports:getLatest`, `GET /api/export/zip/<ts>`) — but
 generates the legacy documents on the fly from the sample-data generator (deterministic: the same seed gives
 the same documents) and keeps only what apply writes, in SQLite on disk. So its own memory stays small at
@@ -150,11 +150,8 @@ class Writes:
                 self.db.execute("INSERT OR REPLACE INTO patches VALUES (?, ?)", (item["id"], target))
                 created = time.time() * 1000
                 reference_ids = []
-                for ref in item["insertReferences"]:
-                    legacy = ref.pop("legacyField", None)
-                    metadata = {"migratedFromLegacy": True, "migrationId": migration_id, "runId": run_id}
-                    if legacy:
-                        metadata["legacyField"] = legacy
+                for ref in item["insertReferences"]:  # 001's side rows, stamped as applyBatch does
+                    metadata = {**ref.get("metadata", {}), "migrationId": migration_id, "runId": run_id}
                     body = {**ref, "entityId": item["id"], "createdAt": created, "metadata": metadata}
                     seq = self.db.execute("INSERT INTO refs (body) VALUES (?)", (orjson.dumps(convex_wire(body)),)).lastrowid
                     reference_ids.append(document_id("assetReferences", seq))
@@ -208,7 +205,7 @@ class Simulation:
         rows = self.ledger[start:start + size] if table == "migrationRuns" else []
         return {"page": rows, "isDone": start + len(rows) >= len(self.ledger), "continueCursor": str(start + len(rows))}
 
-    def count_run_references(self, args: dict[str, Any]) -> dict[str, Any]:
+    def count_side_rows(self, args: dict[str, Any]) -> dict[str, Any]:
         result = self.read_page({"table": "assetReferences", "cursor": args["cursor"], "numItems": args["numItems"]})
         counts: dict[str, float] = {}
         for ref in result.pop("page"):
@@ -311,7 +308,7 @@ WIRE_READY = frozenset({"migration:readPage"})
 FUNCTIONS = {
     "migration:readPage": Simulation.read_page,
     "migration:applyBatch": Simulation.apply_batch,
-    "migration:countRunReferences": Simulation.count_run_references,
+    "migration:countSideRows": Simulation.count_side_rows,
     "migrationRuns:acquireLock": Simulation.acquire_lock,
     "migrationRuns:renewLock": Simulation.renew_lock,
     "migrationRuns:releaseLock": Simulation.release_lock,

@@ -1,5 +1,5 @@
-// The asset object and the asset reference vocabulary, written once: the schema's asset fields, the
-// assetReferences table and applyBatch's reference input all use these.
+// The asset object and the asset reference vocabulary, written once: the schema's asset fields and the
+// assetReferences table use these.
 import { v } from "convex/values";
 
 /** An S3 object as the runbook tracks it. `size`/`checksum` are absent when unknown: never invented. */

@@ -4,7 +4,7 @@ Correctness does not rest on the checkpoint: every item is a compare-and-set tha
 from the document itself, so re-sending a batch is harmless (already_applied). The checkpoint only saves
 round trips on resume. The statistics are not what one process happened to hear either: they are derived
 from the deployment's last word on every planned document (in its target state or not) and confirmed by
-counting the asset references that carry this run's id, so kills, resumes, dropped responses and re-runs
+counting the side rows (helpers.migration.SideRows) that carry this run's id, so kills, resumes, dropped responses and re-runs
 all report the same figures.
 """
 
@@ -29,8 +29,8 @@ from .backup import backup_age, read_backup
 from .deployment import (
     acquire_lock,
     apply_batch,
-    count_run_references,
-    iter_run_reference_entities,
+    count_side_rows,
+    iter_side_row_owners,
     read_ledger,
     record_run,
     release_lock,
@@ -38,7 +38,6 @@ from .deployment import (
 )
 from .errors import LeaseLost, PreconditionFailed, RunbookError
 from .migration import Migration
-from .migrations import default_id
 from .plan import PlanSummary, iter_plan_lines, read_plan
 from .progress import progress
 from .run_folder import locked_step, migration_of, run_id as folder_run_id
@@ -74,8 +73,8 @@ class ApplySummary(BaseModel):
     """What apply reports. The migrated/created figures count what this run did in total, across every
     resume and re-run of it, as the deployment holds it; `recheck` says this call only re-confirmed them."""
 
-    #: Files written before migrations were declared hold none: they were the first (default) migration's.
-    migration_id: str = Field(default_factory=default_id)
+    #: Required: a file that names no migration is refused, never judged as the first one's.
+    migration_id: str
     run_id: str
     status: str
     #: True when the plan had already been applied completely by this run folder: this call re-sent it so the
@@ -90,9 +89,9 @@ class ApplySummary(BaseModel):
     planned_changes: int
     #: Per table: planned documents now in their target state because this run changed them (not someone else).
     migrated: dict[str, int]
-    #: Asset references in the deployment that carry this run's id.
+    #: Side rows in the deployment that carry this run's id (0 for a migration that creates none), per group.
     references_created: int
-    references_by_entity_type: dict[str, int] = Field(default_factory=dict)
+    references_by_group: dict[str, int] = Field(default_factory=dict)
     #: Planned documents found in their target state that this run did not write (someone else did).
     already_applied: int
     conflicts: int
@@ -474,22 +473,23 @@ class _Apply:
         began = time.monotonic()
         results = apply_batch(
             self.transport, self.migration.id, self.run_id, batch.items, on_limit=limits.append, before_call=before_call,
-            written_fields=self._written_fields,
+            written_fields=self._written_fields, side_rows=self.migration.side_rows,
         )
         return results, limits, calls, time.monotonic() - began
 
     def _summary(self, *, status: str, recheck: bool, checkpoint: Checkpoint, count_references: bool,
                  round_trips: int, duration: float) -> ApplySummary:
         by_type: Counter[str] | None = None
-        if count_references:
-            by_type = count_run_references(self.transport, self.migration.id, self.run_id)
+        side = self.migration.side_rows
+        if count_references:  # a migration that creates no side rows has none to count
+            by_type = count_side_rows(self.transport, side, self.migration.id, self.run_id) if side is not None else Counter()
         figures = checkpoint.figures()
         confirmed = by_type is not None and sum(by_type.values()) == figures.planned_references
-        if by_type is not None and not confirmed:
-            # Some document reached its target state without this run's references: attribute each one.
+        if by_type is not None and not confirmed and side is not None:
+            # Some document reached its target state without this run's side rows: attribute each one.
             with Scratch() as scratch:  # one id per document: kept on disk, not in memory
                 ours = scratch.table("ours")
-                ours.load((entity_id, None) for entity_id in iter_run_reference_entities(self.transport, self.migration.id, self.run_id))
+                ours.load((owner, None) for owner in iter_side_row_owners(self.transport, side, self.migration.id, self.run_id))
                 figures = read_checkpoint(self.checkpoint_path, ours=ours).figures()
         tables = {table: dict(c) for table, c in figures.outcomes.items()}
         return ApplySummary(
@@ -506,7 +506,7 @@ class _Apply:
             planned_changes=self.plan.changes,
             migrated={table: tables.get(table, {}).get("applied", 0) for table in self.migration.tables},
             references_created=sum(by_type.values()) if by_type is not None else figures.planned_references,
-            references_by_entity_type=dict(by_type or {}),
+            references_by_group=dict(by_type or {}),
             already_applied=sum(c.get("already_applied", 0) for c in tables.values()),
             conflicts=sum(c.get("conflict", 0) for c in tables.values()),
             errors=list(_iter_outcomes(self.checkpoint_path, {"error"})),

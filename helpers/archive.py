@@ -35,7 +35,6 @@ from urllib.parse import quote, quote_plus
 from pydantic import BaseModel, Field
 
 from .errors import PreconditionFailed, RunbookError
-from .migrations import default_id
 from .paths import CHECKOUT_ROOT, NOTEBOOKS_DIR, installed_version
 from .run_folder import LOCK_FILE, RUN_FILE, migration_id, run_id
 
@@ -270,8 +269,8 @@ class FileEntry(BaseModel):
 
 
 class Manifest(BaseModel):
-    #: Files written before migrations were declared hold none: they were the first (default) migration's.
-    migration_id: str = Field(default_factory=default_id)
+    #: Required: a file that names no migration is refused, never judged as the first one's.
+    migration_id: str
     run_dir: str
     run_id: str | None = None
     deployment_url: str

@@ -23,6 +23,7 @@ from pydantic import BaseModel, PrivateAttr
 from . import values
 from .archive import sha256_file, write_json_atomic
 from .errors import ExportCanceled, ExportFailed, ExportInProgress, PreconditionFailed, RunbookError, TransientFailure
+from .migration import Migration
 from .progress import progress
 from .run_folder import locked_step, migration_of
 from .transport import ConvexTransport, redact_url
@@ -71,8 +72,8 @@ def take_backup(
             f"{out / BACKUP_RECORD} already exists: this run folder holds a backup.",
             hint="A run folder keeps the one backup its plan was made against: start a new run folder for a new backup.",
         )
-    _check_functions_deployed(transport)  # before the export: a missing deploy found later would strand this folder
     migration = migration_of(run_dir)
+    _check_functions_deployed(transport, migration)  # before the export: a missing deploy found later would strand this folder
     if migration.require is not None:
         migration.require(transport)  # e.g. its predecessor not applied: no point in a snapshot
     out.mkdir(parents=True, exist_ok=True)
@@ -107,13 +108,15 @@ def take_backup(
     return summary
 
 
-def _check_functions_deployed(transport: ConvexTransport) -> None:
+def _check_functions_deployed(transport: ConvexTransport, migration: Migration) -> None:
     """Raises FunctionsNotDeployed (or DeployKeyRejected) now, while the run folder holds nothing yet: both reads
-    the steps after it need (apply's statistics are confirmed by the count, after its writes)."""
-    from .deployment import COUNT_RUN_REFERENCES, READ_PAGE, REFERENCE_TABLE
+    the steps after it need (apply's statistics are confirmed by counting the side rows, after its writes)."""
+    from .deployment import COUNT_SIDE_ROWS, READ_PAGE
 
-    transport.function(READ_PAGE, {"table": REFERENCE_TABLE, "cursor": None, "numItems": 1})
-    transport.function(COUNT_RUN_REFERENCES, {"migrationId": "", "runId": "", "cursor": None, "numItems": 1})
+    transport.function(READ_PAGE, {"table": migration.tables[0], "cursor": None, "numItems": 1})
+    if migration.side_rows is not None:
+        args = {"sideRows": migration.side_rows.protocol(), "migrationId": "", "runId": "", "cursor": None, "numItems": 1}
+        transport.function(COUNT_SIDE_ROWS, args)
 
 
 def _request_export(transport: ConvexTransport) -> None:

@@ -109,7 +109,8 @@ def print_summary(result: RunResult, url: str) -> None:
             print("re-check of a finished apply: nothing new written; the figures are those of the first apply")
         if stats.planned:
             print(f"to migrate (planned): {', '.join(f'{label} {n:,}' for label, n in stats.migrated.items())}")
-        print(f"asset references {'to create' if stats.planned else 'created'}: {stats.asset_references_created:,}")
+        for label, n in stats.side_rows.items():  # only a migration that creates side rows has any
+            print(f"{label} {'to create' if stats.planned else 'created'}: {n:,}")
         print(f"documents with errors: {len(stats.errors)}")
         for error in stats.errors[:ERRORS_SHOWN]:
             print(f"  {error['id']}: {error['reason']}")
@@ -226,6 +227,7 @@ def _has_module(name: str) -> bool:
 DEVELOPMENT_COMMANDS = {
     "local-deployment": ("local_deployment", "serve the local test deployment (admin key: CONVEX_DEPLOY_KEY)"),
     "demo": ("demo", "the whole runbook against a local deployment with sample data"),
+    "new-migration": ("scaffold", "a new migration's folder (README, rules, checks, tests) that dry-runs at once"),
 }
 
 

@@ -58,7 +58,9 @@ class Confirmation:
             f"{table} documents": sum(n for action, n in actions.items() if action in changing)
             for table, actions in plan.actions.items()
         }
-        changes["references to create"] = plan.references
+        side = plan.migration.side_rows
+        if side is not None:
+            changes[f"{side.label} to create"] = plan.references
         return cls(url, changes, plan_sha256=plan.plan_sha256, backup_sha256=backup.sha256)
 
     def text(self) -> str:

@@ -12,15 +12,14 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any
 
 from .errors import ArgumentValidationError, FunctionFailed, LeaseLost, LimitExceeded, SchemaNotDeployed
+from .migration import SideRows
 from .transport import ConvexTransport
 
 READ_PAGE = "migration:readPage"
-#: The table applyBatch inserts asset references into (and deletes its own from): part of the function's protocol.
-REFERENCE_TABLE = "assetReferences"
 #: applyBatch's refusal of a run that does not hold the migration lock (convex/migration.ts).
 LOCK_HELD_BY_OTHER = "the migration lock is held by run"
 APPLY_BATCH = "migration:applyBatch"
-COUNT_RUN_REFERENCES = "migration:countRunReferences"
+COUNT_SIDE_ROWS = "migration:countSideRows"
 MIN_PAGE_SIZE = 16
 
 
@@ -63,19 +62,22 @@ def apply_batch(
     on_limit: Callable[[int], None] | None = None,
     before_call: Callable[[], None] | None = None,
     written_fields: Collection[str] = (),
+    side_rows: SideRows | None = None,
 ) -> list[dict[str, Any]]:
     """One result per item, in order. Limits split the batch; a whole-batch failure is bisected to its cause.
     `on_limit(size)` hears of every call refused for a Convex limit; `before_call()` runs before every call
     (and may raise to stop the batch, e.g. when apply's lease is lost). A schema refusal naming one of
-    `written_fields` (the fields the migration writes) is raised: the deployment lacks the migration's schema."""
+    `written_fields` (the fields the migration writes) or the side rows' table is raised: the deployment lacks
+    the migration's schema. `side_rows`: where the items' `insertReferences`/`deleteReferences` live."""
     if not items:
         return []
     try:
         if before_call is not None:
             before_call()
-        response = transport.function(
-            APPLY_BATCH, {"migrationId": migration_id, "runId": run_id, "items": list(items)}, writes_documents=True
-        )
+        args = {"migrationId": migration_id, "runId": run_id, "items": list(items)}
+        if side_rows is not None:
+            args["sideRows"] = side_rows.protocol()
+        response = transport.function(APPLY_BATCH, args, writes_documents=True)
         return list(response["results"])
     except (LimitExceeded, FunctionFailed, ArgumentValidationError, SchemaNotDeployed) as error:
         if LOCK_HELD_BY_OTHER in str(error):
@@ -84,40 +86,36 @@ def apply_batch(
             on_limit(len(items))
         if len(items) > 1:
             middle = len(items) // 2
-            hooks = {"on_limit": on_limit, "before_call": before_call, "written_fields": written_fields}
+            hooks = {"on_limit": on_limit, "before_call": before_call, "written_fields": written_fields, "side_rows": side_rows}
             return apply_batch(transport, migration_id, run_id, items[:middle], **hooks) + apply_batch(
                 transport, migration_id, run_id, items[middle:], **hooks
             )
-        if isinstance(error, SchemaNotDeployed) and _field_refused(str(error), [*written_fields, REFERENCE_TABLE]):
+        side_table = [side_rows.table] if side_rows is not None else []
+        if isinstance(error, SchemaNotDeployed) and _field_refused(str(error), [*written_fields, *side_table]):
             raise  # every document would fail alike: the deployment lacks the migration's schema
         return [{"id": items[0]["id"], "outcome": "error", "message": _server_message(str(error))}]
 
 
-#: References are small: half of Convex's 32,000 documents read per call, one stream of few round trips.
-REFERENCE_PAGE = 16_000
+#: Side rows are small: half of Convex's 32,000 documents read per call, one stream of few round trips.
+SIDE_ROW_PAGE = 16_000
 
 
-def _run_references(transport: ConvexTransport, migration_id: str, run_id: str) -> Iterator[dict[str, Any]]:
-    for reference in iter_documents(transport, REFERENCE_TABLE, REFERENCE_PAGE):
-        metadata = reference.get("metadata") or {}
-        if metadata.get("migrationId") == migration_id and metadata.get("runId") == run_id:
-            yield reference
-
-
-def count_run_references(transport: ConvexTransport, migration_id: str, run_id: str) -> Counter[str]:
-    """The asset references this run created, per entity type, as the deployment counts them (only the counts
-    travel: a page of references is counted where it is read)."""
+def count_side_rows(transport: ConvexTransport, side_rows: SideRows, migration_id: str, run_id: str) -> Counter[str]:
+    """The side rows this run created, per value of their `group` field, as the deployment counts them (only
+    the counts travel: a page of rows is counted where it is read)."""
     counts: Counter[str] = Counter()
-    args = {"migrationId": migration_id, "runId": run_id}
-    for result in _paginated(transport, COUNT_RUN_REFERENCES, args, REFERENCE_PAGE):
-        counts.update({entity_type: int(n) for entity_type, n in result["counts"].items()})
+    args = {"sideRows": side_rows.protocol(), "migrationId": migration_id, "runId": run_id}
+    for result in _paginated(transport, COUNT_SIDE_ROWS, args, SIDE_ROW_PAGE):
+        counts.update({group: int(n) for group, n in result["counts"].items()})
     return counts
 
 
-def iter_run_reference_entities(transport: ConvexTransport, migration_id: str, run_id: str) -> Iterator[str]:
-    """The documents holding a reference of this run (one id per reference, streamed): only needed when the
-    counts do not confirm each other."""
-    return (reference["entityId"] for reference in _run_references(transport, migration_id, run_id))
+def iter_side_row_owners(transport: ConvexTransport, side_rows: SideRows, migration_id: str, run_id: str) -> Iterator[str]:
+    """The documents holding a side row of this run (one id per row, streamed): only needed when the counts
+    do not confirm each other."""
+    for row in iter_documents(transport, side_rows.table, SIDE_ROW_PAGE):
+        if side_rows.stamped(row, migration_id, run_id):
+            yield row[side_rows.owner]
 
 
 def acquire_lock(transport: ConvexTransport, migration_id: str, run_id: str, operator: str, lease_ms: int) -> dict[str, Any]:

@@ -166,8 +166,8 @@ def legacy_sources(
     field: str, new_value: Any, before: Mapping[str, Any], derived_from: Mapping[str, Mapping[str, Sequence[str]]] | None = None
 ) -> list[str]:
     """The legacy fields a new field was built from: those the migration declares (`Migration.derived_from`:
-    a key/URL pair, a status mapping), and every legacy field whose value appears in the new value (size,
-    checksum, ...)."""
+    a key/URL pair, a status mapping), and every legacy field whose value appears in the new value (a size
+    copied into an object, ...)."""
     named = list((derived_from or {}).get(str(before.get("_table")), {}).get(field, ()))
     leaves = [leaf for leaf in _leaves(new_value) if _telling(leaf)]
     found = [k for k, v in before.items() if not k.startswith("_") and k not in named and _telling(v) and v in leaves]
@@ -280,11 +280,13 @@ def before_after_view(
 
 
 def plan_tables(summary: Any) -> dict[str, pd.DataFrame]:
-    """The dry-run's tables, by the name of the CSV each is written to (`<label>_by_status` per table)."""
-    migration = summary.migration
+    """The dry-run's tables, by the name of the CSV each is written to (`<label>_by_status` per table; the side
+    rows to create per kind, named as the migration declares them, empty for a migration that creates none)."""
+    migration, side = summary.migration, summary.migration.side_rows
+    key, value = (side.kind, f"{side.label} to create") if side else ("kind", "side rows to create")
     return {
         **{f"{migration.label(t)}_by_status": status_action_table(summary.by_status.get(t, {})) for t in migration.tables},
-        "references_by_type": counts_table(summary.references_by_type, key="asset type", value="references to create"),
+        "references_by_type": counts_table(summary.references_by_type, key=key, value=value),
         "problems": problems_table(summary.problems),
     }
 
@@ -304,16 +306,18 @@ def apply_statistics(summary: Any) -> pd.DataFrame:
     from .migrations import get
 
     migration = get(summary.migration_id)
+    side = migration.side_rows
     rows = {
         **{f"{migration.label(table)} migrated": n for table, n in summary.migrated.items()},
-        "asset references created": summary.references_created,
+        **({f"{side.label} created": summary.references_created} if side else {}),
         "already applied (not written again)": summary.already_applied,
         "conflicts (left alone)": summary.conflicts,
         "errors": len(summary.errors),
         "batches sent / resumed from checkpoint": f"{summary.batches_sent} / {summary.batches_resumed}",
         "HTTP round trips": summary.round_trips,
         "total execution time (s)": f"{summary.duration_s:.1f}",
-        "figures confirmed by the deployment (references of this run counted there)": "yes" if summary.statistics_confirmed else "no",
+        "figures confirmed by the deployment"
+        + (f" ({side.label} of this run counted there)" if side else ""): "yes" if summary.statistics_confirmed else "no",
     }
     if summary.recheck:
         rows["re-check"] = "yes: this call only re-confirmed a finished apply; the figures are the first run's"

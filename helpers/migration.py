@@ -15,10 +15,10 @@ from typing import Any, Protocol
 
 from .values import digest
 
-#: The keys of a plan line the core reads. A migration may add its own (it reads them back itself).
-#: `expect`/`expectAbsent` are the precondition, `set`/`unset`/`references` the change (`migration:applyBatch`);
-#: `legacyStatus` groups the dry-run tables; `problems` are `{code, severity, message, field?}`.
-PLAN_LINE_KEYS = ("table", "id", "action", "legacyStatus", "expect", "expectAbsent", "set", "unset", "references", "problems")
+#: The keys of a plan line the core reads. A migration may add its own (it reads them back itself; the key its
+#: `status_key` names groups the dry-run tables). `expect`/`expectAbsent` are the precondition, `set`/`unset` the
+#: change and `references` the side rows to create (`migration:applyBatch`); `problems` are `{code, severity, message, field?}`.
+PLAN_LINE_KEYS = ("table", "id", "action", "expect", "expectAbsent", "set", "unset", "references", "problems")
 
 
 class Verdict(Enum):
@@ -30,7 +30,7 @@ class Verdict(Enum):
 @dataclass(frozen=True, slots=True)
 class Before:
     """A backed-up document as digests: the fields the migration does not own, the owned fields the plan does
-    not touch, and its updatedAt."""
+    not touch, and the field legacy writers move on every write (`Migration.updated_at_field`)."""
 
     untouched: bytes
     kept_owned: bytes
@@ -41,7 +41,8 @@ class Before:
         """`touched`: the fields the plan sets or removes on this document."""
         skip = set(touched)
         kept = {k: v for k, v in migration.owned_part(table, doc).items() if k not in skip}
-        return cls(digest(migration.untouched_part(table, doc)), digest(kept), digest(doc.get(migration.updated_at_field)))
+        updated_at = doc.get(migration.updated_at_field) if migration.updated_at_field else None
+        return cls(digest(migration.untouched_part(table, doc)), digest(kept), digest(updated_at))
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +92,12 @@ class Joined:
 
     @property
     def changed_by_application(self) -> bool:
-        """Fields the migration does not own differ from the backup and updatedAt moved: a legacy writer changed it."""
-        if self.before is None or self.live is None:
+        """Fields the migration does not own differ from the backup and the migration's `updated_at_field` moved:
+        a legacy writer changed it (never, for a migration that names no such field)."""
+        field = self.migration.updated_at_field
+        if self.before is None or self.live is None or field is None:
             return False
-        return not self.untouched_unchanged and digest(self.live.get(self.migration.updated_at_field)) != self.before.updated_at
+        return not self.untouched_unchanged and digest(self.live.get(field)) != self.before.updated_at
 
     @property
     def in_planned_state(self) -> bool:
@@ -152,6 +155,47 @@ class PlanInputs:
 
 
 @dataclass(frozen=True)
+class SideRows:
+    """Rows a migration creates beside the documents it changes, at most one per document and kind (say, one row
+    per file a document names, in a table that tracks files). The core names none of their tables or fields; it reads
+    them here. `migration:applyBatch` inserts a plan line's `references` into `table` in the document's own
+    transaction, filling `owner` with the document's id, `created_at` with the time and the object `stamp` with
+    the migration and run ids; it deletes only rows stamped with its migration. Verify checks every row of this
+    migration copies the document field it tracks (`mirrored`), one row per kind, each on an existing document;
+    rollback *strip* deletes them; apply confirms its statistics by counting them per `group`."""
+
+    table: str
+    #: How output names them: "<label> to create: 12".
+    label: str
+    #: The field holding the id of the document a row belongs to.
+    owner: str
+    #: The field telling a document's rows apart; `index` is the table's index over (owner, kind).
+    kind: str
+    index: str
+    #: The field the statistics count them by (one value per table: `groups`).
+    group: str
+    #: The object field applyBatch stamps with `migrationId` and `runId`; the field it sets to the insertion time.
+    stamp: str
+    created_at: str
+    #: Per table: document field -> the kind of the row that tracks it.
+    sources: Mapping[str, Mapping[str, str]]
+    #: Per table: the value of `group` its rows carry.
+    groups: Mapping[str, str]
+    #: The fields a row copies from the document field it tracks (verify checks they agree).
+    mirrored: tuple[str, ...]
+
+    def protocol(self) -> dict[str, str]:
+        """The `sideRows` argument of applyBatch and countSideRows: where the rows live and which fields are whose."""
+        return {"table": self.table, "owner": self.owner, "kind": self.kind, "index": self.index, "group": self.group,
+                "stamp": self.stamp, "createdAt": self.created_at}
+
+    def stamped(self, row: Mapping[str, Any], migration_id: str, run_id: str | None = None) -> bool:
+        """The row was created by this migration (and by this run, when given)."""
+        stamp = row.get(self.stamp) or {}
+        return bool(stamp.get("migrationId") == migration_id and (run_id is None or stamp.get("runId") == run_id))
+
+
+@dataclass(frozen=True)
 class Migration:
     """One migration, declared. Everything the core must know of it, and nothing it does not."""
 
@@ -163,10 +207,6 @@ class Migration:
     #: Per table, the fields it may set or remove. Every other field (system fields included) must stay exactly
     #: as it was: verify's `legacy_fields_unchanged`. Rollback *strip* removes what the plan set of these.
     owned_fields: Mapping[str, frozenset[str]]
-    #: Per table: asset field -> the assetType of the reference row that tracks it (empty: it creates none).
-    reference_fields: Mapping[str, Mapping[str, str]]
-    #: Per table: the entityType its reference rows carry.
-    entity_types: Mapping[str, str]
     #: Plan actions that change the deployment, and every action in display order.
     changing_actions: frozenset[str]
     actions: tuple[str, ...]
@@ -186,8 +226,12 @@ class Migration:
     rollback_modes: tuple[str, ...] = ("strip", "restore")
     #: Its folder: README.md, mapping.md, fields.md, its Convex schema fragment.
     folder: Path | None = None
-    #: The field legacy writers move on every write (tells "changed by the application" from damage).
-    updated_at_field: str = "updatedAt"
+    #: The field legacy writers move on every write (tells "changed by the application" from damage); None: none.
+    updated_at_field: str | None = None
+    #: The rows it creates beside the documents it changes (None: it creates none).
+    side_rows: SideRows | None = None
+    #: The plan line key whose value groups the dry-run tables (the document's status before it, say); None: one group.
+    status_key: str | None = None
 
     def label(self, table: str) -> str:
         return self.labels.get(table, table)
@@ -204,9 +248,112 @@ class Migration:
     def changes(self, line: Mapping[str, Any]) -> bool:
         return line["action"] in self.changing_actions
 
+    def side_sources(self, table: str) -> Mapping[str, str]:
+        """Document field -> kind of the side row tracking it, for one table (empty: none)."""
+        return self.side_rows.sources.get(table, {}) if self.side_rows is not None else {}
 
-def reference_key(entity_id: str, asset_type: str) -> str:
-    """The key of (document id, asset type) in scratch tables. Text that sorts with the document id, so a page's
+
+def reference_key(owner: str, kind: str) -> str:
+    """The key of (document id, side row kind) in scratch tables. Text that sorts with the document id, so a page's
     keys are neighbours in SQLite's index, as pages come in id order; a hash scattered them over the whole index
     (at 3M keys: 20 us per key stored and looked up, against 7 us now)."""
-    return f"{entity_id}\0{asset_type}"
+    return f"{owner}\0{kind}"
+
+
+#: The actions of a backfill's plan lines (`backfill`).
+BACKFILL, NO_CHANGE = "backfill", "no_change"
+
+
+class _ReadRecorder(dict[str, Any]):
+    """A document that notes which fields a rule read: they become the plan line's precondition, so apply
+    writes only onto the document the rule saw (a field it read and someone changed since makes a conflict).
+    `[]`, `get` and `in` note one field; iterating it (keys, values, items) notes them all."""
+
+    def __init__(self, doc: Mapping[str, Any]) -> None:
+        super().__init__(doc)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str) -> Any:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        self.read.add(str(key))
+        return super().__contains__(key)
+
+    def __iter__(self) -> Iterator[str]:
+        self.read.update(super().keys())
+        return super().__iter__()
+
+    def keys(self) -> Any:
+        self.read.update(super().keys())
+        return super().keys()
+
+    def values(self) -> Any:
+        self.read.update(super().keys())
+        return super().values()
+
+    def items(self) -> Any:
+        self.read.update(super().keys())
+        return super().items()
+
+
+def backfill(
+    *,
+    id: str,
+    title: str,
+    predecessor: str | None,
+    table: str,
+    fields: Sequence[str],
+    migrate_one: Callable[[Mapping[str, Any]], Mapping[str, Any] | None],
+    checks: tuple[DocumentCheck, ...] = (),
+    folder: Path | None = None,
+    **declared: Any,
+) -> Migration:
+    """A one-table migration from one pure function, after get-convex/migrations' `migrations.define({table,
+    migrateOne})`: `migrate_one(doc)` returns the fields to set (a subset of `fields`), or None/{} to leave the
+    document alone. The planner, apply's compare-and-set (every field it read, as it was, and the fields it sets),
+    verify (the core's checks, and `migrate_one` recomputed on each live document it changed, without `fields`,
+    agrees with what the document holds) and rollback *strip* (removes what it set) follow.
+    `declared`: any other `Migration` field (labels, rollback_modes, require, updated_at_field, ...)."""
+    owned = frozenset(fields)
+
+    def plan_one(doc: Mapping[str, Any]) -> dict[str, Any]:
+        seen = _ReadRecorder(doc)
+        changes = dict(migrate_one(seen) or {})
+        if not set(changes) <= owned:
+            raise ValueError(f"{id}: migrate_one set {sorted(set(changes) - owned)}, which are not among its fields {sorted(owned)}")
+        to_set = {f: v for f, v in changes.items() if f not in doc or digest(doc[f]) != digest(v)}
+        line = {"table": table, "id": doc["_id"], "unset": [], "references": [], "problems": []}
+        if not to_set:
+            return {**line, "action": NO_CHANGE, "expect": {}, "expectAbsent": [], "set": {}}
+        read = seen.read
+        return {
+            **line,
+            "action": BACKFILL,
+            "expect": {f: doc[f] for f in sorted(read) if f in doc} | {f: doc[f] for f in to_set if f in doc},
+            "expectAbsent": sorted({f for f in read if f not in doc} | {f for f in to_set if f not in doc}),
+            "set": to_set,
+        }
+
+    def plan(inputs: PlanInputs) -> Iterator[dict[str, Any]]:
+        for page in inputs.pages(table, declared.get("labels", {}).get(table, table)):
+            yield from (plan_one(doc) for doc in page)
+
+    def recomputed(doc: Joined) -> Verdict | None:
+        if doc.live is None or doc.plan is None or not doc.plan.changes:
+            return None
+        expected = dict(migrate_one({k: v for k, v in doc.live.items() if k not in owned}) or {})
+        return verdict(all(f in doc.live and digest(doc.live[f]) == digest(v) for f, v in expected.items()), doc)
+
+    check = DocumentCheck("backfill_recomputed", "migrate_one, run again on each document it changed (without the fields "
+                          "it sets), computes what the document holds", recomputed)
+    return Migration(
+        id=id, title=title, predecessor=predecessor, tables=(table,), owned_fields={table: owned},
+        changing_actions=frozenset({BACKFILL}), actions=(BACKFILL, NO_CHANGE), planner=plan,
+        checks=(check, *checks), folder=folder, **declared,
+    )

@@ -23,7 +23,6 @@ from .backup import BackupSummary, iter_backup_documents, require_backup
 from .deployment import iter_pages
 from .errors import PreconditionFailed
 from .migration import Migration, PlanInputs
-from .migrations import default_id
 from .progress import progress
 from .run_folder import locked_step, migration_of
 from .scratch import Scratch, batched, few_collections, prefetch
@@ -47,8 +46,8 @@ class ProblemCount(BaseModel):
 
 
 class PlanSummary(BaseModel):
-    #: Files written before migrations were declared hold none: they were the first (default) migration's.
-    migration_id: str = Field(default_factory=default_id)
+    #: Required: a file that names no migration is refused, never judged as the first one's.
+    migration_id: str
     plan_file: str
     plan_sha256: str
     documents: int
@@ -84,7 +83,9 @@ def plan_dir(run_dir: Path) -> Path:
 class _Tally:
     """Counts for the dry-run tables, filled while lines stream past."""
 
-    def __init__(self) -> None:
+    def __init__(self, migration: Migration) -> None:
+        #: The plan line key grouping the by-status tables, and the field telling the side rows' kinds apart.
+        self.status_key, self.kind = migration.status_key, migration.side_rows.kind if migration.side_rows else None
         self.actions: dict[str, Counter[str]] = defaultdict(Counter)
         self.by_status: dict[str, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
         self.references: Counter[str] = Counter()
@@ -93,9 +94,9 @@ class _Tally:
     def add(self, line: dict[str, Any]) -> None:
         table, action = line["table"], line["action"]
         self.actions[table][action] += 1
-        self.by_status[table][str(line.get("legacyStatus"))][action] += 1
+        self.by_status[table][str(line.get(self.status_key) if self.status_key else "all")][action] += 1
         for ref in line.get("references", ()):
-            self.references[ref["assetType"]] += 1
+            self.references[str(ref.get(self.kind) if self.kind else None)] += 1
         for problem in line.get("problems", ()):
             key = (table, problem["code"], problem["severity"])
             entry = self.problems.get(key)
@@ -154,7 +155,7 @@ def build_plan(
         )
         return paged_progress(stream, desc=desc, total=totals.get(table), show=show_progress)
 
-    tally = _Tally()
+    tally = _Tally(migration)
     plan_path, problems_path = out / PLAN_FILE, out / PROBLEMS_FILE
     partial, problems_partial = plan_path.with_suffix(".partial"), problems_path.with_suffix(".partial")
     options = {"bucket_base_url": bucket_base_url}

@@ -1,6 +1,6 @@
 """Rollback, two ways, through the same guarded batch write apply uses.
 
-- strip: remove the fields the plan set and delete the asset references this migration created;
+- strip: remove the fields the plan set and delete the side rows this migration created;
   legacy data stays as it is, so old code (and the old schema) see exactly what they expect.
 - restore: bring every document the migration changed back to its state in the backup, field by field.
 
@@ -18,16 +18,16 @@ from collections.abc import Container, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from . import jsonio
 from .archive import sha256_file, write_json_atomic
 from .apply import APPLY_STEP, LEASE_MS, DeploymentLease, take_migration_lock
 from .backup import BackupSummary, iter_backup_documents, require_backup
-from .deployment import REFERENCE_TABLE, apply_batch, iter_documents, iter_pages, read_ledger, record_run, release_lock
+from .deployment import apply_batch, iter_documents, iter_pages, read_ledger, record_run, release_lock
 from .errors import PreconditionFailed, RunbookError
-from .migration import Migration
-from .migrations import all_migrations, default_id
+from .migration import Migration, SideRows
+from .migrations import all_migrations
 from .plan import iter_plan_lines, read_plan
 from .run_folder import locked_step, migration_of, run_id as folder_run_id
 from .scratch import Scratch, batched
@@ -43,8 +43,8 @@ SYSTEM_FIELDS = ("_id", "_creationTime")
 
 
 class RollbackSummary(BaseModel):
-    #: Files written before migrations were declared hold none: they were the first (default) migration's.
-    migration_id: str = Field(default_factory=default_id)
+    #: Required: a file that names no migration is refused, never judged as the first one's.
+    migration_id: str
     mode: str
     executed: bool
     plan_sha256: str
@@ -80,15 +80,15 @@ def check_restored(live: dict[str, Any], backed_up: bytes | None) -> bool:
     return backed_up is not None and digest(live) == backed_up
 
 
-def check_reference_removed(reference: dict[str, Any], touched: Container[str], migration_id: str) -> bool:
-    """No reference of this migration is left on a document the rollback changed back."""
-    return reference.get("metadata", {}).get("migrationId") != migration_id or reference["entityId"] not in touched
+def check_reference_removed(reference: dict[str, Any], touched: Container[str], side: SideRows, migration_id: str) -> bool:
+    """No side row of this migration is left on a document the rollback changed back."""
+    return not side.stamped(reference, migration_id) or reference[side.owner] not in touched
 
 
 ROLLBACK_CHECKS: dict[str, str] = {
     "stripped": "strip: no document the rollback changed back holds a field the plan set",
     "restored": "restore: every document the rollback changed back equals its backup, field by field",
-    "references_removed": "no asset reference of this migration is left on a document the rollback changed back",
+    "references_removed": "no side row of this migration is left on a document the rollback changed back",
     "documents_still_exist": "every document the rollback changed back still exists",
 }
 
@@ -118,11 +118,13 @@ def plan_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, page
     with Scratch() as scratch:
         set_fields = scratch.table("set_fields")  # id -> the fields the plan set, for the documents it changed
         set_fields.load((line["id"], tuple(line["set"])) for line in iter_plan_lines(run_dir) if migration.changes(line))
-        references = scratch.table("references", multi=True)  # entity id -> ids of this migration's references
-        references.load(
-            (ref["entityId"], ref["_id"]) for ref in iter_documents(transport, REFERENCE_TABLE, page_size)
-            if ref.get("metadata", {}).get("migrationId") == migration.id
-        )
+        references = scratch.table("references", multi=True)  # document id -> ids of this migration's side rows
+        side = migration.side_rows
+        if side is not None:
+            references.load(
+                (ref[side.owner], ref["_id"]) for ref in iter_documents(transport, side.table, page_size)
+                if side.stamped(ref, migration.id)
+            )
         backed_up = scratch.table("backed_up")
         if backup is not None:
             # Only the documents the migration touched are kept, as their backup state.
@@ -229,7 +231,7 @@ def execute_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, b
 
     def flush(lease: DeploymentLease) -> None:
         tables = {item["id"]: item["table"] for item in batch}
-        for result in apply_batch(transport, migration.id, run, batch, before_call=lease.ensure):
+        for result in apply_batch(transport, migration.id, run, batch, before_call=lease.ensure, side_rows=migration.side_rows):
             outcomes[tables[result["id"]]][result["outcome"]] += 1
             entry = {"id": result["id"], "message": result.get("message", "")}
             if result["outcome"] == "conflict":
@@ -265,8 +267,8 @@ def execute_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, b
 
 
 def refuse_while_successor_in_effect(transport: ConvexTransport, migration: Migration) -> None:
-    """A migration another one builds on cannot be rolled back while that one is applied (rolling back the asset
-    tracking under the migration that retired the legacy fields would leave the documents with neither).
+    """A migration another one builds on cannot be rolled back while that one is applied (rolling back the fields
+    a successor moved data into would leave the documents with neither the old fields nor the new).
     Refuses when a successor's ledger shows an apply that no passed restore of it followed."""
     for successor in all_migrations():
         if successor.predecessor != migration.id:
@@ -307,7 +309,8 @@ def check_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, pag
     summary = RollbackSummary.model_validate_json((rollback_dir(run_dir, mode) / "summary.json").read_bytes())
     migration = migration_of(run_dir)
     excluded = {c["id"] for c in summary.conflicts}
-    names = ["stripped" if mode == "strip" else "restored", "references_removed", "documents_still_exist"]
+    side = migration.side_rows
+    names = ["stripped" if mode == "strip" else "restored", *(["references_removed"] if side else []), "documents_still_exist"]
     results: dict[str, tuple[int, list[str]]] = {name: (0, []) for name in names}
 
     def record(name: str, ok: bool, item_id: str) -> None:
@@ -344,10 +347,11 @@ def check_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, pag
         for doc_id in touched.keys():
             record("documents_still_exist", False, doc_id)
             changed_back.put([(doc_id, None)])
-        for page in iter_pages(transport, REFERENCE_TABLE, page_size):
-            on_changed_back = changed_back.has(ref["entityId"] for ref in page)
+        for page in iter_pages(transport, side.table, page_size) if side is not None else ():
+            assert side is not None
+            on_changed_back = changed_back.has(ref[side.owner] for ref in page)
             for ref in page:
-                record("references_removed", check_reference_removed(ref, on_changed_back, migration.id), ref["_id"])
+                record("references_removed", check_reference_removed(ref, on_changed_back, side, migration.id), ref["_id"])
     checks = [
         Check(name=name, description=ROLLBACK_CHECKS[name], passed=not failed, checked=checked, failed=len(failed), examples=failed[:5])
         for name, (checked, failed) in results.items()

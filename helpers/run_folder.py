@@ -1,7 +1,7 @@
 """A run folder's identity and its lock: one random run id per folder, one step at a time in it.
 
 The folder also records which migration it runs (`run.json`'s `migration`): every step reads it from there.
-The run id names the run everywhere (deployment lock, ledger rows, asset references, evidence). It is drawn
+The run id names the run everywhere (deployment lock, ledger rows, side rows, evidence). It is drawn
 once, when the folder's first step starts, and stored in the folder, so two folders that happen to share a
 base name (alice/nightly, bob/nightly) never share a run id, and a resumed step keeps its own.
 """
@@ -45,12 +45,21 @@ def run_id(run_dir: Path) -> str:
 
 def migration_id(run_dir: Path) -> str:
     """The migration this folder runs, recorded with its run id (a folder runs one migration); reading it never
-    writes the folder (a check must not change what it checks)."""
-    from .migrations import default_id
+    writes the folder (a check must not change what it checks). A folder that records none is refused: guessing
+    one would judge another migration's evidence by the first migration's rules."""
+    recorded = _recorded(Path(run_dir)).get("migration")
+    if not recorded:
+        raise PreconditionFailed(
+            f"The run folder {run_dir} records no migration ({RUN_FILE} is missing or names none).",
+            hint="Start the run with `runbook run --migration ID` (or `bind_migration`), which records it; "
+            "a folder written by hand must hold run.json with its run id and migration.",
+        )
+    return str(recorded)
 
-    path = Path(run_dir) / RUN_FILE
-    recorded = jsonio.loads(path.read_bytes()).get("migration") if path.exists() else None
-    return str(recorded or default_id())
+
+def _recorded(run_dir: Path) -> dict[str, str]:
+    path = run_dir / RUN_FILE
+    return dict(jsonio.loads(path.read_bytes())) if path.exists() else {}
 
 
 def migration_of(run_dir: Path) -> Migration:
@@ -64,7 +73,7 @@ def bind_migration(run_dir: Path, migration: str) -> Migration:
     from .migrations import get
 
     declared = get(migration)
-    recorded = migration_id(Path(run_dir)) if (Path(run_dir) / RUN_FILE).exists() else _record(run_dir, migration)["migration"]
+    recorded = _record(run_dir, declared.id)["migration"]
     if recorded != declared.id:
         raise PreconditionFailed(
             f"The run folder {run_dir} runs migration {recorded}, not {declared.id}.",
@@ -74,12 +83,12 @@ def bind_migration(run_dir: Path, migration: str) -> Migration:
 
 
 def _record(run_dir: Path, migration: str | None = None) -> dict[str, str]:
+    """run.json, drawn on first use; `migration` is recorded when the folder names none yet (a run id drawn
+    before the migration was bound keeps its id)."""
     path = Path(run_dir) / RUN_FILE
     if not path.exists():
-        from .migrations import default_id
-
         path.parent.mkdir(parents=True, exist_ok=True)
-        record = {"run_id": f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(6)}", "migration": migration or default_id()}
+        record = {"run_id": f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(6)}", **({"migration": migration} if migration else {})}
         draft = path.with_name(f".{RUN_FILE}.{secrets.token_hex(4)}")
         draft.write_bytes(jsonio.dumps(record))
         try:
@@ -88,7 +97,13 @@ def _record(run_dir: Path, migration: str | None = None) -> dict[str, str]:
             pass
         finally:
             draft.unlink()
-    return dict(jsonio.loads(path.read_bytes()))
+    record = _recorded(Path(run_dir))
+    if migration and not record.get("migration"):
+        draft = path.with_name(f".{RUN_FILE}.{secrets.token_hex(4)}")
+        draft.write_bytes(jsonio.dumps({**record, "migration": migration}))
+        os.replace(draft, path)  # atomic: a reader sees the run id with or without the migration, never a torn file
+        record = _recorded(Path(run_dir))
+    return record
 
 
 @contextmanager

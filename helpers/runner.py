@@ -45,6 +45,7 @@ from .archive import (
 from .errors import DeployKeyMissing, PreconditionFailed, RunbookError
 from .paths import CHECKOUT_ROOT, NOTEBOOKS_DIR
 from .report import REPORT_SUFFIX, PageContext, render_step, resume_command, section_of, split_fix, where as where_failed
+from .migration import Migration
 from .migrations import default_id, get as get_migration
 from .run_folder import bind_migration, migration_id, migration_of, run_id, run_lock
 from .transport import ConvexTransport, deploy_key_from_env, redact_url
@@ -112,7 +113,9 @@ class Statistics(BaseModel):
     recheck: bool = False
     #: The migration's label of each table it changes -> documents migrated (or to migrate, when planned).
     migrated: dict[str, int]
-    asset_references_created: int
+    #: The label of the side rows the migration creates -> how many (created, or to create when planned); empty
+    #: for a migration that creates none.
+    side_rows: dict[str, int]
     errors: list[dict[str, str]]
     #: apply's own duration ("total execution time" of the migration); None when apply did not run.
     apply_seconds: float | None
@@ -490,6 +493,10 @@ def _check_step_parameters(
         check_parameters(step, values, notebooks_dir)
 
 
+def _side_rows(migration: Migration, count: int) -> dict[str, int]:
+    return {migration.side_rows.label: count} if migration.side_rows is not None else {}
+
+
 def statistics(run_dir: Path, *, wall_seconds: float) -> Statistics | None:
     """Apply's figures when the folder has them, else the dry run's planned counts, else None."""
     migration = migration_of(run_dir)
@@ -501,7 +508,7 @@ def statistics(run_dir: Path, *, wall_seconds: float) -> Statistics | None:
             planned=False,
             recheck=summary.get("recheck", False),
             migrated={migration.label(table): n for table, n in summary["migrated"].items()},
-            asset_references_created=summary["references_created"],
+            side_rows=_side_rows(migration, summary["references_created"]),
             errors=[{"id": e["id"], "reason": e.get("message", "")} for e in summary.get("errors", [])],
             apply_seconds=summary["duration_s"],
             wall_seconds=round(wall_seconds, 3),
@@ -515,7 +522,7 @@ def statistics(run_dir: Path, *, wall_seconds: float) -> Statistics | None:
                 migration.label(table): sum(n for action, n in actions.get(table, {}).items() if action in migration.changing_actions)
                 for table in migration.tables
             },
-            asset_references_created=sum(summary.get("references_by_type", {}).values()),
+            side_rows=_side_rows(migration, sum(summary.get("references_by_type", {}).values())),
             errors=[],
             apply_seconds=None,
             wall_seconds=round(wall_seconds, 3),

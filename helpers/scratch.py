@@ -1,6 +1,6 @@
 """Per-document state too large for memory, kept in a temporary SQLite database; and page-wise streaming.
 
-A pass over millions of documents (the dry-run's duplicate keys and session totals, verify's join of backup,
+A pass over millions of documents (the dry-run's duplicate keys and a parent's totals over its children, verify's join of backup,
 plan and deployment, rollback's sets) keeps one small entry per document. In Python that costs ~100 bytes
 each (4 GiB at 10M documents in an analyst's kernel); here it lives in a scratch SQLite file (the standard
 library's engine) and only one page of entries is in memory at a time: the caller streams its sources page

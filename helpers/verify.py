@@ -2,16 +2,16 @@
 
 Three sources meet per document: the backup (the state before), the plan (the promise) and the live
 document (the state after), joined into one `Joined` record in one streaming pass. Every check is a small
-pure function over such records (or over one asset and its references) returning a `Verdict`, so each can be called alone in a unit test with hand-built documents.
+pure function over such records (or over one tracked field and its side rows) returning a `Verdict`, so each can be called alone in a unit test with hand-built documents.
 
-A document whose legacy fields another writer changed after the backup (legacy writers always move
-`updatedAt`) is never blamed on the migration: it is listed as "changed by the application since the
+A document whose legacy fields another writer changed after the backup (legacy writers always move the
+migration's `updated_at_field`) is never blamed on the migration: it is listed as "changed by the application since the
 migration", with the advice to re-plan it. Verify fails only for what the migration did wrong.
 
 The core's checks hold for every migration (fields it does not own unchanged, the plan's changes written and
-nothing else, its references equal the assets, no document lost); the migration adds its own document checks
+nothing else, its side rows equal the fields they track, no document lost); the migration adds its own document checks
 and cross-document checks (helpers/migration.py). Memory stays bounded by the page size: the per-document
-digests and references live in a scratch SQLite file (helpers/scratch.py) and each page of live documents looks
+digests and side rows live in a scratch SQLite file (helpers/scratch.py) and each page of live documents looks
 its own up. Live documents neither the backup nor the plan knows were created after the snapshot: they are
 listed apart (not a failure), with the advice to run again in a new run folder.
 """
@@ -23,12 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from .backup import iter_backup_documents, read_backup
-from .deployment import REFERENCE_TABLE, iter_pages
-from .migration import Before, DocumentCheck, Joined, Migration, Planned, Verdict, reference_key, verdict
-from .migrations import default_id
+from .deployment import iter_pages
+from .migration import Before, DocumentCheck, Joined, Migration, Planned, SideRows, Verdict, reference_key, verdict
 from .plan import iter_plan_lines, paged_progress, read_plan
 from .run_folder import locked_step, migration_of
 from .scratch import Scratch, batched, few_collections, prefetch
@@ -37,7 +36,8 @@ from .values import digest
 
 EXAMPLES = 5
 RE_PLAN_ADVICE = (
-    "These documents were changed by the application after the backup (their legacy fields and updatedAt moved): "
+    "These documents were changed by the application after the backup (their legacy fields and the field legacy "
+    "writers move on every write changed): "
     "the migration did not do this. To bring them up to date, run a new dry-run in a new run folder (backup, "
     "dry-run, apply, verify): it plans them from their current state."
 )
@@ -46,7 +46,6 @@ NEW_DOCUMENTS_ADVICE = (
     "them and they are not migrated. To migrate them, run again in a new run folder (backup, dry-run, apply, "
     "verify): its snapshot includes them."
 )
-_REFERENCE_ASSET_FIELDS = ("s3Key", "s3Url", "contentType", "size", "checksum", "uploadedAt")
 
 
 class Check(BaseModel):
@@ -82,8 +81,8 @@ class CreatedAfterSnapshot(BaseModel):
 
 
 class VerifyReport(BaseModel):
-    #: Files written before migrations were declared hold none: they were the first (default) migration's.
-    migration_id: str = Field(default_factory=default_id)
+    #: Required: a file that names no migration is refused, never judged as the first one's.
+    migration_id: str
     plan_sha256: str
     backup_sha256: str
     checks: list[Check]
@@ -118,7 +117,7 @@ def check_nothing_outside_plan_changed(doc: Joined) -> Verdict | None:
 
 def check_legacy_fields_unchanged(doc: Joined) -> Verdict | None:
     """Every field the migration does not own (system fields included) equals the backup, unless a legacy writer
-    moved updatedAt."""
+    moved the migration's `updated_at_field`."""
     if doc.before is None or doc.live is None:
         return None
     return verdict(doc.untouched_unchanged, doc)
@@ -165,33 +164,34 @@ def check_plan_writes_only_owned_fields(migration: Migration, line: dict[str, An
     return Verdict.PASS if ok else Verdict.FAIL
 
 
-# -- references (pure) ---------------------------------------------------------------------------------------
+# -- side rows (pure): a migration's `SideRows`, called references here ------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class Reference:
-    """An assetReferences row as verify needs it."""
+    """A side row as verify needs it."""
 
     ours: bool  # created by this migration
-    tracks: bytes  # digest of the asset it describes, with its entity type
+    tracks: bytes  # digest of the field it describes, with its group
 
     @classmethod
-    def of(cls, row: dict[str, Any], migration_id: str) -> Reference:
-        return cls(row["metadata"]["migrationId"] == migration_id, reference_digest(row, row["entityType"]))
+    def of(cls, row: dict[str, Any], side: SideRows, migration_id: str) -> Reference:
+        return cls(side.stamped(row, migration_id), reference_digest(row, row.get(side.group), side.mirrored))
 
 
-def reference_digest(asset: dict[str, Any], entity_type: Any) -> bytes:
-    """What a reference must agree on with the asset it tracks: entity type and the asset's own fields."""
-    return digest([entity_type, {k: asset[k] for k in _REFERENCE_ASSET_FIELDS if k in asset}])
+def reference_digest(asset: dict[str, Any], group: Any, mirrored: Iterable[str]) -> bytes:
+    """What a side row must agree on with the field it tracks: its group and the field's mirrored values."""
+    return digest([group, {k: asset[k] for k in mirrored if k in asset}])
 
 
 def check_references_match_asset(doc: Joined, asset: dict[str, Any], refs: list[Reference]) -> Verdict | None:
-    """Every reference of this migration for one asset type of a document describes the asset it holds
-    (entityType, s3Key, s3Url, contentType, size, checksum, uploadedAt)."""
+    """Every side row of this migration of one kind on a document describes the field it tracks (its group and
+    the side rows' `mirrored` fields)."""
     ours = [r for r in refs if r.ours]
-    if not ours:
+    side = doc.migration.side_rows
+    if not ours or side is None:
         return None
-    expected = reference_digest(asset, doc.migration.entity_types[doc.table])
+    expected = reference_digest(asset, side.groups[doc.table], side.mirrored)
     return verdict(all(r.tracks == expected for r in ours), doc)
 
 
@@ -203,14 +203,14 @@ def check_no_duplicate_references(refs: list[Reference]) -> Verdict | None:
 
 
 def check_asset_tracked(doc: Joined, refs: list[Reference]) -> Verdict | None:
-    """An asset a migratable document holds has an assetReferences row of its type (tracking is complete)."""
+    """A tracked field a migratable document holds has a side row of its kind (tracking is complete)."""
     if doc.plan is None or not doc.plan.migratable or doc.live is None:
         return None
     return verdict(bool(refs), doc)
 
 
 def check_reference_has_asset(document_changed_by_application: bool, refs: list[Reference]) -> Verdict | None:
-    """A reference of this migration on an existing document that holds no asset of its type: it points at the
+    """A side row of this migration on an existing document that holds no field of its kind: it points at the
     wrong document (excused when the application changed that document since the backup)."""
     if not any(r.ours for r in refs):
         return None
@@ -224,14 +224,16 @@ def check_reference_points_at_document(entity_exists: bool, refs: list[Reference
     return Verdict.PASS if entity_exists else Verdict.FAIL
 
 
-REFERENCE_CHECKS: dict[str, str] = {
-    "references_match_assets": "each reference of this migration equals the asset its document holds under that asset "
-    "type (entityType, s3Key, s3Url, contentType, size, checksum, uploadedAt); none names an asset its document lacks",
-    "no_duplicate_references": "no document has two references (of any origin) of one asset type",
-    "references_point_at_documents": "every reference of this migration points at an existing document",
-    "tracking_complete": "every asset a migratable document holds (set by the plan or there before) has its "
-    "assetReferences row",
-}
+def reference_checks(side: SideRows) -> dict[str, str]:
+    """The side-row checks (name -> description), in the words of the migration's declaration."""
+    return {
+        "references_match_assets": f"each of the {side.label} of this migration equals the field its document holds "
+        f"under its {side.kind} ({', '.join((side.group, *side.mirrored))}); none names a field its document lacks",
+        "no_duplicate_references": f"no document has two {side.label} (of any origin) of one {side.kind}",
+        "references_point_at_documents": f"every one of the {side.label} of this migration points at an existing document",
+        "tracking_complete": f"every tracked field a migratable document holds (set by the plan or there before) has "
+        f"its row in {side.table}",
+    }
 
 
 # -- the streaming pass ------------------------------------------------------------------------------------
@@ -317,14 +319,14 @@ def run_checks(
     page_size: int = 4000,
 ) -> Outcome:
     """Every check over the three sources, each read once: the plan's lines, then `backup(table)` and `live(table)`
-    for each table the migration changes (and `live("assetReferences")` when it tracks assets). Pure: the caller
+    for each table the migration changes (and `live(side_rows.table)` when it creates side rows). Pure: the caller
     decides where they come from.
 
     The join keeps its per-document state (the plan's promise and the backup's digests, the references) in a
     scratch SQLite file, and so do the migration's cross-document checks: each source streams past in pages of
     `page_size`, and each live page looks up its documents in one query per kind, so memory is bounded by the page."""
     document_checks = (*DOCUMENT_CHECKS, *migration.checks)
-    tracks_assets = any(migration.reference_fields.values())
+    side = migration.side_rows
     tallies = {c.name: _Tally(c.name, c.description) for c in document_checks}
     changed = _Listed()
     created = _Listed()
@@ -332,8 +334,8 @@ def run_checks(
     with Scratch() as scratch:
         cross_checks = migration.cross_checks(scratch)
         tallies.update({c.name: _Tally(c.name, c.description) for c in cross_checks})
-        if tracks_assets:
-            tallies.update({name: _Tally(name, text) for name, text in REFERENCE_CHECKS.items()})
+        if side is not None:
+            tallies.update({name: _Tally(name, text) for name, text in reference_checks(side).items()})
         # The plan and the backup are local files: fewer GC passes there (helpers.scratch.few_collections; not
         # while live pages come, whose HTTP client leaves cycles holding page bodies).
         with few_collections():
@@ -357,19 +359,19 @@ def run_checks(
                         rows.append((doc["_id"], (table, plan, *_as_tuple(Before.of(migration, table, doc, touched)))))
                     before.put(rows)
 
-        # Every reference, by (entity, asset type), with its entity: references left over point at no live document.
+        # Every side row, by (owner, kind), with its owner: rows left over point at no live document.
         references = scratch.table("references", multi=True)
-        if tracks_assets:
-            for rows in batched(live(REFERENCE_TABLE), page_size):
+        if side is not None:
+            for rows in batched(live(side.table), page_size):
                 references.put(
-                    (reference_key(row["entityId"], row["assetType"]),
-                     (row["entityId"], row["assetType"], *_as_tuple(Reference.of(row, migration.id))))
+                    (reference_key(row[side.owner], row[side.kind]),
+                     (row[side.owner], row[side.kind], *_as_tuple(Reference.of(row, side, migration.id))))
                     for row in rows
                 )
 
         live_docs = scratch.table("live_docs")  # id -> changed by the application (for references left over)
         for table in migration.tables:
-            asset_types = migration.reference_fields.get(table, {})
+            asset_types = migration.side_sources(table)
             for page in batched(live(table), page_size):
                 ids = [document["_id"] for document in page]
                 backed_up = before.pop(ids)
@@ -428,7 +430,7 @@ def run_checks(
             gone = Joined(migration, table, Before(*prior), None, None)
             tallies["no_backup_document_missing"].add(check_document_still_exists(gone), doc_id)
 
-    order = [c.name for c in document_checks] + [c.name for c in cross_checks] + (list(REFERENCE_CHECKS) if tracks_assets else [])
+    order = [c.name for c in document_checks] + [c.name for c in cross_checks] + (list(reference_checks(side)) if side is not None else [])
     return Outcome([tallies[name].result() for name in order], changed.ids, changed.count, created.ids, created.count)
 
 

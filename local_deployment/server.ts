@@ -10,7 +10,7 @@
 // Usage: CONVEX_DEPLOY_KEY=... tsx local_deployment/server.ts --port 3210 [--fault-rate 0.1]
 //        [--fault-kinds 5xx,drop,delay,timeout,oom] [--fault-seed 1] [--fault-paths migration:applyBatch,...]
 //        [--export-fault failed|canceled|truncate|lost-response] [--export-ms 50]
-//        [--undeployed migration,migration:countRunReferences,...] [--extra-functions DIR]
+//        [--undeployed migration,migration:countSideRows,...] [--extra-functions DIR]
 // Prints one JSON line {"event":"ready","url":...} on stdout once it accepts requests.
 import { AsyncLocalStorage } from "node:async_hooks";
 import { randomBytes } from "node:crypto";

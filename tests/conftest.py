@@ -15,6 +15,7 @@ import pytest
 from helpers import migrations
 from helpers.local_deployment import LocalDeployment
 from helpers.migration import Migration
+from helpers.run_folder import bind_migration
 from helpers.transport import ConvexTransport
 
 from .toy_migration import TOY
@@ -56,8 +57,9 @@ def transport(deployment: LocalDeployment) -> Iterator[ConvexTransport]:
 
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
+    """A run folder of migration 001 (a folder names its migration: helpers.run_folder refuses one that does not)."""
     path = tmp_path / "run"
-    path.mkdir()
+    bind_migration(path, "001_s3_asset_tracking")
     return path
 
 

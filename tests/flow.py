@@ -10,6 +10,7 @@ from helpers.backup import take_backup
 from helpers.deployment import iter_documents
 from helpers.migrations.m001_s3_asset_tracking.fields import ALL_TABLES
 from helpers.plan import build_plan
+from helpers.run_folder import RUN_FILE, bind_migration
 from helpers.sample_data import load
 from helpers.transport import ConvexTransport
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
@@ -28,7 +29,9 @@ def state(transport: ConvexTransport) -> dict[str, dict[str, dict[str, Any]]]:
 
 def prepare(transport: ConvexTransport, run_dir: Path) -> None:
     """Steps 01 and 02: backup and plan, each with the passed results.json its notebook would write (the
-    later notebooks check that the step before them passed)."""
+    later notebooks check that the step before them passed). A folder bound to no migration yet runs 001."""
+    if not (Path(run_dir) / RUN_FILE).exists():
+        bind_migration(run_dir, M001.id)
     backup = take_backup(transport, run_dir, poll_seconds=0.05, show_progress=False)
     write_step_results(run_dir, "01_backup_snapshot", StepResults(step="01_backup_snapshot", status="passed",
                                                                   outputs={"backup_sha256": backup.sha256}))

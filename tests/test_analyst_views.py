@@ -13,6 +13,7 @@ from helpers import jsonio
 from helpers.confirm import ApplyCancelled, Confirmation
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 from helpers.plan import PLAN_FILE, example_pairs, plan_dir
+from helpers.run_folder import bind_migration
 
 LONG_URL = "https://tutor-assets.s3.us-east-1.amazonaws.com/sessions/" + "x" * 120 + "/scene-2/chunk.mp4"
 
@@ -137,6 +138,7 @@ def test_examples_open_on_documents_that_change_and_cover_each_table(tmp_path: P
     plan_file = plan_dir(tmp_path) / PLAN_FILE
     plan_file.parent.mkdir()
     plan_file.write_bytes(b"".join(jsonio.dumps(line) + b"\n" for line in lines))
+    bind_migration(tmp_path, "001_s3_asset_tracking")
     pairs = example_pairs(tmp_path, 2)
     assert [before["_id"] for before, _ in pairs] == ["s0", "s1", "m0", "p0", "p1"]  # changes first, 2 per table and action
     assert pairs[-1][0]["_problems"] == [{"code": "x"}] and pairs[0][1]["assetCount"] == 0

@@ -167,7 +167,7 @@ def test_a_document_someone_else_brought_to_its_target_state_is_not_counted_as_o
     line = next(line for line in iter_plan_lines(run_dir) if line["action"] == "migrate" and line["table"] == "scenes" and line["references"])
     item = {"table": line["table"], "id": line["id"], "expect": line["expect"], "expectAbsent": line["expectAbsent"],
             "set": line["set"], "unset": [], "insertReferences": line["references"], "deleteReferences": []}
-    assert apply_batch(transport, M001.id, "someone-elses-run", [item])[0]["outcome"] == "applied"
+    assert apply_batch(transport, M001.id, "someone-elses-run", [item], side_rows=M001.side_rows)[0]["outcome"] == "applied"
     planned = [line for line in iter_plan_lines(run_dir) if line["action"] in CHANGING_ACTIONS]
     summary = apply(transport, run_dir)
     assert summary.passed and summary.statistics_confirmed is False

@@ -33,7 +33,7 @@ from helpers.apply import (
 )
 from helpers.archive import sha256_file
 from helpers.errors import ArgumentValidationError, FunctionFailed, LeaseLost, LimitExceeded, PreconditionFailed, TransientFailure
-from helpers.run_folder import run_id as folder_run_id
+from helpers.run_folder import bind_migration, run_id as folder_run_id
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 
 URL = "https://happy-otter-123.convex.cloud"
@@ -101,13 +101,16 @@ class FakeDeployment:
         end = start + len(page)
         return {"page": page, "isDone": end >= len(self.references), "continueCursor": str(end)}
 
-    def migration_countRunReferences(self, migrationId: str, runId: str, cursor: str | None, numItems: int) -> dict[str, Any]:
+    def migration_countSideRows(self, sideRows: dict[str, str], migrationId: str, runId: str, cursor: str | None,
+                                numItems: int) -> dict[str, Any]:
+        assert sideRows == M001.side_rows.protocol()  # type: ignore[union-attr]
         result = self.migration_readPage("assetReferences", cursor, numItems)
         page = result.pop("page")
         ours = [r["entityType"] for r in page if (r["metadata"]["migrationId"], r["metadata"]["runId"]) == (migrationId, runId)]
         return {**result, "counts": dict(Counter(ours))}
 
-    def migration_applyBatch(self, migrationId: str, runId: str, items: list[dict[str, Any]]) -> dict[str, Any]:
+    def migration_applyBatch(self, migrationId: str, runId: str, items: list[dict[str, Any]],
+                             sideRows: dict[str, str] | None = None) -> dict[str, Any]:
         lock = self.lock
         if lock is not None and lock["runId"] != runId and lock["leaseExpiresAt"] > now_ms():
             raise FunctionFailed(f"Server Error\nUncaught Error: the migration lock is held by run {lock['runId']}: run {runId} may not write")
@@ -232,6 +235,7 @@ def make_run(tmp: Path, fake: FakeDeployment, scenes: int = 12, sessions: int = 
     """A run folder whose plan covers `scenes` scenes and `sessions` sessions (actions cycling through ACTIONS),
     and the fake deployment holding those documents as the plan found them."""
     run_dir = tmp / name
+    bind_migration(run_dir, M001.id)
     (run_dir / "plan").mkdir(parents=True)
     (run_dir / "backup").mkdir()
     lines = [plan_line(table, n, ACTIONS[n % len(ACTIONS)]) for table, count in (("scenes", scenes), ("videoSessions", sessions))
@@ -272,7 +276,7 @@ def apply(fake: FakeDeployment, run_dir: Path, **kwargs: Any) -> Any:
 
 
 FIGURES = ("migrated", "references_created", "already_applied", "conflicts",
-           "references_by_entity_type", "outcomes", "statistics_confirmed")
+           "references_by_group", "outcomes", "statistics_confirmed")
 
 
 def figures(summary: Any) -> dict[str, Any]:
@@ -307,7 +311,7 @@ def test_a_clean_run_reports_exactly_what_the_deployment_holds(tmp_path: Path) -
     # 12 scenes: 0,1,5,6,10,11 migrate, 2,7 track, 4,9 fill; 5 sessions: 0,1 migrate, 2 track, 4 fill.
     assert (summary.migrated["scenes"], summary.migrated["videoSessions"]) == (10, 4)
     assert summary.references_created == len(fake.references) == sum(len(line["references"]) for line in changes) == 15
-    assert summary.references_by_entity_type == {"scene": 11, "session": 4}
+    assert summary.references_by_group == {"scene": 11, "session": 4}
     assert summary.outcomes == {"scenes": {"applied": 10}, "videoSessions": {"applied": 4}}
     assert summary.answers == summary.outcomes
     assert (summary.already_applied, summary.conflicts, summary.errors, summary.conflict_examples) == (0, 0, [], [])

@@ -14,6 +14,7 @@ import pytest
 from helpers import archive
 from helpers.archive import StepResults
 from helpers.errors import PreconditionFailed
+from helpers.run_folder import bind_migration
 
 DEPLOYMENT = "https://ops:hunter2@happy-otter-123.convex.cloud/?token=abc123"
 
@@ -46,6 +47,7 @@ def _seal(run_dir: Path) -> Path:
 def sealed(tmp_path: Path) -> Path:
     """A consistent run folder: backup, plan, dry-run, apply and verify results chained by hash, then sealed."""
     run_dir = tmp_path / "run"
+    bind_migration(run_dir, "001_s3_asset_tracking")
     plan_lines = b'{"id":"s1","action":"migrate"}\n{"id":"s2","action":"skip"}\n'
     _write(run_dir / "plan" / "plan.jsonl", plan_lines)
     _write(run_dir / "plan" / "problems.csv", b"table,id,action,code,severity,field,message\n")
@@ -80,7 +82,7 @@ def test_manifest_lists_every_file_with_its_hash_and_size(sealed: Path) -> None:
     manifest = _manifest(sealed)
     on_disk = {p.relative_to(sealed).as_posix() for p in sealed.rglob("*") if p.is_file()} - {"manifest.json"}
     assert set(manifest["files"]) == on_disk
-    assert len(on_disk) == 9
+    assert len(on_disk) == 10  # run.json among them
     for name, entry in manifest["files"].items():
         data = (sealed / name).read_bytes()
         assert entry == {"sha256": _sha(data), "size": len(data)}

@@ -138,7 +138,7 @@ class UndeployedDeployment(LocalDeployment):
         return [*super().command(), "--undeployed", self.missing]
 
 
-@pytest.mark.parametrize(("missing", "named"), [("migration", "migration:readPage"), ("migration:countRunReferences", "migration:countRunReferences")])
+@pytest.mark.parametrize(("missing", "named"), [("migration", "migration:readPage"), ("migration:countSideRows", "migration:countSideRows")])
 def test_functions_not_deployed_is_found_before_the_backup_so_step_01_can_run_again(
     deploy_key: str, run_dir: Path, missing: str, named: str
 ) -> None:

@@ -15,6 +15,7 @@ import pytest
 from helpers import archive, cli, runner
 from helpers.errors import PreconditionFailed
 from helpers.local_deployment import LocalDeployment
+from helpers.run_folder import bind_migration
 from helpers.runner import StepFailed
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 
@@ -54,12 +55,18 @@ def notebooks(tmp_path: Path) -> Path:
     return tmp_path / "notebooks"
 
 
+def _bound(run_dir: Path) -> Path:
+    """A run folder of migration 001 (a folder that names no migration is refused)."""
+    bind_migration(run_dir, "001_s3_asset_tracking")
+    return run_dir
+
+
 # --- runner -------------------------------------------------------------------------------------------------
 
 
 def test_run_step_leaves_parameters_notebook_html_and_results(tmp_path: Path, notebooks: Path, deploy_key: str) -> None:
     _notebook(notebooks, "ok_step", RECORD)
-    run_dir = tmp_path / "run"
+    run_dir = _bound(tmp_path / "run")
 
     results = runner.run_step("ok_step", convex_url=URL, run_dir=run_dir, parameters={"label": "given"}, notebooks_dir=notebooks)
 
@@ -81,7 +88,7 @@ def test_run_step_leaves_parameters_notebook_html_and_results(tmp_path: Path, no
 
 def test_a_raising_cell_gives_step_failed_naming_the_cell_and_the_notebook(tmp_path: Path, notebooks: Path) -> None:
     _notebook(notebooks, "bad_step", "x = 1", "# check the input\nraise ValueError('the input is bad')", RECORD)
-    run_dir = tmp_path / "run"
+    run_dir = _bound(tmp_path / "run")
 
     with pytest.raises(StepFailed) as failed:
         runner.run_step("bad_step", convex_url=URL, run_dir=run_dir, notebooks_dir=notebooks)
@@ -103,12 +110,12 @@ def test_a_raising_cell_gives_step_failed_naming_the_cell_and_the_notebook(tmp_p
 def test_a_notebook_that_writes_no_results_fails_the_step(tmp_path: Path, notebooks: Path) -> None:
     _notebook(notebooks, "silent_step", "print('done, but recorded nothing')")
     with pytest.raises(StepFailed, match="silent_step failed: ResultsMissing"):
-        runner.run_step("silent_step", convex_url=URL, run_dir=tmp_path / "run", notebooks_dir=notebooks)
+        runner.run_step("silent_step", convex_url=URL, run_dir=_bound(tmp_path / "run"), notebooks_dir=notebooks)
 
 
 def test_parameters_are_refused_before_anything_runs(tmp_path: Path, notebooks: Path, deploy_key: str) -> None:
     _notebook(notebooks, "ok_step", RECORD)
-    run_dir = tmp_path / "run"
+    run_dir = _bound(tmp_path / "run")
     with pytest.raises(PreconditionFailed, match="holds the deploy key"):
         runner.run_step("ok_step", convex_url=URL, run_dir=run_dir, parameters={"label": deploy_key}, notebooks_dir=notebooks)
     with pytest.raises(PreconditionFailed, match="has no parameter lable") as typo:
@@ -118,7 +125,7 @@ def test_parameters_are_refused_before_anything_runs(tmp_path: Path, notebooks: 
         runner.run_step("ok_step", convex_url="https://ops:hunter2@happy-otter-1.convex.cloud", run_dir=run_dir,
                         notebooks_dir=notebooks)
     assert "hunter2" not in str(with_credentials.value)
-    assert not run_dir.exists()
+    assert [p.name for p in run_dir.iterdir()] == ["run.json"]  # nothing written beside the folder's identity
 
 
 def test_run_migration_dry_run_chains_the_steps_and_seals_the_folder(tmp_path: Path, notebooks: Path) -> None:
@@ -137,7 +144,7 @@ def test_run_migration_dry_run_chains_the_steps_and_seals_the_folder(tmp_path: P
     assert seen == [("01_backup_snapshot", "running"), ("01_backup_snapshot", "passed"), ("02_dry_run", "running"), ("02_dry_run", "passed")]
     stats = result.statistics
     assert stats is not None and stats.planned
-    assert (stats.migrated["scenes"], stats.migrated["sessions"], stats.asset_references_created, stats.errors) == (3, 2, 5, [])
+    assert (stats.migrated["scenes"], stats.migrated["sessions"], stats.side_rows, stats.errors) == (3, 2, {"asset references": 5}, [])
     manifest = json.loads((result.run_dir / "manifest.json").read_text())
     assert manifest["operator"] == "alice" and manifest["steps"] == result.steps
     assert "02_dry_run/02_dry_run.html" in manifest["files"]
@@ -168,12 +175,13 @@ def test_run_migration_seals_the_folder_when_a_step_fails(tmp_path: Path, notebo
 
 
 def test_statistics_come_from_the_apply_summary(tmp_path: Path) -> None:
+    _bound(tmp_path)
     summary = {"migrated": {"scenes": 10, "videoSessions": 2}, "references_created": 25, "duration_s": 4.5,
                "errors": [{"id": "s9", "table": "scenes", "outcome": "error", "message": "too large"}]}
     archive.write_step_results(tmp_path, "03_apply", archive.StepResults(step="03_apply", status="passed", summary=summary))
     stats = runner.statistics(tmp_path, wall_seconds=99.0)
     assert stats is not None and not stats.planned
-    assert (stats.migrated["scenes"], stats.migrated["sessions"], stats.asset_references_created) == (10, 2, 25)
+    assert (stats.migrated["scenes"], stats.migrated["sessions"], stats.side_rows) == (10, 2, {"asset references": 25})
     assert (stats.apply_seconds, stats.wall_seconds) == (4.5, 99.0)
     assert stats.errors == [{"id": "s9", "reason": "too large"}]
 
@@ -214,6 +222,7 @@ def test_params_of_an_unknown_step_is_refused(capsys: pytest.CaptureFixture[str]
 
 
 def test_check_archive_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _bound(tmp_path)
     (tmp_path / "02_dry_run").mkdir()
     archive.write_json_atomic(tmp_path / "02_dry_run" / "parameters.json", {"page_size": 10})
     archive.write_manifest(tmp_path, deployment_url=URL, operator="alice", started_at="t0", finished_at="t1", steps={"02_dry_run": "passed"})
@@ -240,9 +249,9 @@ def test_run_prints_statistics_and_the_evidence_folder(
 
     def fake_run_migration(url: str, dry_run: bool, **kwargs: object) -> runner.RunResult:
         calls.append({"url": url, "dry_run": dry_run, **kwargs})
-        stats = runner.Statistics(planned=False, migrated={"scenes": 1200, "sessions": 40}, asset_references_created=3100,
+        stats = runner.Statistics(planned=False, migrated={"scenes": 1200, "sessions": 40}, side_rows={"asset references": 3100},
                                   errors=[{"id": "s7", "reason": "too large"}], apply_seconds=12.25, wall_seconds=40.0)
-        return runner.RunResult(run_dir=tmp_path / "run", passed=True, steps={"03_apply": "passed"}, statistics=stats,
+        return runner.RunResult(run_dir=_bound(tmp_path / "run"), passed=True, steps={"03_apply": "passed"}, statistics=stats,
                                 manifest_sha256="ab" * 32)
 
     monkeypatch.setattr(cli, "run_migration", fake_run_migration)
@@ -367,7 +376,7 @@ def test_the_kernel_is_shut_down_without_an_interrupt(tmp_path: Path, notebooks:
     """jupyter_client sends SIGINT before shutting a kernel down; landing while the kernel finishes its last
     message, it was logged as "ERROR | KeyboardInterrupt caught in kernel" in runs that passed."""
     source = _notebook(notebooks, "ok_step", INTERRUPT_WITNESS, RECORD)
-    run_dir = tmp_path / "run"
+    run_dir = _bound(tmp_path / "run")
     runner.run_step("ok_step", convex_url=URL, run_dir=run_dir, notebooks_dir=notebooks)
     assert not (run_dir / "interrupted").exists()
 

@@ -187,7 +187,7 @@ def test_a_file_added_and_resealed_is_not_in_the_ledger(run_dir: Path, deploymen
 
 
 def test_a_folder_the_deployment_never_saw_is_refused(run_dir: Path, deployment: LocalDeployment) -> None:
-    archive.write_json_atomic(run_dir / "run.json", {"run_id": "20260101T000000Z-000000000000"})
+    archive.write_json_atomic(run_dir / "run.json", {"run_id": "20260101T000000Z-000000000000", "migration": M001.id})
     _reseal(run_dir)
     with deployment.transport() as transport:
         check = archive.check_archive(run_dir, transport)
@@ -207,10 +207,11 @@ def test_a_deleted_file_is_named_by_the_ledger(run_dir: Path, deployment: LocalD
 def test_a_step_row_keeps_the_start_its_step_recorded(deployment: LocalDeployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Apply records its row when it starts; the row written with its results keeps that start."""
     from helpers.deployment import record_run
-    from helpers.run_folder import run_id
+    from helpers.run_folder import bind_migration, run_id
 
     monkeypatch.delenv(archive.STEP_STARTED_ENV, raising=False)
     run_dir = tmp_path / "run"
+    bind_migration(run_dir, M001.id)
     with deployment.transport() as transport:
         record_run(transport, M001.id, run_id(run_dir), step="03_apply", status="running", operator="alice", startedAt=1_000)
         archive.record_step(transport, run_dir, archive.StepResults(step="03_apply", status="passed"))

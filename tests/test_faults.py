@@ -57,7 +57,7 @@ def reported(transport: ConvexTransport, run_dir: Path, summary: ApplySummary) -
                          results["already_applied"], results["conflicts"], len(results["errors"])),
         "ledger": tuple(int(row["counts"][k]) for k in ("scenesMigrated", "sessionsMigrated", "referencesCreated",
                                                          "alreadyApplied", "conflicts", "errors")),
-        "cli": (cli.migrated["scenes"], cli.migrated["sessions"], cli.asset_references_created, None, None, len(cli.errors)),
+        "cli": (cli.migrated["scenes"], cli.migrated["sessions"], cli.side_rows["asset references"], None, None, len(cli.errors)),
     }
 
 

@@ -15,6 +15,7 @@ from helpers.backup import take_backup
 from helpers.deployment import acquire_lock, release_lock
 from helpers.plan import build_plan, iter_plan_lines, plan_dir
 from helpers.rollback import check_rollback, execute_rollback, plan_rollback
+from helpers.run_folder import bind_migration
 from helpers.transport import ConvexTransport
 from helpers.verify import verify
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
@@ -42,6 +43,7 @@ def test_the_plan_from_the_snapshot_equals_the_plan_from_the_live_tables_on_a_qu
     seed(transport)
     take_backup(transport, run_dir, poll_seconds=0.05, show_progress=False)
     from_snapshot = build_plan(transport, run_dir, show_progress=False, page_size=7)  # pages end mid-session
+    bind_migration(tmp_path / "live", M001.id)
     from_live = build_plan(transport, tmp_path / "live", show_progress=False, source="live", page_size=7)
     assert from_snapshot.parameters["source"] == "snapshot" and from_live.parameters["source"] == "live"
     assert from_snapshot.plan_sha256 == from_live.plan_sha256

@@ -10,15 +10,25 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from helpers import deployment, errors
-from helpers.deployment import acquire_lock, apply_batch, count_run_references, record_run, release_lock, renew_lock
+from helpers.deployment import acquire_lock, count_side_rows, record_run, release_lock, renew_lock
 from helpers.local_deployment import LocalDeployment
+from helpers.migrations.m001_s3_asset_tracking import ASSET_REFERENCES, fields, rules
 from helpers.transport import ConvexTransport
-from helpers.migrations.m001_s3_asset_tracking import fields, rules
 
 from .test_rules import legacy_scenes
 
 REFERENCE = {"entityType": "scene", "assetType": "video_chunk", "s3Key": "a/b.mp4", "s3Url": "https://b.s3.amazonaws.com/a/b.mp4",
-             "contentType": "video/mp4", "uploadedAt": 1.0, "version": 1, "legacyField": "s3ChunkKey"}
+             "contentType": "video/mp4", "uploadedAt": 1.0, "version": 1,
+             "metadata": {"migratedFromLegacy": True, "legacyField": "s3ChunkKey"}}
+
+
+def apply_batch(transport: ConvexTransport, migration_id: str, run_id: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """applyBatch with 001's side rows declared (its asset references)."""
+    return deployment.apply_batch(transport, migration_id, run_id, items, side_rows=ASSET_REFERENCES)
+
+
+def count_run_references(transport: ConvexTransport, migration_id: str, run_id: str) -> dict[str, int]:
+    return count_side_rows(transport, ASSET_REFERENCES, migration_id, run_id)
 
 
 def insert(transport: ConvexTransport, table: str, *documents: dict[str, Any]) -> list[str]:
@@ -90,6 +100,21 @@ def test_index_lookups_see_this_transactions_writes_and_only_their_own_entity(tr
     assert apply_batch(transport, "m1", "r", [track])[0]["outcome"] == "applied"
 
 
+def test_the_functions_take_any_table_of_the_schema_and_refuse_others(transport: ConvexTransport, scene: str) -> None:
+    """Tables come from the deployed schema at run time, not from a list in the functions: a table the schema
+    lacks is refused by name, and side rows without a declaration of where they live are refused."""
+    for table in ("scenes", "assetReferences", "migrationRuns"):
+        assert transport.function("migration:readPage", {"table": table, "cursor": None, "numItems": 1})["isDone"] in (True, False)
+    with pytest.raises(errors.FunctionFailed, match="no table notes in the deployed schema"):
+        transport.function("migration:readPage", {"table": "notes", "cursor": None, "numItems": 1})
+    [unknown] = deployment.apply_batch(transport, "m1", "r", [{**item(scene, set={"assetVersion": 1}), "table": "notes"}])
+    assert unknown["outcome"] == "error" and "no table notes" in unknown["message"]
+    [undeclared] = deployment.apply_batch(transport, "m1", "r", [item(scene, set={"assetVersion": 1}, insertReferences=[REFERENCE])])
+    assert undeclared["outcome"] == "error" and "declares no sideRows" in undeclared["message"]
+    assert "assetVersion" not in get(transport, scene)  # neither wrote anything
+    assert deployment.apply_batch(transport, "m1", "r", [item(scene, set={"assetVersion": 1})])[0]["outcome"] == "applied"
+
+
 def test_small_pages_hold_exactly_the_documents_of_one_large_page(transport: ConvexTransport, scene: str) -> None:
     """A page after a cursor visits only the documents created from the cursor on (server.ts): none is lost."""
     insert(transport, "scenes", *({"sessionId": get(transport, scene)["sessionId"], "sceneIndex": i, "status": "pending"} for i in range(7)))
@@ -120,9 +145,10 @@ def test_run_references_are_counted_per_entity_type_for_that_run_only(
     ]
     for migration_id, run_id, change in written:
         assert apply_batch(transport, migration_id, run_id, [change])[0]["outcome"] == "applied"
-    first = transport.function("migration:countRunReferences", {"migrationId": "m1", "runId": "run-1", "cursor": None, "numItems": 2})
+    first = transport.function("migration:countSideRows", {"sideRows": ASSET_REFERENCES.protocol(), "migrationId": "m1", "runId": "run-1",
+                                                           "cursor": None, "numItems": 2})
     assert first["counts"] == {"scene": 2} and not first["isDone"]  # counted where read, a page at a time
-    monkeypatch.setattr(deployment, "REFERENCE_PAGE", 2)  # the runbook sums every page
+    monkeypatch.setattr(deployment, "SIDE_ROW_PAGE", 2)  # the runbook sums every page
     assert count_run_references(transport, "m1", "run-1") == {"scene": 3, "session": 1}
     assert count_run_references(transport, "m1", "run-2") == {"scene": 1}
     assert count_run_references(transport, "m2", "run-1") == {"scene": 1}

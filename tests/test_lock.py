@@ -18,7 +18,7 @@ from helpers import errors
 from helpers.apply import CHECKPOINT_FILE, _item, apply_dir, apply_plan
 from helpers.archive import MANIFEST_FILE
 from helpers.backup import take_backup
-from helpers.deployment import acquire_lock, apply_batch, count_run_references, read_ledger, release_lock
+from helpers.deployment import acquire_lock, apply_batch, count_side_rows, read_ledger, release_lock
 from helpers.local_deployment import LocalDeployment
 from helpers.plan import build_plan, iter_plan_lines
 from helpers.rollback import execute_rollback, plan_rollback
@@ -26,7 +26,7 @@ from helpers.run_folder import run_id, step_lock
 from helpers.runner import run_migration
 from helpers.transport import ConvexTransport
 from helpers.verify import verify
-from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
+from helpers.migrations.m001_s3_asset_tracking import ASSET_REFERENCES, MIGRATION as M001
 from helpers.migrations.m001_s3_asset_tracking.plan_line import CHANGING_ACTIONS
 
 from .flow import prepare, seed
@@ -186,15 +186,15 @@ def test_rollback_takes_the_migration_lock_and_is_refused_while_another_run_hold
         prepare(transport, run_dir)
         assert apply_plan(transport, run_dir, confirm=True, show_progress=False).passed
         plan_rollback(transport, run_dir, "strip")
-        references = count_run_references(transport, M001.id, run_id(run_dir))
+        references = count_side_rows(transport, ASSET_REFERENCES, M001.id, run_id(run_dir))
         assert sum(references.values()) > 0
         assert acquire_lock(transport, M001.id, "the-other-run", "bob", 600_000)["acquired"]
         with pytest.raises(errors.PreconditionFailed, match="run the-other-run by bob"):
             execute_rollback(transport, run_dir, "strip")
-        assert count_run_references(transport, M001.id, run_id(run_dir)) == references  # nothing was sent
+        assert count_side_rows(transport, ASSET_REFERENCES, M001.id, run_id(run_dir)) == references  # nothing was sent
         release_lock(transport, M001.id, "the-other-run")
         assert not execute_rollback(transport, run_dir, "strip").errors
-        assert sum(count_run_references(transport, M001.id, run_id(run_dir)).values()) == 0
+        assert sum(count_side_rows(transport, ASSET_REFERENCES, M001.id, run_id(run_dir)).values()) == 0
         [row] = [r for r in read_ledger(transport, M001.id) if r["step"] == "05_rollback"]
         assert row["runId"] == run_id(run_dir) and row["status"] == "passed" and row["finishedAt"] >= row["startedAt"]
         assert acquire_lock(transport, M001.id, "after", "carol", 1_000)["acquired"]  # rollback released it
@@ -224,7 +224,7 @@ def test_a_paused_apply_that_lost_its_lease_stops_and_sends_nothing_more(deploy_
             wait_for(lambda: checkpoint_lines(run_dir) >= 2, "two batches", child)
             child.send_signal(signal.SIGSTOP)
             wait_for(lambda: acquire_lock(transport, M001.id, "the-other-run", "bob", 600_000)["acquired"], "the lease run out")
-            written = count_run_references(transport, M001.id, paused_run)
+            written = count_side_rows(transport, ASSET_REFERENCES, M001.id, paused_run)
             lines = checkpoint_lines(run_dir)
             child.send_signal(signal.SIGCONT)
             _, stderr = child.communicate(timeout=120)
@@ -232,7 +232,7 @@ def test_a_paused_apply_that_lost_its_lease_stops_and_sends_nothing_more(deploy_
             child.kill()
         assert child.returncode != 0
         assert b"LeaseLost" in stderr and b"lease lost" in stderr, stderr.decode()[-2000:]
-        assert count_run_references(transport, M001.id, paused_run) == written  # nothing sent after the pause
+        assert count_side_rows(transport, ASSET_REFERENCES, M001.id, paused_run) == written  # nothing sent after the pause
         assert checkpoint_lines(run_dir) <= lines + 1  # at most the batch that was in flight when it was paused
         release_lock(transport, M001.id, "the-other-run")
         resumed = apply_plan(transport, run_dir, confirm=True, show_progress=False)  # the checkpoint is valid
@@ -295,9 +295,9 @@ def test_a_killed_runner_leaves_no_kernel_behind(deploy_key: str, tmp_path: Path
                     os.kill(pid, signal.SIGKILL)
         lines = checkpoint_lines(run_dir)
         time.sleep(1.5)  # the server finishes the batch that was in flight (its injected delay is at most 1 s)
-        written = count_run_references(transport, M001.id, run_id(run_dir))
+        written = count_side_rows(transport, ASSET_REFERENCES, M001.id, run_id(run_dir))
         time.sleep(2)  # a surviving kernel would have sent more batches by now
-        assert count_run_references(transport, M001.id, run_id(run_dir)) == written
+        assert count_side_rows(transport, ASSET_REFERENCES, M001.id, run_id(run_dir)) == written
         assert checkpoint_lines(run_dir) == lines
 
 
@@ -332,8 +332,8 @@ def test_the_deployment_refuses_a_batch_from_a_run_that_does_not_hold_the_lock(t
     items = [_item(line) for line in iter_plan_lines(run_dir) if line["action"] in CHANGING_ACTIONS][:5]
     assert acquire_lock(transport, M001.id, "the-other-run", "bob", 600_000)["acquired"]
     with pytest.raises(errors.LeaseLost, match="the migration lock is held by run the-other-run"):
-        apply_batch(transport, M001.id, run_id(run_dir), items)
-    assert sum(count_run_references(transport, M001.id, run_id(run_dir)).values()) == 0
-    assert apply_batch(transport, M001.id, "the-other-run", items)[0]["outcome"] == "applied"  # the holder may write
+        apply_batch(transport, M001.id, run_id(run_dir), items, side_rows=M001.side_rows)
+    assert sum(count_side_rows(transport, ASSET_REFERENCES, M001.id, run_id(run_dir)).values()) == 0
+    assert apply_batch(transport, M001.id, "the-other-run", items, side_rows=M001.side_rows)[0]["outcome"] == "applied"  # the holder may write
     release_lock(transport, M001.id, "the-other-run")
-    assert {r["outcome"] for r in apply_batch(transport, M001.id, run_id(run_dir), items)} == {"already_applied"}  # no holder: not refused
+    assert {r["outcome"] for r in apply_batch(transport, M001.id, run_id(run_dir), items, side_rows=M001.side_rows)} == {"already_applied"}  # no holder: not refused

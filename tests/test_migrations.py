@@ -3,47 +3,88 @@ every notebook opens and records, and the core running a migration it has never 
 
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import BaseModel, ValidationError
 
 from helpers import migrations
-from helpers.archive import StepResults, read_step_results, write_step_results
+from helpers.apply import ApplySummary
+from helpers.archive import Manifest, StepResults, read_step_results, write_step_results
 from helpers.errors import PreconditionFailed
 from helpers.migration import PLAN_LINE_KEYS, Migration
+from helpers.plan import PlanSummary
+from helpers.rollback import RollbackSummary
 from helpers.run_folder import bind_migration, migration_id, run_id
 from helpers.step import PREVIOUS_STEP, Step
-from helpers.verify import run_checks
+from helpers.verify import VerifyReport, run_checks
 
-from .toy_migration import plan_note
+from .toy_migration import TOY, plan_note
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Development tooling for migration 001's sample data (not in the wheel), and the migrations themselves.
 NOT_CORE = {"sample_data.py", "local_deployment.py", "demo.py"}
 
 
-def core_modules() -> list[Path]:
-    return [path for path in sorted((ROOT / "helpers").glob("*.py")) if path.name not in NOT_CORE]
+def core_files() -> list[Path]:
+    """The core's Python modules and the Convex functions every migration runs through."""
+    modules = [path for path in sorted((ROOT / "helpers").glob("*.py")) if path.name not in NOT_CORE]
+    return [*modules, *sorted((ROOT / "convex").glob("migration*.ts"))]
+
+
+def names_of_001() -> set[str]:
+    """Every name of migration 001's world: its tables, the fields it owns and reads, its side rows' table and
+    fields, its asset types, its plan line keys, its wording, and the field legacy writers move."""
+    from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001, fields
+
+    side = M001.side_rows
+    assert side is not None
+    names = {*M001.tables, *(f for owned in M001.owned_fields.values() for f in owned), *fields.ASSET_TYPES.values()}
+    names |= {f for pairs in fields.ASSET_SOURCES.values() for pair in pairs.values() for f in pair}
+    names |= {side.table, side.owner, side.kind, side.group, side.index, *side.mirrored, *side.groups.values()}
+    names |= {M001.status_key or "", M001.updated_at_field or "", "legacyField", "migratedFromLegacy", side.label}
+    # Names the core once used for them (issue 22): the seam's 001-shaped fields and 001's wording.
+    names |= {"reference_fields", "entity_types", "entityType", "s3Key", "REFERENCE_TABLE", "countRunReferences", "001"}
+    # Four of its names are ordinary words the core uses for its own things (a batch size, a file's checksum, the
+    # run folder's manifest, a kernel's session): every other name is searched, as a whole word.
+    return names - {"", "size", "checksum", "manifest", "session"}
+
+
+def occurrences(names: set[str], files: list[Path]) -> dict[str, str]:
+    pattern = re.compile("|".join(rf"\b{re.escape(name)}\b" for name in sorted(names, key=len, reverse=True)), re.IGNORECASE)
+    return {
+        f"{path.name}:{number}": line.strip()
+        for path in files
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line)
+    }
 
 
 def test_the_core_names_no_table_field_or_migration_of_its_own() -> None:
-    """Issue 14's check: a search of the core modules for scenes, videoSessions and 001 finds nothing."""
-    found = {
-        f"{path.name}:{number}": line.strip()
-        for path in core_modules()
-        for number, line in enumerate(path.read_text().splitlines(), 1)
-        if re.search(r"scenes|videoSessions|001", line)
-    }
-    assert found == {}
+    """Issue 22's check: a search of the core modules and convex/migration*.ts for every name of 001's world
+    (tables, fields, side rows, asset types, plan line keys, wording) finds nothing."""
+    assert occurrences(names_of_001(), core_files()) == {}
 
 
-def test_the_search_would_find_a_table_name() -> None:
-    """The check above is not vacuous: the files it reads are the core's, and a migration's name shows."""
-    names = {path.name for path in core_modules()}
-    assert {"plan.py", "verify.py", "apply.py", "rollback.py", "runner.py", "cli.py", "transport.py"} <= names
-    assert re.search(r"scenes|videoSessions|001", (ROOT / "helpers/migrations/m001_s3_asset_tracking/planner.py").read_text())
+def test_the_search_would_find_each_kind_of_name() -> None:
+    """The check above is not vacuous: it reads the core's files, its names are 001's, and the search finds each
+    kind of name (table, owned field, side row field, asset type, plan line key, wording) where 001 uses it."""
+    names = {path.name for path in core_files()}
+    assert {"plan.py", "verify.py", "apply.py", "rollback.py", "runner.py", "cli.py", "deployment.py", "migration.ts"} <= names
+    wanted = {"assetReferences", "scenes", "videoSessions", "videoAsset", "s3Key", "s3Url", "contentType", "uploadedAt",
+              "entityId", "entityType", "assetType", "legacyStatus", "updatedAt", "video_chunk", "asset references"}
+    assert wanted <= names_of_001()
+    m001 = sorted((ROOT / "helpers/migrations/m001_s3_asset_tracking").glob("*.py"))
+    found = " ".join(occurrences(names_of_001(), m001).values())
+    for name in wanted:
+        assert re.search(rf"\b{re.escape(name)}\b", found, re.IGNORECASE), name
+    planted = ROOT / "convex" / "migration.ts"
+    assert occurrences({"assetReferences"}, [planted]) == {}
+    assert occurrences({"applyBatch"}, [planted])  # the same search finds a name the file does hold
 
 
 def test_the_registry_finds_each_migration_by_id_in_order() -> None:
@@ -55,22 +96,67 @@ def test_the_registry_finds_each_migration_by_id_in_order() -> None:
         assert migration.folder is not None and (migration.folder / "README.md").exists(), migration.id
         assert set(migration.changing_actions) <= set(migration.actions), migration.id
         assert set(migration.owned_fields) <= set(migration.tables), migration.id
+        if migration.side_rows is not None:
+            assert set(migration.side_rows.sources) <= set(migration.tables), migration.id
     with pytest.raises(PreconditionFailed, match="No migration '003_x'") as unknown:
         migrations.get("003_x")
     assert "001_s3_asset_tracking" in str(unknown.value)
 
 
 def test_a_run_folder_runs_one_migration(tmp_path: Path) -> None:
-    assert migration_id(tmp_path / "never-used") == migrations.default_id()  # reading writes nothing
-    assert not (tmp_path / "never-used").exists()
     bind_migration(tmp_path / "a", "002_retire_legacy_fields")
     assert migration_id(tmp_path / "a") == "002_retire_legacy_fields" and run_id(tmp_path / "a")
     bind_migration(tmp_path / "a", "002_retire_legacy_fields")  # again: the same migration is fine
     with pytest.raises(PreconditionFailed, match="runs migration 002_retire_legacy_fields, not 001_s3_asset_tracking"):
         bind_migration(tmp_path / "a", "001_s3_asset_tracking")
-    run_id(tmp_path / "b")  # a folder whose first step named no migration runs the default one
-    with pytest.raises(PreconditionFailed):
-        bind_migration(tmp_path / "b", "002_retire_legacy_fields")
+    drawn = run_id(tmp_path / "b")  # a run id drawn before the migration is bound: the binding keeps it
+    bind_migration(tmp_path / "b", "002_retire_legacy_fields")
+    assert run_id(tmp_path / "b") == drawn and migration_id(tmp_path / "b") == "002_retire_legacy_fields"
+
+
+@pytest.mark.parametrize("run_json", [None, {"run_id": "r"}])
+def test_a_folder_that_records_no_migration_is_refused_not_judged_as_the_first(tmp_path: Path, run_json: dict[str, str] | None) -> None:
+    if run_json is not None:
+        (tmp_path / "run.json").write_text(json.dumps(run_json))
+    with pytest.raises(PreconditionFailed, match="records no migration"):
+        migration_id(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["run.json"] if run_json else [])  # reading wrote nothing
+
+
+@pytest.mark.parametrize("model", [PlanSummary, ApplySummary, VerifyReport, RollbackSummary, Manifest])
+def test_a_steps_file_that_names_no_migration_is_refused(model: type[BaseModel]) -> None:
+    """The five files a step writes name their migration; one that does not is never read as the first one's."""
+    with pytest.raises(ValidationError) as refused:
+        model.model_validate({})
+    assert "migration_id" in {str(error["loc"][0]) for error in refused.value.errors()}
+
+
+def _declared(id_: str, predecessor: str | None) -> Migration:
+    return replace(TOY, id=id_, predecessor=predecessor)
+
+
+@pytest.mark.parametrize(("chain", "refusal"), [
+    ([("m001_a", _declared("001_a", None)), ("m002_b", _declared("002_b", "001_a"))], None),
+    ([("m001_a", _declared("001_a", None)), ("m002_b", _declared("002_c", "001_a"))], "folder m002_b declares id '002_c'"),
+    ([("m001_a", _declared("001_a", None)), ("m002_b", _declared("002_b", "001_x"))], "unknown predecessor '001_x'"),
+    ([("m001_a", _declared("001_a", None)), ("m002_b", _declared("002_b", "001_a")), ("m003_c", _declared("003_c", "001_a"))],
+     r"2 heads \(002_b, 003_c\)"),
+    ([("m001_a", _declared("001_a", None)), ("m002_b", _declared("002_b", None))], "2 heads"),
+    ([("m001_a", _declared("001_a", "002_b")), ("m002_b", _declared("002_b", "001_a"))], "0 heads"),
+    ([("m001_a", _declared("001_a", None)), ("m001_a", _declared("001_a", None))], "declared twice"),
+])
+def test_the_registry_refuses_a_broken_chain(chain: list[tuple[str, Migration]], refusal: str | None) -> None:
+    if refusal is None:
+        assert [m.id for m in migrations.check_chain(chain)] == ["001_a", "002_b"]
+        return
+    with pytest.raises(PreconditionFailed, match=refusal):
+        migrations.check_chain(chain)
+
+
+def test_the_shipped_registry_is_one_chain_whose_head_is_the_newest() -> None:
+    shipped = migrations.all_migrations()
+    assert migrations.check_chain([(f"m{m.id}", m) for m in shipped]) == shipped
+    assert migrations.head_id() == shipped[-1].id != migrations.default_id()
 
 
 @pytest.mark.parametrize("step", sorted(PREVIOUS_STEP))

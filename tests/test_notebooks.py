@@ -117,7 +117,7 @@ def test_python_api_returns_statistics_and_dry_run_stops_after_plan(deployment: 
     assert result.passed and result.steps["04_verify"] == "passed"
     stats = result.statistics
     assert stats.migrated["scenes"] > 0 and stats.migrated["sessions"] > 0
-    assert stats.asset_references_created == len(migration_references(transport))
+    assert stats.side_rows == {"asset references": len(migration_references(transport))}
     assert stats.apply_seconds is not None and stats.apply_seconds > 0 and stats.wall_seconds > stats.apply_seconds
 
 

@@ -74,7 +74,7 @@ def test_notebooks_only_call_the_helpers_public_api() -> None:
 # --- the installed package, outside the checkout ----------------------------------------------------------------
 
 #: Development tooling: it needs the checkout (local_deployment/, node_modules/) and stays out of the wheel.
-DEVELOPMENT_MODULES = ("helpers/local_deployment.py", "helpers/sample_data.py", "helpers/demo.py")
+DEVELOPMENT_MODULES = ("helpers/local_deployment.py", "helpers/sample_data.py", "helpers/demo.py", "helpers/scaffold.py")
 #: Checkout folders that are not the runbook: none of them may be in the wheel.
 CHECKOUT_ONLY = ("convex/", "tests/", "local_deployment/", "benchmarks/", "notebooks/", "docs/")
 
@@ -121,7 +121,9 @@ def test_the_wheel_carries_the_notebooks_and_leaves_development_tooling_out(whee
         for path in NOTEBOOKS:
             assert archive.read(f"helpers/notebooks/{path.name}") == path.read_bytes(), path.name
     assert not names & set(DEVELOPMENT_MODULES), names & set(DEVELOPMENT_MODULES)
-    runbook = {name for name in _checkout_files() if name.startswith("helpers/")} - set(DEVELOPMENT_MODULES)
+    migration_tests = {name for name in names if re.fullmatch(r"helpers/migrations/m[^/]+/test_\w+\.py", name)}
+    assert not migration_tests, migration_tests  # a migration's tests stay beside it in the checkout
+    runbook = {name for name in _checkout_files() if name.startswith("helpers/") and "/test_" not in name} - set(DEVELOPMENT_MODULES)
     assert runbook <= names, runbook - names  # a module or data file of a migration added later is shipped too
     assert not [name for name in names if name.startswith(CHECKOUT_ONLY)]
     imported = _notebook_imports()

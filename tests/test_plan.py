@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 import helpers.plan
 from helpers import display as show
@@ -132,13 +133,14 @@ def test_examples_show_what_a_line_sets_and_what_it_removes(tmp_path: Path) -> N
     )
 
 
-def test_a_plan_written_before_migrations_were_declared_is_the_first_migrations(toy_run: Path) -> None:
+def test_a_plan_that_names_no_migration_is_refused_not_read_as_the_first_migrations(toy_run: Path) -> None:
     build_plan(PagedTables({"notes": NOTES}), toy_run, source="live", show_progress=False)  # type: ignore[arg-type]
     summary_path = plan_dir(toy_run) / "plan.json"
     record = jsonio.loads(summary_path.read_bytes())
     del record["migration_id"]
     summary_path.write_bytes(jsonio.dumps(record))
-    assert read_plan(toy_run).migration_id == migrations.default_id() != TOY.id
+    with pytest.raises(ValidationError, match="migration_id"):
+        read_plan(toy_run)
 
 
 def _snapshot_of(run_dir: Path, tables: dict[str, list[dict[str, Any]]]) -> None:

@@ -46,9 +46,9 @@ def test_check_restored() -> None:
 
 def test_check_reference_removed() -> None:
     ours = {"_id": "r", "entityId": "a", "metadata": {"migrationId": M001.id}}
-    assert not check_reference_removed(ours, {"a"}, M001.id)
-    assert check_reference_removed(ours, {"b"}, M001.id)
-    assert check_reference_removed({**ours, "metadata": {"migrationId": "someone else"}}, {"a"}, M001.id)
+    assert not check_reference_removed(ours, {"a"}, M001.side_rows, M001.id)
+    assert check_reference_removed(ours, {"b"}, M001.side_rows, M001.id)
+    assert check_reference_removed({**ours, "metadata": {"migrationId": "someone else"}}, {"a"}, M001.side_rows, M001.id)
 
 
 def touched_scene(run_dir: Path, mode: str) -> str:
@@ -61,7 +61,7 @@ def readd_field(transport: ConvexTransport, run_dir: Path, mode: str) -> None:
 
 def leave_reference(transport: ConvexTransport, run_dir: Path, mode: str) -> None:
     ref = {"entityType": "scene", "assetType": "thumbnail", "s3Key": "k.png", "s3Url": "https://b.s3.amazonaws.com/k.png",
-           "contentType": "image/png", "uploadedAt": 1, "version": 1}
+           "contentType": "image/png", "uploadedAt": 1, "version": 1, "metadata": {"migratedFromLegacy": True}}
     damage(transport, item("scenes", touched_scene(run_dir, mode), insertReferences=[ref]))
 
 

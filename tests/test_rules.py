@@ -109,7 +109,8 @@ def test_scn1_video_asset_carries_size_checksum_and_update_time() -> None:
     assert plan.action == "migrate"
     assert plan.set["videoAsset"] == expected
     assert plan.references == [
-        {**expected, "entityType": "scene", "assetType": "video_chunk", "version": 1, "legacyField": "s3ChunkKey"}
+        {**expected, "entityType": "scene", "assetType": "video_chunk", "version": 1,
+         "metadata": {"migratedFromLegacy": True, "legacyField": "s3ChunkKey"}}
     ]
     assert plan.problems == []
 
@@ -123,7 +124,7 @@ def test_scn2_to_scn4_other_scene_assets_have_no_size_or_checksum(asset_field: s
     key = key_of(file_name)
     plan = rules.plan_scene(scene(**{key_field: key, url_field: url_of(key)}), CTX)
     assert plan.set[asset_field] == {"s3Key": key, "s3Url": url_of(key), "contentType": content_type, "uploadedAt": UPDATED}
-    [reference] = [r for r in plan.references if r["legacyField"] == key_field]
+    [reference] = [r for r in plan.references if r["metadata"]["legacyField"] == key_field]
     assert reference["assetType"] == fields.ASSET_TYPES[asset_field]
     assert "size" not in reference and "checksum" not in reference
 
@@ -212,13 +213,14 @@ def test_scn10_one_reference_per_asset_set() -> None:
     doc = scene(**{f: key_of(n) for f, n in (("thumbnailKey", "t.png"), ("subtitleKey", "s.vtt"))})
     doc.update(thumbnailUrl=url_of(key_of("t.png")), subtitleUrl=url_of(key_of("s.vtt")))
     plan = rules.plan_scene(doc, CTX)
-    by_field = {r["legacyField"]: r for r in plan.references}
+    by_field = {r["metadata"]["legacyField"]: r for r in plan.references}
     assert set(by_field) == {"s3ChunkKey", "thumbnailKey", "subtitleKey"}
     for asset_field, (key_field, _) in fields.SCENE_ASSET_SOURCES.items():
         if asset_field in plan.set:
             reference = dict(by_field[key_field])
-            assert {k: reference.pop(k) for k in ("entityType", "assetType", "version", "legacyField")} == {
-                "entityType": "scene", "assetType": fields.ASSET_TYPES[asset_field], "version": 1, "legacyField": key_field,
+            assert {k: reference.pop(k) for k in ("entityType", "assetType", "version", "metadata")} == {
+                "entityType": "scene", "assetType": fields.ASSET_TYPES[asset_field], "version": 1,
+                "metadata": {"migratedFromLegacy": True, "legacyField": key_field},
             }
             assert reference == plan.set[asset_field]
 
@@ -757,7 +759,7 @@ def test_line_round_trips_through_orjson() -> None:
     line = orjson.loads(orjson.dumps(plan.to_line(), option=orjson.OPT_SORT_KEYS))
     assert DocumentPlan.from_line(line) == plan
     assert DocumentPlan.from_line(line).to_line() == line
-    assert set(line) == {*PLAN_LINE_KEYS, "sessionId", "current"}  # the core's keys, and 001's own
+    assert set(line) == {*PLAN_LINE_KEYS, "legacyStatus", "sessionId", "current"}  # the core's keys, and 001's own
 
 
 def test_problem_messages_name_their_field() -> None:
@@ -969,11 +971,11 @@ def check_plan_invariants(doc: dict[str, Any], plan: DocumentPlan, table: str) -
             assert asset["s3Url"] == legacy_url.strip().split("?", 1)[0]
         assert "?" not in asset["s3Url"] and asset["contentType"]
         reference = references.pop(fields.ASSET_TYPES[asset_field])
-        assert {k: v for k, v in reference.items() if k not in ("entityType", "assetType", "version", "legacyField")} == asset
-        assert reference["legacyField"] == key_field
+        assert {k: v for k, v in reference.items() if k not in ("entityType", "assetType", "version", "metadata")} == asset
+        assert reference["metadata"]["legacyField"] == key_field
     for asset_type, reference in references.items():  # the rest track assets the document already holds
         asset_field = next(f for f, t in fields.ASSET_TYPES.items() if t == asset_type)
-        assert {k: v for k, v in reference.items() if k not in ("entityType", "assetType", "version", "legacyField")} == doc[asset_field]
+        assert {k: v for k, v in reference.items() if k not in ("entityType", "assetType", "version", "metadata")} == doc[asset_field]
     held = {fields.ASSET_TYPES[f] for f in sources if isinstance(doc.get(f) or plan.set.get(f), dict)}
     assert {r["assetType"] for r in plan.references} == held  # tracking complete (nothing is tracked in CTX)
     assert (plan.action == "track_existing") == (not plan.set and bool(plan.references))

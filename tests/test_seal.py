@@ -254,7 +254,7 @@ def test_pages_of_an_untimed_notebook_take_who_and_when_from_the_ledger(copy: tu
     from helpers.deployment import record_run
 
     run_dir, saved = copy
-    archive.write_json_atomic(run_dir / "run.json", {"run_id": "20261125T120000Z-c0ffee000001"})  # a run of its own
+    archive.write_json_atomic(run_dir / "run.json", {"run_id": "20261125T120000Z-c0ffee000001", "migration": M001.id})  # a run of its own
     with deployment.transport() as transport:
         record_run(transport, M001.id, "20261125T120000Z-c0ffee000001", step="01_backup_snapshot", status="passed",
                    operator="carol", startedAt=1_795_600_000_000, finishedAt=1_795_600_042_000)

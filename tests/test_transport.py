@@ -9,6 +9,7 @@ from convex.http_client import ConvexExecutionError, ConvexHttpClient
 from helpers import errors
 from helpers.deployment import iter_documents, iter_pages
 from helpers.local_deployment import LocalDeployment
+from helpers.migrations.m001_s3_asset_tracking import ASSET_REFERENCES
 from helpers.transport import ConvexTransport, deploy_key_from_env, redact_url
 
 
@@ -84,6 +85,8 @@ def test_transport_errors_name_cause_and_fix(deployment: LocalDeployment, transp
         transport.function("migration:doesNotExist", {})
     assert "npx convex deploy" in str(missing.value)
     with pytest.raises(errors.ArgumentValidationError):
+        transport.function("migration:readPage", {"table": 1, "cursor": None, "numItems": 1})
+    with pytest.raises(errors.FunctionFailed, match="no table nope in the deployed schema"):  # tables: the schema's
         transport.function("migration:readPage", {"table": "nope", "cursor": None, "numItems": 1})
     with pytest.raises(errors.DeployKeyRejected):
         deployment.transport(deploy_key="wrong-key").function("migration:readPage", {})
@@ -111,11 +114,11 @@ def test_limits_fail_like_convex(transport: ConvexTransport) -> None:
         {"table": "scenes", "documents": [{"sessionId": session, "sceneIndex": i, "status": "completed"} for i in range(4000)]},
     )["ids"]
     reference = {"entityType": "scene", "assetType": "thumbnail", "s3Key": "k.png", "s3Url": "https://b.s3.amazonaws.com/k.png",
-                 "contentType": "image/png", "uploadedAt": 1.0, "version": 1}
+                 "contentType": "image/png", "uploadedAt": 1.0, "version": 1, "metadata": {"migratedFromLegacy": True}}
     items = [{"table": "scenes", "id": scene, "expect": {}, "expectAbsent": [], "set": {"assetVersion": 1}, "unset": [],
               "insertReferences": [reference] * 4, "deleteReferences": []} for scene in scenes]
     with pytest.raises(errors.LimitExceeded, match="16000"):  # 4,000 patches + 16,000 inserts > 16,000 writes
-        transport.function("migration:applyBatch", {"migrationId": "m", "runId": "r", "items": items})
+        transport.function("migration:applyBatch", {"migrationId": "m", "runId": "r", "items": items, "sideRows": ASSET_REFERENCES.protocol()})
     assert list(iter_documents(transport, "assetReferences")) == []  # the failed mutation wrote nothing
     with pytest.raises(errors.LimitExceeded, match="8192"):
         transport.function("sampleData:insertBatch", {"table": "videoSessions", "documents": [{"status": "x"}] * 8193})

@@ -23,6 +23,7 @@ from helpers.apply import apply_plan
 from helpers.backup import iter_backup_documents, take_backup
 from helpers.local_deployment import LocalDeployment
 from helpers.plan import iter_plan_lines
+from helpers.run_folder import bind_migration
 from helpers.rollback import execute_rollback, plan_rollback
 from helpers.sample_data import SPECIAL_ERROR_VALUES
 from helpers.transport import ConvexTransport
@@ -243,7 +244,9 @@ def test_deployment_stores_exports_and_returns_values_exactly(transport: ConvexT
     ids = transport.function("sampleData:insertBatch", {"table": "scenes", "documents": documents})["ids"]
     for doc_id, value in zip(ids, stored, strict=True):  # the wire format, both ways
         assert values.equal(transport.query("scenes:get", {"id": doc_id})["errorMessage"], value)
-    summary = take_backup(transport, tmp_path_factory.mktemp("run"), poll_seconds=0.02, show_progress=False)
+    run_dir = tmp_path_factory.mktemp("run")
+    bind_migration(run_dir, "001_s3_asset_tracking")
+    summary = take_backup(transport, run_dir, poll_seconds=0.02, show_progress=False)
     exported = {doc["_id"]: doc for doc in iter_backup_documents(summary, "scenes")}
     for doc_id, value in zip(ids, stored, strict=True):  # the export format, as the deployment wrote it
         assert values.equal(exported[doc_id]["errorMessage"], value), (exported[doc_id]["errorMessage"], value)

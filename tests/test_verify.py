@@ -14,6 +14,7 @@ import pytest
 from helpers.apply import apply_plan
 from helpers.backup import iter_backup_documents, take_backup
 from helpers.deployment import apply_batch, iter_documents
+from helpers.run_folder import bind_migration
 from helpers.plan import build_plan, iter_plan_lines
 from helpers.transport import ConvexTransport
 from helpers.migrations.m001_s3_asset_tracking.checks import (
@@ -291,8 +292,8 @@ def test_session_totals() -> None:
 
 def reference(ref_id: str, asset: dict[str, Any], *, ours: bool = True, entity_type: str = "scene") -> Reference:
     row = {"_id": ref_id, "entityType": entity_type, **asset, "metadata": {"migrationId": M001.id if ours else "app"}}
-    assert Reference.of(row, M001.id).ours is ours
-    return Reference.of(row, M001.id)
+    assert Reference.of(row, M001.side_rows, M001.id).ours is ours
+    return Reference.of(row, M001.side_rows, M001.id)
 
 
 def test_reference_checks() -> None:
@@ -346,8 +347,8 @@ def world() -> dict[str, Any]:
     by_id = {line["id"]: line for line in plan}
     live = {table: [{**doc, **by_id[doc["_id"]]["set"]} for doc in docs] for table, docs in (("scenes", scenes), ("videoSessions", sessions))}
     live["assetReferences"] = [
-        {**{k: v for k, v in ref.items() if k != "legacyField"}, "_id": f"ref-{line['id']}-{ref['assetType']}", "entityId": line["id"],
-         "metadata": {"migrationId": M001.id, "runId": "run", "legacyField": ref["legacyField"]}}
+        {**ref, "_id": f"ref-{line['id']}-{ref['assetType']}", "entityId": line["id"],
+         "metadata": {**ref["metadata"], "migrationId": M001.id, "runId": "run"}}
         for line in plan if line["action"] in rules.CHANGING_ACTIONS for ref in line["references"]
     ]
     return {"plan": plan, "backup": {"scenes": scenes, "videoSessions": sessions}, "live": live}
@@ -639,7 +640,7 @@ def item(table: str, doc_id: str, **fields: Any) -> dict[str, Any]:
 
 
 def damage(transport: ConvexTransport, *items: dict[str, Any]) -> None:
-    results = apply_batch(transport, M001.id, "damage", list(items))
+    results = apply_batch(transport, M001.id, "damage", list(items), side_rows=M001.side_rows)
     assert all(r["outcome"] == "applied" for r in results), results
 
 
@@ -654,7 +655,7 @@ def refs_of(transport: ConvexTransport, entity: str) -> list[dict[str, Any]]:
 def as_input(ref: dict[str, Any]) -> dict[str, Any]:
     """An assetReferences row as applyBatch's insertReferences takes it."""
     out = {k: v for k, v in ref.items() if k not in ("_id", "_creationTime", "entityId", "createdAt", "metadata")}
-    return {**out, "legacyField": ref["metadata"]["legacyField"]}
+    return {**out, "metadata": {"migratedFromLegacy": True, "legacyField": ref["metadata"]["legacyField"]}}
 
 
 def with_video(run_dir: Path) -> dict[str, Any]:
@@ -777,6 +778,7 @@ def test_a_faulty_rule_applied_faithfully_fails_exactly_its_check(
 ) -> None:
     name, (predicate, change), expected = FAULTY_RULES[fault]
     seed(transport, SCENES)
+    bind_migration(tmp_path / "scratch", M001.id)
     build_plan(transport, tmp_path / "scratch", show_progress=False, source="live")  # a clean plan, to pick a migrated document
     table = "scenes" if name == "plan_scene" else "videoSessions"
     target = next(line["id"] for line in lines(tmp_path / "scratch", table) if predicate(line["set"]))
@@ -861,6 +863,7 @@ def test_assets_there_before_the_migration_are_tracked_once(transport: ConvexTra
 
     again = apply_plan(transport, run_dir, confirm=True, show_progress=False)  # reference-only items are idempotent
     assert again.passed and len(migration_references(transport)) == len(references)
+    bind_migration(tmp_path / "next", M001.id)
     build_plan(transport, tmp_path / "next", show_progress=False, source="live")  # a new dry-run sees every asset tracked
     assert {line["action"] for line in iter_plan_lines(tmp_path / "next")} <= {"no_change", "problem"}
 
@@ -874,10 +877,10 @@ def test_a_reference_only_item_adds_only_the_missing_reference(transport: Convex
     refs = refs_of(transport, scene)
     doc = next(d for d in iter_documents(transport, "scenes") if d["_id"] == scene)
     item_ = item("scenes", scene, expect={"updatedAt": doc["updatedAt"]}, insertReferences=[as_input(r) for r in refs])
-    assert apply_batch(transport, M001.id, "again", [item_])[0]["outcome"] == "already_applied"
+    assert apply_batch(transport, M001.id, "again", [item_], side_rows=M001.side_rows)[0]["outcome"] == "already_applied"
     damage(transport, item("scenes", scene, deleteReferences=[refs[0]["_id"]]))
     stale = {**item_, "expect": {"updatedAt": -1}}
-    assert apply_batch(transport, M001.id, "again", [stale])[0]["outcome"] == "conflict"
-    [result] = apply_batch(transport, M001.id, "again", [item_])
+    assert apply_batch(transport, M001.id, "again", [stale], side_rows=M001.side_rows)[0]["outcome"] == "conflict"
+    [result] = apply_batch(transport, M001.id, "again", [item_], side_rows=M001.side_rows)
     assert result["outcome"] == "applied" and len(result["referenceIds"]) == 1
     assert sorted(r["assetType"] for r in refs_of(transport, scene)) == sorted(r["assetType"] for r in refs)

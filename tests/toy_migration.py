@@ -13,7 +13,7 @@ from helpers.migration import DocumentCheck, Joined, Migration, PlanInputs, Verd
 
 def plan_note(doc: dict[str, Any]) -> dict[str, Any]:
     text = doc.get("text")
-    line = {"table": "notes", "id": doc["_id"], "legacyStatus": doc.get("status"), "unset": [], "references": []}
+    line = {"table": "notes", "id": doc["_id"], "status": doc.get("status"), "unset": [], "references": []}
     if type(text) is not str:
         problem = {"code": "no_text", "severity": "blocking", "message": "text is not a text", "field": "text"}
         return {**line, "action": "problem", "expect": {}, "expectAbsent": [], "set": {}, "problems": [problem]}
@@ -40,12 +40,11 @@ TOY = Migration(
     predecessor=None,
     tables=("notes",),
     owned_fields={"notes": frozenset({"wordCount"})},
-    reference_fields={},
-    entity_types={},
     changing_actions=frozenset({"count"}),
     actions=("count", "no_change", "problem"),
     planner=planner,
     checks=(DocumentCheck("word_count_right", "wordCount = the number of words of text", check_word_count),),
     labels={"notes": "notes"},
     derived_from={"notes": {"wordCount": ("text",)}},
+    status_key="status",
 )

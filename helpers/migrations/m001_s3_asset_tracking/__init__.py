@@ -5,10 +5,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...migration import Migration
+from ...migration import Migration, SideRows
 from . import checks, planner
-from .fields import ASSET_SOURCES, ASSET_TYPES, MIGRATED_TABLES, NEW_FIELDS
+from .fields import ASSET_OBJECT_FIELDS, ASSET_SOURCES, ASSET_TYPES, ENTITY_TYPES, MIGRATED_TABLES, NEW_FIELDS
 from .plan_line import CHANGING_ACTIONS
+
+#: One assetReferences row per asset a document holds (convex/schema.ts `assetReferenceFields`).
+ASSET_REFERENCES = SideRows(
+    table="assetReferences",
+    label="asset references",
+    owner="entityId",
+    kind="assetType",
+    index="by_entity",
+    group="entityType",
+    stamp="metadata",
+    created_at="createdAt",
+    sources={table: {f: ASSET_TYPES[f] for f in sources} for table, sources in ASSET_SOURCES.items()},
+    groups=ENTITY_TYPES,
+    mirrored=ASSET_OBJECT_FIELDS,
+)
 
 MIGRATION = Migration(
     id="001_s3_asset_tracking",
@@ -16,8 +31,6 @@ MIGRATION = Migration(
     predecessor=None,
     tables=MIGRATED_TABLES,
     owned_fields=NEW_FIELDS,
-    reference_fields={table: {f: ASSET_TYPES[f] for f in sources} for table, sources in ASSET_SOURCES.items()},
-    entity_types={"scenes": "scene", "videoSessions": "session"},
     changing_actions=CHANGING_ACTIONS,
     actions=("migrate", "fill_missing", "track_existing", "no_change", "problem"),
     planner=planner.plan,
@@ -26,4 +39,7 @@ MIGRATION = Migration(
     labels={"scenes": "scenes", "videoSessions": "sessions"},
     derived_from={table: {**sources, "assetsStatus": ("status",)} for table, sources in ASSET_SOURCES.items()},
     folder=Path(__file__).parent,
+    updated_at_field="updatedAt",
+    side_rows=ASSET_REFERENCES,
+    status_key="legacyStatus",
 )

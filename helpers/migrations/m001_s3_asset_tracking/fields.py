@@ -37,6 +37,10 @@ NEW_FIELDS: dict[str, frozenset[str]] = {
         [*SESSION_ASSET_SOURCES, "totalAssetSize", "assetCount", "assetsStatus", "assetsErrorMessage"]
     ),
 }
+#: The fields of an asset object (convex/assets.ts `s3AssetFields`), which its asset reference copies.
+ASSET_OBJECT_FIELDS = ("s3Key", "s3Url", "contentType", "size", "checksum", "uploadedAt")
+#: The entityType of each table's asset references.
+ENTITY_TYPES = {"scenes": "scene", "videoSessions": "session"}
 MIGRATED_TABLES = ("scenes", "videoSessions")
 ALL_TABLES = ("videoSessions", "scenes", "assetReferences", "migrationRuns")
 

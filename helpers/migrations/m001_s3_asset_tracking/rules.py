@@ -287,7 +287,9 @@ def _finish(
         return DocumentPlan(table, doc_id, "problem", session_id, legacy_status, expect, expect_absent, {}, [], problems, current)
     entity_type, sources = ("scene", SCENE_ASSET_SOURCES) if table == "scenes" else ("session", SESSION_ASSET_SOURCES)
     references = [  # SCN-10, SES-8: every asset the document will hold (set now, or there before) and not yet tracked
-        dict(asset, entityType=entity_type, assetType=ASSET_TYPES[name], version=ASSET_VERSION, legacyField=key_field)
+        # applyBatch adds entityId, createdAt and the run's ids to `metadata` (helpers.migration.SideRows).
+        dict(asset, entityType=entity_type, assetType=ASSET_TYPES[name], version=ASSET_VERSION,
+             metadata={"migratedFromLegacy": True, "legacyField": key_field})
         for name, (key_field, _) in sources.items()
         if type(asset := to_set.get(name, doc.get(name))) is dict and not ctx.is_tracked(doc_id, ASSET_TYPES[name])
     ]

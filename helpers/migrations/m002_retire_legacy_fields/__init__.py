@@ -40,8 +40,6 @@ MIGRATION = Migration(
     predecessor=PREDECESSOR,
     tables=TABLES,
     owned_fields={table: rules.RETIRED_FIELDS[table] for table in TABLES},
-    reference_fields={},
-    entity_types={},
     changing_actions=frozenset({rules.RETIRE}),
     actions=rules.ACTIONS,
     planner=plan,
@@ -51,4 +49,6 @@ MIGRATION = Migration(
     derived_from={table: {legacy: (asset,) for legacy, (asset, _) in rules.CARRIED_BY[table].items()} for table in TABLES},
     rollback_modes=("restore",),
     folder=Path(__file__).parent,
+    updated_at_field="updatedAt",
+    status_key="legacyStatus",
 )
