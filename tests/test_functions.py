@@ -132,12 +132,13 @@ def test_run_references_are_counted_per_entity_type_for_that_run_only(
 def test_lock_and_ledger(transport: ConvexTransport) -> None:
     assert acquire_lock(transport, "m", "run-a", "alice", 60_000)["acquired"] is True
     refused = acquire_lock(transport, "m", "run-b", "bob", 60_000)
-    assert refused["acquired"] is False and refused["holder"]["runId"] == "run-a" and refused["holder"]["operator"] == "alice"
+    assert refused == {"acquired": False, "holder": {"runId": "run-a", "operator": "alice", "migrationId": "m",
+                                                     "expiresAt": refused["holder"]["expiresAt"]}}
     assert acquire_lock(transport, "m", "run-a", "alice", 60_000)["acquired"] is True  # the same run resumes
-    assert renew_lock(transport, "m", "run-b", 60_000)["renewed"] is False
-    assert renew_lock(transport, "m", "run-a", 60_000)["renewed"] is True
-    assert release_lock(transport, "m", "run-b")["released"] is False
-    assert release_lock(transport, "m", "run-a")["released"] is True
+    assert renew_lock(transport, "run-b", 60_000)["renewed"] is False
+    assert renew_lock(transport, "run-a", 60_000)["renewed"] is True
+    assert release_lock(transport, "run-b")["released"] is False
+    assert release_lock(transport, "run-a")["released"] is True
     assert acquire_lock(transport, "m", "run-b", "bob", 1)["acquired"] is True
     assert acquire_lock(transport, "m", "run-c", "carol", 60_000)["acquired"] is True  # bob's lease expired
 
