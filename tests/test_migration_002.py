@@ -227,3 +227,39 @@ def test_001_then_002_then_002s_rollback_through_the_notebooks(deployment: Local
         assert restored.passed, restored.steps
         after = state(transport)
         assert all(after[t] == migrated[t] for t in (*M002.tables, "assetReferences"))
+
+
+def preview_rollback(transport: ConvexTransport, run_dir: Path) -> None:
+    """05_rollback with execute=False, as its notebook records it: the plan, and a passed step in the ledger."""
+    plan_rollback(transport, run_dir, "strip")
+    archive.record_step(transport, run_dir, archive.StepResults(step=ROLLBACK_STEP, status="passed"))
+
+
+def test_a_rollback_preview_of_001_does_not_block_002(transport: ConvexTransport, tmp_path: Path) -> None:
+    seed(transport, 30)
+    m001 = folder(tmp_path, M001.id)
+    prepare(transport, m001)
+    apply_and_verify(transport, m001)
+    preview_rollback(transport, m001)
+    assert [(r["step"], r["status"]) for r in read_ledger(transport, M001.id)][-1] == (ROLLBACK_STEP, "passed")
+    m002 = folder(tmp_path, M002.id)
+    prepare(transport, m002)  # its backup and plan ask the chain first
+    apply_and_verify(transport, m002)  # and its apply, under the lock and in every batch
+
+
+def test_a_rollback_executed_in_the_folder_of_an_earlier_preview_counts(transport: ConvexTransport, tmp_path: Path) -> None:
+    """The ledger row keeps the step's first start (the preview's, here before 001's verify): the execution shows in
+    the row's mark and its finish, and 002 is refused."""
+    seed(transport, 30)
+    m001 = folder(tmp_path, M001.id)
+    prepare(transport, m001)
+    assert apply_plan(transport, m001, confirm=True, show_progress=False).passed
+    archive.record_step(transport, m001, archive.StepResults(step="03_apply", status="passed"))
+    preview_rollback(transport, m001)
+    report = verify(transport, m001, show_progress=False)
+    assert report.passed
+    archive.record_step(transport, m001, archive.StepResults(step="04_verify", status="passed"))
+    M002.require(transport)  # previewed, not executed
+    execute_rollback(transport, m001, "strip")
+    with pytest.raises(errors.PreconditionFailed, match=f"Migration {M001.id} was rolled back .*05_rollback executed, passed"):
+        M002.require(transport)
