@@ -35,6 +35,11 @@ def for_rollback(migration: Migration) -> Chain:
     return {"inEffect": [], "notInEffect": [m.id for m in all_migrations() if m.predecessor == migration.id]}
 
 
+def rollback_mark(mode: str) -> str:
+    """The `details` of an executed rollback's ledger row (`mode=strip`, `mode=restore`)."""
+    return f"{EXECUTED_ROLLBACK_DETAILS}{mode}"
+
+
 def executed_rollback(row: dict[str, Any]) -> bool:
     """A ledger row of a rollback that sent its plan (`execute_rollback` marks it before sending anything)."""
     return row.get("step") == ROLLBACK_STEP and str(row.get("details", "")).startswith(EXECUTED_ROLLBACK_DETAILS)

@@ -24,7 +24,7 @@ from . import jsonio
 from .archive import sha256_file, write_json_atomic
 from .apply import LEASE_MS, DeploymentLease, take_migration_lock
 from .backup import BackupSummary, iter_backup_documents, require_backup
-from .chain import for_rollback
+from .chain import for_rollback, rollback_mark
 from .deployment import REFERENCE_TABLE, apply_batch, iter_documents, iter_pages, record_run, release_lock, require_chain
 from .errors import PreconditionFailed, RunbookError
 from .migration import Migration
@@ -255,7 +255,7 @@ def execute_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, b
     status = "failed"
     try:
         record_run(transport, migration.id, run, step=ROLLBACK_STEP, status="running", operator=operator, startedAt=started_ms,
-                   details=f"mode={mode}")
+                   details=rollback_mark(mode))
         with DeploymentLease(transport, run, lease_ms, asked_at) as lease:
             for item in iter_rollback_items(run_dir, mode):
                 batch.append(item)
@@ -281,7 +281,7 @@ def _finish(transport: ConvexTransport, migration_id: str, run: str, operator: s
     try:
         record_run(transport, migration_id, run, step=ROLLBACK_STEP, status=status, operator=operator,
                    startedAt=started_ms, finishedAt=int(time.time() * 1000),
-                   counts={"conflicts": conflicts, "errors": errors}, details=f"mode={mode}")
+                   counts={"conflicts": conflicts, "errors": errors}, details=rollback_mark(mode))
         release_lock(transport, run)
     except RunbookError:
         if failure is None:
