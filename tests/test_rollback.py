@@ -126,6 +126,7 @@ def test_a_strip_item_is_refused_per_document_where_the_legacy_values_its_assets
     strips = [i for i in iter_rollback_items(run_dir, "strip") if i["table"] == "scenes" and "videoAsset" in i["unset"]]
     # the guard is in the item: the legacy values the asset was built from, as they are (a scene may lack one)
     assert all(i["expect"].keys() & {"s3ChunkKey", "s3ChunkUrl"} for i in strips)
+    assert any({"s3ChunkSize", "checksum"} <= i["expect"].keys() for i in strips)  # the chunk's size and checksum too
     changed, vanished = [i["id"] for i in strips if {"s3ChunkKey", "s3ChunkUrl"} <= i["expect"].keys()][:2]
     transport.mutation("scenes:setChunk", {"id": changed, "s3ChunkKey": "re/rendered.mp4", "s3ChunkUrl": "https://x/re.mp4"})
     damage(transport, item("scenes", vanished, unset=["s3ChunkKey", "s3ChunkUrl"]))  # as 002's retire leaves it
