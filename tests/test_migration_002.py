@@ -263,3 +263,29 @@ def test_a_rollback_executed_in_the_folder_of_an_earlier_preview_counts(transpor
     execute_rollback(transport, m001, "strip")
     with pytest.raises(errors.PreconditionFailed, match=f"Migration {M001.id} was rolled back .*05_rollback executed, passed"):
         M002.require(transport)
+
+
+def test_a_retire_item_is_refused_per_document_where_an_asset_carrying_its_values_changed_or_vanished(
+    transport: ConvexTransport, tmp_path: Path,
+) -> None:
+    """Retire relies on the asset fields still carrying the legacy values it removes: where one was stripped (as a
+    001 strip leaves it) or rewritten between the plan and apply, the document is a conflict and keeps its legacy fields."""
+    seed(transport, 30)
+    run_001(transport, tmp_path)
+    run_dir = folder(tmp_path, M002.id)
+    prepare(transport, run_dir)
+    retiring = [line for line in iter_plan_lines(run_dir) if line["action"] == "retire" and "videoAsset" in line["expect"]
+                and "thumbnailAsset" in line["expect"]]
+    stripped, rewritten = retiring[0]["id"], retiring[1]["id"]
+    strip = {"table": "scenes", "id": stripped, "expect": {}, "expectAbsent": [], "set": {}, "unset": ["videoAsset"],
+             "insertReferences": [], "deleteReferences": []}
+    assert [r["outcome"] for r in apply_batch(transport, "someone-else", "test-run", [strip])] == ["applied"]
+    rewrite_thumbnail(transport, state(transport)["scenes"][rewritten], "https://tutor-assets.s3.amazonaws.com/moved.png")
+    before = state(transport)
+
+    applied = apply_plan(transport, run_dir, confirm=True, show_progress=False)
+    assert {o.id: o.message for o in applied.conflict_examples} == {
+        stripped: "changed since the plan: videoAsset changed", rewritten: "changed since the plan: thumbnailAsset changed"}
+    after = state(transport)
+    for doc_id in (stripped, rewritten):  # every legacy value still there
+        assert M002.owned_part("scenes", after["scenes"][doc_id]) == M002.owned_part("scenes", before["scenes"][doc_id])
