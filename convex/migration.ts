@@ -10,6 +10,7 @@ import type { GenericId } from "convex/values";
 import { internalMutation, internalQuery, type MutationCtx, type QueryCtx } from "./_generated/server";
 import type { TableNames } from "./_generated/dataModel";
 import schema from "./schema";
+import { chain, chainBroken, chainProblem, otherHolder, ownLock } from "./migrationRuns";
 import { valuesEqual } from "./values";
 
 /** A table of the deployed schema, or a clear refusal naming the known ones. */
@@ -83,6 +84,8 @@ type Item = typeof item.type;
 const SYSTEM_FIELDS = new Set(["_id", "_creationTime"]);
 /** The start of applyBatch's refusal when another run holds the lock (helpers.deployment recognises it). */
 export const LOCK_HELD_BY_OTHER = "the migration lock is held by run";
+/** The start of applyBatch's refusal of a guarded batch whose run does not hold the lock (helpers.deployment too). */
+export const LOCK_NOT_HELD = "the deployment lock is not held by run";
 
 /**
  * Applies each item atomically with its side rows, in the batch's one transaction.
@@ -90,18 +93,28 @@ export const LOCK_HELD_BY_OTHER = "the migration lock is held by run";
  * query per document: a document in its target state already has its side rows, because both were
  * written together, so nothing is ever inserted twice. The one exception is a reference-only item (it tracks
  * what the document held before the migration): it looks its side rows up by owner and kind.
+ *
+ * `guard` (the runbook's apply and rollback always send it) makes the batch's transaction check what the run
+ * checked when it took the lock: the deployment lock is this run's with a lease that has not run out, and the
+ * migration chain still holds (`migrationRuns.chainProblem`). A check made earlier and the write it guards can
+ * thus never be separated: otherwise nothing is written and the batch throws (a chain problem as ConvexError data).
  */
 export const applyBatch = internalMutation({
-  args: { migrationId: v.string(), runId: v.string(), items: v.array(item), sideRows: v.optional(sideRows) },
-  handler: async (ctx, { migrationId, runId, items, sideRows: side }) => {
+  args: { migrationId: v.string(), runId: v.string(), items: v.array(item), sideRows: v.optional(sideRows), guard: v.optional(chain) },
+  handler: async (ctx, { migrationId, runId, items, sideRows: side, guard }) => {
     // A run whose lease ran out while a request of its was on its way (a retry, a paused process) must not
     // write beside the run that took the lock over: the deployment refuses it, not only the client.
-    const lock = await ctx.db
-      .query("migrationRuns")
-      .withIndex("by_migration", (q) => q.eq("migrationId", migrationId).eq("kind", "lock"))
-      .first();
-    if (lock !== null && lock.runId !== runId && (lock.leaseExpiresAt ?? 0) > Date.now()) {
-      throw new Error(`${LOCK_HELD_BY_OTHER} ${lock.runId}: run ${runId} may not write`);
+    const now = Date.now();
+    const holder = await otherHolder(ctx, runId, now);
+    if (holder !== null) {
+      throw new Error(`${LOCK_HELD_BY_OTHER} ${holder.runId} (${holder.operator}, migration ${holder.migrationId}): run ${runId} may not write`);
+    }
+    if (guard !== undefined) {
+      if ((await ownLock(ctx, runId, now)) === null) {
+        throw new Error(`${LOCK_NOT_HELD} ${runId} (released, or its lease ran out): it may not write`);
+      }
+      const problem = await chainProblem(ctx, guard);
+      if (problem !== null) throw chainBroken(problem);
     }
     const results: Result[] = [];
     for (const it of items) {

@@ -70,8 +70,8 @@ export default defineSchema({
   assetReferences: defineTable(assetReferenceFields)
     .index("by_entity", ["entityId", "assetType"])
     .index("by_s3_key", ["s3Key"]),
-  // The runbook's ledger: one "run" row per (runId, step) and one "lock" row per migration, whose lease
-  // stops two applies from running at once.
+  // The runbook's ledger: one "run" row per (runId, step), and the deployment's one "lock" row, whose lease
+  // stops two writing steps (apply or rollback, of any migration) from running at once.
   migrationRuns: defineTable({
     kind: v.union(v.literal("run"), v.literal("lock")),
     migrationId: v.string(),
@@ -88,5 +88,7 @@ export default defineSchema({
     evidence: v.optional(v.record(v.string(), v.string())),
     // When the deployment wrote the row (its own clock): orders a run's step rows and seals.
     recordedAt: v.optional(v.number()),
-  }).index("by_migration", ["migrationId", "kind", "runId"]),
+  })
+    .index("by_migration", ["migrationId", "kind", "runId"])
+    .index("by_kind", ["kind", "runId"]),
 });

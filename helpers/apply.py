@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 
 from . import jsonio
 from .backup import backup_age, read_backup
+from .chain import Chain, executed_rollback, for_apply, refusal
 from .deployment import (
     acquire_lock,
     apply_batch,
@@ -46,8 +47,6 @@ from .transport import ConvexTransport, redact_url
 
 APPLY_DIR = "apply"
 APPLY_STEP = "03_apply"
-#: Steps whose ledger rows mean another run changed the documents: after this run's snapshot, its plan is stale.
-CHANGING_STEPS = frozenset({APPLY_STEP, "05_rollback"})
 CHECKPOINT_FILE = "checkpoint.jsonl"
 OUTCOMES_FILE = "outcomes.csv"
 LEASE_MS = 120_000
@@ -167,9 +166,8 @@ class DeploymentLease:
     `ensure()` is called before anything is sent: it fails once a renewal was refused, and renews first when
     the last confirmed renewal may have run out (a paused process must not send on an expired lease)."""
 
-    def __init__(self, transport: ConvexTransport, migration_id: str, run_id: str, lease_ms: int, granted_at: float) -> None:
+    def __init__(self, transport: ConvexTransport, run_id: str, lease_ms: int, granted_at: float) -> None:
         self.transport = transport
-        self.migration_id = migration_id
         self.run_id = run_id
         self.lease_s = lease_ms / 1000
         self.lease_ms = lease_ms
@@ -198,7 +196,7 @@ class DeploymentLease:
             if self.lost is not None:
                 return
             asked_at = time.monotonic()
-            answer = renew_lock(self.transport, self.migration_id, self.run_id, self.lease_ms)
+            answer = renew_lock(self.transport, self.run_id, self.lease_ms)
             if answer.get("renewed"):
                 self.valid_until = asked_at + self.lease_s
             else:
@@ -217,19 +215,27 @@ class DeploymentLease:
                 return
 
 
-def take_migration_lock(transport: ConvexTransport, migration_id: str, run_id: str, operator: str, lease_ms: int) -> float:
-    """Takes the deployment's migration lock for this run (apply and rollback alike: both change documents), or
-    refuses naming its holder. Returns when it was asked for, the start of the lease's clock."""
+def take_migration_lock(
+    transport: ConvexTransport, migration_id: str, run_id: str, operator: str, lease_ms: int, chain: Chain
+) -> float:
+    """Takes the deployment's one lock for this run (apply and rollback of any migration alike: each changes
+    documents), in the same transaction as the chain check, or refuses naming the holder (its run, operator and
+    migration) or what breaks the chain. Returns when it was asked for, the start of the lease's clock."""
     asked_at = time.monotonic()
-    lock = acquire_lock(transport, migration_id, run_id, operator, lease_ms)
-    if not lock["acquired"]:
-        holder = lock["holder"]
-        raise PreconditionFailed(
-            f"Another run holds the migration lock: run {holder['runId']} by {holder['operator']}, "
-            f"lease until {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(holder['expiresAt'] / 1000))}.",
-            hint="Wait for it to finish (or for its lease to expire if it was killed), then run this step again.",
-        )
-    return asked_at
+    lock = acquire_lock(transport, migration_id, run_id, operator, lease_ms, chain)
+    if lock["acquired"]:
+        return asked_at
+    if "chain" in lock:
+        raise refusal(lock["chain"], migration_id, "Nothing was sent.")
+    holder = lock["holder"]
+    raise PreconditionFailed(
+        f"Another run holds the deployment lock: run {holder['runId']} by {holder['operator']}, writing migration "
+        f"{holder['migrationId']}, lease until {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(holder['expiresAt'] / 1000))}. "
+        "One run writes to a deployment at a time. Nothing was sent.",
+        hint=f"Wait until run {holder['runId']} is done (or its lease has run out, if it was killed); then run this step "
+        "again, or start a new run folder (runbook run --url … starts one) if this one's plan is refused as stale "
+        "because that run changed the documents.",
+    )
 
 
 def apply_dir(run_dir: Path) -> Path:
@@ -264,10 +270,11 @@ def check_preconditions(
 
 
 def check_no_apply_since_backup(ledger: list[dict[str, Any]], run_id: str, snapshot_ts_ns: int, snapshot_time: str) -> None:
-    """Refuses when another run's apply (or rollback) ran after this run's snapshot: the documents it changed are
-    not what this run's plan expects, so this plan is stale (its compare-and-set would turn them into conflicts)."""
+    """Refuses when another run's apply (or executed rollback: a preview changes nothing) ran after this run's
+    snapshot: the documents it changed are not what this run's plan expects, so this plan is stale (its
+    compare-and-set would turn them into conflicts)."""
     for row in ledger:
-        if row.get("step") not in CHANGING_STEPS or row["runId"] == run_id:
+        if not (row.get("step") == APPLY_STEP or executed_rollback(row)) or row["runId"] == run_id:
             continue
         last_ms = max(row["startedAt"], row.get("finishedAt") or 0)
         if last_ms * 1_000_000 > snapshot_ts_ns:
@@ -350,6 +357,11 @@ class _Apply:
         return self.out / CHECKPOINT_FILE
 
     @property
+    def chain(self) -> Chain:
+        """What the chain requires of the deployment: asked when the lock is taken and by every batch."""
+        return for_apply(self.migration)
+
+    @property
     def _written_fields(self) -> frozenset[str]:
         return frozenset().union(*self.migration.owned_fields.values())
 
@@ -361,13 +373,13 @@ class _Apply:
         started_ms = int(time.time() * 1000)
 
         migration_id, settings = self.migration.id, self.settings
-        asked_at = take_migration_lock(self.transport, migration_id, self.run_id, self.operator, settings.lease_ms)
+        asked_at = take_migration_lock(self.transport, migration_id, self.run_id, self.operator, settings.lease_ms, self.chain)
         try:
             check_no_apply_since_backup(
                 read_ledger(self.transport, migration_id), self.run_id, self.backup.snapshot_ts, self.backup.snapshot_time
             )
         except BaseException:
-            release_lock(self.transport, migration_id, self.run_id)  # refused before anything was sent or recorded
+            release_lock(self.transport, self.run_id)  # refused before anything was sent or recorded
             raise
         if checkpoint.complete:
             # A finished apply run again: keep its checkpoint as evidence and send the whole plan once more, so
@@ -379,7 +391,7 @@ class _Apply:
         try:
             record_run(self.transport, migration_id, self.run_id, step=APPLY_STEP, status="running",
                        operator=self.operator, startedAt=started_ms)
-            with DeploymentLease(self.transport, migration_id, self.run_id, settings.lease_ms, asked_at) as lease:
+            with DeploymentLease(self.transport, self.run_id, settings.lease_ms, asked_at) as lease:
                 exhausted = self._send_plan(checkpoint, lease)
             status = "passed" if exhausted and checkpoint.errors <= settings.error_budget else "failed"
         except BaseException as error:
@@ -399,7 +411,7 @@ class _Apply:
                     startedAt=started_ms, finishedAt=finished_ms, counts=ledger_counts(self.migration, summary),
                     details=jsonio.dumps({"recheck": recheck, "statistics_confirmed": summary.statistics_confirmed}).decode(),
                 )
-                release_lock(self.transport, migration_id, self.run_id)
+                release_lock(self.transport, self.run_id)
             except RunbookError:
                 if failure is None:
                     raise  # otherwise the deployment's failure is already on its way to the operator
@@ -472,8 +484,8 @@ class _Apply:
 
         began = time.monotonic()
         results = apply_batch(
-            self.transport, self.migration.id, self.run_id, batch.items, on_limit=limits.append, before_call=before_call,
-            written_fields=self._written_fields, side_rows=self.migration.side_rows,
+            self.transport, self.migration.id, self.run_id, batch.items, guard=self.chain, on_limit=limits.append,
+            before_call=before_call, written_fields=self._written_fields, side_rows=self.migration.side_rows,
         )
         return results, limits, calls, time.monotonic() - began
 

@@ -11,13 +11,19 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any
 
+from .chain import Chain, refusal
 from .errors import ArgumentValidationError, FunctionFailed, LeaseLost, LimitExceeded, SchemaNotDeployed
 from .migration import SideRows
 from .transport import ConvexTransport
 
 READ_PAGE = "migration:readPage"
-#: applyBatch's refusal of a run that does not hold the migration lock (convex/migration.ts).
+#: applyBatch's refusals of a run that does not hold the deployment lock (convex/migration.ts).
 LOCK_HELD_BY_OTHER = "the migration lock is held by run"
+LOCK_NOT_HELD = "the deployment lock is not held by run"
+#: The `code` of applyBatch's ConvexError when the migration chain no longer allows a guarded batch.
+CHAIN_BROKEN = "chain_broken"
+#: A chain that requires nothing (a lock taken by hand, or a write outside the runbook's steps).
+NO_CHAIN: Chain = {"inEffect": [], "notInEffect": []}
 APPLY_BATCH = "migration:applyBatch"
 COUNT_SIDE_ROWS = "migration:countSideRows"
 MIN_PAGE_SIZE = 16
@@ -59,12 +65,16 @@ def apply_batch(
     run_id: str,
     items: Sequence[dict[str, Any]],
     *,
+    guard: Chain | None = None,
     on_limit: Callable[[int], None] | None = None,
     before_call: Callable[[], None] | None = None,
     written_fields: Collection[str] = (),
     side_rows: SideRows | None = None,
 ) -> list[dict[str, Any]]:
     """One result per item, in order. Limits split the batch; a whole-batch failure is bisected to its cause.
+    `guard`, the chain the run took the lock with (apply and rollback always give it): the deployment writes only
+    while the run holds the lock and the chain holds, checked in the batch's own transaction; else this raises
+    (LeaseLost, or PreconditionFailed naming what broke the chain) and nothing of the batch was written.
     `on_limit(size)` hears of every call refused for a Convex limit; `before_call()` runs before every call
     (and may raise to stop the batch, e.g. when apply's lease is lost). A schema refusal naming one of
     `written_fields` (the fields the migration writes) or the side rows' table is raised: the deployment lacks
@@ -77,16 +87,21 @@ def apply_batch(
         args = {"migrationId": migration_id, "runId": run_id, "items": list(items)}
         if side_rows is not None:
             args["sideRows"] = side_rows.protocol()
+        if guard is not None:
+            args["guard"] = guard
         response = transport.function(APPLY_BATCH, args, writes_documents=True)
         return list(response["results"])
     except (LimitExceeded, FunctionFailed, ArgumentValidationError, SchemaNotDeployed) as error:
-        if LOCK_HELD_BY_OTHER in str(error):
+        data = getattr(error, "data", None)
+        if isinstance(data, dict) and data.get("code") == CHAIN_BROKEN:
+            raise refusal(data["problem"], migration_id, f"The deployment refused run {run_id}'s batch: nothing of it was written.") from error
+        if LOCK_HELD_BY_OTHER in str(error) or LOCK_NOT_HELD in str(error):
             raise LeaseLost(f"lease lost: the deployment refused run {run_id}'s batch: {_server_message(str(error))}") from error
         if isinstance(error, LimitExceeded) and on_limit is not None:
             on_limit(len(items))
         if len(items) > 1:
             middle = len(items) // 2
-            hooks = {"on_limit": on_limit, "before_call": before_call, "written_fields": written_fields, "side_rows": side_rows}
+            hooks = {"guard": guard, "on_limit": on_limit, "before_call": before_call, "written_fields": written_fields, "side_rows": side_rows}
             return apply_batch(transport, migration_id, run_id, items[:middle], **hooks) + apply_batch(
                 transport, migration_id, run_id, items[middle:], **hooks
             )
@@ -118,18 +133,32 @@ def iter_side_row_owners(transport: ConvexTransport, side_rows: SideRows, migrat
             yield row[side_rows.owner]
 
 
-def acquire_lock(transport: ConvexTransport, migration_id: str, run_id: str, operator: str, lease_ms: int) -> dict[str, Any]:
+def acquire_lock(
+    transport: ConvexTransport, migration_id: str, run_id: str, operator: str, lease_ms: int, chain: Chain = NO_CHAIN
+) -> dict[str, Any]:
+    """The deployment's one lock for a run writing for `migration_id`, taken only if `chain` holds, in one
+    transaction: `{acquired: true, expiresAt}`, or `{acquired: false, holder: {runId, operator, migrationId,
+    expiresAt}}`, or `{acquired: false, chain: <the problem>}`."""
     return transport.function(
-        "migrationRuns:acquireLock", {"migrationId": migration_id, "runId": run_id, "operator": operator, "leaseMs": lease_ms}
+        "migrationRuns:acquireLock",
+        {"migrationId": migration_id, "runId": run_id, "operator": operator, "leaseMs": lease_ms, "chain": chain},
     )
 
 
-def renew_lock(transport: ConvexTransport, migration_id: str, run_id: str, lease_ms: int) -> dict[str, Any]:
-    return transport.function("migrationRuns:renewLock", {"migrationId": migration_id, "runId": run_id, "leaseMs": lease_ms})
+def renew_lock(transport: ConvexTransport, run_id: str, lease_ms: int) -> dict[str, Any]:
+    return transport.function("migrationRuns:renewLock", {"runId": run_id, "leaseMs": lease_ms})
 
 
-def release_lock(transport: ConvexTransport, migration_id: str, run_id: str) -> dict[str, Any]:
-    return transport.function("migrationRuns:releaseLock", {"migrationId": migration_id, "runId": run_id})
+def release_lock(transport: ConvexTransport, run_id: str) -> dict[str, Any]:
+    return transport.function("migrationRuns:releaseLock", {"runId": run_id})
+
+
+def require_chain(transport: ConvexTransport, chain: Chain, migration_id: str, nothing: str) -> None:
+    """The early, read-only chain check (before a backup, a plan or a rollback plan): refuses when the deployment's
+    ledger does not allow `migration_id`'s step now. The check that counts is made again under the lock."""
+    problem = transport.function("migrationRuns:chainState", {"chain": chain})["problem"]
+    if problem is not None:
+        raise refusal(problem, migration_id, nothing)
 
 
 def record_run(transport: ConvexTransport, migration_id: str, run_id: str, **fields: Any) -> None:

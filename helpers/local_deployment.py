@@ -50,6 +50,7 @@ class LocalDeployment:
         fault_kinds: Sequence[str] = ("5xx", "drop", "delay"),
         fault_seed: int = 1,
         fault_paths: Sequence[str] = (),
+        fault_delay_ms: int | None = None,
         export_fault: str | None = None,
         extra_functions: Path | None = None,
         startup_timeout: float = 60.0,
@@ -60,6 +61,7 @@ class LocalDeployment:
         self.fault_kinds = tuple(fault_kinds)
         self.fault_seed = fault_seed
         self.fault_paths = tuple(fault_paths)
+        self.fault_delay_ms = fault_delay_ms
         self.export_fault = export_fault
         self.extra_functions = extra_functions
         self.startup_timeout = startup_timeout
@@ -71,6 +73,8 @@ class LocalDeployment:
         command = [str(TSX), str(SERVER), "--port", str(self.port), "--fault-rate", str(self.fault_rate),
                    "--fault-kinds", ",".join(self.fault_kinds), "--fault-seed", str(self.fault_seed),
                    "--fault-paths", ",".join(self.fault_paths)]
+        if self.fault_delay_ms is not None:
+            command += ["--fault-delay-ms", str(self.fault_delay_ms)]
         if self.export_fault:
             command += ["--export-fault", self.export_fault]
         if self.extra_functions:
@@ -168,6 +172,8 @@ CLI_OPTIONS: tuple[CliOption, ...] = (
     CliOption("--fault-kinds", "fault_kinds", _names, "comma-separated faults to draw from: 5xx,drop,delay,timeout,oom"),
     CliOption("--fault-seed", "fault_seed", int, "seed of the fault sequence (the same seed, the same faults)"),
     CliOption("--fault-paths", "fault_paths", _names, "comma-separated function paths that fail (default: all)"),
+    CliOption("--fault-delay-ms", "fault_delay_ms", int,
+              "length of every delay fault in ms (default: 200-1,000 at random); a race test slows every call alike"),
     CliOption("--export-fault", "export_fault", str, "how snapshot exports fail: failed, canceled, truncate or lost-response"),
 )
 

@@ -22,12 +22,12 @@ from pydantic import BaseModel
 
 from . import jsonio
 from .archive import sha256_file, write_json_atomic
-from .apply import APPLY_STEP, LEASE_MS, DeploymentLease, take_migration_lock
+from .apply import LEASE_MS, DeploymentLease, take_migration_lock
 from .backup import BackupSummary, iter_backup_documents, require_backup
-from .deployment import apply_batch, iter_documents, iter_pages, read_ledger, record_run, release_lock
+from .chain import for_rollback, rollback_mark
+from .deployment import apply_batch, iter_documents, iter_pages, record_run, release_lock, require_chain
 from .errors import PreconditionFailed, RunbookError
 from .migration import Migration, SideRows
-from .migrations import all_migrations
 from .plan import iter_plan_lines, read_plan
 from .run_folder import locked_step, migration_of, run_id as folder_run_id
 from .scratch import Scratch, batched
@@ -102,7 +102,8 @@ def plan_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, page
     if mode not in ("strip", "restore"):
         raise ValueError(f"mode must be 'strip' or 'restore', not {mode!r}")
     migration = migration_of(run_dir)
-    refuse_while_successor_in_effect(transport, migration)
+    # Early and read-only; execute asks again, in the transaction that takes the lock and in every batch's.
+    require_chain(transport, for_rollback(migration), migration.id, "Nothing was planned or sent.")
     if mode not in migration.rollback_modes:
         raise PreconditionFailed(
             f"Migration {migration.id} cannot be rolled back with mode={mode!r}.",
@@ -144,7 +145,7 @@ def plan_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, page
                         if doc_id not in fields and doc_id not in refs:
                             continue
                         if mode == "strip":
-                            item = _strip_item(table, doc, fields.get(doc_id, ()), refs.get(doc_id, []))
+                            item = _strip_item(migration, table, doc, fields.get(doc_id, ()), refs.get(doc_id, []))
                         elif doc_id not in before:
                             actions[table]["not_in_backup"] += 1
                             continue
@@ -169,14 +170,20 @@ def plan_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, page
     return summary
 
 
-def _strip_item(table: str, doc: dict[str, Any], fields: tuple[str, ...], refs: list[str]) -> dict[str, Any] | None:
+def _strip_item(migration: Migration, table: str, doc: dict[str, Any], fields: tuple[str, ...], refs: list[str]) -> dict[str, Any] | None:
+    """Removes the fields the plan set, guarded by every field that makes that safe: the fields themselves and,
+    for each asset field (one that references track), the legacy fields it was built from, as they are now. Strip
+    relies on the legacy fields still holding what the asset fields hold: where another writer (migration 002
+    retiring them, say) removed or changed one since, the document is a conflict and keeps its asset fields."""
     present = [f for f in fields if f in doc]
     if not present and not refs:
         return None
+    assets, built_from = migration.reference_fields.get(table, {}), migration.derived_from.get(table, {})
+    sources = [source for f in present if f in assets for source in built_from.get(f, ())]
     return {
         "table": table,
         "id": doc["_id"],
-        "expect": {f: doc[f] for f in present},
+        "expect": {f: doc[f] for f in (*present, *sources) if f in doc},
         "expectAbsent": [],
         "set": {},
         "unset": present,
@@ -214,7 +221,6 @@ def execute_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, b
                      operator: str | None = None, lease_ms: int = LEASE_MS) -> RollbackSummary:
     """Sends the rollback plan after checking it is the one the dry-run showed."""
     migration = migration_of(run_dir)
-    refuse_while_successor_in_effect(transport, migration)
     out = rollback_dir(run_dir, mode)
     summary_path = out / "summary.json"
     if not summary_path.exists():
@@ -231,7 +237,7 @@ def execute_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, b
 
     def flush(lease: DeploymentLease) -> None:
         tables = {item["id"]: item["table"] for item in batch}
-        for result in apply_batch(transport, migration.id, run, batch, before_call=lease.ensure, side_rows=migration.side_rows):
+        for result in apply_batch(transport, migration.id, run, batch, guard=chain, before_call=lease.ensure, side_rows=migration.side_rows):
             outcomes[tables[result["id"]]][result["outcome"]] += 1
             entry = {"id": result["id"], "message": result.get("message", "")}
             if result["outcome"] == "conflict":
@@ -240,14 +246,18 @@ def execute_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, b
                 errors.append(entry)
         batch.clear()
 
-    # Rollback changes documents as apply does: under the same deployment lock, and recorded in the ledger, so
-    # another run's apply planned before this rollback is refused as stale.
-    asked_at = take_migration_lock(transport, migration.id, run, operator, lease_ms)
+    # Rollback changes documents as apply does: under the deployment's one lock, taken only while no successor
+    # is in effect (asked again by every batch), and recorded in the ledger as executed (`details`) before anything
+    # is sent, so another run's apply planned before this rollback is refused as stale, and a successor's apply
+    # is refused while this rollback may have changed documents back.
+    chain = for_rollback(migration)
+    asked_at = take_migration_lock(transport, migration.id, run, operator, lease_ms, chain)
     started_ms = int(time.time() * 1000)
     status = "failed"
     try:
-        record_run(transport, migration.id, run, step=ROLLBACK_STEP, status="running", operator=operator, startedAt=started_ms)
-        with DeploymentLease(transport, migration.id, run, lease_ms, asked_at) as lease:
+        record_run(transport, migration.id, run, step=ROLLBACK_STEP, status="running", operator=operator, startedAt=started_ms,
+                   details=rollback_mark(mode))
+        with DeploymentLease(transport, run, lease_ms, asked_at) as lease:
             for item in iter_rollback_items(run_dir, mode):
                 batch.append(item)
                 if len(batch) >= batch_size:
@@ -266,38 +276,14 @@ def execute_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, b
     return summary
 
 
-def refuse_while_successor_in_effect(transport: ConvexTransport, migration: Migration) -> None:
-    """A migration another one builds on cannot be rolled back while that one is applied (rolling back the fields
-    a successor moved data into would leave the documents with neither the old fields nor the new).
-    Refuses when a successor's ledger shows an apply that no passed restore of it followed."""
-    for successor in all_migrations():
-        if successor.predecessor != migration.id:
-            continue
-        rows = read_ledger(transport, successor.id)
-        applies = [row for row in rows if row.get("step") == APPLY_STEP]
-        if not applies:
-            continue
-        applied = max(applies, key=lambda row: row["startedAt"])
-        restored = [
-            row for row in rows if row.get("step") == ROLLBACK_STEP and row.get("status") == "passed"
-            and row.get("details") == "mode=restore" and row["startedAt"] > applied["startedAt"]
-        ]
-        if not restored:
-            raise PreconditionFailed(
-                f"Migration {successor.id} builds on {migration.id} and is applied (run {applied['runId']}): rolling "
-                f"{migration.id} back now would lose what {successor.id} relies on. Nothing was planned or sent.",
-                hint=f"Roll {successor.id} back first (its run folder, 05_rollback with mode='restore'), then roll back {migration.id}.",
-            )
-
-
 def _finish(transport: ConvexTransport, migration_id: str, run: str, operator: str, started_ms: int, status: str, mode: Mode,
             conflicts: int, errors: int, failure: BaseException | None) -> None:
     """The ledger row and the lock's release; when the rollback itself failed, their own failure must not hide it."""
     try:
         record_run(transport, migration_id, run, step=ROLLBACK_STEP, status=status, operator=operator,
                    startedAt=started_ms, finishedAt=int(time.time() * 1000),
-                   counts={"conflicts": conflicts, "errors": errors}, details=f"mode={mode}")
-        release_lock(transport, migration_id, run)
+                   counts={"conflicts": conflicts, "errors": errors}, details=rollback_mark(mode))
+        release_lock(transport, run)
     except RunbookError:
         if failure is None:
             raise

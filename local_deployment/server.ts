@@ -9,6 +9,7 @@
 //
 // Usage: CONVEX_DEPLOY_KEY=... tsx local_deployment/server.ts --port 3210 [--fault-rate 0.1]
 //        [--fault-kinds 5xx,drop,delay,timeout,oom] [--fault-seed 1] [--fault-paths migration:applyBatch,...]
+//        [--fault-delay-ms MS]
 //        [--export-fault failed|canceled|truncate|lost-response] [--export-ms 50]
 //        [--undeployed migration,migration:countSideRows,...] [--extra-functions DIR]
 // Prints one JSON line {"event":"ready","url":...} on stdout once it accepts requests.
@@ -38,6 +39,7 @@ const { values: options } = parseArgs({
     "fault-kinds": { type: "string", default: "5xx,drop,delay" },
     "fault-seed": { type: "string", default: "1" },
     "fault-paths": { type: "string", default: "" },
+    "fault-delay-ms": { type: "string" },
     "export-fault": { type: "string" },
     undeployed: { type: "string", default: "" },
     "export-ms": { type: "string", default: "50" },
@@ -54,6 +56,12 @@ const faultRate = Number(options["fault-rate"]);
 const faultKinds = options["fault-kinds"]!.split(",").filter((k) => k !== "");
 // Function paths (prefixes) that faults hit; empty means every function call.
 const faultPaths = options["fault-paths"]!.split(",").filter((p) => p !== "");
+// The length of a `delay` fault: fixed when given (a race test needs every call slowed alike), else 200–1,000 ms.
+const faultDelayMs = options["fault-delay-ms"] === undefined ? undefined : Number(options["fault-delay-ms"]);
+if (faultDelayMs !== undefined && !(Number.isFinite(faultDelayMs) && faultDelayMs >= 0)) {
+  process.stderr.write(`--fault-delay-ms must be a number of milliseconds (0 or more), not ${options["fault-delay-ms"]}.\n`);
+  process.exit(2);
+}
 const exportFault = options["export-fault"];
 // Function modules (or single functions) answered as "not deployed" (functions never pushed, or an older push).
 const undeployed = options.undeployed!.split(",").filter((m) => m !== "");
@@ -527,7 +535,7 @@ async function injectFaultBefore(res: ServerResponse): Promise<"none" | "drop" |
     return "handled";
   }
   if (kind === "delay") {
-    await new Promise((r) => setTimeout(r, 200 + Math.floor(nextRandom() * 800)));
+    await new Promise((r) => setTimeout(r, faultDelayMs ?? 200 + Math.floor(nextRandom() * 800)));
     return "none";
   }
   return kind === "drop" || kind === "timeout" || kind === "oom" ? kind : "none";

@@ -125,12 +125,14 @@ def test_an_apply_by_another_run_after_the_snapshot_makes_the_plan_stale(started
     check_no_apply_since_backup([mine], "mine", SNAPSHOT_NS, "then")  # this run's own apply never counts
     verify_row = {**row, "step": "04_verify"}  # reading changes nothing
     check_no_apply_since_backup([verify_row], "mine", SNAPSHOT_NS, "then")
-    for step, did in (("03_apply", "applied"), ("05_rollback", "rolled back")):
+    preview = {**row, "step": "05_rollback"}  # a rollback planned, not executed, changed nothing
+    check_no_apply_since_backup([preview], "mine", SNAPSHOT_NS, "then")
+    for changed, did in (({"step": "03_apply"}, "applied"), ({"step": "05_rollback", "details": "mode=strip"}, "rolled back")):
         if refused:
             with pytest.raises(errors.PreconditionFailed, match=f"{did} this migration .* after this run's backup"):
-                check_no_apply_since_backup([{**row, "step": step}], "mine", SNAPSHOT_NS, "then")
+                check_no_apply_since_backup([{**row, **changed}], "mine", SNAPSHOT_NS, "then")
         else:
-            check_no_apply_since_backup([{**row, "step": step}], "mine", SNAPSHOT_NS, "then")
+            check_no_apply_since_backup([{**row, **changed}], "mine", SNAPSHOT_NS, "then")
 
 
 # --- against a local deployment --------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from helpers.apply import (
     take_migration_lock,
 )
 from helpers.archive import sha256_file
+from helpers.chain import for_apply
 from helpers.errors import ArgumentValidationError, FunctionFailed, LeaseLost, LimitExceeded, PreconditionFailed, TransientFailure
 from helpers.run_folder import bind_migration, run_id as folder_run_id
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
@@ -110,10 +111,11 @@ class FakeDeployment:
         return {**result, "counts": dict(Counter(ours))}
 
     def migration_applyBatch(self, migrationId: str, runId: str, items: list[dict[str, Any]],
-                             sideRows: dict[str, str] | None = None) -> dict[str, Any]:
+                             sideRows: dict[str, str] | None = None, guard: Any = None) -> dict[str, Any]:
         lock = self.lock
         if lock is not None and lock["runId"] != runId and lock["leaseExpiresAt"] > now_ms():
             raise FunctionFailed(f"Server Error\nUncaught Error: the migration lock is held by run {lock['runId']}: run {runId} may not write")
+        assert guard in (None, {"inEffect": [], "notInEffect": []})  # 001 builds on nothing; None: a write outside the runbook
         if self.limit_over is not None and len(items) > self.limit_over:
             raise LimitExceeded("Server Error\nToo many bytes written in a single function execution")
         for item in items:
@@ -172,21 +174,21 @@ class FakeDeployment:
 
     # --- convex/migrationRuns.ts ---
 
-    def migrationRuns_acquireLock(self, migrationId: str, runId: str, operator: str, leaseMs: int) -> dict[str, Any]:
+    def migrationRuns_acquireLock(self, migrationId: str, runId: str, operator: str, leaseMs: int, chain: Any) -> dict[str, Any]:
         expires = now_ms() + leaseMs
         if self.lock is None or self.lock["runId"] == runId or self.lock["leaseExpiresAt"] <= now_ms():
-            self.lock = {"runId": runId, "operator": operator, "leaseExpiresAt": expires}
+            self.lock = {"runId": runId, "operator": operator, "migrationId": migrationId, "leaseExpiresAt": expires}
             return {"acquired": True, "expiresAt": expires}
         return {"acquired": False, "holder": {"runId": self.lock["runId"], "operator": self.lock["operator"],
-                                              "expiresAt": self.lock["leaseExpiresAt"]}}
+                                              "migrationId": self.lock["migrationId"], "expiresAt": self.lock["leaseExpiresAt"]}}
 
-    def migrationRuns_renewLock(self, migrationId: str, runId: str, leaseMs: int) -> dict[str, Any]:
+    def migrationRuns_renewLock(self, runId: str, leaseMs: int) -> dict[str, Any]:
         if self.lock is None or self.lock["runId"] != runId:
             return {"renewed": False}
         self.lock["leaseExpiresAt"] = now_ms() + leaseMs
         return {"renewed": True, "expiresAt": self.lock["leaseExpiresAt"]}
 
-    def migrationRuns_releaseLock(self, migrationId: str, runId: str) -> dict[str, Any]:
+    def migrationRuns_releaseLock(self, runId: str) -> dict[str, Any]:
         if self.lock is None or self.lock["runId"] != runId:
             return {"released": False}
         self.lock = None
@@ -565,10 +567,10 @@ def test_a_lost_lease_stops_sending_and_leaves_a_valid_checkpoint(tmp_path: Path
 def test_a_refused_renewal_loses_the_lease_for_good(tmp_path: Path) -> None:
     fake = FakeDeployment()
     fake.lock = {"runId": "thief", "operator": "m", "leaseExpiresAt": now_ms() + 60_000}
-    lease = DeploymentLease(fake, M001.id, "mine", 60_000, time.monotonic())  # type: ignore[arg-type]
+    lease = DeploymentLease(fake, "mine", 60_000, time.monotonic())  # type: ignore[arg-type]
     lease.ensure()  # fresh: nothing asked
     assert fake.paths == []
-    stale = DeploymentLease(fake, M001.id, "mine", 60_000, time.monotonic() - 45)  # type: ignore[arg-type]
+    stale = DeploymentLease(fake, "mine", 60_000, time.monotonic() - 45)  # type: ignore[arg-type]
     with pytest.raises(LeaseLost, match="run mine no longer holds the migration lock .*lease of 60 s"):
         stale.ensure()
     with pytest.raises(LeaseLost):
@@ -580,7 +582,7 @@ def test_a_refused_renewal_loses_the_lease_for_good(tmp_path: Path) -> None:
 def test_a_lease_near_its_end_is_renewed_before_sending(tmp_path: Path) -> None:
     fake = FakeDeployment()
     fake.lock = {"runId": "mine", "operator": "a", "leaseExpiresAt": now_ms() + 1}
-    lease = DeploymentLease(fake, M001.id, "mine", 60_000, time.monotonic() - 41)  # type: ignore[arg-type]
+    lease = DeploymentLease(fake, "mine", 60_000, time.monotonic() - 41)  # type: ignore[arg-type]
     lease.ensure()
     assert fake.paths == ["migrationRuns:renewLock"] and lease.lost is None
     assert lease.valid_until > time.monotonic() + 59
@@ -591,7 +593,7 @@ def test_a_lease_near_its_end_is_renewed_before_sending(tmp_path: Path) -> None:
 def test_the_lease_is_renewed_in_the_background_until_it_is_lost() -> None:
     fake = FakeDeployment()
     fake.lock = {"runId": "mine", "operator": "a", "leaseExpiresAt": now_ms() + 1}
-    with DeploymentLease(fake, M001.id, "mine", 30, time.monotonic()) as lease:  # type: ignore[arg-type]
+    with DeploymentLease(fake, "mine", 30, time.monotonic()) as lease:  # type: ignore[arg-type]
         while fake.paths.count("migrationRuns:renewLock") < 2:
             time.sleep(0.005)
         fake.lock = None
@@ -615,7 +617,7 @@ def test_a_failing_renewal_is_retried_in_the_background() -> None:
         return FakeDeployment.function(fake, path, args)
 
     fake.function = flaky  # type: ignore[method-assign]
-    with DeploymentLease(fake, M001.id, "mine", 30, time.monotonic()) as lease:  # type: ignore[arg-type]
+    with DeploymentLease(fake, "mine", 30, time.monotonic()) as lease:  # type: ignore[arg-type]
         while len(calls) < 3:
             time.sleep(0.005)
         assert lease.lost is None
@@ -692,9 +694,11 @@ def test_a_stale_backup_is_refused_unless_overridden(tmp_path: Path) -> None:
 def test_a_lock_held_by_another_run_is_refused_naming_it(tmp_path: Path) -> None:
     fake = FakeDeployment()
     run_dir = make_run(tmp_path, fake)
-    fake.lock = {"runId": "run-bob", "operator": "bob", "leaseExpiresAt": 1_800_000_000_000}
-    refused(fake, run_dir, r"run run-bob by bob, lease until 2027-01-15 08:00:00 UTC",
-            "Wait for it to finish (or for its lease to expire if it was killed), then run this step again.")
+    fake.lock = {"runId": "run-bob", "operator": "bob", "migrationId": M001.id, "leaseExpiresAt": 1_800_000_000_000}
+    refused(fake, run_dir, rf"run run-bob by bob, writing migration {M001.id}, lease until 2027-01-15 08:00:00 UTC",
+            "Wait until run run-bob is done (or its lease has run out, if it was killed); then run this step again, or "
+            "start a new run folder (runbook run --url … starts one) if this one's plan is refused as stale because "
+            "that run changed the documents.")
     assert not fake.runs
     fake.lock["leaseExpiresAt"] = now_ms() - 1  # expired: taken over
     assert apply(fake, run_dir).passed
@@ -703,7 +707,7 @@ def test_a_lock_held_by_another_run_is_refused_naming_it(tmp_path: Path) -> None
 def test_take_migration_lock_returns_when_it_asked() -> None:
     fake = FakeDeployment()
     before = time.monotonic()
-    asked = take_migration_lock(fake, M001.id, "mine", "alice", 5_000)  # type: ignore[arg-type]
+    asked = take_migration_lock(fake, M001.id, "mine", "alice", 5_000, for_apply(M001))  # type: ignore[arg-type]
     assert before <= asked <= time.monotonic() and fake.lock["runId"] == "mine" and fake.lock["operator"] == "alice"
     assert fake.lock["leaseExpiresAt"] <= now_ms() + 5_000
 
@@ -777,7 +781,7 @@ def test_a_refused_renewal_before_a_batch_stops_the_apply(tmp_path: Path) -> Non
 
 
 def test_the_renewal_thread_does_not_keep_the_process_alive() -> None:
-    lease = DeploymentLease(FakeDeployment(), M001.id, "mine", 60_000, time.monotonic())  # type: ignore[arg-type]
+    lease = DeploymentLease(FakeDeployment(), "mine", 60_000, time.monotonic())  # type: ignore[arg-type]
     assert lease._thread.daemon and lease._thread.name == "lease-renewal"
 
 

@@ -114,7 +114,7 @@ def test_refusals_change_nothing(transport: ConvexTransport, run_dir: Path, tmp_
     acquire_lock(transport, M001.id, "someone-elses-run", "alice", 60_000)
     with pytest.raises(errors.PreconditionFailed, match="alice"):
         apply(transport, ready)
-    release_lock(transport, M001.id, "someone-elses-run")
+    release_lock(transport, "someone-elses-run")
     plan_file = plan_dir(ready) / "plan.jsonl"
     lines = plan_file.read_bytes().splitlines(keepends=True)
     plan_file.write_bytes(b"".join(lines[1:]))

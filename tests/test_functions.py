@@ -3,6 +3,8 @@ passes the deployed schema (convex/schema.ts, enforced by the local deployment).
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,13 +12,22 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from helpers import deployment, errors
-from helpers.deployment import acquire_lock, count_side_rows, record_run, release_lock, renew_lock
+from helpers.deployment import (
+    NO_CHAIN,
+    acquire_lock,
+    apply_batch,
+    count_side_rows,
+    record_run,
+    release_lock,
+    renew_lock,
+)
 from helpers.local_deployment import LocalDeployment
 from helpers.migrations.m001_s3_asset_tracking import ASSET_REFERENCES, fields, rules
 from helpers.transport import ConvexTransport
 
 from .test_rules import legacy_scenes
 
+TEST_FUNCTIONS = Path(__file__).parent / "convex"
 REFERENCE = {"entityType": "scene", "assetType": "video_chunk", "s3Key": "a/b.mp4", "s3Url": "https://b.s3.amazonaws.com/a/b.mp4",
              "contentType": "video/mp4", "uploadedAt": 1.0, "version": 1,
              "metadata": {"migratedFromLegacy": True, "legacyField": "s3ChunkKey"}}
@@ -158,12 +169,13 @@ def test_run_references_are_counted_per_entity_type_for_that_run_only(
 def test_lock_and_ledger(transport: ConvexTransport) -> None:
     assert acquire_lock(transport, "m", "run-a", "alice", 60_000)["acquired"] is True
     refused = acquire_lock(transport, "m", "run-b", "bob", 60_000)
-    assert refused["acquired"] is False and refused["holder"]["runId"] == "run-a" and refused["holder"]["operator"] == "alice"
+    assert refused == {"acquired": False, "holder": {"runId": "run-a", "operator": "alice", "migrationId": "m",
+                                                     "expiresAt": refused["holder"]["expiresAt"]}}
     assert acquire_lock(transport, "m", "run-a", "alice", 60_000)["acquired"] is True  # the same run resumes
-    assert renew_lock(transport, "m", "run-b", 60_000)["renewed"] is False
-    assert renew_lock(transport, "m", "run-a", 60_000)["renewed"] is True
-    assert release_lock(transport, "m", "run-b")["released"] is False
-    assert release_lock(transport, "m", "run-a")["released"] is True
+    assert renew_lock(transport, "run-b", 60_000)["renewed"] is False
+    assert renew_lock(transport, "run-a", 60_000)["renewed"] is True
+    assert release_lock(transport, "run-b")["released"] is False
+    assert release_lock(transport, "run-a")["released"] is True
     assert acquire_lock(transport, "m", "run-b", "bob", 1)["acquired"] is True
     assert acquire_lock(transport, "m", "run-c", "carol", 60_000)["acquired"] is True  # bob's lease expired
 
@@ -172,6 +184,79 @@ def test_lock_and_ledger(transport: ConvexTransport) -> None:
     rows = [r for r in transport.function("migration:readPage", {"table": "migrationRuns", "cursor": None, "numItems": 50})["page"]
             if r["kind"] == "run"]
     assert len(rows) == 1 and rows[0]["status"] == "passed" and rows[0]["counts"] == {"errors": 0}
+
+
+def lock_rows(transport: ConvexTransport) -> list[dict[str, Any]]:
+    page = transport.function("migration:readPage", {"table": "migrationRuns", "cursor": None, "numItems": 100})["page"]
+    return [row for row in page if row["kind"] == "lock"]
+
+
+def test_one_lock_for_the_whole_deployment_whatever_migration_a_run_writes_for(transport: ConvexTransport) -> None:
+    assert acquire_lock(transport, "m1", "run-a", "alice", 60_000)["acquired"] is True
+    refused = acquire_lock(transport, "m2", "run-b", "bob", 60_000)  # another migration: the same lock
+    assert refused["acquired"] is False
+    assert {k: refused["holder"][k] for k in ("runId", "operator", "migrationId")} == {"runId": "run-a", "operator": "alice", "migrationId": "m1"}
+    assert release_lock(transport, "run-a")["released"] is True
+    assert acquire_lock(transport, "m2", "run-b", "bob", 60_000)["acquired"] is True
+    assert [(row["runId"], row["migrationId"]) for row in lock_rows(transport)] == [("run-b", "m2")]
+
+
+def test_per_migration_lock_rows_of_an_older_runbook_are_honoured_while_their_lease_runs_then_cleared(
+    deploy_key: str,
+) -> None:
+    with LocalDeployment(deploy_key=deploy_key, extra_functions=TEST_FUNCTIONS) as deployment, deployment.transport() as transport:
+        transport.function("oldLedger:insertLock", {"migrationId": "m1", "runId": "old-a", "operator": "alice", "leaseMs": 60_000})
+        transport.function("oldLedger:insertLock", {"migrationId": "m2", "runId": "old-b", "operator": "bob", "leaseMs": 0})
+        refused = acquire_lock(transport, "m2", "new", "carol", 60_000)  # m1's live row holds the deployment for m2 too
+        assert refused["acquired"] is False and refused["holder"]["runId"] == "old-a" and refused["holder"]["migrationId"] == "m1"
+        with pytest.raises(errors.LeaseLost, match="held by run old-a"):
+            apply_batch(transport, "m2", "new", [item("unused", set={"assetVersion": 1})])
+        assert release_lock(transport, "old-a")["released"] is True
+        assert acquire_lock(transport, "m2", "new", "carol", 60_000)["acquired"] is True  # old-b's lease had run out
+        assert [(row["runId"], row["migrationId"]) for row in lock_rows(transport)] == [("new", "m2")]  # one row left
+
+
+def test_a_guarded_batch_is_refused_in_its_transaction_unless_its_run_holds_the_lock(transport: ConvexTransport, scene: str) -> None:
+    change = item(scene, set={"assetVersion": 1})
+    with pytest.raises(errors.LeaseLost, match="the deployment lock is not held by run run-a"):  # nobody holds it
+        apply_batch(transport, "m", "run-a", [change], guard=NO_CHAIN)
+    assert acquire_lock(transport, "m", "run-a", "alice", 1)["acquired"]
+    time.sleep(0.01)
+    with pytest.raises(errors.LeaseLost, match="the deployment lock is not held by run run-a"):  # its lease ran out
+        apply_batch(transport, "m", "run-a", [change], guard=NO_CHAIN)
+    assert "assetVersion" not in get(transport, scene)
+    assert acquire_lock(transport, "m", "run-a", "alice", 60_000)["acquired"]
+    assert apply_batch(transport, "m", "run-a", [change], guard=NO_CHAIN)[0]["outcome"] == "applied"
+
+
+def test_a_guarded_batch_is_refused_in_its_transaction_once_the_chain_no_longer_holds(transport: ConvexTransport, scene: str) -> None:
+    """The run took the lock while the chain held; the ledger then changed under it (a writer that does not take
+    the lock, e.g. an older runbook): applyBatch itself refuses, and writes nothing."""
+    change = item(scene, set={"assetVersion": 1})
+    record_run(transport, "m1", "verified", step="04_verify", status="passed", operator="alice", startedAt=1_000, finishedAt=1_001)
+    record_run(transport, "m1", "preview", step="05_rollback", status="passed", operator="bob", startedAt=2_000, finishedAt=2_001)
+    builds_on_m1 = {"inEffect": ["m1"], "notInEffect": []}
+    assert acquire_lock(transport, "m2", "run-a", "alice", 60_000, builds_on_m1)["acquired"]  # a preview is no rollback
+    record_run(transport, "m1", "undo", step="05_rollback", status="running", operator="bob", startedAt=3_000, details="mode=strip")
+    with pytest.raises(errors.PreconditionFailed, match=r"Migration m1 was rolled back \(run undo, 05_rollback executed, running\) "
+                       r"after its last passed verify \(run verified\).*refused run run-a's batch: nothing of it was written"):
+        apply_batch(transport, "m2", "run-a", [change], guard=builds_on_m1)
+    assert "assetVersion" not in get(transport, scene)
+
+    m3_builds_on_m2 = {"inEffect": [], "notInEffect": ["m3"]}
+    record_run(transport, "m3", "later", step="03_apply", status="failed", operator="carol", startedAt=4_000)
+    with pytest.raises(errors.PreconditionFailed, match="Migration m3 builds on m2 and is applied \\(run later\\)"):
+        apply_batch(transport, "m2", "run-a", [change], guard=m3_builds_on_m2)
+    assert "assetVersion" not in get(transport, scene)
+    record_run(transport, "m3", "later", step="05_rollback", status="passed", operator="carol", startedAt=5_000, details="mode=restore")
+    assert apply_batch(transport, "m2", "run-a", [change], guard=m3_builds_on_m2)[0]["outcome"] == "applied"  # m3 restored
+
+
+def test_the_lock_is_refused_while_the_chain_does_not_hold(transport: ConvexTransport) -> None:
+    builds_on_m1 = {"inEffect": ["m1"], "notInEffect": []}
+    assert acquire_lock(transport, "m2", "run-a", "alice", 60_000, builds_on_m1) == {
+        "acquired": False, "chain": {"reason": "not_verified", "migrationId": "m1"}}
+    assert lock_rows(transport) == []  # refused, so not taken
 
 
 def test_legacy_functions_keep_working_after_the_migration_fields_exist(transport: ConvexTransport, scene: str) -> None:

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -37,11 +38,11 @@ def test_every_cli_option_is_a_keyword_of_the_class_and_parses() -> None:
     assert {option.keyword for option in CLI_OPTIONS} <= set(keywords)
     args = cli.build_parser().parse_args([
         "local-deployment", "--port", "0", "--fault-rate", "0.25", "--fault-kinds", "5xx,drop", "--fault-seed", "9",
-        "--fault-paths", "migration:applyBatch, migration:readPage", "--export-fault", "failed",
+        "--fault-paths", "migration:applyBatch, migration:readPage", "--export-fault", "failed", "--fault-delay-ms", "4000",
     ])
     assert {option.keyword: getattr(args, option.keyword) for option in CLI_OPTIONS} == {
         "fault_rate": 0.25, "fault_kinds": ("5xx", "drop"), "fault_seed": 9,
-        "fault_paths": ("migration:applyBatch", "migration:readPage"), "export_fault": "failed",
+        "fault_paths": ("migration:applyBatch", "migration:readPage"), "export_fault": "failed", "fault_delay_ms": 4000,
     }
     defaults = cli.build_parser().parse_args(["local-deployment", "--port", "0"])
     assert all(getattr(defaults, option.keyword) is None for option in CLI_OPTIONS)  # the class keeps its defaults
@@ -75,3 +76,16 @@ def test_the_server_stops_with_the_command_and_the_fault_options_reach_it(stop: 
             if process.is_running():
                 process.kill()
         runbook.wait()
+
+
+def test_fault_delay_ms_fixes_the_length_of_every_delay(deploy_key: str) -> None:
+    """A race test starts two operators a second apart and needs both past their checks before either writes: every
+    call slowed by exactly --fault-delay-ms, not 200-1,000 ms at random."""
+    with LocalDeployment(deploy_key=deploy_key, fault_rate=1.0, fault_kinds=("delay",), fault_delay_ms=1_500,
+                         fault_paths=("migration:readPage",)) as slow, slow.transport() as transport:
+        times = []
+        for _ in range(3):
+            began = time.monotonic()
+            transport.function("migration:readPage", {"table": "scenes", "cursor": None, "numItems": 1})
+            times.append(time.monotonic() - began)
+        assert all(1.5 <= t < 2.5 for t in times), times

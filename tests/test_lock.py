@@ -156,7 +156,7 @@ def test_same_named_folders_under_different_parents_do_not_share_the_deployment_
         child = start_apply(slow.url, alice)
         try:
             wait_for(lambda: checkpoint_lines(alice) >= 1, "alice's first batch", child)
-            with pytest.raises(errors.PreconditionFailed, match=f"Another run holds the migration lock: run {run_id(alice)}"):
+            with pytest.raises(errors.PreconditionFailed, match=f"Another run holds the deployment lock: run {run_id(alice)}"):
                 apply_plan(transport, bob, confirm=True, show_progress=False)
         finally:
             child.kill()
@@ -192,7 +192,7 @@ def test_rollback_takes_the_migration_lock_and_is_refused_while_another_run_hold
         with pytest.raises(errors.PreconditionFailed, match="run the-other-run by bob"):
             execute_rollback(transport, run_dir, "strip")
         assert count_side_rows(transport, ASSET_REFERENCES, M001.id, run_id(run_dir)) == references  # nothing was sent
-        release_lock(transport, M001.id, "the-other-run")
+        release_lock(transport, "the-other-run")
         assert not execute_rollback(transport, run_dir, "strip").errors
         assert sum(count_side_rows(transport, ASSET_REFERENCES, M001.id, run_id(run_dir)).values()) == 0
         [row] = [r for r in read_ledger(transport, M001.id) if r["step"] == "05_rollback"]
@@ -234,7 +234,7 @@ def test_a_paused_apply_that_lost_its_lease_stops_and_sends_nothing_more(deploy_
         assert b"LeaseLost" in stderr and b"lease lost" in stderr, stderr.decode()[-2000:]
         assert count_side_rows(transport, ASSET_REFERENCES, M001.id, paused_run) == written  # nothing sent after the pause
         assert checkpoint_lines(run_dir) <= lines + 1  # at most the batch that was in flight when it was paused
-        release_lock(transport, M001.id, "the-other-run")
+        release_lock(transport, "the-other-run")
         resumed = apply_plan(transport, run_dir, confirm=True, show_progress=False)  # the checkpoint is valid
         assert resumed.passed and resumed.batches_resumed >= 2
 
@@ -335,5 +335,5 @@ def test_the_deployment_refuses_a_batch_from_a_run_that_does_not_hold_the_lock(t
         apply_batch(transport, M001.id, run_id(run_dir), items, side_rows=M001.side_rows)
     assert sum(count_side_rows(transport, ASSET_REFERENCES, M001.id, run_id(run_dir)).values()) == 0
     assert apply_batch(transport, M001.id, "the-other-run", items, side_rows=M001.side_rows)[0]["outcome"] == "applied"  # the holder may write
-    release_lock(transport, M001.id, "the-other-run")
+    release_lock(transport, "the-other-run")
     assert {r["outcome"] for r in apply_batch(transport, M001.id, run_id(run_dir), items, side_rows=M001.side_rows)} == {"already_applied"}  # no holder: not refused

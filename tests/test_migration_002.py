@@ -154,6 +154,8 @@ def test_001_then_002_then_002s_rollback_restore(transport: ConvexTransport, tmp
     assert {(p.table, p.code): p.count for p in summary.problems} == per_reason  # documents per reason
 
     # apply: only the retired documents' legacy fields are gone; every other field and document as before
+    run_001_dir = tmp_path / M001.id
+    plan_rollback(transport, run_001_dir, "strip")  # planned while 002 is not applied: executing it later is refused
     apply_and_verify(transport, run_dir)
     after = state(transport)
     assert after["assetReferences"] == before["assetReferences"]
@@ -168,11 +170,10 @@ def test_001_then_002_then_002s_rollback_restore(transport: ConvexTransport, tmp
     assert recoverable.passed and recoverable.checked == sum(line["action"] == "retire" for line in lines.values())
 
     # 001 cannot be rolled back under 002: its assets alone still carry what 002 removed
-    run_001_dir = tmp_path / M001.id
     for mode in ("strip", "restore"):
         with pytest.raises(errors.PreconditionFailed, match=f"{M002.id} builds on {M001.id} and is applied"):
             plan_rollback(transport, run_001_dir, mode)  # type: ignore[arg-type]
-    with pytest.raises(errors.PreconditionFailed, match="builds on"):
+    with pytest.raises(errors.PreconditionFailed, match="builds on .* Nothing was sent"):
         execute_rollback(transport, run_001_dir, "strip")
     assert state(transport) == after
 
@@ -226,3 +227,65 @@ def test_001_then_002_then_002s_rollback_through_the_notebooks(deployment: Local
         assert restored.passed, restored.steps
         after = state(transport)
         assert all(after[t] == migrated[t] for t in (*M002.tables, "assetReferences"))
+
+
+def preview_rollback(transport: ConvexTransport, run_dir: Path) -> None:
+    """05_rollback with execute=False, as its notebook records it: the plan, and a passed step in the ledger."""
+    plan_rollback(transport, run_dir, "strip")
+    archive.record_step(transport, run_dir, archive.StepResults(step=ROLLBACK_STEP, status="passed"))
+
+
+def test_a_rollback_preview_of_001_does_not_block_002(transport: ConvexTransport, tmp_path: Path) -> None:
+    seed(transport, 30)
+    m001 = folder(tmp_path, M001.id)
+    prepare(transport, m001)
+    apply_and_verify(transport, m001)
+    preview_rollback(transport, m001)
+    assert [(r["step"], r["status"]) for r in read_ledger(transport, M001.id)][-1] == (ROLLBACK_STEP, "passed")
+    m002 = folder(tmp_path, M002.id)
+    prepare(transport, m002)  # its backup and plan ask the chain first
+    apply_and_verify(transport, m002)  # and its apply, under the lock and in every batch
+
+
+def test_a_rollback_executed_in_the_folder_of_an_earlier_preview_counts(transport: ConvexTransport, tmp_path: Path) -> None:
+    """The ledger row keeps the step's first start (the preview's, here before 001's verify): the execution shows in
+    the row's mark and its finish, and 002 is refused."""
+    seed(transport, 30)
+    m001 = folder(tmp_path, M001.id)
+    prepare(transport, m001)
+    assert apply_plan(transport, m001, confirm=True, show_progress=False).passed
+    archive.record_step(transport, m001, archive.StepResults(step="03_apply", status="passed"))
+    preview_rollback(transport, m001)
+    report = verify(transport, m001, show_progress=False)
+    assert report.passed
+    archive.record_step(transport, m001, archive.StepResults(step="04_verify", status="passed"))
+    M002.require(transport)  # previewed, not executed
+    execute_rollback(transport, m001, "strip")
+    with pytest.raises(errors.PreconditionFailed, match=f"Migration {M001.id} was rolled back .*05_rollback executed, passed"):
+        M002.require(transport)
+
+
+def test_a_retire_item_is_refused_per_document_where_an_asset_carrying_its_values_changed_or_vanished(
+    transport: ConvexTransport, tmp_path: Path,
+) -> None:
+    """Retire relies on the asset fields still carrying the legacy values it removes: where one was stripped (as a
+    001 strip leaves it) or rewritten between the plan and apply, the document is a conflict and keeps its legacy fields."""
+    seed(transport, 30)
+    run_001(transport, tmp_path)
+    run_dir = folder(tmp_path, M002.id)
+    prepare(transport, run_dir)
+    retiring = [line for line in iter_plan_lines(run_dir) if line["action"] == "retire" and "videoAsset" in line["expect"]
+                and "thumbnailAsset" in line["expect"]]
+    stripped, rewritten = retiring[0]["id"], retiring[1]["id"]
+    strip = {"table": "scenes", "id": stripped, "expect": {}, "expectAbsent": [], "set": {}, "unset": ["videoAsset"],
+             "insertReferences": [], "deleteReferences": []}
+    assert [r["outcome"] for r in apply_batch(transport, "someone-else", "test-run", [strip])] == ["applied"]
+    rewrite_thumbnail(transport, state(transport)["scenes"][rewritten], "https://tutor-assets.s3.amazonaws.com/moved.png")
+    before = state(transport)
+
+    applied = apply_plan(transport, run_dir, confirm=True, show_progress=False)
+    assert {o.id: o.message for o in applied.conflict_examples} == {
+        stripped: "changed since the plan: videoAsset changed", rewritten: "changed since the plan: thumbnailAsset changed"}
+    after = state(transport)
+    for doc_id in (stripped, rewritten):  # every legacy value still there
+        assert M002.owned_part("scenes", after["scenes"][doc_id]) == M002.owned_part("scenes", before["scenes"][doc_id])

@@ -110,3 +110,33 @@ def test_restore_without_its_backup_points_at_the_archive_or_strip(transport: Co
     assert "archived run folder" in message and "mode='strip'" in message and "new backup would" in message
     assert "Take a new backup" not in message
     assert plan_rollback(transport, run_dir, "strip").references_to_delete > 0  # strip needs no backup
+
+
+@pytest.mark.deployment
+def test_a_strip_item_is_refused_per_document_where_the_legacy_values_its_assets_were_built_from_changed_or_vanished(
+    transport: ConvexTransport, run_dir: Path,
+) -> None:
+    """Strip relies on the legacy fields still holding what the asset fields hold. Where a legacy writer changed
+    them, or migration 002 retired them (the asset field is then their only carrier), between the rollback's plan
+    and its execution, the document is a conflict and keeps its asset fields: no value is lost."""
+    seed(transport, SCENES)
+    prepare(transport, run_dir)
+    assert apply_plan(transport, run_dir, confirm=True, show_progress=False).passed
+    plan_rollback(transport, run_dir, "strip")
+    strips = [i for i in iter_rollback_items(run_dir, "strip") if i["table"] == "scenes" and "videoAsset" in i["unset"]]
+    # the guard is in the item: the legacy values the asset was built from, as they are (a scene may lack one)
+    assert all(i["expect"].keys() & {"s3ChunkKey", "s3ChunkUrl"} for i in strips)
+    assert any({"s3ChunkSize", "checksum"} <= i["expect"].keys() for i in strips)  # the chunk's size and checksum too
+    changed, vanished = [i["id"] for i in strips if {"s3ChunkKey", "s3ChunkUrl"} <= i["expect"].keys()][:2]
+    transport.mutation("scenes:setChunk", {"id": changed, "s3ChunkKey": "re/rendered.mp4", "s3ChunkUrl": "https://x/re.mp4"})
+    damage(transport, item("scenes", vanished, unset=["s3ChunkKey", "s3ChunkUrl"]))  # as 002's retire leaves it
+    kept = transport.query("scenes:get", {"id": vanished})["videoAsset"]
+
+    summary = execute_rollback(transport, run_dir, "strip")
+    assert {c["id"]: c["message"] for c in summary.conflicts} == {
+        changed: "changed since the plan: s3ChunkKey changed, s3ChunkUrl changed",
+        vanished: "changed since the plan: s3ChunkKey changed, s3ChunkUrl changed",
+    }
+    assert transport.query("scenes:get", {"id": vanished})["videoAsset"] == kept  # the value's only carrier stays
+    assert summary.outcomes["scenes"]["conflict"] == 2 and summary.outcomes["scenes"]["applied"] > 0 and not summary.errors
+    assert check_rollback(transport, run_dir, "strip").passed  # the two conflicts are left alone, as reported

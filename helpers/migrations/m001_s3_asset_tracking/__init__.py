@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ...migration import Migration, SideRows
 from . import checks, planner
-from .fields import ASSET_OBJECT_FIELDS, ASSET_SOURCES, ASSET_TYPES, ENTITY_TYPES, MIGRATED_TABLES, NEW_FIELDS
+from .fields import ASSET_EXTRA_SOURCES, ASSET_OBJECT_FIELDS, ASSET_SOURCES, ASSET_TYPES, ENTITY_TYPES, MIGRATED_TABLES, NEW_FIELDS
 from .plan_line import CHANGING_ACTIONS
 
 #: One assetReferences row per asset a document holds (convex/schema.ts `assetReferenceFields`).
@@ -37,7 +37,10 @@ MIGRATION = Migration(
     checks=checks.CHECKS,
     cross_checks=checks.cross_checks,
     labels={"scenes": "scenes", "videoSessions": "sessions"},
-    derived_from={table: {**sources, "assetsStatus": ("status",)} for table, sources in ASSET_SOURCES.items()},
+    derived_from={
+        table: {**{asset: (*pair, *ASSET_EXTRA_SOURCES.get(asset, ())) for asset, pair in sources.items()}, "assetsStatus": ("status",)}
+        for table, sources in ASSET_SOURCES.items()
+    },
     folder=Path(__file__).parent,
     updated_at_field="updatedAt",
     side_rows=ASSET_REFERENCES,

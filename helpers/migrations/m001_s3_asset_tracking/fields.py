@@ -20,6 +20,8 @@ ASSET_SOURCES: dict[str, dict[str, tuple[str, str]]] = {
     "scenes": SCENE_ASSET_SOURCES,
     "videoSessions": SESSION_ASSET_SOURCES,
 }
+#: Legacy fields an asset is built from beyond its key/URL pair: the video chunk's size and checksum (AST-4, AST-5).
+ASSET_EXTRA_SOURCES: dict[str, tuple[str, ...]] = {"videoAsset": ("s3ChunkSize", "checksum")}
 ASSET_TYPES: dict[str, str] = {
     "videoAsset": "video_chunk",
     "sourceCodeAsset": "source_code",

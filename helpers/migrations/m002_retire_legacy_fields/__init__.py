@@ -14,7 +14,7 @@ from typing import Any
 from ...migration import Migration, PlanInputs
 from . import rules
 from .checks import LEGACY_VALUES_RECOVERABLE
-from .precondition import require_verified
+from .precondition import require_predecessor_in_effect
 
 ID = "002_retire_legacy_fields"
 PREDECESSOR = "001_s3_asset_tracking"
@@ -31,7 +31,7 @@ def plan(inputs: PlanInputs) -> Iterator[dict[str, Any]]:
 
 
 def require(transport: Any) -> None:
-    require_verified(transport, PREDECESSOR)
+    require_predecessor_in_effect(transport, MIGRATION)
 
 
 MIGRATION = Migration(
