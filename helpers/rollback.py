@@ -172,13 +172,14 @@ def plan_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, page
 
 def _strip_item(migration: Migration, table: str, doc: dict[str, Any], fields: tuple[str, ...], refs: list[str]) -> dict[str, Any] | None:
     """Removes the fields the plan set, guarded by every field that makes that safe: the fields themselves and,
-    for each asset field (one that references track), the legacy fields it was built from, as they are now. Strip
+    for each field its side rows track, the legacy fields it was built from, as they are now. Strip
     relies on the legacy fields still holding what the asset fields hold: where another writer (migration 002
     retiring them, say) removed or changed one since, the document is a conflict and keeps its asset fields."""
     present = [f for f in fields if f in doc]
     if not present and not refs:
         return None
-    assets, built_from = migration.reference_fields.get(table, {}), migration.derived_from.get(table, {})
+    assets = migration.side_rows.sources.get(table, {}) if migration.side_rows is not None else {}
+    built_from = migration.derived_from.get(table, {})
     sources = [source for f in present if f in assets for source in built_from.get(f, ())]
     return {
         "table": table,

@@ -15,7 +15,6 @@ from helpers import deployment, errors
 from helpers.deployment import (
     NO_CHAIN,
     acquire_lock,
-    apply_batch,
     count_side_rows,
     record_run,
     release_lock,
@@ -33,9 +32,9 @@ REFERENCE = {"entityType": "scene", "assetType": "video_chunk", "s3Key": "a/b.mp
              "metadata": {"migratedFromLegacy": True, "legacyField": "s3ChunkKey"}}
 
 
-def apply_batch(transport: ConvexTransport, migration_id: str, run_id: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def apply_batch(transport: ConvexTransport, migration_id: str, run_id: str, items: list[dict[str, Any]], **options: Any) -> list[dict[str, Any]]:
     """applyBatch with 001's side rows declared (its asset references)."""
-    return deployment.apply_batch(transport, migration_id, run_id, items, side_rows=ASSET_REFERENCES)
+    return deployment.apply_batch(transport, migration_id, run_id, items, side_rows=ASSET_REFERENCES, **options)
 
 
 def count_run_references(transport: ConvexTransport, migration_id: str, run_id: str) -> dict[str, int]:
