@@ -36,7 +36,7 @@ from pydantic import BaseModel, Field
 from .errors import PreconditionFailed, RunbookError
 from .migrations import default_id
 from .paths import CHECKOUT_ROOT, NOTEBOOKS_DIR, installed_version
-from .run_folder import LOCK_FILE, RUN_FILE, migration_id, run_id
+from .run_folder import LOCK_FILE, RUN_FILE, migration_id, operator_of, run_id
 
 MANIFEST_FILE = "manifest.json"
 RESULTS_FILE = "results.json"
@@ -99,7 +99,11 @@ class StepResults(BaseModel):
     summary: dict[str, Any] = Field(default_factory=dict)
     inputs: dict[str, Any] = Field(default_factory=dict)
     outputs: dict[str, Any] = Field(default_factory=dict)
+    #: When the step's cells began (Step.open) and how long they ran until its results: an interactive step's
+    #: notebook records no timing of its own.
+    started_at: str | None = None
     finished_at: str = Field(default_factory=_now)
+    duration_s: float | None = None
 
     @property
     def passed(self) -> bool:
@@ -451,6 +455,7 @@ def seal(
 
     `notebooks_dir` holds the saved notebooks (default: each step folder's own executed copy, else notebooks/);
     `convex_url` defaults to the URL the notebooks ran against."""
+    from .display import static_outputs
     from .report import PageContext, execution_times, notebook_parameter, render_step
     from .runner import ROLLBACK_STEP, STEPS
     from .transport import ConvexTransport
@@ -473,7 +478,7 @@ def seal(
 
     this_run, migration = run_id(run_dir), migration_id(run_dir)
     rows = {r.get("step"): r for r in read_ledger(transport, migration) if r.get("runId") == this_run}
-    operator = operator or next((str(rows[s]["operator"]) for s in steps if rows.get(s, {}).get("operator")), None) or _operator()
+    operator = operator or operator_of(run_dir) or next((str(rows[s]["operator"]) for s in steps if rows.get(s, {}).get("operator")), None) or _operator()
     context = PageContext(run_id=this_run, operator=operator, deployment=_redact(url), commit=commit_label(), migration=migration)
     starts = []
     with writing(run_dir):
@@ -481,6 +486,7 @@ def seal(
             target = step_dir(run_dir, step) / f"{step}.ipynb"
             if source.resolve() != target.resolve():
                 shutil.copyfile(source, target)
+            static_outputs(target)  # a widget's view cannot be shown without its kernel: keep its static copy
             row = rows.get(step, {})  # who ran the step and when, as the step recorded it
             render_step(target, replace(
                 context, operator=str(row.get("operator") or operator),
@@ -514,7 +520,7 @@ def _saved_notebook(run_dir: Path, step: str, notebooks_dir: Path | None) -> tup
             hint="Save the notebook in JupyterLab (File > Save) after running it, then seal again.",
         )
     ran_in = notebook_parameter(notebook, "run_dir")
-    if ran_in is None or Path(str(ran_in)).name != run_dir.resolve().name:
+    if ran_in is None or (source.parent / str(ran_in)).resolve().name != run_dir.resolve().name:  # relative: to its folder
         raise PreconditionFailed(f"{source} ran with run_dir={ran_in!r}, not in {run_dir}.", hint="Seal the run folder that notebook ran in.")
     if source.stat().st_mtime < (step_dir(run_dir, step) / RESULTS_FILE).stat().st_mtime:
         raise PreconditionFailed(

@@ -14,8 +14,11 @@ import asyncio
 import html
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from .archive import RESULTS_FILE, StepResults, step_dir
+from .display import described
 from .errors import RunbookError
 from .progress import is_interactive
 
@@ -42,35 +45,56 @@ class Confirmation:
         *,
         plan_sha256: str | None = None,
         backup_sha256: str | None = None,
+        applied_at: str | None = None,
     ) -> None:
         self.url = url
         self.changes = dict(changes)
         self.plan_sha256 = plan_sha256
         self.backup_sha256 = backup_sha256
+        #: When apply already passed with this plan in this run folder: running it again writes nothing.
+        self.applied_at = applied_at
         self.confirmed = False
         self.cancelled = False
 
     @classmethod
-    def for_plan(cls, url: str, plan: Any, backup: Any) -> Confirmation:
-        """From the plan's summary (documents per table and action) and the backup record apply checked."""
+    def for_plan(cls, url: str, plan: Any, backup: Any, run_dir: Path | None = None) -> Confirmation:
+        """From the plan's summary (documents per table and action) and the backup record apply checked; with the
+        run folder, says when apply already passed there with this plan."""
         changing = plan.migration.changing_actions
         changes = {
             f"{table} documents": sum(n for action, n in actions.items() if action in changing)
             for table, actions in plan.actions.items()
         }
         changes["references to create"] = plan.references
-        return cls(url, changes, plan_sha256=plan.plan_sha256, backup_sha256=backup.sha256)
+        return cls(url, changes, plan_sha256=plan.plan_sha256, backup_sha256=backup.sha256,
+                   applied_at=_applied_at(run_dir, plan.plan_sha256) if run_dir is not None else None)
+
+    def rows(self) -> list[tuple[str, str]]:
+        """The confirmation's facts, as label and plain value."""
+        verb = "Already applied (running it again writes nothing)" if self.applied_at else "About to change"
+        rows = [("Deployment", self.url)]
+        rows += [(f"{verb}: {what}", f"{n:,}") for what, n in self.changes.items()]
+        if self.applied_at:
+            rows.append(("Applied with this plan in this run folder", self.applied_at))
+        if self.plan_sha256:
+            rows.append(("Plan sha256", self.plan_sha256))
+        if self.backup_sha256:
+            rows.append(("Backup sha256", self.backup_sha256))
+        return rows
 
     def text(self) -> str:
         """The confirmation as HTML: the same words in JupyterLab and in the archived page."""
-        rows = [("Deployment", html.escape(self.url))]
-        rows += [(f"About to change: {html.escape(what)}", f"{n:,}") for what, n in self.changes.items()]
-        if self.plan_sha256:
-            rows.append(("Plan sha256", f"<code>{self.plan_sha256}</code>"))
-        if self.backup_sha256:
-            rows.append(("Backup sha256", f"<code>{self.backup_sha256}</code>"))
-        body = "".join(f"<tr><th style='text-align:left'>{k}</th><td style='text-align:left'>{v}</td></tr>" for k, v in rows)
+        code = {"Plan sha256", "Backup sha256"}
+        body = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>"
+            f"{f'<code>{html.escape(v)}</code>' if k in code else html.escape(v)}</td></tr>"
+            for k, v in self.rows()
+        )
         return f"<table class='runbook-confirmation'>{body}</table>"
+
+    def plain(self) -> str:
+        """The confirmation as text: what a notebook shows of the buttons where widgets cannot be rendered."""
+        return "\n".join([*(f"{k}: {v}" for k, v in self.rows()), "Waiting for Confirm apply or Cancel."])
 
     def decision(self, *, by_parameter: bool) -> str:
         when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -115,9 +139,18 @@ class Confirmation:
 
         confirm.on_click(decide)
         cancel.on_click(decide)
-        return widgets.VBox([widgets.HTML(self.text()), widgets.HBox([confirm, cancel]), status])
+        return described([widgets.HTML(self.text()), widgets.HBox([confirm, cancel]), status], self.plain())
 
     async def _wait(self) -> None:
         """Yields to the kernel's event loop, which delivers the widget's click, until a button was clicked."""
         while not (self.confirmed or self.cancelled):
             await asyncio.sleep(POLL_SECONDS)
+
+
+def _applied_at(run_dir: Path, plan_sha256: str) -> str | None:
+    """When apply passed in `run_dir` with this plan (its results.json), else None."""
+    path = step_dir(run_dir, "03_apply") / RESULTS_FILE
+    if not path.is_file():
+        return None
+    results = StepResults.model_validate_json(path.read_bytes())
+    return results.finished_at if results.passed and results.inputs.get("plan_sha256") == plan_sha256 else None

@@ -96,8 +96,12 @@ class _Tally:
         self.by_status[table][str(line.get("legacyStatus"))][action] += 1
         for ref in line.get("references", ()):
             self.references[ref["assetType"]] += 1
+        counted = set()
         for problem in line.get("problems", ()):
             key = (table, problem["code"], problem["severity"])
+            if key in counted:  # a document counts once per reason, however many of its fields have it
+                continue
+            counted.add(key)
             entry = self.problems.get(key)
             if entry is None:
                 entry = self.problems[key] = ProblemCount(
@@ -215,16 +219,18 @@ def iter_plan_lines(run_dir: Path) -> Iterator[dict[str, Any]]:
 
 
 def example_pairs(run_dir: Path, n: int) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """Up to n documents per table and planned action, those that change first, as (before, after) taken from the plan
-    itself (no extra reads); `before` also carries the plan's `_action` and `_problems` for the analyst's filters."""
+    """Up to n documents per table and planned action, and per table and problem code (so a filter on any code the
+    plan found has documents to show), those that change first, as (before, after) taken from the plan itself (no
+    extra reads); `before` also carries the plan's `_action`, `_problems` and the `_references` it creates."""
     seen: Counter[str] = Counter()
     pairs = []
     for line in iter_plan_lines(run_dir):
-        kind = f'{line["table"]}/{line["action"]}'
-        if seen[kind] >= n:
+        kinds = [f'{line["table"]}/{line["action"]}', *(f'{line["table"]}/problem {p["code"]}' for p in line.get("problems", ()))]
+        if all(seen[kind] >= n for kind in kinds):
             continue
-        seen[kind] += 1
-        before = {"_id": line["id"], "_table": line["table"], "_action": line["action"], "_problems": line.get("problems", []), **line["expect"]}
+        seen.update(kinds)
+        before = {"_id": line["id"], "_table": line["table"], "_action": line["action"], "_problems": line.get("problems", []),
+                  "_references": line.get("references", []), **line["expect"]}
         after = {k: v for k, v in before.items() if k not in line.get("unset", ())}
         pairs.append((before, {**after, **line["set"]}))
     changing = migration_of(run_dir).changing_actions

@@ -77,9 +77,12 @@ def find_failure(notebook: Any) -> Failure | None:
     return None
 
 
-def execution_times(notebook: Any) -> tuple[str | None, str | None, float | None]:
-    """Start, end and duration: papermill records them; JupyterLab only when 'record timing' is on."""
+def execution_times(notebook: Any, results: Mapping[str, Any] | None = None) -> tuple[str | None, str | None, float | None]:
+    """Start, end and duration: papermill records them; JupyterLab only when 'record timing' is on, else the
+    step's results do (Step.open to Step.record)."""
     recorded = notebook.metadata.get("papermill", {})
+    if results and results.get("duration_s") is not None and not recorded.get("start_time"):
+        return results.get("started_at"), results.get("finished_at"), results["duration_s"]
     if recorded.get("start_time"):
         return recorded.get("start_time"), recorded.get("end_time"), recorded.get("duration")
     stamps = [
@@ -121,8 +124,8 @@ def _dl(rows: Mapping[str, Any]) -> str:
     return " · ".join(f"<b>{_e(k)}:</b> {_e(v)}" for k, v in rows.items())
 
 
-def header_html(step: str, context: PageContext, notebook: Any) -> str:
-    start, end, duration = execution_times(notebook)
+def header_html(step: str, context: PageContext, notebook: Any, results: Mapping[str, Any] | None = None) -> str:
+    start, end, duration = execution_times(notebook, results)
     if start is None:
         start, end = context.started, context.finished
     rows = {
@@ -150,7 +153,9 @@ def render_step(notebook_path: Path, context: PageContext) -> tuple[Path, Path]:
 
     notebook = nbformat.read(notebook_path, as_version=4)
     step = notebook_path.stem
-    top = header_html(step, context, notebook)
+    from .archive import RESULTS_FILE, _load_json
+
+    top = header_html(step, context, notebook, _load_json(notebook_path.parent / RESULTS_FILE))
     failure = find_failure(notebook)
     if failure is not None:
         top += failure_html(failure)
@@ -223,7 +228,7 @@ def _step_row(run_dir: Path, step: str, status: str) -> str:
     duration, failure = None, None
     if (folder / f"{step}.ipynb").is_file():
         notebook = nbformat.read(folder / f"{step}.ipynb", as_version=4)
-        duration, failure = execution_times(notebook)[2], find_failure(notebook)
+        duration, failure = execution_times(notebook, results)[2], find_failure(notebook)
     links = " · ".join(
         f'<a href="{_e(f"{step}/{name}")}">{label}</a>'
         for name, label in ((f"{step}.report.html", "report"), (f"{step}.html", "full page"), (f"{step}.ipynb", "notebook"))

@@ -66,8 +66,9 @@ def test_run_step_leaves_parameters_notebook_html_and_results(tmp_path: Path, no
     # The parameter arrived, the kernel is told it runs headless and has the key from the environment.
     assert results.summary == {"label": "given", "headless": "1", "key_in_env": True}
     out = run_dir / "ok_step"
+    # run_dir is the step folder's parent: the kernel starts in the step's folder, as JupyterLab starts it.
     assert json.loads((out / "parameters.json").read_text()) == {
-        "convex_url": URL, "run_dir": str(run_dir.resolve()), "migration": M001.id, "label": "given",
+        "convex_url": URL, "run_dir": "..", "migration": M001.id, "label": "given",
     }
     executed = nbformat.read(out / "ok_step.ipynb", as_version=4)
     assert any("injected-parameters" in cell.metadata.get("tags", []) for cell in executed.cells)
