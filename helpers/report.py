@@ -77,12 +77,9 @@ def find_failure(notebook: Any) -> Failure | None:
     return None
 
 
-def execution_times(notebook: Any, results: Mapping[str, Any] | None = None) -> tuple[str | None, str | None, float | None]:
-    """Start, end and duration: papermill records them; JupyterLab only when 'record timing' is on, else the
-    step's results do (Step.open to Step.record)."""
+def execution_times(notebook: Any) -> tuple[str | None, str | None, float | None]:
+    """Start, end and duration: papermill records them; JupyterLab only when 'record timing' is on."""
     recorded = notebook.metadata.get("papermill", {})
-    if results and results.get("duration_s") is not None and not recorded.get("start_time"):
-        return results.get("started_at"), results.get("finished_at"), results["duration_s"]
     if recorded.get("start_time"):
         return recorded.get("start_time"), recorded.get("end_time"), recorded.get("duration")
     stamps = [
@@ -125,9 +122,13 @@ def _dl(rows: Mapping[str, Any]) -> str:
 
 
 def header_html(step: str, context: PageContext, notebook: Any, results: Mapping[str, Any] | None = None) -> str:
-    start, end, duration = execution_times(notebook, results)
+    start, end, duration = execution_times(notebook)
     if start is None:
         start, end = context.started, context.finished
+    if start is None and results:
+        start, end = results.get("started_at"), results.get("finished_at")
+    if duration is None and results:
+        duration = results.get("duration_s")
     rows = {
         "step": step, "operator": context.operator, "started": start or "not recorded", "finished": end or "not recorded",
         "duration": f"{duration:.1f} s" if duration is not None else "not recorded",
@@ -228,7 +229,9 @@ def _step_row(run_dir: Path, step: str, status: str) -> str:
     duration, failure = None, None
     if (folder / f"{step}.ipynb").is_file():
         notebook = nbformat.read(folder / f"{step}.ipynb", as_version=4)
-        duration, failure = execution_times(notebook, results)[2], find_failure(notebook)
+        duration, failure = execution_times(notebook)[2], find_failure(notebook)
+    if duration is None:
+        duration = results.get("duration_s")  # a step run in JupyterLab: its cells' time, as Step.record measured it
     links = " · ".join(
         f'<a href="{_e(f"{step}/{name}")}">{label}</a>'
         for name, label in ((f"{step}.report.html", "report"), (f"{step}.html", "full page"), (f"{step}.ipynb", "notebook"))
