@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import html
+import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .archive import RESULTS_FILE, StepResults, step_dir
+from . import jsonio
+from .apply import CHECKPOINT_FILE
 from .display import described
 from .errors import RunbookError
 from .progress import is_interactive
@@ -45,21 +47,21 @@ class Confirmation:
         *,
         plan_sha256: str | None = None,
         backup_sha256: str | None = None,
-        applied_at: str | None = None,
+        already_applied: bool = False,
     ) -> None:
         self.url = url
         self.changes = dict(changes)
         self.plan_sha256 = plan_sha256
         self.backup_sha256 = backup_sha256
-        #: When apply already passed with this plan in this run folder: running it again writes nothing.
-        self.applied_at = applied_at
+        #: Apply already sent this run folder's whole plan: running it again only re-checks, and writes nothing.
+        self.already_applied = already_applied
         self.confirmed = False
         self.cancelled = False
 
     @classmethod
     def for_plan(cls, url: str, plan: Any, backup: Any, run_dir: Path | None = None) -> Confirmation:
         """From the plan's summary (documents per table and action) and the backup record apply checked; with the
-        run folder, says when apply already passed there with this plan."""
+        run folder, says whether apply already sent that plan whole."""
         changing = plan.migration.changing_actions
         changes = {
             f"{table} documents": sum(n for action, n in actions.items() if action in changing)
@@ -67,15 +69,13 @@ class Confirmation:
         }
         changes["references to create"] = plan.references
         return cls(url, changes, plan_sha256=plan.plan_sha256, backup_sha256=backup.sha256,
-                   applied_at=_applied_at(run_dir, plan.plan_sha256) if run_dir is not None else None)
+                   already_applied=run_dir is not None and _sent_whole(run_dir))
 
     def rows(self) -> list[tuple[str, str]]:
         """The confirmation's facts, as label and plain value."""
-        verb = "Already applied (running it again writes nothing)" if self.applied_at else "About to change"
+        verb = "Already applied (running it again re-checks and writes nothing)" if self.already_applied else "About to change"
         rows = [("Deployment", self.url)]
         rows += [(f"{verb}: {what}", f"{n:,}") for what, n in self.changes.items()]
-        if self.applied_at:
-            rows.append(("Applied with this plan in this run folder", self.applied_at))
         if self.plan_sha256:
             rows.append(("Plan sha256", self.plan_sha256))
         if self.backup_sha256:
@@ -147,10 +147,19 @@ class Confirmation:
             await asyncio.sleep(POLL_SECONDS)
 
 
-def _applied_at(run_dir: Path, plan_sha256: str) -> str | None:
-    """When apply passed in `run_dir` with this plan (its results.json), else None."""
-    path = step_dir(run_dir, "03_apply") / RESULTS_FILE
-    if not path.is_file():
-        return None
-    results = StepResults.model_validate_json(path.read_bytes())
-    return results.finished_at if results.passed and results.inputs.get("plan_sha256") == plan_sha256 else None
+def _sent_whole(run_dir: Path) -> bool:
+    """Whether apply sent the folder's whole plan, as apply itself tells a re-check: its checkpoint ends with the
+    complete mark, or an earlier complete checkpoint was kept (`checkpoint.1.jsonl`). Reads the file's end only."""
+    folder = Path(run_dir) / "apply"
+    if (folder / f"{Path(CHECKPOINT_FILE).stem}.1.jsonl").exists():
+        return True
+    try:
+        with (folder / CHECKPOINT_FILE).open("rb") as checkpoint:
+            checkpoint.seek(max(0, checkpoint.seek(0, os.SEEK_END) - 64))
+            last = checkpoint.read().rstrip(b"\n").rpartition(b"\n")[2]
+    except FileNotFoundError:
+        return False
+    try:
+        return bool(jsonio.loads(last).get("complete"))
+    except ValueError:
+        return False

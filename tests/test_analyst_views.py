@@ -182,13 +182,25 @@ def test_the_confirmation_widget_reads_as_text_where_widgets_cannot_render(monke
     assert "About to change: scenes documents: 7" in text and "a" * 64 in text and "VBox" not in text
 
 
-def test_a_second_apply_of_the_same_plan_says_already_applied(tmp_path: Path) -> None:
-    from helpers.archive import StepResults, write_step_results
-
-    assert Confirmation.for_plan("u", Plan(), Backup(), tmp_path).applied_at is None
-    write_step_results(tmp_path, "03_apply", StepResults(step="03_apply", status="passed", inputs={"plan_sha256": "c" * 64}))
-    assert Confirmation.for_plan("u", Plan(), Backup(), tmp_path).applied_at is None  # another plan
-    write_step_results(tmp_path, "03_apply", StepResults(step="03_apply", status="passed", inputs={"plan_sha256": "a" * 64}))
+@pytest.mark.parametrize("checkpoint, applied", [
+    (None, False),
+    (b'{"start": 0, "end": 3, "results": []}\n', False),  # an apply cut off: the rest is still to change
+    (b'{"start": 0, "end": 3, "results": []}\n{"complete": true}\n', True),
+    (b'{"start": 0, "end": 3, "results": []}\n{"complete": tr', False),  # torn: apply reads it as not complete
+])
+def test_a_second_apply_of_the_same_plan_says_already_applied(checkpoint: bytes | None, applied: bool, tmp_path: Path) -> None:
+    if checkpoint is not None:
+        (tmp_path / "apply").mkdir()
+        (tmp_path / "apply" / "checkpoint.jsonl").write_bytes(checkpoint)
     gate = Confirmation.for_plan("u", Plan(), Backup(), tmp_path)
-    assert gate.applied_at and "Already applied (running it again writes nothing): scenes documents" in gate.text()
-    assert "About to change" not in gate.text()
+    assert gate.already_applied is applied
+    assert ("Already applied (running it again re-checks and writes nothing): scenes documents" in gate.text()) is applied
+    assert ("About to change" in gate.text()) is not applied
+
+
+def test_a_kept_complete_checkpoint_means_already_applied(tmp_path: Path) -> None:
+    """A re-check moves the complete checkpoint aside (checkpoint.1.jsonl) and starts a new one."""
+    (tmp_path / "apply").mkdir()
+    (tmp_path / "apply" / "checkpoint.1.jsonl").write_bytes(b'{"complete": true}\n')
+    (tmp_path / "apply" / "checkpoint.jsonl").write_bytes(b"")
+    assert Confirmation.for_plan("u", Plan(), Backup(), tmp_path).already_applied
