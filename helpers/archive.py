@@ -114,7 +114,7 @@ class StepResults(BaseModel):
         if not self.passed:
             raise PreconditionFailed(
                 f"step {self.step} did not pass in this run folder (status: {self.status}).",
-                hint=f"Fix what notebooks/{self.step}.ipynb reported and run it again with this run_dir first.",
+                hint=f"Fix what this run folder's {self.step}/{self.step}.ipynb reported and run it again there first.",
             )
 
 
@@ -214,7 +214,7 @@ def read_step_results(run_dir: Path, step: str) -> StepResults:
     if not path.exists():
         raise PreconditionFailed(
             f"step {step} has not run in this run folder ({path} is missing).",
-            hint=f"Run notebooks/{step}.ipynb with run_dir={Path(run_dir)} first.",
+            hint=f"Run step {step} in this run folder first: {step_dir(run_dir, step) / f'{step}.ipynb'}.",
         )
     return StepResults.model_validate_json(path.read_bytes())
 
@@ -465,7 +465,7 @@ def seal(
     if not steps:
         raise PreconditionFailed(
             f"No step has recorded its results in {run_dir}: there is nothing to seal.",
-            hint="Run the notebooks with this run_dir first (each records its results in its last cell), then seal.",
+            hint="Run the step notebooks in this run folder first (each records its results in its last cell), then seal.",
         )
     sources = {step: _saved_notebook(run_dir, step, notebooks_dir) for step in steps}
     url = convex_url or next(filter(None, (notebook_parameter(nb, "convex_url") for _, nb in sources.values())), None)

@@ -198,7 +198,7 @@ def read_plan(run_dir: Path) -> PlanSummary:
     summary_path = out / PLAN_SUMMARY_FILE
     if not summary_path.exists():
         raise PreconditionFailed(
-            f"No plan in {out}.", hint="Run notebooks/02_dry_run.ipynb with this run_dir first: apply executes its plan."
+            f"No plan in {out}.", hint=f"Run step 02 in this run folder first ({Path(run_dir) / '02_dry_run' / '02_dry_run.ipynb'}): apply executes its plan."
         )
     summary = PlanSummary.model_validate_json(summary_path.read_bytes())
     actual = sha256_file(out / PLAN_FILE) if (out / PLAN_FILE).exists() else "missing"
@@ -266,7 +266,7 @@ def _snapshot(run_dir: Path) -> BackupSummary:
     return require_backup(
         run_dir,
         "The dry-run plans from this run folder's backup snapshot",
-        hint="run notebooks/01_backup_snapshot.ipynb with this run_dir first, or plan from the live tables with "
+        hint=f"run step 01 in this run folder first ({Path(run_dir) / '01_backup_snapshot' / '01_backup_snapshot.ipynb'}), or plan from the live tables with "
         "plan_source='live' (build_plan(..., source='live'))",
     )
 

@@ -92,8 +92,6 @@ def _widget_tqdm() -> type:
                 return super().close()
             d = self.format_dict
             line = text_line(d["prefix"] or "", d["n"], d["total"], d["elapsed"], d["unit"], bool(d["unit_scale"]))
-            if d["total"] and d["n"] < d["total"]:
-                line += " (stopped before the end)"
             super().close()
             self.handle.update({"text/plain": line}, raw=True)
 

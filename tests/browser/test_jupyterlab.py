@@ -43,6 +43,8 @@ SCENES = 200
 CELL_MS = 120_000
 LAB_START_S = 90
 SAVE_S = 30
+#: The notebook in view (the workspace may keep other notebooks open, hidden in their tabs).
+NOTEBOOK = ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook"
 #: What a sealed page must never hold: a widget's saved placeholder, a bar frozen at its start, a widget error.
 WIDGET_LEFTOVERS = ("VBox(children", "HBox(children", " 0%|", "model not found", "Error displaying widget", "application/vnd.jupyter.widget-view")
 
@@ -104,7 +106,7 @@ def lab(run_folder: Path, tmp_path_factory: pytest.TempPathFactory, deploy_key: 
         server.terminate()
         pytest.fail(f"runbook lab did not start JupyterLab: {(home / 'lab.log').read_text()[-2000:]}")
     try:
-        yield f"{base}/lab/tree/{{}}?token={token}"
+        yield f"{base}/lab/tree/{{}}?reset&token={token}"  # reset: only that notebook open, not the last session's
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -131,7 +133,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 def open_notebook(context: object, url: str) -> object:
     page = context.new_page()
     page.goto(url)
-    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=CELL_MS)
+    page.wait_for_selector(f"{NOTEBOOK} .jp-Cell", timeout=CELL_MS)
     page.wait_for_function("() => document.querySelector('#jp-main-statusbar')?.innerText.includes('Idle')", timeout=CELL_MS)
     return page
 
@@ -144,7 +146,7 @@ def run_all(page: object) -> None:
 def wait_until_done(page: object) -> None:
     """Every code cell has an execution count (none pending [*] or never run [ ])."""
     page.wait_for_function(
-        """() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]
+        f"""() => [...document.querySelectorAll('{NOTEBOOK} .jp-CodeCell .jp-InputPrompt')]
                  .every(p => /\\[\\d+\\]/.test(p.textContent))""",
         timeout=CELL_MS,
     )
@@ -163,7 +165,7 @@ def save(page: object, path: Path) -> None:
 
 
 def assert_no_error_output(page: object) -> None:
-    text = page.inner_text(".jp-Notebook")
+    text = page.inner_text(NOTEBOOK)
     assert "Error displaying widget" not in text
     assert "Traceback" not in text and not page.query_selector(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr'] :text('Error')")
 
@@ -175,7 +177,7 @@ def run_step_in_lab(browser: object, lab: str, run_folder: Path, step: str, shot
         button = page.locator("button:has-text('Confirm apply')")
         button.wait_for(timeout=CELL_MS)
         button.scroll_into_view_if_needed()
-        gate = page.inner_text(".jp-Notebook")
+        gate = page.inner_text(NOTEBOOK)
         plan_sha = read_step_results(run_folder, "02_dry_run").outputs["plan_sha256"]
         assert plan_sha in gate and "About to change" in gate
         assert not (run_folder / "03_apply" / "results.json").exists()  # Run All waits at the gate
@@ -202,7 +204,7 @@ def test_new_run_then_run_all_in_lab_then_seal(
     for step in STEPS:
         page = run_step_in_lab(browser, lab, run_folder, step, tmp_path)
         assert_no_error_output(page)
-        text = page.inner_text(".jp-Notebook")
+        text = page.inner_text(NOTEBOOK)
         if step == "02_dry_run":  # the live browser renders, opens on a change, and filters
             picker = page.locator(".widget-dropdown:has(label:text-is('document')) select")
             assert "migrate" in picker.input_value() or "fill_missing" in picker.input_value()
@@ -244,7 +246,7 @@ def test_new_run_then_run_all_in_lab_then_seal(
     with seeded.transport() as transport:
         transport.function("sampleData:deleteBatch", {"ids": [scene]})
     page = run_step_in_lab(browser, lab, run_folder, "04_verify", tmp_path)
-    text = page.inner_text(".jp-Notebook")
+    text = page.inner_text(NOTEBOOK)
     assert "StepNotPassed" in text and "Verification failed" in text and "fix:" in text and "Traceback" not in text
     save(page, run_folder / "04_verify" / "04_verify.ipynb")
     page.close()
@@ -268,11 +270,11 @@ def test_apply_run_again_says_already_applied_and_cancel_is_one_line(
     run_all(apply)
     cancel = apply.locator("button:has-text('Cancel'):not([disabled])")
     cancel.wait_for(timeout=CELL_MS)
-    assert "Already applied" in apply.inner_text(".jp-Notebook") and "About to change" not in apply.inner_text(".jp-Notebook")
+    assert "Already applied" in apply.inner_text(NOTEBOOK) and "About to change" not in apply.inner_text(NOTEBOOK)
     cancel.click()
     apply.wait_for_selector("text=Apply cancelled: nothing was changed.", timeout=CELL_MS)
     apply.screenshot(path=str(tmp_path / "03_apply-cancelled.png"))
-    assert "Traceback" not in apply.inner_text(".jp-Notebook")
+    assert "Traceback" not in apply.inner_text(NOTEBOOK)
     assert read_step_results(run_folder, "03_apply") == results  # nothing ran after the gate
 
 
