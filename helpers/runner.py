@@ -267,7 +267,7 @@ def prepare_run(
     `<run>/<step>/<step>.ipynb`: the analyst opens and runs them as they are (`runbook lab <run>`), `runbook run
     --run-dir <run>` executes the same files headless, and `runbook seal <run>` seals them where they are. The
     templates in notebooks/ are only read, so the runbook's checkout stays clean."""
-    declared = get_migration(migration) if migration is not None else get_migration(default_id())
+    declared = get_migration(migration or default_id())
     if redact_url(convex_url) != convex_url:
         raise PreconditionFailed(
             f"The deployment URL carries credentials ({redact_url(convex_url)}). No run folder was made.",
@@ -323,7 +323,7 @@ def run_step(
                 kernel_manager_class=BoundKernelManager,
                 progress_bar=False,
                 log_output=log_output,
-                stdout_file=_Lines(on_output) if on_output else None,
+                stdout_file=_LineSink(on_output) if on_output else None,
                 # The kernel starts in the step's folder, as JupyterLab starts it: run_dir ("..") is right from there,
                 # and a helpers/ folder wherever the operator stands cannot shadow the runbook's own.
                 cwd=str(out),
@@ -343,7 +343,7 @@ def run_step(
     return _passed_results(run_dir, step, executed)
 
 
-class _Lines:
+class _LineSink:
     """A file for papermill's stdout_file: hands each whole line the notebook prints to `sink`."""
 
     def __init__(self, sink: Callable[[str], None]) -> None:
