@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import getpass
 import inspect
 import os
 import secrets
@@ -63,6 +64,12 @@ def operator_of(run_dir: Path) -> str | None:
     """The operator the folder was made for (`runbook new-run --operator`), or None: then each step names whoever
     runs it (RUNBOOK_OPERATOR or the user)."""
     return _recorded(run_dir).get("operator") or None
+
+
+def operator_for(run_dir: Path) -> str:
+    """Who a step in this folder runs as: the folder's operator (`runbook new-run --operator`), else RUNBOOK_OPERATOR,
+    else the user. The same name then holds the lock, signs the ledger rows and heads the pages."""
+    return operator_of(run_dir) or os.environ.get("RUNBOOK_OPERATOR") or getpass.getuser()
 
 
 def holds_its_notebooks(run_dir: Path) -> bool:

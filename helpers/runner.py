@@ -45,7 +45,7 @@ from .errors import DeployKeyMissing, PreconditionFailed, RunbookError
 from .paths import NOTEBOOKS_DIR
 from .report import REPORT_SUFFIX, PageContext, render_step, section_of, split_fix
 from .migrations import default_id, get as get_migration
-from .run_folder import bind_migration, create_run, holds_its_notebooks, migration_id, migration_of, operator_of, run_id, run_lock
+from .run_folder import bind_migration, create_run, holds_its_notebooks, migration_id, migration_of, operator_for, operator_of, run_id, run_lock
 from .transport import ConvexTransport, deploy_key_from_env, redact_url
 
 STEPS = ("01_backup_snapshot", "02_dry_run", "03_apply", "04_verify")
@@ -375,7 +375,7 @@ def page_context(run_dir: Path, convex_url: str) -> PageContext:
     return PageContext(
         run_id=run_id(run_dir),
         migration=migration_id(run_dir),
-        operator=operator_of(run_dir) or os.environ.get("RUNBOOK_OPERATOR") or getpass.getuser(),
+        operator=operator_for(run_dir),
         commit=commit_label(),
         deployment=redact_url(convex_url),
     )

@@ -114,3 +114,13 @@ def test_record_writes_how_long_the_cells_ran_and_the_run_operator(tmp_path: Pat
 def test_last_passed_ignores_folders_where_the_step_failed(tmp_path: Path) -> None:
     passed(tmp_path / "runs" / "a", "01_backup_snapshot", status="failed")
     assert step.last_passed("01_backup_snapshot", tmp_path / "runs" / "b") is None
+
+
+def test_the_run_folders_operator_wins_over_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Apply's lock, rollback and the pages name whoever runbook new-run was given, whoever runs the cells."""
+    from helpers.run_folder import create_run, operator_for
+
+    monkeypatch.setenv("RUNBOOK_OPERATOR", "someone-else")
+    assert operator_for(tmp_path / "plain") == "someone-else"
+    create_run(tmp_path / "made", M001.id, "alice")
+    assert operator_for(tmp_path / "made") == "alice"
