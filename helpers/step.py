@@ -19,7 +19,7 @@ from .archive import RESULTS_FILE, StepResults, sha256_file, step_dir
 from .errors import PreconditionFailed, RunbookError
 from .migration import Migration
 from .paths import CHECKOUT_ROOT
-from .run_folder import bind_migration, operator_of
+from .run_folder import bind_migration, operator_for
 from .transport import ConvexTransport, redact_url
 
 #: The step each step builds on: it must have passed in the same run folder.
@@ -79,7 +79,7 @@ class Step:
             "started_at": self.started.isoformat(timespec="seconds"), "finished_at": finished.isoformat(timespec="seconds"),
             "duration_s": round((finished - self.started).total_seconds(), 3),
         })
-        archive.record_step(self.transport, self.run_dir, results, operator=operator_of(self.run_dir), started_at=self.started)
+        archive.record_step(self.transport, self.run_dir, results, operator=operator_for(self.run_dir), started_at=self.started)
         return results
 
 
