@@ -48,8 +48,9 @@ typecheck: node_modules/.installed
 	npx --no-install tsc --noEmit -p local_deployment
 	npx --no-install tsc --noEmit -p benchmarks
 
-# JupyterLab for analysts (widgets work out of the box with ipywidgets 8), on 127.0.0.1; as root (containers)
-# it needs --allow-root. More options: make lab LAB_ARGS="--port=8890 --no-browser".
+# JupyterLab on the template notebooks (widgets work out of the box with ipywidgets 8), on 127.0.0.1; as root
+# (containers) it needs --allow-root. More options: make lab LAB_ARGS="--port=8890 --no-browser". A run is opened
+# with `runbook lab <run folder>` (the command `runbook new-run` prints), which writes the same package.json.
 LAB_ARGS ?=
 lab: setup $(VENV)/package.json
 	$(VENV)/bin/jupyter lab --ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS) notebooks/

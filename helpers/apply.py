@@ -10,7 +10,6 @@ all report the same figures.
 
 from __future__ import annotations
 
-import getpass
 import os
 import threading
 import time
@@ -41,7 +40,7 @@ from .errors import LeaseLost, PreconditionFailed, RunbookError
 from .migration import Migration
 from .plan import PlanSummary, iter_plan_lines, read_plan
 from .progress import progress
-from .run_folder import locked_step, migration_of, run_id as folder_run_id
+from .run_folder import locked_step, migration_of, operator_for, run_id as folder_run_id
 from .scratch import Scratch
 from .transport import ConvexTransport, redact_url
 
@@ -318,7 +317,7 @@ def apply_plan(
     return _Apply(
         transport, Path(run_dir), out, migration_of(run_dir), plan, backup, age,
         run_id=folder_run_id(run_dir),
-        operator=operator or os.environ.get("RUNBOOK_OPERATOR") or getpass.getuser(),
+        operator=operator or operator_for(run_dir),
         settings=ApplySettings(batch_size, concurrency, error_budget, lease_ms, show_progress),
         override=allow_stale_backup and age > timedelta(hours=max_backup_age_hours),
     ).run()

@@ -36,7 +36,7 @@ from pydantic import BaseModel, Field
 
 from .errors import PreconditionFailed, RunbookError
 from .paths import CHECKOUT_ROOT, NOTEBOOKS_DIR, installed_version
-from .run_folder import LOCK_FILE, RUN_FILE, migration_id, run_id
+from .run_folder import LOCK_FILE, RUN_FILE, migration_id, operator_of, run_id
 
 MANIFEST_FILE = "manifest.json"
 RESULTS_FILE = "results.json"
@@ -99,7 +99,11 @@ class StepResults(BaseModel):
     summary: dict[str, Any] = Field(default_factory=dict)
     inputs: dict[str, Any] = Field(default_factory=dict)
     outputs: dict[str, Any] = Field(default_factory=dict)
+    #: When the step's cells began (Step.open) and how long they ran until its results: an interactive step's
+    #: notebook records no timing of its own.
+    started_at: str | None = None
     finished_at: str = Field(default_factory=_now)
+    duration_s: float | None = None
 
     @property
     def passed(self) -> bool:
@@ -110,7 +114,7 @@ class StepResults(BaseModel):
         if not self.passed:
             raise PreconditionFailed(
                 f"step {self.step} did not pass in this run folder (status: {self.status}).",
-                hint=f"Fix what notebooks/{self.step}.ipynb reported and run it again with this run_dir first.",
+                hint=f"Fix what this run folder's {self.step}/{self.step}.ipynb reported and run it again there first.",
             )
 
 
@@ -233,7 +237,7 @@ def read_step_results(run_dir: Path, step: str) -> StepResults:
     if not path.exists():
         raise PreconditionFailed(
             f"step {step} has not run in this run folder ({path} is missing).",
-            hint=f"Run notebooks/{step}.ipynb with run_dir={Path(run_dir)} first.",
+            hint=f"Run step {step} in this run folder first: {step_dir(run_dir, step) / f'{step}.ipynb'}.",
         )
     return StepResults.model_validate_json(path.read_bytes())
 
@@ -529,6 +533,7 @@ def seal(
 
     `notebooks_dir` holds the saved notebooks (default: each step folder's own notebook, else notebooks/);
     `convex_url` defaults to the URL the notebooks ran against."""
+    from .display import static_outputs
     from .errors import DeploymentUnreachable, TransientFailure
     from .report import PageContext, execution_times, find_failure, notebook_parameter, render_step
     from .runner import ROLLBACK_STEP, STEPS
@@ -548,7 +553,7 @@ def seal(
     if not sources and unfit is None:
         raise PreconditionFailed(
             f"No step has run in {run_dir}: there is nothing to seal.",
-            hint="Run the notebooks with this run_dir first (and save them in JupyterLab), then seal.",
+            hint="Run the step notebooks in this run folder first (Run All, then save each), then seal.",
         )
     url = convex_url or next(filter(None, (notebook_parameter(nb, "convex_url") for _, nb in sources.values())), None)
     url = url or (earlier.deployment_url if earlier else None)
@@ -572,7 +577,7 @@ def seal(
     if unfit is not None:
         raise unfit
     latest = {r.get("step"): r for r in rows}  # who ran each step and when, as its last row recorded it
-    operator = operator or next((str(latest[s]["operator"]) for s in sources if latest.get(s, {}).get("operator")), None) or _operator()
+    operator = operator or operator_of(run_dir) or next((str(latest[s]["operator"]) for s in sources if latest.get(s, {}).get("operator")), None) or _operator()
     context = PageContext(run_id=this_run, operator=operator, deployment=_redact(url), commit=commit_label(), migration=migration)
     starts, statuses = [], {}
     with writing(run_dir):
@@ -580,6 +585,7 @@ def seal(
             target = step_dir(run_dir, step) / f"{step}.ipynb"
             if source.resolve() != target.resolve():
                 shutil.copyfile(source, target)
+            static_outputs(target)  # a widget's view cannot be shown without its kernel: keep its static copy
             recorded = (step_dir(run_dir, step) / RESULTS_FILE).is_file()
             statuses[step] = read_step_results(run_dir, step).status if recorded else "failed" if find_failure(notebook) else "not recorded"
             row = latest.get(step, {})

@@ -213,7 +213,7 @@ def read_backup(run_dir: Path) -> BackupSummary:
     if not record.exists():
         raise PreconditionFailed(
             f"No backup in {backup_dir(run_dir)}.",
-            hint="Run notebooks/01_backup_snapshot.ipynb with this run_dir first.",
+            hint=f"Run step 01 in this run folder first: {Path(run_dir) / '01_backup_snapshot' / '01_backup_snapshot.ipynb'}.",
         )
     summary = BackupSummary.model_validate_json(record.read_bytes())
     summary._run_dir = Path(run_dir)

@@ -10,6 +10,8 @@ import ast
 import functools
 import importlib
 import importlib.util
+import os
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -23,7 +25,9 @@ from .errors import PreconditionFailed, RunbookError
 from .report import check_command, run_verdicts
 from .transport import ConvexTransport, redact_url
 from .migrations import all_migrations
-from .runner import NOTEBOOKS_DIR, ROLLBACK_STEP, STEPS, RunResult, StepFailed, notebook_path, run_migration
+from .paths import CHECKOUT_ROOT
+from .run_folder import RUN_FILE, migration_id, operator_of
+from .runner import NOTEBOOKS_DIR, ROLLBACK_STEP, STEPS, RunResult, StepFailed, notebook_path, prepare_run, run_migration
 
 EXIT_FAILED = 1
 EXIT_REFUSED = 2
@@ -73,8 +77,14 @@ class _StepPrinter:
         else:
             print(f"{step:<20} {status} ({time.monotonic() - self.started.pop(step):.1f} s)", flush=True)
 
+    @staticmethod
+    def output(step: str, line: str) -> None:
+        """A line the step's notebook printed: its progress every few seconds (what, done/total, rate)."""
+        print(f"{step:<20}   {line}", flush=True)
+
 
 def cmd_run(args: argparse.Namespace) -> int:
+    printer = _StepPrinter()
     try:
         result = run_migration(
             args.url,
@@ -86,7 +96,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             parameters=group_parameters(args.parameters),
             operator=args.operator,
             run_dir=args.run_dir,
-            on_step=_StepPrinter(),
+            on_step=printer,
+            on_output=printer.output,
         )
     except StepFailed as exc:
         _print_error(exc)
@@ -196,6 +207,40 @@ def _when(ms: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ms / 1000))
 
 
+def cmd_new_run(args: argparse.Namespace) -> int:
+    run_dir = prepare_run(args.url, migration=args.migration, runs_dir=args.runs_dir, operator=args.operator)
+    print(f"Run folder for {migration_id(run_dir)} on {args.url}, operator {operator_of(run_dir)}: "
+          f"{', '.join(STEPS)} prepared (each <step>/<step>.ipynb, parameters set).")
+    print("Open it, run each notebook (Run All), save it, then `runbook seal` the folder:")
+    print(f"runbook lab {shlex.quote(str(run_dir))}")
+    print(run_dir.resolve())
+    return 0
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    """JupyterLab rooted at the run folder, on 127.0.0.1 (as root, as in containers, it needs --allow-root). It
+    replaces this process: Ctrl-C stops JupyterLab as it always does."""
+    folder = Path(args.dir).resolve()
+    if not (folder / RUN_FILE).is_file():
+        raise PreconditionFailed(f"{args.dir} is not a run folder (it has no {RUN_FILE}).",
+                                 hint="Make one with `runbook new-run --url URL`; it prints the command that opens it.")
+    _commonjs_venv()
+    env = {name: value for name, value in os.environ.items() if name != "RUNBOOK_HEADLESS"}  # widgets, the click
+    argv = [sys.executable, "-m", "jupyterlab", "--ip=127.0.0.1", f"--ServerApp.root_dir={folder}",
+            *(["--allow-root"] if os.geteuid() == 0 else []), *args.lab_args]
+    os.execve(sys.executable, argv, env)
+    return 0  # not reached: JupyterLab replaced this process
+
+
+def _commonjs_venv() -> None:
+    """A checkout's venv lies inside its ESM package ("type": "module"): without a package.json of its own, Node
+    loads JupyterLab's bundled yarn.js as ESM and lab cannot check its build (the Makefile's `lab` target writes the
+    same file)."""
+    venv = Path(sys.prefix).resolve()
+    if CHECKOUT_ROOT is not None and venv.is_relative_to(CHECKOUT_ROOT) and not (venv / "package.json").exists():
+        (venv / "package.json").write_text('{"type": "commonjs"}\n')
+
+
 def cmd_params(args: argparse.Namespace) -> int:
     given = Path(args.notebook)
     path = given if given.suffix == ".ipynb" else notebook_path(args.notebook, NOTEBOOKS_DIR)
@@ -271,6 +316,21 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("dir", type=Path)
     check.add_argument("--url", help="the deployment the run was made against: compare the folder with its ledger")
     check.set_defaults(handler=cmd_check_archive)
+
+    new_run = commands.add_parser(
+        "new-run", help="make a run folder whose step notebooks have their parameters set, to run in JupyterLab (runbook lab)"
+    )
+    new_run.add_argument("--url", required=True, help="deployment URL; the deploy key comes from CONVEX_DEPLOY_KEY")
+    new_run.add_argument("--migration", choices=[m.id for m in all_migrations()],
+                         help=f"the migration to run (default: {all_migrations()[0].id})")
+    new_run.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where run folders are created (default: runs)")
+    new_run.add_argument("--operator", help="the run's operator in the ledger, manifest and pages (default: RUNBOOK_OPERATOR or the user)")
+    new_run.set_defaults(handler=cmd_new_run)
+
+    lab = commands.add_parser("lab", help="open a run folder in JupyterLab (on 127.0.0.1)")
+    lab.add_argument("dir", type=Path, metavar="RUN_DIR")
+    lab.add_argument("lab_args", nargs=argparse.REMAINDER, metavar="LAB_ARGS", help="passed to jupyter lab (e.g. --port=8890 --no-browser)")
+    lab.set_defaults(handler=cmd_lab)
 
     seal = commands.add_parser(
         "seal", help="seal a run made interactively: step notebooks, HTML pages, index.html, manifest, ledger"

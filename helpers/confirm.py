@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import html
+import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from . import jsonio
+from .apply import CHECKPOINT_FILE
+from .display import described
 from .errors import RunbookError
 from .progress import is_interactive
 
@@ -42,17 +47,21 @@ class Confirmation:
         *,
         plan_sha256: str | None = None,
         backup_sha256: str | None = None,
+        already_applied: bool = False,
     ) -> None:
         self.url = url
         self.changes = dict(changes)
         self.plan_sha256 = plan_sha256
         self.backup_sha256 = backup_sha256
+        #: Apply already sent this run folder's whole plan: running it again only re-checks, and writes nothing.
+        self.already_applied = already_applied
         self.confirmed = False
         self.cancelled = False
 
     @classmethod
-    def for_plan(cls, url: str, plan: Any, backup: Any) -> Confirmation:
-        """From the plan's summary (documents per table and action) and the backup record apply checked."""
+    def for_plan(cls, url: str, plan: Any, backup: Any, run_dir: Path | None = None) -> Confirmation:
+        """From the plan's summary (documents per table and action) and the backup record apply checked; with the
+        run folder, says whether apply already sent that plan whole."""
         changing = plan.migration.changing_actions
         changes = {
             f"{table} documents": sum(n for action, n in actions.items() if action in changing)
@@ -61,18 +70,33 @@ class Confirmation:
         side = plan.migration.side_rows
         if side is not None:
             changes[f"{side.label} to create"] = plan.references
-        return cls(url, changes, plan_sha256=plan.plan_sha256, backup_sha256=backup.sha256)
+        return cls(url, changes, plan_sha256=plan.plan_sha256, backup_sha256=backup.sha256,
+                   already_applied=run_dir is not None and _sent_whole(run_dir))
+
+    def rows(self) -> list[tuple[str, str]]:
+        """The confirmation's facts, as label and plain value."""
+        verb = "Already applied (running it again re-checks and writes nothing)" if self.already_applied else "About to change"
+        rows = [("Deployment", self.url)]
+        rows += [(f"{verb}: {what}", f"{n:,}") for what, n in self.changes.items()]
+        if self.plan_sha256:
+            rows.append(("Plan sha256", self.plan_sha256))
+        if self.backup_sha256:
+            rows.append(("Backup sha256", self.backup_sha256))
+        return rows
 
     def text(self) -> str:
         """The confirmation as HTML: the same words in JupyterLab and in the archived page."""
-        rows = [("Deployment", html.escape(self.url))]
-        rows += [(f"About to change: {html.escape(what)}", f"{n:,}") for what, n in self.changes.items()]
-        if self.plan_sha256:
-            rows.append(("Plan sha256", f"<code>{self.plan_sha256}</code>"))
-        if self.backup_sha256:
-            rows.append(("Backup sha256", f"<code>{self.backup_sha256}</code>"))
-        body = "".join(f"<tr><th style='text-align:left'>{k}</th><td style='text-align:left'>{v}</td></tr>" for k, v in rows)
+        code = {"Plan sha256", "Backup sha256"}
+        body = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>"
+            f"{f'<code>{html.escape(v)}</code>' if k in code else html.escape(v)}</td></tr>"
+            for k, v in self.rows()
+        )
         return f"<table class='runbook-confirmation'>{body}</table>"
+
+    def plain(self) -> str:
+        """The confirmation as text: what a notebook shows of the buttons where widgets cannot be rendered."""
+        return "\n".join([*(f"{k}: {v}" for k, v in self.rows()), "Waiting for Confirm apply or Cancel."])
 
     def decision(self, *, by_parameter: bool) -> str:
         when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -117,9 +141,27 @@ class Confirmation:
 
         confirm.on_click(decide)
         cancel.on_click(decide)
-        return widgets.VBox([widgets.HTML(self.text()), widgets.HBox([confirm, cancel]), status])
+        return described([widgets.HTML(self.text()), widgets.HBox([confirm, cancel]), status], self.plain())
 
     async def _wait(self) -> None:
         """Yields to the kernel's event loop, which delivers the widget's click, until a button was clicked."""
         while not (self.confirmed or self.cancelled):
             await asyncio.sleep(POLL_SECONDS)
+
+
+def _sent_whole(run_dir: Path) -> bool:
+    """Whether apply sent the folder's whole plan, as apply itself tells a re-check: its checkpoint ends with the
+    complete mark, or an earlier complete checkpoint was kept (`checkpoint.1.jsonl`). Reads the file's end only."""
+    folder = Path(run_dir) / "apply"
+    if (folder / f"{Path(CHECKPOINT_FILE).stem}.1.jsonl").exists():
+        return True
+    try:
+        with (folder / CHECKPOINT_FILE).open("rb") as checkpoint:
+            checkpoint.seek(max(0, checkpoint.seek(0, os.SEEK_END) - 64))
+            last = checkpoint.read().rstrip(b"\n").rpartition(b"\n")[2]
+    except FileNotFoundError:
+        return False
+    try:
+        return bool(jsonio.loads(last).get("complete"))
+    except ValueError:
+        return False

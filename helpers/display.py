@@ -56,33 +56,44 @@ def backup_counts_table(snapshot: Mapping[str, int], live: Mapping[str, int]) ->
 
 
 def problems_table(problems: Iterable[Any]) -> pd.DataFrame:
-    """Problems by reason: the whole message and every example id (the full list per document is problems.csv)."""
+    """Problems by reason: how many documents have it, the whole message and every example id (the full list per
+    document is problems.csv)."""
     rows = [
         {
             "table": p.table,
             "reason": p.code,
             "severity": p.severity,
-            "count": p.count,
+            "documents": p.count,
             "message (first seen)": p.message,
             "example ids": ", ".join(p.examples),
         }
         for p in problems
     ]
-    columns = ["table", "reason", "severity", "count", "message (first seen)", "example ids"]
+    columns = ["table", "reason", "severity", "documents", "message (first seen)", "example ids"]
     return pd.DataFrame(rows, columns=columns)
 
 
 #: Text columns shown whole: wrapped and left aligned, never cut to pandas' 50 characters.
 WRAPPED = {"white-space": "pre-wrap", "text-align": "left", "overflow-wrap": "anywhere", "max-width": "40em"}
+#: Lists of ids: wrapped between ids, never inside one (an id cut in two cannot be searched for).
+ID_LIST = {"white-space": "normal", "text-align": "left", "overflow-wrap": "normal", "word-break": "keep-all", "max-width": "40em"}
+
+
+def text_styled(frame: pd.DataFrame, wrapped: Sequence[str] = (), ids: Sequence[str] = ()) -> Any:
+    """A table as an auditor reads it: no index column, every column left aligned and at the top, the `wrapped`
+    text columns whole, the `ids` columns wrapped between ids."""
+    styler = frame.style.format(thousands=",", precision=0, na_rep="").hide(axis="index")
+    styler = styler.set_properties(**{"text-align": "left", "vertical-align": "top"})
+    if present := [c for c in wrapped if c in frame.columns]:
+        styler = styler.set_properties(subset=present, **WRAPPED)
+    if present := [c for c in ids if c in frame.columns]:
+        styler = styler.set_properties(subset=present, **ID_LIST)
+    return styler.set_table_styles([{"selector": "th", "props": [("text-align", "left")]}])
 
 
 def problems_styled(frame: pd.DataFrame) -> Any:
-    """The problems table as an auditor reads it: every column left aligned, the message and ids wrapped whole."""
-    text_columns = [c for c in ("message (first seen)", "example ids") if c in frame.columns]
-    styler = frame.style.format(thousands=",", precision=0, na_rep="").hide(axis="index")
-    styler = styler.set_properties(**{"text-align": "left", "vertical-align": "top"})
-    styler = styler.set_properties(subset=text_columns, **WRAPPED)
-    return styler.set_table_styles([{"selector": "th", "props": [("text-align", "left")]}])
+    """The problems table: the message wrapped whole, the example ids wrapped between ids."""
+    return text_styled(frame, wrapped=["message (first seen)"], ids=["example ids"])
 
 
 def outcomes_table(outcomes: Mapping[str, Mapping[str, int]]) -> pd.DataFrame:
@@ -104,12 +115,12 @@ def styled(frame: pd.DataFrame, *, caption: str | None = None, highlight: str | 
 
 
 def checks_styled(frame: pd.DataFrame) -> Any:
-    """Verify's table: a red row per failed check."""
+    """Verify's table, read like the problems table, with a green row per passed check and a red one per failure."""
     def row_style(row: pd.Series) -> list[str]:
         colour = "#e6f4ea" if row["result"] == "pass" else "#fde2e1"
         return [f"background-color: {colour}"] * len(row)
 
-    return frame.style.apply(row_style, axis=1)
+    return text_styled(frame, wrapped=["what it proves", "note"], ids=["example ids"]).apply(row_style, axis=1)
 
 
 def plan_chart(by_status_per_table: Mapping[str, Mapping[str, Mapping[str, int]]]) -> Any:
@@ -185,8 +196,8 @@ def before_after_frame(
     derived_from: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
 ) -> pd.DataFrame:
     """One row per new field of each example document, beside the legacy field(s) it came from (`name = value`
-    lines), and one per field the plan removes; a document the plan leaves alone gets one row saying why. Values
-    are whole (JSON for objects)."""
+    lines), one per field the plan removes, and one with the asset references it creates (all a `track_existing`
+    document gets); a document the plan leaves alone gets one row saying why. Values are whole (JSON for objects)."""
     rows = []
     for before, after in pairs:
         problems = ", ".join(str(p.get("code")) for p in before.get("_problems", ()))
@@ -204,7 +215,11 @@ def before_after_frame(
             carried = [f"carried by {c} = {_text(after[c])}" for c in carriers.get(field, ()) if c in after]
             rows.append({**common, "new field": f"{field} (removed)", "new value": "(absent)",
                          "from legacy field(s)": "\n".join([f"{field} = {_text(before[field])}", *carried])})
-        if not changed and not removed:
+        references = before.get("_references", ())
+        if references:
+            rows.append({**common, "new field": f"asset references (created: {len(references)})",
+                         "new value": "\n".join(_text(r) for r in references), "from legacy field(s)": "(the fields above)"})
+        if not changed and not removed and not references:
             blocking = [str(p.get("message")) for p in before.get("_problems", ()) if p.get("severity") == "blocking"]
             rows.append({**common, "new field": "(none)", "new value": "; ".join(blocking) or "already migrated: nothing to write",
                          "from legacy field(s)": ""})
@@ -244,7 +259,8 @@ def before_after_view(
     pairs: list[tuple[Mapping[str, Any], Mapping[str, Any]]], derived_from: Mapping[str, Mapping[str, Sequence[str]]] | None = None
 ) -> Any:
     """Filters (action, problem) and a document picker over the examples when interactive, opening on a document
-    that changes; the whole table, static, otherwise."""
+    that changes, followed by the same documents as a static table (what a saved notebook and its pages keep:
+    a widget cannot be shown without its kernel); the whole table, static, otherwise."""
     frame = before_after_frame(pairs, derived_from)
     if not is_interactive() or frame.empty:
         return before_after_styled(frame)
@@ -276,7 +292,59 @@ def before_after_view(
     problem.observe(refilter, names="value")
     picker.observe(show, names="value")
     show()
-    return widgets.VBox([widgets.HBox([action, problem]), picker, output])
+    documents = len(befores)
+    display(described(
+        [widgets.HBox([action, problem]), picker, output],
+        f"Before/after browser over {documents} example documents (filters: action, problem code); "
+        "the table below lists the same documents.",
+    ))
+    return HTML(
+        f"<details><summary>All {documents} example documents, before and after (the browser's documents, "
+        f"as a table the saved notebook keeps)</summary>{before_after_styled(frame).to_html()}</details>"
+    )
+
+
+def described(children: Sequence[Any], text: str) -> Any:
+    """A VBox of `children` whose text form is `text`: what a notebook shows of the view where widgets cannot be
+    rendered (its default is `VBox(children=(HBox(…`)."""
+    import ipywidgets as widgets
+
+    class Described(widgets.VBox):  # type: ignore[misc]
+        def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+            bundle = dict(super()._repr_mimebundle_(**kwargs))
+            bundle["text/plain"] = text
+            return bundle
+
+    return Described(list(children))
+
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def static_outputs(path: Path) -> bool:
+    """Drops the widget views from a saved notebook, keeping what each widget left beside it (its text, the static
+    table the view functions display): a view needs the kernel that made it, so a notebook reopened later, or
+    rendered to HTML, would show "Error displaying widget: model not found" or `VBox(children=…)`. Returns whether
+    the file changed."""
+    import nbformat
+
+    notebook = nbformat.read(path, as_version=4)
+    changed = bool(notebook.metadata.pop("widgets", None))
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        kept = []
+        for output in cell.outputs:
+            if WIDGET_VIEW in output.get("data", {}):
+                del output.data[WIDGET_VIEW]
+                output.data.pop("text/plain", None)  # the widget's repr: `VBox(children=…)`, or a bar at 0 %
+                changed = True
+            if output.get("output_type") not in ("display_data", "execute_result") or output.data:
+                kept.append(output)
+        cell.outputs = kept
+    if changed:
+        nbformat.write(notebook, path)
+    return changed
 
 
 def plan_tables(summary: Any) -> dict[str, pd.DataFrame]:

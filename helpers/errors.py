@@ -7,6 +7,8 @@ class RunbookError(Exception):
     """Base of every error the runbook raises on purpose."""
 
     hint: str = ""
+    #: True when the error stopped a step before it wrote anything (run folder or deployment); the notebook says so.
+    nothing_written: bool = False
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -20,6 +22,16 @@ class RunbookError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message}\n  fix: {self.hint}" if self.hint else self.message
+
+    def _render_traceback_(self) -> list[str]:
+        """What IPython shows in a notebook instead of the traceback: the cause and the fix on one screen (the
+        frames are the runbook's own; the analyst acts on the cause)."""
+        lines = [f"\x1b[1;31m{type(self).__name__}\x1b[0m: {self.message}"]
+        if self.hint:
+            lines.append(f"\x1b[1m  fix:\x1b[0m {self.hint}")
+        if self.nothing_written:
+            lines.append("  Nothing was written: the run folder and the deployment are as they were.")
+        return lines
 
 
 class DeploymentUnreachable(RunbookError):
@@ -86,6 +98,13 @@ class PreconditionFailed(RunbookError):
     """A step refused to start: what it needs from earlier steps or from the operator is missing."""
 
     hint = "Run the earlier steps of the runbook in this run folder first (01 backup, 02 dry-run, 03 apply, 04 verify)."
+
+
+class StepNotPassed(RunbookError):
+    """A step ran to its end and recorded a verdict other than passed (apply over its error budget, a failed
+    check): its results are recorded, the tables above it say why."""
+
+    hint = "Read the tables above: they name each document and check that failed. Correct the cause, then run this notebook again."
 
 
 class LeaseLost(PreconditionFailed):

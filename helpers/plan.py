@@ -97,8 +97,12 @@ class _Tally:
         self.by_status[table][str(line.get(self.status_key) if self.status_key else "all")][action] += 1
         for ref in line.get("references", ()):
             self.references[str(ref.get(self.kind) if self.kind else None)] += 1
+        counted = set()
         for problem in line.get("problems", ()):
             key = (table, problem["code"], problem["severity"])
+            if key in counted:  # a document counts once per reason, however many of its fields have it
+                continue
+            counted.add(key)
             entry = self.problems.get(key)
             if entry is None:
                 entry = self.problems[key] = ProblemCount(
@@ -195,7 +199,7 @@ def read_plan(run_dir: Path) -> PlanSummary:
     summary_path = out / PLAN_SUMMARY_FILE
     if not summary_path.exists():
         raise PreconditionFailed(
-            f"No plan in {out}.", hint="Run notebooks/02_dry_run.ipynb with this run_dir first: apply executes its plan."
+            f"No plan in {out}.", hint=f"Run step 02 in this run folder first ({Path(run_dir) / '02_dry_run' / '02_dry_run.ipynb'}): apply executes its plan."
         )
     summary = PlanSummary.model_validate_json(summary_path.read_bytes())
     actual = sha256_file(out / PLAN_FILE) if (out / PLAN_FILE).exists() else "missing"
@@ -216,16 +220,18 @@ def iter_plan_lines(run_dir: Path) -> Iterator[dict[str, Any]]:
 
 
 def example_pairs(run_dir: Path, n: int) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """Up to n documents per table and planned action, those that change first, as (before, after) taken from the plan
-    itself (no extra reads); `before` also carries the plan's `_action` and `_problems` for the analyst's filters."""
+    """Up to n documents per table and planned action, and per table and problem code (so a filter on any code the
+    plan found has documents to show), those that change first, as (before, after) taken from the plan itself (no
+    extra reads); `before` also carries the plan's `_action`, `_problems` and the `_references` it creates."""
     seen: Counter[str] = Counter()
     pairs = []
     for line in iter_plan_lines(run_dir):
-        kind = f'{line["table"]}/{line["action"]}'
-        if seen[kind] >= n:
+        kinds = [f'{line["table"]}/{line["action"]}', *(f'{line["table"]}/problem {p["code"]}' for p in line.get("problems", ()))]
+        if all(seen[kind] >= n for kind in kinds):
             continue
-        seen[kind] += 1
-        before = {"_id": line["id"], "_table": line["table"], "_action": line["action"], "_problems": line.get("problems", []), **line["expect"]}
+        seen.update(kinds)
+        before = {"_id": line["id"], "_table": line["table"], "_action": line["action"], "_problems": line.get("problems", []),
+                  "_references": line.get("references", []), **line["expect"]}
         after = {k: v for k, v in before.items() if k not in line.get("unset", ())}
         pairs.append((before, {**after, **line["set"]}))
     changing = migration_of(run_dir).changing_actions
@@ -261,7 +267,7 @@ def _snapshot(run_dir: Path) -> BackupSummary:
     return require_backup(
         run_dir,
         "The dry-run plans from this run folder's backup snapshot",
-        hint="run notebooks/01_backup_snapshot.ipynb with this run_dir first, or plan from the live tables with "
+        hint=f"run step 01 in this run folder first ({Path(run_dir) / '01_backup_snapshot' / '01_backup_snapshot.ipynb'}), or plan from the live tables with "
         "plan_source='live' (build_plan(..., source='live'))",
     )
 

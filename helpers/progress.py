@@ -1,5 +1,6 @@
 """Progress for long work: a tqdm widget in a Jupyter frontend, plain text lines under papermill and in
-terminals (an executed notebook then holds a readable log instead of a frozen 0% widget)."""
+terminals. Either way the cell keeps one final text line (what, how many, how long): the widget turns into it
+when the work ends, so a saved notebook holds that line instead of a bar frozen at 0 % (a widget's saved form)."""
 
 from __future__ import annotations
 
@@ -74,6 +75,29 @@ def _text_tqdm() -> type:
     return TextProgress
 
 
+def _widget_tqdm() -> type:
+    from IPython.display import display
+    from tqdm.notebook import tqdm as notebook_tqdm
+
+    class WidgetProgress(notebook_tqdm):  # type: ignore[misc]
+        """The notebook bar while the work lasts; closed, its display becomes the final text line."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, display=False, **kwargs)
+            self.handle = None if self.disable else display(self.container, display_id=True)
+            self.displayed = True
+
+        def close(self) -> None:
+            if self.disable or self.handle is None:
+                return super().close()
+            d = self.format_dict
+            line = text_line(d["prefix"] or "", d["n"], d["total"], d["elapsed"], d["unit"], bool(d["unit_scale"]))
+            super().close()
+            self.handle.update({"text/plain": line}, raw=True)
+
+    return WidgetProgress
+
+
 def progress(
     iterable: Iterable[Any] | None = None,
     *,
@@ -87,8 +111,6 @@ def progress(
     """A tqdm bar (iterate through it, or call .update/.close); silent when show is False."""
     kwargs = dict(desc=desc, total=total, unit=unit, initial=initial, unit_scale=unit_scale, disable=not show)
     if is_interactive():
-        from tqdm.auto import tqdm
-
-        return tqdm(iterable, mininterval=0.5, **kwargs)
+        return _widget_tqdm()(iterable, mininterval=0.5, **kwargs)
     interval = 5.0
     return _text_tqdm()(iterable, file=_Lines(sys.stdout), mininterval=interval, delay=interval, **kwargs)

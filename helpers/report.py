@@ -169,10 +169,14 @@ def _dl(rows: Mapping[str, Any]) -> str:
     return " · ".join(f"<b>{_e(k)}:</b> {_e(v)}" for k, v in rows.items())
 
 
-def header_html(step: str, context: PageContext, notebook: Any) -> str:
+def header_html(step: str, context: PageContext, notebook: Any, results: Mapping[str, Any] | None = None) -> str:
     start, end, duration = execution_times(notebook)
     if start is None:
         start, end = context.started, context.finished
+    if start is None and results:
+        start, end = results.get("started_at"), results.get("finished_at")
+    if duration is None and results:
+        duration = results.get("duration_s")
     rows = {
         "step": step, "operator": context.operator, "started": start or "not recorded", "finished": end or "not recorded",
         "duration": f"{duration:.1f} s" if duration is not None else "not recorded",
@@ -223,7 +227,9 @@ def render_step(notebook_path: Path, context: PageContext) -> tuple[Path, Path]:
 
     notebook = nbformat.read(notebook_path, as_version=4)
     step = notebook_path.stem
-    top = header_html(step, context, notebook)
+    from .archive import RESULTS_FILE, _load_json
+
+    top = header_html(step, context, notebook, _load_json(notebook_path.parent / RESULTS_FILE))
     failure = find_failure(notebook)
     results = notebook_path.parent / "results.json"
     if failure is not None or not results.is_file():
@@ -401,6 +407,8 @@ def _step_row(run_dir: Path, step: str, status: str) -> str:
     if (folder / f"{step}.ipynb").is_file():
         notebook = nbformat.read(folder / f"{step}.ipynb", as_version=4)
         duration, failure = execution_times(notebook)[2], find_failure(notebook)
+    if duration is None:
+        duration = results.get("duration_s")  # a step run in JupyterLab: its cells' time, as Step.record measured it
     links = " · ".join(
         f'<a href="{_e(f"{step}/{name}")}">{label}</a>'
         for name, label in ((f"{step}.report.html", "report"), (f"{step}.html", "full page"), (f"{step}.ipynb", "notebook"))

@@ -10,8 +10,6 @@ is reported as a conflict and left alone; documents the migration did not change
 
 from __future__ import annotations
 
-import getpass
-import os
 import time
 from collections import Counter, defaultdict
 from collections.abc import Container, Iterator
@@ -29,7 +27,7 @@ from .deployment import apply_batch, iter_documents, iter_pages, record_run, rel
 from .errors import PreconditionFailed, RunbookError
 from .migration import Migration, SideRows
 from .plan import iter_plan_lines, read_plan
-from .run_folder import locked_step, migration_of, run_id as folder_run_id
+from .run_folder import locked_step, migration_of, operator_for, run_id as folder_run_id
 from .scratch import Scratch, batched
 from .transport import ConvexTransport
 from .values import digest
@@ -230,7 +228,7 @@ def execute_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, b
     if sha256_file(out / "plan.jsonl") != summary.rollback_plan_sha256:
         raise PreconditionFailed(f"{out / 'plan.jsonl'} was altered since it was planned.", hint="Plan the rollback again.")
     run = folder_run_id(run_dir)
-    operator = operator or os.environ.get("RUNBOOK_OPERATOR") or getpass.getuser()
+    operator = operator or operator_for(run_dir)
     outcomes: dict[str, Counter[str]] = defaultdict(Counter)
     conflicts: list[dict[str, str]] = []
     errors: list[dict[str, str]] = []

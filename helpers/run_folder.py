@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import getpass
 import inspect
 import os
 import secrets
@@ -18,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from . import jsonio
 from .errors import PreconditionFailed
@@ -68,6 +69,34 @@ def migration_of(run_dir: Path) -> Migration:
     return get(migration_id(run_dir))
 
 
+def operator_of(run_dir: Path) -> str | None:
+    """The operator the folder was made for (`runbook new-run --operator`), or None: then each step names whoever
+    runs it (RUNBOOK_OPERATOR or the user)."""
+    return _recorded(run_dir).get("operator") or None
+
+
+def operator_for(run_dir: Path) -> str:
+    """Who a step in this folder runs as: the folder's operator (`runbook new-run --operator`), else RUNBOOK_OPERATOR,
+    else the user. The same name then holds the lock, signs the ledger rows and heads the pages."""
+    return operator_of(run_dir) or os.environ.get("RUNBOOK_OPERATOR") or getpass.getuser()
+
+
+def holds_its_notebooks(run_dir: Path) -> bool:
+    """Whether `runbook new-run` made the folder with its step notebooks, which then run where they are (a folder
+    `runbook run` made runs the templates, its step folders hold the executed copies)."""
+    return bool(_recorded(run_dir).get("prepared"))
+
+
+def create_run(run_dir: Path, migration: str, operator: str) -> dict[str, str]:
+    """Draws the run id of a folder made with its step notebooks (`runbook new-run`), with its migration and operator."""
+    return _record(run_dir, migration, {"operator": operator, "prepared": True})
+
+
+def _recorded(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / RUN_FILE
+    return dict(jsonio.loads(path.read_bytes())) if path.exists() else {}
+
+
 def bind_migration(run_dir: Path, migration: str) -> Migration:
     """Records that this folder runs `migration` (on its first step), or refuses when it already runs another."""
     from .migrations import get
@@ -82,13 +111,14 @@ def bind_migration(run_dir: Path, migration: str) -> Migration:
     return declared
 
 
-def _record(run_dir: Path, migration: str | None = None) -> dict[str, str]:
+def _record(run_dir: Path, migration: str | None = None, more: dict[str, Any] | None = None) -> dict[str, str]:
     """run.json, drawn on first use; `migration` is recorded when the folder names none yet (a run id drawn
-    before the migration was bound keeps its id)."""
+    before the migration was bound keeps its id); `more`: what else the run records there (its operator)."""
     path = Path(run_dir) / RUN_FILE
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         record = {"run_id": f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(6)}", **({"migration": migration} if migration else {})}
+        record.update(more or {})
         draft = path.with_name(f".{RUN_FILE}.{secrets.token_hex(4)}")
         draft.write_bytes(jsonio.dumps(record))
         try:

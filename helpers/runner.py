@@ -47,7 +47,7 @@ from .paths import CHECKOUT_ROOT, NOTEBOOKS_DIR
 from .report import REPORT_SUFFIX, PageContext, render_step, resume_command, section_of, split_fix, where as where_failed
 from .migration import Migration
 from .migrations import default_id, get as get_migration
-from .run_folder import bind_migration, migration_id, migration_of, run_id, run_lock
+from .run_folder import bind_migration, create_run, holds_its_notebooks, migration_id, migration_of, operator_for, operator_of, run_id, run_lock
 from .transport import ConvexTransport, deploy_key_from_env, redact_url
 
 STEPS = ("01_backup_snapshot", "02_dry_run", "03_apply", "04_verify")
@@ -245,6 +245,55 @@ def _deploy_key() -> str | None:
         return None
 
 
+#: run_dir as each step's notebook is given it: relative to the notebook's own folder (`<run>/<step>/`), where
+#: JupyterLab and the runner start its kernel, so the folder stays right wherever it is moved or archived.
+RUN_DIR_FROM_STEP = ".."
+
+
+def step_notebook(run_dir: Path, step: str) -> Path:
+    """Where a step's notebook lives in its run folder: prepared by `runbook new-run`, executed in place."""
+    return step_dir(run_dir, step) / f"{step}.ipynb"
+
+
+def step_values(step: str, convex_url: str, run_dir: Path, parameters: Mapping[str, Any] | None, notebooks_dir: Path) -> dict[str, Any]:
+    """The parameters a step's notebook gets, refused (check_parameters) before anything is written."""
+    values = {"convex_url": convex_url, "run_dir": RUN_DIR_FROM_STEP, "migration": migration_id(run_dir), **(parameters or {})}
+    check_parameters(step, values, notebooks_dir)
+    return values
+
+
+def prepare_run(
+    convex_url: str,
+    *,
+    migration: str | None = None,
+    runs_dir: Path = Path("runs"),
+    operator: str | None = None,
+    steps: Sequence[str] = STEPS,
+    notebooks_dir: Path = NOTEBOOKS_DIR,
+) -> Path:
+    """A new run folder holding each step's notebook with its parameters set (papermill's prepare-only mode), at
+    `<run>/<step>/<step>.ipynb`: the analyst opens and runs them as they are (`runbook lab <run>`), `runbook run
+    --run-dir <run>` executes the same files headless, and `runbook seal <run>` seals them where they are. The
+    templates in notebooks/ are only read, so the runbook's checkout stays clean."""
+    declared = get_migration(migration or default_id())
+    if redact_url(convex_url) != convex_url:
+        raise PreconditionFailed(
+            f"The deployment URL carries credentials ({redact_url(convex_url)}). No run folder was made.",
+            hint="Give the plain deployment URL; the key goes in CONVEX_DEPLOY_KEY (the URL is written into the notebooks).",
+        )
+    run_dir = new_run_dir(runs_dir)
+    with writing(run_dir):
+        create_run(run_dir, declared.id, operator or os.environ.get("RUNBOOK_OPERATOR") or getpass.getuser())
+        for step in steps:
+            values = step_values(step, convex_url, run_dir, None, notebooks_dir)
+            step_dir(run_dir, step).mkdir()
+            papermill.execute_notebook(
+                str(notebook_path(step, notebooks_dir)), str(step_notebook(run_dir, step)), parameters=values,
+                prepare_only=True, progress_bar=False,
+            )
+    return run_dir
+
+
 def run_step(
     step: str,
     *,
@@ -255,15 +304,18 @@ def run_step(
     kernel_name: str = "python3",
     log_output: bool = False,
     planned: Sequence[str] = (),
+    on_output: Callable[[str], None] | None = None,
 ) -> StepResults:
-    """Executes one step notebook into run_dir/<step>/ (.ipynb, .html, parameters.json) and returns its results.
-    `planned` names the steps of the run from this one on: a failure names the command that resumes them."""
+    """Executes one step's notebook in run_dir/<step>/ (.ipynb, .html, parameters.json) and returns its results:
+    the notebook `runbook new-run` prepared there, in place, else the template from notebooks_dir (a folder
+    `runbook run` made: its step folder holds the executed copy, and a fixed template runs again).
+    `planned` names the steps of the run from this one on: a failure names the command that resumes them.
+    `on_output` gets each line the notebook prints (its progress lines), as it prints it."""
     run_dir = Path(run_dir)
-    source = notebook_path(step, notebooks_dir)
-    values = {"convex_url": convex_url, "run_dir": str(run_dir.resolve()), "migration": migration_id(run_dir), **(parameters or {})}
-    check_parameters(step, values, notebooks_dir)
-    out = step_dir(run_dir, step)
-    executed = out / f"{step}.ipynb"
+    executed = step_notebook(run_dir, step)
+    source = executed if holds_its_notebooks(run_dir) and executed.is_file() else notebook_path(step, notebooks_dir)
+    values = step_values(step, convex_url, run_dir, parameters, notebooks_dir)
+    out = executed.parent
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "parameters.json", values)
@@ -282,9 +334,10 @@ def run_step(
                 kernel_manager_class=BoundKernelManager,
                 progress_bar=False,
                 log_output=log_output,
-                # A checkout's kernels import its helpers/ from there; an installed runbook's kernel starts in the
-                # step's folder, so a helpers/ folder wherever the operator stands cannot shadow the installed one.
-                cwd=str(CHECKOUT_ROOT or out),
+                stdout_file=_LineSink(on_output) if on_output else None,
+                # The kernel starts in the step's folder, as JupyterLab starts it: run_dir ("..") is right from there,
+                # and a helpers/ folder wherever the operator stands cannot shadow the runbook's own.
+                cwd=str(out),
                 # The kernel talks to papermill over loopback TCP, as Jupyter does; its start-up warning about
                 # that is noise on the operator's terminal.
                 extra_arguments=["--IPKernelApp.log_level=ERROR"],
@@ -302,6 +355,23 @@ def run_step(
     return _passed_results(run_dir, step, executed, resume)
 
 
+class _LineSink:
+    """A file for papermill's stdout_file: hands each whole line the notebook prints to `sink`."""
+
+    def __init__(self, sink: Callable[[str], None]) -> None:
+        self.sink = sink
+        self.pending = ""
+
+    def write(self, text: str) -> None:
+        *lines, self.pending = (self.pending + text).split("\n")
+        for line in lines:
+            if line.strip():
+                self.sink(line.strip())
+
+    def flush(self) -> None:
+        pass
+
+
 @contextmanager
 def _secondary(failure: BaseException | None, what: str) -> Iterator[None]:
     """Work done while an error propagates must not replace it: its own error becomes a note on the first."""
@@ -317,7 +387,7 @@ def page_context(run_dir: Path, convex_url: str) -> PageContext:
     return PageContext(
         run_id=run_id(run_dir),
         migration=migration_id(run_dir),
-        operator=os.environ.get("RUNBOOK_OPERATOR") or getpass.getuser(),
+        operator=operator_for(run_dir),
         commit=commit_label(),
         deployment=redact_url(convex_url),
     )
@@ -355,13 +425,15 @@ def run_migration(
     run_dir: Path | None = None,
     notebooks_dir: Path = NOTEBOOKS_DIR,
     on_step: Callable[[str, str], None] | None = None,
+    on_output: Callable[[str, str], None] | None = None,
 ) -> RunResult:
     """Backup → dry run (→ apply → verify) in a new run folder, sealed with a manifest even when a step fails.
 
     `migration` is a migration's id (`helpers.migrations`; default: the run folder's, else the first one).
     `run_dir` continues an existing run folder instead (resume an apply, verify later, roll back); its manifest
     is rewritten with the earlier steps kept. `on_step(step, status)` is told "running" before each step and its
-    status after, for live progress.
+    status after, for live progress; `on_output(step, line)` each line a step's notebook prints (its progress).
+    A folder `runbook new-run` made is run with its own notebooks and its recorded operator.
     """
     requested = get_migration(migration) if migration is not None else None  # an unknown id is refused first
     chosen = _chosen_steps(dry_run, steps, confirm)
@@ -374,7 +446,13 @@ def run_migration(
         )
     if APPLY_STEP in per_step:
         per_step[APPLY_STEP]["confirm"] = True
-    operator = operator or os.environ.get("RUNBOOK_OPERATOR") or getpass.getuser()
+    recorded = operator_of(run_dir) if run_dir is not None else None
+    if operator and recorded and operator != recorded:
+        raise PreconditionFailed(
+            f"The run folder {run_dir} is {recorded}'s run (runbook new-run --operator), not {operator}'s. Nothing was run.",
+            hint=f"Leave --operator out to run it as {recorded}, or make your own run folder: runbook new-run --operator {operator}.",
+        )
+    operator = recorded or operator or os.environ.get("RUNBOOK_OPERATOR") or getpass.getuser()
     notify = on_step or (lambda step, status: None)
     with preflight(url) as transport:
         declared = requested or get_migration(migration_id(run_dir) if run_dir is not None else default_id())
@@ -396,8 +474,10 @@ def run_migration(
                         notify(step, "running")
                         statuses[step] = "failed"
                         try:
-                            results = run_step(step, convex_url=url, run_dir=run_dir, parameters=per_step[step],
-                                               notebooks_dir=notebooks_dir, planned=chosen[chosen.index(step):])
+                            results = run_step(
+                                step, convex_url=url, run_dir=run_dir, parameters=per_step[step], notebooks_dir=notebooks_dir,
+                                planned=chosen[chosen.index(step):], on_output=on_output and functools.partial(on_output, step),
+                            )
                             statuses[step] = results.status
                         finally:
                             notify(step, statuses[step])

@@ -2,20 +2,24 @@
 
 `Step.open` binds the run folder to its migration, refuses when the step before did not pass, and connects
 (the deploy key comes from the environment, never from a parameter); `Step.record` builds the step's results
-from what it produced and records them (results.json and the step's ledger row, see archive.record_step).
+from what it produced and records them (results.json and the step's ledger row, see archive.record_step), with
+the time between the two: how long the step's cells ran, interactively as headless.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import archive
-from .archive import StepResults, read_step_results, sha256_file, step_dir
+from . import archive, jsonio
+from .archive import RESULTS_FILE, StepResults, sha256_file, step_dir
+from .errors import PreconditionFailed, RunbookError
 from .migration import Migration
-from .run_folder import bind_migration
+from .paths import CHECKOUT_ROOT
+from .run_folder import bind_migration, operator_for
 from .transport import ConvexTransport, redact_url
 
 #: The step each step builds on: it must have passed in the same run folder.
@@ -33,17 +37,26 @@ class Step:
     run_dir: Path
     migration: Migration
     transport: ConvexTransport
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @classmethod
-    def open(cls, name: str, convex_url: str, run_dir: str | Path, migration: str) -> Step:
+    def open(cls, name: str, convex_url: str, run_dir: str | Path | None, migration: str) -> Step:
         """The step in `run_dir` (created on the first step), after checking the folder runs `migration` and the
-        step before passed there."""
-        run_dir = Path(run_dir)
-        declared = bind_migration(run_dir, migration)
-        previous = PREVIOUS_STEP.get(name)
-        if previous is not None:
-            read_step_results(run_dir, previous).require_passed()
-        return cls(name, run_dir, declared, ConvexTransport(convex_url))
+        step before passed there. `run_dir` is taken from where the kernel runs (a run folder's notebook has
+        "..": JupyterLab and the runner start its kernel in its own folder); the step holds the real folder."""
+        try:
+            if run_dir is None:
+                raise PreconditionFailed(
+                    f"run_dir is not set: this is the template of {name}, not a run folder's notebook.",
+                    hint=_where_to_run(name, None),
+                )
+            run_dir = Path(run_dir).resolve()
+            _require_previous(name, run_dir)
+            declared = bind_migration(run_dir, migration)
+            return cls(name, run_dir, declared, ConvexTransport(convex_url))
+        except RunbookError as refused:
+            refused.nothing_written = True
+            raise
 
     @property
     def deployment(self) -> str:
@@ -61,8 +74,56 @@ class Step:
         """Builds this step's results from what it produced (the summary or report its helper returned) and
         records them; returns them (a failed verify or rollback is recorded before the notebook raises)."""
         results = _RESULTS[self.name](self, outcome, **extra)
-        archive.record_step(self.transport, self.run_dir, results)
+        finished = datetime.now(UTC)
+        results = results.model_copy(update={
+            "started_at": self.started.isoformat(timespec="seconds"), "finished_at": finished.isoformat(timespec="seconds"),
+            "duration_s": round((finished - self.started).total_seconds(), 3),
+        })
+        archive.record_step(self.transport, self.run_dir, results, operator=operator_for(self.run_dir), started_at=self.started)
         return results
+
+
+def _require_previous(name: str, run_dir: Path) -> None:
+    """Refuses a step whose previous step did not pass in `run_dir`, naming the folder where it did."""
+    previous = PREVIOUS_STEP.get(name)
+    if previous is None:
+        return
+    path = step_dir(run_dir, previous) / RESULTS_FILE
+    if not path.is_file():
+        raise PreconditionFailed(f"step {previous} has not run in {run_dir} ({previous}/{RESULTS_FILE} is missing).",
+                                 hint=_where_to_run(name, run_dir))
+    status = StepResults.model_validate_json(path.read_bytes()).status
+    if status != "passed":
+        raise PreconditionFailed(
+            f"step {previous} did not pass in {run_dir} (status: {status}).",
+            hint=f"Fix what {step_dir(run_dir, previous) / f'{previous}.ipynb'} reported and run it again there, then this step.",
+        )
+
+
+def _where_to_run(name: str, run_dir: Path | None) -> str:
+    """The fix for a step opened in the wrong place: the run folder where the step before it last passed."""
+    previous = PREVIOUS_STEP.get(name)
+    found = last_passed(previous, run_dir) if previous else None
+    if found is not None:
+        return f"{previous} passed in {found}: run this step there, {step_dir(found, name) / f'{name}.ipynb'} (`runbook lab {found}`)."
+    if run_dir is not None and previous is not None:
+        return f"Run {previous} first in this run folder: {step_dir(run_dir, previous) / f'{previous}.ipynb'}, then this step."
+    return f"Make a run folder with `runbook new-run --url URL` and run {name} from there (`runbook lab <run folder>`)."
+
+
+def last_passed(step: str, near: Path | None) -> Path | None:
+    """The run folder where `step` passed most recently: among `near`'s sibling folders and the runs/ folders of
+    the working directory and the checkout."""
+    places = {Path.cwd() / "runs", *([CHECKOUT_ROOT / "runs"] if CHECKOUT_ROOT else []), *([near.parent] if near else [])}
+    passed = []
+    for place in places:
+        for results in place.glob(f"*/{step}/{RESULTS_FILE}"):
+            try:
+                if jsonio.loads(results.read_bytes()).get("status") == "passed":
+                    passed.append((results.stat().st_mtime, results.parent.parent.resolve()))
+            except (OSError, ValueError):
+                continue
+    return max(passed)[1] if passed else None
 
 
 def _backup(step: Step, summary: Any) -> StepResults:

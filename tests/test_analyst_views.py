@@ -143,3 +143,66 @@ def test_examples_open_on_documents_that_change_and_cover_each_table(tmp_path: P
     assert [before["_id"] for before, _ in pairs] == ["s0", "s1", "m0", "p0", "p1"]  # changes first, 2 per table and action
     assert pairs[-1][0]["_problems"] == [{"code": "x"}] and pairs[0][1]["assetCount"] == 0
     assert show.filter_choices(show.before_after_frame(pairs))[0] == "videoSessions s0 · migrate"
+
+
+def test_examples_cover_every_problem_code_of_the_plan(tmp_path: Path) -> None:
+    """The filter by problem code offers every code the plan found, however rare, each with documents to show."""
+    lines = [{"id": f"m{i}", "table": "scenes", "action": "migrate", "expect": {}, "set": {"assetVersion": 1}} for i in range(5)]
+    lines.append({"id": "rare", "table": "scenes", "action": "migrate", "expect": {}, "set": {"assetVersion": 1},
+                  "problems": [{"code": "rare_code", "severity": "flagged", "message": "m"}]})
+    plan_file = plan_dir(tmp_path) / PLAN_FILE
+    plan_file.parent.mkdir()
+    plan_file.write_bytes(b"".join(jsonio.dumps(line) + b"\n" for line in lines))
+    pairs = example_pairs(tmp_path, 2)
+    assert [before["_id"] for before, _ in pairs] == ["m0", "m1", "rare"]
+    assert show.filter_choices(show.before_after_frame(pairs), problem="rare_code") == ["scenes rare · migrate"]
+
+
+def test_a_track_existing_document_says_what_will_be_created() -> None:
+    reference = {"assetType": "video", "entityId": "00000000000000000000010040scenes", "s3Key": "k/chunk.mp4"}
+    before = {"_id": "00000000000000000000010040scenes", "_table": "scenes", "_action": "track_existing", "_problems": [],
+              "_references": [reference], "videoAsset": {"s3Key": "k/chunk.mp4"}}
+    [row] = show.before_after_frame([(before, dict(before))], M001.derived_from).to_dict("records")
+    assert row["new field"] == "asset references (created: 1)" and '"s3Key": "k/chunk.mp4"' in row["new value"]
+
+
+def test_interactively_the_browser_comes_with_a_static_copy_and_a_text_form(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RUNBOOK_HEADLESS", raising=False)
+    monkeypatch.setenv("JPY_SESSION_NAME", "02_dry_run.ipynb")
+    shown: list = []
+    monkeypatch.setattr("IPython.display.display", lambda obj, **_: shown.append(obj))
+    static = show.before_after_view([MIGRATED, BLOCKED], M001.derived_from)
+    browser = next(obj for obj in shown if hasattr(obj, "_repr_mimebundle_") and hasattr(obj, "children"))
+    text = browser._repr_mimebundle_()["text/plain"]
+    assert "VBox" not in text and "2 example documents" in text
+    assert LONG_URL in static.data and "used by 2 scenes" in static.data  # every document, whole, static
+
+
+def test_the_confirmation_widget_reads_as_text_where_widgets_cannot_render(monkeypatch: pytest.MonkeyPatch) -> None:
+    gate = Confirmation.for_plan("http://127.0.0.1:3210", Plan(), Backup())
+    text = gate._widget()._repr_mimebundle_()["text/plain"]
+    assert "About to change: scenes documents: 7" in text and "a" * 64 in text and "VBox" not in text
+
+
+@pytest.mark.parametrize("checkpoint, applied", [
+    (None, False),
+    (b'{"start": 0, "end": 3, "results": []}\n', False),  # an apply cut off: the rest is still to change
+    (b'{"start": 0, "end": 3, "results": []}\n{"complete": true}\n', True),
+    (b'{"start": 0, "end": 3, "results": []}\n{"complete": tr', False),  # torn: apply reads it as not complete
+])
+def test_a_second_apply_of_the_same_plan_says_already_applied(checkpoint: bytes | None, applied: bool, tmp_path: Path) -> None:
+    if checkpoint is not None:
+        (tmp_path / "apply").mkdir()
+        (tmp_path / "apply" / "checkpoint.jsonl").write_bytes(checkpoint)
+    gate = Confirmation.for_plan("u", Plan(), Backup(), tmp_path)
+    assert gate.already_applied is applied
+    assert ("Already applied (running it again re-checks and writes nothing): scenes documents" in gate.text()) is applied
+    assert ("About to change" in gate.text()) is not applied
+
+
+def test_a_kept_complete_checkpoint_means_already_applied(tmp_path: Path) -> None:
+    """A re-check moves the complete checkpoint aside (checkpoint.1.jsonl) and starts a new one."""
+    (tmp_path / "apply").mkdir()
+    (tmp_path / "apply" / "checkpoint.1.jsonl").write_bytes(b'{"complete": true}\n')
+    (tmp_path / "apply" / "checkpoint.jsonl").write_bytes(b"")
+    assert Confirmation.for_plan("u", Plan(), Backup(), tmp_path).already_applied

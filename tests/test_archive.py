@@ -207,7 +207,7 @@ def test_sha256_file_streams_large_files(tmp_path: Path) -> None:
 def test_step_results_round_trip_and_refusals(tmp_path: Path) -> None:
     with pytest.raises(PreconditionFailed, match="step 03_apply has not run in this run folder") as missing:
         archive.read_step_results(tmp_path, "03_apply")
-    assert "notebooks/03_apply.ipynb" in missing.value.hint
+    assert "03_apply/03_apply.ipynb" in missing.value.hint  # the run folder's notebook
 
     archive.write_step_results(tmp_path, "03_apply", StepResults(step="03_apply", status="failed", summary={"errors": 3}, inputs={}, outputs={}))
     read = archive.read_step_results(tmp_path, "03_apply")

@@ -74,8 +74,9 @@ def test_run_step_leaves_parameters_notebook_html_and_results(tmp_path: Path, no
     # The parameter arrived, the kernel is told it runs headless and has the key from the environment.
     assert results.summary == {"label": "given", "headless": "1", "key_in_env": True}
     out = run_dir / "ok_step"
+    # run_dir is the step folder's parent: the kernel starts in the step's folder, as JupyterLab starts it.
     assert json.loads((out / "parameters.json").read_text()) == {
-        "convex_url": URL, "run_dir": str(run_dir.resolve()), "migration": M001.id, "label": "given",
+        "convex_url": URL, "run_dir": "..", "migration": M001.id, "label": "given",
     }
     executed = nbformat.read(out / "ok_step.ipynb", as_version=4)
     assert any("injected-parameters" in cell.metadata.get("tags", []) for cell in executed.cells)
@@ -440,3 +441,84 @@ def test_a_run_whose_seal_the_deployment_missed_says_how_to_record_it(
         f"Record the seal once the deployment answers: runbook seal {tmp_path / 'run'} --url {URL}",
         f"Manifest sha256: {'ab' * 32} (NOT recorded in the deployment's ledger: the deployment did not answer)",
     ]
+
+
+# --- new-run, lab -------------------------------------------------------------------------------------------
+
+
+def test_new_run_prepares_each_step_notebook_in_the_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from helpers.report import notebook_parameter
+
+    templates = {p: p.read_bytes() for p in runner.NOTEBOOKS_DIR.glob("*.ipynb")}
+    assert cli.main(["new-run", "--url", URL, "--runs-dir", str(tmp_path / "runs"), "--operator", "alice",
+                     "--migration", "002_retire_legacy_fields"]) == 0
+    *_, command, folder = capsys.readouterr().out.splitlines()
+    run_dir = Path(folder)
+    assert command == f"runbook lab {run_dir}" and run_dir.parent == (tmp_path / "runs").resolve()
+    run = json.loads((run_dir / "run.json").read_text())
+    assert (run["operator"], run["migration"], run["prepared"]) == ("alice", "002_retire_legacy_fields", True)
+    for step in runner.STEPS:
+        notebook = nbformat.read(run_dir / step / f"{step}.ipynb", as_version=4)
+        assert notebook_parameter(notebook, "convex_url") == URL and notebook_parameter(notebook, "migration") == "002_retire_legacy_fields"
+        # The kernel starts in the notebook's folder: from there ".." is the run folder.
+        assert (run_dir / step / notebook_parameter(notebook, "run_dir")).resolve() == run_dir
+        assert not any(cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")
+    assert not (run_dir / runner.ROLLBACK_STEP).exists()
+    assert {p: p.read_bytes() for p in runner.NOTEBOOKS_DIR.glob("*.ipynb")} == templates  # templates untouched
+
+
+def test_new_run_refuses_a_url_with_credentials_before_making_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["new-run", "--url", "https://ops:hunter2@happy-otter-1.convex.cloud", "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert "carries credentials" in capsys.readouterr().err and not (tmp_path / "runs").exists()
+
+
+def test_a_prepared_run_folder_runs_its_own_notebooks_in_place_as_its_operator(tmp_path: Path, notebooks: Path) -> None:
+    _notebook(notebooks, "01_backup_snapshot", RECORD, "print('01: 3/3 doc (100%) in 00:01')")
+    _notebook(notebooks, "02_dry_run", RECORD)
+    template = (notebooks / "01_backup_snapshot.ipynb").read_bytes()
+    run_dir = runner.prepare_run(URL, runs_dir=tmp_path / "runs", operator="alice", steps=["01_backup_snapshot", "02_dry_run"],
+                                 notebooks_dir=notebooks)
+    prepared = run_dir / "01_backup_snapshot" / "01_backup_snapshot.ipynb"
+    marked = nbformat.read(prepared, as_version=4)
+    marked.cells.append(nbformat.v4.new_code_cell("print('this run folder’s own notebook')"))
+    nbformat.write(marked, prepared)
+    printed: list[tuple[str, str]] = []
+
+    result = runner.run_migration(URL, dry_run=True, run_dir=run_dir, notebooks_dir=notebooks,
+                                  on_output=lambda step, line: printed.append((step, line)))
+
+    assert result.passed and (notebooks / "01_backup_snapshot.ipynb").read_bytes() == template
+    assert ("01_backup_snapshot", "01: 3/3 doc (100%) in 00:01") in printed
+    assert ("01_backup_snapshot", "this run folder’s own notebook") in printed  # the prepared file ran, not the template
+    assert archive.read_step_results(run_dir, "02_dry_run").passed  # run_dir ".." reached the run folder
+    assert json.loads((run_dir / "manifest.json").read_text())["operator"] == "alice"
+    with pytest.raises(PreconditionFailed, match="alice's run"):
+        runner.run_migration(URL, dry_run=True, run_dir=run_dir, notebooks_dir=notebooks, operator="bob")
+
+
+def test_run_prints_each_line_a_step_prints(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    def fake_run_migration(url: str, dry_run: bool, *, on_step, on_output, **kwargs: object) -> runner.RunResult:  # noqa: ANN001
+        on_step("03_apply", "running")
+        on_output("03_apply", "apply: 500/1,055 doc (47%) in 00:05, 100 doc/s")
+        on_step("03_apply", "passed")
+        return runner.RunResult(run_dir=Path("r"), passed=True, steps={}, statistics=None, manifest_sha256="ab" * 32)
+
+    monkeypatch.setattr(cli, "run_migration", fake_run_migration)
+    assert cli.main(["run", "--url", URL, "--confirm"]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == f"{'03_apply':<20}   apply: 500/1,055 doc (47%) in 00:05, 100 doc/s"
+
+
+def test_lab_starts_jupyterlab_rooted_at_the_run_folder_on_loopback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    started: list[tuple[str, list[str], dict[str, str]]] = []
+    monkeypatch.setattr(os, "execve", lambda path, argv, env: started.append((path, argv, env)))
+    monkeypatch.setenv("RUNBOOK_HEADLESS", "1")
+    run_dir = runner.prepare_run(URL, runs_dir=tmp_path, operator="alice", steps=[])
+    assert cli.main(["lab", str(run_dir), "--port=8890"]) == 0
+    [(path, argv, env)] = started
+    assert argv[1:5] == ["-m", "jupyterlab", "--ip=127.0.0.1", f"--ServerApp.root_dir={run_dir.resolve()}"]
+    assert argv[-1] == "--port=8890" and ("--allow-root" in argv) is (os.geteuid() == 0)
+    assert "RUNBOOK_HEADLESS" not in env  # the kernels it starts are interactive: widgets, the Confirm button
+    assert cli.main(["lab", str(tmp_path)]) == 2
+    assert "not a run folder" in capsys.readouterr().err

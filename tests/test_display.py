@@ -53,3 +53,42 @@ def test_apply_statistics_say_whether_the_deployment_confirmed_them_and_whether_
     confirmed = next(v for k, v in rows.items() if k.startswith("figures confirmed"))
     assert confirmed == ("no" if recheck else "yes")
     assert ("re-check" in rows.index) is recheck
+
+
+def test_problems_table_counts_documents_and_wraps_between_ids() -> None:
+    problems = [SimpleNamespace(table="scenes", code="c", severity="blocking", count=2, message="m", examples=IDS[:2])]
+    frame = display.problems_table(problems)
+    assert list(frame.columns)[3] == "documents"
+    html = display.problems_styled(frame).to_html()
+    assert "word-break: keep-all" in html  # the ids' column: wrapped between ids only
+    assert "overflow-wrap: anywhere" in html  # the message's column: wrapped anywhere
+
+
+def test_checks_table_has_no_index_column_and_left_aligned_text() -> None:
+    report = SimpleNamespace(checks=[
+        SimpleNamespace(name="planned_written", result="pass", checked=10, failed=0, explained=0, examples=[], description="d", note=""),
+        SimpleNamespace(name="references_match", result="fail", checked=10, failed=1, explained=0, examples=IDS[:1], description="d", note=""),
+    ])
+    html = display.checks_styled(display.checks_frame(report)).to_html()
+    assert 'class="row_heading' not in html and "text-align: left" in html
+    assert "#fde2e1" in html and "#e6f4ea" in html
+
+
+def test_a_saved_notebook_keeps_no_widget_view(tmp_path) -> None:  # noqa: ANN001
+    import nbformat
+
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
+    widget = {display.WIDGET_VIEW: {"model_id": "abc"}, "text/plain": "VBox(children=(HBox(children=(Dropdown("}
+    notebook.cells = [nbformat.v4.new_code_cell("x", outputs=[
+        nbformat.v4.new_output("display_data", data=widget),
+        nbformat.v4.new_output("display_data", data={"text/html": "<table>the static copy</table>"}),
+        nbformat.v4.new_output("stream", name="stdout", text="apply: 10/10 doc (100%) in 00:01"),
+    ])]
+    path = tmp_path / "n.ipynb"
+    nbformat.write(notebook, path)
+    assert display.static_outputs(path) is True
+    text = path.read_text()
+    assert "VBox(children" not in text and "abc" not in text and "widget-state" not in text
+    assert "the static copy" in text and "apply: 10/10" in text
+    assert display.static_outputs(path) is False  # nothing left to drop: the file is not rewritten

@@ -177,3 +177,14 @@ def test_fewer_gc_passes_only_when_planning_from_the_snapshot(toy_run: Path, tmp
     bind_migration(live_run, toy_registered.id)
     from_live = build_plan(PagedTables({"notes": NOTES}), live_run, source="live", show_progress=False)  # type: ignore[arg-type]
     assert entered == [True] and from_live.plan_sha256 == from_snapshot.plan_sha256
+
+
+def test_a_document_with_one_reason_on_several_fields_counts_once() -> None:
+    from helpers.plan import _Tally
+
+    tally = _Tally()
+    twice = [{"code": "bad_url", "severity": "blocking", "message": "field a"}, {"code": "bad_url", "severity": "blocking", "message": "field b"}]
+    tally.add({"table": "scenes", "id": "s1", "action": "problem", "problems": twice})
+    tally.add({"table": "scenes", "id": "s2", "action": "problem", "problems": twice[:1]})
+    [problem] = tally.problems.values()
+    assert (problem.count, problem.examples, problem.message) == (2, ["s1", "s2"], "field a")

@@ -67,3 +67,27 @@ def test_long_headless_work_prints_a_line_per_interval_with_its_rate(capsys: pyt
         "apply: 30/100 doc (30%) in 00:06, 5 doc/s",  # nothing before the first interval: no 0% line
         "apply: 100/100 doc (100%) in 00:13, 7 doc/s",  # the closing redraw repeats it: printed once
     ]
+
+
+class Handle:
+    def __init__(self, shown: list) -> None:
+        self.shown = shown
+
+    def update(self, obj: object, **kwargs: object) -> None:
+        self.shown.append(obj)
+
+
+@pytest.mark.parametrize("done", [1000, 400])
+def test_an_interactive_bar_ends_as_its_final_text_line(done: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The widget's saved form is its first state (a bar at 0 %): closed, its display becomes the final line,
+    which says how far the work got."""
+    monkeypatch.delenv("RUNBOOK_HEADLESS", raising=False)
+    monkeypatch.setenv("JPY_SESSION_NAME", "03_apply.ipynb")
+    shown: list = []
+    monkeypatch.setattr("IPython.display.display", lambda obj, **kw: shown.append(obj) or Handle(shown))
+    bar = progress(desc="apply", total=1000)
+    bar.update(done)
+    bar.close()
+    widget, final = shown
+    assert type(widget).__name__ == "TqdmHBox"  # the live bar while the work lasts
+    assert final["text/plain"].startswith(f"apply: {done:,}/1,000 doc ({done // 10}%) in 00:0")

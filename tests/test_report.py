@@ -50,7 +50,10 @@ def test_a_failed_step_page_starts_with_what_failed_and_what_to_do(failed_run: t
     for page in ("02_dry_run.html", "02_dry_run.report.html"):
         text = (run_dir / "02_dry_run" / page).read_text(encoding="utf-8")
         box = text.index('<div class="runbook-failure">')
-        assert box < text.index("Traceback") and box < text.index("Every row needs an id")
+        assert box < text.index("Every row needs an id")
+        # The cell's own output is the error's cause and fix (a RunbookError is one screen), not a traceback.
+        assert text.rindex("the input holds 3 rows without an id") > text.index("Every row needs an id")
+        assert "Traceback" not in text
         assert "in section “2. Check the input”, cell In [5]" in text[box:box + 400]
         assert "What to do:</b> Give every row an id, then run the step again." in text
         # the command the CLI prints, word for word
