@@ -11,7 +11,9 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any
 
-from .errors import ArgumentValidationError, FunctionFailed, LeaseLost, LimitExceeded, SchemaNotDeployed
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+from .errors import ArgumentValidationError, FunctionFailed, FunctionTerminated, LeaseLost, LimitExceeded, SchemaNotDeployed
 from .transport import ConvexTransport
 
 READ_PAGE = "migration:readPage"
@@ -22,6 +24,9 @@ LOCK_HELD_BY_OTHER = "the migration lock is held by run"
 APPLY_BATCH = "migration:applyBatch"
 COUNT_RUN_REFERENCES = "migration:countRunReferences"
 MIN_PAGE_SIZE = 16
+#: Calls of a one-document batch that Convex stopped at its time or memory limit before it counts as that
+#: document's error: a busy deployment, not the document, is the likely cause.
+SINGLE_DOCUMENT_ATTEMPTS = 5
 
 
 def iter_pages(transport: ConvexTransport, table: str, page_size: int) -> Iterator[list[dict[str, Any]]]:
@@ -65,22 +70,34 @@ def apply_batch(
     written_fields: Collection[str] = (),
 ) -> list[dict[str, Any]]:
     """One result per item, in order. Limits split the batch; a whole-batch failure is bisected to its cause.
-    `on_limit(size)` hears of every call refused for a Convex limit; `before_call()` runs before every call
-    (and may raise to stop the batch, e.g. when apply's lease is lost). A schema refusal naming one of
-    `written_fields` (the fields the migration writes) is raised: the deployment lacks the migration's schema."""
+    `on_limit(size)` hears of every batch split for a Convex limit; `before_call()` runs before every call
+    (and may raise to stop the batch, e.g. when apply's lease is lost). A one-document batch that Convex stops
+    at its time or memory limit is sent again with backoff (SINGLE_DOCUMENT_ATTEMPTS) before it is that
+    document's error. A schema refusal naming one of `written_fields` (the fields the migration writes) is
+    raised: the deployment lacks the migration's schema."""
     if not items:
         return []
-    try:
+
+    def call() -> list[dict[str, Any]]:
         if before_call is not None:
             before_call()
         response = transport.function(
-            APPLY_BATCH, {"migrationId": migration_id, "runId": run_id, "items": list(items)}, writes_documents=True
+            APPLY_BATCH, {"migrationId": migration_id, "runId": run_id, "items": list(items)}, writes_documents=True,
+            retry_terminated=False,
         )
         return list(response["results"])
+
+    try:
+        if len(items) > 1:
+            return call()
+        return Retrying(
+            retry=retry_if_exception_type(FunctionTerminated), stop=stop_after_attempt(SINGLE_DOCUMENT_ATTEMPTS),
+            wait=wait_exponential_jitter(multiplier=0.1, max=2.0, jitter=0.1), reraise=True,
+        )(call)
     except (LimitExceeded, FunctionFailed, ArgumentValidationError, SchemaNotDeployed) as error:
         if LOCK_HELD_BY_OTHER in str(error):
             raise LeaseLost(f"lease lost: the deployment refused run {run_id}'s batch: {_server_message(str(error))}") from error
-        if isinstance(error, LimitExceeded) and on_limit is not None:
+        if isinstance(error, LimitExceeded) and on_limit is not None and len(items) > 1:
             on_limit(len(items))
         if len(items) > 1:
             middle = len(items) // 2

@@ -41,6 +41,7 @@ from .archive import (
     write_json_atomic,
     writing,
 )
+from . import errors
 from .errors import DeployKeyMissing, PreconditionFailed, RunbookError
 from .paths import CHECKOUT_ROOT, NOTEBOOKS_DIR
 from .report import REPORT_SUFFIX, PageContext, render_step, section_of, split_fix
@@ -93,10 +94,13 @@ class StepFailed(RunbookError):
         message, fix = split_fix(evalue)
         then = f"run the step again in this run folder (--run-dir {self.notebook_path.parent.parent}) or start a new run"
         details = f"{self.notebook_path.with_suffix(REPORT_SUFFIX)} (executed notebook: {self.notebook_path})"
-        super().__init__(
-            f"step {step} failed{where}: {ename}: {message}",
-            hint=f"{fix.rstrip('.')}. Then {then}. Details: {details}." if fix else f"Read {details}, fix the cause, then {then}.",
-        )
+        if fix and getattr(getattr(errors, ename, None), "names_next_step", False):
+            hint = f"{fix.rstrip('.')}. Details: {details}."  # its fix says where to go on; "this run folder" may be wrong
+        elif fix:
+            hint = f"{fix.rstrip('.')}. Then {then}. Details: {details}."
+        else:
+            hint = f"Read {details}, fix the cause, then {then}."
+        super().__init__(f"step {step} failed{where}: {ename}: {message}", hint=hint)
 
 
 class Statistics(BaseModel):

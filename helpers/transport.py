@@ -30,6 +30,7 @@ from .errors import (
     DeploymentUnreachable,
     ExportInProgress,
     FunctionFailed,
+    FunctionTerminated,
     FunctionsNotDeployed,
     InvalidValue,
     LimitExceeded,
@@ -137,20 +138,34 @@ class ConvexTransport:
     def mutation(
         self, path: str, args: Mapping[str, Any] | None = None, *, idempotent: bool = True, writes_documents: bool = False
     ) -> Any:
-        return self._call("/api/mutation", path, args, idempotent=idempotent, writes_documents=writes_documents)
+        return self._call(
+            "/api/mutation", path, args, idempotent=idempotent, writes_documents=writes_documents, retry_terminated=idempotent
+        )
 
     def function(
-        self, path: str, args: Mapping[str, Any] | None = None, *, idempotent: bool = True, writes_documents: bool = False
+        self,
+        path: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        idempotent: bool = True,
+        writes_documents: bool = False,
+        retry_terminated: bool = True,
     ) -> Any:
         """Any function, internal ones included (needs the deploy key), as `npx convex run` calls it.
 
         `idempotent=False` retries only failures that happened before the request reached the server.
         `writes_documents=True` (the caller knows the function writes documents it was given) reads a schema
-        validation failure as `SchemaNotDeployed`."""
-        return self._call("/api/function", path, args, idempotent=idempotent, writes_documents=writes_documents)
+        validation failure as `SchemaNotDeployed`. `retry_terminated=False` (the caller splits its work when
+        Convex stops a call at its time or memory limit) raises `FunctionTerminated` at once; otherwise it is
+        retried like any transient failure (an idempotent call only)."""
+        return self._call(
+            "/api/function", path, args, idempotent=idempotent, writes_documents=writes_documents,
+            retry_terminated=retry_terminated and idempotent,
+        )
 
     def _call(
-        self, endpoint: str, path: str, args: Mapping[str, Any] | None, *, idempotent: bool, writes_documents: bool = False
+        self, endpoint: str, path: str, args: Mapping[str, Any] | None, *, idempotent: bool, writes_documents: bool = False,
+        retry_terminated: bool = True,
     ) -> Any:
         try:
             body = values.dumps({"path": path, "args": dict(args or {}), "format": "convex_encoded_json"}, convex_numbers=True)
@@ -159,7 +174,12 @@ class ConvexTransport:
 
         def attempt() -> Any:
             response = self._send("POST", endpoint, content=body, headers={"content-type": "application/json"}, idempotent=idempotent)
-            return self._function_result(path, response, writes_documents)
+            try:
+                return self._function_result(path, response, writes_documents)
+            except FunctionTerminated as error:
+                if retry_terminated:
+                    raise _Transient(error.message) from error
+                raise
 
         return self._retrying(attempt, f"{path} at {redact_url(self.url)}")
 
@@ -267,11 +287,9 @@ class ConvexTransport:
 
 
 _NOT_FOUND = re.compile(r"Could not find (public )?function")
-_LIMIT = re.compile(
-    r"This is a Convex limit|too many|too large|too long|too nested|limit:"
-    r"|Function execution timed out|JavaScript execution ran out of memory",
-    re.IGNORECASE,
-)
+_LIMIT = re.compile(r"This is a Convex limit|too many|too large|too long|too nested|limit:", re.IGNORECASE)
+#: Convex's texts when it stops a function at its time or memory limit (crates/isolate/src/termination.rs).
+_TERMINATED = re.compile(r"Function execution timed out|JavaScript execution ran out of memory", re.IGNORECASE)
 _SCHEMA = re.compile(r"does not match the schema|not in the validator|Unexpected field `\w+` in object|Failed to insert or update", re.IGNORECASE)
 _ARGUMENTS = re.compile(r"ArgumentValidationError|Validator error|does not match validator|Value does not match", re.IGNORECASE)
 
@@ -285,6 +303,8 @@ def classify_function_error(path: str, message: str, data: Any = None, *, writes
             f"{path} was not found on the deployment (or the deploy key is not an admin key: internal functions "
             f"are invisible without it). Server said: {text}"
         )
+    if _TERMINATED.search(text):
+        return FunctionTerminated(f"{path} was stopped by Convex: {text}")
     if _LIMIT.search(text):
         return LimitExceeded(f"{path} exceeded a Convex limit: {text}")
     if writes_documents and _SCHEMA.search(text):

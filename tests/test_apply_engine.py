@@ -71,8 +71,10 @@ class FakeDeployment:
         self.delay = 0.0  # seconds each batch takes
         self.fail_record: str | None = None  # the ledger refuses a record with this status
         self.ledger_while_sending: list[dict[str, Any]] = []
+        self.sent_ids: list[str] = []  # every item applyBatch was called with, in order
 
-    def function(self, path: str, args: dict[str, Any] | None = None, *, idempotent: bool = True, writes_documents: bool = False) -> Any:
+    def function(self, path: str, args: dict[str, Any] | None = None, *, idempotent: bool = True, writes_documents: bool = False,
+                 retry_terminated: bool = True) -> Any:
         self.round_trips += 1
         self.paths.append(path)
         args = args or {}
@@ -108,6 +110,7 @@ class FakeDeployment:
         return {**result, "counts": dict(Counter(ours))}
 
     def migration_applyBatch(self, migrationId: str, runId: str, items: list[dict[str, Any]]) -> dict[str, Any]:
+        self.sent_ids.extend(item["id"] for item in items)
         lock = self.lock
         if lock is not None and lock["runId"] != runId and lock["leaseExpiresAt"] > now_ms():
             raise FunctionFailed(f"Server Error\nUncaught Error: the migration lock is held by run {lock['runId']}: run {runId} may not write")
@@ -369,11 +372,13 @@ def test_a_rerun_of_a_finished_apply_is_a_recheck_that_keeps_the_figures(tmp_pat
     third = apply(fake, run_dir)  # the .1 file says it was finished, even when the current checkpoint is cut short
     assert third.recheck and (apply_dir(run_dir) / "checkpoint.2.jsonl").exists()
     assert len(fake.references) == 15
-    # A re-check that had to write again (a document put back to its planned state) records a new finish time.
+    # A re-run that had to write again (a document put back to its planned state) is no re-check: it says what it
+    # wrote, and records a new finish time.
     fake.docs["scenes"]["s0"] = {"_id": "s0", "legacyKey": "k/0"}
     time.sleep(0.002)
     fourth = apply(fake, run_dir)
-    assert fourth.recheck and fourth.answers["scenes"] == {"applied": 1, "already_applied": 9}
+    assert not fourth.recheck and fourth.answers["scenes"] == {"applied": 1, "already_applied": 9}
+    assert jsonio.loads(ledger_row(fake)["details"])["recheck"] is False
     assert ledger_row(fake)["finishedAt"] > finished
 
 
@@ -496,9 +501,31 @@ def test_errors_beyond_the_budget_stop_sending_and_fail(tmp_path: Path) -> None:
     assert summary.batches_sent == 1 and summary.migrated["scenes"] == 2  # s0 and s2, then nothing after their batch
     assert checkpoint_lines(run_dir)[-1] != {"complete": True}
     assert ledger_row(fake)["status"] == "failed" and fake.lock is None
+    # A resume sends the document again (its range is not done), and the budget counts this attempt's errors only.
+    again = apply(fake, run_dir)
+    assert again.status == "failed" and [e.id for e in again.errors] == ["s1"]
+    within = apply(fake, run_dir, error_budget=1)  # one error of this attempt: within the budget
+    assert within.passed and [e.id for e in within.errors] == ["s1"] and within.migrated["scenes"] == 9
     fake.failing = {}
-    resumed = apply(fake, run_dir, error_budget=1)  # the error stays counted: one within the budget
-    assert resumed.passed and len(resumed.errors) == 1 and resumed.migrated["scenes"] == 9
+    resumed = apply(fake, run_dir)  # finished (complete): the re-run sends the whole plan, s1 applies at last
+    assert resumed.passed and resumed.errors == [] and resumed.migrated["scenes"] == 10 and not resumed.recheck
+    assert resumed.outcomes["scenes"].get("error", 0) == 0 and outcome_rows(run_dir)[1:] == []
+
+
+def test_a_resume_sends_again_the_documents_that_ended_in_an_error(tmp_path: Path) -> None:
+    fake = FakeDeployment()
+    run_dir = make_run(tmp_path, fake)
+    fake.failing = {"s1": "boom"}
+    first = apply(fake, run_dir)
+    assert first.status == "failed" and [e.id for e in first.errors] == ["s1"]
+    assert [tuple(line["retry"]) for line in checkpoint_lines(run_dir) if "retry" in line] == [("s1",)]
+    fake.failing = {}
+    fake.sent_ids.clear()
+    resumed = apply(fake, run_dir)
+    assert "s1" in fake.sent_ids and not {"s0", "s2"} & set(fake.sent_ids)  # answered ones are not sent again
+    assert resumed.passed and resumed.errors == [] and resumed.migrated["scenes"] == 10 and resumed.statistics_confirmed
+    assert resumed.answers["scenes"] == {"applied": 10}  # each document's last answer, once
+    assert outcome_rows(run_dir)[1:] == []
 
 
 def test_an_item_the_deployment_refuses_is_an_error(tmp_path: Path) -> None:
@@ -690,7 +717,8 @@ def test_a_lock_held_by_another_run_is_refused_naming_it(tmp_path: Path) -> None
     run_dir = make_run(tmp_path, fake)
     fake.lock = {"runId": "run-bob", "operator": "bob", "leaseExpiresAt": 1_800_000_000_000}
     refused(fake, run_dir, r"run run-bob by bob, lease until 2027-01-15 08:00:00 UTC",
-            "Wait for it to finish (or for its lease to expire if it was killed), then run this step again.")
+            "Wait for that run to finish (or for its lease to expire if it was killed), then start a new run folder "
+            "(runbook run --url … --confirm): after another run's apply or rollback this folder's plan is stale and is refused.")
     assert not fake.runs
     fake.lock["leaseExpiresAt"] = now_ms() - 1  # expired: taken over
     assert apply(fake, run_dir).passed
@@ -719,7 +747,8 @@ def test_another_run_s_apply_after_the_snapshot_is_refused_and_the_lock_released
     assert str(refusal.value).startswith(
         f"Run run-bob by bob applied this migration at 2030-03-17 17:46:40 UTC, after this run's backup ({snapshot_time}): "
         "this run's plan no longer describes the deployment. Nothing was sent.")
-    assert refusal.value.hint == "Take a new backup and make a new plan in a new run folder (runbook run --url … starts one), then apply that."
+    assert refusal.value.hint == ("Take a new backup and make a new plan in a new run folder (runbook run --url … --confirm "
+                                  "starts one), then apply that; this run folder's plan is stale and is refused.")
     assert fake.lock is None and len(fake.runs) == 2 and fake.batches == 0
     assert not (apply_dir(run_dir) / CHECKPOINT_FILE).exists()
 
