@@ -19,7 +19,7 @@ from typing import Any
 import papermill
 
 from .archive import check_archive
-from .errors import PreconditionFailed, RunbookError
+from .errors import DiskFull, PreconditionFailed, RunbookError
 from .transport import ConvexTransport
 from .migrations import all_migrations
 from .runner import NOTEBOOKS_DIR, ROLLBACK_STEP, STEPS, StepFailed, notebook_path, run_migration
@@ -92,6 +92,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"Evidence: {exc.notebook_path.parent.parent}")
         if exc.manifest_sha256:
             print(_manifest_line(exc.manifest_sha256))
+        return EXIT_FAILED
+    except DiskFull as exc:  # a step stopped: a failure, not a refusal
+        _print_error(exc)
         return EXIT_FAILED
     stats = result.statistics
     if stats is not None:

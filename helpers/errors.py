@@ -31,6 +31,13 @@ class DeploymentUnreachable(RunbookError):
     )
 
 
+class InvalidDeploymentUrl(RunbookError):
+    hint = (
+        "Give the deployment's URL as scheme://host[:port] with nothing after it, e.g. https://happy-otter-123.convex.cloud "
+        "or http://127.0.0.1:3210 (a port is digits only; an IPv6 host is written in [brackets])."
+    )
+
+
 class DeployKeyMissing(RunbookError):
     hint = (
         "Export CONVEX_DEPLOY_KEY (Convex dashboard > Settings > Deploy key), or name a file holding it "

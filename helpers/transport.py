@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from . import values
 from .errors import (
@@ -32,6 +32,7 @@ from .errors import (
     FunctionFailed,
     FunctionTerminated,
     FunctionsNotDeployed,
+    InvalidDeploymentUrl,
     InvalidValue,
     LimitExceeded,
     RunbookError,
@@ -43,6 +44,8 @@ DEPLOY_KEY_ENV = "CONVEX_DEPLOY_KEY"
 DEPLOY_KEY_FILE_ENV = "CONVEX_DEPLOY_KEY_FILE"
 _SECRET_QUERY_KEYS = re.compile(r"(key|token|secret|signature|credential|password|auth)", re.IGNORECASE)
 UDF_FAILED = 560  # hosted Convex may answer a function error with 560; the open-source backend with 200
+#: A system query every deployment has and only an admin (deploy) key may call: the pre-flight's probe.
+ACCESS_CHECK = "_system/cli/exports:getLatest"
 
 
 def deploy_key_from_env() -> str:
@@ -60,6 +63,33 @@ def deploy_key_from_env() -> str:
             return key
         raise DeployKeyMissing(f"The file {path} named by {DEPLOY_KEY_FILE_ENV} is empty.")
     raise DeployKeyMissing(f"No deploy key: neither {DEPLOY_KEY_ENV} nor {DEPLOY_KEY_FILE_ENV} is set.")
+
+
+def check_deployment_url(url: str) -> str:
+    """The URL of a deployment, without a trailing slash; anything else (no http(s) scheme or host, a port that
+    is not a number, an unclosed IPv6 bracket, a path) is refused at once with the fix, before any request."""
+    shown = _redact_loosely(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port is the check: urlsplit leaves "1garbage" for this to refuse
+        httpx.URL(url)
+    except (ValueError, httpx.InvalidURL) as error:
+        raise InvalidDeploymentUrl(f"{shown!r} is not a URL a deployment can have: {error}.") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidDeploymentUrl(f"{shown!r} is not an http(s) URL of a deployment.")
+    if parts.path.strip("/") or parts.fragment:
+        raise InvalidDeploymentUrl(
+            f"{shown!r} has a path ({parts.path or '#' + parts.fragment}): a deployment's API is at the root of its URL."
+        )
+    return url.rstrip("/")
+
+
+def _redact_loosely(url: str) -> str:
+    """The credentials of a URL too broken to parse cut out by pattern: user:password@ and the query."""
+    try:
+        return redact_url(url)
+    except ValueError:
+        return re.sub(r"[?#].*", "", re.sub(r"//[^/]*@", "//REDACTED@", url))
 
 
 def redact_url(url: str) -> str:
@@ -98,10 +128,7 @@ class ConvexTransport:
         max_attempts: int = 6,
         max_connections: int = 16,
     ) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise DeploymentUnreachable(f"{redact_url(url)!r} is not an http(s) URL of a deployment.")
-        self.url = url.rstrip("/")
+        self.url = check_deployment_url(url)
         key = deploy_key if deploy_key is not None else deploy_key_from_env()
         self.max_attempts = max_attempts
         self._round_trips = 0
@@ -135,6 +162,11 @@ class ConvexTransport:
     def query(self, path: str, args: Mapping[str, Any] | None = None) -> Any:
         return self._call("/api/query", path, args, idempotent=True)
 
+    def check_access(self) -> None:
+        """Refuses at once a deployment that does not answer (refused connection, unknown host: not retried),
+        that is not Convex's API, or that refuses the deploy key: one admin-only read, the export status."""
+        self._call("/api/query", ACCESS_CHECK, {}, idempotent=True, retry_unreachable=False)
+
     def mutation(
         self, path: str, args: Mapping[str, Any] | None = None, *, idempotent: bool = True, writes_documents: bool = False
     ) -> Any:
@@ -165,7 +197,7 @@ class ConvexTransport:
 
     def _call(
         self, endpoint: str, path: str, args: Mapping[str, Any] | None, *, idempotent: bool, writes_documents: bool = False,
-        retry_terminated: bool = True,
+        retry_terminated: bool = True, retry_unreachable: bool = True,
     ) -> Any:
         try:
             body = values.dumps({"path": path, "args": dict(args or {}), "format": "convex_encoded_json"}, convex_numbers=True)
@@ -181,7 +213,7 @@ class ConvexTransport:
                     raise _Transient(error.message) from error
                 raise
 
-        return self._retrying(attempt, f"{path} at {redact_url(self.url)}")
+        return self._retrying(attempt, f"{path} at {redact_url(self.url)}", retry_unreachable=retry_unreachable)
 
     # -- other endpoints (snapshot export) --------------------------------------------------------
 
@@ -211,7 +243,7 @@ class ConvexTransport:
 
     # -- internals ----------------------------------------------------------------------------------
 
-    def _retrying(self, attempt: Any, what: str) -> Any:
+    def _retrying(self, attempt: Any, what: str, *, retry_unreachable: bool = True) -> Any:
         def give_up(state: RetryCallState) -> Any:
             error = state.outcome.exception() if state.outcome else None
             if isinstance(error, _Unreachable):
@@ -219,7 +251,7 @@ class ConvexTransport:
             raise TransientFailure(f"{what}: still failing after {state.attempt_number} attempts ({error}).")
 
         retrying = Retrying(
-            retry=retry_if_exception_type(_Transient),
+            retry=retry_if_exception(lambda e: isinstance(e, _Transient) and (retry_unreachable or not isinstance(e, _Unreachable))),
             stop=stop_after_attempt(self.max_attempts),
             wait=wait_exponential_jitter(multiplier=0.2, max=5.0, jitter=0.2),
             retry_error_callback=give_up,
