@@ -21,7 +21,7 @@ from .fields import ASSET_TYPES, NEW_FIELDS, SCENE_ASSET_SOURCES, SESSION_ASSET_
 from .plan_line import CHANGING_ACTIONS, FLAGGED, DocumentPlan, SessionTotals, blocked, problem_of
 from .s3_urls import CONTENT_TYPES, SIGNED_QUERY, content_type_for_key, is_s3_object_prefix, parse_s3_url
 from .value_checks import (
-    INT64_MIN, MAX_STRING_LENGTH, UINT64_MAX, describe, empty_string, nested_problem, printable, recordable, show,
+    ANY_VALUE_FIELDS, INT64_MIN, MAX_STRING_LENGTH, UINT64_MAX, describe, empty_string, nested_problem, printable, recordable, show,
     text_problem, type_name,
 )
 
@@ -325,7 +325,7 @@ def _read(doc: dict[str, Any], reads: _Reads) -> tuple[dict[str, Any], list[str]
                 if problem is not None:
                     problems.append(problem)
         elif (type(value) is not int or not INT64_MIN <= value <= UINT64_MAX) and value is not None:
-            problem = nested_problem(name, value, 1)
+            problem = nested_problem(name, value, 1, name in ANY_VALUE_FIELDS)
             if problem is not None:
                 problems.append(problem)
     had_new = not reads.new_fields.isdisjoint(doc)
