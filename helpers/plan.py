@@ -46,6 +46,16 @@ class ProblemCount(BaseModel):
     message: str = ""
 
 
+class UntrackedAssets(BaseModel):
+    """Asset fields documents already hold that no reference tracks, on documents the plan leaves alone (blocked):
+    apply adds no reference for them, so "tracking complete" does not cover them."""
+
+    table: str
+    documents: int = 0
+    assets: int = 0
+    examples: list[str] = Field(default_factory=list)
+
+
 class PlanSummary(BaseModel):
     #: Files written before migrations were declared hold none: they were the first (default) migration's.
     migration_id: str = Field(default_factory=default_id)
@@ -60,6 +70,8 @@ class PlanSummary(BaseModel):
     by_status: dict[str, dict[str, dict[str, int]]]
     references_by_type: dict[str, int]
     problems: list[ProblemCount]
+    #: Per table (only tables that have some): see UntrackedAssets.
+    untracked_assets: list[UntrackedAssets] = Field(default_factory=list)
 
     @property
     def migration(self) -> Migration:
@@ -84,7 +96,9 @@ def plan_dir(run_dir: Path) -> Path:
 class _Tally:
     """Counts for the dry-run tables, filled while lines stream past."""
 
-    def __init__(self) -> None:
+    def __init__(self, changing: frozenset[str]) -> None:
+        self.changing = changing
+        self.untracked: dict[str, UntrackedAssets] = {}
         self.actions: dict[str, Counter[str]] = defaultdict(Counter)
         self.by_status: dict[str, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
         self.references: Counter[str] = Counter()
@@ -96,6 +110,13 @@ class _Tally:
         self.by_status[table][str(line.get("legacyStatus"))][action] += 1
         for ref in line.get("references", ()):
             self.references[ref["assetType"]] += 1
+        untracked = line.get("untrackedAssets")  # optional key: asset types the document holds untracked
+        if untracked and action not in self.changing:
+            entry = self.untracked.setdefault(table, UntrackedAssets(table=table))
+            entry.documents += 1
+            entry.assets += len(untracked)
+            if len(entry.examples) < EXAMPLES_PER_REASON:
+                entry.examples.append(line["id"])
         for problem in line.get("problems", ()):
             key = (table, problem["code"], problem["severity"])
             entry = self.problems.get(key)
@@ -154,7 +175,7 @@ def build_plan(
         )
         return paged_progress(stream, desc=desc, total=totals.get(table), show=show_progress)
 
-    tally = _Tally()
+    tally = _Tally(migration.changing_actions)
     plan_path, problems_path = out / PLAN_FILE, out / PROBLEMS_FILE
     partial, problems_partial = plan_path.with_suffix(".partial"), problems_path.with_suffix(".partial")
     options = {"bucket_base_url": bucket_base_url}
@@ -183,6 +204,7 @@ def build_plan(
         by_status={table: {status: dict(c) for status, c in statuses.items()} for table, statuses in tally.by_status.items()},
         references_by_type=dict(tally.references),
         problems=sorted(tally.problems.values(), key=lambda p: (p.table, -p.count, p.code)),
+        untracked_assets=[tally.untracked[table] for table in sorted(tally.untracked)],
     )
     write_json_atomic(out / PLAN_SUMMARY_FILE, summary.model_dump(mode="json"))
     return summary

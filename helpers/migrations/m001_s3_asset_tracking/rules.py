@@ -296,6 +296,12 @@ def _finish(
     return DocumentPlan(table, doc_id, action, session_id, legacy_status, expect, expect_absent, to_set, references, problems, current)
 
 
+def untracked_assets(table: str, doc: dict[str, Any], ctx: RulesContext) -> list[str]:
+    """The asset types of the asset fields the document already holds that no reference tracks yet."""
+    sources = SCENE_ASSET_SOURCES if table == "scenes" else SESSION_ASSET_SOURCES
+    return [ASSET_TYPES[name] for name in sources if type(doc.get(name)) is dict and not ctx.is_tracked(doc["_id"], ASSET_TYPES[name])]
+
+
 def _unrecordable_plan(
     table: str, doc: dict[str, Any], session_id: str | None, problems: list[dict[str, str]], current: dict[str, Any]
 ) -> DocumentPlan:
