@@ -147,4 +147,6 @@ class StatisticsUnconfirmed(RunbookError):
 class DiskFull(RunbookError):
     """The disk holding the run folder is full (ENOSPC); the message names the disk, the fix how to resume."""
 
+    hint = "Free space on the disk holding the run folder (or move the runs folder to one with room), then resume the run in its folder (runbook run --url … --run-dir DIR)."
+
     names_next_step = True

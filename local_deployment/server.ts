@@ -15,7 +15,7 @@
 // Prints one JSON line {"event":"ready","url":...,"documents":N} on stdout once it accepts requests (N: the
 // documents it holds, loaded from --data-dir).
 import { AsyncLocalStorage } from "node:async_hooks";
-import { createHash, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import {
   closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, writeSync,
 } from "node:fs";
@@ -759,6 +759,22 @@ const server = createServer(async (req, res) => {
   }
 });
 server.keepAliveTimeout = 60_000;
+
+// The WebSocket sync protocol (what `convex.ConvexClient` and the JS `ConvexClient` speak, at /api/<version>/sync)
+// is not served. An upgrade request is refused at once with an HTTP error that says so, and the server's stderr
+// says it once: the clients do not show the answer (they retry, hang or fail with "channel closed").
+const SYNC_REFUSAL = "This local Convex test deployment speaks Convex's HTTP API only (POST /api/query, /api/mutation, " +
+  "/api/action, /api/function, as ConvexHttpClient calls it): the WebSocket sync protocol (ConvexClient) is not served.";
+let syncRefused = false;
+server.on("upgrade", (req, socket) => {
+  if (!syncRefused) process.stderr.write(`refused a WebSocket client at ${req.url}: ${SYNC_REFUSAL}\n`);
+  syncRefused = true;
+  const body = JSON.stringify({ code: "SyncNotSupported", message: SYNC_REFUSAL });
+  socket.end(
+    `HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
+      `connection: close\r\n\r\n${body}`,
+  );
+});
 
 server.listen(Number(options.port), options.host, () => {
   const address = server.address();
