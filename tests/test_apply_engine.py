@@ -6,6 +6,8 @@ injects faults: a Convex limit, a whole-batch failure, a lost answer, a kill, a 
 from __future__ import annotations
 
 import csv
+import errno
+import os
 import re
 import time
 from collections import Counter
@@ -17,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import jsonio
+from helpers import deployment, jsonio
 from helpers.apply import (
     APPLY_STEP,
     BatchSizer,
@@ -28,11 +30,15 @@ from helpers.apply import (
     apply_dir,
     apply_plan,
     check_preconditions,
+    raise_unless_passed,
     read_checkpoint,
     take_migration_lock,
 )
 from helpers.archive import sha256_file
-from helpers.errors import ArgumentValidationError, FunctionFailed, LeaseLost, LimitExceeded, PreconditionFailed, TransientFailure
+from helpers.errors import (
+    ArgumentValidationError, FunctionFailed, FunctionTerminated, LeaseLost, LimitExceeded, PreconditionFailed, StatisticsUnconfirmed,
+    TransientFailure,
+)
 from helpers.run_folder import run_id as folder_run_id
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 
@@ -65,6 +71,8 @@ class FakeDeployment:
         #: executing; after this batch number another run takes the lock.
         self.limit_over: int | None = None
         self.failing: dict[str, str] = {}
+        #: Per id: how many more calls holding it Convex stops at its time limit (answered without executing).
+        self.terminate: dict[str, int] = {}
         self.drop: set[int] = set()
         self.kill: set[int] = set()
         self.steal_after: int | None = None
@@ -116,6 +124,10 @@ class FakeDeployment:
             raise FunctionFailed(f"Server Error\nUncaught Error: the migration lock is held by run {lock['runId']}: run {runId} may not write")
         if self.limit_over is not None and len(items) > self.limit_over:
             raise LimitExceeded("Server Error\nToo many bytes written in a single function execution")
+        for item in items:
+            if self.terminate.get(item["id"], 0) > 0:
+                self.terminate[item["id"]] -= 1
+                raise FunctionTerminated("Server Error\nFunction execution timed out (maximum duration: 1s)")
         for item in items:
             if item["id"] in self.failing:
                 raise FunctionFailed(f"Server Error\nUncaught Error: {self.failing[item['id']]}")
@@ -871,3 +883,57 @@ def test_batch_sizer_rules_at_their_edges() -> None:
     sizer.after_limit(100)
     sizer.after_limit(200)
     assert sizer.failed_at == 100 and sizer.size == 50
+
+
+# --- Convex stopping a one-document batch, unconfirmed statistics, a full disk --------------------------------
+
+
+def test_a_one_document_batch_convex_stops_is_retried_before_it_counts_as_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(deployment, "SINGLE_DOCUMENT_ATTEMPTS", 3)
+    fake = FakeDeployment()
+    run_dir = make_run(tmp_path, fake)
+    fake.terminate = {"s1": 2, "s4": 4}  # s1 gets through on its third call; s4 does not
+    summary = apply(fake, run_dir, batch_size=1, error_budget=1)
+    assert fake.sent_ids.count("s1") == 3 and fake.sent_ids.count("s4") == 3
+    assert [(e.id, "timed out" in e.message) for e in summary.errors] == [("s4", True)] and summary.passed
+    resumed = apply(fake, run_dir, batch_size=1)  # the resume sends it again, and it gets through
+    assert resumed.passed and resumed.errors == [] and resumed.migrated == clean_figures(tmp_path)["migrated"]
+
+
+def clean_figures(tmp_path: Path) -> dict[str, Any]:
+    fake = FakeDeployment()
+    return figures(apply(fake, make_run(tmp_path, fake, name="clean")))
+
+
+def test_unconfirmed_statistics_are_never_passed_and_say_to_resume(tmp_path: Path) -> None:
+    fake = FakeDeployment()
+    run_dir = make_run(tmp_path, fake)
+    assert apply(fake, run_dir).passed
+    fake.references.append({**fake.references[0], "_id": "stray"})  # the deployment does not hold what the figures say
+    again = apply(fake, run_dir)
+    assert again.status == "unconfirmed" and not again.passed and not again.statistics_confirmed
+    assert ledger_row(fake)["status"] == "unconfirmed"
+    with pytest.raises(StatisticsUnconfirmed) as raised:
+        raise_unless_passed(again, run_dir, 0)
+    assert f"--run-dir {run_dir} --steps 03_apply,04_verify --confirm" in raised.value.hint
+    raise_unless_passed(apply(FakeDeployment(), make_run(tmp_path, FakeDeployment(), name="other")), run_dir, 0)  # passed: silent
+
+
+def test_a_full_disk_during_apply_closes_the_ledger_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeDeployment()
+    run_dir = make_run(tmp_path, fake)
+    real_fsync = os.fsync
+    written = []
+
+    def fsync(fd: int) -> None:  # the third checkpoint line meets a full disk
+        written.append(fd)
+        if len(written) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OSError, match="No space left on device"):
+        apply(fake, run_dir)
+    assert ledger_row(fake)["status"] == "failed" and fake.lock is None  # closed, not left running
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert apply(fake, run_dir).passed  # the resume finishes it
