@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential_jitter
 
 from . import values
 from .errors import (
@@ -250,9 +250,13 @@ class ConvexTransport:
                 raise DeploymentUnreachable(f"{what}: cannot connect after {state.attempt_number} attempts ({error}).")
             raise TransientFailure(f"{what}: still failing after {state.attempt_number} attempts ({error}).")
 
+        def stop(state: RetryCallState) -> bool:
+            unreachable = state.outcome is not None and isinstance(state.outcome.exception(), _Unreachable)
+            return state.attempt_number >= self.max_attempts or (unreachable and not retry_unreachable)
+
         retrying = Retrying(
-            retry=retry_if_exception(lambda e: isinstance(e, _Transient) and (retry_unreachable or not isinstance(e, _Unreachable))),
-            stop=stop_after_attempt(self.max_attempts),
+            retry=retry_if_exception_type(_Transient),
+            stop=stop,
             wait=wait_exponential_jitter(multiplier=0.2, max=5.0, jitter=0.2),
             retry_error_callback=give_up,
             reraise=False,
