@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
@@ -17,7 +18,9 @@ import papermill
 import pytest
 
 from helpers import archive, cli, runner
+from helpers.deployment import read_ledger
 from helpers.local_deployment import LocalDeployment
+from helpers.sample_data import load
 from helpers.errors import PreconditionFailed
 from helpers.runner import StepFailed
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
@@ -430,3 +433,43 @@ def test_the_kernel_is_shut_down_without_an_interrupt(tmp_path: Path, notebooks:
     papermill.execute_notebook(str(source), str(witness / "out.ipynb"), parameters={"run_dir": str(witness)},
                                kernel_name="python3", progress_bar=False)
     assert (witness / "interrupted").read_text() == "SIGINT reached the kernel"
+
+
+# --- a full disk, and fixes that name where to go on -------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs: the runs folder fills up during the run (needs the right to mount, as root in a container)."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.deployment
+def test_a_full_disk_ends_in_one_line_naming_the_disk_and_the_resume(
+    tiny_disk: Path, deploy_key: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with LocalDeployment(deploy_key=deploy_key) as deployment, deployment.transport() as transport:
+        load(transport, 500)
+        assert cli.main(["run", "--url", deployment.url, "--confirm", "--runs-dir", str(tiny_disk / "runs")]) == 1
+        rows = read_ledger(transport, M001.id)
+    err = capsys.readouterr().err.splitlines()
+    [run_dir] = (tiny_disk / "runs").iterdir()
+    assert len(err) == 2 and "Traceback" not in "\n".join(err), err
+    assert err[0].startswith(f"error: The disk holding the run folder is full (No space left on device): {tiny_disk}, ")
+    assert err[1].startswith(f"  fix: Free space on {tiny_disk} ") and f"runbook run --url {deployment.url} --run-dir {run_dir} --steps " in err[1]
+    assert err[1].endswith(" --confirm") and rows and all(row["status"] != "running" for row in rows)
+
+
+@pytest.mark.parametrize(("ename", "appended"), [("LeaseLost", False), ("LockHeld", False), ("NewRunFolderNeeded", False),
+                                                  ("StatisticsUnconfirmed", False), ("PreconditionFailed", True), ("ValueError", True)])
+def test_the_runner_adds_run_the_step_again_only_to_a_fix_that_does_not_say_where_to_go(ename: str, appended: bool, tmp_path: Path) -> None:
+    fix = "start a new run folder" if not appended else "correct the thing"
+    failed = StepFailed("03_apply", 7, ename, f"what happened\n  fix: {fix}", tmp_path / "run" / "03_apply" / "03_apply.ipynb")
+    assert failed.hint.startswith(fix) and ("run the step again in this run folder" in failed.hint) is appended
