@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from helpers import cli
+from helpers.deployment import iter_documents, read_ledger
 from helpers.errors import TransientFailure
 from helpers.local_deployment import CLI_OPTIONS, LocalDeployment
 from helpers.transport import ConvexTransport
@@ -41,8 +42,9 @@ def test_every_cli_option_is_a_keyword_of_the_class_and_parses() -> None:
     ])
     assert {option.keyword: getattr(args, option.keyword) for option in CLI_OPTIONS} == {
         "fault_rate": 0.25, "fault_kinds": ("5xx", "drop"), "fault_seed": 9,
-        "fault_paths": ("migration:applyBatch", "migration:readPage"), "export_fault": "failed",
+        "fault_paths": ("migration:applyBatch", "migration:readPage"), "export_fault": "failed", "data_dir": None,
     }
+    assert cli.build_parser().parse_args(["local-deployment", "--port", "0", "--data-dir", "d"]).data_dir == Path("d")
     defaults = cli.build_parser().parse_args(["local-deployment", "--port", "0"])
     assert all(getattr(defaults, option.keyword) is None for option in CLI_OPTIONS)  # the class keeps its defaults
 
@@ -75,3 +77,48 @@ def test_the_server_stops_with_the_command_and_the_fault_options_reach_it(stop: 
             if process.is_running():
                 process.kill()
         runbook.wait()
+
+
+
+def _start(port: int, data: Path, seed: int) -> tuple[subprocess.Popen[str], str]:
+    command = [sys.executable, "-m", "helpers.cli", "local-deployment", "--port", str(port), "--data-dir", str(data),
+               "--seed-scenes", str(seed)]
+    runbook = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert runbook.stdout is not None
+    first = runbook.stdout.readline()
+    return runbook, first
+
+
+def test_a_killed_server_started_again_on_its_data_dir_holds_the_same_data(deploy_key: str, tmp_path: Path) -> None:
+    """--data-dir: every acknowledged write (documents and the ledger) survives a SIGKILL of the server; --seed-scenes
+    seeds only an empty folder."""
+    port, data = _free_port(), tmp_path / "data"
+    runbook, first = _start(port, data, 20)
+    try:
+        assert first.startswith("Loaded sample data"), first + runbook.stderr.read()
+        assert runbook.stdout.readline().startswith(f"Local Convex test deployment at http://127.0.0.1:{port}")
+        with ConvexTransport(f"http://127.0.0.1:{port}") as transport:
+            transport.function("migrationRuns:record", {"migrationId": "m", "runId": "r", "step": "03_apply",
+                                                        "status": "running", "operator": "o", "startedAt": 1})
+            before = {table: list(iter_documents(transport, table)) for table in ("scenes", "videoSessions")}
+            ledger = read_ledger(transport, "m")
+        for process in [*psutil.Process(runbook.pid).children(recursive=True), psutil.Process(runbook.pid)]:
+            process.kill()  # no shutdown code runs: only what was written before each answer remains
+        runbook.wait()
+    finally:
+        if runbook.poll() is None:
+            runbook.kill()
+    assert len(before["scenes"]) == 20 and ledger
+    again, first = _start(port, data, 20)
+    try:
+        assert first.startswith(f"Holds {sum(len(d) for d in before.values()) + 1:,} documents from {data} (--seed-scenes"), first
+        with ConvexTransport(f"http://127.0.0.1:{port}") as transport:
+            assert {table: list(iter_documents(transport, table)) for table in before} == before
+            assert read_ledger(transport, "m") == ledger
+            [session] = transport.function("sampleData:insertBatch", {"table": "videoSessions", "documents": [{"status": "pending"}]})["ids"]
+            assert session not in {doc["_id"] for doc in before["videoSessions"]}  # new ids never reuse stored ones
+        again.send_signal(signal.SIGTERM)
+        assert again.wait(30) == 0
+    finally:
+        if again.poll() is None:
+            again.kill()
