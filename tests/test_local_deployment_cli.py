@@ -80,6 +80,14 @@ def test_the_server_stops_with_the_command_and_the_fault_options_reach_it(stop: 
 
 
 
+def _kill_all(runbook: subprocess.Popen[str]) -> None:
+    """SIGKILL the command and its Node server (tsx and node): what a crash leaves, and no server left behind."""
+    if runbook.poll() is None:
+        for process in [*psutil.Process(runbook.pid).children(recursive=True), psutil.Process(runbook.pid)]:
+            process.kill()
+    runbook.wait()
+
+
 def _start(port: int, data: Path, seed: int) -> tuple[subprocess.Popen[str], str]:
     command = [sys.executable, "-m", "helpers.cli", "local-deployment", "--port", str(port), "--data-dir", str(data),
                "--seed-scenes", str(seed)]
@@ -102,12 +110,8 @@ def test_a_killed_server_started_again_on_its_data_dir_holds_the_same_data(deplo
                                                         "status": "running", "operator": "o", "startedAt": 1})
             before = {table: list(iter_documents(transport, table)) for table in ("scenes", "videoSessions")}
             ledger = read_ledger(transport, "m")
-        for process in [*psutil.Process(runbook.pid).children(recursive=True), psutil.Process(runbook.pid)]:
-            process.kill()  # no shutdown code runs: only what was written before each answer remains
-        runbook.wait()
     finally:
-        if runbook.poll() is None:
-            runbook.kill()
+        _kill_all(runbook)  # no shutdown code runs: only what was written before each answer remains
     assert len(before["scenes"]) == 20 and ledger
     again, first = _start(port, data, 20)
     try:
@@ -120,5 +124,4 @@ def test_a_killed_server_started_again_on_its_data_dir_holds_the_same_data(deplo
         again.send_signal(signal.SIGTERM)
         assert again.wait(30) == 0
     finally:
-        if again.poll() is None:
-            again.kill()
+        _kill_all(again)
