@@ -657,10 +657,6 @@ class Checkpoint:
         return sum(sum(c.values()) for c in self.answers.values())
 
     @property
-    def errors(self) -> int:
-        return sum(c["error"] for c in self.answers.values())
-
-    @property
     def retry_lines(self) -> set[int]:
         return set(self.pending_errors.values())
 
