@@ -103,8 +103,9 @@ class ApplySummary(BaseModel):
     #: Per table: the deployment's answers recorded in the checkpoint, across resumes (a batch re-sent after a
     #: kill or a dropped response answers already_applied for what an earlier attempt of this run wrote).
     answers: dict[str, dict[str, int]] = Field(default_factory=dict)
-    #: The references counted in the deployment equal those the plan gives the documents counted migrated.
-    #: An apply that sent its whole plan without confirming them has status "unconfirmed", never "passed".
+    #: The references counted in the deployment equal those the plan gives the documents counted migrated (after
+    #: attributing documents someone else brought to their target state to them). An apply that sent its whole
+    #: plan without confirming them has status "unconfirmed", never "passed".
     statistics_confirmed: bool = False
     batches_sent: int
     batches_resumed: int
@@ -533,6 +534,9 @@ class _Apply:
                 ours = scratch.table("ours")
                 ours.load((entity_id, None) for entity_id in iter_run_reference_entities(self.transport, self.migration.id, self.run_id))
                 figures = read_checkpoint(self.checkpoint_path, ours=ours).figures()
+            # Confirmed only if the figures as now attributed agree with the count (a run that lost some of its
+            # references, a restarted deployment that dropped writes, still disagrees: never "passed").
+            confirmed = sum(by_type.values()) == figures.planned_references
         tables = {table: dict(c) for table, c in figures.outcomes.items()}
         return ApplySummary(
             migration_id=self.migration.id,
