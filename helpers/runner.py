@@ -10,9 +10,9 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
-import shutil
 import getpass
 import os
+import shutil
 import signal
 import sys
 import time

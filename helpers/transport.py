@@ -2,9 +2,11 @@
 
 Calls go to ``POST /api/{query,mutation,function}`` with ``{path, args, format: "convex_encoded_json"}`` and
 ``Authorization: Convex <deploy key>``, as ``npx convex run`` does; values travel in Convex's wire format,
-losslessly both ways (``helpers.values``). Transient failures (connection errors, dropped connections, timeouts, 5xx, 429) are retried with
-exponential backoff (tenacity); every other failure becomes an exception from ``helpers.errors`` that names
-the cause and the fix. The deploy key is read from the environment only and never appears in a message.
+losslessly both ways (``helpers.values``). Transient failures (connection errors, dropped connections, timeouts, 5xx, 429, and
+a call Convex stopped at its time or memory limit, which committed nothing, unless the caller splits its work
+instead) are retried with exponential backoff (tenacity); every other failure becomes an exception from
+``helpers.errors`` that names the cause and the fix. A URL that cannot be a deployment's is refused before any
+request. The deploy key is read from the environment only and never appears in a message.
 """
 
 from __future__ import annotations
