@@ -36,7 +36,7 @@ from .deployment import (
     release_lock,
     renew_lock,
 )
-from .errors import LeaseLost, PreconditionFailed, RunbookError
+from .errors import LeaseLost, LockHeld, NewRunFolderNeeded, PreconditionFailed, RunbookError, StatisticsUnconfirmed, StepNotPassed
 from .migration import Migration
 from .plan import PlanSummary, iter_plan_lines, read_plan
 from .progress import progress
@@ -75,8 +75,8 @@ class ApplySummary(BaseModel):
     migration_id: str
     run_id: str
     status: str
-    #: True when the plan had already been applied completely by this run folder: this call re-sent it so the
-    #: deployment confirms every change; the figures stay those of the run that applied it.
+    #: True when the plan had already been applied completely by this run folder and this call, re-sending it so
+    #: the deployment confirms every change, wrote nothing: the figures stay those of the run that applied it.
     recheck: bool = False
     plan_sha256: str
     backup_sha256: str
@@ -100,7 +100,9 @@ class ApplySummary(BaseModel):
     #: Per table: the deployment's answers recorded in the checkpoint, across resumes (a batch re-sent after a
     #: kill or a dropped response answers already_applied for what an earlier attempt of this run wrote).
     answers: dict[str, dict[str, int]] = Field(default_factory=dict)
-    #: The references counted in the deployment equal those the plan gives the documents counted migrated.
+    #: The references counted in the deployment equal those the plan gives the documents counted migrated (after
+    #: attributing documents someone else brought to their target state to them). An apply that sent its whole
+    #: plan without confirming them has status "unconfirmed", never "passed".
     statistics_confirmed: bool = False
     batches_sent: int
     batches_resumed: int
@@ -122,6 +124,8 @@ class _Batch:
     items: list[dict[str, Any]]
     writes: int
     argument_bytes: int
+    #: The plan line number of each item.
+    numbers: list[int]
 
 
 @dataclass
@@ -227,13 +231,10 @@ def take_migration_lock(
     if "chain" in lock:
         raise refusal(lock["chain"], migration_id, "Nothing was sent.")
     holder = lock["holder"]
-    raise PreconditionFailed(
+    raise LockHeld(
         f"Another run holds the deployment lock: run {holder['runId']} by {holder['operator']}, writing migration "
         f"{holder['migrationId']}, lease until {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(holder['expiresAt'] / 1000))}. "
-        "One run writes to a deployment at a time. Nothing was sent.",
-        hint=f"Wait until run {holder['runId']} is done (or its lease has run out, if it was killed); then run this step "
-        "again, or start a new run folder (runbook run --url … starts one) if this one's plan is refused as stale "
-        "because that run changed the documents.",
+        "One run writes to a deployment at a time. Nothing was sent."
     )
 
 
@@ -279,10 +280,9 @@ def check_no_apply_since_backup(ledger: list[dict[str, Any]], run_id: str, snaps
         if last_ms * 1_000_000 > snapshot_ts_ns:
             when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(last_ms / 1000))
             did = "applied" if row["step"] == APPLY_STEP else "rolled back"
-            raise PreconditionFailed(
+            raise NewRunFolderNeeded(
                 f"Run {row['runId']} by {row['operator']} {did} this migration at {when}, after this run's backup "
-                f"({snapshot_time}): this run's plan no longer describes the deployment. Nothing was sent.",
-                hint="Take a new backup and make a new plan in a new run folder (runbook run --url … starts one), then apply that.",
+                f"({snapshot_time}): this run's plan no longer describes the deployment. Nothing was sent."
             )
 
 
@@ -323,6 +323,26 @@ def apply_plan(
     ).run()
 
 
+def raise_unless_passed(summary: ApplySummary, run_dir: Path, error_budget: int) -> None:
+    """The error that says why apply did not pass and what to do next (notebook 03's last cell)."""
+    if summary.passed:
+        return
+    if summary.status == "unconfirmed":
+        raise StatisticsUnconfirmed(
+            f"Apply sent its whole plan, but the deployment holds {summary.references_created:,} side rows of this run, "
+            f"not those of the {sum(summary.migrated.values()):,} documents counted migrated: the statistics are not "
+            "confirmed (did the deployment restart and lose writes?). It did not pass.",
+            hint=f"Resume in this run folder: runbook run --url {summary.deployment_url} --run-dir {run_dir} "
+            "--steps 03_apply,04_verify --confirm (it sends the plan again; the deployment confirms every document).",
+        )
+    raise StepNotPassed(
+        f"Apply did not pass: {len(summary.errors)} documents ended in an error (budget {error_budget}), or the plan "
+        "was not sent to its end. See the tables above and apply/outcomes.csv.",
+        hint="Correct what the errors name, then run apply again in this run folder: it sends again every document "
+        "that did not apply.",
+    )
+
+
 @dataclass(frozen=True)
 class ApplySettings:
     """How apply sends the plan (the tuning knobs, apart from what it sends and to whom)."""
@@ -349,6 +369,9 @@ class _Apply:
     override: bool
     sent: int = 0
     written: int = 0
+    #: Documents that ended in an error in this call: what the error budget counts (a resume sends earlier
+    #: attempts' errors again, so they are not held against it).
+    attempt_errors: int = 0
     sizes: Counter[int] = field(default_factory=Counter)
 
     @property
@@ -366,7 +389,7 @@ class _Apply:
 
     def run(self) -> ApplySummary:
         checkpoint = read_checkpoint(self.checkpoint_path)
-        recheck = checkpoint.complete or (self.out / f"{Path(CHECKPOINT_FILE).stem}.1.jsonl").exists()
+        applied_before = checkpoint.complete or (self.out / f"{Path(CHECKPOINT_FILE).stem}.1.jsonl").exists()
         round_trips_before = self.transport.round_trips
         started = time.monotonic()
         started_ms = int(time.time() * 1000)
@@ -392,18 +415,30 @@ class _Apply:
                        operator=self.operator, startedAt=started_ms)
             with DeploymentLease(self.transport, self.run_id, settings.lease_ms, asked_at) as lease:
                 exhausted = self._send_plan(checkpoint, lease)
-            status = "passed" if exhausted and checkpoint.errors <= settings.error_budget else "failed"
+            status = "passed" if exhausted and self.attempt_errors <= settings.error_budget else "failed"
         except BaseException as error:
             failure = error
             raise
         finally:
+            # Only a call that wrote nothing is a re-check (a deployment that lost documents has them written again).
+            recheck = applied_before and not self.written
             summary = self._summary(
                 status=status, recheck=recheck, checkpoint=checkpoint, count_references=failure is None,
                 round_trips=self.transport.round_trips - round_trips_before, duration=time.monotonic() - started,
             )
-            _write_outcomes(self.checkpoint_path, self.out / OUTCOMES_FILE)
-            # A re-check that wrote nothing leaves the apply's finish time: other runs' stale-plan check reads it.
-            finished_ms = None if recheck and not self.written else int(time.time() * 1000)
+            if summary.status == "passed" and not summary.statistics_confirmed:
+                summary.status = status = "unconfirmed"  # the deployment does not hold what the figures say
+            unwritten: OSError | None = None
+            try:
+                _write_outcomes(self.checkpoint_path, self.out / OUTCOMES_FILE, checkpoint)
+            except OSError as error:  # e.g. the disk is full: the ledger row below must still be closed
+                if failure is not None:
+                    failure.add_note(f"apply/outcomes.csv could not be written either: {error}")
+                else:
+                    unwritten = error
+                    summary.status = status = "failed"
+            # A re-check leaves the apply's finish time: other runs' stale-plan check reads it.
+            finished_ms = None if recheck else int(time.time() * 1000)
             try:
                 record_run(
                     self.transport, migration_id, self.run_id, step=APPLY_STEP, status=status, operator=self.operator,
@@ -414,20 +449,22 @@ class _Apply:
             except RunbookError:
                 if failure is None:
                     raise  # otherwise the deployment's failure is already on its way to the operator
+        if unwritten is not None:
+            raise unwritten
         return summary
 
     def _send_plan(self, checkpoint: Checkpoint, lease: DeploymentLease) -> bool:
         """Sends every batch not in the checkpoint; True when the plan was sent to its end."""
         settings = self.settings
         sizer = BatchSizer(settings.batch_size)
-        batches = _PlanBatches(self.run_dir, checkpoint.done, self.migration)
+        batches = _PlanBatches(self.run_dir, checkpoint.done, checkpoint.retry_lines, self.migration)
         bar = progress(desc="apply", total=self.plan.changes, initial=checkpoint.answered, show=settings.show_progress)
         stopped: LeaseLost | None = None
         exhausted = False
         with self.checkpoint_path.open("ab") as sink, ThreadPoolExecutor(max_workers=settings.concurrency) as pool:
             in_flight: dict[Future[tuple[list[dict[str, Any]], list[int], int, float]], _Batch] = {}
             while True:
-                while stopped is None and not exhausted and checkpoint.errors <= settings.error_budget and len(in_flight) < settings.concurrency:
+                while stopped is None and not exhausted and self.attempt_errors <= settings.error_budget and len(in_flight) < settings.concurrency:
                     try:
                         lease.ensure()
                     except LeaseLost as lost:
@@ -454,12 +491,16 @@ class _Apply:
                         sizer.after_success(len(batch.items), used_ratio(batch.writes, batch.argument_bytes, seconds))
                     tables = {item["id"]: (item["table"], len(item["insertReferences"])) for item in batch.items}
                     entries = [{**r, "table": tables[r["id"]][0], "refs": tables[r["id"]][1]} for r in results]
+                    numbers = {item["id"]: number for item, number in zip(batch.items, batch.numbers)}
+                    # The plan lines of documents that ended in an error: a resume sends them again.
+                    retry = {e["id"]: numbers[e["id"]] for e in entries if e["outcome"] == "error"}
                     line = {"start": batch.start, "end": batch.end, "size": len(batch.items), "calls": calls,
-                            "limit_hits": len(limits), "results": entries}
+                            "limit_hits": len(limits), "results": entries, **({"retry": retry} if retry else {})}
                     sink.write(jsonio.dumps(line) + b"\n")
                     sink.flush()
                     os.fsync(sink.fileno())
-                    checkpoint.add(entries)
+                    checkpoint.add(entries, retry)
+                    self.attempt_errors += len(retry)
                     self.written += sum(1 for e in entries if e["outcome"] == "applied")
                     self.sent += 1
                     self.sizes[len(batch.items)] += 1
@@ -502,6 +543,9 @@ class _Apply:
                 ours = scratch.table("ours")
                 ours.load((owner, None) for owner in iter_side_row_owners(self.transport, side, self.migration.id, self.run_id))
                 figures = read_checkpoint(self.checkpoint_path, ours=ours).figures()
+            # Confirmed only if the figures as now attributed agree with the count (a run that lost some of its
+            # references, a restarted deployment that dropped writes, still disagrees: never "passed").
+            confirmed = sum(by_type.values()) == figures.planned_references
         tables = {table: dict(c) for table, c in figures.outcomes.items()}
         return ApplySummary(
             migration_id=self.migration.id,
@@ -520,7 +564,7 @@ class _Apply:
             references_by_group=dict(by_type or {}),
             already_applied=sum(c.get("already_applied", 0) for c in tables.values()),
             conflicts=sum(c.get("conflict", 0) for c in tables.values()),
-            errors=list(_iter_outcomes(self.checkpoint_path, {"error"})),
+            errors=list(_final_errors(self.checkpoint_path, checkpoint)),
             conflict_examples=[o for _, o in zip(range(EXAMPLES), _iter_outcomes(self.checkpoint_path, {"conflict"}))],
             outcomes=tables,
             answers={table: dict(c) for table, c in checkpoint.answers.items()},
@@ -536,26 +580,30 @@ class _Apply:
 
 class _PlanBatches:
     """The plan's changes in plan order, cut into batches of the size asked for each time, skipping the plan
-    lines a checkpoint already holds answers for (ranges of plan line numbers, so sizes may change freely)."""
+    lines a checkpoint already holds final answers for (ranges of plan line numbers, so sizes may change freely;
+    a line whose last answer was an error, in `retry`, is sent again)."""
 
-    def __init__(self, run_dir: Path, done: list[tuple[int, int]], migration: Migration) -> None:
-        self._lines = self._pending(run_dir, done, migration)
+    def __init__(self, run_dir: Path, done: list[tuple[int, int]], retry: Container[int], migration: Migration) -> None:
+        self._lines = self._pending(run_dir, done, retry, migration)
         self._held: tuple[int, dict[str, Any]] | None = None
 
     @staticmethod
-    def _pending(run_dir: Path, done: list[tuple[int, int]], migration: Migration) -> Iterator[tuple[int, dict[str, Any]]]:
+    def _pending(
+        run_dir: Path, done: list[tuple[int, int]], retry: Container[int], migration: Migration
+    ) -> Iterator[tuple[int, dict[str, Any]]]:
         ranges = iter(done)
         current = next(ranges, None)
         for number, line in enumerate(iter_plan_lines(run_dir)):
             while current is not None and number >= current[1]:
                 current = next(ranges, None)
-            if current is not None and current[0] <= number:
+            if current is not None and current[0] <= number and number not in retry:
                 continue
             if migration.changes(line):
                 yield number, _item(line)
 
     def next(self, size: int) -> _Batch | None:
         items: list[dict[str, Any]] = []
+        numbers: list[int] = []
         start = end = 0
         writes = argument_bytes = 0
         while len(items) < size:
@@ -572,10 +620,11 @@ class _PlanBatches:
             if not items:
                 start = number
             items.append(item)
+            numbers.append(number)
             end = number + 1
             writes += item_writes
             argument_bytes += item_bytes
-        return _Batch(start, end, items, writes, argument_bytes) if items else None
+        return _Batch(start, end, items, writes, argument_bytes, numbers) if items else None
 
 
 def _item(line: dict[str, Any]) -> dict[str, Any]:
@@ -603,10 +652,13 @@ class Checkpoint:
     """What a checkpoint file holds, in bounded memory: the plan line ranges answered (merged), the
     deployment's answers per table, and the derived figures. `ours`, when given, names the documents that
     hold references of this run: an already_applied document with planned references outside it was put in
-    its target state by someone else."""
+    its target state by someone else. A document answered with an error keeps its plan line in `pending_errors`
+    until a later answer replaces it: the figures count each document's last answer only."""
 
     ours: Container[str] | None = None
     done: list[tuple[int, int]] = field(default_factory=list)
+    #: Document id -> plan line number, for the documents whose last answer was an error (sent again on resume).
+    pending_errors: dict[str, int] = field(default_factory=dict)
     answers: dict[str, Counter[str]] = field(default_factory=dict)
     derived: dict[str, Counter[str]] = field(default_factory=dict)
     planned_references: int = 0
@@ -618,8 +670,8 @@ class Checkpoint:
         return sum(sum(c.values()) for c in self.answers.values())
 
     @property
-    def errors(self) -> int:
-        return sum(c["error"] for c in self.answers.values())
+    def retry_lines(self) -> set[int]:
+        return set(self.pending_errors.values())
 
     def add_range(self, start: int, end: int) -> None:
         self.done.append((start, end))
@@ -632,8 +684,14 @@ class Checkpoint:
                 merged.append((low, high))
         self.done = merged
 
-    def add(self, entries: list[dict[str, Any]]) -> None:
+    def add(self, entries: list[dict[str, Any]], retry: dict[str, int] | None = None) -> None:
+        """Answers of one batch; `retry` maps the documents answered with an error to their plan lines."""
         for entry in entries:
+            if self.pending_errors.pop(entry["id"], None) is not None:  # an earlier error, answered again now
+                for counts in (self.answers[entry["table"]], self.derived[entry["table"]]):
+                    counts.subtract(("error",))
+                    if not counts["error"]:
+                        del counts["error"]
             outcome = entry["outcome"]
             self.answers.setdefault(entry["table"], Counter())[outcome] += 1
             if outcome in IN_TARGET:
@@ -646,6 +704,7 @@ class Checkpoint:
             else:
                 derived = outcome
             self.derived.setdefault(entry["table"], Counter())[derived] += 1
+        self.pending_errors.update(retry or {})
 
     def figures(self) -> Figures:
         return Figures(self.derived, self.planned_references)
@@ -672,7 +731,7 @@ def read_checkpoint(path: Path, ours: Container[str] | None = None) -> Checkpoin
                 continue
             checkpoint.lines_read += 1
             checkpoint.add_range(entry["start"], entry["end"])
-            checkpoint.add(entry["results"])
+            checkpoint.add(entry["results"], entry.get("retry"))
     if good_until < path.stat().st_size:
         with path.open("r+b") as sink:
             sink.truncate(good_until)
@@ -702,14 +761,26 @@ def _iter_outcomes(checkpoint_path: Path, wanted: set[str]) -> Iterator[Outcome]
                     yield Outcome(id=r["id"], table=r["table"], outcome=r["outcome"], message=r.get("message", ""))
 
 
-def _write_outcomes(checkpoint_path: Path, csv_path: Path) -> None:
+def _final_errors(checkpoint_path: Path, checkpoint: Checkpoint) -> Iterator[Outcome]:
+    """The documents whose last answer is an error, each once, with its last message (an error a resume then
+    applied is no longer one)."""
+    last: dict[str, Outcome] = {}
+    for outcome in _iter_outcomes(checkpoint_path, {"error"}):
+        if outcome.id in checkpoint.pending_errors:
+            last[outcome.id] = outcome
+    return iter(last.values())
+
+
+def _write_outcomes(checkpoint_path: Path, csv_path: Path, checkpoint: Checkpoint) -> None:
     """Every document apply did not migrate (conflicts and errors), with the deployment's reason."""
     import csv
 
     with csv_path.open("w", newline="", encoding="utf-8") as sink:
         writer = csv.writer(sink)
         writer.writerow(["table", "id", "outcome", "message"])
-        for o in _iter_outcomes(checkpoint_path, {"conflict", "error"}):
+        for o in _iter_outcomes(checkpoint_path, {"conflict"}):
+            writer.writerow([o.table, o.id, o.outcome, o.message])
+        for o in _final_errors(checkpoint_path, checkpoint):
             writer.writerow([o.table, o.id, o.outcome, o.message])
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import papermill
 
 from .archive import check_archive
-from .errors import PreconditionFailed, RunbookError
+from .errors import DiskFull, PreconditionFailed, RunbookError
 from .report import check_command, run_verdicts
 from .transport import ConvexTransport, redact_url
 from .migrations import all_migrations
@@ -104,6 +104,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"Evidence: {exc.notebook_path.parent.parent}")
         if exc.manifest_sha256:
             print(_manifest_line(exc.manifest_sha256))
+        return EXIT_FAILED
+    except DiskFull as exc:  # a step stopped: a failure, not a refusal
+        _print_error(exc)
         return EXIT_FAILED
     print_summary(result, args.url)
     return 0

@@ -11,8 +11,10 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any
 
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
 from .chain import Chain, refusal
-from .errors import ArgumentValidationError, FunctionFailed, LeaseLost, LimitExceeded, SchemaNotDeployed
+from .errors import ArgumentValidationError, FunctionFailed, FunctionTerminated, LeaseLost, LimitExceeded, SchemaNotDeployed
 from .migration import SideRows
 from .transport import ConvexTransport
 
@@ -27,6 +29,9 @@ NO_CHAIN: Chain = {"inEffect": [], "notInEffect": []}
 APPLY_BATCH = "migration:applyBatch"
 COUNT_SIDE_ROWS = "migration:countSideRows"
 MIN_PAGE_SIZE = 16
+#: Calls of a one-document batch that Convex stopped at its time or memory limit before it counts as that
+#: document's error: a busy deployment, not the document, is the likely cause.
+SINGLE_DOCUMENT_ATTEMPTS = 5
 
 
 def iter_pages(transport: ConvexTransport, table: str, page_size: int) -> Iterator[list[dict[str, Any]]]:
@@ -75,13 +80,16 @@ def apply_batch(
     `guard`, the chain the run took the lock with (apply and rollback always give it): the deployment writes only
     while the run holds the lock and the chain holds, checked in the batch's own transaction; else this raises
     (LeaseLost, or PreconditionFailed naming what broke the chain) and nothing of the batch was written.
-    `on_limit(size)` hears of every call refused for a Convex limit; `before_call()` runs before every call
-    (and may raise to stop the batch, e.g. when apply's lease is lost). A schema refusal naming one of
-    `written_fields` (the fields the migration writes) or the side rows' table is raised: the deployment lacks
-    the migration's schema. `side_rows`: where the items' `insertReferences`/`deleteReferences` live."""
+    `on_limit(size)` hears of every batch split for a Convex limit; `before_call()` runs before every call
+    (and may raise to stop the batch, e.g. when apply's lease is lost). A one-document batch that Convex stops
+    at its time or memory limit is sent again with backoff (SINGLE_DOCUMENT_ATTEMPTS) before it is that
+    document's error. A schema refusal naming one of `written_fields` (the fields the migration writes) or the
+    side rows' table is raised: the deployment lacks the migration's schema. `side_rows`: where the items'
+    `insertReferences`/`deleteReferences` live."""
     if not items:
         return []
-    try:
+
+    def call() -> list[dict[str, Any]]:
         if before_call is not None:
             before_call()
         args = {"migrationId": migration_id, "runId": run_id, "items": list(items)}
@@ -89,15 +97,23 @@ def apply_batch(
             args["sideRows"] = side_rows.protocol()
         if guard is not None:
             args["guard"] = guard
-        response = transport.function(APPLY_BATCH, args, writes_documents=True)
+        response = transport.function(APPLY_BATCH, args, writes_documents=True, retry_terminated=False)
         return list(response["results"])
+
+    try:
+        if len(items) > 1:
+            return call()
+        return Retrying(
+            retry=retry_if_exception_type(FunctionTerminated), stop=stop_after_attempt(SINGLE_DOCUMENT_ATTEMPTS),
+            wait=wait_exponential_jitter(multiplier=0.1, max=2.0, jitter=0.1), reraise=True,
+        )(call)
     except (LimitExceeded, FunctionFailed, ArgumentValidationError, SchemaNotDeployed) as error:
         data = getattr(error, "data", None)
         if isinstance(data, dict) and data.get("code") == CHAIN_BROKEN:
             raise refusal(data["problem"], migration_id, f"The deployment refused run {run_id}'s batch: nothing of it was written.") from error
         if LOCK_HELD_BY_OTHER in str(error) or LOCK_NOT_HELD in str(error):
             raise LeaseLost(f"lease lost: the deployment refused run {run_id}'s batch: {_server_message(str(error))}") from error
-        if isinstance(error, LimitExceeded) and on_limit is not None:
+        if isinstance(error, LimitExceeded) and on_limit is not None and len(items) > 1:
             on_limit(len(items))
         if len(items) > 1:
             middle = len(items) // 2

@@ -9,6 +9,8 @@ class RunbookError(Exception):
     hint: str = ""
     #: True when the error stopped a step before it wrote anything (run folder or deployment); the notebook says so.
     nothing_written: bool = False
+    #: The fix already says where to go on (e.g. a new run folder): the runner appends no "run the step again".
+    names_next_step: bool = False
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -41,6 +43,13 @@ class DeploymentUnreachable(RunbookError):
     )
 
 
+class InvalidDeploymentUrl(RunbookError):
+    hint = (
+        "Give the deployment's URL as scheme://host[:port] with nothing after it, e.g. https://happy-otter-123.convex.cloud "
+        "or http://127.0.0.1:3210 (a port is digits only; an IPv6 host is written in [brackets])."
+    )
+
+
 class DeployKeyMissing(RunbookError):
     hint = (
         "Export CONVEX_DEPLOY_KEY (Convex dashboard > Settings > Deploy key), or name a file holding it "
@@ -66,6 +75,12 @@ class ArgumentValidationError(RunbookError):
 
 class LimitExceeded(RunbookError):
     hint = "A call exceeded a Convex per-function limit (size, time or memory): lower the batch size or page size parameter."
+
+
+class FunctionTerminated(LimitExceeded):
+    """Convex stopped the function at its time or memory limit. Nothing it did was committed, and a busy
+    deployment can cause it as much as the call's size: the transport retries it like a transient failure,
+    except for a caller that splits its work when it meets a limit (apply's batches)."""
 
 
 class InvalidValue(RunbookError, ValueError):  # a ValueError, as the `convex` package raises for these
@@ -107,12 +122,50 @@ class StepNotPassed(RunbookError):
     hint = "Read the tables above: they name each document and check that failed. Correct the cause, then run this notebook again."
 
 
-class LeaseLost(PreconditionFailed):
+class NewRunFolderNeeded(PreconditionFailed):
+    """This run folder cannot go on: another run changed (or is changing) the deployment after its backup, so
+    its plan no longer describes it. The fix names the next step itself (the runner adds no "run the step again
+    in this run folder")."""
+
+    names_next_step = True
+
+    hint = (
+        "Take a new backup and make a new plan in a new run folder (runbook run --url … --confirm starts one), "
+        "then apply that; this run folder's plan is stale and is refused."
+    )
+
+
+class LockHeld(NewRunFolderNeeded):
+    """Another run holds the deployment's migration lock: once it has applied or rolled back, this folder's plan is stale."""
+
+    hint = (
+        "Wait for that run to finish (or for its lease to expire if it was killed), then start a new run folder "
+        "(runbook run --url … --confirm): after another run's apply or rollback this folder's plan is stale and is refused."
+    )
+
+
+class LeaseLost(NewRunFolderNeeded):
     """The deployment's migration lock passed to another run while this one was paused or cut off: the client
     found it (its lease renewal was refused) or the deployment did (applyBatch refuses a run not holding it)."""
 
     hint = (
-        "Another run took the migration lock after this run's lease ran out (it was paused or cut off). "
-        "Nothing more was sent and the checkpoint is valid: once the other run has finished, run the step again "
-        "in this run folder to resume (the deployment's ledger, migrationRuns, shows who holds the lock)."
+        "Another run took the migration lock after this run's lease ran out (it was paused or cut off); nothing "
+        "more was sent. Once that run has finished, start a new run folder (runbook run --url … --confirm): this "
+        "folder's plan is stale after another run's apply and is refused (the ledger, migrationRuns, names the run)."
     )
+
+
+class StatisticsUnconfirmed(RunbookError):
+    """Apply sent its whole plan, but the deployment does not hold the asset references the documents counted
+    migrated should have (e.g. it restarted and lost writes): the figures are not confirmed, so it did not pass."""
+
+    hint = "Run apply again in this run folder to resume: it sends the plan again and the deployment confirms every document."
+    names_next_step = True
+
+
+class DiskFull(RunbookError):
+    """The disk holding the run folder is full (ENOSPC); the message names the disk, the fix how to resume."""
+
+    hint = "Free space on the disk holding the run folder (or move the runs folder to one with room), then resume the run in its folder (runbook run --url … --run-dir DIR)."
+
+    names_next_step = True

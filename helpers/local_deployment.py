@@ -53,6 +53,7 @@ class LocalDeployment:
         fault_delay_ms: int | None = None,
         export_fault: str | None = None,
         extra_functions: Path | None = None,
+        data_dir: Path | None = None,
         startup_timeout: float = 60.0,
     ) -> None:
         self.port = port
@@ -64,8 +65,13 @@ class LocalDeployment:
         self.fault_delay_ms = fault_delay_ms
         self.export_fault = export_fault
         self.extra_functions = extra_functions
+        #: Where the server journals every committed transaction (None: memory only); a server started again on
+        #: the same folder holds the same documents and ledger.
+        self.data_dir = data_dir
         self.startup_timeout = startup_timeout
         self.url = ""
+        #: Documents the server held when it became ready (those loaded from `data_dir`).
+        self.documents = 0
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -79,6 +85,8 @@ class LocalDeployment:
             command += ["--export-fault", self.export_fault]
         if self.extra_functions:
             command += ["--extra-functions", str(self.extra_functions)]
+        if self.data_dir is not None:
+            command += ["--data-dir", str(self.data_dir)]
         return command
 
     def start(self) -> LocalDeployment:
@@ -89,7 +97,7 @@ class LocalDeployment:
         self._process = subprocess.Popen(
             self.command(), cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=self._log, stdin=subprocess.DEVNULL
         )
-        ready: dict[str, str] = {}
+        ready: dict[str, Any] = {}
         reader = threading.Thread(target=self._read_ready_line, args=(ready,), daemon=True)
         reader.start()
         try:
@@ -103,9 +111,10 @@ class LocalDeployment:
             raise LocalDeploymentError(f"The local deployment did not start within {self.startup_timeout:.0f} s.\n{log}")
         self.url = ready["url"]
         self.port = int(self.url.rsplit(":", 1)[1])
+        self.documents = int(ready.get("documents", 0))
         return self
 
-    def _read_ready_line(self, ready: dict[str, str]) -> None:
+    def _read_ready_line(self, ready: dict[str, Any]) -> None:
         assert self._process is not None and self._process.stdout is not None
         for raw in self._process.stdout:
             try:
@@ -113,7 +122,7 @@ class LocalDeployment:
             except ValueError:
                 continue
             if event.get("event") == "ready":
-                ready["url"] = event["url"]
+                ready.update(event)
                 break
 
     def _log_text(self) -> str:
@@ -128,6 +137,17 @@ class LocalDeployment:
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would stop it: the Node server (tsx runs it as a child) and tsx, nothing flushed."""
+        import psutil
+
+        if self._process is not None and self._process.poll() is None:
+            tsx = psutil.Process(self._process.pid)
+            for process in [*tsx.children(recursive=True), tsx]:
+                process.kill()
+            psutil.wait_procs([tsx], timeout=10)
+        self.stop()
 
     def stop(self) -> None:
         if self._process is not None:
@@ -175,6 +195,8 @@ CLI_OPTIONS: tuple[CliOption, ...] = (
     CliOption("--fault-delay-ms", "fault_delay_ms", int,
               "length of every delay fault in ms (default: 200-1,000 at random); a race test slows every call alike"),
     CliOption("--export-fault", "export_fault", str, "how snapshot exports fail: failed, canceled, truncate or lost-response"),
+    CliOption("--data-dir", "data_dir", Path, "keep the documents and the ledger in this folder (journaled before each "
+              "answer): started again on it, the deployment holds the same data; default: memory only"),
 )
 
 
@@ -212,7 +234,10 @@ def serve(*, port: int, seed_scenes: int = 0, **options: Any) -> int:
     previous = {signum: signal.signal(signum, _raise_stop) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         with deployment:
-            if seed_scenes:
+            if deployment.documents:
+                print(f"Holds {deployment.documents:,} documents from {deployment.data_dir}"
+                      + (" (--seed-scenes seeds an empty data folder only: not loaded)" if seed_scenes else ""), flush=True)
+            elif seed_scenes:
                 with deployment.transport() as transport:
                     loaded = load(transport, seed_scenes)
                 print(f"Loaded sample data: {loaded}", flush=True)

@@ -45,6 +45,16 @@ class ProblemCount(BaseModel):
     message: str = ""
 
 
+class UntrackedAssets(BaseModel):
+    """Asset fields documents already hold that no reference tracks, on documents the plan leaves alone (blocked):
+    apply adds no reference for them, so "tracking complete" does not cover them."""
+
+    table: str
+    documents: int = 0
+    assets: int = 0
+    examples: list[str] = Field(default_factory=list)
+
+
 class PlanSummary(BaseModel):
     #: Required: a file that names no migration is refused, never judged as the first one's.
     migration_id: str
@@ -59,6 +69,8 @@ class PlanSummary(BaseModel):
     by_status: dict[str, dict[str, dict[str, int]]]
     references_by_type: dict[str, int]
     problems: list[ProblemCount]
+    #: Per table (only tables that have some): see UntrackedAssets.
+    untracked_assets: list[UntrackedAssets] = Field(default_factory=list)
 
     @property
     def migration(self) -> Migration:
@@ -86,6 +98,8 @@ class _Tally:
     def __init__(self, migration: Migration) -> None:
         #: The plan line key grouping the by-status tables, and the field telling the side rows' kinds apart.
         self.status_key, self.kind = migration.status_key, migration.side_rows.kind if migration.side_rows else None
+        self.changing = migration.changing_actions
+        self.untracked: dict[str, UntrackedAssets] = {}
         self.actions: dict[str, Counter[str]] = defaultdict(Counter)
         self.by_status: dict[str, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
         self.references: Counter[str] = Counter()
@@ -98,6 +112,13 @@ class _Tally:
         for ref in line.get("references", ()):
             self.references[str(ref.get(self.kind) if self.kind else None)] += 1
         counted = set()
+        untracked = line.get("untrackedAssets")  # optional key: asset types the document holds untracked
+        if untracked and action not in self.changing:
+            entry = self.untracked.setdefault(table, UntrackedAssets(table=table))
+            entry.documents += 1
+            entry.assets += len(untracked)
+            if len(entry.examples) < EXAMPLES_PER_REASON:
+                entry.examples.append(line["id"])
         for problem in line.get("problems", ()):
             key = (table, problem["code"], problem["severity"])
             if key in counted:  # a document counts once per reason, however many of its fields have it
@@ -188,6 +209,7 @@ def build_plan(
         by_status={table: {status: dict(c) for status, c in statuses.items()} for table, statuses in tally.by_status.items()},
         references_by_type=dict(tally.references),
         problems=sorted(tally.problems.values(), key=lambda p: (p.table, -p.count, p.code)),
+        untracked_assets=[tally.untracked[table] for table in sorted(tally.untracked)],
     )
     write_json_atomic(out / PLAN_SUMMARY_FILE, summary.model_dump(mode="json"))
     return summary

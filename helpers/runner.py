@@ -8,9 +8,11 @@ manifest's sha256 in the deployment's ledger.
 from __future__ import annotations
 
 import ctypes
+import errno
 import functools
 import getpass
 import os
+import shutil
 import signal
 import sys
 import time
@@ -42,13 +44,14 @@ from .archive import (
     write_json_atomic,
     writing,
 )
-from .errors import DeployKeyMissing, PreconditionFailed, RunbookError
+from . import errors
+from .errors import DeployKeyMissing, DiskFull, PreconditionFailed, RunbookError
 from .paths import CHECKOUT_ROOT, NOTEBOOKS_DIR
 from .report import REPORT_SUFFIX, PageContext, render_step, resume_command, section_of, split_fix, where as where_failed
 from .migration import Migration
 from .migrations import default_id, get as get_migration
 from .run_folder import bind_migration, create_run, holds_its_notebooks, migration_id, migration_of, operator_for, operator_of, run_id, run_lock
-from .transport import ConvexTransport, deploy_key_from_env, redact_url
+from .transport import ConvexTransport, check_deployment_url, deploy_key_from_env, redact_url
 
 STEPS = ("01_backup_snapshot", "02_dry_run", "03_apply", "04_verify")
 ROLLBACK_STEP = "05_rollback"
@@ -99,10 +102,13 @@ class StepFailed(RunbookError):
         then = (f"resume the run with `{resume}` (the step's page names the same command), or start a new run" if resume else
                 f"run the step again in this run folder (--run-dir {self.notebook_path.parent.parent}) or start a new run")
         details = f"{self.notebook_path.with_suffix(REPORT_SUFFIX)} (executed notebook: {self.notebook_path})"
-        super().__init__(
-            f"step {step} failed{where}: {ename}: {message}",
-            hint=f"{fix.rstrip('.')}. Then {then}. Details: {details}." if fix else f"Read {details}, fix the cause, then {then}.",
-        )
+        if fix and getattr(getattr(errors, ename, None), "names_next_step", False):
+            hint = f"{fix.rstrip('.')}. Details: {details}."  # its fix says where to go on; "this run folder" may be wrong
+        elif fix:
+            hint = f"{fix.rstrip('.')}. Then {then}. Details: {details}."
+        else:
+            hint = f"Read {details}, fix the cause, then {then}."
+        super().__init__(f"step {step} failed{where}: {ename}: {message}", hint=hint)
 
 
 class Statistics(BaseModel):
@@ -374,13 +380,15 @@ class _LineSink:
 
 @contextmanager
 def _secondary(failure: BaseException | None, what: str) -> Iterator[None]:
-    """Work done while an error propagates must not replace it: its own error becomes a note on the first."""
+    """Work done while an error propagates must not replace it: its own error becomes a note on the first (none
+    on a full disk: every later write fails alike, and the disk-full line already says the folder is not sealed)."""
     try:
         yield
     except Exception as exc:
         if failure is None:
             raise
-        failure.add_note(f"{what}: {str(exc).partition(chr(10))[0]}")  # its fix line would make two
+        if not isinstance(failure, DiskFull):
+            failure.add_note(f"{what}: {str(exc).partition(chr(10))[0]}")  # its fix line would make two
 
 
 def page_context(run_dir: Path, convex_url: str) -> PageContext:
@@ -470,7 +478,7 @@ def run_migration(
                     bind_migration(run_dir, declared.id)
                     run_id(run_dir)
                 with _environment(RUNBOOK_OPERATOR=operator):
-                    for step in chosen:
+                    for index, step in enumerate(chosen):
                         notify(step, "running")
                         statuses[step] = "failed"
                         try:
@@ -479,6 +487,10 @@ def run_migration(
                                 planned=chosen[chosen.index(step):], on_output=on_output and functools.partial(on_output, step),
                             )
                             statuses[step] = results.status
+                        except Exception as exc:
+                            if _disk_full(exc):
+                                raise disk_full(run_dir, url, chosen[index:], confirm) from exc
+                            raise
                         finally:
                             notify(step, statuses[step])
             except BaseException as exc:
@@ -501,15 +513,46 @@ def run_migration(
 
 @contextmanager
 def preflight(url: str) -> Iterator[ConvexTransport]:
-    """Refuses, before any run folder exists, a URL with credentials, a URL that is not a deployment's, and a
-    missing deploy key; yields the transport the seal is recorded with."""
+    """Refuses, before any run folder exists, a URL that is not a deployment's (malformed, with a path) or that
+    carries credentials, a missing deploy key, and a deployment that does not answer (a closed port, an unknown
+    host: at once, without retries), is not Convex's API, or refuses the key; yields the transport the seal is
+    recorded with."""
+    check_deployment_url(url)
     if redact_url(url) != url:
         raise PreconditionFailed(
             f"The deployment URL carries credentials ({redact_url(url)}). Nothing was run.",
             hint="Give the plain deployment URL; the key goes in CONVEX_DEPLOY_KEY (the URL is written into the evidence).",
         )
     with ConvexTransport(url, max_attempts=SEAL_ATTEMPTS) as transport:
+        transport.check_access()
         yield transport
+
+
+def _disk_full(error: BaseException | None) -> bool:
+    """ENOSPC anywhere in the chain: papermill and nbformat turn it into a half-written notebook that "does not
+    appear to be JSON", a notebook cell into an execution error naming Errno 28."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        if isinstance(error, papermill.PapermillExecutionError) and f"[Errno {errno.ENOSPC}]" in error.evalue:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def disk_full(run_dir: Path, url: str, steps: Sequence[str], confirm: bool) -> DiskFull:
+    """One line naming the full disk, and the command that resumes the run in its folder once there is room."""
+    folder = Path(run_dir).resolve()
+    mount = folder
+    while not os.path.ismount(mount):
+        mount = mount.parent
+    usage = shutil.disk_usage(mount)
+    command = f"runbook run --url {redact_url(url)} --run-dir {run_dir} --steps {','.join(steps)}" + (" --confirm" if confirm else "")
+    return DiskFull(
+        f"The disk holding the run folder is full (No space left on device): {mount}, {usage.free:,} of "
+        f"{usage.total:,} bytes free. Step {steps[0]} stopped; the run folder is not sealed.",
+        hint=f"Free space on {mount} (or move the runs folder to a disk with room), then resume: {command}",
+    )
 
 
 def _seal(run_dir: Path, failure: BaseException | None, **fields: Any) -> Sealed | None:

@@ -2,9 +2,11 @@
 
 Calls go to ``POST /api/{query,mutation,function}`` with ``{path, args, format: "convex_encoded_json"}`` and
 ``Authorization: Convex <deploy key>``, as ``npx convex run`` does; values travel in Convex's wire format,
-losslessly both ways (``helpers.values``). Transient failures (connection errors, dropped connections, timeouts, 5xx, 429) are retried with
-exponential backoff (tenacity); every other failure becomes an exception from ``helpers.errors`` that names
-the cause and the fix. The deploy key is read from the environment only and never appears in a message.
+losslessly both ways (``helpers.values``). Transient failures (connection errors, dropped connections, timeouts, 5xx, 429, and
+a call Convex stopped at its time or memory limit, which committed nothing, unless the caller splits its work
+instead) are retried with exponential backoff (tenacity); every other failure becomes an exception from
+``helpers.errors`` that names the cause and the fix. A URL that cannot be a deployment's is refused before any
+request. The deploy key is read from the environment only and never appears in a message.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential_jitter
 
 from . import values
 from .errors import (
@@ -30,7 +32,9 @@ from .errors import (
     DeploymentUnreachable,
     ExportInProgress,
     FunctionFailed,
+    FunctionTerminated,
     FunctionsNotDeployed,
+    InvalidDeploymentUrl,
     InvalidValue,
     LimitExceeded,
     RunbookError,
@@ -42,6 +46,8 @@ DEPLOY_KEY_ENV = "CONVEX_DEPLOY_KEY"
 DEPLOY_KEY_FILE_ENV = "CONVEX_DEPLOY_KEY_FILE"
 _SECRET_QUERY_KEYS = re.compile(r"(key|token|secret|signature|credential|password|auth)", re.IGNORECASE)
 UDF_FAILED = 560  # hosted Convex may answer a function error with 560; the open-source backend with 200
+#: A system query every deployment has and only an admin (deploy) key may call: the pre-flight's probe.
+ACCESS_CHECK = "_system/cli/exports:getLatest"
 
 
 def deploy_key_from_env() -> str:
@@ -59,6 +65,33 @@ def deploy_key_from_env() -> str:
             return key
         raise DeployKeyMissing(f"The file {path} named by {DEPLOY_KEY_FILE_ENV} is empty.")
     raise DeployKeyMissing(f"No deploy key: neither {DEPLOY_KEY_ENV} nor {DEPLOY_KEY_FILE_ENV} is set.")
+
+
+def check_deployment_url(url: str) -> str:
+    """The URL of a deployment, without a trailing slash; anything else (no http(s) scheme or host, a port that
+    is not a number, an unclosed IPv6 bracket, a path) is refused at once with the fix, before any request."""
+    shown = _redact_loosely(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port is the check: urlsplit leaves "1garbage" for this to refuse
+        httpx.URL(url)
+    except (ValueError, httpx.InvalidURL) as error:
+        raise InvalidDeploymentUrl(f"{shown!r} is not a URL a deployment can have: {error}.") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidDeploymentUrl(f"{shown!r} is not an http(s) URL of a deployment.")
+    if parts.path.strip("/") or parts.fragment:
+        raise InvalidDeploymentUrl(
+            f"{shown!r} has a path ({parts.path or '#' + parts.fragment}): a deployment's API is at the root of its URL."
+        )
+    return url.rstrip("/")
+
+
+def _redact_loosely(url: str) -> str:
+    """The credentials of a URL too broken to parse cut out by pattern: user:password@ and the query."""
+    try:
+        return redact_url(url)
+    except ValueError:
+        return re.sub(r"[?#].*", "", re.sub(r"//[^/]*@", "//REDACTED@", url))
 
 
 def redact_url(url: str) -> str:
@@ -97,10 +130,7 @@ class ConvexTransport:
         max_attempts: int = 6,
         max_connections: int = 16,
     ) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise DeploymentUnreachable(f"{redact_url(url)!r} is not an http(s) URL of a deployment.")
-        self.url = url.rstrip("/")
+        self.url = check_deployment_url(url)
         key = deploy_key if deploy_key is not None else deploy_key_from_env()
         self.max_attempts = max_attempts
         self._round_trips = 0
@@ -134,23 +164,42 @@ class ConvexTransport:
     def query(self, path: str, args: Mapping[str, Any] | None = None) -> Any:
         return self._call("/api/query", path, args, idempotent=True)
 
+    def check_access(self) -> None:
+        """Refuses at once a deployment that does not answer (refused connection, unknown host: not retried),
+        that is not Convex's API, or that refuses the deploy key: one admin-only read, the export status."""
+        self._call("/api/query", ACCESS_CHECK, {}, idempotent=True, retry_unreachable=False)
+
     def mutation(
         self, path: str, args: Mapping[str, Any] | None = None, *, idempotent: bool = True, writes_documents: bool = False
     ) -> Any:
-        return self._call("/api/mutation", path, args, idempotent=idempotent, writes_documents=writes_documents)
+        return self._call(
+            "/api/mutation", path, args, idempotent=idempotent, writes_documents=writes_documents, retry_terminated=idempotent
+        )
 
     def function(
-        self, path: str, args: Mapping[str, Any] | None = None, *, idempotent: bool = True, writes_documents: bool = False
+        self,
+        path: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        idempotent: bool = True,
+        writes_documents: bool = False,
+        retry_terminated: bool = True,
     ) -> Any:
         """Any function, internal ones included (needs the deploy key), as `npx convex run` calls it.
 
         `idempotent=False` retries only failures that happened before the request reached the server.
         `writes_documents=True` (the caller knows the function writes documents it was given) reads a schema
-        validation failure as `SchemaNotDeployed`."""
-        return self._call("/api/function", path, args, idempotent=idempotent, writes_documents=writes_documents)
+        validation failure as `SchemaNotDeployed`. `retry_terminated=False` (the caller splits its work when
+        Convex stops a call at its time or memory limit) raises `FunctionTerminated` at once; otherwise it is
+        retried like any transient failure (an idempotent call only)."""
+        return self._call(
+            "/api/function", path, args, idempotent=idempotent, writes_documents=writes_documents,
+            retry_terminated=retry_terminated and idempotent,
+        )
 
     def _call(
-        self, endpoint: str, path: str, args: Mapping[str, Any] | None, *, idempotent: bool, writes_documents: bool = False
+        self, endpoint: str, path: str, args: Mapping[str, Any] | None, *, idempotent: bool, writes_documents: bool = False,
+        retry_terminated: bool = True, retry_unreachable: bool = True,
     ) -> Any:
         try:
             body = values.dumps({"path": path, "args": dict(args or {}), "format": "convex_encoded_json"}, convex_numbers=True)
@@ -159,9 +208,14 @@ class ConvexTransport:
 
         def attempt() -> Any:
             response = self._send("POST", endpoint, content=body, headers={"content-type": "application/json"}, idempotent=idempotent)
-            return self._function_result(path, response, writes_documents)
+            try:
+                return self._function_result(path, response, writes_documents)
+            except FunctionTerminated as error:
+                if retry_terminated:
+                    raise _Transient(error.message) from error
+                raise
 
-        return self._retrying(attempt, f"{path} at {redact_url(self.url)}")
+        return self._retrying(attempt, f"{path} at {redact_url(self.url)}", retry_unreachable=retry_unreachable)
 
     # -- other endpoints (snapshot export) --------------------------------------------------------
 
@@ -191,16 +245,20 @@ class ConvexTransport:
 
     # -- internals ----------------------------------------------------------------------------------
 
-    def _retrying(self, attempt: Any, what: str) -> Any:
+    def _retrying(self, attempt: Any, what: str, *, retry_unreachable: bool = True) -> Any:
         def give_up(state: RetryCallState) -> Any:
             error = state.outcome.exception() if state.outcome else None
             if isinstance(error, _Unreachable):
                 raise DeploymentUnreachable(f"{what}: cannot connect after {state.attempt_number} attempts ({error}).")
             raise TransientFailure(f"{what}: still failing after {state.attempt_number} attempts ({error}).")
 
+        def stop(state: RetryCallState) -> bool:
+            unreachable = state.outcome is not None and isinstance(state.outcome.exception(), _Unreachable)
+            return state.attempt_number >= self.max_attempts or (unreachable and not retry_unreachable)
+
         retrying = Retrying(
             retry=retry_if_exception_type(_Transient),
-            stop=stop_after_attempt(self.max_attempts),
+            stop=stop,
             wait=wait_exponential_jitter(multiplier=0.2, max=5.0, jitter=0.2),
             retry_error_callback=give_up,
             reraise=False,
@@ -267,11 +325,9 @@ class ConvexTransport:
 
 
 _NOT_FOUND = re.compile(r"Could not find (public )?function")
-_LIMIT = re.compile(
-    r"This is a Convex limit|too many|too large|too long|too nested|limit:"
-    r"|Function execution timed out|JavaScript execution ran out of memory",
-    re.IGNORECASE,
-)
+_LIMIT = re.compile(r"This is a Convex limit|too many|too large|too long|too nested|limit:", re.IGNORECASE)
+#: Convex's texts when it stops a function at its time or memory limit (crates/isolate/src/termination.rs).
+_TERMINATED = re.compile(r"Function execution timed out|JavaScript execution ran out of memory", re.IGNORECASE)
 _SCHEMA = re.compile(r"does not match the schema|not in the validator|Unexpected field `\w+` in object|Failed to insert or update", re.IGNORECASE)
 _ARGUMENTS = re.compile(r"ArgumentValidationError|Validator error|does not match validator|Value does not match", re.IGNORECASE)
 
@@ -285,6 +341,8 @@ def classify_function_error(path: str, message: str, data: Any = None, *, writes
             f"{path} was not found on the deployment (or the deploy key is not an admin key: internal functions "
             f"are invisible without it). Server said: {text}"
         )
+    if _TERMINATED.search(text):
+        return FunctionTerminated(f"{path} was stopped by Convex: {text}")
     if _LIMIT.search(text):
         return LimitExceeded(f"{path} exceeded a Convex limit: {text}")
     if writes_documents and _SCHEMA.search(text):

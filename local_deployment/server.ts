@@ -3,19 +3,23 @@
 //
 // What it is: the runbook's wire protocol (function calls, auth, error shapes, status codes, validators,
 // pagination, per-function limits, snapshot export) served by convex-test's in-memory database.
-// What it is not: Convex. No persistence (memory only), no deploy, no subscriptions, no optimistic
-// concurrency (convex-test runs one transaction at a time), no file storage, no user auth (JWT), no WebSocket
-// sync endpoint (`convex.ConvexClient` cannot connect; `ConvexHttpClient` works).
+// What it is not: Convex. Memory only unless --data-dir names a folder (then every committed transaction is
+// journaled there before its answer is sent), no deploy, no subscriptions, no optimistic concurrency
+// (convex-test runs one transaction at a time), no file storage, no user auth (JWT), no WebSocket sync protocol
+// (the sync route refuses at once, so `convex.ConvexClient` fails; `ConvexHttpClient` works).
 //
-// Usage: CONVEX_DEPLOY_KEY=... tsx local_deployment/server.ts --port 3210 [--fault-rate 0.1]
+// Usage: CONVEX_DEPLOY_KEY=... tsx local_deployment/server.ts --port 3210 [--data-dir DIR] [--fault-rate 0.1]
 //        [--fault-kinds 5xx,drop,delay,timeout,oom] [--fault-seed 1] [--fault-paths migration:applyBatch,...]
 //        [--fault-delay-ms MS]
 //        [--export-fault failed|canceled|truncate|lost-response] [--export-ms 50]
 //        [--undeployed migration,migration:countSideRows,...] [--extra-functions DIR]
-// Prints one JSON line {"event":"ready","url":...} on stdout once it accepts requests.
+// Prints one JSON line {"event":"ready","url":...,"documents":N} on stdout once it accepts requests (N: the
+// documents it holds, loaded from --data-dir).
 import { AsyncLocalStorage } from "node:async_hooks";
 import { randomBytes } from "node:crypto";
-import { readdirSync } from "node:fs";
+import {
+  closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, writeSync,
+} from "node:fs";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import { basename, dirname, join, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
@@ -44,6 +48,7 @@ const { values: options } = parseArgs({
     undeployed: { type: "string", default: "" },
     "export-ms": { type: "string", default: "50" },
     "extra-functions": { type: "string" },
+    "data-dir": { type: "string" },
   },
 });
 
@@ -349,6 +354,79 @@ function cursorCreationTime(cursor: unknown): number | null {
 }
 
 // ---------------------------------------------------------------------------------------------------
+// Persistence (--data-dir DIR): a journal of committed transactions, each line written and fsynced before the
+// function's answer is sent, so a server killed at any instant (SIGKILL included) holds on restart every
+// mutation it acknowledged. At start the journal is read (a torn last line is a transaction nobody heard of)
+// and rewritten as one line holding every document, atomically (temporary file, fsync, rename).
+
+type JournalDatabase = {
+  _documents: Record<string, Value>;
+  _writes: Record<string, Value | null>[];
+  _nextDocId: number;
+  _lastCreationTime: number;
+  commit: (commitTs?: bigint | null) => void;
+};
+type JournalLine = { ts: string; next: number; created: number; docs: [string, unknown][] };
+const JOURNAL_FILE = "journal.jsonl";
+
+function openJournal(dir: string): void {
+  const db = convexGlobal!.components[""].db as unknown as JournalDatabase;
+  const manager = convexGlobal!.transactionManager;
+  const path = join(dir, JOURNAL_FILE);
+  mkdirSync(dir, { recursive: true });
+  if (existsSync(path)) {
+    for (const text of readFileSync(path, "utf8").split("\n")) {
+      let line: JournalLine;
+      try {
+        line = JSON.parse(text) as JournalLine;
+      } catch {
+        break; // the end, or a line torn by a kill: its transaction was never answered
+      }
+      for (const [id, doc] of line.docs) {
+        if (doc === null) delete db._documents[id];
+        else noteWrite(id, (db._documents[id] = jsonToConvex(doc as never)));
+      }
+      manager._lastCommitTs = BigInt(line.ts);
+      db._nextDocId = line.next;
+      db._lastCreationTime = line.created;
+    }
+  }
+  const entry = (id: string): [string, unknown] => [id, id in db._documents ? convexToJson(db._documents[id]) : null];
+  const state = () => ({ ts: manager._lastCommitTs.toString(), next: db._nextDocId, created: db._lastCreationTime });
+  const compacted = `${path}.tmp`;
+  const out = openSync(compacted, "w");
+  writeFully(out, JSON.stringify({ ...state(), docs: Object.keys(db._documents).map(entry) }) + "\n");
+  fsyncSync(out);
+  closeSync(out);
+  renameSync(compacted, path);
+  const folder = openSync(dir, "r");
+  fsyncSync(folder); // the rename itself survives a crash
+  closeSync(folder);
+  const journal = openSync(path, "a");
+  const commit = db.commit.bind(db);
+  db.commit = (commitTs = null) => {
+    const written = db._writes.length === 1 ? Object.keys(db._writes[0]) : []; // only the outermost commit persists
+    commit(commitTs);
+    if (written.length === 0) return;
+    try {
+      writeFully(journal, JSON.stringify({ ...state(), docs: written.map(entry) }) + "\n");
+      fsyncSync(journal);
+    } catch (error) {
+      // Memory now holds a commit the disk does not: stop before anyone hears of it.
+      process.stderr.write(`cannot write ${path}: ${(error as Error).message}; stopping\n`);
+      process.exit(70);
+    }
+  };
+}
+
+function writeFully(fd: number, text: string): void {
+  const bytes = Buffer.from(text, "utf8");
+  for (let offset = 0; offset < bytes.length; ) offset += writeSync(fd, bytes, offset);
+}
+
+if (options["data-dir"]) openJournal(resolve(options["data-dir"]));
+
+// ---------------------------------------------------------------------------------------------------
 // HTTP plumbing
 
 class HttpError extends Error {
@@ -469,9 +547,18 @@ async function callFunction(req: IncomingMessage, res: ServerResponse, endpoint:
   const shapeProblem = checkValueShape(body.args);
   if (shapeProblem) return fail(functionErrorMessage(new Error(shapeProblem)));
 
+  // Convex's UdfArgsJson: an object is the one argument; an array holds the positional arguments (the JS
+  // ConvexHttpClient sends `[args]`), of which a Convex function takes one, its arguments object.
+  let rawArgs = body.args ?? {};
+  if (Array.isArray(rawArgs)) {
+    if (rawArgs.length > 1) {
+      return fail(functionErrorMessage(new Error(`A Convex function takes one argument, an object; ${path} was given ${rawArgs.length}.`)));
+    }
+    rawArgs = rawArgs[0] ?? {};
+  }
   let args: Value;
   try {
-    args = jsonToConvex((body.args ?? {}) as never);
+    args = jsonToConvex(rawArgs as never);
   } catch (error) {
     return fail(functionErrorMessage(error));
   }
@@ -681,10 +768,27 @@ const server = createServer(async (req, res) => {
 });
 server.keepAliveTimeout = 60_000;
 
+// The WebSocket sync protocol (what `convex.ConvexClient` and the JS `ConvexClient` speak, at /api/<version>/sync)
+// is not served. An upgrade request is refused at once with an HTTP error that says so, and the server's stderr
+// says it once: the clients do not show the answer (they retry, hang or fail with "channel closed").
+const SYNC_REFUSAL = "This local Convex test deployment speaks Convex's HTTP API only (POST /api/query, /api/mutation, " +
+  "/api/action, /api/function, as ConvexHttpClient calls it): the WebSocket sync protocol (ConvexClient) is not served.";
+let syncRefused = false;
+server.on("upgrade", (req, socket) => {
+  if (!syncRefused) process.stderr.write(`refused a WebSocket client at ${req.url}: ${SYNC_REFUSAL}\n`);
+  syncRefused = true;
+  const body = JSON.stringify({ code: "SyncNotSupported", message: SYNC_REFUSAL });
+  socket.end(
+    `HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
+      `connection: close\r\n\r\n${body}`,
+  );
+});
+
 server.listen(Number(options.port), options.host, () => {
   const address = server.address();
   const port = typeof address === "object" && address ? address.port : Number(options.port);
-  process.stdout.write(JSON.stringify({ event: "ready", url: `http://${options.host}:${port}` }) + "\n");
+  const documents = Object.keys(convexGlobal!.components[""].db._documents).length;
+  process.stdout.write(JSON.stringify({ event: "ready", url: `http://${options.host}:${port}`, documents }) + "\n");
 });
 
 for (const signal of ["SIGTERM", "SIGINT"] as const) {

@@ -6,6 +6,8 @@ injects faults: a Convex limit, a whole-batch failure, a lost answer, a kill, a 
 from __future__ import annotations
 
 import csv
+import errno
+import os
 import re
 import time
 from collections import Counter
@@ -17,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import jsonio
+from helpers import deployment, jsonio
 from helpers.apply import (
     APPLY_STEP,
     BatchSizer,
@@ -28,12 +30,16 @@ from helpers.apply import (
     apply_dir,
     apply_plan,
     check_preconditions,
+    raise_unless_passed,
     read_checkpoint,
     take_migration_lock,
 )
 from helpers.archive import sha256_file
 from helpers.chain import for_apply
-from helpers.errors import ArgumentValidationError, FunctionFailed, LeaseLost, LimitExceeded, PreconditionFailed, TransientFailure
+from helpers.errors import (
+    ArgumentValidationError, FunctionFailed, FunctionTerminated, LeaseLost, LimitExceeded, PreconditionFailed, StatisticsUnconfirmed,
+    TransientFailure,
+)
 from helpers.run_folder import bind_migration, run_id as folder_run_id
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 
@@ -66,14 +72,18 @@ class FakeDeployment:
         #: executing; after this batch number another run takes the lock.
         self.limit_over: int | None = None
         self.failing: dict[str, str] = {}
+        #: Per id: how many more calls holding it Convex stops at its time limit (answered without executing).
+        self.terminate: dict[str, int] = {}
         self.drop: set[int] = set()
         self.kill: set[int] = set()
         self.steal_after: int | None = None
         self.delay = 0.0  # seconds each batch takes
         self.fail_record: str | None = None  # the ledger refuses a record with this status
         self.ledger_while_sending: list[dict[str, Any]] = []
+        self.sent_ids: list[str] = []  # every item applyBatch was called with, in order
 
-    def function(self, path: str, args: dict[str, Any] | None = None, *, idempotent: bool = True, writes_documents: bool = False) -> Any:
+    def function(self, path: str, args: dict[str, Any] | None = None, *, idempotent: bool = True, writes_documents: bool = False,
+                 retry_terminated: bool = True) -> Any:
         self.round_trips += 1
         self.paths.append(path)
         args = args or {}
@@ -112,12 +122,17 @@ class FakeDeployment:
 
     def migration_applyBatch(self, migrationId: str, runId: str, items: list[dict[str, Any]],
                              sideRows: dict[str, str] | None = None, guard: Any = None) -> dict[str, Any]:
+        self.sent_ids.extend(item["id"] for item in items)
         lock = self.lock
         if lock is not None and lock["runId"] != runId and lock["leaseExpiresAt"] > now_ms():
             raise FunctionFailed(f"Server Error\nUncaught Error: the migration lock is held by run {lock['runId']}: run {runId} may not write")
         assert guard in (None, {"inEffect": [], "notInEffect": []})  # 001 builds on nothing; None: a write outside the runbook
         if self.limit_over is not None and len(items) > self.limit_over:
             raise LimitExceeded("Server Error\nToo many bytes written in a single function execution")
+        for item in items:
+            if self.terminate.get(item["id"], 0) > 0:
+                self.terminate[item["id"]] -= 1
+                raise FunctionTerminated("Server Error\nFunction execution timed out (maximum duration: 1s)")
         for item in items:
             if item["id"] in self.failing:
                 raise FunctionFailed(f"Server Error\nUncaught Error: {self.failing[item['id']]}")
@@ -375,11 +390,13 @@ def test_a_rerun_of_a_finished_apply_is_a_recheck_that_keeps_the_figures(tmp_pat
     third = apply(fake, run_dir)  # the .1 file says it was finished, even when the current checkpoint is cut short
     assert third.recheck and (apply_dir(run_dir) / "checkpoint.2.jsonl").exists()
     assert len(fake.references) == 15
-    # A re-check that had to write again (a document put back to its planned state) records a new finish time.
+    # A re-run that had to write again (a document put back to its planned state) is no re-check: it says what it
+    # wrote, and records a new finish time.
     fake.docs["scenes"]["s0"] = {"_id": "s0", "legacyKey": "k/0"}
     time.sleep(0.002)
     fourth = apply(fake, run_dir)
-    assert fourth.recheck and fourth.answers["scenes"] == {"applied": 1, "already_applied": 9}
+    assert not fourth.recheck and fourth.answers["scenes"] == {"applied": 1, "already_applied": 9}
+    assert jsonio.loads(ledger_row(fake)["details"])["recheck"] is False
     assert ledger_row(fake)["finishedAt"] > finished
 
 
@@ -449,7 +466,7 @@ def test_a_document_someone_else_migrated_is_not_counted_as_ours(tmp_path: Path)
     fake.drop = set()
     summary = apply(fake, run_dir)
     assert summary.answers["scenes"] == {"applied": 6, "already_applied": 4}
-    assert not summary.statistics_confirmed and summary.already_applied == 1
+    assert summary.statistics_confirmed and summary.already_applied == 1 and summary.passed  # confirmed once attributed
     assert summary.outcomes["scenes"] == {"applied": 9, "already_applied": 1}
     assert summary.migrated["scenes"] == 9 and summary.references_created == 13
     assert ledger_row(fake)["counts"]["alreadyApplied"] == 1
@@ -502,9 +519,31 @@ def test_errors_beyond_the_budget_stop_sending_and_fail(tmp_path: Path) -> None:
     assert summary.batches_sent == 1 and summary.migrated["scenes"] == 2  # s0 and s2, then nothing after their batch
     assert checkpoint_lines(run_dir)[-1] != {"complete": True}
     assert ledger_row(fake)["status"] == "failed" and fake.lock is None
+    # A resume sends the document again (its range is not done), and the budget counts this attempt's errors only.
+    again = apply(fake, run_dir)
+    assert again.status == "failed" and [e.id for e in again.errors] == ["s1"]
+    within = apply(fake, run_dir, error_budget=1)  # one error of this attempt: within the budget
+    assert within.passed and [e.id for e in within.errors] == ["s1"] and within.migrated["scenes"] == 9
     fake.failing = {}
-    resumed = apply(fake, run_dir, error_budget=1)  # the error stays counted: one within the budget
-    assert resumed.passed and len(resumed.errors) == 1 and resumed.migrated["scenes"] == 9
+    resumed = apply(fake, run_dir)  # finished (complete): the re-run sends the whole plan, s1 applies at last
+    assert resumed.passed and resumed.errors == [] and resumed.migrated["scenes"] == 10 and not resumed.recheck
+    assert resumed.outcomes["scenes"].get("error", 0) == 0 and outcome_rows(run_dir)[1:] == []
+
+
+def test_a_resume_sends_again_the_documents_that_ended_in_an_error(tmp_path: Path) -> None:
+    fake = FakeDeployment()
+    run_dir = make_run(tmp_path, fake)
+    fake.failing = {"s1": "boom"}
+    first = apply(fake, run_dir)
+    assert first.status == "failed" and [e.id for e in first.errors] == ["s1"]
+    assert [tuple(line["retry"]) for line in checkpoint_lines(run_dir) if "retry" in line] == [("s1",)]
+    fake.failing = {}
+    fake.sent_ids.clear()
+    resumed = apply(fake, run_dir)
+    assert "s1" in fake.sent_ids and not {"s0", "s2"} & set(fake.sent_ids)  # answered ones are not sent again
+    assert resumed.passed and resumed.errors == [] and resumed.migrated["scenes"] == 10 and resumed.statistics_confirmed
+    assert resumed.answers["scenes"] == {"applied": 10}  # each document's last answer, once
+    assert outcome_rows(run_dir)[1:] == []
 
 
 def test_an_item_the_deployment_refuses_is_an_error(tmp_path: Path) -> None:
@@ -696,9 +735,8 @@ def test_a_lock_held_by_another_run_is_refused_naming_it(tmp_path: Path) -> None
     run_dir = make_run(tmp_path, fake)
     fake.lock = {"runId": "run-bob", "operator": "bob", "migrationId": M001.id, "leaseExpiresAt": 1_800_000_000_000}
     refused(fake, run_dir, rf"run run-bob by bob, writing migration {M001.id}, lease until 2027-01-15 08:00:00 UTC",
-            "Wait until run run-bob is done (or its lease has run out, if it was killed); then run this step again, or "
-            "start a new run folder (runbook run --url … starts one) if this one's plan is refused as stale because "
-            "that run changed the documents.")
+            "Wait for that run to finish (or for its lease to expire if it was killed), then start a new run folder "
+            "(runbook run --url … --confirm): after another run's apply or rollback this folder's plan is stale and is refused.")
     assert not fake.runs
     fake.lock["leaseExpiresAt"] = now_ms() - 1  # expired: taken over
     assert apply(fake, run_dir).passed
@@ -727,7 +765,8 @@ def test_another_run_s_apply_after_the_snapshot_is_refused_and_the_lock_released
     assert str(refusal.value).startswith(
         f"Run run-bob by bob applied this migration at 2030-03-17 17:46:40 UTC, after this run's backup ({snapshot_time}): "
         "this run's plan no longer describes the deployment. Nothing was sent.")
-    assert refusal.value.hint == "Take a new backup and make a new plan in a new run folder (runbook run --url … starts one), then apply that."
+    assert refusal.value.hint == ("Take a new backup and make a new plan in a new run folder (runbook run --url … --confirm "
+                                  "starts one), then apply that; this run folder's plan is stale and is refused.")
     assert fake.lock is None and len(fake.runs) == 2 and fake.batches == 0
     assert not (apply_dir(run_dir) / CHECKPOINT_FILE).exists()
 
@@ -850,3 +889,57 @@ def test_batch_sizer_rules_at_their_edges() -> None:
     sizer.after_limit(100)
     sizer.after_limit(200)
     assert sizer.failed_at == 100 and sizer.size == 50
+
+
+# --- Convex stopping a one-document batch, unconfirmed statistics, a full disk --------------------------------
+
+
+def test_a_one_document_batch_convex_stops_is_retried_before_it_counts_as_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(deployment, "SINGLE_DOCUMENT_ATTEMPTS", 3)
+    fake = FakeDeployment()
+    run_dir = make_run(tmp_path, fake)
+    fake.terminate = {"s1": 2, "s4": 4}  # s1 gets through on its third call; s4 does not
+    summary = apply(fake, run_dir, batch_size=1, error_budget=1)
+    assert fake.sent_ids.count("s1") == 3 and fake.sent_ids.count("s4") == 3
+    assert [(e.id, "timed out" in e.message) for e in summary.errors] == [("s4", True)] and summary.passed
+    resumed = apply(fake, run_dir, batch_size=1)  # the resume sends it again, and it gets through
+    assert resumed.passed and resumed.errors == [] and resumed.migrated == clean_figures(tmp_path)["migrated"]
+
+
+def clean_figures(tmp_path: Path) -> dict[str, Any]:
+    fake = FakeDeployment()
+    return figures(apply(fake, make_run(tmp_path, fake, name="clean")))
+
+
+def test_unconfirmed_statistics_are_never_passed_and_say_to_resume(tmp_path: Path) -> None:
+    fake = FakeDeployment()
+    run_dir = make_run(tmp_path, fake)
+    assert apply(fake, run_dir).passed
+    fake.references.append({**fake.references[0], "_id": "stray"})  # the deployment does not hold what the figures say
+    again = apply(fake, run_dir)
+    assert again.status == "unconfirmed" and not again.passed and not again.statistics_confirmed
+    assert ledger_row(fake)["status"] == "unconfirmed"
+    with pytest.raises(StatisticsUnconfirmed) as raised:
+        raise_unless_passed(again, run_dir, 0)
+    assert f"--run-dir {run_dir} --steps 03_apply,04_verify --confirm" in raised.value.hint
+    raise_unless_passed(apply(FakeDeployment(), make_run(tmp_path, FakeDeployment(), name="other")), run_dir, 0)  # passed: silent
+
+
+def test_a_full_disk_during_apply_closes_the_ledger_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeDeployment()
+    run_dir = make_run(tmp_path, fake)
+    real_fsync = os.fsync
+    written = []
+
+    def fsync(fd: int) -> None:  # the third checkpoint line meets a full disk
+        written.append(fd)
+        if len(written) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OSError, match="No space left on device"):
+        apply(fake, run_dir)
+    assert ledger_row(fake)["status"] == "failed" and fake.lock is None  # closed, not left running
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert apply(fake, run_dir).passed  # the resume finishes it

@@ -1,11 +1,16 @@
-"""The papermill runner (on throwaway notebooks, no Convex needed) and the `runbook` console script."""
+"""The papermill runner (on throwaway notebooks; the pre-flight asks a live local deployment) and the `runbook`
+console script."""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
@@ -13,6 +18,9 @@ import papermill
 import pytest
 
 from helpers import archive, cli, runner
+from helpers.deployment import read_ledger
+from helpers.local_deployment import LocalDeployment
+from helpers.sample_data import load
 from helpers.errors import PreconditionFailed
 from helpers.local_deployment import LocalDeployment
 from helpers.run_folder import bind_migration
@@ -20,7 +28,16 @@ from helpers.runner import StepFailed
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-URL = "http://127.0.0.1:9"
+#: The deployment the runs below talk to: the runner's pre-flight asks it before any run folder exists (set by
+#: `live_url`; the stand-in notebooks themselves never call it).
+URL = ""
+CLOSED_PORT = "http://127.0.0.1:9"
+
+
+@pytest.fixture(autouse=True)
+def live_url(shared_deployment: LocalDeployment) -> None:
+    global URL
+    URL = shared_deployment.url
 
 PARAMETERS = 'convex_url = ""\nrun_dir = ""\nmigration = ""\nlabel = "default"'
 RECORD = """\
@@ -317,14 +334,54 @@ def test_console_script_is_installed_and_exits_2_when_refusing(tmp_path: Path) -
         ("https://ops:hunter2@happy-otter-1.convex.cloud", "error: The deployment URL carries credentials (https://REDACTED@happy-otter-1.convex.cloud)"),
         ("happy-otter-1.convex.cloud", "error: 'happy-otter-1.convex.cloud' is not an http(s) URL of a deployment."),
         ("ftp://happy-otter-1.convex.cloud", "error: 'ftp://happy-otter-1.convex.cloud' is not an http(s) URL of a deployment."),
+        ("http://127.0.0.1:1garbage", "error: 'http://127.0.0.1:1garbage' is not a URL a deployment can have: Port could not be cast"),
+        ("http://[::1", "error: 'http://[::1' is not a URL a deployment can have: Invalid IPv6 URL."),
+        ("http://ops:hunter2@[::1", "error: 'http://REDACTED@[::1' is not a URL a deployment can have: Invalid IPv6 URL."),
+        ("http://127.0.0.1:3210/api", "error: 'http://127.0.0.1:3210/api' has a path (/api): a deployment's API is at the root"),
+        (CLOSED_PORT, "error: _system/cli/exports:getLatest at http://127.0.0.1:9: cannot connect after 1 attempts"),
+        ("http://no-such-deployment.invalid:3210", "error: _system/cli/exports:getLatest at http://no-such-deployment.invalid:3210: cannot connect after 1 attempts"),
     ],
 )
 def test_a_refused_preflight_leaves_no_run_folder(url: str, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     runs = tmp_path / "runs"
+    started = time.monotonic()
     assert cli.main(["run", "--url", url, "--dry-run", "--runs-dir", str(runs)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(expected) and err.count("\n  fix: ") == 1 and "hunter2" not in err
+    assert err.startswith(expected) and err.count("\n  fix: ") == 1 and "hunter2" not in err and "Traceback" not in err
+    assert not runs.exists() and time.monotonic() - started < 5  # at once: no retries of a refused connection
+
+
+def test_a_wrong_key_or_a_url_that_is_no_deployment_is_refused_before_a_run_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = tmp_path / "runs"
+    with socket.socket() as listener:  # answers HTTP, but is not Convex
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        not_convex = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        served = threading.Thread(target=_answer_404, args=(listener,), daemon=True)
+        served.start()
+        assert cli.main(["run", "--url", not_convex, "--dry-run", "--runs-dir", str(runs)]) == 2
+    assert "Is this a Convex deployment URL?" in capsys.readouterr().err and not runs.exists()
+    monkeypatch.setenv("CONVEX_DEPLOY_KEY", "not-the-key")
+    assert cli.main(["run", "--url", URL, "--dry-run", "--runs-dir", str(runs)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {URL} refused the deploy key: BadAdminKey") and err.count("\n  fix: ") == 1
     assert not runs.exists()
+
+
+def _answer_404(listener: socket.socket) -> None:
+    connection, _ = listener.accept()
+    with connection:
+        connection.recv(65536)
+        connection.sendall(b"HTTP/1.1 404 Not Found\r\ncontent-type: text/plain\r\ncontent-length: 9\r\n\r\nnot found")
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:1garbage", "http://[::1"])
+def test_check_archive_refuses_a_bad_url_in_one_line(url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["check-archive", str(tmp_path), "--url", url]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and err[0].startswith(f"error: '{url}' is not a URL a deployment can have") and err[1].startswith("  fix: ")
 
 
 def test_no_deploy_key_leaves_no_run_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -522,3 +579,43 @@ def test_lab_starts_jupyterlab_rooted_at_the_run_folder_on_loopback(
     assert "RUNBOOK_HEADLESS" not in env  # the kernels it starts are interactive: widgets, the Confirm button
     assert cli.main(["lab", str(tmp_path)]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+# --- a full disk, and fixes that name where to go on -------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs: the runs folder fills up during the run (needs the right to mount, as root in a container)."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.deployment
+def test_a_full_disk_ends_in_one_line_naming_the_disk_and_the_resume(
+    tiny_disk: Path, deploy_key: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with LocalDeployment(deploy_key=deploy_key) as deployment, deployment.transport() as transport:
+        load(transport, 500)
+        assert cli.main(["run", "--url", deployment.url, "--confirm", "--runs-dir", str(tiny_disk / "runs")]) == 1
+        rows = read_ledger(transport, M001.id)
+    err = capsys.readouterr().err.splitlines()
+    [run_dir] = (tiny_disk / "runs").iterdir()
+    assert len(err) == 2 and "Traceback" not in "\n".join(err), err
+    assert err[0].startswith(f"error: The disk holding the run folder is full (No space left on device): {tiny_disk}, ")
+    assert err[1].startswith(f"  fix: Free space on {tiny_disk} ") and f"runbook run --url {deployment.url} --run-dir {run_dir} --steps " in err[1]
+    assert err[1].endswith(" --confirm") and rows and all(row["status"] != "running" for row in rows)
+
+
+@pytest.mark.parametrize(("ename", "appended"), [("LeaseLost", False), ("LockHeld", False), ("NewRunFolderNeeded", False),
+                                                  ("StatisticsUnconfirmed", False), ("PreconditionFailed", True), ("ValueError", True)])
+def test_the_runner_adds_run_the_step_again_only_to_a_fix_that_does_not_say_where_to_go(ename: str, appended: bool, tmp_path: Path) -> None:
+    fix = "start a new run folder" if not appended else "correct the thing"
+    failed = StepFailed("03_apply", 7, ename, f"what happened\n  fix: {fix}", tmp_path / "run" / "03_apply" / "03_apply.ipynb")
+    assert failed.hint.startswith(fix) and ("run the step again in this run folder" in failed.hint) is appended

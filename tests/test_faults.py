@@ -312,3 +312,73 @@ def test_bad_corpus_is_reported_and_left_untouched(transport, run_dir: Path) -> 
             assert after[doc_id] == before[doc_id], code  # left exactly as it was
         else:
             assert legacy_part("scenes", after[doc_id]) == legacy_part("scenes", before[doc_id]), code
+
+
+# --- Convex stopping one-document batches, a deployment restarted mid-apply -----------------------------------
+
+
+@pytest.mark.parametrize("batch_size", [1, 20])
+def test_timeouts_and_oom_on_one_document_batches_end_like_a_clean_run(
+    deploy_key: str, tmp_path: Path, clean_state: dict, clean_statistics: dict[str, tuple], batch_size: int
+) -> None:
+    """30 % of applyBatch calls are stopped at Convex's time or memory limit: a batch splits down to one document,
+    which is sent again with backoff; one that still fails is sent again by the resume; the statistics confirm."""
+    run_dir = tmp_path / "run"
+    with LocalDeployment(deploy_key=deploy_key, fault_rate=0.3, fault_kinds=("timeout", "oom"), fault_seed=batch_size,
+                         fault_paths=("migration:applyBatch", "migrationRuns:", "migration:readPage")) as limited, \
+            limited.transport() as transport:
+        seed(transport, FAULT_SCENES)
+        prepare(transport, run_dir)  # the dry-run's ledger and page reads meet the faults too
+        summary = apply_plan(transport, run_dir, confirm=True, batch_size=batch_size, show_progress=False)
+        for _ in range(3):  # a document stopped on every attempt is an error of this attempt only: resume
+            if summary.passed:
+                break
+            summary = apply_plan(transport, run_dir, confirm=True, batch_size=batch_size, show_progress=False)
+        assert summary.passed and summary.statistics_confirmed and not summary.errors
+        assert summary.round_trips > summary.batches_sent  # stopped calls were sent again
+        assert comparable(state(transport)) == clean_state
+        assert_no_duplicate_references(transport)
+        assert_reported_like(clean_statistics, transport, run_dir, summary, f"timeouts/oom, batch_size={batch_size}")
+
+
+RESTART_APPLY = """
+import sys
+from pathlib import Path
+from helpers.apply import apply_plan
+from helpers.transport import ConvexTransport
+summary = apply_plan(ConvexTransport(sys.argv[1], max_attempts=12), Path(sys.argv[2]), confirm=True, batch_size=5,
+                     concurrency=2, show_progress=False)
+print(summary.status, summary.statistics_confirmed)
+"""
+
+
+def test_a_deployment_restarted_from_its_data_dir_mid_apply_ends_like_a_clean_run(
+    deploy_key: str, tmp_path: Path, clean_state: dict, clean_statistics: dict[str, tuple]
+) -> None:
+    """The deployment is SIGKILLed while apply runs and started again on its --data-dir: it holds every write it
+    acknowledged, apply goes on (or its resume does), and the result equals a clean run with confirmed statistics."""
+    run_dir, data = tmp_path / "run", tmp_path / "data"
+    slow = slow_deployment(deploy_key, rate=0.3)
+    slow.data_dir = data
+    with slow, slow.transport() as transport:
+        seed(transport, FAULT_SCENES)
+        prepare(transport, run_dir)
+        before_kill = state(transport)
+        port = slow.port
+        child = subprocess.Popen([sys.executable, "-c", RESTART_APPLY, slow.url, str(run_dir)], cwd=REPO,
+                                 stdout=subprocess.PIPE, text=True)
+        while checkpoint_lines(run_dir) < 5:
+            assert child.poll() is None
+            time.sleep(0.01)
+        slow.kill()
+    restarted = LocalDeployment(deploy_key=deploy_key, port=port, data_dir=data, fault_rate=0.3, fault_kinds=("delay",),
+                                fault_paths=("migration:applyBatch",))
+    with restarted, restarted.transport() as transport:
+        assert restarted.documents >= sum(len(docs) for docs in before_kill.values())  # nothing acknowledged was lost
+        out, _ = child.communicate(timeout=600)
+        summary = apply_plan(transport, run_dir, confirm=True, batch_size=5, show_progress=False)  # resume or re-check
+        assert "passed False" not in out and summary.passed and summary.statistics_confirmed, (out, summary.status)
+        assert comparable(state(transport)) == clean_state
+        assert_no_duplicate_references(transport)
+        assert_reported_like(clean_statistics, transport, run_dir, summary, "restart from --data-dir")
+        assert verify(transport, run_dir, show_progress=False).passed

@@ -140,10 +140,10 @@ def test_a_step_may_call_another_locked_step_of_its_own_folder(run_dir: Path) ->
         pass
 
 
-def test_second_runbook_run_on_one_folder_is_refused_at_once(run_dir: Path, held) -> None:  # noqa: ANN001
+def test_second_runbook_run_on_one_folder_is_refused_at_once(run_dir: Path, held, shared_deployment) -> None:  # noqa: ANN001
     held("run", run_dir)
     with pytest.raises(errors.PreconditionFailed, match="Another `runbook run` is using"):
-        run_migration(UNREACHABLE, run_dir=run_dir, steps=["04_verify"])
+        run_migration(shared_deployment.url, run_dir=run_dir, steps=["04_verify"])
     assert not (run_dir / MANIFEST_FILE).exists() and not (run_dir / "04_verify").exists()
 
 

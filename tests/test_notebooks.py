@@ -121,9 +121,9 @@ def test_python_api_returns_statistics_and_dry_run_stops_after_plan(deployment: 
     assert stats.apply_seconds is not None and stats.apply_seconds > 0 and stats.wall_seconds > stats.apply_seconds
 
 
-def test_a_failed_step_stops_the_chain(tmp_path: Path) -> None:
-    with pytest.raises(StepFailed) as failure:
-        run_migration("http://127.0.0.1:9", confirm=True, runs_dir=tmp_path / "runs")
+def test_a_failed_step_stops_the_chain(tmp_path: Path, deploy_key: str) -> None:
+    with LocalDeployment(deploy_key=deploy_key, export_fault="failed") as failing, pytest.raises(StepFailed) as failure:
+        run_migration(failing.url, confirm=True, runs_dir=tmp_path / "runs")
     message = str(failure.value)
     assert "01_backup_snapshot" in message and ".ipynb" in message
     run_dir = next((tmp_path / "runs").iterdir())

@@ -13,7 +13,9 @@ import pytest
 from helpers import archive, cli, report, runner
 from helpers.runner import StepFailed
 
-from .test_cli import RECORD, URL, _notebook
+from helpers.local_deployment import LocalDeployment
+
+from .test_cli import RECORD, _notebook
 
 CHECK_INPUT = """\
 from helpers.errors import PreconditionFailed
@@ -21,7 +23,7 @@ raise PreconditionFailed("the input holds 3 rows without an id", hint="Give ever
 
 
 @pytest.fixture(scope="module")
-def failed_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, StepFailed]:
+def failed_run(tmp_path_factory: pytest.TempPathFactory, shared_deployment: LocalDeployment) -> tuple[Path, StepFailed]:
     """One run: step 01 passes with a summary, step 02 fails in its section "2. Check the input"."""
     notebooks = tmp_path_factory.mktemp("notebooks")
     _notebook(notebooks, "01_backup_snapshot", RECORD, summary={"documents": 1234, "zip_file": "snapshot_1.zip"})
@@ -30,7 +32,8 @@ def failed_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, StepFail
     nb.cells += [nbformat.v4.new_markdown_cell("## 2. Check the input\n\nEvery row needs an id."), nbformat.v4.new_code_cell(CHECK_INPUT)]
     nbformat.write(nb, source)
     with pytest.raises(StepFailed) as failed:
-        runner.run_migration(URL, dry_run=True, runs_dir=tmp_path_factory.mktemp("runs"), notebooks_dir=notebooks, operator="alice")
+        runner.run_migration(shared_deployment.url, dry_run=True, runs_dir=tmp_path_factory.mktemp("runs"), notebooks_dir=notebooks,
+                             operator="alice")
     return failed.value.notebook_path.parent.parent, failed.value
 
 
@@ -61,7 +64,7 @@ def test_a_failed_step_page_starts_with_what_failed_and_what_to_do(failed_run: t
         assert f"`runbook run --url {URL} --run-dir {run_dir.resolve()} --steps 02_dry_run`" in str(failure)
 
 
-def test_each_step_page_says_who_and_when_and_has_a_title(failed_run: tuple[Path, StepFailed]) -> None:
+def test_each_step_page_says_who_and_when_and_has_a_title(failed_run: tuple[Path, StepFailed], shared_deployment: LocalDeployment) -> None:
     run_dir, _ = failed_run
     run_id = archive.read_run_id(run_dir)
     html = (run_dir / "01_backup_snapshot" / "01_backup_snapshot.html").read_text(encoding="utf-8")
@@ -69,7 +72,7 @@ def test_each_step_page_says_who_and_when_and_has_a_title(failed_run: tuple[Path
     header = html[html.index('<div class="runbook-header">'):]
     header = header[:header.index("</div>")]
     for label in ("operator:</b> alice", f"run id:</b> {run_id}", "started:</b> 20", "finished:</b> 20", "runbook commit:</b> ",
-                  f"deployment:</b> {URL}"):
+                  f"deployment:</b> {shared_deployment.url}"):
         assert label in header
 
 
@@ -89,14 +92,14 @@ def html_text(page: str, between_tags: str = "") -> str:
     return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", between_tags, page)))
 
 
-def test_the_index_names_who_when_commit_deployment_and_each_step(failed_run: tuple[Path, StepFailed]) -> None:
+def test_the_index_names_who_when_commit_deployment_and_each_step(failed_run: tuple[Path, StepFailed], shared_deployment: LocalDeployment) -> None:
     run_dir, _ = failed_run
     page = (run_dir / "index.html").read_text(encoding="utf-8")
     text = html_text(page, " ")
     manifest = archive.read_manifest(run_dir)
     assert manifest is not None and "index.html" in manifest.files  # covered by the manifest, so it cannot hold its hash
     for fact in ("operator alice", f"started {manifest.started_at}", f"finished {manifest.finished_at}",
-                 f"runbook commit {manifest.runbook['commit']}", f"deployment {URL}", f"run id {manifest.run_id}"):
+                 f"runbook commit {manifest.runbook['commit']}", f"deployment {shared_deployment.url}", f"run id {manifest.run_id}"):
         assert fact in text
     assert "01_backup_snapshot" in text and "passed" in text and "documents: 1,234" in text
     assert "steps: 1 of 2 passed (01_backup_snapshot passed in " in text and ", 02_dry_run failed in " in text
@@ -106,7 +109,7 @@ def test_the_index_names_who_when_commit_deployment_and_each_step(failed_run: tu
         assert f'href="{link}"' in page and (run_dir / link).is_file()
     results_sha = archive.sha256_file(run_dir / "01_backup_snapshot" / "results.json")
     assert results_sha in text
-    assert f"runbook check-archive {run_dir.resolve()} --url {URL}" in text
+    assert f"runbook check-archive {run_dir.resolve()} --url {shared_deployment.url}" in text
     assert "<script" not in page
 
 
@@ -134,7 +137,7 @@ def test_the_fix_is_split_from_the_message() -> None:
 
 
 def test_cli_run_prints_the_failing_section_and_the_manifest_hash(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], shared_deployment: LocalDeployment
 ) -> None:
     notebooks = tmp_path / "notebooks"
     _notebook(notebooks, "01_backup_snapshot", RECORD)
@@ -146,7 +149,7 @@ def test_cli_run_prints_the_failing_section_and_the_manifest_hash(
     monkeypatch.setattr(cli, "run_migration", lambda *a, **k: run_migration(*a, **k, notebooks_dir=notebooks))
     runs = tmp_path / "runs"
 
-    assert cli.main(["run", "--url", URL, "--dry-run", "--runs-dir", str(runs)]) == 1
+    assert cli.main(["run", "--url", shared_deployment.url, "--dry-run", "--runs-dir", str(runs)]) == 1
 
     captured = capsys.readouterr()
     assert captured.err.startswith("error: step 02_dry_run failed in section “1. Plan”, cell In [4]: RuntimeError: plan failed")

@@ -14,7 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from helpers import values
 from helpers.migrations.m001_s3_asset_tracking.rules import DocumentPlan, RulesContext, SessionTotals
+from helpers.values import Int64
 from helpers.migration import PLAN_LINE_KEYS
 from helpers.migrations.m001_s3_asset_tracking import fields, plan_line, rules, s3_urls
 
@@ -184,6 +186,16 @@ def test_scn6_error_object_is_flagged_and_replaced_by_the_fixed_text() -> None:
     assert plan.set["assetsErrorMessage"] == rules.MISSING_ERROR_TEXT
     assert codes(plan) == {("wrong_type", "flagged")}
     assert problem(plan, "wrong_type")["field"] == "errorMessage"
+
+
+@pytest.mark.parametrize("message", [Int64(137), Int64(-(2**63)), b"\x00\xff", {"exitCode": Int64(2**63 - 1), "stderr": b"Killed"}])
+def test_scn6_an_int64_or_bytes_error_message_is_only_flagged(message: Any) -> None:
+    """The plan line carries Convex's wire encoding, so the value is recorded as it is: flagged as not a text, not blocked."""
+    plan = rules.plan_scene(scene(status="failed", errorMessage=message), CTX)
+    assert plan.action == "migrate" and codes(plan) == {("wrong_type", "flagged")}
+    assert plan.set["assetsErrorMessage"] == rules.MISSING_ERROR_TEXT
+    line = plan.to_line()
+    assert values.equal(values.loads(values.dumps(line))["expect"]["errorMessage"], message)  # recorded exactly
 
 
 def test_scn6_error_message_is_read_only_for_failed_scenes() -> None:
@@ -668,7 +680,8 @@ def test_gen4_error_object_nested_deeper_than_eight_levels_blocks() -> None:
     assert plan.expect == {}
 
 
-@pytest.mark.parametrize(("field", "value"), [("s3ChunkSize", float("nan")), ("updatedAt", float("inf")), ("errorMessage", b"\x00\x01")])
+@pytest.mark.parametrize(("field", "value"), [("s3ChunkSize", float("nan")), ("updatedAt", float("inf")), ("updatedAt", b"\x00\x01"),
+                                             ("s3ChunkSize", Int64(5))])
 def test_gen4_values_the_plan_cannot_record_block(field: str, value: Any) -> None:
     plan = rules.plan_scene(scene(status="failed", **{field: value}), CTX)
     assert_blocked(plan, "wrong_type")

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import socket
+import subprocess
+from pathlib import Path
+
 import httpx
 import pytest
 from convex.http_client import ConvexExecutionError, ConvexHttpClient
@@ -11,6 +16,8 @@ from helpers.deployment import iter_documents, iter_pages
 from helpers.local_deployment import LocalDeployment
 from helpers.migrations.m001_s3_asset_tracking import ASSET_REFERENCES
 from helpers.transport import ConvexTransport, deploy_key_from_env, redact_url
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def insert_sessions(transport: ConvexTransport, n: int, **fields: object) -> list[str]:
@@ -171,14 +178,23 @@ def test_redact_url_removes_credentials() -> None:
 
 
 @pytest.mark.parametrize(("kind", "text"), [("timeout", "Function execution timed out"), ("oom", "JavaScript execution ran out of memory")])
-def test_time_and_memory_limit_answers_are_limit_errors(deploy_key: str, kind: str, text: str) -> None:
-    with LocalDeployment(deploy_key=deploy_key, fault_rate=1.0, fault_kinds=(kind,), fault_paths=("migration:readPage",)) as limited:
-        with limited.transport() as client:
-            with pytest.raises(errors.LimitExceeded, match=text) as raised:
-                client.function("migration:readPage", {"table": "scenes", "cursor": None, "numItems": 5})
-            assert client.round_trips == 1 and str(raised.value).count("fix:") == 1  # not retried: the caller halves
-            assert "lower the batch size or page size" in str(raised.value)
-            assert client.function("migrationRuns:ledger", {"migrationId": "m"}) == []  # other functions run
+def test_time_and_memory_limit_answers_are_retried_like_transient_failures(deploy_key: str, kind: str, text: str) -> None:
+    """Convex stopping a call commits nothing and says little about its size: a read (the ledger, a page) is retried
+    and never answered with "lower the batch size"; a caller that splits its work (apply) gets it at once."""
+    with LocalDeployment(deploy_key=deploy_key, fault_rate=1.0, fault_kinds=(kind,), fault_paths=("migrationRuns:ledger",)) as limited:
+        with limited.transport(max_attempts=3) as client:
+            with pytest.raises(errors.TransientFailure, match=f"(?s)still failing after 3 attempts .*{text}") as raised:
+                client.function("migrationRuns:ledger", {"migrationId": "m"})
+            assert client.round_trips == 3 and "batch size" not in str(raised.value) and str(raised.value).count("fix:") == 1
+            with pytest.raises(errors.FunctionTerminated, match=text) as split:
+                client.function("migrationRuns:ledger", {"migrationId": "m"}, retry_terminated=False)
+            assert client.round_trips == 4 and isinstance(split.value, errors.LimitExceeded)
+            assert client.function("migration:readPage", {"table": "scenes", "cursor": None, "numItems": 5})["page"] == []
+    with LocalDeployment(deploy_key=deploy_key, fault_rate=0.5, fault_kinds=(kind,), fault_seed=3) as flaky:
+        with flaky.transport() as client:
+            for _ in range(10):  # every read gets through, some after a retry
+                assert client.function("migrationRuns:ledger", {"migrationId": "m"}) == []
+            assert client.round_trips > 10
 
 
 @pytest.mark.parametrize(
@@ -197,10 +213,65 @@ def test_an_unexpected_http_answer_still_says_what_to_do(transport: ConvexTransp
     assert str(raised.value).count("fix:") == 1 and "check the URL" in str(raised.value)
 
 
-def test_pages_halve_on_time_and_memory_limit_answers(deploy_key: str) -> None:
+def test_pages_retry_time_and_memory_limit_answers_at_their_size(deploy_key: str) -> None:
     with LocalDeployment(deploy_key=deploy_key, fault_rate=0.3, fault_kinds=("timeout", "oom"), fault_seed=5,
                          fault_paths=("migration:readPage",)) as limited, limited.transport() as client:
         ids = insert_sessions(client, 300)
-        sizes = [len(page) for page in iter_pages(client, "videoSessions", 256)]
-        assert [doc["_id"] for doc in iter_documents(client, "videoSessions", 256)] == ids
-    assert sum(sizes) == 300 and max(sizes) < 256  # some page met a limit answer and was read at half the size
+        before = client.round_trips
+        sizes = [len(page) for page in iter_pages(client, "videoSessions", 64)]
+        retried = client.round_trips - before - len(sizes)
+        assert [doc["_id"] for doc in iter_documents(client, "videoSessions", 64)] == ids
+    assert sizes == [64, 64, 64, 64, 44] and retried > 0  # some page was stopped by Convex, retried, read whole
+
+
+JS_HTTP_CLIENT = """
+import { ConvexHttpClient } from "convex/browser";
+const [url, id] = process.argv.slice(1);
+const client = new ConvexHttpClient(url);
+await client.mutation("scenes:setChunk", { id, s3ChunkKey: "js/chunk.mp4", s3ChunkUrl: "https://js/chunk.mp4" });
+const scene = await client.query("scenes:get", { id });
+console.log(JSON.stringify(scene));
+"""
+
+
+def test_the_official_js_http_client_sends_args_as_an_array_and_works(deployment: LocalDeployment, transport: ConvexTransport) -> None:
+    session = insert_sessions(transport, 1)[0]
+    [scene] = transport.function(
+        "sampleData:insertBatch", {"table": "scenes", "documents": [{"sessionId": session, "sceneIndex": 0, "status": "completed"}]}
+    )["ids"]
+    done = subprocess.run(["node", "--input-type=module", "-e", JS_HTTP_CLIENT, deployment.url, scene],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["s3ChunkKey"] == "js/chunk.mp4"
+
+
+def test_args_as_an_object_or_a_one_element_array_and_nothing_else(deployment: LocalDeployment, transport: ConvexTransport) -> None:
+    """convex-backend's UdfArgsJson: an array holds the positional arguments; a Convex function takes one object."""
+    session = insert_sessions(transport, 1)[0]
+    [scene] = transport.function(
+        "sampleData:insertBatch", {"table": "scenes", "documents": [{"sessionId": session, "sceneIndex": 0, "status": "pending"}]}
+    )["ids"]
+    key = deployment.deploy_key
+    for args in ({"id": scene}, [{"id": scene}]):
+        answer = raw_post(deployment, "/api/query", {"path": "scenes:get", "args": args, "format": "json"}, key).json()
+        assert answer["status"] == "success" and answer["value"]["_id"] == scene
+    two = raw_post(deployment, "/api/query", {"path": "scenes:get", "args": [{"id": scene}, {}]}, key).json()
+    assert two["status"] == "error" and "takes one argument, an object; scenes:get was given 2" in two["errorMessage"]
+    scalar = raw_post(deployment, "/api/query", {"path": "scenes:get", "args": [5]}, key).json()
+    assert scalar["status"] == "error" and "must be an object" in scalar["errorMessage"]
+
+
+def test_the_sync_route_is_refused_at_once_saying_http_only(deployment: LocalDeployment) -> None:
+    """The WebSocket sync protocol is not served: an upgrade is answered at once, with what the deployment speaks."""
+    with socket.create_connection(("127.0.0.1", deployment.port), timeout=5) as connection:
+        connection.sendall(
+            b"GET /api/1.17.0/sync HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        answer = b""
+        while chunk := connection.recv(4096):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert json.loads(body) == {"code": "SyncNotSupported", "message": json.loads(body)["message"]}
+    assert "HTTP API only" in json.loads(body)["message"] and "ConvexHttpClient" in json.loads(body)["message"]

@@ -297,8 +297,9 @@ def test_special_values_survive_backup_dry_run_apply_verify_and_restore(transpor
     failed = next(i for i, d in special.items() if d["status"] == "failed")
     completed = next(i for i in special if i != failed)
     assert planned[completed]["action"] == "migrate" and not planned[completed]["problems"]
-    if planned[failed]["action"] != "problem":  # the precondition carries the int64 as one
-        assert planned[failed]["expect"]["errorMessage"] == Int64(137)
+    assert planned[failed]["action"] == "migrate" and type(planned[failed]["expect"]["errorMessage"]) is Int64
+    assert planned[failed]["expect"]["errorMessage"] == Int64(137)  # the precondition carries the int64 as one
+    assert {(p["code"], p["severity"]) for p in planned[failed]["problems"]} == {("wrong_type", "flagged")}
     assert apply_plan(transport, run_dir, confirm=True, show_progress=False).passed
     migrated = state(transport)["scenes"]
     assert all(values.equal(migrated[i]["errorMessage"], d["errorMessage"]) for i, d in special.items())

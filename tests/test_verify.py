@@ -15,7 +15,7 @@ from helpers.apply import apply_plan
 from helpers.backup import iter_backup_documents, take_backup
 from helpers.deployment import apply_batch, iter_documents
 from helpers.run_folder import bind_migration
-from helpers.plan import build_plan, iter_plan_lines
+from helpers.plan import build_plan, iter_plan_lines, read_plan
 from helpers.transport import ConvexTransport
 from helpers.migrations.m001_s3_asset_tracking.checks import (
     SceneTotals,
@@ -884,3 +884,33 @@ def test_a_reference_only_item_adds_only_the_missing_reference(transport: Convex
     [result] = apply_batch(transport, M001.id, "again", [item_], side_rows=M001.side_rows)
     assert result["outcome"] == "applied" and len(result["referenceIds"]) == 1
     assert sorted(r["assetType"] for r in refs_of(transport, scene)) == sorted(r["assetType"] for r in refs)
+
+
+@pytest.mark.deployment
+def test_assets_on_blocked_documents_are_named_untracked_by_the_dry_run_and_verify(transport: ConvexTransport, run_dir: Path) -> None:
+    """A blocked document that already holds an asset field gets no reference: the dry-run and verify count it apart,
+    and tracking_complete says it does not cover it."""
+    seed(transport, SCENES)
+    session = next(iter_documents(transport, "videoSessions"))["_id"]
+    asset = {"s3Key": "someone/else.mp4", "s3Url": "https://b.s3.us-east-1.amazonaws.com/someone/else.mp4",
+             "contentType": "video/mp4", "uploadedAt": 1.0}
+    conflicting = {"sessionId": session, "sceneIndex": 500, "status": "completed", "s3ChunkKey": "mine/chunk.mp4",
+                   "s3ChunkUrl": "https://b.s3.us-east-1.amazonaws.com/mine/chunk.mp4", "videoAsset": asset, "thumbnailAsset": asset}
+    [held] = transport.function("sampleData:insertBatch", {"table": "scenes", "documents": [conflicting]})["ids"]
+    tracked = {(r["entityId"], r["assetType"]) for r in iter_documents(transport, "assetReferences")}
+    asset_types = M001.reference_fields["scenes"]
+    prepare(transport, run_dir)
+    blocked = {line["id"] for line in iter_plan_lines(run_dir) if line["table"] == "scenes" and line["action"] == "problem"}
+    expected = {doc["_id"]: n for doc in iter_documents(transport, "scenes") if doc["_id"] in blocked
+                and (n := sum(type(doc.get(f)) is dict and (doc["_id"], t) not in tracked for f, t in asset_types.items()))}
+    assert expected[held] == 2
+    [planned] = [u for u in read_plan(run_dir).untracked_assets if u.table == "scenes"]
+    assert (planned.documents, planned.assets) == (len(expected), sum(expected.values())) and set(planned.examples) <= set(expected)
+    assert apply_plan(transport, run_dir, confirm=True, show_progress=False).passed
+    report = verify(transport, run_dir, show_progress=False)
+    assert report.passed
+    untracked = report.untracked_assets
+    assert (untracked.documents, untracked.assets) == (len(expected), sum(expected.values())) and set(untracked.examples) <= set(expected)
+    note = next(c for c in report.checks if c.name == "tracking_complete").note
+    assert f"does not cover {sum(expected.values())} untracked assets" in note
+    assert not {r["entityId"] for r in iter_documents(transport, "assetReferences")} & {held}

@@ -54,7 +54,10 @@ class DocumentPlan:
 
     `current` summarises the new-field assets the scene already holds ({"assets", "size", "keys",
     "assetsStatus"}, empty when none): with `set` it gives the scene as it will be after apply, which is
-    what its session's totals and the duplicate-key check need.
+    what its session's totals and the duplicate-key check need. `untracked` names the asset types of the
+    asset fields the document already holds that no reference tracks: the plan tracks them unless it blocks
+    the document, and then the dry-run and verify count them as untracked assets (the core's line key
+    `untrackedAssets`).
     """
 
     table: str
@@ -68,6 +71,7 @@ class DocumentPlan:
     references: list[dict[str, Any]]
     problems: list[dict[str, str]]
     current: dict[str, Any] = field(default_factory=dict)
+    untracked: list[str] = field(default_factory=list)
 
     def to_line(self) -> dict[str, Any]:
         return {
@@ -83,6 +87,7 @@ class DocumentPlan:
             "references": self.references,
             "problems": self.problems,
             "current": self.current,
+            **({"untrackedAssets": self.untracked} if self.untracked else {}),
         }
 
     @classmethod
@@ -99,6 +104,7 @@ class DocumentPlan:
             references=line["references"],
             problems=line["problems"],
             current=line["current"],
+            untracked=line.get("untrackedAssets", []),
         )
 
 

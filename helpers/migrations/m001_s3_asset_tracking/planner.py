@@ -39,6 +39,8 @@ def plan(inputs: PlanInputs) -> Iterator[dict[str, Any]]:
         for page in pages("scenes", "scenes"):
             ctx = _page_context(page, bucket_base_url, sessions, any_tracked)
             plans = [rules.plan_scene(doc, ctx) for doc in page]
+            for doc, planned in zip(page, plans, strict=True):
+                planned.untracked = rules.untracked_assets("scenes", doc, ctx)
             key_uses.put((key, None) for plan in plans for key in rules.asset_keys(plan))
             sink.writelines(jsonio.dumps(plan.to_line()) + b"\n" for plan in plans)
 
@@ -66,7 +68,9 @@ def plan(inputs: PlanInputs) -> Iterator[dict[str, Any]]:
         ctx = _page_context(page, bucket_base_url, sessions, any_tracked)
         found = session_totals.get(doc["_id"] for doc in page)
         for doc in page:
-            yield rules.plan_session(doc, found.get(doc["_id"], rules.SessionTotals()), ctx).to_line()
+            planned = rules.plan_session(doc, found.get(doc["_id"], rules.SessionTotals()), ctx)
+            planned.untracked = rules.untracked_assets("videoSessions", doc, ctx)
+            yield planned.to_line()
 
 
 def _read_plans(path: Path) -> Iterator[rules.DocumentPlan]:

@@ -21,7 +21,7 @@ from .fields import ASSET_TYPES, NEW_FIELDS, SCENE_ASSET_SOURCES, SESSION_ASSET_
 from .plan_line import CHANGING_ACTIONS, FLAGGED, DocumentPlan, SessionTotals, blocked, problem_of
 from .s3_urls import CONTENT_TYPES, SIGNED_QUERY, content_type_for_key, is_s3_object_prefix, parse_s3_url
 from .value_checks import (
-    INT64_MIN, MAX_STRING_LENGTH, UINT64_MAX, describe, empty_string, nested_problem, printable, recordable, show,
+    ANY_VALUE_FIELDS, INT64_MIN, MAX_STRING_LENGTH, UINT64_MAX, describe, empty_string, nested_problem, printable, recordable, show,
     text_problem, type_name,
 )
 
@@ -298,6 +298,12 @@ def _finish(
     return DocumentPlan(table, doc_id, action, session_id, legacy_status, expect, expect_absent, to_set, references, problems, current)
 
 
+def untracked_assets(table: str, doc: dict[str, Any], ctx: RulesContext) -> list[str]:
+    """The asset types of the asset fields the document already holds that no reference tracks yet."""
+    sources = SCENE_ASSET_SOURCES if table == "scenes" else SESSION_ASSET_SOURCES
+    return [ASSET_TYPES[name] for name in sources if type(doc.get(name)) is dict and not ctx.is_tracked(doc["_id"], ASSET_TYPES[name])]
+
+
 def _unrecordable_plan(
     table: str, doc: dict[str, Any], session_id: str | None, problems: list[dict[str, str]], current: dict[str, Any]
 ) -> DocumentPlan:
@@ -327,7 +333,7 @@ def _read(doc: dict[str, Any], reads: _Reads) -> tuple[dict[str, Any], list[str]
                 if problem is not None:
                     problems.append(problem)
         elif (type(value) is not int or not INT64_MIN <= value <= UINT64_MAX) and value is not None:
-            problem = nested_problem(name, value, 1)
+            problem = nested_problem(name, value, 1, name in ANY_VALUE_FIELDS)
             if problem is not None:
                 problems.append(problem)
     had_new = not reads.new_fields.isdisjoint(doc)

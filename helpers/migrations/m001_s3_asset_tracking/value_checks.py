@@ -7,9 +7,15 @@ import math
 import re
 from typing import Any
 
+from ...values import Int64
 from .plan_line import problem_of
 
-INT64_MIN, UINT64_MAX = -(2**63), 2**64 - 1  # what the plan file (orjson) can hold
+INT64_MIN, UINT64_MAX = -(2**63), 2**64 - 1  # what the plan file (orjson) can hold as a plain number
+INT64_MAX = 2**63 - 1  # a Convex int64
+#: `v.any()` fields the rules only carry in the precondition and flag when they are not a text (SCN-6, SES-7):
+#: there an in-range int64 or bytes value is no problem, since plan lines hold Convex's wire encoding ($integer,
+#: $bytes). Elsewhere a rule converts the value, and such a value is no value it can convert (GEN-4 blocks it).
+ANY_VALUE_FIELDS = frozenset({"errorMessage"})
 MAX_STRING_LENGTH = 2048
 
 
@@ -31,8 +37,9 @@ def text_problem(name: str, value: str) -> dict[str, str] | None:
     return None
 
 
-def nested_problem(name: str, value: Any, level: int) -> dict[str, str] | None:
-    """Why a non-text value cannot be recorded in the plan (too deep, unpaired surrogate, NaN, bytes), if it cannot."""
+def nested_problem(name: str, value: Any, level: int, wire: bool = False) -> dict[str, str] | None:
+    """Why a non-text value cannot be recorded in the plan (too deep, unpaired surrogate, NaN, bytes), if it cannot.
+    `wire`: the field is one of ANY_VALUE_FIELDS, where an in-range int64 and bytes are recorded as they are."""
     value_type = type(value)
     if value_type is dict or value_type is list:
         if level > MAX_NESTING_DEPTH:
@@ -50,7 +57,7 @@ def nested_problem(name: str, value: Any, level: int) -> dict[str, str] | None:
                 if not recordable(item):
                     return _invalid_unicode(name)
             elif (item_type is not int or not INT64_MIN <= item <= UINT64_MAX) and item is not None:
-                problem = nested_problem(name, item, level + 1)
+                problem = nested_problem(name, item, level + 1, wire)
                 if problem is not None:
                     return problem
         return None
@@ -60,6 +67,8 @@ def nested_problem(name: str, value: Any, level: int) -> dict[str, str] | None:
         return None if math.isfinite(value) else _cannot_record(name, "a non-finite number")
     if value_type is int:
         return None if INT64_MIN <= value <= UINT64_MAX else _cannot_record(name, "an integer beyond 64 bits")
+    if wire and (value_type is bytes or (value_type is Int64 and INT64_MIN <= value <= INT64_MAX)):
+        return None
     if value is None or value_type is bool:
         return None
     return _cannot_record(name, type_name(value))
