@@ -196,8 +196,8 @@ def before_after_frame(
     derived_from: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
 ) -> pd.DataFrame:
     """One row per new field of each example document, beside the legacy field(s) it came from (`name = value`
-    lines), one per field the plan removes, and one with the asset references it creates (all a `track_existing`
-    document gets); a document the plan leaves alone gets one row saying why. Values are whole (JSON for objects)."""
+    lines), one per field the plan removes, and one with the side rows it creates (labelled as the migration names
+    them, `_side_label`; all a `track_existing` document gets); a document the plan leaves alone gets one row saying why. Values are whole (JSON for objects)."""
     rows = []
     for before, after in pairs:
         problems = ", ".join(str(p.get("code")) for p in before.get("_problems", ()))
@@ -217,7 +217,7 @@ def before_after_frame(
                          "from legacy field(s)": "\n".join([f"{field} = {_text(before[field])}", *carried])})
         references = before.get("_references", ())
         if references:
-            rows.append({**common, "new field": f"asset references (created: {len(references)})",
+            rows.append({**common, "new field": f"{before.get('_side_label', 'side rows')} (created: {len(references)})",
                          "new value": "\n".join(_text(r) for r in references), "from legacy field(s)": "(the fields above)"})
         if not changed and not removed and not references:
             blocking = [str(p.get("message")) for p in before.get("_problems", ()) if p.get("severity") == "blocking"]

@@ -156,7 +156,7 @@ class LeaseLost(NewRunFolderNeeded):
 
 
 class StatisticsUnconfirmed(RunbookError):
-    """Apply sent its whole plan, but the deployment does not hold the asset references the documents counted
+    """Apply sent its whole plan, but the deployment does not hold the side rows the documents counted
     migrated should have (e.g. it restarted and lost writes): the figures are not confirmed, so it did not pass."""
 
     hint = "Run apply again in this run folder to resume: it sends the plan again and the deployment confirms every document."

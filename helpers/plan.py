@@ -244,7 +244,10 @@ def iter_plan_lines(run_dir: Path) -> Iterator[dict[str, Any]]:
 def example_pairs(run_dir: Path, n: int) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """Up to n documents per table and planned action, and per table and problem code (so a filter on any code the
     plan found has documents to show), those that change first, as (before, after) taken from the plan itself (no
-    extra reads); `before` also carries the plan's `_action`, `_problems` and the `_references` it creates."""
+    extra reads); `before` also carries the plan's `_action`, `_problems`, the `_references` (side rows) it creates
+    and their label (`_side_label`)."""
+    migration = migration_of(run_dir)
+    side_label = migration.side_rows.label if migration.side_rows is not None else "side rows"
     seen: Counter[str] = Counter()
     pairs = []
     for line in iter_plan_lines(run_dir):
@@ -253,10 +256,10 @@ def example_pairs(run_dir: Path, n: int) -> list[tuple[dict[str, Any], dict[str,
             continue
         seen.update(kinds)
         before = {"_id": line["id"], "_table": line["table"], "_action": line["action"], "_problems": line.get("problems", []),
-                  "_references": line.get("references", []), **line["expect"]}
+                  "_references": line.get("references", []), "_side_label": side_label, **line["expect"]}
         after = {k: v for k, v in before.items() if k not in line.get("unset", ())}
         pairs.append((before, {**after, **line["set"]}))
-    changing = migration_of(run_dir).changing_actions
+    changing = migration.changing_actions
     return sorted(pairs, key=lambda pair: pair[0]["_action"] not in changing)
 
 

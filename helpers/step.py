@@ -50,10 +50,11 @@ class Step:
                     f"run_dir is not set: this is the template of {name}, not a run folder's notebook.",
                     hint=_where_to_run(name, None),
                 )
+            transport = ConvexTransport(convex_url)  # a malformed URL is refused before the folder is touched
             run_dir = Path(run_dir).resolve()
             _require_previous(name, run_dir)
             declared = bind_migration(run_dir, migration)
-            return cls(name, run_dir, declared, ConvexTransport(convex_url))
+            return cls(name, run_dir, declared, transport)
         except RunbookError as refused:
             refused.nothing_written = True
             raise

@@ -306,8 +306,9 @@ def verify(transport: ConvexTransport, run_dir: Path, *, page_size: int = 4000, 
     backup = read_backup(run_dir)
 
     def live(table: str) -> Iterable[dict[str, Any]]:
-        # The snapshot's count, and for the references table the ones apply created (the snapshot predates them).
-        expected = backup.counts.get(table, 0) + (plan_summary.references if table == REFERENCE_TABLE else 0)
+        # The snapshot's count, and for the side rows' table the ones apply created (the snapshot predates them).
+        side = migration.side_rows
+        expected = backup.counts.get(table, 0) + (plan_summary.references if side is not None and table == side.table else 0)
         pages = paged_progress(prefetch(iter_pages(transport, table, page_size)), desc=f"verify {table}",
                                total=expected or None, show=show_progress)
         return (document for page in pages for document in page)

@@ -150,6 +150,7 @@ def test_examples_cover_every_problem_code_of_the_plan(tmp_path: Path) -> None:
     lines = [{"id": f"m{i}", "table": "scenes", "action": "migrate", "expect": {}, "set": {"assetVersion": 1}} for i in range(5)]
     lines.append({"id": "rare", "table": "scenes", "action": "migrate", "expect": {}, "set": {"assetVersion": 1},
                   "problems": [{"code": "rare_code", "severity": "flagged", "message": "m"}]})
+    bind_migration(tmp_path, M001.id)
     plan_file = plan_dir(tmp_path) / PLAN_FILE
     plan_file.parent.mkdir()
     plan_file.write_bytes(b"".join(jsonio.dumps(line) + b"\n" for line in lines))
@@ -161,7 +162,7 @@ def test_examples_cover_every_problem_code_of_the_plan(tmp_path: Path) -> None:
 def test_a_track_existing_document_says_what_will_be_created() -> None:
     reference = {"assetType": "video", "entityId": "00000000000000000000010040scenes", "s3Key": "k/chunk.mp4"}
     before = {"_id": "00000000000000000000010040scenes", "_table": "scenes", "_action": "track_existing", "_problems": [],
-              "_references": [reference], "videoAsset": {"s3Key": "k/chunk.mp4"}}
+              "_references": [reference], "_side_label": M001.side_rows.label, "videoAsset": {"s3Key": "k/chunk.mp4"}}
     [row] = show.before_after_frame([(before, dict(before))], M001.derived_from).to_dict("records")
     assert row["new field"] == "asset references (created: 1)" and '"s3Key": "k/chunk.mp4"' in row["new value"]
 

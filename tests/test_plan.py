@@ -182,7 +182,9 @@ def test_fewer_gc_passes_only_when_planning_from_the_snapshot(toy_run: Path, tmp
 def test_a_document_with_one_reason_on_several_fields_counts_once() -> None:
     from helpers.plan import _Tally
 
-    tally = _Tally()
+    from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
+
+    tally = _Tally(M001)
     twice = [{"code": "bad_url", "severity": "blocking", "message": "field a"}, {"code": "bad_url", "severity": "blocking", "message": "field b"}]
     tally.add({"table": "scenes", "id": "s1", "action": "problem", "problems": twice})
     tally.add({"table": "scenes", "id": "s2", "action": "problem", "problems": twice[:1]})

@@ -11,6 +11,8 @@ import nbformat
 import pytest
 
 from helpers import archive, cli, report, runner
+from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
+from helpers.run_folder import bind_migration
 from helpers.runner import StepFailed
 
 from helpers.local_deployment import LocalDeployment
@@ -37,7 +39,8 @@ def failed_run(tmp_path_factory: pytest.TempPathFactory, shared_deployment: Loca
     return failed.value.notebook_path.parent.parent, failed.value
 
 
-def test_the_cli_names_the_failing_section_and_its_fix_once(failed_run: tuple[Path, StepFailed]) -> None:
+def test_the_cli_names_the_failing_section_and_its_fix_once(failed_run: tuple[Path, StepFailed], shared_deployment: LocalDeployment) -> None:
+    URL = shared_deployment.url
     _, failure = failed_run
     message = str(failure)
     assert message.startswith(
@@ -48,7 +51,8 @@ def test_the_cli_names_the_failing_section_and_its_fix_once(failed_run: tuple[Pa
     assert message.count("fix:") == 1 and "02_dry_run.report.html" in message
 
 
-def test_a_failed_step_page_starts_with_what_failed_and_what_to_do(failed_run: tuple[Path, StepFailed]) -> None:
+def test_a_failed_step_page_starts_with_what_failed_and_what_to_do(failed_run: tuple[Path, StepFailed], shared_deployment: LocalDeployment) -> None:
+    URL = shared_deployment.url
     run_dir, failure = failed_run
     for page in ("02_dry_run.html", "02_dry_run.report.html"):
         text = (run_dir / "02_dry_run" / page).read_text(encoding="utf-8")
@@ -192,6 +196,7 @@ def _results(run_dir: Path, step: str, status: str, summary: dict) -> None:
 def test_the_verdicts_lead_with_what_passed_failed_migrated_and_was_blocked(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     (run_dir / "plan").mkdir(parents=True)
+    bind_migration(run_dir, M001.id)
     archive.write_json_atomic(run_dir / "plan" / "plan.json", {"problems": [
         {"code": "duplicate_s3_key", "count": 2, "severity": "blocking"}, {"code": "empty_string", "count": 4, "severity": "flagged"},
         {"code": "wrong_type", "count": 3, "severity": "blocking"}]})
@@ -213,6 +218,7 @@ def test_the_verdicts_lead_with_what_passed_failed_migrated_and_was_blocked(tmp_
 
 
 def test_a_failed_apply_page_says_how_much_was_applied_and_how_to_resume(tmp_path: Path) -> None:
+    URL = "http://127.0.0.1:3210"  # only written into the page: nothing is called
     run_dir = tmp_path / "run"
     (run_dir / "apply").mkdir(parents=True)
     (run_dir / "03_apply").mkdir()

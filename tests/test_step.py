@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from helpers import archive, step
-from helpers.errors import DeploymentUnreachable, PreconditionFailed, RunbookError, StepNotPassed
+from helpers.errors import InvalidDeploymentUrl, PreconditionFailed, RunbookError, StepNotPassed
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 from helpers.step import Step
 
@@ -78,10 +78,10 @@ def test_a_failed_previous_step_sends_the_analyst_to_its_notebook(tmp_path: Path
     assert str(run_dir.resolve() / "02_dry_run" / "02_dry_run.ipynb") in refused.value.hint
 
 
-def test_a_refused_connection_says_nothing_was_written(tmp_path: Path) -> None:
-    with pytest.raises(DeploymentUnreachable) as refused:
+def test_a_refused_deployment_url_says_nothing_was_written_and_leaves_no_folder(tmp_path: Path) -> None:
+    with pytest.raises(InvalidDeploymentUrl) as refused:
         Step.open("01_backup_snapshot", "not a url", tmp_path / "r", M001.id)
-    assert refused.value.nothing_written
+    assert refused.value.nothing_written and not (tmp_path / "r").exists()
 
 
 def test_an_error_in_a_notebook_is_its_cause_and_its_fix() -> None:

@@ -898,7 +898,7 @@ def test_assets_on_blocked_documents_are_named_untracked_by_the_dry_run_and_veri
                    "s3ChunkUrl": "https://b.s3.us-east-1.amazonaws.com/mine/chunk.mp4", "videoAsset": asset, "thumbnailAsset": asset}
     [held] = transport.function("sampleData:insertBatch", {"table": "scenes", "documents": [conflicting]})["ids"]
     tracked = {(r["entityId"], r["assetType"]) for r in iter_documents(transport, "assetReferences")}
-    asset_types = M001.reference_fields["scenes"]
+    asset_types = M001.side_rows.sources["scenes"]
     prepare(transport, run_dir)
     blocked = {line["id"] for line in iter_plan_lines(run_dir) if line["table"] == "scenes" and line["action"] == "problem"}
     expected = {doc["_id"]: n for doc in iter_documents(transport, "scenes") if doc["_id"] in blocked
