@@ -38,8 +38,11 @@ def _dump(value: Any) -> bytes:
 class ScratchTable:
     """key → value (any picklable value), or key → [values] when `multi`; loaded and read in bulk."""
 
-    def __init__(self, db: sqlite3.Connection, name: str, multi: bool) -> None:
+    def __init__(self, db: sqlite3.Connection, name: str, multi: bool, *, create: bool = True) -> None:
         self.db, self.name, self.multi = db, f'"t_{name}"', multi
+        self.label = name
+        if not create:
+            return
         if multi:
             db.execute(f"CREATE TABLE {self.name} (key NOT NULL, value BLOB NOT NULL)")
             db.execute(f'CREATE INDEX "i_{name}" ON {self.name} (key)')
@@ -96,10 +99,14 @@ class ScratchTable:
         """As `get`, and removes what it returns: what is left at the end was never asked for."""
         keys = list(dict.fromkeys(keys))
         found = self.get(keys)
-        with self.db:
-            for part in batched(keys, _IN_CHUNK):
-                self.db.execute(f"DELETE FROM {self.name} WHERE key IN ({','.join('?' * len(part))})", part)
+        self.delete(keys)
         return found
+
+    def delete(self, keys: Iterable[Key]) -> None:
+        """Removes one page of keys (and their values)."""
+        with self.db:
+            for part in batched(dict.fromkeys(keys), _IN_CHUNK):
+                self.db.execute(f"DELETE FROM {self.name} WHERE key IN ({','.join('?' * len(part))})", part)
 
     def items(self) -> Iterator[tuple[Key, Any]]:
         """Every stored (key, value) in insertion order, streamed (one row per value when multi)."""
@@ -119,6 +126,23 @@ class ScratchTable:
 
     def __len__(self) -> int:
         return int(self.db.execute(f"SELECT COUNT(*) FROM {self.name}").fetchone()[0])
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str, bool]]:
+        """Sent to a worker process (helpers.parallel), the table opens there read-only on the same file: workers
+        look up what the main process stored before, and never write."""
+        path = self.db.execute("PRAGMA database_list").fetchone()[2]
+        return _open_read_only, (path, self.label, self.multi)
+
+
+_READ_ONLY: dict[str, sqlite3.Connection] = {}
+
+
+def _open_read_only(path: str, name: str, multi: bool) -> ScratchTable:
+    """One read-only connection per scratch file and process, shared by its tables."""
+    db = _READ_ONLY.get(path)
+    if db is None:
+        db = _READ_ONLY[path] = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
+    return ScratchTable(db, name, multi, create=False)
 
 
 class Scratch:

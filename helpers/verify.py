@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,8 @@ from .migration import Before, DocumentCheck, Joined, Migration, Planned, Verdic
 from .migrations import default_id
 from .plan import iter_plan_lines, paged_progress, read_plan
 from .run_folder import locked_step, migration_of
-from .scratch import Scratch, batched, few_collections, prefetch
+from .parallel import Ranged, default_workers, map_pages
+from .scratch import Scratch, ScratchTable, batched, prefetch
 from .transport import ConvexTransport
 from .values import digest
 
@@ -279,7 +281,12 @@ class Outcome:
 
 
 @locked_step("04_verify")
-def verify(transport: ConvexTransport, run_dir: Path, *, page_size: int = 4000, show_progress: bool = True) -> VerifyReport:
+def verify(
+    transport: ConvexTransport, run_dir: Path, *, page_size: int = 4000, show_progress: bool = True, workers: int | None = None
+) -> VerifyReport:
+    """Every check, for this run folder's plan and backup against the deployment now. `workers` (default: this
+    machine's cores) processes digest the plan and the backup over ranges of each; the findings are the same for
+    any number of them."""
     migration = migration_of(run_dir)
     plan_summary = read_plan(run_dir)
     backup = read_backup(run_dir)
@@ -290,7 +297,9 @@ def verify(transport: ConvexTransport, run_dir: Path, *, page_size: int = 4000, 
         return (document for page in pages for document in page)
 
     outcome = run_checks(
-        iter_plan_lines(run_dir), lambda table: iter_backup_documents(backup, table), live, migration=migration, page_size=page_size
+        Ranged(partial(iter_plan_lines, run_dir), plan_summary.documents),
+        lambda table: Ranged(partial(iter_backup_documents, backup.zip_path, table), backup.counts.get(table, 0)),
+        live, migration=migration, page_size=page_size, workers=default_workers() if workers is None else workers,
     )
     return report(outcome, migration.id, plan_summary.plan_sha256, backup.sha256)
 
@@ -315,10 +324,13 @@ def run_checks(
     *,
     migration: Migration,
     page_size: int = 4000,
+    workers: int = 1,
 ) -> Outcome:
     """Every check over the three sources, each read once: the plan's lines, then `backup(table)` and `live(table)`
     for each table the migration changes (and `live("assetReferences")` when it tracks assets). Pure: the caller
-    decides where they come from.
+    decides where they come from. A plan or backup given as `helpers.parallel.Ranged` (a local file) is digested by
+    `workers` processes over its ranges; their results are stored in source order, so the findings do not depend on
+    how many there were.
 
     The join keeps its per-document state (the plan's promise and the backup's digests, the references) in a
     scratch SQLite file, and so do the migration's cross-document checks: each source streams past in pages of
@@ -334,28 +346,23 @@ def run_checks(
         tallies.update({c.name: _Tally(c.name, c.description) for c in cross_checks})
         if tracks_assets:
             tallies.update({name: _Tally(name, text) for name, text in REFERENCE_CHECKS.items()})
-        # The plan and the backup are local files: fewer GC passes there (helpers.scratch.few_collections; not
-        # while live pages come, whose HTTP client leaves cycles holding page bodies).
-        with few_collections():
-            # The promise, per document.
-            planned = scratch.table("planned")
-            for lines in batched(plan_lines, page_size):
-                for line in lines:
-                    tallies["nothing_outside_plan_changed"].add(check_plan_writes_only_owned_fields(migration, line), line["id"])
-                planned.put((line["id"], _as_tuple(Planned.of(migration, line))) for line in lines)
+        # The promise, per document (the plan's lines digested by the workers).
+        planned = scratch.table("planned")
+        for page in map_pages(plan_lines, partial(_plan_page, migration), page_size=page_size, workers=workers,
+                              folder=scratch.path("ranges"), name="plan"):
+            for doc_id, _, owned in page:
+                tallies["nothing_outside_plan_changed"].add(owned, doc_id)
+            planned.put((doc_id, plan) for doc_id, plan, _ in page)
 
-            # The state before, per document, as digests, with the document's plan moved beside it: a live page then
-            # finds both in one look-up (`planned` keeps only lines for documents the backup lacks).
-            before = scratch.table("before")
-            for table in migration.tables:
-                for page in batched(backup(table), page_size):
-                    plans = planned.pop(doc["_id"] for doc in page)
-                    rows = []
-                    for doc in page:
-                        plan = plans.get(doc["_id"])
-                        touched = _touched(Planned(*plan)) if plan is not None else ()
-                        rows.append((doc["_id"], (table, plan, *_as_tuple(Before.of(migration, table, doc, touched)))))
-                    before.put(rows)
+        # The state before, per document, as digests (by the workers, each looking its documents' plans up read-only),
+        # with the document's plan moved beside it: a live page then finds both in one look-up (`planned` keeps only
+        # lines for documents the backup lacks).
+        before = scratch.table("before")
+        for table in migration.tables:
+            for rows in map_pages(backup(table), partial(_backup_page, migration, table, planned), page_size=page_size,
+                                  workers=workers, folder=scratch.path("ranges"), name=f"backup-{table}"):
+                planned.delete(doc_id for doc_id, (_, plan, *_) in rows if plan is not None)
+                before.put(rows)
 
         # Every reference, by (entity, asset type), with its entity: references left over point at no live document.
         references = scratch.table("references", multi=True)
@@ -430,6 +437,22 @@ def run_checks(
 
     order = [c.name for c in document_checks] + [c.name for c in cross_checks] + (list(REFERENCE_CHECKS) if tracks_assets else [])
     return Outcome([tallies[name].result() for name in order], changed.ids, changed.count, created.ids, created.count)
+
+
+def _plan_page(migration: Migration, lines: list[dict[str, Any]]) -> list[tuple[str, tuple[Any, ...], Verdict]]:
+    """Per plan line: its id, its promise (Planned, as a tuple) and whether it writes only owned fields (in a worker)."""
+    return [(line["id"], _as_tuple(Planned.of(migration, line)), check_plan_writes_only_owned_fields(migration, line)) for line in lines]
+
+
+def _backup_page(migration: Migration, table: str, planned: ScratchTable, page: list[dict[str, Any]]) -> list[tuple[str, tuple[Any, ...]]]:
+    """Per backed-up document: (id, (table, its plan or None, *its Before digests)) (in a worker: `planned` read-only)."""
+    plans = planned.get(doc["_id"] for doc in page)
+    rows = []
+    for doc in page:
+        plan = plans.get(doc["_id"])
+        touched = _touched(Planned(*plan)) if plan is not None else ()
+        rows.append((doc["_id"], (table, plan, *_as_tuple(Before.of(migration, table, doc, touched)))))
+    return rows
 
 
 def _touched(plan: Planned) -> tuple[str, ...]:

@@ -114,21 +114,30 @@ class SessionTotals:
     uploading: int = 0
 
     def add_scene(self, plan: DocumentPlan) -> None:
-        current = plan.current
-        assets, size, status = current.get("assets", 0), current.get("size", 0), current.get("assetsStatus")
-        if plan.action in CHANGING_ACTIONS:
-            for asset_field in SCENE_ASSET_SOURCES:
-                asset = plan.set.get(asset_field)
-                if asset is not None:
-                    assets += 1
-                    size += asset.get("size", 0)
-            status = plan.set.get("assetsStatus", status)
+        self.add(*scene_contribution(plan))
+
+    def add(self, assets: int, size: float, status: Any) -> None:
+        """One scene's `scene_contribution` (the dry-run's workers compute it; the totals add up in scene order)."""
         self.scenes += 1
         self.assets += assets
         self.size += size
         self.ready += status == "ready"
         self.errors += status == "error"
         self.uploading += status == "uploading"
+
+
+def scene_contribution(plan: DocumentPlan) -> tuple[int, float, Any]:
+    """What one scene adds to its session's totals after apply: its assets, their known size, its assetsStatus."""
+    current = plan.current
+    assets, size, status = current.get("assets", 0), current.get("size", 0), current.get("assetsStatus")
+    if plan.action in CHANGING_ACTIONS:
+        for asset_field in SCENE_ASSET_SOURCES:
+            asset = plan.set.get(asset_field)
+            if asset is not None:
+                assets += 1
+                size += asset.get("size", 0)
+        status = plan.set.get("assetsStatus", status)
+    return assets, size, status
 
 
 def mark_blocking(plan: DocumentPlan, code: str, message: str, *, field_name: str = "") -> DocumentPlan:
