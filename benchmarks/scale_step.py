@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,9 @@ from typing import Any
 
 from helpers.apply import apply_plan
 from helpers.backup import take_backup
+from helpers.parallel import default_workers
 from helpers.plan import build_plan
+from helpers.run_folder import bind_migration
 from helpers.transport import ConvexTransport
 from helpers.verify import verify
 
@@ -39,12 +42,21 @@ def peak_rss_mib() -> float:
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
+def folder_bytes(folder: Path) -> int:
+    """What a folder holds on disk (its files' sizes)."""
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", required=True, help="deployment URL (the deploy key comes from CONVEX_DEPLOY_KEY)")
     parser.add_argument("--run-dir", required=True, type=Path, help="an empty run folder for this pass")
     parser.add_argument("--page-size", type=int, default=4000)
     parser.add_argument("--verify", action="store_true", help="also run verify after apply (a fourth phase)")
+    parser.add_argument("--workers", type=int, default=None, help="processes for the dry-run and verify (default: the cores)")
+    parser.add_argument("--serial-dry-run", action="store_true",
+                        help="then plan again with one worker from the same backup (a fifth phase, `dry_run_1_worker`): "
+                        "the same plan bytes, the time the workers saved")
     args = parser.parse_args(argv)
 
     report: dict[str, Any] = {"rss_mib_start": peak_rss_mib(), "phases": {}}
@@ -62,11 +74,22 @@ def main(argv: list[str] | None = None) -> int:
             return value
 
         backup = phase("backup", lambda: take_backup(transport, args.run_dir, show_progress=False))
-        plan = phase("dry_run", lambda: build_plan(transport, args.run_dir, page_size=args.page_size, show_progress=False))
+        plan = phase("dry_run", lambda: build_plan(transport, args.run_dir, page_size=args.page_size, show_progress=False, workers=args.workers))
+        report["run_folder_bytes_after_dry_run"] = folder_bytes(args.run_dir)
         applied = phase("apply", lambda: apply_plan(transport, args.run_dir, confirm=True, show_progress=False))
-        checked = phase("verify", lambda: verify(transport, args.run_dir, page_size=args.page_size, show_progress=False)) if args.verify else None
+        checked = phase("verify", lambda: verify(transport, args.run_dir, page_size=args.page_size, show_progress=False,
+                                                 workers=args.workers)) if args.verify else None
+        report["run_folder_bytes"] = folder_bytes(args.run_dir)
+        if args.serial_dry_run:
+            serial_dir = args.run_dir.with_name(args.run_dir.name + "-1-worker")
+            shutil.copytree(args.run_dir / "backup", serial_dir / "backup")
+            bind_migration(serial_dir, plan.migration_id)
+            serial = phase("dry_run_1_worker", lambda: build_plan(transport, serial_dir, page_size=args.page_size, show_progress=False, workers=1))
+            report["serial_plan_identical"] = serial.plan_sha256 == plan.plan_sha256
+            shutil.rmtree(serial_dir)
 
     report.update(
+        workers=args.workers or default_workers(),
         peak_rss_mib=peak_rss_mib(),
         documents=plan.documents,
         backup_counts=backup.counts,

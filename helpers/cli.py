@@ -22,7 +22,7 @@ from .archive import check_archive
 from .errors import PreconditionFailed, RunbookError
 from .transport import ConvexTransport
 from .migrations import all_migrations
-from .runner import NOTEBOOKS_DIR, ROLLBACK_STEP, STEPS, StepFailed, notebook_path, run_migration
+from .runner import DRY_RUN_STEPS, NOTEBOOKS_DIR, ROLLBACK_STEP, STEPS, StepFailed, notebook_path, run_migration
 
 EXIT_FAILED = 1
 EXIT_REFUSED = 2
@@ -59,6 +59,20 @@ def group_parameters(items: Sequence[tuple[str, str, Any]]) -> dict[str, dict[st
     return parameters
 
 
+#: The steps whose per-document work spreads over processes (their notebooks' `workers` parameter).
+WORKER_STEPS = ("02_dry_run", "04_verify")
+
+
+def with_workers(parameters: dict[str, dict[str, Any]], workers: int | None, steps: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """`--workers N` as the `workers` parameter of the dry-run and verify, those of them among `steps` (the steps run)."""
+    if workers is None:
+        return parameters
+    for step in WORKER_STEPS:
+        if step in steps:
+            parameters.setdefault(step, {}).setdefault("workers", workers)
+    return parameters
+
+
 class _StepPrinter:
     """One line when a step starts and one with its status and duration when it ends: steps take minutes."""
 
@@ -82,7 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             confirm=args.confirm,
             runs_dir=args.runs_dir,
             steps=args.steps,
-            parameters=group_parameters(args.parameters),
+            parameters=with_workers(group_parameters(args.parameters), args.workers, args.steps or (DRY_RUN_STEPS if args.dry_run else STEPS)),
             operator=args.operator,
             run_dir=args.run_dir,
             on_step=_StepPrinter(),
@@ -200,6 +214,13 @@ def _steps(text: str) -> list[str]:
     return [step.strip() for step in text.split(",") if step.strip()]
 
 
+def _workers(text: str) -> int:
+    workers = int(text)
+    if workers < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {workers}")
+    return workers
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="runbook", description="Convex migration runbook (backup, dry run, apply, verify, rollback), headless.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -220,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-p", dest="parameters", type=parse_parameter, action="append", default=[], metavar="STEP.NAME=VALUE",
         help="a notebook parameter, typed like papermill -p (repeatable)",
     )
+    run.add_argument("--workers", type=_workers, help="processes for the dry-run and verify (default: this machine's cores)")
     run.set_defaults(handler=cmd_run)
 
     check = commands.add_parser(
