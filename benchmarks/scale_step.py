@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import contextlib
 import resource
 import shutil
+import tempfile
+import threading
 import sys
 import time
 from pathlib import Path
@@ -43,8 +46,41 @@ def peak_rss_mib() -> float:
 
 
 def folder_bytes(folder: Path) -> int:
-    """What a folder holds on disk (its files' sizes)."""
-    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+    """What a folder holds on disk (its files' sizes; a file removed meanwhile counts 0)."""
+    total = 0
+    for path in folder.rglob("*"):
+        with contextlib.suppress(OSError):
+            total += path.stat().st_size if path.is_file() else 0
+    return total
+
+
+class DiskPeak:
+    """The most the run folder and the steps' scratch folders (helpers.scratch) held at once, sampled every `interval`
+    seconds in a thread: the disk a run needs at its peak, run folder included. The scratch folders go to a folder of
+    this pass's own (`tempfile.tempdir`), so other work on the machine is not counted."""
+
+    def __init__(self, run_dir: Path, interval: float = 1.0) -> None:
+        self.run_dir, self.interval, self.peak = run_dir, interval, 0
+        self.scratch_root = run_dir.with_name(run_dir.name + ".scratch")
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._sample, name="disk-peak", daemon=True)
+
+    def _sample(self) -> None:
+        while not self.stop.wait(self.interval):
+            scratch = folder_bytes(self.scratch_root)
+            self.peak = max(self.peak, folder_bytes(self.run_dir) + scratch)
+
+    def __enter__(self) -> DiskPeak:
+        self.scratch_root.mkdir(parents=True, exist_ok=True)
+        tempfile.tempdir = str(self.scratch_root)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join()
+        tempfile.tempdir = None
+        shutil.rmtree(self.scratch_root, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
     report: dict[str, Any] = {"rss_mib_start": peak_rss_mib(), "phases": {}}
     args.run_dir.mkdir(parents=True, exist_ok=True)
-    with ConvexTransport(args.url) as transport:
+    with ConvexTransport(args.url) as transport, DiskPeak(args.run_dir) as disk:
 
         def phase(name: str, step: Any) -> Any:
             trips, started = transport.round_trips, time.perf_counter()
@@ -80,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         checked = phase("verify", lambda: verify(transport, args.run_dir, page_size=args.page_size, show_progress=False,
                                                  workers=args.workers)) if args.verify else None
         report["run_folder_bytes"] = folder_bytes(args.run_dir)
+        report["disk_peak_bytes"] = disk.peak  # before the one-worker dry-run, which is not part of a run
         if args.serial_dry_run:
             serial_dir = args.run_dir.with_name(args.run_dir.name + "-1-worker")
             shutil.copytree(args.run_dir / "backup", serial_dir / "backup")

@@ -13,6 +13,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
+from .parallel import RangeResults
 from .values import digest, dumps
 
 #: The keys of a plan line the core reads. A migration may add its own (it reads them back itself).
@@ -164,9 +165,10 @@ class PageMap(Protocol):
     """`work(page)` over every page of a table, in worker processes over ranges of the snapshot when the dry-run
     plans from one (helpers.parallel): the results in document order, re-iterable (kept in scratch files). `work`
     must be picklable (a module-level function, or a functools.partial of one) and depend only on its page and
-    read-only look-ups (a scratch table passed to it is opened read-only in the worker)."""
+    read-only look-ups (a scratch table passed to it is opened read-only in the worker). `discard()` the results after
+    their last reading."""
 
-    def __call__(self, table: str, desc: str, work: Callable[[list[dict[str, Any]]], Any]) -> Iterable[Any]: ...
+    def __call__(self, table: str, desc: str, work: Callable[[list[dict[str, Any]]], Any]) -> RangeResults: ...
 
 
 @dataclass(frozen=True)

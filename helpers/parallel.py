@@ -58,6 +58,11 @@ class RangeResults:
         for path in self.files:
             yield from load_records(path)
 
+    def discard(self) -> None:
+        """Removes the files once read for the last time: the scratch folder's peak is the run's peak of disk."""
+        for path in self.files:
+            path.unlink(missing_ok=True)
+
 
 def map_ranges(work: RangeWork, total: int, *, workers: int, folder: Path, name: str) -> RangeResults:
     """Runs `work(start, stop)` (a picklable callable yielding one record per page) over the ranges of `split(total,

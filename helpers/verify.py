@@ -348,30 +348,33 @@ def run_checks(
             tallies.update({name: _Tally(name, text) for name, text in REFERENCE_CHECKS.items()})
         # The promise, per document (the plan's lines digested by the workers).
         planned = scratch.table("planned")
-        for page in map_pages(plan_lines, partial(_plan_page, migration), page_size=page_size, workers=workers,
-                              folder=scratch.path("ranges"), name="plan"):
+        promises = map_pages(plan_lines, partial(_plan_page, migration), page_size=page_size, workers=workers,
+                             folder=scratch.path("ranges"), name="plan")
+        for page in promises:
             for doc_id, _, owned in page:
                 tallies["nothing_outside_plan_changed"].add(owned, doc_id)
             planned.put((doc_id, plan) for doc_id, plan, _ in page)
+        promises.discard()
 
         # The state before, per document, as digests (by the workers, each looking its documents' plans up read-only),
         # with the document's plan moved beside it: a live page then finds both in one look-up (`planned` keeps only
         # lines for documents the backup lacks).
         before = scratch.table("before")
         for table in migration.tables:
-            for rows in map_pages(backup(table), partial(_backup_page, migration, table, planned), page_size=page_size,
-                                  workers=workers, folder=scratch.path("ranges"), name=f"backup-{table}"):
+            states = map_pages(backup(table), partial(_backup_page, migration, table, planned), page_size=page_size,
+                               workers=workers, folder=scratch.path("ranges"), name=f"backup-{table}")
+            for rows in states:
                 planned.delete(doc_id for doc_id, (_, plan, *_) in rows if plan is not None)
                 before.put(rows)
+            states.discard()
 
-        # Every reference, by (entity, asset type), with its entity: references left over point at no live document.
+        # Every reference, by (entity, asset type) (the key holds both; the value only what is checked, ~3 rows per
+        # document at the scratch file's peak): references left over point at no live document.
         references = scratch.table("references", multi=True)
         if tracks_assets:
             for rows in batched(live(REFERENCE_TABLE), page_size):
                 references.put(
-                    (reference_key(row["entityId"], row["assetType"]),
-                     (row["entityId"], row["assetType"], *_as_tuple(Reference.of(row, migration.id))))
-                    for row in rows
+                    (reference_key(row["entityId"], row["assetType"]), _as_tuple(Reference.of(row, migration.id))) for row in rows
                 )
 
         live_docs = scratch.table("live_docs")  # id -> changed by the application (for references left over)
@@ -407,7 +410,7 @@ def run_checks(
                         detail = check.detail(doc) if check.detail is not None and result is Verdict.FAIL else ""
                         tallies[check.name].add(result, doc_id, detail)
                     for asset_field, asset_type, key in ref_keys[doc_id]:
-                        refs = [Reference(*ref) for _, _, *ref in refs_by_key.get(key, [])]
+                        refs = [Reference(*ref) for ref in refs_by_key.get(key, [])]
                         asset = document.get(asset_field)
                         if type(asset) is dict:
                             tallies["references_match_assets"].add(check_references_match_asset(doc, asset, refs), doc_id, asset_type)
@@ -423,10 +426,10 @@ def run_checks(
 
         # References whose document no longer exists (or never did), one entity and asset type at a time.
         for group in batched(references.groups(), page_size):
-            live_flags = live_docs.get(rows[0][0] for _, rows in group)
-            for _, rows in group:
-                entity_id, asset_type = rows[0][0], rows[0][1]
-                refs = [Reference(*ref) for _, _, *ref in rows]
+            entities = [str(key).partition("\0") for key, _ in group]  # reference_key: "<entity id>\0<asset type>"
+            live_flags = live_docs.get(entity_id for entity_id, _, _ in entities)
+            for (entity_id, _, asset_type), (_, rows) in zip(entities, group, strict=True):
+                refs = [Reference(*ref) for ref in rows]
                 tallies["no_duplicate_references"].add(check_no_duplicate_references(refs), entity_id, asset_type)
                 tallies["references_point_at_documents"].add(check_reference_points_at_document(entity_id in live_flags, refs), entity_id)
                 if entity_id in live_flags:  # an asset type its table does not have

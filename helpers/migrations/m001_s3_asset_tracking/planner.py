@@ -9,6 +9,7 @@ rules run in worker processes over ranges of the snapshot (`PlanInputs.map_pages
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Iterator
 from functools import partial
 from typing import Any, NamedTuple
@@ -40,13 +41,14 @@ def plan(inputs: PlanInputs) -> Iterator[dict[str, Any] | PlanLine]:
     scenes = inputs.map_pages("scenes", "scenes", partial(_plan_scenes, bucket_base_url, sessions, any_tracked))
     key_uses = scratch.table("key_uses", multi=True)
     for page in scenes:
-        key_uses.put((key, None) for scene in page for key in scene.keys)
+        key_uses.put((key, None) for key in page.keys)
 
     # Pass 2, over the workers' results in scene order: settle duplicates, total each session's scene assets, yield the
     # final scene lines (only a blocked scene is decoded again).
     session_totals = scratch.table("session_totals")
-    for page in scenes:
-        uses = key_uses.counts(key for scene in page for key in scene.keys)
+    for encoded in scenes:
+        page: list[_Scene] = pickle.loads(encoded.scenes)
+        uses = key_uses.counts(encoded.keys)
         running = session_totals.get(scene.session_id for scene in page if scene.session_id is not None)
         for scene in page:
             line, contribution = scene.line, scene.contribution
@@ -63,6 +65,7 @@ def plan(inputs: PlanInputs) -> Iterator[dict[str, Any] | PlanLine]:
                 running.setdefault(scene.session_id, rules.SessionTotals()).add(*contribution)
             yield line
         session_totals.put(running.items())
+    scenes.discard()
     # Pass 3: sessions, with totals computed from their scenes' planned assets and their own.
     for page in batched((doc for _, doc in sessions.items()), page_size):
         ctx = _page_context(page, bucket_base_url, sessions, any_tracked)
@@ -80,13 +83,21 @@ class _Scene(NamedTuple):
     contribution: tuple[int, float, Any]
 
 
+class _ScenePage(NamedTuple):
+    """A page of pass 1: its scenes' S3 keys, and the scenes themselves pickled (the key count reads only the keys)."""
+
+    keys: list[str]
+    scenes: bytes
+
+
 def _plan_scenes(
     bucket_base_url: str | None, sessions: ScratchTable, tracked: ScratchTable | None, page: list[dict[str, Any]]
-) -> list[_Scene]:
+) -> _ScenePage:
     """Pass 1 for one page of scenes (in a worker process: the scratch tables are read-only there)."""
     ctx = _page_context(page, bucket_base_url, sessions, tracked)
     plans = [rules.plan_scene(doc, ctx) for doc in page]
-    return [_Scene(PlanLine.of(plan.to_line()), rules.asset_keys(plan), plan.session_id, plan_line.scene_contribution(plan)) for plan in plans]
+    scenes = [_Scene(PlanLine.of(plan.to_line()), rules.asset_keys(plan), plan.session_id, plan_line.scene_contribution(plan)) for plan in plans]
+    return _ScenePage([key for scene in scenes for key in scene.keys], pickle.dumps(scenes, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def _page_context(
