@@ -75,14 +75,6 @@ class ScratchTable:
                     found[key] = pickle.loads(value)
         return found
 
-    def counts(self, keys: Iterable[Key]) -> dict[Key, int]:
-        """How many values each of one page of keys has (0 when absent), counted by SQLite: no value is read."""
-        found = dict.fromkeys(keys, 0)
-        for part in batched(found, _IN_CHUNK):
-            marks = ",".join("?" * len(part))
-            found.update(self.db.execute(f"SELECT key, COUNT(*) FROM {self.name} WHERE key IN ({marks}) GROUP BY key", part))
-        return found
-
     def has(self, keys: Iterable[Key]) -> set[Key]:
         """Which of one page of keys are stored."""
         present: set[Key] = set()
@@ -134,6 +126,30 @@ class ScratchTable:
         return _open_read_only, (path, self.label, self.multi)
 
 
+class ScratchCounter:
+    """key → how many times it was added: one row per key (WITHOUT ROWID: the key is stored once, in the primary
+    key's B-tree), so counting 30M S3-key uses takes neither a value per use nor a second index."""
+
+    def __init__(self, db: sqlite3.Connection, name: str) -> None:
+        self.db, self.name = db, f'"c_{name}"'
+        db.execute(f"CREATE TABLE {self.name} (key PRIMARY KEY NOT NULL, n INTEGER NOT NULL) WITHOUT ROWID")
+
+    def add(self, keys: Iterable[Key]) -> None:
+        """Counts each key once more (a key given twice counts twice)."""
+        with self.db:
+            self.db.executemany(
+                f"INSERT INTO {self.name} VALUES (?, 1) ON CONFLICT (key) DO UPDATE SET n = n + 1", ((key,) for key in keys)
+            )
+
+    def counts(self, keys: Iterable[Key]) -> dict[Key, int]:
+        """How many times each of one page of keys was added (0 when never)."""
+        found = dict.fromkeys(keys, 0)
+        for part in batched(found, _IN_CHUNK):
+            marks = ",".join("?" * len(part))
+            found.update(self.db.execute(f"SELECT key, n FROM {self.name} WHERE key IN ({marks})", part))
+        return found
+
+
 _READ_ONLY: dict[str, sqlite3.Connection] = {}
 
 
@@ -159,10 +175,16 @@ class Scratch:
         self._names: set[str] = set()
 
     def table(self, name: str, *, multi: bool = False) -> ScratchTable:
+        return ScratchTable(self.db, self._claim(name), multi)
+
+    def counter(self, name: str) -> ScratchCounter:
+        return ScratchCounter(self.db, self._claim(name))
+
+    def _claim(self, name: str) -> str:
         if not name.isidentifier() or name in self._names:
             raise ValueError(f"scratch table name {name!r} is not a new identifier")
         self._names.add(name)
-        return ScratchTable(self.db, name, multi)
+        return name
 
     def path(self, name: str) -> Path:
         """A scratch file beside the database (e.g. a stream kept for a second local pass), removed with it."""

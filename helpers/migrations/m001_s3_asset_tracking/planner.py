@@ -39,9 +39,9 @@ def plan(inputs: PlanInputs) -> Iterator[dict[str, Any] | PlanLine]:
     # with its S3 keys and what it adds to its session's totals. Then record each key's uses (a key shared by scenes
     # blocks them all), keyed by the S3 key itself: keys of consecutive scenes are usually neighbours in SQLite's index.
     scenes = inputs.map_pages("scenes", "scenes", partial(_plan_scenes, bucket_base_url, sessions, any_tracked))
-    key_uses = scratch.table("key_uses", multi=True)
+    key_uses = scratch.counter("key_uses")
     for page in scenes:
-        key_uses.put((key, None) for key in page.keys)
+        key_uses.add(page.keys)
 
     # Pass 2, over the workers' results in scene order: settle duplicates, total each session's scene assets, yield the
     # final scene lines (only a blocked scene is decoded again).
