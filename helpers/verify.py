@@ -19,6 +19,8 @@ listed apart (not a failure), with the advice to run again in a new run folder.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -378,51 +380,44 @@ def run_checks(
                 )
 
         live_docs = scratch.table("live_docs")  # id -> changed by the application (for references left over)
-        for table in migration.tables:
-            asset_types = migration.reference_fields.get(table, {})
-            for page in batched(live(table), page_size):
-                ids = [document["_id"] for document in page]
-                backed_up = before.pop(ids)
-                befores = {doc_id: Before(*fields[2:]) for doc_id, fields in backed_up.items()}
-                plans = {doc_id: Planned(*fields[1]) for doc_id, fields in backed_up.items() if fields[1] is not None}
-                not_backed_up = [doc_id for doc_id in ids if doc_id not in backed_up]
-                if not_backed_up:
-                    plans.update((doc_id, Planned(*fields)) for doc_id, fields in planned.pop(not_backed_up).items())
-                ref_keys = {  # each (document, asset type)'s scratch key, computed once
-                    doc_id: [(asset_field, asset_type, reference_key(doc_id, asset_type)) for asset_field, asset_type in asset_types.items()]
-                    for doc_id in ids
-                }
-                refs_by_key = references.pop(key for keys in ref_keys.values() for _, _, key in keys) if asset_types else {}
-                joined_page = []
-                flags = []
-                for document in page:
-                    doc_id = document["_id"]
-                    doc = Joined(migration, table, befores.get(doc_id), plans.get(doc_id), document)
-                    joined_page.append(doc)
-                    by_app = doc.changed_by_application
-                    flags.append((doc_id, by_app))
-                    if by_app:
-                        changed.add(doc_id)
-                    if doc.before is None and doc.plan is None:
-                        created.add(doc_id)
-                    for check in document_checks:
-                        result = check.run(doc)
-                        detail = check.detail(doc) if check.detail is not None and result is Verdict.FAIL else ""
-                        tallies[check.name].add(result, doc_id, detail)
-                    for asset_field, asset_type, key in ref_keys[doc_id]:
-                        refs = [Reference(*ref) for ref in refs_by_key.get(key, [])]
-                        asset = document.get(asset_field)
-                        if type(asset) is dict:
-                            tallies["references_match_assets"].add(check_references_match_asset(doc, asset, refs), doc_id, asset_type)
-                            tallies["tracking_complete"].add(check_asset_tracked(doc, refs), doc_id, asset_type)
-                        else:
-                            tallies["references_match_assets"].add(check_reference_has_asset(by_app, refs), doc_id, asset_type)
-                        tallies["no_duplicate_references"].add(check_no_duplicate_references(refs), doc_id, asset_type)
-                        tallies["references_point_at_documents"].add(check_reference_points_at_document(True, refs), doc_id)
+
+        def take(table: str, page: list[dict[str, Any]], findings: _PageFindings) -> None:
+            """One page's findings into the tallies, in page order; then the migration's cross-document checks."""
+            for name, passed in findings.passed.items():
+                tallies[name].checked += passed
+            for name, result, doc_id, detail in findings.others:
+                tallies[name].add(result, doc_id, detail)
+            for doc_id, by_app in findings.flags:
+                if by_app:
+                    changed.add(doc_id)
+            for doc_id in findings.created:
+                created.add(doc_id)
+            if cross_checks:
+                joined_page = [
+                    Joined(migration, table, Before(*before) if before else None, Planned(*plan) if plan else None, document, untouched)
+                    for document, (before, plan), untouched in zip(page, findings.states, findings.untouched, strict=True)
+                ]
                 for cross in cross_checks:
                     for doc_id, result in cross.page(table, joined_page):
                         tallies[cross.name].add(result, doc_id)
-                live_docs.put(flags)
+            live_docs.put(findings.flags)
+
+        # Each live page's document and reference checks run in a worker process (several pages in flight, taken
+        # back in page order); the scratch tables stay in this process, which pops each page's state before sending it.
+        with _PageChecker(workers) as checker:
+            for table in migration.tables:
+                asset_types = migration.reference_fields.get(table, {})
+                for page in batched(live(table), page_size):
+                    ids = [document["_id"] for document in page]
+                    backed_up = before.pop(ids)
+                    plans = {doc_id: fields[1] for doc_id, fields in backed_up.items() if fields[1] is not None}
+                    not_backed_up = [doc_id for doc_id in ids if doc_id not in backed_up]
+                    if not_backed_up:
+                        plans.update(planned.pop(not_backed_up))
+                    states = [(tuple(backed_up[doc_id][2:]) if doc_id in backed_up else None, plans.get(doc_id)) for doc_id in ids]
+                    keys = [reference_key(doc_id, asset_type) for doc_id in ids for asset_type in asset_types.values()]
+                    refs_by_key = references.pop(keys) if asset_types else {}
+                    checker.submit(partial(take, table, page), _check_page, migration, table, page, states, refs_by_key, document_checks)
 
         # References whose document no longer exists (or never did), one entity and asset type at a time.
         for group in batched(references.groups(), page_size):
@@ -440,6 +435,94 @@ def run_checks(
 
     order = [c.name for c in document_checks] + [c.name for c in cross_checks] + (list(REFERENCE_CHECKS) if tracks_assets else [])
     return Outcome([tallies[name].result() for name in order], changed.ids, changed.count, created.ids, created.count)
+
+
+@dataclass
+class _PageFindings:
+    """What one live page's checks found: per check how many passed, the other verdicts in page order (with the
+    document and detail an example needs), each document's changed-by-the-application flag, the documents created
+    after the snapshot, and per document its state (Before, Planned as tuples) and untouched digest for the cross checks."""
+
+    passed: dict[str, int]
+    others: list[tuple[str, Verdict, str, str]]
+    flags: list[tuple[str, bool]]
+    created: list[str]
+    states: list[tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]]
+    untouched: list[bytes | None]
+
+
+def _check_page(
+    migration: Migration, table: str, page: list[dict[str, Any]], states: list[tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]],
+    refs_by_key: dict[Any, list[tuple[Any, ...]]], document_checks: tuple[DocumentCheck, ...],
+) -> _PageFindings:
+    """The document and reference checks of one live page (in a worker process when verify has several): pure."""
+    findings = _PageFindings({}, [], [], [], states, [])
+    passed = findings.passed
+
+    def add(name: str, result: Verdict | None, doc_id: str, detail: str = "") -> None:
+        if result is Verdict.PASS:
+            passed[name] = passed.get(name, 0) + 1
+        elif result is not None:
+            findings.others.append((name, result, doc_id, detail))
+
+    asset_types = migration.reference_fields.get(table, {})
+    for document, (before, plan) in zip(page, states, strict=True):
+        doc_id = document["_id"]
+        doc = Joined(migration, table, Before(*before) if before else None, Planned(*plan) if plan else None, document)
+        by_app = doc.changed_by_application
+        findings.flags.append((doc_id, by_app))
+        if doc.before is None and doc.plan is None:
+            findings.created.append(doc_id)
+        for check in document_checks:
+            result = check.run(doc)
+            add(check.name, result, doc_id, check.detail(doc) if check.detail is not None and result is Verdict.FAIL else "")
+        for asset_field, asset_type in asset_types.items():
+            refs = [Reference(*ref) for ref in refs_by_key.get(reference_key(doc_id, asset_type), [])]
+            asset = document.get(asset_field)
+            if type(asset) is dict:
+                add("references_match_assets", check_references_match_asset(doc, asset, refs), doc_id, asset_type)
+                add("tracking_complete", check_asset_tracked(doc, refs), doc_id, asset_type)
+            else:
+                add("references_match_assets", check_reference_has_asset(by_app, refs), doc_id, asset_type)
+            add("no_duplicate_references", check_no_duplicate_references(refs), doc_id, asset_type)
+            add("references_point_at_documents", check_reference_points_at_document(True, refs), doc_id)
+        findings.untouched.append(doc._untouched)
+    return findings
+
+
+class _PageChecker:
+    """Runs page checks in `workers` processes, at most `workers + 1` pages in flight, and hands each page's result
+    to its callback in submission order (one worker: at once, in this process)."""
+
+    def __init__(self, workers: int) -> None:
+        self.pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+        self.depth = workers + 1
+        self.pending: deque[tuple[Callable[[Any], None], Future[Any]]] = deque()
+
+    def __enter__(self) -> _PageChecker:
+        if self.pool is not None:  # every worker forked now, before the live pages' prefetch thread runs
+            wait([self.pool.submit(int) for _ in range(self.depth - 1)])
+        return self
+
+    def submit(self, done: Callable[[Any], None], work: Callable[..., Any], *args: Any) -> None:
+        if self.pool is None:
+            done(work(*args))
+            return
+        self.pending.append((done, self.pool.submit(work, *args)))
+        while len(self.pending) >= self.depth:
+            self._take()
+
+    def _take(self) -> None:
+        done, future = self.pending.popleft()
+        done(future.result())
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        try:
+            while kind is None and self.pending:
+                self._take()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(cancel_futures=True)
 
 
 def _plan_page(migration: Migration, lines: list[dict[str, Any]]) -> list[tuple[str, tuple[Any, ...], Verdict]]:
