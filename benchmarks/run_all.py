@@ -454,6 +454,7 @@ def bench_simulated(sizes: list[int], seed: int, tmp: Path) -> dict[str, Any]:
         figures[f"disk_peak_bytes_per_doc_{tag}"] = round(report["disk_peak_bytes"] / docs)
         figures[f"verify_vs_dry_run_{tag}"] = phases["verify"]["seconds"] / phases["dry_run"]["seconds"]
         figures[f"workers_{tag}"] = report["workers"]
+        figures[f"worker_peak_rss_mib_{tag}"] = report["worker_peak_rss_mib"]
         speedup = ""
         if "dry_run_1_worker" in phases:
             figures[f"parallel_speedup_{tag}"] = phases["dry_run_1_worker"]["seconds"] / phases["dry_run"]["seconds"]

@@ -147,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
 
     report.update(
         workers=args.workers or default_workers(),
+        # the largest worker's peak RSS (ru_maxrss of the ended children, KiB on Linux): what it inherited at fork and
+        # touched included, so an upper bound of what one worker adds
+        worker_peak_rss_mib=round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
         peak_rss_mib=peak_rss_mib(),
         documents=plan.documents,
         backup_counts=backup.counts,

@@ -18,8 +18,8 @@ listed apart (not a failure), with the advice to run again in a new run folder.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
 from collections import deque
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from functools import partial
@@ -287,8 +287,8 @@ def verify(
     transport: ConvexTransport, run_dir: Path, *, page_size: int = 4000, show_progress: bool = True, workers: int | None = None
 ) -> VerifyReport:
     """Every check, for this run folder's plan and backup against the deployment now. `workers` (default: this
-    machine's cores) processes digest the plan and the backup over ranges of each; the findings are the same for
-    any number of them."""
+    machine's cores) processes digest the plan and the backup over ranges of each, and check the live pages this
+    process reads; the findings are the same for any number of them."""
     migration = migration_of(run_dir)
     plan_summary = read_plan(run_dir)
     backup = read_backup(run_dir)
@@ -331,8 +331,8 @@ def run_checks(
     """Every check over the three sources, each read once: the plan's lines, then `backup(table)` and `live(table)`
     for each table the migration changes (and `live("assetReferences")` when it tracks assets). Pure: the caller
     decides where they come from. A plan or backup given as `helpers.parallel.Ranged` (a local file) is digested by
-    `workers` processes over its ranges; their results are stored in source order, so the findings do not depend on
-    how many there were.
+    `workers` processes over its ranges, and the live pages' checks run in them too; their results are taken in
+    source order, so the findings do not depend on how many there were.
 
     The join keeps its per-document state (the plan's promise and the backup's digests, the references) in a
     scratch SQLite file, and so do the migration's cross-document checks: each source streams past in pages of
