@@ -122,17 +122,22 @@ class ScratchTable:
     def __reduce__(self) -> tuple[Any, tuple[str, str, bool]]:
         """Sent to a worker process (helpers.parallel), the table opens there read-only on the same file: workers
         look up what the main process stored before, and never write."""
-        path = self.db.execute("PRAGMA database_list").fetchone()[2]
-        return _open_read_only, (path, self.label, self.multi)
+        return _open_read_only, (_path_of(self.db), self.label, self.multi)
 
 
 class ScratchCounter:
     """key → how many times it was added: one row per key (WITHOUT ROWID: the key is stored once, in the primary
     key's B-tree), so counting 30M S3-key uses takes neither a value per use nor a second index."""
 
-    def __init__(self, db: sqlite3.Connection, name: str) -> None:
-        self.db, self.name = db, f'"c_{name}"'
-        db.execute(f"CREATE TABLE {self.name} (key PRIMARY KEY NOT NULL, n INTEGER NOT NULL) WITHOUT ROWID")
+    def __init__(self, db: sqlite3.Connection, name: str, *, create: bool = True) -> None:
+        self.db, self.name, self.label = db, f'"c_{name}"', name
+        if create:
+            db.execute(f"CREATE TABLE {self.name} (key PRIMARY KEY NOT NULL, n INTEGER NOT NULL) WITHOUT ROWID")
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        """Sent to a worker process (helpers.parallel), the counter opens there on the same file, writable: workers
+        add their keys themselves (SQLite serialises their writes; counts do not depend on their order)."""
+        return _open_counter, (_path_of(self.db), self.label)
 
     def add(self, keys: Iterable[Key]) -> None:
         """Counts each key once more (a key given twice counts twice)."""
@@ -151,6 +156,21 @@ class ScratchCounter:
 
 
 _READ_ONLY: dict[str, sqlite3.Connection] = {}
+_WRITABLE: dict[str, sqlite3.Connection] = {}
+
+
+def _path_of(db: sqlite3.Connection) -> str:
+    return str(db.execute("PRAGMA database_list").fetchone()[2])
+
+
+def _open_counter(path: str, name: str) -> ScratchCounter:
+    """One writable connection per scratch file and worker process, as the main process's (no journal, no fsync)."""
+    db = _WRITABLE.get(path)
+    if db is None:
+        db = _WRITABLE[path] = sqlite3.connect(path, timeout=60)
+        db.execute("PRAGMA journal_mode=OFF")
+        db.execute("PRAGMA synchronous=OFF")
+    return ScratchCounter(db, name, create=False)
 
 
 def _open_read_only(path: str, name: str, multi: bool) -> ScratchTable:

@@ -9,14 +9,13 @@ rules run in worker processes over ranges of the snapshot (`PlanInputs.map_pages
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Iterator
 from functools import partial
 from typing import Any, NamedTuple
 
 from ... import jsonio
 from ...migration import PlanInputs, PlanLine, reference_key
-from ...scratch import ScratchTable, batched
+from ...scratch import ScratchCounter, ScratchTable, batched
 from . import plan_line, rules
 from .fields import ASSET_TYPES
 
@@ -36,19 +35,16 @@ def plan(inputs: PlanInputs) -> Iterator[dict[str, Any] | PlanLine]:
     any_tracked = tracked if len(tracked) else None  # None on the usual first run: no page needs the look-up
 
     # Pass 1, in worker processes over ranges of the scenes (the rules' cost): plan each scene provisionally, encoded,
-    # with its S3 keys and what it adds to its session's totals. Then record each key's uses (a key shared by scenes
-    # blocks them all), keyed by the S3 key itself: keys of consecutive scenes are usually neighbours in SQLite's index.
-    scenes = inputs.map_pages("scenes", "scenes", partial(_plan_scenes, bucket_base_url, sessions, any_tracked))
+    # with its S3 keys and what it adds to its session's totals; each worker counts its keys' uses (a key shared by
+    # scenes blocks them all) in a counter keyed by the S3 key itself (keys of consecutive scenes are neighbours there).
     key_uses = scratch.counter("key_uses")
-    for page in scenes:
-        key_uses.add(page.keys)
+    scenes = inputs.map_pages("scenes", "scenes", partial(_plan_scenes, bucket_base_url, sessions, any_tracked, key_uses))
 
     # Pass 2, over the workers' results in scene order: settle duplicates, total each session's scene assets, yield the
     # final scene lines (only a blocked scene is decoded again).
     session_totals = scratch.table("session_totals")
-    for encoded in scenes:
-        page: list[_Scene] = pickle.loads(encoded.scenes)
-        uses = key_uses.counts(encoded.keys)
+    for page in scenes:
+        uses = key_uses.counts(key for scene in page for key in scene.keys)
         running = session_totals.get(scene.session_id for scene in page if scene.session_id is not None)
         for scene in page:
             line, contribution = scene.line, scene.contribution
@@ -83,21 +79,15 @@ class _Scene(NamedTuple):
     contribution: tuple[int, float, Any]
 
 
-class _ScenePage(NamedTuple):
-    """A page of pass 1: its scenes' S3 keys, and the scenes themselves pickled (the key count reads only the keys)."""
-
-    keys: list[str]
-    scenes: bytes
-
-
 def _plan_scenes(
-    bucket_base_url: str | None, sessions: ScratchTable, tracked: ScratchTable | None, page: list[dict[str, Any]]
-) -> _ScenePage:
-    """Pass 1 for one page of scenes (in a worker process: the scratch tables are read-only there)."""
+    bucket_base_url: str | None, sessions: ScratchTable, tracked: ScratchTable | None, key_uses: ScratchCounter, page: list[dict[str, Any]]
+) -> list[_Scene]:
+    """Pass 1 for one page of scenes (in a worker process: the scratch tables are read-only there, the counter not)."""
     ctx = _page_context(page, bucket_base_url, sessions, tracked)
     plans = [rules.plan_scene(doc, ctx) for doc in page]
     scenes = [_Scene(PlanLine.of(plan.to_line()), rules.asset_keys(plan), plan.session_id, plan_line.scene_contribution(plan)) for plan in plans]
-    return _ScenePage([key for scene in scenes for key in scene.keys], pickle.dumps(scenes, protocol=pickle.HIGHEST_PROTOCOL))
+    key_uses.add(key for scene in scenes for key in scene.keys)
+    return scenes
 
 
 def _page_context(
