@@ -13,7 +13,9 @@
 3. latency: naive vs runbook again, both through a proxy adding 20 ms of round trip (a hosted deployment); by
    default the naive side writes a 1-in-10 sample and its time is extrapolated (printed as such).
 4. simulated: a deployment of 100k / 1M (/ 10M) scenes generated on the fly (benchmarks/simulated_deployment.py),
-   the runbook's peak RSS and seconds per 1,000 documents for backup, dry-run, apply and verify.
+   the runbook's peak RSS and seconds per 1,000 documents for backup, dry-run, apply and verify, the run folder's
+   bytes per document (at the end and, with the scratch, at the peak), verify's time over the dry-run's, and up to
+   1M the dry-run again with one worker (`parallel_speedup_<size>`).
 5. conversion cost: json.loads alone vs json.loads + rules.plan_scene over the same JSON lines.
 
 Prints a table per section, the goals, and last one `name: value` line per figure. Nothing is written to the
@@ -62,12 +64,16 @@ QUICK = {"naive": 1_000, "sizes": [2_000, 5_000], "conversion": 5_000, "repeats"
 SECTIONS = ("naive", "latency", "scale", "simulated", "conversion")
 LATENCY_MS = 20
 REQUIRED = ("round_trip_ratio", "wall_time_ratio", "peak_rss_mib_200k", "conversion_vs_json_loads",
-            "peak_rss_mib_1m", "seconds_per_1k_docs_100k", "seconds_per_1k_docs_1m", "wall_time_ratio_20ms")
+            "peak_rss_mib_1m", "seconds_per_1k_docs_100k", "seconds_per_1k_docs_1m", "wall_time_ratio_20ms",
+            "parallel_speedup_1m", "verify_vs_dry_run_1m", "run_folder_bytes_per_doc_1m", "disk_peak_bytes_per_doc_1m")
 GIB = 1024.0
-#: Disk a simulated size needs at its peak, per document (scenes and sessions), measured at 200k scenes on
-#: 2026-11-25: the plan (~3.0 KB a line), the dry-run's scratch copy of the scene plans (~2.9 KB), the simulated
-#: deployment's record of apply's writes (~1.4 KB), the backup and the checkpoint. 10M scenes: about 77 GiB.
-DISK_BYTES_PER_DOCUMENT = 7_500
+#: Disk a simulated size needs at its peak, per document (scenes and sessions): the run at its peak (~0.5 KB: the
+#: compressed plan, the backup, apply's checkpoint, the steps' scratch; `disk_peak_bytes_per_doc_<size>`) and the
+#: simulated deployment's record of apply's writes (~1.4 KB), with a margin. 10M scenes: about 26 GiB.
+DISK_BYTES_PER_DOCUMENT = 2_500
+#: The one-worker dry-run (for `parallel_speedup_<size>`) runs at sizes up to this: beyond it, it would add an hour.
+SERIAL_DRY_RUN_MAX = 1_000_000
+RUN_PHASES = ("backup", "dry_run", "apply", "verify")
 
 
 def label(n: int) -> str:
@@ -430,8 +436,9 @@ def bench_simulated(sizes: list[int], seed: int, tmp: Path) -> dict[str, Any]:
                                   env=env, stdout=subprocess.PIPE, text=True)
         try:
             ready = json.loads(server.stdout.readline()) if server.stdout else {}
+            serial = ["--serial-dry-run"] if n <= SERIAL_DRY_RUN_MAX else []
             process = subprocess.run(
-                [sys.executable, str(SCALE_STEP), "--url", ready["url"], "--run-dir", str(tmp / f"simulated-{label(n)}"), "--verify"],
+                [sys.executable, str(SCALE_STEP), "--url", ready["url"], "--run-dir", str(tmp / f"simulated-{label(n)}"), "--verify", *serial],
                 env=env, capture_output=True, text=True, timeout=6 * 3600, check=False,
             )
         finally:
@@ -442,22 +449,35 @@ def bench_simulated(sizes: list[int], seed: int, tmp: Path) -> dict[str, Any]:
         report = json.loads(process.stdout.strip().splitlines()[-1])
         phases = report["phases"]
         docs = report["documents"]
-        total_s = sum(p["seconds"] for p in phases.values())
+        total_s = sum(phases[p]["seconds"] for p in RUN_PHASES)
         tag = label(n)
-        run_dir = tmp / f"simulated-{tag}"
-        folder_bytes = sum(path.stat().st_size for path in run_dir.rglob("*") if path.is_file())
-        shutil.rmtree(run_dir)  # the next size needs the disk
+        shutil.rmtree(tmp / f"simulated-{tag}")  # the next size needs the disk
         figures[f"peak_rss_mib_{tag}"] = report["peak_rss_mib"]
         figures[f"seconds_per_1k_docs_{tag}"] = total_s / docs * 1000
-        figures[f"run_folder_bytes_per_doc_{tag}"] = round(folder_bytes / docs)
-        rows.append([tag, docs, *(phases[p]["seconds"] for p in ("backup", "dry_run", "apply", "verify")), total_s,
-                     total_s / docs * 1000, report["peak_rss_mib"], round(folder_bytes / docs),
+        figures[f"run_folder_bytes_per_doc_{tag}"] = round(report["run_folder_bytes"] / docs)
+        figures[f"disk_peak_bytes_per_doc_{tag}"] = round(report["disk_peak_bytes"] / docs)
+        figures[f"verify_vs_dry_run_{tag}"] = phases["verify"]["seconds"] / phases["dry_run"]["seconds"]
+        figures[f"workers_{tag}"] = report["workers"]
+        figures[f"worker_peak_rss_mib_{tag}"] = report["worker_peak_rss_mib"]
+        speedup = ""
+        if "dry_run_1_worker" in phases:
+            figures[f"parallel_speedup_{tag}"] = phases["dry_run_1_worker"]["seconds"] / phases["dry_run"]["seconds"]
+            # The same from CPU seconds, as on an idle machine: the main process's part is serial, the workers' shared.
+            dry = phases["dry_run"]
+            figures[f"parallel_speedup_cpu_{tag}"] = phases["dry_run_1_worker"]["cpu_seconds"] / (
+                dry["cpu_seconds"] + dry["workers_cpu_seconds"] / report["workers"])
+            speedup = f"{figures[f'parallel_speedup_{tag}']:.2f}x ({phases['dry_run_1_worker']['seconds']:.1f} s with 1)"
+            if not report["serial_plan_identical"]:
+                raise RuntimeError(f"at {n:,} scenes the one-worker dry-run wrote another plan than {report['workers']} workers")
+        rows.append([tag, docs, *(phases[p]["seconds"] for p in RUN_PHASES), total_s,
+                     total_s / docs * 1000, report["peak_rss_mib"], round(report["run_folder_bytes"] / docs),
+                     round(report["disk_peak_bytes"] / docs), report["workers"], speedup,
                      f"{report['apply_status']}, verify {'passed' if report['verify_passed'] else 'FAILED'}"])
         say(f"{tag}: {total_s:.1f} s, peak RSS {report['peak_rss_mib']} MiB")
     table(
         "Runbook pass per simulated size (RSS = the runbook process's own peak, VmHWM)",
         ["size", "documents", "backup s", "dry-run s", "apply s", "verify s", "total s", "s / 1k docs", "peak RSS MiB",
-         "run folder bytes / doc", "result"],
+         "run folder bytes / doc", "disk peak bytes / doc", "workers", "dry-run speedup", "result"],
         rows,
     )
     measured = [n for n in sizes if f"seconds_per_1k_docs_{label(n)}" in figures]
@@ -510,6 +530,12 @@ def goals(figures: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
         check("conversion_vs_json_loads", "<= 3", lambda v: v <= 3),
         check("peak_rss_mib_1m", "<= 512 MiB (simulated deployment, 1M scenes)", lambda v: v <= 512),
         check("seconds_per_1k_docs_growth", "<= 1.3 (time per 1k documents flat from the smallest to the largest simulated size)", lambda v: v <= 1.3),
+        check("parallel_speedup_1m", ">= 1.6 (dry-run with one worker / with the cores, 1M simulated scenes)", lambda v: v >= 1.6),
+        check("verify_vs_dry_run_1m", "<= 1.0 (verify's seconds / the dry-run's, 1M simulated scenes)", lambda v: v <= 1.0),
+        check("run_folder_bytes_per_doc_1m", "<= 1,500 (run folder at the end of the run, 1M simulated scenes)", lambda v: v <= 1500),
+        check("disk_peak_bytes_per_doc_1m", "<= 1,500 (run folder + scratch at the run's peak, 1M simulated scenes)", lambda v: v <= 1500),
+        check("peak_rss_mib_10m", "<= 512 MiB (simulated deployment, 10M scenes, with --simulated-sizes ...,10m)", lambda v: v <= 512),
+        check("run_folder_bytes_per_doc_10m", "<= 1,500 (10M simulated scenes)", lambda v: v <= 1500),
         check("wall_time_ratio_20ms", ">= 200 (naive / runbook dry-run + apply through 20 ms of round trip"
               + (f"; naive EXTRAPOLATED from the writes of 1 document in {figures['naive_write_sample_every_20ms']})"
                  if figures.get("naive_seconds_20ms_extrapolated") else ")"), lambda v: v >= 200),

@@ -11,6 +11,7 @@ attempt leaves no file that looks like a valid backup, so the step can simply ru
 from __future__ import annotations
 
 import hashlib
+import itertools
 import time
 import zipfile
 from collections.abc import Iterable, Iterator
@@ -238,14 +239,15 @@ def backup_age(summary: BackupSummary) -> timedelta:
     return datetime.now(UTC) - datetime.fromisoformat(summary.snapshot_time)
 
 
-def iter_backup_documents(backup: BackupSummary | Path, table: str) -> Iterator[dict[str, Any]]:
-    """Streams one table of the snapshot ZIP (a BackupSummary or a ZIP path), one document at a time."""
+def iter_backup_documents(backup: BackupSummary | Path, table: str, start: int = 0, stop: int | None = None) -> Iterator[dict[str, Any]]:
+    """Streams one table of the snapshot ZIP (a BackupSummary or a ZIP path), one document at a time: those from
+    `start` to `stop` (counted from 0; a worker process reads its range, the lines before it skipped unparsed)."""
     path = backup.zip_path if isinstance(backup, BackupSummary) else Path(backup)
     with zipfile.ZipFile(path) as archive:
         if f"{table}/documents.jsonl" not in archive.namelist():
             return
         with archive.open(f"{table}/documents.jsonl") as source:
-            for line in source:
+            for line in itertools.islice(source, start, stop):
                 yield _parse(line)
 
 

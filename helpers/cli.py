@@ -27,7 +27,7 @@ from .transport import ConvexTransport, redact_url
 from .migrations import all_migrations
 from .paths import CHECKOUT_ROOT
 from .run_folder import RUN_FILE, migration_id, operator_of
-from .runner import NOTEBOOKS_DIR, ROLLBACK_STEP, STEPS, RunResult, StepFailed, notebook_path, prepare_run, run_migration
+from .runner import DRY_RUN_STEPS, NOTEBOOKS_DIR, ROLLBACK_STEP, STEPS, RunResult, StepFailed, notebook_path, prepare_run, run_migration
 
 EXIT_FAILED = 1
 EXIT_REFUSED = 2
@@ -64,6 +64,20 @@ def group_parameters(items: Sequence[tuple[str, str, Any]]) -> dict[str, dict[st
     return parameters
 
 
+#: The steps whose per-document work spreads over processes (their notebooks' `workers` parameter).
+WORKER_STEPS = ("02_dry_run", "04_verify")
+
+
+def with_workers(parameters: dict[str, dict[str, Any]], workers: int | None, steps: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """`--workers N` as the `workers` parameter of the dry-run and verify, those of them among `steps` (the steps run)."""
+    if workers is None:
+        return parameters
+    for step in WORKER_STEPS:
+        if step in steps:
+            parameters.setdefault(step, {}).setdefault("workers", workers)
+    return parameters
+
+
 class _StepPrinter:
     """One line when a step starts and one with its status and duration when it ends: steps take minutes."""
 
@@ -93,7 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             confirm=args.confirm,
             runs_dir=args.runs_dir,
             steps=args.steps,
-            parameters=group_parameters(args.parameters),
+            parameters=with_workers(group_parameters(args.parameters), args.workers, args.steps or (DRY_RUN_STEPS if args.dry_run else STEPS)),
             operator=args.operator,
             run_dir=args.run_dir,
             on_step=printer,
@@ -291,6 +305,13 @@ def _steps(text: str) -> list[str]:
     return [step.strip() for step in text.split(",") if step.strip()]
 
 
+def _workers(text: str) -> int:
+    workers = int(text)
+    if workers < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {workers}")
+    return workers
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="runbook", description="Convex migration runbook (backup, dry run, apply, verify, rollback), headless.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -311,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-p", dest="parameters", type=parse_parameter, action="append", default=[], metavar="STEP.NAME=VALUE",
         help="a notebook parameter, typed like papermill -p (repeatable)",
     )
+    run.add_argument("--workers", type=_workers, help="processes for the dry-run and verify (default: this machine's cores)")
     run.set_defaults(handler=cmd_run)
 
     check = commands.add_parser(

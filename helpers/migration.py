@@ -11,14 +11,40 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
-from .values import digest
+from .parallel import RangeResults
+from .values import digest, dumps
 
 #: The keys of a plan line the core reads. A migration may add its own (it reads them back itself; the key its
 #: `status_key` names groups the dry-run tables). `expect`/`expectAbsent` are the precondition, `set`/`unset` the
 #: change and `references` the side rows to create (`migration:applyBatch`); `problems` are `{code, severity, message, field?}`.
 PLAN_LINE_KEYS = ("table", "id", "action", "expect", "expectAbsent", "set", "unset", "references", "problems")
+
+
+class PlanLine(NamedTuple):
+    """A plan line encoded as the plan file stores it, with what the dry-run's tables and problems.csv read of it:
+    a worker process encodes its lines (helpers.parallel), the main process only writes and counts them. `status`
+    is the line's value under the migration's `status_key`, `side_kinds` its side rows' kinds, `untracked` how many
+    fields the line says it holds untracked (`untrackedAssets`, a document the plan leaves alone)."""
+
+    raw: bytes
+    table: str
+    id: str
+    action: str
+    status: str
+    side_kinds: tuple[str, ...]
+    problems: tuple[dict[str, str], ...]
+    untracked: int
+
+    @classmethod
+    def of(cls, line: dict[str, Any], status_key: str | None, side_kind: str | None) -> PlanLine:
+        return cls(
+            dumps(line, sort_keys=True) + b"\n", line["table"], line["id"], line["action"],
+            str(line.get(status_key)) if status_key else "all",
+            tuple(str(ref.get(side_kind)) if side_kind else "None" for ref in line.get("references", ())),
+            tuple(line.get("problems", ())), len(line.get("untrackedAssets", ())),
+        )
 
 
 class Verdict(Enum):
@@ -143,15 +169,28 @@ class PageSource(Protocol):
     def __call__(self, table: str, desc: str) -> Iterator[list[dict[str, Any]]]: ...
 
 
+class PageMap(Protocol):
+    """`work(page)` over every page of a table, in worker processes over ranges of the snapshot when the dry-run
+    plans from one (helpers.parallel): the results in document order, re-iterable (kept in scratch files). `work`
+    must be picklable (a module-level function, or a functools.partial of one) and depend only on its page and
+    read-only look-ups (a scratch table passed to it is opened read-only in the worker). `discard()` the results after
+    their last reading."""
+
+    def __call__(self, table: str, desc: str, work: Callable[[list[dict[str, Any]]], Any]) -> RangeResults: ...
+
+
 @dataclass(frozen=True)
 class PlanInputs:
     """What the core gives a planner: pages of any table it reads, a scratch store for state across documents
-    (helpers.scratch.Scratch), the dry-run's options (e.g. bucket_base_url) and the page size."""
+    (helpers.scratch.Scratch), the dry-run's options (e.g. bucket_base_url), the page size, and `map_pages` for
+    the per-page work worth spreading over the machine's cores. A planner may yield plan lines as dicts or already
+    encoded (`helpers.plan.PlanLine`, from its workers)."""
 
     pages: PageSource
     scratch: Any
     options: Mapping[str, Any]
     page_size: int
+    map_pages: PageMap | None = None  # always given by the dry-run; a planner that needs no workers may ignore it
 
 
 @dataclass(frozen=True)
@@ -211,7 +250,7 @@ class Migration:
     changing_actions: frozenset[str]
     actions: tuple[str, ...]
     #: Plans every document: yields plan lines (dicts with PLAN_LINE_KEYS, plus its own keys).
-    planner: Callable[[PlanInputs], Iterator[dict[str, Any]]]
+    planner: Callable[[PlanInputs], Iterator[dict[str, Any] | PlanLine]]
     #: Its own document checks, after the core's, and its cross-document checks (built per verify pass).
     checks: tuple[DocumentCheck, ...] = ()
     cross_checks: Callable[[Any], Sequence[CrossDocumentCheck]] = lambda _scratch: ()
@@ -236,6 +275,15 @@ class Migration:
     def label(self, table: str) -> str:
         return self.labels.get(table, table)
 
+    def encode(self, line: dict[str, Any]) -> PlanLine:
+        """A plan line as the plan file stores it, with what the dry-run counts of it."""
+        return PlanLine.of(line, self.status_key, self.side_rows.kind if self.side_rows is not None else None)
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        """Sent to a worker process (helpers.parallel) by its id: the worker finds it in the registry (its planner
+        and checks are functions, which pickle by name anyway)."""
+        return _registered, (self.id,)
+
     def untouched_part(self, table: str, doc: Mapping[str, Any]) -> dict[str, Any]:
         """The fields this migration never writes (system fields included): what must stay exactly as it was."""
         owned = self.owned_fields.get(table, frozenset())
@@ -251,6 +299,11 @@ class Migration:
     def side_sources(self, table: str) -> Mapping[str, str]:
         """Document field -> kind of the side row tracking it, for one table (empty: none)."""
         return self.side_rows.sources.get(table, {}) if self.side_rows is not None else {}
+
+def _registered(migration_id: str) -> Migration:
+    from .migrations import get
+
+    return get(migration_id)
 
 
 def reference_key(owner: str, kind: str) -> str:

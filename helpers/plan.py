@@ -8,28 +8,33 @@ across documents lives in a scratch SQLite file (helpers/scratch.py) it is hande
 from __future__ import annotations
 
 import csv
+import itertools
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from pydantic import BaseModel, Field
 
-from . import jsonio
+from . import compression, jsonio, parallel
 from .archive import sha256_file, write_json_atomic
 from .backup import BackupSummary, iter_backup_documents, require_backup
 from .deployment import iter_pages
 from .errors import PreconditionFailed
-from .migration import Migration, PlanInputs
+from .migration import Migration, PlanInputs, PlanLine
+from .parallel import RangeResults, Ranged, default_workers
 from .progress import progress
 from .run_folder import locked_step, migration_of
 from .scratch import Scratch, batched, few_collections, prefetch
 from .transport import ConvexTransport, redact_url
 
 PLAN_DIR = "plan"
-PLAN_FILE = "plan.jsonl"
+PLAN_FILE = "plan.jsonl.zst"
+#: The plan file of run folders written before the plan was compressed: still read (its summary names it).
+UNCOMPRESSED_PLAN_FILE = "plan.jsonl"
 PLAN_SUMMARY_FILE = "plan.json"
 PROBLEMS_FILE = "problems.csv"
 EXAMPLES_PER_REASON = 5
@@ -96,8 +101,6 @@ class _Tally:
     """Counts for the dry-run tables, filled while lines stream past."""
 
     def __init__(self, migration: Migration) -> None:
-        #: The plan line key grouping the by-status tables, and the field telling the side rows' kinds apart.
-        self.status_key, self.kind = migration.status_key, migration.side_rows.kind if migration.side_rows else None
         self.changing = migration.changing_actions
         self.untracked: dict[str, UntrackedAssets] = {}
         self.actions: dict[str, Counter[str]] = defaultdict(Counter)
@@ -105,21 +108,20 @@ class _Tally:
         self.references: Counter[str] = Counter()
         self.problems: dict[tuple[str, str, str], ProblemCount] = {}
 
-    def add(self, line: dict[str, Any]) -> None:
-        table, action = line["table"], line["action"]
+    def add(self, line: PlanLine) -> None:
+        table, action = line.table, line.action
         self.actions[table][action] += 1
-        self.by_status[table][str(line.get(self.status_key) if self.status_key else "all")][action] += 1
-        for ref in line.get("references", ()):
-            self.references[str(ref.get(self.kind) if self.kind else None)] += 1
+        self.by_status[table][line.status][action] += 1
+        for kind in line.side_kinds:
+            self.references[kind] += 1
         counted = set()
-        untracked = line.get("untrackedAssets")  # optional key: asset types the document holds untracked
-        if untracked and action not in self.changing:
+        if line.untracked and action not in self.changing:  # a document the plan leaves alone, holding untracked fields
             entry = self.untracked.setdefault(table, UntrackedAssets(table=table))
             entry.documents += 1
-            entry.assets += len(untracked)
+            entry.assets += line.untracked
             if len(entry.examples) < EXAMPLES_PER_REASON:
-                entry.examples.append(line["id"])
-        for problem in line.get("problems", ()):
+                entry.examples.append(line.id)
+        for problem in line.problems:
             key = (table, problem["code"], problem["severity"])
             if key in counted:  # a document counts once per reason, however many of its fields have it
                 continue
@@ -131,11 +133,7 @@ class _Tally:
                 )
             entry.count += 1
             if len(entry.examples) < EXAMPLES_PER_REASON:
-                entry.examples.append(line["id"])
-
-
-def _dump(line: dict[str, Any]) -> bytes:
-    return jsonio.dumps(line, sort_keys=True) + b"\n"
+                entry.examples.append(line.id)
 
 
 PlanSource = Literal["snapshot", "live"]
@@ -150,13 +148,20 @@ def build_plan(
     bucket_base_url: str | None = None,
     show_progress: bool = True,
     source: PlanSource = "snapshot",
+    workers: int | None = None,
 ) -> PlanSummary:
-    """Plans every document (changing nothing) and writes plan/plan.jsonl, plan/plan.json and the CSV tables.
+    """Plans every document (changing nothing) and writes plan/plan.jsonl.zst, plan/plan.json and the CSV tables.
 
     `source="snapshot"` (the default) plans from this run folder's backup ZIP: one consistent instant, no
     second read of production. `source="live"` reads the deployment's tables page by page instead (the next
     page is fetched while this one is planned). Either way apply's per-document preconditions catch what
-    changed since. Each source is read once; per-document state lives in a scratch SQLite file."""
+    changed since. Each source is read once; per-document state lives in a scratch SQLite file.
+
+    `workers` (default: this machine's cores) processes share the migration's per-page work over ranges of the
+    snapshot (helpers.parallel); the plan's bytes are the same for any number of them."""
+    workers = default_workers() if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, not {workers}")
     if source not in ("snapshot", "live"):
         raise ValueError(f"source must be 'snapshot' or 'live', not {source!r}")
     out = plan_dir(run_dir)
@@ -182,18 +187,32 @@ def build_plan(
 
     tally = _Tally(migration)
     plan_path, problems_path = out / PLAN_FILE, out / PROBLEMS_FILE
-    partial, problems_partial = plan_path.with_suffix(".partial"), problems_path.with_suffix(".partial")
+    plan_partial, problems_partial = out / "plan.partial.jsonl.zst", problems_path.with_suffix(".partial")
     options = {"bucket_base_url": bucket_base_url}
     # Fewer GC passes only from the snapshot: with the HTTP client in the loop its reference cycles hold page bodies
     # until a collection (helpers.scratch.few_collections).
     gc_passes = few_collections() if snapshot is not None else nullcontext()
-    with gc_passes, Scratch() as scratch, partial.open("wb") as sink, problems_partial.open("w", newline="", encoding="utf-8") as details:
+    with gc_passes, Scratch() as scratch, compression.open_write(plan_partial) as sink, problems_partial.open("w", newline="", encoding="utf-8") as details:
         problem_rows = _ProblemDetails(details)
-        for line in migration.planner(PlanInputs(pages, scratch, options, page_size)):
-            tally.add(line)
-            sink.write(_dump(line))
-            problem_rows.add(line)
-    partial.replace(plan_path)
+
+        def map_pages(table: str, desc: str, work: Callable[[list[dict[str, Any]]], Any]) -> RangeResults:
+            folder = scratch.path("ranges")
+            if snapshot is None:  # live pages come one at a time through this process's HTTP client
+                documents = (doc for page in pages(table, desc) for doc in page)
+                return parallel.map_pages(documents, work, page_size=page_size, workers=1, folder=folder, name=table)
+            bar = progress(desc=desc, total=totals.get(table), show=show_progress)  # the workers' pages: whole ranges
+            source = Ranged(partial(iter_backup_documents, snapshot.zip_path, table), totals.get(table, 0))
+            results = parallel.map_pages(source, work, page_size=page_size, workers=workers, folder=folder, name=table)
+            bar.update(totals.get(table, 0))
+            bar.close()
+            return results
+
+        for line in migration.planner(PlanInputs(pages, scratch, options, page_size, map_pages)):
+            encoded = line if type(line) is PlanLine else migration.encode(line)
+            tally.add(encoded)
+            sink.write(encoded.raw)
+            problem_rows.add(encoded)
+    plan_partial.replace(plan_path)
     problems_partial.replace(problems_path)
 
     summary = PlanSummary(
@@ -216,7 +235,8 @@ def build_plan(
 
 
 def read_plan(run_dir: Path) -> PlanSummary:
-    """The plan of this run folder, after checking that plan.jsonl is the file the dry-run wrote."""
+    """The plan of this run folder, after checking that its plan file is the file the dry-run wrote (its sha256 as
+    stored: of the compressed bytes for plan.jsonl.zst, of the text for an older folder's plan.jsonl)."""
     out = plan_dir(run_dir)
     summary_path = out / PLAN_SUMMARY_FILE
     if not summary_path.exists():
@@ -224,21 +244,28 @@ def read_plan(run_dir: Path) -> PlanSummary:
             f"No plan in {out}.", hint=f"Run step 02 in this run folder first ({Path(run_dir) / '02_dry_run' / '02_dry_run.ipynb'}): apply executes its plan."
         )
     summary = PlanSummary.model_validate_json(summary_path.read_bytes())
-    actual = sha256_file(out / PLAN_FILE) if (out / PLAN_FILE).exists() else "missing"
+    path = plan_path(run_dir)
+    actual = sha256_file(path) if path.exists() else "missing"
     if actual != summary.plan_sha256:
         raise PreconditionFailed(
-            f"The plan file {out / PLAN_FILE} does not match the dry-run's hash "
+            f"The plan file {path} does not match the dry-run's hash "
             f"(expected {summary.plan_sha256[:12]}…, found {actual[:12]}…): it was altered or replaced.",
             hint="Never edit a plan: run the dry-run again in a new run folder.",
         )
     return summary
 
 
-def iter_plan_lines(run_dir: Path) -> Iterator[dict[str, Any]]:
-    """Streams the plan's lines in order; call read_plan first to check its hash."""
-    with (plan_dir(run_dir) / PLAN_FILE).open("rb") as source:
-        for raw in source:
-            yield jsonio.loads(raw)
+def plan_path(run_dir: Path) -> Path:
+    """The run folder's plan file: plan.jsonl.zst, or plan.jsonl in a folder written before the plan was compressed."""
+    out = plan_dir(run_dir)
+    return out / UNCOMPRESSED_PLAN_FILE if (out / UNCOMPRESSED_PLAN_FILE).exists() else out / PLAN_FILE
+
+
+def iter_plan_lines(run_dir: Path, start: int = 0, stop: int | None = None) -> Iterator[dict[str, Any]]:
+    """Streams the plan's lines in order (those from `start` to `stop`, counted from 0; the others are skipped
+    unparsed); call read_plan first to check its hash."""
+    for raw in itertools.islice(compression.iter_lines(plan_path(run_dir)), start, stop):
+        yield jsonio.loads(raw)
 
 
 def example_pairs(run_dir: Path, n: int) -> list[tuple[dict[str, Any], dict[str, Any]]]:
@@ -271,10 +298,10 @@ class _ProblemDetails:
         self.writer = csv.writer(sink)
         self.writer.writerow(["table", "id", "action", "code", "severity", "field", "message"])
 
-    def add(self, line: dict[str, Any]) -> None:
-        for problem in line.get("problems", ()):
+    def add(self, line: PlanLine) -> None:
+        for problem in line.problems:
             self.writer.writerow(
-                [line["table"], line["id"], line["action"], problem["code"], problem["severity"], problem.get("field", ""), problem["message"]]
+                [line.table, line.id, line.action, problem["code"], problem["severity"], problem.get("field", ""), problem["message"]]
             )
 
 

@@ -38,8 +38,11 @@ def _dump(value: Any) -> bytes:
 class ScratchTable:
     """key → value (any picklable value), or key → [values] when `multi`; loaded and read in bulk."""
 
-    def __init__(self, db: sqlite3.Connection, name: str, multi: bool) -> None:
+    def __init__(self, db: sqlite3.Connection, name: str, multi: bool, *, create: bool = True) -> None:
         self.db, self.name, self.multi = db, f'"t_{name}"', multi
+        self.label = name
+        if not create:
+            return
         if multi:
             db.execute(f"CREATE TABLE {self.name} (key NOT NULL, value BLOB NOT NULL)")
             db.execute(f'CREATE INDEX "i_{name}" ON {self.name} (key)')
@@ -72,14 +75,6 @@ class ScratchTable:
                     found[key] = pickle.loads(value)
         return found
 
-    def counts(self, keys: Iterable[Key]) -> dict[Key, int]:
-        """How many values each of one page of keys has (0 when absent), counted by SQLite: no value is read."""
-        found = dict.fromkeys(keys, 0)
-        for part in batched(found, _IN_CHUNK):
-            marks = ",".join("?" * len(part))
-            found.update(self.db.execute(f"SELECT key, COUNT(*) FROM {self.name} WHERE key IN ({marks}) GROUP BY key", part))
-        return found
-
     def has(self, keys: Iterable[Key]) -> set[Key]:
         """Which of one page of keys are stored."""
         present: set[Key] = set()
@@ -96,10 +91,14 @@ class ScratchTable:
         """As `get`, and removes what it returns: what is left at the end was never asked for."""
         keys = list(dict.fromkeys(keys))
         found = self.get(keys)
-        with self.db:
-            for part in batched(keys, _IN_CHUNK):
-                self.db.execute(f"DELETE FROM {self.name} WHERE key IN ({','.join('?' * len(part))})", part)
+        self.delete(keys)
         return found
+
+    def delete(self, keys: Iterable[Key]) -> None:
+        """Removes one page of keys (and their values)."""
+        with self.db:
+            for part in batched(dict.fromkeys(keys), _IN_CHUNK):
+                self.db.execute(f"DELETE FROM {self.name} WHERE key IN ({','.join('?' * len(part))})", part)
 
     def items(self) -> Iterator[tuple[Key, Any]]:
         """Every stored (key, value) in insertion order, streamed (one row per value when multi)."""
@@ -120,6 +119,67 @@ class ScratchTable:
     def __len__(self) -> int:
         return int(self.db.execute(f"SELECT COUNT(*) FROM {self.name}").fetchone()[0])
 
+    def __reduce__(self) -> tuple[Any, tuple[str, str, bool]]:
+        """Sent to a worker process (helpers.parallel), the table opens there read-only on the same file: workers
+        look up what the main process stored before, and never write."""
+        return _open_read_only, (_path_of(self.db), self.label, self.multi)
+
+
+class ScratchCounter:
+    """key → how many times it was added: one row per key (WITHOUT ROWID: the key is stored once, in the primary
+    key's B-tree), so counting 30M S3-key uses takes neither a value per use nor a second index."""
+
+    def __init__(self, db: sqlite3.Connection, name: str, *, create: bool = True) -> None:
+        self.db, self.name, self.label = db, f'"c_{name}"', name
+        if create:
+            db.execute(f"CREATE TABLE {self.name} (key PRIMARY KEY NOT NULL, n INTEGER NOT NULL) WITHOUT ROWID")
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        """Sent to a worker process (helpers.parallel), the counter opens there on the same file, writable: workers
+        add their keys themselves (SQLite serialises their writes; counts do not depend on their order)."""
+        return _open_counter, (_path_of(self.db), self.label)
+
+    def add(self, keys: Iterable[Key]) -> None:
+        """Counts each key once more (a key given twice counts twice)."""
+        with self.db:
+            self.db.executemany(
+                f"INSERT INTO {self.name} VALUES (?, 1) ON CONFLICT (key) DO UPDATE SET n = n + 1", ((key,) for key in keys)
+            )
+
+    def counts(self, keys: Iterable[Key]) -> dict[Key, int]:
+        """How many times each of one page of keys was added (0 when never)."""
+        found = dict.fromkeys(keys, 0)
+        for part in batched(found, _IN_CHUNK):
+            marks = ",".join("?" * len(part))
+            found.update(self.db.execute(f"SELECT key, n FROM {self.name} WHERE key IN ({marks})", part))
+        return found
+
+
+_READ_ONLY: dict[str, sqlite3.Connection] = {}
+_WRITABLE: dict[str, sqlite3.Connection] = {}
+
+
+def _path_of(db: sqlite3.Connection) -> str:
+    return str(db.execute("PRAGMA database_list").fetchone()[2])
+
+
+def _open_counter(path: str, name: str) -> ScratchCounter:
+    """One writable connection per scratch file and worker process, as the main process's (no journal, no fsync)."""
+    db = _WRITABLE.get(path)
+    if db is None:
+        db = _WRITABLE[path] = sqlite3.connect(path, timeout=60)
+        db.execute("PRAGMA journal_mode=OFF")
+        db.execute("PRAGMA synchronous=OFF")
+    return ScratchCounter(db, name, create=False)
+
+
+def _open_read_only(path: str, name: str, multi: bool) -> ScratchTable:
+    """One read-only connection per scratch file and process, shared by its tables."""
+    db = _READ_ONLY.get(path)
+    if db is None:
+        db = _READ_ONLY[path] = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
+    return ScratchTable(db, name, multi, create=False)
+
 
 class Scratch:
     """A temporary SQLite database of named tables, removed on close. Not durable on purpose (journal and fsync
@@ -135,10 +195,16 @@ class Scratch:
         self._names: set[str] = set()
 
     def table(self, name: str, *, multi: bool = False) -> ScratchTable:
+        return ScratchTable(self.db, self._claim(name), multi)
+
+    def counter(self, name: str) -> ScratchCounter:
+        return ScratchCounter(self.db, self._claim(name))
+
+    def _claim(self, name: str) -> str:
         if not name.isidentifier() or name in self._names:
             raise ValueError(f"scratch table name {name!r} is not a new identifier")
         self._names.add(name)
-        return ScratchTable(self.db, name, multi)
+        return name
 
     def path(self, name: str) -> Path:
         """A scratch file beside the database (e.g. a stream kept for a second local pass), removed with it."""

@@ -18,8 +18,11 @@ listed apart (not a failure), with the advice to run again in a new run folder.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +32,9 @@ from .backup import iter_backup_documents, read_backup
 from .deployment import iter_pages
 from .migration import Before, DocumentCheck, Joined, Migration, Planned, SideRows, Verdict, reference_key, verdict
 from .plan import iter_plan_lines, paged_progress, read_plan
+from .parallel import Ranged, default_workers, map_pages
 from .run_folder import locked_step, migration_of
-from .scratch import Scratch, batched, few_collections, prefetch
+from .scratch import Scratch, ScratchTable, batched, prefetch
 from .transport import ConvexTransport
 from .values import digest
 
@@ -300,7 +304,12 @@ class Outcome:
 
 
 @locked_step("04_verify")
-def verify(transport: ConvexTransport, run_dir: Path, *, page_size: int = 4000, show_progress: bool = True) -> VerifyReport:
+def verify(
+    transport: ConvexTransport, run_dir: Path, *, page_size: int = 4000, show_progress: bool = True, workers: int | None = None
+) -> VerifyReport:
+    """Every check, for this run folder's plan and backup against the deployment now. `workers` (default: this
+    machine's cores) processes digest the plan and the backup over ranges of each, and check the live pages this
+    process reads; the findings are the same for any number of them."""
     migration = migration_of(run_dir)
     plan_summary = read_plan(run_dir)
     backup = read_backup(run_dir)
@@ -314,7 +323,9 @@ def verify(transport: ConvexTransport, run_dir: Path, *, page_size: int = 4000, 
         return (document for page in pages for document in page)
 
     outcome = run_checks(
-        iter_plan_lines(run_dir), lambda table: iter_backup_documents(backup, table), live, migration=migration, page_size=page_size
+        Ranged(partial(iter_plan_lines, run_dir), plan_summary.documents),
+        lambda table: Ranged(partial(iter_backup_documents, backup.zip_path, table), backup.counts.get(table, 0)),
+        live, migration=migration, page_size=page_size, workers=default_workers() if workers is None else workers,
     )
     return report(outcome, migration.id, plan_summary.plan_sha256, backup.sha256)
 
@@ -334,6 +345,7 @@ def report(outcome: Outcome, migration_id: str, plan_sha256: str, backup_sha256:
     )
 
 
+
 def run_checks(
     plan_lines: Iterable[dict[str, Any]],
     backup: Callable[[str], Iterable[dict[str, Any]]],
@@ -341,10 +353,13 @@ def run_checks(
     *,
     migration: Migration,
     page_size: int = 4000,
+    workers: int = 1,
 ) -> Outcome:
     """Every check over the three sources, each read once: the plan's lines, then `backup(table)` and `live(table)`
     for each table the migration changes (and `live(side_rows.table)` when it creates side rows). Pure: the caller
-    decides where they come from.
+    decides where they come from. A plan or backup given as `helpers.parallel.Ranged` (a local file) is digested by
+    `workers` processes over its ranges, and the live pages' checks run in them too; their results are taken in
+    source order, so the findings do not depend on how many there were.
 
     The join keeps its per-document state (the plan's promise and the backup's digests, the references) in a
     scratch SQLite file, and so do the migration's cross-document checks: each source streams past in pages of
@@ -354,7 +369,7 @@ def run_checks(
     tallies = {c.name: _Tally(c.name, c.description) for c in document_checks}
     changed = _Listed()
     created = _Listed()
-    untracked = _Listed()  # blocked documents holding an asset no reference tracks
+    untracked = _Listed()  # blocked documents holding a tracked field no side row tracks
     untracked_assets = 0
 
     with Scratch() as scratch:
@@ -362,100 +377,90 @@ def run_checks(
         tallies.update({c.name: _Tally(c.name, c.description) for c in cross_checks})
         if side is not None:
             tallies.update({name: _Tally(name, text) for name, text in reference_checks(side).items()})
-        # The plan and the backup are local files: fewer GC passes there (helpers.scratch.few_collections; not
-        # while live pages come, whose HTTP client leaves cycles holding page bodies).
-        with few_collections():
-            # The promise, per document.
-            planned = scratch.table("planned")
-            for lines in batched(plan_lines, page_size):
-                for line in lines:
-                    tallies["nothing_outside_plan_changed"].add(check_plan_writes_only_owned_fields(migration, line), line["id"])
-                planned.put((line["id"], _as_tuple(Planned.of(migration, line))) for line in lines)
+        # The promise, per document (the plan's lines digested by the workers).
+        planned = scratch.table("planned")
+        promises = map_pages(plan_lines, partial(_plan_page, migration), page_size=page_size, workers=workers,
+                             folder=scratch.path("ranges"), name="plan")
+        for page in promises:
+            for doc_id, _, owned in page:
+                tallies["nothing_outside_plan_changed"].add(owned, doc_id)
+            planned.put((doc_id, plan) for doc_id, plan, _ in page)
+        promises.discard()
 
-            # The state before, per document, as digests, with the document's plan moved beside it: a live page then
-            # finds both in one look-up (`planned` keeps only lines for documents the backup lacks).
-            before = scratch.table("before")
-            for table in migration.tables:
-                for page in batched(backup(table), page_size):
-                    plans = planned.pop(doc["_id"] for doc in page)
-                    rows = []
-                    for doc in page:
-                        plan = plans.get(doc["_id"])
-                        touched = _touched(Planned(*plan)) if plan is not None else ()
-                        rows.append((doc["_id"], (table, plan, *_as_tuple(Before.of(migration, table, doc, touched)))))
-                    before.put(rows)
+        # The state before, per document, as digests (by the workers, each looking its documents' plans up read-only),
+        # with the document's plan moved beside it: a live page then finds both in one look-up (`planned` keeps only
+        # lines for documents the backup lacks).
+        before = scratch.table("before")
+        for table in migration.tables:
+            states = map_pages(backup(table), partial(_backup_page, migration, table, planned), page_size=page_size,
+                               workers=workers, folder=scratch.path("ranges"), name=f"backup-{table}")
+            for rows in states:
+                planned.delete(doc_id for doc_id, (_, plan, *_) in rows if plan is not None)
+                before.put(rows)
+            states.discard()
 
-        # Every side row, by (owner, kind), with its owner: rows left over point at no live document.
+        # Every side row, by (owner, kind) (the key holds both; the value only what is checked, ~3 rows per document
+        # at the scratch file's peak): rows left over point at no live document.
         references = scratch.table("references", multi=True)
         if side is not None:
             for rows in batched(live(side.table), page_size):
                 references.put(
-                    (reference_key(row[side.owner], row[side.kind]),
-                     (row[side.owner], row[side.kind], *_as_tuple(Reference.of(row, side, migration.id))))
-                    for row in rows
+                    (reference_key(row[side.owner], row[side.kind]), _as_tuple(Reference.of(row, side, migration.id))) for row in rows
                 )
 
         live_docs = scratch.table("live_docs")  # id -> changed by the application (for references left over)
-        for table in migration.tables:
-            asset_types = migration.side_sources(table)
-            for page in batched(live(table), page_size):
-                ids = [document["_id"] for document in page]
-                backed_up = before.pop(ids)
-                befores = {doc_id: Before(*fields[2:]) for doc_id, fields in backed_up.items()}
-                plans = {doc_id: Planned(*fields[1]) for doc_id, fields in backed_up.items() if fields[1] is not None}
-                not_backed_up = [doc_id for doc_id in ids if doc_id not in backed_up]
-                if not_backed_up:
-                    plans.update((doc_id, Planned(*fields)) for doc_id, fields in planned.pop(not_backed_up).items())
-                ref_keys = {  # each (document, asset type)'s scratch key, computed once
-                    doc_id: [(asset_field, asset_type, reference_key(doc_id, asset_type)) for asset_field, asset_type in asset_types.items()]
-                    for doc_id in ids
-                }
-                refs_by_key = references.pop(key for keys in ref_keys.values() for _, _, key in keys) if asset_types else {}
-                joined_page = []
-                flags = []
-                for document in page:
-                    doc_id = document["_id"]
-                    doc = Joined(migration, table, befores.get(doc_id), plans.get(doc_id), document)
-                    joined_page.append(doc)
-                    by_app = doc.changed_by_application
-                    flags.append((doc_id, by_app))
-                    if by_app:
-                        changed.add(doc_id)
-                    if doc.before is None and doc.plan is None:
-                        created.add(doc_id)
-                    for check in document_checks:
-                        result = check.run(doc)
-                        detail = check.detail(doc) if check.detail is not None and result is Verdict.FAIL else ""
-                        tallies[check.name].add(result, doc_id, detail)
-                    held_untracked = 0
-                    for asset_field, asset_type, key in ref_keys[doc_id]:
-                        refs = [Reference(*ref) for _, _, *ref in refs_by_key.get(key, [])]
-                        asset = document.get(asset_field)
-                        if type(asset) is dict:
-                            tallies["references_match_assets"].add(check_references_match_asset(doc, asset, refs), doc_id, asset_type)
-                            tallies["tracking_complete"].add(check_asset_tracked(doc, refs), doc_id, asset_type)
-                            held_untracked += not refs and doc.plan is not None and not doc.plan.migratable
-                        else:
-                            tallies["references_match_assets"].add(check_reference_has_asset(by_app, refs), doc_id, asset_type)
-                        tallies["no_duplicate_references"].add(check_no_duplicate_references(refs), doc_id, asset_type)
-                        tallies["references_point_at_documents"].add(check_reference_points_at_document(True, refs), doc_id)
-                    if held_untracked:
-                        untracked.add(doc_id)
-                        untracked_assets += held_untracked
+
+        def take(table: str, page: list[dict[str, Any]], findings: _PageFindings) -> None:
+            """One page's findings into the tallies, in page order; then the migration's cross-document checks."""
+            nonlocal untracked_assets
+            for name, passed in findings.passed.items():
+                tallies[name].checked += passed
+            for name, result, doc_id, detail in findings.others:
+                tallies[name].add(result, doc_id, detail)
+            for doc_id, by_app in findings.flags:
+                if by_app:
+                    changed.add(doc_id)
+            for doc_id in findings.created:
+                created.add(doc_id)
+            for doc_id, held in findings.untracked:
+                untracked.add(doc_id)
+                untracked_assets += held
+            if cross_checks:
+                joined_page = [
+                    Joined(migration, table, Before(*before) if before else None, Planned(*plan) if plan else None, document, untouched)
+                    for document, (before, plan), untouched in zip(page, findings.states, findings.untouched, strict=True)
+                ]
                 for cross in cross_checks:
                     for doc_id, result in cross.page(table, joined_page):
                         tallies[cross.name].add(result, doc_id)
-                live_docs.put(flags)
+            live_docs.put(findings.flags)
 
-        # References whose document no longer exists (or never did), one entity and asset type at a time.
+        # Each live page's document and reference checks run in a worker process (several pages in flight, taken
+        # back in page order); the scratch tables stay in this process, which pops each page's state before sending it.
+        with _PageChecker(workers) as checker:
+            for table in migration.tables:
+                asset_types = migration.side_sources(table)
+                for page in batched(live(table), page_size):
+                    ids = [document["_id"] for document in page]
+                    backed_up = before.pop(ids)
+                    plans = {doc_id: fields[1] for doc_id, fields in backed_up.items() if fields[1] is not None}
+                    not_backed_up = [doc_id for doc_id in ids if doc_id not in backed_up]
+                    if not_backed_up:
+                        plans.update(planned.pop(not_backed_up))
+                    states = [(tuple(backed_up[doc_id][2:]) if doc_id in backed_up else None, plans.get(doc_id)) for doc_id in ids]
+                    keys = [reference_key(doc_id, asset_type) for doc_id in ids for asset_type in asset_types.values()]
+                    refs_by_key = references.pop(keys) if asset_types else {}
+                    checker.submit(partial(take, table, page), _check_page, migration, table, page, states, refs_by_key, document_checks)
+
+        # Side rows whose document no longer exists (or never did), one owner and kind at a time.
         for group in batched(references.groups(), page_size):
-            live_flags = live_docs.get(rows[0][0] for _, rows in group)
-            for _, rows in group:
-                entity_id, asset_type = rows[0][0], rows[0][1]
-                refs = [Reference(*ref) for _, _, *ref in rows]
+            entities = [str(key).partition("\0") for key, _ in group]  # reference_key: "<entity id>\0<asset type>"
+            live_flags = live_docs.get(entity_id for entity_id, _, _ in entities)
+            for (entity_id, _, asset_type), (_, rows) in zip(entities, group, strict=True):
+                refs = [Reference(*ref) for ref in rows]
                 tallies["no_duplicate_references"].add(check_no_duplicate_references(refs), entity_id, asset_type)
                 tallies["references_point_at_documents"].add(check_reference_points_at_document(entity_id in live_flags, refs), entity_id)
-                if entity_id in live_flags:  # an asset type its table does not have
+                if entity_id in live_flags:  # a kind its table does not have
                     tallies["references_match_assets"].add(check_reference_has_asset(live_flags[entity_id], refs), entity_id, asset_type)
         for doc_id, (table, _, *prior) in before.items():  # backed-up documents no longer live
             gone = Joined(migration, table, Before(*prior), None, None)
@@ -463,12 +468,122 @@ def run_checks(
 
     order = [c.name for c in document_checks] + [c.name for c in cross_checks] + (list(reference_checks(side)) if side is not None else [])
     checks = [tallies[name].result() for name in order]
-    if untracked_assets:  # "complete" must not be read as covering the assets of documents the plan left alone
+    if untracked_assets:  # "complete" must not be read as covering the tracked fields of documents the plan left alone
         for check in checks:
             if check.name == "tracking_complete":
-                check.note = (f"does not cover {untracked_assets:,} untracked assets on {untracked.count:,} documents the "
+                check.note = (f"does not cover {untracked_assets:,} untracked fields on {untracked.count:,} documents the "
                               "plan blocked (listed apart)")
     return Outcome(checks, changed.ids, changed.count, created.ids, created.count, untracked_assets, untracked.ids, untracked.count)
+
+
+@dataclass
+class _PageFindings:
+    """What one live page's checks found: per check how many passed, the other verdicts in page order (with the
+    document and detail an example needs), each document's changed-by-the-application flag, the documents created
+    after the snapshot, the blocked documents holding tracked fields no side row tracks (with how many), and per
+    document its state (Before, Planned as tuples) and untouched digest for the cross checks."""
+
+    passed: dict[str, int]
+    others: list[tuple[str, Verdict, str, str]]
+    flags: list[tuple[str, bool]]
+    created: list[str]
+    states: list[tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]]
+    untouched: list[bytes | None]
+    untracked: list[tuple[str, int]] = field(default_factory=list)
+
+
+def _check_page(
+    migration: Migration, table: str, page: list[dict[str, Any]], states: list[tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]],
+    refs_by_key: dict[Any, list[tuple[Any, ...]]], document_checks: tuple[DocumentCheck, ...],
+) -> _PageFindings:
+    """The document and reference checks of one live page (in a worker process when verify has several): pure."""
+    findings = _PageFindings({}, [], [], [], states, [])
+    passed = findings.passed
+
+    def add(name: str, result: Verdict | None, doc_id: str, detail: str = "") -> None:
+        if result is Verdict.PASS:
+            passed[name] = passed.get(name, 0) + 1
+        elif result is not None:
+            findings.others.append((name, result, doc_id, detail))
+
+    asset_types = migration.side_sources(table)
+    for document, (before, plan) in zip(page, states, strict=True):
+        doc_id = document["_id"]
+        doc = Joined(migration, table, Before(*before) if before else None, Planned(*plan) if plan else None, document)
+        by_app = doc.changed_by_application
+        findings.flags.append((doc_id, by_app))
+        if doc.before is None and doc.plan is None:
+            findings.created.append(doc_id)
+        for check in document_checks:
+            result = check.run(doc)
+            add(check.name, result, doc_id, check.detail(doc) if check.detail is not None and result is Verdict.FAIL else "")
+        held_untracked = 0
+        for asset_field, asset_type in asset_types.items():
+            refs = [Reference(*ref) for ref in refs_by_key.get(reference_key(doc_id, asset_type), [])]
+            asset = document.get(asset_field)
+            if type(asset) is dict:
+                add("references_match_assets", check_references_match_asset(doc, asset, refs), doc_id, asset_type)
+                add("tracking_complete", check_asset_tracked(doc, refs), doc_id, asset_type)
+                held_untracked += not refs and doc.plan is not None and not doc.plan.migratable
+            else:
+                add("references_match_assets", check_reference_has_asset(by_app, refs), doc_id, asset_type)
+            add("no_duplicate_references", check_no_duplicate_references(refs), doc_id, asset_type)
+            add("references_point_at_documents", check_reference_points_at_document(True, refs), doc_id)
+        if held_untracked:
+            findings.untracked.append((doc_id, held_untracked))
+        findings.untouched.append(doc._untouched)
+    return findings
+
+
+class _PageChecker:
+    """Runs page checks in `workers` processes, at most `workers + 1` pages in flight, and hands each page's result
+    to its callback in submission order (one worker: at once, in this process)."""
+
+    def __init__(self, workers: int) -> None:
+        self.pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+        self.depth = workers + 1
+        self.pending: deque[tuple[Callable[[Any], None], Future[Any]]] = deque()
+
+    def __enter__(self) -> _PageChecker:
+        if self.pool is not None:  # every worker forked now, before the live pages' prefetch thread runs
+            wait([self.pool.submit(int) for _ in range(self.depth - 1)])
+        return self
+
+    def submit(self, done: Callable[[Any], None], work: Callable[..., Any], *args: Any) -> None:
+        if self.pool is None:
+            done(work(*args))
+            return
+        self.pending.append((done, self.pool.submit(work, *args)))
+        while len(self.pending) >= self.depth:
+            self._take()
+
+    def _take(self) -> None:
+        done, future = self.pending.popleft()
+        done(future.result())
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        try:
+            while kind is None and self.pending:
+                self._take()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(cancel_futures=True)
+
+
+def _plan_page(migration: Migration, lines: list[dict[str, Any]]) -> list[tuple[str, tuple[Any, ...], Verdict]]:
+    """Per plan line: its id, its promise (Planned, as a tuple) and whether it writes only owned fields (in a worker)."""
+    return [(line["id"], _as_tuple(Planned.of(migration, line)), check_plan_writes_only_owned_fields(migration, line)) for line in lines]
+
+
+def _backup_page(migration: Migration, table: str, planned: ScratchTable, page: list[dict[str, Any]]) -> list[tuple[str, tuple[Any, ...]]]:
+    """Per backed-up document: (id, (table, its plan or None, *its Before digests)) (in a worker: `planned` read-only)."""
+    plans = planned.get(doc["_id"] for doc in page)
+    rows = []
+    for doc in page:
+        plan = plans.get(doc["_id"])
+        touched = _touched(Planned(*plan)) if plan is not None else ()
+        rows.append((doc["_id"], (table, plan, *_as_tuple(Before.of(migration, table, doc, touched)))))
+    return rows
 
 
 def _touched(plan: Planned) -> tuple[str, ...]:

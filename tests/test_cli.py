@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import nbformat
 import papermill
@@ -315,6 +316,31 @@ def test_malformed_parameter_is_a_usage_error(capsys: pytest.CaptureFixture[str]
         cli.main(["run", "--url", URL, "--dry-run", "-p", "batch_size=5"])
     assert usage.value.code == 2
     assert "expected STEP.NAME=VALUE" in capsys.readouterr().err
+
+
+def test_workers_reach_the_dry_run_and_verify_that_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    given: list[Any] = []
+    monkeypatch.setattr(cli, "run_migration", lambda *args, **kwargs: given.append(kwargs["parameters"]) or _refuse())
+    cli.main(["run", "--url", URL, "--dry-run", "--workers", "3", "-p", "02_dry_run.page_size=100"])
+    cli.main(["run", "--url", URL, "--confirm", "--workers", "2"])
+    cli.main(["run", "--url", URL, "--confirm"])
+    assert given == [
+        {"02_dry_run": {"page_size": 100, "workers": 3}},  # verify does not run in a dry run: no stray parameter
+        {"02_dry_run": {"workers": 2}, "04_verify": {"workers": 2}},
+        {},
+    ]
+    for step in cli.WORKER_STEPS:  # the notebooks declare it (runner.check_parameters refuses undeclared names)
+        runner.check_parameters(step, {"workers": 2})
+
+
+def test_workers_below_one_are_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as usage:
+        cli.main(["run", "--url", URL, "--dry-run", "--workers", "0"])
+    assert usage.value.code == 2 and "must be at least 1" in capsys.readouterr().err
+
+
+def _refuse() -> Any:
+    raise PreconditionFailed("stop here", hint="nothing to run in this test")
 
 
 def test_console_script_is_installed_and_exits_2_when_refusing(tmp_path: Path) -> None:

@@ -9,11 +9,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from helpers import errors
+from helpers import compression, errors
 from helpers.apply import apply_plan
 from helpers.backup import take_backup
 from helpers.deployment import acquire_lock, release_lock
-from helpers.plan import build_plan, iter_plan_lines, plan_dir
+from helpers.plan import PLAN_FILE, build_plan, iter_plan_lines, plan_dir
 from helpers.rollback import check_rollback, execute_rollback, plan_rollback
 from helpers.run_folder import bind_migration
 from helpers.transport import ConvexTransport
@@ -34,7 +34,7 @@ def test_dry_run_changes_nothing(transport: ConvexTransport, run_dir: Path) -> N
     summary = build_plan(transport, run_dir, show_progress=False, source="live")
     assert state(transport) == before
     assert summary.documents == len(before["scenes"]) + len(before["videoSessions"])
-    assert (plan_dir(run_dir) / "plan.jsonl").exists() and (plan_dir(run_dir) / "problems.csv").exists()
+    assert (plan_dir(run_dir) / PLAN_FILE).exists() and (plan_dir(run_dir) / "problems.csv").exists()
 
 
 def test_the_plan_from_the_snapshot_equals_the_plan_from_the_live_tables_on_a_quiet_deployment(
@@ -115,9 +115,10 @@ def test_refusals_change_nothing(transport: ConvexTransport, run_dir: Path, tmp_
     with pytest.raises(errors.PreconditionFailed, match="alice"):
         apply(transport, ready)
     release_lock(transport, "someone-elses-run")
-    plan_file = plan_dir(ready) / "plan.jsonl"
-    lines = plan_file.read_bytes().splitlines(keepends=True)
-    plan_file.write_bytes(b"".join(lines[1:]))
+    plan_file = plan_dir(ready) / PLAN_FILE
+    lines = list(compression.iter_lines(plan_file))
+    with compression.open_write(plan_file) as sink:  # a line dropped, the file still well-formed: only the hash tells
+        sink.write(b"".join(lines[1:]))
     with pytest.raises(errors.PreconditionFailed, match="does not match"):
         apply(transport, ready)
     assert state(transport) == before
@@ -149,6 +150,6 @@ def test_rollback_returns_documents_to_backup(transport: ConvexTransport, run_di
 def test_plan_lines_are_json_with_hash(transport: ConvexTransport, run_dir: Path) -> None:
     seed(transport, 50)
     summary = build_plan(transport, run_dir, show_progress=False, source="live")
-    lines = [orjson.loads(raw) for raw in (plan_dir(run_dir) / "plan.jsonl").read_bytes().splitlines()]
+    lines = [orjson.loads(raw) for raw in compression.iter_lines(plan_dir(run_dir) / PLAN_FILE)]
     assert len(lines) == summary.documents
     assert {"table", "id", "action", "expect", "expectAbsent", "set", "references", "problems"} <= set(lines[0])

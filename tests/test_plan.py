@@ -19,10 +19,11 @@ from pydantic import ValidationError
 
 import helpers.plan
 from helpers import display as show
-from helpers import jsonio, migrations
+from helpers import compression, jsonio, migrations
+from helpers.archive import sha256_file
 from helpers.errors import PreconditionFailed
 from helpers.migration import Migration
-from helpers.plan import PLAN_FILE, build_plan, example_pairs, iter_plan_lines, plan_dir, read_plan
+from helpers.plan import PLAN_FILE, UNCOMPRESSED_PLAN_FILE, build_plan, example_pairs, iter_plan_lines, plan_dir, read_plan
 from helpers.run_folder import bind_migration
 
 from .toy_migration import TOY
@@ -67,8 +68,8 @@ def test_the_plan_holds_what_the_migration_planned_in_order_hashed_and_counted(t
     lines = list(iter_plan_lines(toy_run))
     assert [line["id"] for line in lines] == ["n1", "n2", "n3", "n4"]
     assert lines[0]["set"] == {"wordCount": 3} and lines[1]["set"] == {"wordCount": 1}
-    raw = (plan_dir(toy_run) / PLAN_FILE).read_bytes().splitlines()[0]
-    assert raw == jsonio.dumps(lines[0], sort_keys=True)  # one line per document, keys sorted: a stable hash
+    raw = next(compression.iter_lines(plan_dir(toy_run) / PLAN_FILE))
+    assert raw == jsonio.dumps(lines[0], sort_keys=True) + b"\n"  # one line per document, keys sorted: a stable hash
     assert read_plan(toy_run).plan_sha256 == summary.plan_sha256
     assert summary.migration_id == TOY.id and summary.documents == 4
     assert summary.actions == {"notes": {"count": 2, "problem": 1, "no_change": 1}}
@@ -84,7 +85,26 @@ def test_the_plan_holds_what_the_migration_planned_in_order_hashed_and_counted(t
 def test_an_altered_plan_is_refused(toy_run: Path) -> None:
     build_plan(PagedTables({"notes": NOTES}), toy_run, source="live", show_progress=False)  # type: ignore[arg-type]
     path = plan_dir(toy_run) / PLAN_FILE
-    path.write_bytes(path.read_bytes().replace(b'"wordCount":3', b'"wordCount":4'))
+    altered = b"".join(compression.iter_lines(path)).replace(b'"wordCount":3', b'"wordCount":4')
+    with compression.open_write(path) as sink:  # a well-formed compressed file: only the hash can tell
+        sink.write(altered)
+    with pytest.raises(PreconditionFailed, match="does not match the dry-run's hash"):
+        read_plan(toy_run)
+
+
+def test_a_run_folder_written_before_compression_still_reads(toy_run: Path) -> None:
+    """A folder of the earlier format holds plan/plan.jsonl, uncompressed, hashed as stored: it reads as before."""
+    build_plan(PagedTables({"notes": NOTES}), toy_run, source="live", show_progress=False)  # type: ignore[arg-type]
+    expected = list(iter_plan_lines(toy_run))
+    out = plan_dir(toy_run)
+    old = out / UNCOMPRESSED_PLAN_FILE
+    old.write_bytes(b"".join(compression.iter_lines(out / PLAN_FILE)))
+    (out / PLAN_FILE).unlink()
+    record = jsonio.loads((out / "plan.json").read_bytes())
+    record.update(plan_file="plan/plan.jsonl", plan_sha256=sha256_file(old))
+    (out / "plan.json").write_bytes(jsonio.dumps(record))
+    assert read_plan(toy_run).plan_sha256 == sha256_file(old) and list(iter_plan_lines(toy_run)) == expected
+    old.write_bytes(old.read_bytes().replace(b'"wordCount":3', b'"wordCount":4'))
     with pytest.raises(PreconditionFailed, match="does not match the dry-run's hash"):
         read_plan(toy_run)
 
@@ -119,7 +139,7 @@ def test_examples_show_what_a_line_sets_and_what_it_removes(tmp_path: Path) -> N
         {"id": "b", "table": "scenes", "action": "blocked", "expect": {}, "set": {}, "unset": [],
          "problems": [{"code": "not_migrated", "severity": "blocking", "message": "no videoAsset"}]},
     ]
-    plan_file = plan_dir(tmp_path) / PLAN_FILE
+    plan_file = plan_dir(tmp_path) / UNCOMPRESSED_PLAN_FILE  # a folder of the earlier format: read as it is
     plan_file.parent.mkdir()
     plan_file.write_bytes(b"".join(jsonio.dumps(line) + b"\n" for line in lines))
     bind_migration(tmp_path, "001_s3_asset_tracking")  # any registered migration: only its changing actions matter

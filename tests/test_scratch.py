@@ -49,10 +49,19 @@ def test_a_multi_table_keeps_every_value_in_order(stored: list[tuple[Any, Any]],
         for part in batched(stored, 4):
             table.put(part)
         assert table.get(asked) == {k: reference[k] for k in asked if k in reference}
-        assert table.counts(asked) == {k: len(reference.get(k, ())) for k in asked}
         assert dict(table.groups()) == reference
         popped = table.pop(asked)
         assert dict(table.groups()) == {k: v for k, v in reference.items() if k not in popped}
+
+
+@settings(max_examples=60, deadline=None)
+@given(added=st.lists(st.lists(keys, max_size=8), max_size=8), asked=st.lists(keys, max_size=30))
+def test_a_counter_counts_every_key_added(added: list[list[Any]], asked: list[Any]) -> None:
+    with Scratch() as scratch:
+        counter = scratch.counter("c")
+        for page in added:
+            counter.add(page)
+        assert counter.counts(asked) == {k: sum(page.count(k) for page in added) for k in asked}
 
 
 def test_few_collections_raises_the_threshold_and_restores_it_even_after_an_error() -> None:

@@ -8,14 +8,14 @@ from pathlib import Path
 from ...migration import Migration, SideRows
 from . import checks, planner
 from .fields import ASSET_EXTRA_SOURCES, ASSET_OBJECT_FIELDS, ASSET_SOURCES, ASSET_TYPES, ENTITY_TYPES, MIGRATED_TABLES, NEW_FIELDS
-from .plan_line import CHANGING_ACTIONS
+from .plan_line import CHANGING_ACTIONS, REFERENCE_KIND, STATUS_KEY
 
 #: One assetReferences row per asset a document holds (convex/schema.ts `assetReferenceFields`).
 ASSET_REFERENCES = SideRows(
     table="assetReferences",
     label="asset references",
     owner="entityId",
-    kind="assetType",
+    kind=REFERENCE_KIND,
     index="by_entity",
     group="entityType",
     stamp="metadata",
@@ -44,5 +44,5 @@ MIGRATION = Migration(
     folder=Path(__file__).parent,
     updated_at_field="updatedAt",
     side_rows=ASSET_REFERENCES,
-    status_key="legacyStatus",
+    status_key=STATUS_KEY,
 )

@@ -15,6 +15,10 @@ FLAGGED = "flagged"
 
 #: Actions apply sends (helpers.plan has the same set; rules cannot import plan). `track_existing` writes no
 #: field: it only adds the references of assets the document already held (SCN-10, SES-8).
+#: The plan line key of a document's legacy status (the dry-run's tables group by it: the migration's `status_key`).
+STATUS_KEY = "legacyStatus"
+#: The field of an asset reference that tells its kinds apart (the side rows' `kind`).
+REFERENCE_KIND = "assetType"
 CHANGING_ACTIONS = frozenset({"migrate", "fill_missing", "track_existing"})
 
 
@@ -78,7 +82,7 @@ class DocumentPlan:
             "table": self.table,
             "id": self.id,
             "action": self.action,
-            "legacyStatus": self.legacy_status,
+            STATUS_KEY: self.legacy_status,
             "sessionId": self.session_id,
             "expect": self.expect,
             "expectAbsent": self.expect_absent,
@@ -97,7 +101,7 @@ class DocumentPlan:
             id=line["id"],
             action=line["action"],
             session_id=line["sessionId"],
-            legacy_status=line["legacyStatus"],
+            legacy_status=line[STATUS_KEY],
             expect=line["expect"],
             expect_absent=line["expectAbsent"],
             set=line["set"],
@@ -120,21 +124,30 @@ class SessionTotals:
     uploading: int = 0
 
     def add_scene(self, plan: DocumentPlan) -> None:
-        current = plan.current
-        assets, size, status = current.get("assets", 0), current.get("size", 0), current.get("assetsStatus")
-        if plan.action in CHANGING_ACTIONS:
-            for asset_field in SCENE_ASSET_SOURCES:
-                asset = plan.set.get(asset_field)
-                if asset is not None:
-                    assets += 1
-                    size += asset.get("size", 0)
-            status = plan.set.get("assetsStatus", status)
+        self.add(*scene_contribution(plan))
+
+    def add(self, assets: int, size: float, status: Any) -> None:
+        """One scene's `scene_contribution` (the dry-run's workers compute it; the totals add up in scene order)."""
         self.scenes += 1
         self.assets += assets
         self.size += size
         self.ready += status == "ready"
         self.errors += status == "error"
         self.uploading += status == "uploading"
+
+
+def scene_contribution(plan: DocumentPlan) -> tuple[int, float, Any]:
+    """What one scene adds to its session's totals after apply: its assets, their known size, its assetsStatus."""
+    current = plan.current
+    assets, size, status = current.get("assets", 0), current.get("size", 0), current.get("assetsStatus")
+    if plan.action in CHANGING_ACTIONS:
+        for asset_field in SCENE_ASSET_SOURCES:
+            asset = plan.set.get(asset_field)
+            if asset is not None:
+                assets += 1
+                size += asset.get("size", 0)
+        status = plan.set.get("assetsStatus", status)
+    return assets, size, status
 
 
 def mark_blocking(plan: DocumentPlan, code: str, message: str, *, field_name: str = "") -> DocumentPlan:

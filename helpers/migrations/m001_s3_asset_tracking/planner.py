@@ -2,24 +2,27 @@
 
 A scene's session must exist, an asset already tracked gets no second reference, an S3 key two scenes share
 blocks them all, and a session's totals count its scenes' assets as they will be after apply. What spans
-documents lives in scratch tables (the core's SQLite scratch store), looked up one page at a time.
+documents lives in scratch tables (the core's SQLite scratch store), looked up one page at a time. The scenes'
+rules run in worker processes over ranges of the snapshot (`PlanInputs.map_pages`); everything that spans scenes
+(key uses, session totals) is settled here, in scene order, so the plan is the same for any number of workers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple
 
 from ... import jsonio
-from ...migration import PlanInputs, reference_key
-from ...scratch import ScratchTable, batched
+from ...migration import PlanInputs, PlanLine, reference_key
+from ...scratch import ScratchCounter, ScratchTable, batched
 from . import plan_line, rules
 from .fields import ASSET_TYPES
 
 
-def plan(inputs: PlanInputs) -> Iterator[dict[str, Any]]:
+def plan(inputs: PlanInputs) -> Iterator[dict[str, Any] | PlanLine]:
     """Every scene, then every session, as plan lines."""
+    assert inputs.map_pages is not None, "the dry-run (helpers.plan.build_plan) gives every planner map_pages"
     scratch, pages, page_size = inputs.scratch, inputs.pages, inputs.page_size
     bucket_base_url = inputs.options.get("bucket_base_url")
     sessions = scratch.table("sessions")  # id -> the session document, in the order read
@@ -31,38 +34,34 @@ def plan(inputs: PlanInputs) -> Iterator[dict[str, Any]]:
         tracked.put((reference_key(ref["entityId"], ref["assetType"]), None) for ref in page)
     any_tracked = tracked if len(tracked) else None  # None on the usual first run: no page needs the look-up
 
-    # Pass 1: plan scenes provisionally and record each S3 key's uses (a key shared by scenes blocks them all).
-    # Keyed by the S3 key itself: keys of consecutive scenes are usually neighbours in SQLite's index.
-    provisional = scratch.path("scenes.provisional.jsonl")
-    key_uses = scratch.table("key_uses", multi=True)
-    with provisional.open("wb") as sink:
-        for page in pages("scenes", "scenes"):
-            ctx = _page_context(page, bucket_base_url, sessions, any_tracked)
-            plans = [rules.plan_scene(doc, ctx) for doc in page]
-            for doc, planned in zip(page, plans, strict=True):
-                planned.untracked = rules.untracked_assets("scenes", doc, ctx)
-            key_uses.put((key, None) for plan in plans for key in rules.asset_keys(plan))
-            sink.writelines(jsonio.dumps(plan.to_line()) + b"\n" for plan in plans)
+    # Pass 1, in worker processes over ranges of the scenes (the rules' cost): plan each scene provisionally, encoded,
+    # with its S3 keys and what it adds to its session's totals; each worker counts its keys' uses (a key shared by
+    # scenes blocks them all) in a counter keyed by the S3 key itself (keys of consecutive scenes are neighbours there).
+    key_uses = scratch.counter("key_uses")
+    scenes = inputs.map_pages("scenes", "scenes", partial(_plan_scenes, bucket_base_url, sessions, any_tracked, key_uses))
 
-    # Pass 2 (local file): settle duplicates, total each session's scene assets, yield the final scene lines.
+    # Pass 2, over the workers' results in scene order: settle duplicates, total each session's scene assets, yield the
+    # final scene lines (only a blocked scene is decoded again).
     session_totals = scratch.table("session_totals")
-    for page in batched(_read_plans(provisional), page_size):
-        keys = [rules.asset_keys(plan) for plan in page]
-        uses = key_uses.counts(key for plan_keys in keys for key in plan_keys)
-        running = session_totals.get(plan.session_id for plan in page if plan.session_id is not None)
-        for plan, plan_keys in zip(page, keys, strict=True):
-            shared = [key for key in plan_keys if uses[key] > 1]
+    for page in scenes:
+        uses = key_uses.counts(key for scene in page for key in scene.keys)
+        running = session_totals.get(scene.session_id for scene in page if scene.session_id is not None)
+        for scene in page:
+            line, contribution = scene.line, scene.contribution
+            shared = [key for key in scene.keys if uses[key] > 1]
             if shared:
                 plan = plan_line.mark_blocking(
-                    plan,
+                    rules.DocumentPlan.from_line(jsonio.loads(line.raw)),
                     "duplicate_s3_key",
                     f"S3 key {shared[0]!r} is used by {uses[shared[0]]} scenes; "
                     "decide which scene owns it before migrating any of them",
                 )
-            if plan.session_id is not None:
-                running.setdefault(plan.session_id, rules.SessionTotals()).add_scene(plan)
-            yield plan.to_line()
+                line, contribution = _encode(plan.to_line()), plan_line.scene_contribution(plan)
+            if scene.session_id is not None:
+                running.setdefault(scene.session_id, rules.SessionTotals()).add(*contribution)
+            yield line
         session_totals.put(running.items())
+    scenes.discard()
     # Pass 3: sessions, with totals computed from their scenes' planned assets and their own.
     for page in batched((doc for _, doc in sessions.items()), page_size):
         ctx = _page_context(page, bucket_base_url, sessions, any_tracked)
@@ -73,10 +72,32 @@ def plan(inputs: PlanInputs) -> Iterator[dict[str, Any]]:
             yield planned.to_line()
 
 
-def _read_plans(path: Path) -> Iterator[rules.DocumentPlan]:
-    with path.open("rb") as source:
-        for raw in source:
-            yield rules.DocumentPlan.from_line(jsonio.loads(raw))
+def _encode(line: dict[str, Any]) -> PlanLine:
+    """A scene's line as the plan stores it, counted by its legacy status and its references' asset types (what
+    001 declares as `status_key` and its side rows' `kind`)."""
+    return PlanLine.of(line, plan_line.STATUS_KEY, plan_line.REFERENCE_KIND)
+
+
+class _Scene(NamedTuple):
+    """One scene planned by a worker: its encoded line, its S3 keys after apply, its session and its contribution."""
+
+    line: PlanLine
+    keys: list[str]
+    session_id: str | None
+    contribution: tuple[int, float, Any]
+
+
+def _plan_scenes(
+    bucket_base_url: str | None, sessions: ScratchTable, tracked: ScratchTable | None, key_uses: ScratchCounter, page: list[dict[str, Any]]
+) -> list[_Scene]:
+    """Pass 1 for one page of scenes (in a worker process: the scratch tables are read-only there, the counter not)."""
+    ctx = _page_context(page, bucket_base_url, sessions, tracked)
+    plans = [rules.plan_scene(doc, ctx) for doc in page]
+    for doc, planned in zip(page, plans, strict=True):
+        planned.untracked = rules.untracked_assets("scenes", doc, ctx)
+    scenes = [_Scene(_encode(plan.to_line()), rules.asset_keys(plan), plan.session_id, plan_line.scene_contribution(plan)) for plan in plans]
+    key_uses.add(key for scene in scenes for key in scene.keys)
+    return scenes
 
 
 def _page_context(

@@ -1,0 +1,148 @@
+"""The dry-run and verify split over worker processes (helpers.parallel): the same plan bytes, plan_sha256,
+problems.csv and findings as one process, on corpora whose cross-document cases (a session's scenes, an S3 key
+two scenes share, a scene already tracked) fall in different ranges."""
+
+from __future__ import annotations
+
+import random
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import helpers.parallel
+from helpers import jsonio, sample_data
+from helpers.backup import iter_backup_documents
+from helpers.migrations import get
+from helpers.migrations.m001_s3_asset_tracking.fields import SCENE_ASSET_SOURCES
+from helpers.parallel import Ranged, map_ranges, split
+from helpers.plan import PLAN_FILE, build_plan, iter_plan_lines, plan_dir
+from helpers.run_folder import bind_migration
+from helpers.verify import run_checks
+
+from .test_plan import PagedTables, _snapshot_of
+
+M001 = get("001_s3_asset_tracking")
+
+
+@pytest.fixture(autouse=True)
+def small_ranges(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ranges of any size, so a corpus of a few hundred documents splits over several workers."""
+    monkeypatch.setattr(helpers.parallel, "MIN_RANGE", 1)
+
+
+def corpus(seed: int, n_scenes: int) -> dict[str, list[dict[str, Any]]]:
+    """Sample data with every defect, scenes shuffled (a session's scenes spread over all ranges), an S3 key the first
+    and the last scene share, and references already held by a few scenes."""
+    sessions = [{"_id": f"session{i:05d}", "_creationTime": 1.7e12 + i, **doc}
+                for i, doc in enumerate(sample_data.iter_sessions(max(1, n_scenes // 10), seed))]
+    scenes = [{"_id": f"scene{i:05d}", "_creationTime": 1.7e12 + i, **doc}
+              for i, doc in enumerate(sample_data.iter_scenes([s["_id"] for s in sessions], n_scenes, seed, "session-missing"))]
+    random.Random(seed).shuffle(scenes)
+    with_video = [scene for scene in scenes if all(f in scene for f in SCENE_ASSET_SOURCES["videoAsset"])]
+    for name in SCENE_ASSET_SOURCES["videoAsset"]:
+        with_video[-1][name] = with_video[0][name]
+    references = [{"_id": f"ref{i}", "_creationTime": 1.7e12, "entityId": scene["_id"], "entityType": "scene",
+                   "assetType": "thumbnail", "s3Key": "k", "metadata": {"migrationId": "older"}} for i, scene in enumerate(scenes[::37])]
+    return {table: [_as_stored(doc) for doc in docs] for table, docs in
+            {"videoSessions": sessions, "scenes": scenes, "assetReferences": references}.items()}
+
+
+def _as_stored(value: Any) -> Any:
+    """A sample value as a deployment stores it: every plain int a float64 (`v.number()`); Int64 stays."""
+    if type(value) is int:
+        return float(value)
+    if type(value) is dict:
+        return {key: _as_stored(item) for key, item in value.items()}
+    if type(value) is list:
+        return [_as_stored(item) for item in value]
+    return value
+
+
+def dry_run(tmp_path: Path, name: str, tables: dict[str, list[dict[str, Any]]], workers: int) -> Path:
+    run_dir = tmp_path / name
+    bind_migration(run_dir, M001.id)
+    _snapshot_of(run_dir, tables)
+    build_plan(PagedTables(tables), run_dir, page_size=17, show_progress=False, workers=workers)  # type: ignore[arg-type]
+    return run_dir
+
+
+def applied(tables: dict[str, list[dict[str, Any]]], run_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """The deployment after a partial apply: two changing lines in three written, their references created (one
+    twice), the others left as the backup holds them."""
+    plans = {line["id"]: line for line in iter_plan_lines(run_dir)}
+    live: dict[str, list[dict[str, Any]]] = {"assetReferences": list(tables["assetReferences"])}
+    for table in M001.tables:
+        live[table] = []
+        for n, doc in enumerate(tables[table]):
+            line = plans[doc["_id"]]
+            if M001.changes(line) and n % 3:
+                doc = {**doc, **line["set"]}
+                for ref in line["references"] * (2 if n % 41 == 1 else 1):
+                    row = {"_id": f"new{len(live['assetReferences'])}", "_creationTime": 1.8e12, "entityId": doc["_id"],
+                           **ref, "metadata": {"migrationId": M001.id}}
+                    live["assetReferences"].append(row)
+            live[table].append(doc)
+    return live
+
+
+@pytest.mark.parametrize(("seed", "n_scenes", "workers"), [(7, 300, 3), (11, 150, 2), (3, 500, 4)])
+def test_workers_write_the_plan_and_find_what_one_process_does(tmp_path: Path, seed: int, n_scenes: int, workers: int) -> None:
+    tables = corpus(seed, n_scenes)
+    one, many = dry_run(tmp_path, "one", tables, 1), dry_run(tmp_path, "many", tables, workers)
+
+    for name in (PLAN_FILE, "problems.csv"):
+        assert (plan_dir(one) / name).read_bytes() == (plan_dir(many) / name).read_bytes()
+    summaries = [jsonio.loads((plan_dir(run) / "plan.json").read_bytes()) for run in (one, many)]
+    for summary in summaries:
+        del summary["created_at"]
+    assert summaries[0] == summaries[1]
+    codes = {problem["code"] for problem in summaries[0]["problems"]}
+    assert {"duplicate_s3_key", "missing_session"} <= codes  # the cross-document cases are there to be merged
+
+    live = applied(tables, one)
+    zip_path = one / "backup" / "snapshot_1.zip"
+
+    def findings(workers: int) -> Any:
+        return run_checks(
+            Ranged(partial(iter_plan_lines, one), summaries[0]["documents"]),
+            lambda table: Ranged(partial(iter_backup_documents, zip_path, table), len(tables[table])),
+            lambda table: iter(live[table]), migration=M001, page_size=13, workers=workers,
+        )
+
+    serial, parallel = findings(1), findings(workers)
+    assert serial == parallel
+    failed = {check.name for check in serial.checks if not check.passed}
+    assert {"planned_fields_written", "no_duplicate_references", "session_totals"} <= failed  # examples merged too
+
+
+def test_a_count_that_falls_short_loses_no_document(tmp_path: Path) -> None:
+    """The last range reads to the end of the source, whatever its count said."""
+    results = map_ranges(partial(_numbers, 100), 10, workers=3, folder=tmp_path, name="short")
+    assert [n for page in results for n in page] == list(range(100))
+
+
+def test_ranges_cover_the_source_in_order() -> None:
+    for total in (0, 1, 5, 99, 1000):
+        for parts in (1, 2, 3, 8):
+            ranges = split(total, parts)
+            assert ranges[0][0] == 0 and ranges[-1][1] == total
+            assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))
+
+
+def test_an_error_in_a_worker_reaches_the_caller(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="range starting at"):
+        map_ranges(_failing, 10, workers=2, folder=tmp_path, name="failing")
+
+
+def _numbers(n: int, start: int, stop: int | None) -> Any:
+    items = list(range(n))[start:stop]
+    for i in range(0, len(items), 7):
+        yield items[i:i + 7]
+
+
+def _failing(start: int, stop: int | None) -> Any:
+    if start:
+        raise ValueError(f"range starting at {start}")
+    yield [start]
