@@ -13,6 +13,7 @@ from helpers import jsonio
 from helpers.confirm import ApplyCancelled, Confirmation
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 from helpers.plan import PLAN_FILE, example_pairs, plan_dir
+from helpers import compression
 from helpers.run_folder import bind_migration
 
 LONG_URL = "https://tutor-assets.s3.us-east-1.amazonaws.com/sessions/" + "x" * 120 + "/scene-2/chunk.mp4"
@@ -137,7 +138,8 @@ def test_examples_open_on_documents_that_change_and_cover_each_table(tmp_path: P
     ] + [{"id": "m0", "table": "scenes", "action": "migrate", "expect": {}, "set": {"assetVersion": 1}}]
     plan_file = plan_dir(tmp_path) / PLAN_FILE
     plan_file.parent.mkdir()
-    plan_file.write_bytes(b"".join(jsonio.dumps(line) + b"\n" for line in lines))
+    with compression.open_write(plan_file) as sink:  # the plan as the dry-run stores it
+        sink.write(b"".join(jsonio.dumps(line) + b"\n" for line in lines))
     bind_migration(tmp_path, "001_s3_asset_tracking")
     pairs = example_pairs(tmp_path, 2)
     assert [before["_id"] for before, _ in pairs] == ["s0", "s1", "m0", "p0", "p1"]  # changes first, 2 per table and action
@@ -153,7 +155,8 @@ def test_examples_cover_every_problem_code_of_the_plan(tmp_path: Path) -> None:
     bind_migration(tmp_path, M001.id)
     plan_file = plan_dir(tmp_path) / PLAN_FILE
     plan_file.parent.mkdir()
-    plan_file.write_bytes(b"".join(jsonio.dumps(line) + b"\n" for line in lines))
+    with compression.open_write(plan_file) as sink:  # the plan as the dry-run stores it
+        sink.write(b"".join(jsonio.dumps(line) + b"\n" for line in lines))
     pairs = example_pairs(tmp_path, 2)
     assert [before["_id"] for before, _ in pairs] == ["m0", "m1", "rare"]
     assert show.filter_choices(show.before_after_frame(pairs), problem="rare_code") == ["scenes rare · migrate"]
