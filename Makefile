@@ -41,7 +41,7 @@ mutation: setup
 	$(PY) -m pip install --quiet -e '.[mutation]'
 	rm -rf mutants
 	RUNBOOK_MUTATION=1 $(VENV)/bin/mutmut run --max-children $(MUTATION_CHILDREN) >/dev/null
-	$(PY) tests/mutation_report.py --mutmut $(VENV)/bin/mutmut --goal helpers/verify.py=90 --goal helpers/apply.py=90
+	$(PY) tests/mutation_report.py --mutmut $(VENV)/bin/mutmut --goal helpers/steps/verify.py=90 --goal helpers/steps/apply.py=90
 
 typecheck: node_modules/.installed
 	npx --no-install tsc --noEmit -p convex

@@ -1,6 +1,6 @@
 """Conversion cost: what the rules add on top of merely parsing the documents.
 
-N generated legacy scenes (helpers.sample_data, given `_id` and `_creationTime` as Convex would) are serialized
+N generated legacy scenes (helpers.devtools.sample_data, given `_id` and `_creationTime` as Convex would) are serialized
 as JSON lines, the shape the dry-run reads. Then, best of 3 each:
 
 * parse only: `json.loads` of every line;
@@ -19,7 +19,8 @@ from typing import Any
 
 import orjson
 
-from helpers import jsonio, sample_data
+from helpers.connection import jsonio
+from helpers.devtools import sample_data
 from helpers.migrations.m001_s3_asset_tracking import rules
 
 REPEATS = 3

@@ -23,14 +23,14 @@ from pathlib import Path
 from collections.abc import Iterator
 from typing import Any
 
-from helpers.apply import apply_plan
-from helpers.backup import take_backup
+from helpers.steps.apply import apply_plan
+from helpers.steps.backup import take_backup
 from helpers.migrations import default_id
-from helpers.parallel import default_workers
-from helpers.plan import build_plan
-from helpers.run_folder import bind_migration
-from helpers.transport import ConvexTransport
-from helpers.verify import verify
+from helpers.steps.parallel import default_workers
+from helpers.steps.plan import build_plan
+from helpers.evidence.run_folder import bind_migration
+from helpers.connection.transport import ConvexTransport
+from helpers.steps.verify import verify
 
 
 def peak_rss_mib() -> float:
@@ -63,7 +63,7 @@ def folder_bytes(folder: Path) -> int:
 
 
 class DiskPeak:
-    """The most the run folder and the steps' scratch folders (helpers.scratch) held at once, sampled every `interval`
+    """The most the run folder and the steps' scratch folders (helpers.steps.scratch) held at once, sampled every `interval`
     seconds in a thread: the disk a run needs at its peak, run folder included. The scratch folders go to a folder of
     this pass's own (`tempfile.tempdir`), so other work on the machine is not counted."""
 

@@ -37,8 +37,8 @@ from typing import Any
 
 import orjson
 
-from helpers import values
-from helpers.sample_data import SCENES_PER_SESSION, START_MS, iter_scenes, iter_sessions
+from helpers.connection import values
+from helpers.devtools.sample_data import SCENES_PER_SESSION, START_MS, iter_scenes, iter_sessions
 
 TABLES = ("videoSessions", "scenes", "assetReferences", "migrationRuns")
 GENERATED = ("videoSessions", "scenes")

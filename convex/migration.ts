@@ -3,7 +3,7 @@
 // sends it here as a compare-and-set item, so apply, rollback-strip and rollback-restore all run through
 // applyBatch. A table is any table of the deployed schema (checked here, at run time), so a migration of a new
 // table needs its schema fragment and nothing else; the rows a migration creates beside its documents ("side
-// rows", helpers.migration.SideRows) are described by the batch's `sideRows` argument.
+// rows", helpers.steps.migration.SideRows) are described by the batch's `sideRows` argument.
 import { v } from "convex/values";
 import type { Value } from "convex/values";
 import type { GenericId } from "convex/values";
@@ -21,7 +21,7 @@ function schemaTable(table: string): TableNames {
   return table as TableNames;
 }
 
-/** Where a migration's side rows live and which of their fields are whose (helpers.migration.SideRows.protocol). */
+/** Where a migration's side rows live and which of their fields are whose (helpers.steps.migration.SideRows.protocol). */
 const sideRows = v.object({
   table: v.string(),
   owner: v.string(),
@@ -82,9 +82,9 @@ type Result = { id: string; outcome: Outcome; message?: string; referenceIds?: s
 type Item = typeof item.type;
 
 const SYSTEM_FIELDS = new Set(["_id", "_creationTime"]);
-/** The start of applyBatch's refusal when another run holds the lock (helpers.deployment recognises it). */
+/** The start of applyBatch's refusal when another run holds the lock (helpers.connection.calls recognises it). */
 export const LOCK_HELD_BY_OTHER = "the migration lock is held by run";
-/** The start of applyBatch's refusal of a guarded batch whose run does not hold the lock (helpers.deployment too). */
+/** The start of applyBatch's refusal of a guarded batch whose run does not hold the lock (helpers.connection.calls too). */
 export const LOCK_NOT_HELD = "the deployment lock is not held by run";
 
 /**

@@ -21,7 +21,7 @@ const ROLLBACK_STEP = "05_rollback";
 export const chain = v.object({ inEffect: v.array(v.string()), notInEffect: v.array(v.string()) });
 export type Chain = Infer<typeof chain>;
 
-/** Why the chain does not hold, for the runbook to word (helpers/chain.py). */
+/** Why the chain does not hold, for the runbook to word (helpers/steps/chain.py). */
 export type ChainProblem =
   | { reason: "not_verified"; migrationId: string }
   | { reason: "rolled_back"; migrationId: string; runId: string; status: string; verifiedRunId: string }
@@ -155,7 +155,7 @@ export function chainBroken(problem: ChainProblem): ConvexError<{ code: "chain_b
 /** The ledger row of a run's seal: it holds the manifest's sha256 (and every file the manifest lists). */
 export const SEAL_STEP = "seal";
 export const MANIFEST_FILE = "manifest.json";
-/** The words a refused seal starts with (helpers/archive.py recognises them). */
+/** The words a refused seal starts with (helpers/evidence/archive.py recognises them). */
 export const SEAL_REFUSED = "the run is sealed already";
 
 /** Appends to the ledger of one run; nothing recorded as evidence is ever rewritten.

@@ -2,7 +2,7 @@
 import type { Value } from "convex/values";
 
 /** Deep equality of Convex values, as stored: the precondition and idempotency checks rest on it.
- * As helpers/values.py `equal`: int64 (bigint) never equals float64 (number), -0 is not 0, NaN equals NaN. */
+ * As helpers/connection/values.py `equal`: int64 (bigint) never equals float64 (number), -0 is not 0, NaN equals NaN. */
 export function valuesEqual(a: Value | undefined, b: Value | undefined): boolean {
   if (typeof a === "number" && typeof b === "number") return Object.is(a, b);
   if (a === b) return true; // bigints compare by value; a bigint is never === a number

@@ -20,14 +20,14 @@ from typing import Any
 
 import papermill
 
-from .archive import check_archive
-from .errors import DiskFull, PreconditionFailed, RunbookError
-from .report import check_command, run_verdicts
-from .transport import ConvexTransport, redact_url
-from .migrations import all_migrations
-from .paths import CHECKOUT_ROOT
-from .run_folder import RUN_FILE, migration_id, operator_of
-from .runner import DRY_RUN_STEPS, NOTEBOOKS_DIR, ROLLBACK_STEP, STEPS, RunResult, StepFailed, notebook_path, prepare_run, run_migration
+from helpers.evidence.archive import check_archive
+from helpers.connection.errors import DiskFull, PreconditionFailed, RunbookError
+from helpers.evidence.pages import check_command, run_verdicts
+from helpers.connection.transport import ConvexTransport, redact_url
+from helpers.migrations import all_migrations
+from helpers.paths import CHECKOUT_ROOT
+from helpers.evidence.run_folder import RUN_FILE, migration_id, operator_of
+from helpers.runner import DRY_RUN_STEPS, NOTEBOOKS_DIR, ROLLBACK_STEP, STEPS, RunResult, StepFailed, notebook_path, prepare_run, run_migration
 
 EXIT_FAILED = 1
 EXIT_REFUSED = 2
@@ -185,7 +185,7 @@ def cmd_check_archive(args: argparse.Namespace) -> int:
 
 
 def cmd_seal(args: argparse.Namespace) -> int:
-    from .archive import seal
+    from helpers.evidence.archive import seal
 
     sealed = seal(args.dir, convex_url=args.url, notebooks_dir=args.notebooks, operator=args.operator)
     if sealed.action == "unchanged":
@@ -202,7 +202,7 @@ def cmd_seal(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """`runbook status`: the deployment's ledger, per migration of the registry, then each run. Writes nothing."""
-    from .archive import deployment_status
+    from helpers.evidence.archive import deployment_status
 
     with ConvexTransport(args.url) as transport:
         states = deployment_status(transport)

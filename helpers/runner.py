@@ -30,7 +30,7 @@ from jupyter_client.manager import AsyncKernelManager
 from pydantic import BaseModel
 from traitlets import default
 
-from .archive import (
+from helpers.evidence.archive import (
     STEP_STARTED_ENV,
     Manifest,
     Sealed,
@@ -44,14 +44,14 @@ from .archive import (
     write_json_atomic,
     writing,
 )
-from . import errors
-from .errors import DeployKeyMissing, DiskFull, PreconditionFailed, RunbookError
-from .paths import CHECKOUT_ROOT, NOTEBOOKS_DIR
-from .report import REPORT_SUFFIX, PageContext, render_step, resume_command, section_of, split_fix, where as where_failed
-from .migration import Migration
-from .migrations import default_id, get as get_migration
-from .run_folder import bind_migration, create_run, holds_its_notebooks, migration_id, migration_of, operator_for, operator_of, run_id, run_lock
-from .transport import ConvexTransport, check_deployment_url, deploy_key_from_env, redact_url
+from helpers.connection import errors
+from helpers.connection.errors import DeployKeyMissing, DiskFull, PreconditionFailed, RunbookError
+from helpers.paths import CHECKOUT_ROOT, NOTEBOOKS_DIR
+from helpers.evidence.pages import REPORT_SUFFIX, PageContext, render_step, resume_command, section_of, split_fix, where as where_failed
+from helpers.steps.migration import Migration
+from helpers.migrations import default_id, get as get_migration
+from helpers.evidence.run_folder import bind_migration, create_run, holds_its_notebooks, migration_id, migration_of, operator_for, operator_of, run_id, run_lock
+from helpers.connection.transport import ConvexTransport, check_deployment_url, deploy_key_from_env, redact_url
 
 STEPS = ("01_backup_snapshot", "02_dry_run", "03_apply", "04_verify")
 ROLLBACK_STEP = "05_rollback"

@@ -1,7 +1,7 @@
 """Issue 22's ten-line migration: backfill `assetVersion = 1` on every scene that lacks it, declared with
-`helpers.migration.backfill`. A test fixture, not in the registry (tests/test_backfill.py registers it). Not a test module."""
+`helpers.steps.migration.backfill`. A test fixture, not in the registry (tests/test_backfill.py registers it). Not a test module."""
 
-from helpers.migration import backfill
+from helpers.steps.migration import backfill
 
 ASSET_VERSION = backfill(
     id="910_backfill_asset_version",

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from helpers import migrations
-from helpers.local_deployment import LocalDeployment
-from helpers.migration import Migration
-from helpers.run_folder import bind_migration
-from helpers.transport import ConvexTransport
+from helpers.devtools.local_deployment import LocalDeployment
+from helpers.steps.migration import Migration
+from helpers.evidence.run_folder import bind_migration
+from helpers.connection.transport import ConvexTransport
 
 from .toy_migration import TOY
 
@@ -57,7 +57,7 @@ def transport(deployment: LocalDeployment) -> Iterator[ConvexTransport]:
 
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
-    """A run folder of migration 001 (a folder names its migration: helpers.run_folder refuses one that does not)."""
+    """A run folder of migration 001 (a folder names its migration: helpers.evidence.run_folder refuses one that does not)."""
     path = tmp_path / "run"
     bind_migration(path, "001_s3_asset_tracking")
     return path

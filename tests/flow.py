@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from helpers.archive import StepResults, write_step_results
-from helpers.backup import take_backup
-from helpers.deployment import iter_documents
+from helpers.evidence.archive import StepResults, write_step_results
+from helpers.steps.backup import take_backup
+from helpers.connection.calls import iter_documents
 from helpers.migrations.m001_s3_asset_tracking.fields import ALL_TABLES
-from helpers.plan import build_plan
-from helpers.run_folder import RUN_FILE, bind_migration
-from helpers.sample_data import load
-from helpers.transport import ConvexTransport
+from helpers.steps.plan import build_plan
+from helpers.evidence.run_folder import RUN_FILE, bind_migration
+from helpers.devtools.sample_data import load
+from helpers.connection.transport import ConvexTransport
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 
 SAMPLE_SCENES = 300

@@ -18,7 +18,7 @@ DETECTED = {"killed", "timeout", "caught by type check", "segfault"}
 
 
 def module_of(mutant: str) -> str:
-    """helpers.verify.x_check__mutmut_3 -> helpers/verify.py (a method's name is helpers.verify.xǁClassǁname...);
+    """helpers.steps.verify.x_check__mutmut_3 -> helpers/steps/verify.py (a method's name is helpers.steps.verify.xǁClassǁname...);
     helpers.migrations.m001_s3_asset_tracking.rules.x_… -> helpers/migrations/m001_s3_asset_tracking/rules.py."""
     parts = mutant.split(".")
     depth = 4 if parts[1] == "migrations" else 2
@@ -27,7 +27,7 @@ def module_of(mutant: str) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--goal", action="append", default=[], metavar="MODULE=PERCENT", help="e.g. helpers/verify.py=90")
+    parser.add_argument("--goal", action="append", default=[], metavar="MODULE=PERCENT", help="e.g. helpers/steps/verify.py=90")
     parser.add_argument("--mutmut", default="mutmut")
     args = parser.parse_args()
     output = subprocess.run([args.mutmut, "results", "--all", "true"], check=True, capture_output=True, text=True).stdout

@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 
 import pytest
 
-from helpers import errors, jsonio
-from helpers.apply import (
+from helpers.connection import errors
+from helpers.connection import jsonio
+from helpers.steps.apply import (
     CHECKPOINT_FILE,
     BatchSizer,
     apply_dir,
@@ -20,9 +21,9 @@ from helpers.apply import (
     read_checkpoint,
     used_ratio,
 )
-from helpers.deployment import apply_batch, iter_documents
-from helpers.plan import iter_plan_lines
-from helpers.transport import ConvexTransport
+from helpers.connection.calls import apply_batch, iter_documents
+from helpers.steps.plan import iter_plan_lines
+from helpers.connection.transport import ConvexTransport
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 from helpers.migrations.m001_s3_asset_tracking.plan_line import CHANGING_ACTIONS
 

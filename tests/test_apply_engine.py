@@ -19,8 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import deployment, jsonio
-from helpers.apply import (
+from helpers.connection import calls as deployment
+from helpers.connection import jsonio
+from helpers.steps.apply import (
     APPLY_STEP,
     BatchSizer,
     _item,
@@ -34,13 +35,13 @@ from helpers.apply import (
     read_checkpoint,
     take_migration_lock,
 )
-from helpers.archive import sha256_file
-from helpers.chain import for_apply
-from helpers.errors import (
+from helpers.evidence.archive import sha256_file
+from helpers.steps.chain import for_apply
+from helpers.connection.errors import (
     ArgumentValidationError, FunctionFailed, FunctionTerminated, LeaseLost, LimitExceeded, PreconditionFailed, StatisticsUnconfirmed,
     TransientFailure,
 )
-from helpers.run_folder import bind_migration, run_id as folder_run_id
+from helpers.evidence.run_folder import bind_migration, run_id as folder_run_id
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 
 URL = "https://happy-otter-123.convex.cloud"

@@ -11,10 +11,10 @@ from urllib.parse import quote
 
 import pytest
 
-from helpers import archive
-from helpers.archive import StepResults
-from helpers.errors import PreconditionFailed
-from helpers.run_folder import bind_migration
+from helpers.evidence import archive
+from helpers.evidence.archive import StepResults
+from helpers.connection.errors import PreconditionFailed
+from helpers.evidence.run_folder import bind_migration
 
 DEPLOYMENT = "https://ops:hunter2@happy-otter-123.convex.cloud/?token=abc123"
 

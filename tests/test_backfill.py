@@ -1,4 +1,4 @@
-"""A one-table backfill from one function (helpers.migration.backfill): its plan lines, and the ten-line
+"""A one-table backfill from one function (helpers.steps.migration.backfill): its plan lines, and the ten-line
 `assetVersion = 1` migration run through apply, verify and rollback strip against the local deployment."""
 
 from __future__ import annotations
@@ -8,15 +8,16 @@ from typing import Any
 
 import pytest
 
-from helpers import archive, migrations
-from helpers.apply import apply_plan
-from helpers.deployment import apply_batch, iter_documents
-from helpers.migration import Migration, PlanInputs, backfill
-from helpers.plan import iter_plan_lines
-from helpers.rollback import check_rollback, execute_rollback, plan_rollback
-from helpers.run_folder import bind_migration
-from helpers.transport import ConvexTransport
-from helpers.verify import verify
+from helpers import migrations
+from helpers.evidence import archive
+from helpers.steps.apply import apply_plan
+from helpers.connection.calls import apply_batch, iter_documents
+from helpers.steps.migration import Migration, PlanInputs, backfill
+from helpers.steps.plan import iter_plan_lines
+from helpers.steps.rollback import check_rollback, execute_rollback, plan_rollback
+from helpers.evidence.run_folder import bind_migration
+from helpers.connection.transport import ConvexTransport
+from helpers.steps.verify import verify
 
 from .backfill_migration import ASSET_VERSION
 from .flow import prepare, seed

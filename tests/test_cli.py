@@ -18,13 +18,14 @@ import nbformat
 import papermill
 import pytest
 
-from helpers import archive, cli, runner
-from helpers.deployment import read_ledger
-from helpers.local_deployment import LocalDeployment
-from helpers.sample_data import load
-from helpers.errors import PreconditionFailed
-from helpers.local_deployment import LocalDeployment
-from helpers.run_folder import bind_migration
+from helpers import cli, runner
+from helpers.evidence import archive
+from helpers.connection.calls import read_ledger
+from helpers.devtools.local_deployment import LocalDeployment
+from helpers.devtools.sample_data import load
+from helpers.connection.errors import PreconditionFailed
+from helpers.devtools.local_deployment import LocalDeployment
+from helpers.evidence.run_folder import bind_migration
 from helpers.runner import StepFailed
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 
@@ -44,7 +45,7 @@ PARAMETERS = 'convex_url = ""\nrun_dir = ""\nmigration = ""\nlabel = "default"'
 RECORD = """\
 import os
 from pathlib import Path
-from helpers import archive
+from helpers.evidence import archive
 archive.write_step_results(Path(run_dir), STEP, archive.StepResults(
     step=STEP, status="passed", inputs={}, outputs={},
     summary={"label": label, "headless": os.environ.get("RUNBOOK_HEADLESS"),
@@ -475,7 +476,7 @@ def test_the_kernel_is_shut_down_without_an_interrupt(tmp_path: Path, notebooks:
 def test_status_prints_each_migrations_state_and_each_run_and_writes_nothing(
     deployment: LocalDeployment, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from helpers.deployment import record_run
+    from helpers.connection.calls import record_run
     from helpers.migrations import all_migrations
 
     def ledger_rows() -> list[dict]:
@@ -530,7 +531,7 @@ def test_a_run_whose_seal_the_deployment_missed_says_how_to_record_it(
 
 
 def test_new_run_prepares_each_step_notebook_in_the_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from helpers.report import notebook_parameter
+    from helpers.evidence.pages import notebook_parameter
 
     templates = {p: p.read_bytes() for p in runner.NOTEBOOKS_DIR.glob("*.ipynb")}
     assert cli.main(["new-run", "--url", URL, "--runs-dir", str(tmp_path / "runs"), "--operator", "alice",

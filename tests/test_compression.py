@@ -1,4 +1,4 @@
-"""The compressed formats (helpers.compression) round-trip, and their bytes depend only on the content."""
+"""The compressed formats (helpers.evidence.compression) round-trip, and their bytes depend only on the content."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import compression, jsonio
-from helpers.values import Int64
+from helpers.evidence import compression
+from helpers.connection import jsonio
+from helpers.connection.values import Int64
 
 LINES = st.lists(st.binary(max_size=300).map(lambda b: b.replace(b"\n", b"") + b"\n"), max_size=60)
 VALUES = st.recursive(

@@ -8,7 +8,7 @@ import matplotlib
 import pytest
 from matplotlib.colors import to_rgba
 
-from helpers import display
+from helpers.notebook_ui import display
 
 matplotlib.use("Agg")
 

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers import archive, cli, runner
-from helpers.deployment import read_ledger
-from helpers.local_deployment import LocalDeployment
+from helpers import cli, runner
+from helpers.evidence import archive
+from helpers.connection.calls import read_ledger
+from helpers.devtools.local_deployment import LocalDeployment
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 
 from .test_cli import _notebook
@@ -26,8 +27,8 @@ from .test_cli import _notebook
 BACKUP = """\
 import hashlib, json
 from pathlib import Path
-from helpers import archive
-from helpers.transport import ConvexTransport
+from helpers.evidence import archive
+from helpers.connection.transport import ConvexTransport
 run_dir = Path(run_dir)
 (run_dir / "backup").mkdir(parents=True, exist_ok=True)
 snapshot = b"PK not really a zip " + label.encode()
@@ -42,8 +43,8 @@ with ConvexTransport(convex_url) as transport:
 PLAN = """\
 import hashlib, json
 from pathlib import Path
-from helpers import archive
-from helpers.transport import ConvexTransport
+from helpers.evidence import archive
+from helpers.connection.transport import ConvexTransport
 run_dir = Path(run_dir)
 (run_dir / "plan").mkdir(parents=True, exist_ok=True)
 lines = b'{"id":"s1","action":"migrate"}\\n{"id":"s2","action":"no_change"}\\n'
@@ -206,8 +207,8 @@ def test_a_deleted_file_is_named_by_the_ledger(run_dir: Path, deployment: LocalD
 
 def test_a_step_row_keeps_the_start_its_step_recorded(deployment: LocalDeployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Apply records its row when it starts; the row written with its results keeps that start."""
-    from helpers.deployment import record_run
-    from helpers.run_folder import bind_migration, run_id
+    from helpers.connection.calls import record_run
+    from helpers.evidence.run_folder import bind_migration, run_id
 
     monkeypatch.delenv(archive.STEP_STARTED_ENV, raising=False)
     run_dir = tmp_path / "run"
@@ -245,8 +246,8 @@ def _rows(deployment: LocalDeployment, run: str) -> list[dict[str, object]]:
 def test_the_deployment_keeps_a_seal_and_a_finished_step_row_as_they_were(deployment: LocalDeployment) -> None:
     """Append-only in the deployment itself, whoever calls `migrationRuns:record`: the same seal again is a
     no-op, another manifest is refused until a step of the run is recorded, a finished step row stays."""
-    from helpers.deployment import record_run
-    from helpers.errors import RunbookError
+    from helpers.connection.calls import record_run
+    from helpers.connection.errors import RunbookError
 
     run = "20261206T000000Z-appendonly01"
     seal = {"step": archive.SEAL_STEP, "status": "sealed", "operator": "alice", "startedAt": 1}

@@ -15,16 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from helpers import errors
-from helpers.apply import CHECKPOINT_FILE, ApplySummary, apply_dir, apply_plan
-from helpers.archive import StepResults, write_step_results
-from helpers.deployment import iter_documents, read_ledger
-from helpers.local_deployment import LocalDeployment
-from helpers.plan import iter_plan_lines
-from helpers.run_folder import run_id
+from helpers.connection import errors
+from helpers.steps.apply import CHECKPOINT_FILE, ApplySummary, apply_dir, apply_plan
+from helpers.evidence.archive import StepResults, write_step_results
+from helpers.connection.calls import iter_documents, read_ledger
+from helpers.devtools.local_deployment import LocalDeployment
+from helpers.steps.plan import iter_plan_lines
+from helpers.evidence.run_folder import run_id
 from helpers.runner import APPLY_STEP, statistics
-from helpers.transport import ConvexTransport
-from helpers.verify import verify
+from helpers.connection.transport import ConvexTransport
+from helpers.steps.verify import verify
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 from helpers.migrations.m001_s3_asset_tracking.fields import legacy_part
 from helpers.migrations.m001_s3_asset_tracking.plan_line import CHANGING_ACTIONS
@@ -148,8 +148,8 @@ def test_rerun_of_a_finished_apply_is_a_recheck_that_keeps_the_figures(deploy_ke
 APPLY_SCRIPT = """
 import sys
 from pathlib import Path
-from helpers.apply import apply_plan
-from helpers.transport import ConvexTransport
+from helpers.steps.apply import apply_plan
+from helpers.connection.transport import ConvexTransport
 apply_plan(ConvexTransport(sys.argv[1]), Path(sys.argv[2]), confirm=True, batch_size=5, concurrency=2, show_progress=False)
 """
 
@@ -264,7 +264,7 @@ def test_concurrent_writer_is_never_overwritten(deploy_key: str, tmp_path: Path)
 
 
 def _all_conflicts(run_dir: Path) -> list:
-    from helpers.apply import _iter_outcomes
+    from helpers.steps.apply import _iter_outcomes
 
     return list(_iter_outcomes(apply_dir(run_dir) / CHECKPOINT_FILE, {"conflict"}))
 
@@ -344,8 +344,8 @@ def test_timeouts_and_oom_on_one_document_batches_end_like_a_clean_run(
 RESTART_APPLY = """
 import sys
 from pathlib import Path
-from helpers.apply import apply_plan
-from helpers.transport import ConvexTransport
+from helpers.steps.apply import apply_plan
+from helpers.connection.transport import ConvexTransport
 summary = apply_plan(ConvexTransport(sys.argv[1], max_attempts=12), Path(sys.argv[2]), confirm=True, batch_size=5,
                      concurrency=2, show_progress=False)
 print(summary.status, summary.statistics_confirmed)

@@ -9,15 +9,16 @@ from pathlib import Path
 import orjson
 import pytest
 
-from helpers import compression, errors
-from helpers.apply import apply_plan
-from helpers.backup import take_backup
-from helpers.deployment import acquire_lock, release_lock
-from helpers.plan import PLAN_FILE, build_plan, iter_plan_lines, plan_dir
-from helpers.rollback import check_rollback, execute_rollback, plan_rollback
-from helpers.run_folder import bind_migration
-from helpers.transport import ConvexTransport
-from helpers.verify import verify
+from helpers.evidence import compression
+from helpers.connection import errors
+from helpers.steps.apply import apply_plan
+from helpers.steps.backup import take_backup
+from helpers.connection.calls import acquire_lock, release_lock
+from helpers.steps.plan import PLAN_FILE, build_plan, iter_plan_lines, plan_dir
+from helpers.steps.rollback import check_rollback, execute_rollback, plan_rollback
+from helpers.evidence.run_folder import bind_migration
+from helpers.connection.transport import ConvexTransport
+from helpers.steps.verify import verify
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 from helpers.migrations.m001_s3_asset_tracking.plan_line import CHANGING_ACTIONS
 

@@ -11,8 +11,9 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from helpers import deployment, errors
-from helpers.deployment import (
+from helpers.connection import calls as deployment
+from helpers.connection import errors
+from helpers.connection.calls import (
     NO_CHAIN,
     acquire_lock,
     count_side_rows,
@@ -20,9 +21,9 @@ from helpers.deployment import (
     release_lock,
     renew_lock,
 )
-from helpers.local_deployment import LocalDeployment
+from helpers.devtools.local_deployment import LocalDeployment
 from helpers.migrations.m001_s3_asset_tracking import ASSET_REFERENCES, fields, rules
-from helpers.transport import ConvexTransport
+from helpers.connection.transport import ConvexTransport
 
 from .test_rules import legacy_scenes
 

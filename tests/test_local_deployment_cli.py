@@ -15,10 +15,10 @@ import psutil
 import pytest
 
 from helpers import cli
-from helpers.deployment import iter_documents, read_ledger
-from helpers.errors import TransientFailure
-from helpers.local_deployment import CLI_OPTIONS, LocalDeployment
-from helpers.transport import ConvexTransport
+from helpers.connection.calls import iter_documents, read_ledger
+from helpers.connection.errors import TransientFailure
+from helpers.devtools.local_deployment import CLI_OPTIONS, LocalDeployment
+from helpers.connection.transport import ConvexTransport
 
 REPO = Path(__file__).resolve().parent.parent
 

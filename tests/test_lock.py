@@ -14,18 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from helpers import errors
-from helpers.apply import CHECKPOINT_FILE, _item, apply_dir, apply_plan
-from helpers.archive import MANIFEST_FILE
-from helpers.backup import take_backup
-from helpers.deployment import acquire_lock, apply_batch, count_side_rows, read_ledger, release_lock
-from helpers.local_deployment import LocalDeployment
-from helpers.plan import build_plan, iter_plan_lines
-from helpers.rollback import execute_rollback, plan_rollback
-from helpers.run_folder import run_id, step_lock
+from helpers.connection import errors
+from helpers.steps.apply import CHECKPOINT_FILE, _item, apply_dir, apply_plan
+from helpers.evidence.archive import MANIFEST_FILE
+from helpers.steps.backup import take_backup
+from helpers.connection.calls import acquire_lock, apply_batch, count_side_rows, read_ledger, release_lock
+from helpers.devtools.local_deployment import LocalDeployment
+from helpers.steps.plan import build_plan, iter_plan_lines
+from helpers.steps.rollback import execute_rollback, plan_rollback
+from helpers.evidence.run_folder import run_id, step_lock
 from helpers.runner import run_migration
-from helpers.transport import ConvexTransport
-from helpers.verify import verify
+from helpers.connection.transport import ConvexTransport
+from helpers.steps.verify import verify
 from helpers.migrations.m001_s3_asset_tracking import ASSET_REFERENCES, MIGRATION as M001
 from helpers.migrations.m001_s3_asset_tracking.plan_line import CHANGING_ACTIONS
 
@@ -37,8 +37,8 @@ SCENES = 60
 APPLY_SCRIPT = """
 import sys
 from pathlib import Path
-from helpers.apply import apply_plan
-from helpers.transport import ConvexTransport
+from helpers.steps.apply import apply_plan
+from helpers.connection.transport import ConvexTransport
 apply_plan(ConvexTransport(sys.argv[1]), Path(sys.argv[2]), confirm=True, batch_size=3, concurrency=1,
            show_progress=False, lease_ms=int(sys.argv[3]))
 """
@@ -46,7 +46,7 @@ apply_plan(ConvexTransport(sys.argv[1]), Path(sys.argv[2]), confirm=True, batch_
 HOLD_SCRIPT = """
 import sys
 from pathlib import Path
-from helpers.run_folder import run_lock, step_lock
+from helpers.evidence.run_folder import run_lock, step_lock
 lock = step_lock(Path(sys.argv[2]), "01_backup_snapshot") if sys.argv[1] == "step" else run_lock(Path(sys.argv[2]))
 with lock:
     print("held", flush=True)

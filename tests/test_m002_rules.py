@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers.migration import PLAN_LINE_KEYS, Before, Joined, Planned, PlanInputs, Verdict
+from helpers.steps.migration import PLAN_LINE_KEYS, Before, Joined, Planned, PlanInputs, Verdict
 from helpers.migrations.m002_retire_legacy_fields import MIGRATION, rules
 from helpers.migrations.m002_retire_legacy_fields.checks import LEGACY_VALUES_RECOVERABLE
-from helpers.values import equal
+from helpers.connection.values import equal
 
 BUCKET = "https://tutor.s3.us-east-1.amazonaws.com"
 MIGRATED_AT = 1_704_067_200_000

@@ -13,15 +13,15 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from helpers import migrations
-from helpers.apply import ApplySummary
-from helpers.archive import Manifest, StepResults, read_step_results, write_step_results
-from helpers.errors import PreconditionFailed
-from helpers.migration import PLAN_LINE_KEYS, Migration
-from helpers.plan import PlanSummary
-from helpers.rollback import RollbackSummary
-from helpers.run_folder import bind_migration, migration_id, run_id
-from helpers.step import PREVIOUS_STEP, Step
-from helpers.verify import VerifyReport, run_checks
+from helpers.steps.apply import ApplySummary
+from helpers.evidence.archive import Manifest, StepResults, read_step_results, write_step_results
+from helpers.connection.errors import PreconditionFailed
+from helpers.steps.migration import PLAN_LINE_KEYS, Migration
+from helpers.steps.plan import PlanSummary
+from helpers.steps.rollback import RollbackSummary
+from helpers.evidence.run_folder import bind_migration, migration_id, run_id
+from helpers.steps.contract import PREVIOUS_STEP, Step
+from helpers.steps.verify import VerifyReport, run_checks
 
 from .toy_migration import TOY, plan_note
 
@@ -174,8 +174,8 @@ def test_every_step_refuses_when_the_step_before_did_not_pass(tmp_path: Path, st
 
 def test_a_step_records_its_results_and_its_ledger_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rows: list[dict[str, Any]] = []
-    monkeypatch.setattr("helpers.deployment.read_ledger", lambda transport, migration: [])
-    monkeypatch.setattr("helpers.deployment.record_run", lambda transport, migration, run, **row: rows.append({"migration": migration, **row}))
+    monkeypatch.setattr("helpers.connection.calls.read_ledger", lambda transport, migration: [])
+    monkeypatch.setattr("helpers.connection.calls.record_run", lambda transport, migration, run, **row: rows.append({"migration": migration, **row}))
     write_step_results(tmp_path, "03_apply", StepResults(step="03_apply", status="passed"))
     step = Step.open("04_verify", "http://127.0.0.1:9", tmp_path, "001_s3_asset_tracking")
 

@@ -14,10 +14,10 @@ import nbformat
 import papermill
 import pytest
 
-from helpers.archive import StepResults, check_archive, find_secret, read_step_results, write_step_results
-from helpers.local_deployment import LocalDeployment
+from helpers.evidence.archive import StepResults, check_archive, find_secret, read_step_results, write_step_results
+from helpers.devtools.local_deployment import LocalDeployment
 from helpers.runner import StepFailed, run_migration
-from helpers.transport import ConvexTransport
+from helpers.connection.transport import ConvexTransport
 
 from .flow import migration_references, seed, state
 

@@ -18,8 +18,9 @@ import papermill
 import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 
-from helpers import runner, sample_data
-from helpers.local_deployment import LocalDeployment
+from helpers import runner
+from helpers.devtools import sample_data
+from helpers.devtools.local_deployment import LocalDeployment
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -74,7 +75,7 @@ def test_notebooks_only_call_the_helpers_public_api() -> None:
 # --- the installed package, outside the checkout ----------------------------------------------------------------
 
 #: Development tooling: it needs the checkout (local_deployment/, node_modules/) and stays out of the wheel.
-DEVELOPMENT_MODULES = ("helpers/local_deployment.py", "helpers/sample_data.py", "helpers/demo.py", "helpers/scaffold.py")
+DEVELOPMENT_MODULES = ("helpers/devtools/local_deployment.py", "helpers/devtools/sample_data.py", "helpers/devtools/demo.py", "helpers/devtools/scaffold.py")
 #: Checkout folders that are not the runbook: none of them may be in the wheel.
 CHECKOUT_ONLY = ("convex/", "tests/", "local_deployment/", "benchmarks/", "notebooks/", "docs/")
 

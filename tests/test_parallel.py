@@ -1,4 +1,4 @@
-"""The dry-run and verify split over worker processes (helpers.parallel): the same plan bytes, plan_sha256,
+"""The dry-run and verify split over worker processes (helpers.steps.parallel): the same plan bytes, plan_sha256,
 problems.csv and findings as one process, on corpora whose cross-document cases (a session's scenes, an S3 key
 two scenes share, a scene already tracked) fall in different ranges."""
 
@@ -11,15 +11,16 @@ from typing import Any
 
 import pytest
 
-import helpers.parallel
-from helpers import jsonio, sample_data
-from helpers.backup import iter_backup_documents
+import helpers.steps.parallel
+from helpers.connection import jsonio
+from helpers.devtools import sample_data
+from helpers.steps.backup import iter_backup_documents
 from helpers.migrations import get
 from helpers.migrations.m001_s3_asset_tracking.fields import SCENE_ASSET_SOURCES
-from helpers.parallel import Ranged, map_ranges, split
-from helpers.plan import PLAN_FILE, build_plan, iter_plan_lines, plan_dir
-from helpers.run_folder import bind_migration
-from helpers.verify import run_checks
+from helpers.steps.parallel import Ranged, map_ranges, split
+from helpers.steps.plan import PLAN_FILE, build_plan, iter_plan_lines, plan_dir
+from helpers.evidence.run_folder import bind_migration
+from helpers.steps.verify import run_checks
 
 from .test_plan import PagedTables, _snapshot_of
 
@@ -29,7 +30,7 @@ M001 = get("001_s3_asset_tracking")
 @pytest.fixture(autouse=True)
 def small_ranges(monkeypatch: pytest.MonkeyPatch) -> None:
     """Ranges of any size, so a corpus of a few hundred documents splits over several workers."""
-    monkeypatch.setattr(helpers.parallel, "MIN_RANGE", 1)
+    monkeypatch.setattr(helpers.steps.parallel, "MIN_RANGE", 1)
 
 
 def corpus(seed: int, n_scenes: int) -> dict[str, list[dict[str, Any]]]:

@@ -1,4 +1,4 @@
-"""The dry-run's core (helpers.plan) around a migration's planner: the plan file, its hash, its tables, its refusals.
+"""The dry-run's core (helpers.steps.plan) around a migration's planner: the plan file, its hash, its tables, its refusals.
 
 Runs a migration the runbook does not ship (tests/toy_migration.py) against a fake deployment that answers
 `migration:readPage`, so what is checked here is the core alone.
@@ -17,14 +17,16 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-import helpers.plan
-from helpers import display as show
-from helpers import compression, jsonio, migrations
-from helpers.archive import sha256_file
-from helpers.errors import PreconditionFailed
-from helpers.migration import Migration
-from helpers.plan import PLAN_FILE, UNCOMPRESSED_PLAN_FILE, build_plan, example_pairs, iter_plan_lines, plan_dir, read_plan
-from helpers.run_folder import bind_migration
+import helpers.steps.plan
+from helpers.notebook_ui import display as show
+from helpers import migrations
+from helpers.evidence import compression
+from helpers.connection import jsonio
+from helpers.evidence.archive import sha256_file
+from helpers.connection.errors import PreconditionFailed
+from helpers.steps.migration import Migration
+from helpers.steps.plan import PLAN_FILE, UNCOMPRESSED_PLAN_FILE, build_plan, example_pairs, iter_plan_lines, plan_dir, read_plan
+from helpers.evidence.run_folder import bind_migration
 
 from .toy_migration import TOY
 
@@ -189,7 +191,7 @@ def test_fewer_gc_passes_only_when_planning_from_the_snapshot(toy_run: Path, tmp
         entered.append(True)
         yield
 
-    monkeypatch.setattr(helpers.plan, "few_collections", recording)
+    monkeypatch.setattr(helpers.steps.plan, "few_collections", recording)
     _snapshot_of(toy_run, {"notes": NOTES})
     from_snapshot = build_plan(PagedTables({"notes": NOTES}), toy_run, show_progress=False)  # type: ignore[arg-type]
     assert entered == [True]
@@ -200,7 +202,7 @@ def test_fewer_gc_passes_only_when_planning_from_the_snapshot(toy_run: Path, tmp
 
 
 def test_a_document_with_one_reason_on_several_fields_counts_once() -> None:
-    from helpers.plan import _Tally
+    from helpers.steps.plan import _Tally
 
     from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 

@@ -10,17 +10,19 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from helpers import archive, cli, report, runner
+from helpers import cli, runner
+from helpers.evidence import archive
+from helpers.evidence import pages as report
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
-from helpers.run_folder import bind_migration
+from helpers.evidence.run_folder import bind_migration
 from helpers.runner import StepFailed
 
-from helpers.local_deployment import LocalDeployment
+from helpers.devtools.local_deployment import LocalDeployment
 
 from .test_cli import RECORD, _notebook
 
 CHECK_INPUT = """\
-from helpers.errors import PreconditionFailed
+from helpers.connection.errors import PreconditionFailed
 raise PreconditionFailed("the input holds 3 rows without an id", hint="Give every row an id, then run the step again.")"""
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers import errors
-from helpers.apply import apply_plan
-from helpers.backup import read_backup
-from helpers.rollback import (
+from helpers.connection import errors
+from helpers.steps.apply import apply_plan
+from helpers.steps.backup import read_backup
+from helpers.steps.rollback import (
     check_reference_removed,
     check_restored,
     check_rollback,
@@ -20,8 +20,8 @@ from helpers.rollback import (
     iter_rollback_items,
     plan_rollback,
 )
-from helpers.transport import ConvexTransport
-from helpers.values import digest
+from helpers.connection.transport import ConvexTransport
+from helpers.connection.values import digest
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 
 from .flow import prepare, seed

@@ -14,10 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import values
+from helpers.connection import values
 from helpers.migrations.m001_s3_asset_tracking.rules import DocumentPlan, RulesContext, SessionTotals
-from helpers.values import Int64
-from helpers.migration import PLAN_LINE_KEYS
+from helpers.connection.values import Int64
+from helpers.steps.migration import PLAN_LINE_KEYS
 from helpers.migrations.m001_s3_asset_tracking import fields, plan_line, rules, s3_urls
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -969,7 +969,7 @@ def check_plan_invariants(doc: dict[str, Any], plan: DocumentPlan, table: str) -
     assert all(rules.values_equal(doc[f], v) for f, v in plan.expect.items())
     assert not any(f in doc for f in plan.expect_absent)
     assert set(plan.set) <= set(plan.expect_absent)
-    # Every asset agrees with its legacy fields as helpers/verify.py checks them; one reference each.
+    # Every asset agrees with its legacy fields as helpers/steps/verify.py checks them; one reference each.
     sources = fields.ASSET_SOURCES[table]
     references = {r["assetType"]: r for r in plan.references}
     assert len(references) == len(plan.references)

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import sample_data
+from helpers.devtools import sample_data
 from helpers.migrations.m001_s3_asset_tracking.fields import NEW_FIELDS
 from helpers.migrations.m001_s3_asset_tracking.rules import DocumentPlan, RulesContext
 from helpers.migrations.m001_s3_asset_tracking import plan_line, rules
@@ -33,7 +33,7 @@ def sample(n_scenes: int, seed: int = 7) -> tuple[list[dict[str, Any]], list[dic
 
 
 def plan_dataset(sessions: list[dict[str, Any]], scenes: list[dict[str, Any]], bucket_base_url: str | None = None) -> list[DocumentPlan]:
-    """What helpers.plan.build_plan does, in memory: scenes, duplicate keys, session totals, sessions."""
+    """What helpers.steps.plan.build_plan does, in memory: scenes, duplicate keys, session totals, sessions."""
     ctx = RulesContext(bucket_base_url=bucket_base_url, session_exists={s["_id"] for s in sessions}.__contains__)
     provisional = [rules.plan_scene(doc, ctx) for doc in scenes]
     key_counts = Counter(key for plan in provisional for key in rules.asset_keys(plan))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.local_deployment import LocalDeployment
+from helpers.devtools.local_deployment import LocalDeployment
 from helpers.migrations import head_id
 
 from .flow import seed

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers.scratch import Scratch, batched, few_collections, prefetch
+from helpers.steps.scratch import Scratch, batched, few_collections, prefetch
 
 keys = st.one_of(st.text(max_size=6), st.integers(min_value=-(2**63), max_value=2**63 - 1), st.binary(max_size=6))
 values = st.one_of(st.none(), st.integers(), st.text(max_size=5), st.tuples(st.text(max_size=3), st.binary(max_size=3)))

@@ -15,10 +15,11 @@ from pathlib import Path
 import papermill
 import pytest
 
-from helpers import archive, cli
-from helpers.deployment import read_ledger
-from helpers.errors import PreconditionFailed
-from helpers.local_deployment import LocalDeployment
+from helpers import cli
+from helpers.evidence import archive
+from helpers.connection.calls import read_ledger
+from helpers.connection.errors import PreconditionFailed
+from helpers.devtools.local_deployment import LocalDeployment
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 
 from .flow import seed
@@ -251,7 +252,7 @@ def test_pages_of_an_untimed_notebook_take_who_and_when_from_the_ledger(copy: tu
     """JupyterLab records no cell timing by default: the step's ledger row says who ran it and when."""
     import nbformat
 
-    from helpers.deployment import record_run
+    from helpers.connection.calls import record_run
 
     run_dir, saved = copy
     archive.write_json_atomic(run_dir / "run.json", {"run_id": "20261125T120000Z-c0ffee000001", "migration": M001.id})  # a run of its own

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from helpers import archive, step
-from helpers.errors import InvalidDeploymentUrl, PreconditionFailed, RunbookError, StepNotPassed
+from helpers.evidence import archive
+from helpers.steps import contract as step
+from helpers.connection.errors import InvalidDeploymentUrl, PreconditionFailed, RunbookError, StepNotPassed
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
-from helpers.step import Step
+from helpers.steps.contract import Step
 
 URL = "http://127.0.0.1:9"
 
@@ -93,7 +94,7 @@ def test_an_error_in_a_notebook_is_its_cause_and_its_fix() -> None:
 
 
 def test_record_writes_how_long_the_cells_ran_and_the_run_operator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from helpers.run_folder import create_run
+    from helpers.evidence.run_folder import create_run
 
     run_dir = tmp_path / "r"
     create_run(run_dir, M001.id, "alice")
@@ -118,7 +119,7 @@ def test_last_passed_ignores_folders_where_the_step_failed(tmp_path: Path) -> No
 
 def test_the_run_folders_operator_wins_over_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Apply's lock, rollback and the pages name whoever runbook new-run was given, whoever runs the cells."""
-    from helpers.run_folder import create_run, operator_for
+    from helpers.evidence.run_folder import create_run, operator_for
 
     monkeypatch.setenv("RUNBOOK_OPERATOR", "someone-else")
     assert operator_for(tmp_path / "plain") == "someone-else"

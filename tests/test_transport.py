@@ -11,11 +11,11 @@ import httpx
 import pytest
 from convex.http_client import ConvexExecutionError, ConvexHttpClient
 
-from helpers import errors
-from helpers.deployment import iter_documents, iter_pages
-from helpers.local_deployment import LocalDeployment
+from helpers.connection import errors
+from helpers.connection.calls import iter_documents, iter_pages
+from helpers.devtools.local_deployment import LocalDeployment
 from helpers.migrations.m001_s3_asset_tracking import ASSET_REFERENCES
-from helpers.transport import ConvexTransport, deploy_key_from_env, redact_url
+from helpers.connection.transport import ConvexTransport, deploy_key_from_env, redact_url
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -18,17 +18,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import errors, jsonio, values
-from helpers.apply import apply_plan
-from helpers.backup import iter_backup_documents, take_backup
-from helpers.local_deployment import LocalDeployment
-from helpers.plan import iter_plan_lines
-from helpers.run_folder import bind_migration
-from helpers.rollback import execute_rollback, plan_rollback
-from helpers.sample_data import SPECIAL_ERROR_VALUES
-from helpers.transport import ConvexTransport
-from helpers.values import INT64_MAX, INT64_MIN, Int64
-from helpers.verify import verify
+from helpers.connection import errors
+from helpers.connection import jsonio
+from helpers.connection import values
+from helpers.steps.apply import apply_plan
+from helpers.steps.backup import iter_backup_documents, take_backup
+from helpers.devtools.local_deployment import LocalDeployment
+from helpers.steps.plan import iter_plan_lines
+from helpers.evidence.run_folder import bind_migration
+from helpers.steps.rollback import execute_rollback, plan_rollback
+from helpers.devtools.sample_data import SPECIAL_ERROR_VALUES
+from helpers.connection.transport import ConvexTransport
+from helpers.connection.values import INT64_MAX, INT64_MIN, Int64
+from helpers.steps.verify import verify
 
 from .flow import prepare, seed, state
 
@@ -320,7 +322,7 @@ EDGE_VALUES = [None, True, False, 0, 1, 1.0, -0.0, math.nan, math.inf, -math.inf
 
 
 def test_deployment_compare_and_set_agrees_with_python_equality(transport: ConvexTransport) -> None:
-    """convex/values.ts `valuesEqual` (applyBatch's precondition) and helpers.values.equal are one rule, for
+    """convex/values.ts `valuesEqual` (applyBatch's precondition) and helpers.connection.values.equal are one rule, for
     every pair of the values where they could part (int64/float64, -0.0/0.0, NaN, bytes, nesting)."""
     pairs = [(a, b) for a in EDGE_VALUES for b in EDGE_VALUES]
     session = transport.function("sampleData:insertBatch", {"table": "videoSessions", "documents": [{"status": "completed"}]})["ids"][0]

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from helpers.apply import apply_plan
-from helpers.backup import iter_backup_documents, take_backup
-from helpers.deployment import apply_batch, iter_documents
-from helpers.run_folder import bind_migration
-from helpers.plan import build_plan, iter_plan_lines, read_plan
-from helpers.transport import ConvexTransport
+from helpers.steps.apply import apply_plan
+from helpers.steps.backup import iter_backup_documents, take_backup
+from helpers.connection.calls import apply_batch, iter_documents
+from helpers.evidence.run_folder import bind_migration
+from helpers.steps.plan import build_plan, iter_plan_lines, read_plan
+from helpers.connection.transport import ConvexTransport
 from helpers.migrations.m001_s3_asset_tracking.checks import (
     SceneTotals,
     asset_disagreement,
@@ -25,7 +25,7 @@ from helpers.migrations.m001_s3_asset_tracking.checks import (
     check_session_totals,
     expected_assets_status,
 )
-from helpers.verify import (
+from helpers.steps.verify import (
     DOCUMENT_CHECKS,
     Before,
     Joined,
@@ -355,7 +355,7 @@ def world() -> dict[str, Any]:
 
 
 def checks_of(w: dict[str, Any]) -> Any:
-    from helpers.verify import run_checks
+    from helpers.steps.verify import run_checks
 
     return run_checks(iter(w["plan"]), lambda table: iter(w["backup"][table]), lambda table: iter(w["live"][table]), migration=M001)
 
@@ -453,7 +453,7 @@ def test_a_reference_on_a_document_the_application_changed_is_excused() -> None:
 
 
 def test_the_report_carries_the_checks_and_the_documents_the_application_changed() -> None:
-    from helpers.verify import report
+    from helpers.steps.verify import report
 
     w = world()
     for doc_id in ("a", "b", "c", "e", "s1", "s2"):

@@ -1,5 +1,5 @@
 """The registry: every migration is a folder `helpers/migrations/m<NNN>_<name>/` whose package exposes
-`MIGRATION` (a `helpers.migration.Migration`), found by its id. Migrations form a chain through
+`MIGRATION` (a `helpers.steps.migration.Migration`), found by its id. Migrations form a chain through
 `predecessor`, checked when the registry loads (as Alembic's revision map is): a broken chain would let a
 migration run before the one it builds on, or two migrations each believe they come last."""
 
@@ -10,8 +10,8 @@ import pkgutil
 from collections.abc import Sequence
 from functools import cache
 
-from ..errors import PreconditionFailed
-from ..migration import Migration
+from helpers.connection.errors import PreconditionFailed
+from helpers.steps.migration import Migration
 
 
 @cache

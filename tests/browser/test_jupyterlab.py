@@ -23,11 +23,11 @@ import httpx
 import nbformat
 import pytest
 
-from helpers.archive import read_step_results
-from helpers.local_deployment import LocalDeployment
-from helpers.plan import iter_plan_lines
+from helpers.evidence.archive import read_step_results
+from helpers.devtools.local_deployment import LocalDeployment
+from helpers.steps.plan import iter_plan_lines
 from helpers.runner import STEPS, run_migration
-from helpers.sample_data import load
+from helpers.devtools.sample_data import load
 
 pytestmark = pytest.mark.browser
 playwright = pytest.importorskip("playwright.sync_api", reason="make test-browser installs the [browser] extra")

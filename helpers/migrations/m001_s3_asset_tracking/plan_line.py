@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .fields import SCENE_ASSET_SOURCES
+from helpers.migrations.m001_s3_asset_tracking.fields import SCENE_ASSET_SOURCES
 
 BLOCKING = "blocking"
 
@@ -13,7 +13,7 @@ BLOCKING = "blocking"
 FLAGGED = "flagged"
 
 
-#: Actions apply sends (helpers.plan has the same set; rules cannot import plan). `track_existing` writes no
+#: Actions apply sends (helpers.steps.plan has the same set; rules cannot import plan). `track_existing` writes no
 #: field: it only adds the references of assets the document already held (SCN-10, SES-8).
 #: The plan line key of a document's legacy status (the dry-run's tables group by it: the migration's `status_key`).
 STATUS_KEY = "legacyStatus"

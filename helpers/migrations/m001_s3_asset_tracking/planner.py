@@ -13,16 +13,16 @@ from collections.abc import Iterator
 from functools import partial
 from typing import Any, NamedTuple
 
-from ... import jsonio
-from ...migration import PlanInputs, PlanLine, reference_key
-from ...scratch import ScratchCounter, ScratchTable, batched
-from . import plan_line, rules
-from .fields import ASSET_TYPES
+from helpers.connection import jsonio
+from helpers.steps.migration import PlanInputs, PlanLine, reference_key
+from helpers.steps.scratch import ScratchCounter, ScratchTable, batched
+from helpers.migrations.m001_s3_asset_tracking import plan_line, rules
+from helpers.migrations.m001_s3_asset_tracking.fields import ASSET_TYPES
 
 
 def plan(inputs: PlanInputs) -> Iterator[dict[str, Any] | PlanLine]:
     """Every scene, then every session, as plan lines."""
-    assert inputs.map_pages is not None, "the dry-run (helpers.plan.build_plan) gives every planner map_pages"
+    assert inputs.map_pages is not None, "the dry-run (helpers.steps.plan.build_plan) gives every planner map_pages"
     scratch, pages, page_size = inputs.scratch, inputs.pages, inputs.page_size
     bucket_base_url = inputs.options.get("bucket_base_url")
     sessions = scratch.table("sessions")  # id -> the session document, in the order read

@@ -16,11 +16,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 from urllib.parse import unquote
 
-from ...values import equal as values_equal
-from .fields import ASSET_TYPES, NEW_FIELDS, SCENE_ASSET_SOURCES, SESSION_ASSET_SOURCES
-from .plan_line import CHANGING_ACTIONS, FLAGGED, DocumentPlan, SessionTotals, blocked, problem_of
-from .s3_urls import CONTENT_TYPES, SIGNED_QUERY, content_type_for_key, is_s3_object_prefix, parse_s3_url
-from .value_checks import (
+from helpers.connection.values import equal as values_equal
+from helpers.migrations.m001_s3_asset_tracking.fields import ASSET_TYPES, NEW_FIELDS, SCENE_ASSET_SOURCES, SESSION_ASSET_SOURCES
+from helpers.migrations.m001_s3_asset_tracking.plan_line import CHANGING_ACTIONS, FLAGGED, DocumentPlan, SessionTotals, blocked, problem_of
+from helpers.migrations.m001_s3_asset_tracking.s3_urls import CONTENT_TYPES, SIGNED_QUERY, content_type_for_key, is_s3_object_prefix, parse_s3_url
+from helpers.migrations.m001_s3_asset_tracking.value_checks import (
     ANY_VALUE_FIELDS, INT64_MIN, MAX_STRING_LENGTH, UINT64_MAX, describe, empty_string, nested_problem, printable, recordable, show,
     text_problem, type_name,
 )
@@ -287,7 +287,7 @@ def _finish(
         return DocumentPlan(table, doc_id, "problem", session_id, legacy_status, expect, expect_absent, {}, [], problems, current)
     entity_type, sources = ("scene", SCENE_ASSET_SOURCES) if table == "scenes" else ("session", SESSION_ASSET_SOURCES)
     references = [  # SCN-10, SES-8: every asset the document will hold (set now, or there before) and not yet tracked
-        # applyBatch adds entityId, createdAt and the run's ids to `metadata` (helpers.migration.SideRows).
+        # applyBatch adds entityId, createdAt and the run's ids to `metadata` (helpers.steps.migration.SideRows).
         dict(asset, entityType=entity_type, assetType=ASSET_TYPES[name], version=ASSET_VERSION,
              metadata={"migratedFromLegacy": True, "legacyField": key_field})
         for name, (key_field, _) in sources.items()

@@ -7,8 +7,8 @@ import math
 import re
 from typing import Any
 
-from ...values import Int64
-from .plan_line import problem_of
+from helpers.connection.values import Int64
+from helpers.migrations.m001_s3_asset_tracking.plan_line import problem_of
 
 INT64_MIN, UINT64_MAX = -(2**63), 2**64 - 1  # what the plan file (orjson) can hold as a plain number
 INT64_MAX = 2**63 - 1  # a Convex int64

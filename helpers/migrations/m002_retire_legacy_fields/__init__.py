@@ -1,6 +1,6 @@
 """Migration 002: retire the legacy asset fields that migration 001's asset fields fully carry.
 
-One folder, declared through `helpers.migration.Migration`: the pure rules (`rules.py`), the verify check that
+One folder, declared through `helpers.steps.migration.Migration`: the pure rules (`rules.py`), the verify check that
 no removed value is lost (`checks.py`), the refusal to run before 001 is in effect (`precondition.py`). README.md
 beside it says when to run it and in which order to deploy the schema; mapping.md which field carries which.
 """
@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ...migration import Migration, PlanInputs
-from . import rules
-from .checks import LEGACY_VALUES_RECOVERABLE
-from .precondition import require_predecessor_in_effect
+from helpers.steps.migration import Migration, PlanInputs
+from helpers.migrations.m002_retire_legacy_fields import rules
+from helpers.migrations.m002_retire_legacy_fields.checks import LEGACY_VALUES_RECOVERABLE
+from helpers.migrations.m002_retire_legacy_fields.precondition import require_predecessor_in_effect
 
 ID = "002_retire_legacy_fields"
 PREDECESSOR = "001_s3_asset_tracking"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...chain import for_apply
-from ...deployment import require_chain
-from ...migration import Migration
+from helpers.steps.chain import for_apply
+from helpers.connection.calls import require_chain
+from helpers.steps.migration import Migration
 
 
 def require_predecessor_in_effect(transport: Any, migration: Migration) -> None:

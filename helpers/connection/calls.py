@@ -13,10 +13,10 @@ from typing import Any
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from .chain import Chain, refusal
-from .errors import ArgumentValidationError, FunctionFailed, FunctionTerminated, LeaseLost, LimitExceeded, SchemaNotDeployed
-from .migration import SideRows
-from .transport import ConvexTransport
+from helpers.steps.chain import Chain, refusal
+from helpers.connection.errors import ArgumentValidationError, FunctionFailed, FunctionTerminated, LeaseLost, LimitExceeded, SchemaNotDeployed
+from helpers.steps.migration import SideRows
+from helpers.connection.transport import ConvexTransport
 
 READ_PAGE = "migration:readPage"
 #: applyBatch's refusals of a run that does not hold the deployment lock (convex/migration.ts).

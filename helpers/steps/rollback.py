@@ -18,20 +18,20 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from . import jsonio
-from .archive import sha256_file, write_json_atomic
-from .apply import LEASE_MS, DeploymentLease, take_migration_lock
-from .backup import BackupSummary, iter_backup_documents, require_backup
-from .chain import for_rollback, rollback_mark
-from .deployment import apply_batch, iter_documents, iter_pages, record_run, release_lock, require_chain
-from .errors import PreconditionFailed, RunbookError
-from .migration import Migration, SideRows
-from .plan import iter_plan_lines, read_plan
-from .run_folder import locked_step, migration_of, operator_for, run_id as folder_run_id
-from .scratch import Scratch, batched
-from .transport import ConvexTransport
-from .values import digest
-from .verify import Check
+from helpers.connection import jsonio
+from helpers.evidence.archive import sha256_file, write_json_atomic
+from helpers.steps.apply import LEASE_MS, DeploymentLease, take_migration_lock
+from helpers.steps.backup import BackupSummary, iter_backup_documents, require_backup
+from helpers.steps.chain import for_rollback, rollback_mark
+from helpers.connection.calls import apply_batch, iter_documents, iter_pages, record_run, release_lock, require_chain
+from helpers.connection.errors import PreconditionFailed, RunbookError
+from helpers.steps.migration import Migration, SideRows
+from helpers.steps.plan import iter_plan_lines, read_plan
+from helpers.evidence.run_folder import locked_step, migration_of, operator_for, run_id as folder_run_id
+from helpers.steps.scratch import Scratch, batched
+from helpers.connection.transport import ConvexTransport
+from helpers.connection.values import digest
+from helpers.steps.verify import Check
 
 ROLLBACK_STEP = "05_rollback"
 

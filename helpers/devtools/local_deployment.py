@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import RunbookError
-from .transport import DEPLOY_KEY_ENV, ConvexTransport
+from helpers.connection.errors import RunbookError
+from helpers.connection.transport import DEPLOY_KEY_ENV, ConvexTransport
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 SERVER = PROJECT_ROOT / "local_deployment" / "server.ts"
 TSX = PROJECT_ROOT / "node_modules" / ".bin" / "tsx"
 
@@ -224,8 +224,8 @@ def serve(*, port: int, seed_scenes: int = 0, **options: Any) -> int:
     """`runbook local-deployment`: runs in the foreground until Ctrl-C or SIGTERM, and stops its Node server
     either way. `options` are LocalDeployment keywords (CLI_OPTIONS); None keeps the default. The admin key is
     CONVEX_DEPLOY_KEY."""
-    from .sample_data import load
-    from .transport import deploy_key_from_env
+    from helpers.devtools.sample_data import load
+    from helpers.connection.transport import deploy_key_from_env
 
     given = {keyword: value for keyword, value in options.items() if value is not None}
     deployment = LocalDeployment(port=port, deploy_key=deploy_key_from_env(), **given)

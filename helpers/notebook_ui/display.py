@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from .progress import is_interactive
+from helpers.notebook_ui.progress import is_interactive
 
 ACTION_ORDER = ["migrate", "fill_missing", "track_existing", "no_change", "problem"]
 #: One colour per planned action in every chart and panel (colour-blind-safe Okabe-Ito hues).
@@ -371,7 +371,7 @@ def write_tables(tables: Mapping[str, pd.DataFrame], folder: Path) -> list[Path]
 
 def apply_statistics(summary: Any) -> pd.DataFrame:
     """The statistics the migration's README promises, as one small table."""
-    from .migrations import get
+    from helpers.migrations import get
 
     migration = get(summary.migration_id)
     side = migration.side_rows

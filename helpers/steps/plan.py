@@ -2,7 +2,7 @@
 plan every document, write the plan apply will execute.
 
 Memory stays bounded by the page size: plan lines go straight to disk, and what the migration must know
-across documents lives in a scratch SQLite file (helpers/scratch.py) it is handed, looked up a page at a time.
+across documents lives in a scratch SQLite file (helpers/steps/scratch.py) it is handed, looked up a page at a time.
 """
 
 from __future__ import annotations
@@ -19,17 +19,19 @@ from typing import Any, Literal, TextIO
 
 from pydantic import BaseModel, Field
 
-from . import compression, jsonio, parallel
-from .archive import sha256_file, write_json_atomic
-from .backup import BackupSummary, iter_backup_documents, require_backup
-from .deployment import iter_pages
-from .errors import PreconditionFailed
-from .migration import Migration, PlanInputs, PlanLine
-from .parallel import RangeResults, Ranged, default_workers
-from .progress import progress
-from .run_folder import locked_step, migration_of
-from .scratch import Scratch, batched, few_collections, prefetch
-from .transport import ConvexTransport, redact_url
+from helpers.evidence import compression
+from helpers.connection import jsonio
+from helpers.steps import parallel
+from helpers.evidence.archive import sha256_file, write_json_atomic
+from helpers.steps.backup import BackupSummary, iter_backup_documents, require_backup
+from helpers.connection.calls import iter_pages
+from helpers.connection.errors import PreconditionFailed
+from helpers.steps.migration import Migration, PlanInputs, PlanLine
+from helpers.steps.parallel import RangeResults, Ranged, default_workers
+from helpers.notebook_ui.progress import progress
+from helpers.evidence.run_folder import locked_step, migration_of
+from helpers.steps.scratch import Scratch, batched, few_collections, prefetch
+from helpers.connection.transport import ConvexTransport, redact_url
 
 PLAN_DIR = "plan"
 PLAN_FILE = "plan.jsonl.zst"
@@ -79,7 +81,7 @@ class PlanSummary(BaseModel):
 
     @property
     def migration(self) -> Migration:
-        from .migrations import get
+        from helpers.migrations import get
 
         return get(self.migration_id)
 
@@ -158,7 +160,7 @@ def build_plan(
     changed since. Each source is read once; per-document state lives in a scratch SQLite file.
 
     `workers` (default: this machine's cores) processes share the migration's per-page work over ranges of the
-    snapshot (helpers.parallel); the plan's bytes are the same for any number of them."""
+    snapshot (helpers.steps.parallel); the plan's bytes are the same for any number of them."""
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise ValueError(f"workers must be at least 1, not {workers}")
@@ -190,7 +192,7 @@ def build_plan(
     plan_partial, problems_partial = out / "plan.partial.jsonl.zst", problems_path.with_suffix(".partial")
     options = {"bucket_base_url": bucket_base_url}
     # Fewer GC passes only from the snapshot: with the HTTP client in the loop its reference cycles hold page bodies
-    # until a collection (helpers.scratch.few_collections).
+    # until a collection (helpers.steps.scratch.few_collections).
     gc_passes = few_collections() if snapshot is not None else nullcontext()
     with gc_passes, Scratch() as scratch, compression.open_write(plan_partial) as sink, problems_partial.open("w", newline="", encoding="utf-8") as details:
         problem_rows = _ProblemDetails(details)

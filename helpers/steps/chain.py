@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import PreconditionFailed
-from .migration import Migration
-from .migrations import all_migrations
+from helpers.connection.errors import PreconditionFailed
+from helpers.steps.migration import Migration
+from helpers.migrations import all_migrations
 
 VERIFY_STEP = "04_verify"
 ROLLBACK_STEP = "05_rollback"

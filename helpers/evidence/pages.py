@@ -17,7 +17,7 @@ from typing import Any
 
 import nbformat
 
-from .run_folder import migration_id
+from helpers.evidence.run_folder import migration_id
 
 INDEX_FILE = "index.html"
 REPORT_SUFFIX = ".report.html"
@@ -72,8 +72,8 @@ def where(section: str | None, prompt: str) -> str:
 def resume_command(run_dir: Path, step: str, url: str, planned: tuple[str, ...] = ()) -> str:
     """The command that runs a failed step again in its run folder, with the steps planned after it and the
     parameters it was given (its parameters.json), confirmed when it changes the deployment."""
-    from .archive import _load_json
-    from .runner import APPLY_STEP, ROLLBACK_STEP, STEPS
+    from helpers.evidence.archive import _load_json
+    from helpers.runner import APPLY_STEP, ROLLBACK_STEP, STEPS
 
     run_dir = Path(run_dir).resolve()
     order = list(planned) if step in planned else list(STEPS) if step in STEPS else [step]
@@ -92,7 +92,7 @@ RUNNER_PARAMETERS = frozenset({"convex_url", "run_dir", "migration", "confirm"})
 def applied_so_far(run_dir: Path) -> dict[str, int]:
     """The deployment's answers apply recorded in its checkpoint, by outcome (applied, already_applied, conflict,
     error): how much a failed apply changed. Read-only (apply itself trims a torn last line when it resumes)."""
-    from .jsonio import loads
+    from helpers.connection.jsonio import loads
 
     counts: dict[str, int] = {}
     path = Path(run_dir) / "apply" / "checkpoint.jsonl"
@@ -223,11 +223,11 @@ def _exporter(**options: Any) -> Any:
 def render_step(notebook_path: Path, context: PageContext) -> tuple[Path, Path]:
     """`<step>.html` (every cell) and `<step>.report.html` (no code cells), each headed by who/when and, for a
     failed step, what failed and what to do. The notebook file itself is left as it ran."""
-    from .runner import APPLY_STEP
+    from helpers.runner import APPLY_STEP
 
     notebook = nbformat.read(notebook_path, as_version=4)
     step = notebook_path.stem
-    from .archive import RESULTS_FILE, _load_json
+    from helpers.evidence.archive import RESULTS_FILE, _load_json
 
     top = header_html(step, context, notebook, _load_json(notebook_path.parent / RESULTS_FILE))
     failure = find_failure(notebook)
@@ -305,7 +305,7 @@ def step_duration(run_dir: Path, step: str) -> float | None:
 
 
 def _summary(run_dir: Path, step: str) -> dict[str, Any]:
-    from .archive import RESULTS_FILE, _load_json
+    from helpers.evidence.archive import RESULTS_FILE, _load_json
 
     summary = _load_json(Path(run_dir) / step / RESULTS_FILE).get("summary")
     return summary if isinstance(summary, dict) else {}
@@ -323,7 +323,7 @@ def checks_verdict(run_dir: Path) -> tuple[str, bool] | None:
 
 def blocked_verdict(run_dir: Path) -> str | None:
     """Documents the dry run blocked, per problem (they are not migrated), from the plan's record."""
-    from .archive import _load_json
+    from helpers.evidence.archive import _load_json
 
     problems = _load_json(Path(run_dir) / "plan" / "plan.json").get("problems")
     if not isinstance(problems, list):
@@ -362,7 +362,7 @@ class Verdict:
 
 def run_verdicts(run_dir: Path, steps: Mapping[str, str]) -> list[Verdict]:
     """What the run came to, read from its folder: index.html opens with these and the CLI prints them."""
-    from .run_folder import migration_of
+    from helpers.evidence.run_folder import migration_of
 
     run_dir = Path(run_dir)
     ran = {step: status for step, status in steps.items() if status != "not run"}
@@ -399,7 +399,7 @@ def _hashes(results: Mapping[str, Any]) -> str:
 
 
 def _step_row(run_dir: Path, step: str, status: str) -> str:
-    from .archive import RESULTS_FILE, _load_json, sha256_file
+    from helpers.evidence.archive import RESULTS_FILE, _load_json, sha256_file
 
     folder = run_dir / step
     results = _load_json(folder / RESULTS_FILE)
@@ -434,7 +434,7 @@ def write_index(
     """The run overview: its verdicts first (as the CLI prints them), then who, when, which commit and
     deployment, each step that ran (a failed one too) with what it found and its hashes, links to every step
     page, and the command that checks the folder again."""
-    from .archive import MANIFEST_FILE, commit_label, read_run_id
+    from helpers.evidence.archive import MANIFEST_FILE, commit_label, read_run_id
 
     run_dir = Path(run_dir)
     run_id = read_run_id(run_dir) or "not recorded"

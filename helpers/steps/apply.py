@@ -4,7 +4,7 @@ Correctness does not rest on the checkpoint: every item is a compare-and-set tha
 from the document itself, so re-sending a batch is harmless (already_applied). The checkpoint only saves
 round trips on resume. The statistics are not what one process happened to hear either: they are derived
 from the deployment's last word on every planned document (in its target state or not) and confirmed by
-counting the side rows (helpers.migration.SideRows) that carry this run's id, so kills, resumes, dropped responses and re-runs
+counting the side rows (helpers.steps.migration.SideRows) that carry this run's id, so kills, resumes, dropped responses and re-runs
 all report the same figures.
 """
 
@@ -23,10 +23,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from . import jsonio
-from .backup import backup_age, read_backup
-from .chain import Chain, executed_rollback, for_apply, refusal
-from .deployment import (
+from helpers.connection import jsonio
+from helpers.steps.backup import backup_age, read_backup
+from helpers.steps.chain import Chain, executed_rollback, for_apply, refusal
+from helpers.connection.calls import (
     acquire_lock,
     apply_batch,
     count_side_rows,
@@ -36,13 +36,13 @@ from .deployment import (
     release_lock,
     renew_lock,
 )
-from .errors import LeaseLost, LockHeld, NewRunFolderNeeded, PreconditionFailed, RunbookError, StatisticsUnconfirmed, StepNotPassed
-from .migration import Migration
-from .plan import PlanSummary, iter_plan_lines, read_plan
-from .progress import progress
-from .run_folder import locked_step, migration_of, operator_for, run_id as folder_run_id
-from .scratch import Scratch
-from .transport import ConvexTransport, redact_url
+from helpers.connection.errors import LeaseLost, LockHeld, NewRunFolderNeeded, PreconditionFailed, RunbookError, StatisticsUnconfirmed, StepNotPassed
+from helpers.steps.migration import Migration
+from helpers.steps.plan import PlanSummary, iter_plan_lines, read_plan
+from helpers.notebook_ui.progress import progress
+from helpers.evidence.run_folder import locked_step, migration_of, operator_for, run_id as folder_run_id
+from helpers.steps.scratch import Scratch
+from helpers.connection.transport import ConvexTransport, redact_url
 
 APPLY_DIR = "apply"
 APPLY_STEP = "03_apply"

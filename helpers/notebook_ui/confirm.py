@@ -18,11 +18,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import jsonio
-from .apply import CHECKPOINT_FILE
-from .display import described
-from .errors import RunbookError
-from .progress import is_interactive
+from helpers.connection import jsonio
+from helpers.steps.apply import CHECKPOINT_FILE
+from helpers.notebook_ui.display import described
+from helpers.connection.errors import RunbookError
+from helpers.notebook_ui.progress import is_interactive
 
 #: Seconds between two looks at the widget's click while the cell waits.
 POLL_SECONDS = 0.1

@@ -34,9 +34,9 @@ from urllib.parse import quote, quote_plus
 
 from pydantic import BaseModel, Field
 
-from .errors import PreconditionFailed, RunbookError
-from .paths import CHECKOUT_ROOT, NOTEBOOKS_DIR, installed_version
-from .run_folder import LOCK_FILE, RUN_FILE, migration_id, operator_of, run_id
+from helpers.connection.errors import PreconditionFailed, RunbookError
+from helpers.paths import CHECKOUT_ROOT, NOTEBOOKS_DIR, installed_version
+from helpers.evidence.run_folder import LOCK_FILE, RUN_FILE, migration_id, operator_of, run_id
 
 MANIFEST_FILE = "manifest.json"
 RESULTS_FILE = "results.json"
@@ -143,7 +143,7 @@ def record_step(
     (backup ZIP, plan, checkpoint, its results), so the folder can later be compared with the deployment
     (``runbook check-archive DIR --url URL``). The deployment keeps that row as it is: the step run again gets
     a row of its own."""
-    from .deployment import read_ledger, record_run  # the ledger's calls; archive stays usable without a deployment
+    from helpers.connection.calls import read_ledger, record_run  # the ledger's calls; archive stays usable without a deployment
 
     path = write_step_results(run_dir, results.step, results)
     this_run, migration = run_id(run_dir), migration_id(run_dir)
@@ -346,7 +346,7 @@ def commit_label() -> str:
 
 
 def _redact(url: str) -> str:
-    from .transport import redact_url  # lazy: transport is not needed to hash a folder
+    from helpers.connection.transport import redact_url  # lazy: transport is not needed to hash a folder
 
     return redact_url(url)
 
@@ -426,7 +426,7 @@ class SealRefused(PreconditionFailed):
 def record_seal(transport: Any, run_dir: Path) -> str:
     """Records the manifest's sha256 and every file it lists in a ``seal`` row of this run. The deployment
     refuses another manifest for a run it holds a seal of, unless a step of the run was recorded since."""
-    from .deployment import record_run
+    from helpers.connection.calls import record_run
 
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
@@ -453,7 +453,7 @@ def record_unrecorded_steps(transport: Any, run_dir: Path, steps: Mapping[str, s
     """A step that ran but recorded no results (it failed before its last cell) gets a ledger row too: its
     status and the sha256 of its notebook as it ran. The run's record then shows it, and the seal that lists
     its page follows a step the deployment saw (it accepts a new seal only then)."""
-    from .deployment import read_ledger, record_run
+    from helpers.connection.calls import read_ledger, record_run
 
     run_dir = Path(run_dir)
     rows = None
@@ -493,7 +493,7 @@ def seal_folder(
     """index.html first (the manifest lists it, so it cannot show the manifest's own hash), then the manifest,
     then, when a transport is given, the steps that ran without recording themselves and the manifest's sha256
     in the deployment's ledger."""
-    from .report import write_index
+    from helpers.evidence.pages import write_index
 
     run_dir = Path(run_dir)
     with writing(run_dir):
@@ -533,11 +533,11 @@ def seal(
 
     `notebooks_dir` holds the saved notebooks (default: each step folder's own notebook, else notebooks/);
     `convex_url` defaults to the URL the notebooks ran against."""
-    from .display import static_outputs
-    from .errors import DeploymentUnreachable, TransientFailure
-    from .report import PageContext, execution_times, find_failure, notebook_parameter, render_step
-    from .runner import ROLLBACK_STEP, STEPS
-    from .transport import ConvexTransport
+    from helpers.notebook_ui.display import static_outputs
+    from helpers.connection.errors import DeploymentUnreachable, TransientFailure
+    from helpers.evidence.pages import PageContext, execution_times, find_failure, notebook_parameter, render_step
+    from helpers.runner import ROLLBACK_STEP, STEPS
+    from helpers.connection.transport import ConvexTransport
 
     run_dir = Path(run_dir)
     sources, unfit = {}, None
@@ -562,7 +562,7 @@ def seal(
     if transport is None:  # a missing key or a bad URL is refused before anything is written
         with ConvexTransport(url, max_attempts=SEAL_ATTEMPTS) as own:
             return seal(run_dir, convex_url=url, notebooks_dir=notebooks_dir, operator=operator, transport=own)
-    from .deployment import read_ledger
+    from helpers.connection.calls import read_ledger
 
     this_run, migration = run_id(run_dir), migration_id(run_dir)
     offline = None
@@ -647,7 +647,7 @@ def _saved_notebook(run_dir: Path, step: str, notebooks_dir: Path | None) -> tup
     notebook with outputs), refused when it cannot be the notebook that ran."""
     import nbformat
 
-    from .report import notebook_parameter
+    from helpers.evidence.pages import notebook_parameter
     own = step_dir(run_dir, step) / f"{step}.ipynb"
     recorded = (step_dir(run_dir, step) / RESULTS_FILE).is_file()
     source = Path(notebooks_dir) / f"{step}.ipynb" if notebooks_dir else own if own.is_file() else NOTEBOOKS_DIR / f"{step}.ipynb"
@@ -704,7 +704,7 @@ def check_archive(run_dir: Path, transport: Any = None) -> ArchiveCheck:
     problems = [*_file_problems(run_dir), *_chain_problems(run_dir)]
     if transport is None:
         return ArchiveCheck(problems)
-    from .deployment import read_ledger
+    from helpers.connection.calls import read_ledger
 
     return ArchiveCheck([*problems, *_ledger_problems(run_dir, read_ledger(transport, migration_id(run_dir)))], anchored=True)
 
@@ -950,7 +950,7 @@ class MigrationState:
 def _changed_documents(row: Mapping[str, Any]) -> bool:
     """An apply, or a rollback that changed documents: an executed rollback's row names its mode (a preview's
     row, written by its results, names none)."""
-    from .runner import APPLY_STEP, ROLLBACK_STEP
+    from helpers.runner import APPLY_STEP, ROLLBACK_STEP
 
     return row.get("step") == APPLY_STEP or row.get("step") == ROLLBACK_STEP and str(row.get("details") or "").startswith("mode=")
 
@@ -958,9 +958,9 @@ def _changed_documents(row: Mapping[str, Any]) -> bool:
 def deployment_status(transport: Any) -> list[MigrationState]:
     """What the deployment's ledger holds, per migration of the registry (as Flyway's `info`): its state here
     and its runs, oldest first. Only reads (one ledger query per migration)."""
-    from .deployment import read_ledger
-    from .migrations import all_migrations
-    from .runner import APPLY_STEP
+    from helpers.connection.calls import read_ledger
+    from helpers.migrations import all_migrations
+    from helpers.runner import APPLY_STEP
 
     states = []
     for migration in all_migrations():

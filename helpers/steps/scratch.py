@@ -120,7 +120,7 @@ class ScratchTable:
         return int(self.db.execute(f"SELECT COUNT(*) FROM {self.name}").fetchone()[0])
 
     def __reduce__(self) -> tuple[Any, tuple[str, str, bool]]:
-        """Sent to a worker process (helpers.parallel), the table opens there read-only on the same file: workers
+        """Sent to a worker process (helpers.steps.parallel), the table opens there read-only on the same file: workers
         look up what the main process stored before, and never write."""
         return _open_read_only, (_path_of(self.db), self.label, self.multi)
 
@@ -135,7 +135,7 @@ class ScratchCounter:
             db.execute(f"CREATE TABLE {self.name} (key PRIMARY KEY NOT NULL, n INTEGER NOT NULL) WITHOUT ROWID")
 
     def __reduce__(self) -> tuple[Any, tuple[str, str]]:
-        """Sent to a worker process (helpers.parallel), the counter opens there on the same file, writable: workers
+        """Sent to a worker process (helpers.steps.parallel), the counter opens there on the same file, writable: workers
         add their keys themselves (SQLite serialises their writes; counts do not depend on their order)."""
         return _open_counter, (_path_of(self.db), self.label)
 

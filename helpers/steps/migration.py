@@ -13,8 +13,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
-from .parallel import RangeResults
-from .values import digest, dumps
+from helpers.steps.parallel import RangeResults
+from helpers.connection.values import digest, dumps
 
 #: The keys of a plan line the core reads. A migration may add its own (it reads them back itself; the key its
 #: `status_key` names groups the dry-run tables). `expect`/`expectAbsent` are the precondition, `set`/`unset` the
@@ -24,7 +24,7 @@ PLAN_LINE_KEYS = ("table", "id", "action", "expect", "expectAbsent", "set", "uns
 
 class PlanLine(NamedTuple):
     """A plan line encoded as the plan file stores it, with what the dry-run's tables and problems.csv read of it:
-    a worker process encodes its lines (helpers.parallel), the main process only writes and counts them. `status`
+    a worker process encodes its lines (helpers.steps.parallel), the main process only writes and counts them. `status`
     is the line's value under the migration's `status_key`, `side_kinds` its side rows' kinds, `untracked` how many
     fields the line says it holds untracked (`untrackedAssets`, a document the plan leaves alone)."""
 
@@ -171,7 +171,7 @@ class PageSource(Protocol):
 
 class PageMap(Protocol):
     """`work(page)` over every page of a table, in worker processes over ranges of the snapshot when the dry-run
-    plans from one (helpers.parallel): the results in document order, re-iterable (kept in scratch files). `work`
+    plans from one (helpers.steps.parallel): the results in document order, re-iterable (kept in scratch files). `work`
     must be picklable (a module-level function, or a functools.partial of one) and depend only on its page and
     read-only look-ups (a scratch table passed to it is opened read-only in the worker). `discard()` the results after
     their last reading."""
@@ -182,9 +182,9 @@ class PageMap(Protocol):
 @dataclass(frozen=True)
 class PlanInputs:
     """What the core gives a planner: pages of any table it reads, a scratch store for state across documents
-    (helpers.scratch.Scratch), the dry-run's options (e.g. bucket_base_url), the page size, and `map_pages` for
+    (helpers.steps.scratch.Scratch), the dry-run's options (e.g. bucket_base_url), the page size, and `map_pages` for
     the per-page work worth spreading over the machine's cores. A planner may yield plan lines as dicts or already
-    encoded (`helpers.plan.PlanLine`, from its workers)."""
+    encoded (`helpers.steps.plan.PlanLine`, from its workers)."""
 
     pages: PageSource
     scratch: Any
@@ -280,7 +280,7 @@ class Migration:
         return PlanLine.of(line, self.status_key, self.side_rows.kind if self.side_rows is not None else None)
 
     def __reduce__(self) -> tuple[Any, tuple[str]]:
-        """Sent to a worker process (helpers.parallel) by its id: the worker finds it in the registry (its planner
+        """Sent to a worker process (helpers.steps.parallel) by its id: the worker finds it in the registry (its planner
         and checks are functions, which pickle by name anyway)."""
         return _registered, (self.id,)
 
@@ -301,7 +301,7 @@ class Migration:
         return self.side_rows.sources.get(table, {}) if self.side_rows is not None else {}
 
 def _registered(migration_id: str) -> Migration:
-    from .migrations import get
+    from helpers.migrations import get
 
     return get(migration_id)
 

@@ -11,12 +11,12 @@ import os
 import time
 from pathlib import Path
 
-from .archive import check_archive, find_secret
-from .cli import _print_error, _StepPrinter, print_summary
-from .local_deployment import LocalDeployment, generate_local_key
-from .runner import StepFailed, run_migration
-from .sample_data import load
-from .transport import DEPLOY_KEY_ENV
+from helpers.evidence.archive import check_archive, find_secret
+from helpers.cli import _print_error, _StepPrinter, print_summary
+from helpers.devtools.local_deployment import LocalDeployment, generate_local_key
+from helpers.runner import StepFailed, run_migration
+from helpers.devtools.sample_data import load
+from helpers.connection.transport import DEPLOY_KEY_ENV
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:

@@ -2,10 +2,10 @@
 
 Calls go to ``POST /api/{query,mutation,function}`` with ``{path, args, format: "convex_encoded_json"}`` and
 ``Authorization: Convex <deploy key>``, as ``npx convex run`` does; values travel in Convex's wire format,
-losslessly both ways (``helpers.values``). Transient failures (connection errors, dropped connections, timeouts, 5xx, 429, and
+losslessly both ways (``helpers.connection.values``). Transient failures (connection errors, dropped connections, timeouts, 5xx, 429, and
 a call Convex stopped at its time or memory limit, which committed nothing, unless the caller splits its work
 instead) are retried with exponential backoff (tenacity); every other failure becomes an exception from
-``helpers.errors`` that names the cause and the fix. A URL that cannot be a deployment's is refused before any
+``helpers.connection.errors`` that names the cause and the fix. A URL that cannot be a deployment's is refused before any
 request. The deploy key is read from the environment only and never appears in a message.
 """
 
@@ -24,8 +24,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential_jitter
 
-from . import values
-from .errors import (
+from helpers.connection import values
+from helpers.connection.errors import (
     ArgumentValidationError,
     DeployKeyMissing,
     DeployKeyRejected,

@@ -11,8 +11,8 @@ import argparse
 import re
 from pathlib import Path
 
-from . import migrations
-from .errors import PreconditionFailed
+from helpers import migrations
+from helpers.connection.errors import PreconditionFailed
 
 #: A migration id: three digits, then a name in snake case (its folder is `m<id>`).
 ID_PATTERN = re.compile(r"\d{3}_[a-z][a-z0-9_]*")
@@ -26,7 +26,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...migration import backfill
+from helpers.steps.migration import backfill
+
 from . import checks, rules
 
 MIGRATION = backfill(
@@ -59,11 +60,11 @@ def migrate_one(doc: Mapping[str, Any]) -> dict[str, Any] | None:
 '''
 
 CHECKS = '''"""Migration {id}'s own verify checks, run after the core's and the backfill's own (`migrate_one` recomputed on
-every live document): a `helpers.migration.DocumentCheck` per property the rule promises beyond that."""
+every live document): a `helpers.steps.migration.DocumentCheck` per property the rule promises beyond that."""
 
 from __future__ import annotations
 
-from ...migration import DocumentCheck
+from helpers.steps.migration import DocumentCheck
 
 CHECKS: tuple[DocumentCheck, ...] = ()
 '''
@@ -90,7 +91,7 @@ def test_the_registry_holds_it_as_declared() -> None:
 README = '''# Migration {id}: {title}
 
 What it does: sets `{field}` on the documents of `{table}` that `rules.migrate_one` returns a value for (a
-one-table backfill, `helpers.migration.backfill`). It comes after `{predecessor}`.
+one-table backfill, `helpers.steps.migration.backfill`). It comes after `{predecessor}`.
 
 - **Rule**: `rules.py` (`migrate_one`: one document in, the fields to set out). Its tests: `test_rules.py`.
 - **Checks**: the core's, `backfill_recomputed` (the rule run again on each live document agrees with it), and

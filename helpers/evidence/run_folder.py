@@ -21,11 +21,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from . import jsonio
-from .errors import PreconditionFailed
+from helpers.connection import jsonio
+from helpers.connection.errors import PreconditionFailed
 
 if TYPE_CHECKING:
-    from .migration import Migration
+    from helpers.steps.migration import Migration
 
 RUN_FILE = "run.json"
 #: Holds the name and pid of the step at work; not evidence (the manifest leaves it out).
@@ -64,7 +64,7 @@ def _recorded(run_dir: Path) -> dict[str, str]:
 
 
 def migration_of(run_dir: Path) -> Migration:
-    from .migrations import get
+    from helpers.migrations import get
 
     return get(migration_id(run_dir))
 
@@ -99,7 +99,7 @@ def _recorded(run_dir: Path) -> dict[str, Any]:
 
 def bind_migration(run_dir: Path, migration: str) -> Migration:
     """Records that this folder runs `migration` (on its first step), or refuses when it already runs another."""
-    from .migrations import get
+    from helpers.migrations import get
 
     declared = get(migration)
     recorded = _record(run_dir, declared.id)["migration"]

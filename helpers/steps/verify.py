@@ -10,8 +10,8 @@ migration", with the advice to re-plan it. Verify fails only for what the migrat
 
 The core's checks hold for every migration (fields it does not own unchanged, the plan's changes written and
 nothing else, its side rows equal the fields they track, no document lost); the migration adds its own document checks
-and cross-document checks (helpers/migration.py). Memory stays bounded by the page size: the per-document
-digests and side rows live in a scratch SQLite file (helpers/scratch.py) and each page of live documents looks
+and cross-document checks (helpers/steps/migration.py). Memory stays bounded by the page size: the per-document
+digests and side rows live in a scratch SQLite file (helpers/steps/scratch.py) and each page of live documents looks
 its own up. Live documents neither the backup nor the plan knows were created after the snapshot: they are
 listed apart (not a failure), with the advice to run again in a new run folder.
 """
@@ -28,15 +28,15 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .backup import iter_backup_documents, read_backup
-from .deployment import iter_pages
-from .migration import Before, DocumentCheck, Joined, Migration, Planned, SideRows, Verdict, reference_key, verdict
-from .plan import iter_plan_lines, paged_progress, read_plan
-from .parallel import Ranged, default_workers, map_pages
-from .run_folder import locked_step, migration_of
-from .scratch import Scratch, ScratchTable, batched, prefetch
-from .transport import ConvexTransport
-from .values import digest
+from helpers.steps.backup import iter_backup_documents, read_backup
+from helpers.connection.calls import iter_pages
+from helpers.steps.migration import Before, DocumentCheck, Joined, Migration, Planned, SideRows, Verdict, reference_key, verdict
+from helpers.steps.plan import iter_plan_lines, paged_progress, read_plan
+from helpers.steps.parallel import Ranged, default_workers, map_pages
+from helpers.evidence.run_folder import locked_step, migration_of
+from helpers.steps.scratch import Scratch, ScratchTable, batched, prefetch
+from helpers.connection.transport import ConvexTransport
+from helpers.connection.values import digest
 
 EXAMPLES = 5
 RE_PLAN_ADVICE = (
@@ -357,7 +357,7 @@ def run_checks(
 ) -> Outcome:
     """Every check over the three sources, each read once: the plan's lines, then `backup(table)` and `live(table)`
     for each table the migration changes (and `live(side_rows.table)` when it creates side rows). Pure: the caller
-    decides where they come from. A plan or backup given as `helpers.parallel.Ranged` (a local file) is digested by
+    decides where they come from. A plan or backup given as `helpers.steps.parallel.Ranged` (a local file) is digested by
     `workers` processes over its ranges, and the live pages' checks run in them too; their results are taken in
     source order, so the findings do not depend on how many there were.
 

@@ -21,8 +21,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .compression import dump_records, load_records
-from .scratch import batched, few_collections
+from helpers.evidence.compression import dump_records, load_records
+from helpers.steps.scratch import batched, few_collections
 
 #: Below this many documents per range a second process costs more (its start, the imports it shares) than it saves.
 MIN_RANGE = 2_000
@@ -116,7 +116,7 @@ def map_pages(
 def _range_pages(
     read: Callable[[int, int | None], Iterable[Any]], page_size: int, work: Callable[[list[Any]], Any], start: int, stop: int | None
 ) -> Iterator[Any]:
-    """One range of a local file, page by page, with fewer GC passes (helpers.scratch.few_collections)."""
+    """One range of a local file, page by page, with fewer GC passes (helpers.steps.scratch.few_collections)."""
     with few_collections():
         for page in batched(read(start, stop), page_size):
             yield work(page)

@@ -1,0 +1,1 @@
+"""The evidence of a run: its folder, manifest and hash chain, ledger checks and HTML pages."""
