@@ -27,12 +27,12 @@ from helpers.connection.transport import ConvexTransport, redact_url
 from helpers.migrations import all_migrations
 from helpers.paths import CHECKOUT_ROOT
 from helpers.evidence.run_folder import RUN_FILE, migration_id, operator_of
-from helpers.runner import DRY_RUN_STEPS, NOTEBOOKS_DIR, ROLLBACK_STEP, STEPS, RunResult, StepFailed, notebook_path, prepare_run, run_migration
+from helpers.runner import NOTEBOOKS_DIR, RunResult, StepFailed, notebook_path, prepare_run, run_migration
+from helpers.steps import names
 
 EXIT_FAILED = 1
 EXIT_REFUSED = 2
 ERRORS_SHOWN = 20
-ALL_STEPS = (*STEPS, ROLLBACK_STEP)
 
 
 def parse_value(text: str) -> Any:
@@ -64,15 +64,12 @@ def group_parameters(items: Sequence[tuple[str, str, Any]]) -> dict[str, dict[st
     return parameters
 
 
-#: The steps whose per-document work spreads over processes (their notebooks' `workers` parameter).
-WORKER_STEPS = ("02_dry_run", "04_verify")
-
 
 def with_workers(parameters: dict[str, dict[str, Any]], workers: int | None, steps: Sequence[str]) -> dict[str, dict[str, Any]]:
     """`--workers N` as the `workers` parameter of the dry-run and verify, those of them among `steps` (the steps run)."""
     if workers is None:
         return parameters
-    for step in WORKER_STEPS:
+    for step in names.WITH_WORKERS:
         if step in steps:
             parameters.setdefault(step, {}).setdefault("workers", workers)
     return parameters
@@ -107,7 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             confirm=args.confirm,
             runs_dir=args.runs_dir,
             steps=args.steps,
-            parameters=with_workers(group_parameters(args.parameters), args.workers, args.steps or (DRY_RUN_STEPS if args.dry_run else STEPS)),
+            parameters=with_workers(group_parameters(args.parameters), args.workers, args.steps or (names.DRY_RUN_STEPS if args.dry_run else names.FORWARD)),
             operator=args.operator,
             run_dir=args.run_dir,
             on_step=printer,
@@ -227,7 +224,7 @@ def _when(ms: int) -> str:
 def cmd_new_run(args: argparse.Namespace) -> int:
     run_dir = prepare_run(args.url, migration=args.migration, runs_dir=args.runs_dir, operator=args.operator)
     print(f"Run folder for {migration_id(run_dir)} on {args.url}, operator {operator_of(run_dir)}: "
-          f"{', '.join(STEPS)} prepared (each <step>/<step>.ipynb, parameters set).")
+          f"{', '.join(names.FORWARD)} prepared (each <step>/<step>.ipynb, parameters set).")
     print("Open it, run each notebook (Run All), save it, then `runbook seal` the folder:")
     print(f"runbook lab {shlex.quote(str(run_dir))}")
     print(run_dir.resolve())
@@ -262,7 +259,7 @@ def cmd_params(args: argparse.Namespace) -> int:
     given = Path(args.notebook)
     path = given if given.suffix == ".ipynb" else notebook_path(args.notebook, NOTEBOOKS_DIR)
     if not path.is_file():
-        raise PreconditionFailed(f"No notebook at {path}.", hint=f"Name a step ({', '.join(ALL_STEPS)}) or an .ipynb file.")
+        raise PreconditionFailed(f"No notebook at {path}.", hint=f"Name a step ({', '.join(names.ALL)}) or an .ipynb file.")
     for name, spec in papermill.inspect_notebook(str(path)).items():
         help_text = f"  # {spec['help']}" if spec["help"] else ""
         print(f"{name}: {_type_name(spec)} = {spec['default']}{help_text}")
@@ -281,15 +278,18 @@ def _type_name(spec: dict[str, Any]) -> str:
 
 
 def _has_module(name: str) -> bool:
-    return importlib.util.find_spec(f"{__package__}.{name}") is not None
+    try:
+        return importlib.util.find_spec(f"{__package__}.{name}") is not None
+    except ModuleNotFoundError:  # its package is not installed either (helpers.devtools in a wheel)
+        return False
 
 
 #: Commands whose module only a checkout has (setup.py leaves them out of the wheel): each module declares its
 #: own arguments (`add_cli_arguments`) and runs them (`cli_main`).
 DEVELOPMENT_COMMANDS = {
-    "local-deployment": ("local_deployment", "serve the local test deployment (admin key: CONVEX_DEPLOY_KEY)"),
-    "demo": ("demo", "the whole runbook against a local deployment with sample data"),
-    "new-migration": ("scaffold", "a new migration's folder (README, rules, checks, tests) that dry-runs at once"),
+    "local-deployment": ("devtools.local_deployment", "serve the local test deployment (admin key: CONVEX_DEPLOY_KEY)"),
+    "demo": ("devtools.demo", "the whole runbook against a local deployment with sample data"),
+    "new-migration": ("devtools.scaffold", "a new migration's folder (README, rules, checks, tests) that dry-runs at once"),
 }
 
 
@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--migration", choices=[m.id for m in all_migrations()],
         help=f"the migration to run (default: the run folder's, else {all_migrations()[0].id})",
     )
-    run.add_argument("--steps", type=_steps, help=f"comma-separated subset of {','.join(ALL_STEPS)}")
+    run.add_argument("--steps", type=_steps, help=f"comma-separated subset of {','.join(names.ALL)}")
     run.add_argument("--dry-run", action="store_true", help="only back up and plan; change nothing")
     run.add_argument("--confirm", action="store_true", help="required to apply: this changes the deployment")
     run.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where run folders are created (default: runs)")

@@ -46,21 +46,16 @@ from helpers.evidence.archive import (
 )
 from helpers.connection import errors
 from helpers.connection.errors import DeployKeyMissing, DiskFull, PreconditionFailed, RunbookError
-from helpers.paths import CHECKOUT_ROOT, NOTEBOOKS_DIR
+from helpers.paths import NOTEBOOKS_DIR
 from helpers.evidence.pages import REPORT_SUFFIX, PageContext, render_step, resume_command, section_of, split_fix, where as where_failed
 from helpers.steps.migration import Migration
 from helpers.migrations import default_id, get as get_migration
 from helpers.evidence.run_folder import bind_migration, create_run, holds_its_notebooks, migration_id, migration_of, operator_for, operator_of, run_id, run_lock
 from helpers.connection.transport import ConvexTransport, check_deployment_url, deploy_key_from_env, redact_url
+from helpers.steps import names
 
-STEPS = ("01_backup_snapshot", "02_dry_run", "03_apply", "04_verify")
-ROLLBACK_STEP = "05_rollback"
-DRY_RUN_STEPS = STEPS[:2]
-APPLY_STEP = "03_apply"
-#: Runs that include one of these report statistics (a rollback or a verify alone does not).
-PLANNING_STEPS = frozenset({"02_dry_run", APPLY_STEP})
 #: The steps a migration's `require` guards (its own steps refuse too; the runner asks once, before a folder exists).
-GUARDED_STEPS = frozenset({STEPS[0], *PLANNING_STEPS})
+GUARDED_STEPS = frozenset({names.FORWARD[0], *names.PLANNING})
 #: The seal is recorded after the steps: a deployment that stopped answering must not hold up the run's end.
 SEAL_ATTEMPTS = 3
 
@@ -274,7 +269,7 @@ def prepare_run(
     migration: str | None = None,
     runs_dir: Path = Path("runs"),
     operator: str | None = None,
-    steps: Sequence[str] = STEPS,
+    steps: Sequence[str] = names.FORWARD,
     notebooks_dir: Path = NOTEBOOKS_DIR,
 ) -> Path:
     """A new run folder holding each step's notebook with its parameters set (papermill's prepare-only mode), at
@@ -447,13 +442,13 @@ def run_migration(
     chosen = _chosen_steps(dry_run, steps, confirm)
     per_step = {step: dict((parameters or {}).get(step, {})) for step in chosen}
     _check_step_parameters(chosen, parameters or {}, per_step, notebooks_dir)
-    if per_step.get(ROLLBACK_STEP, {}).get("execute") and not confirm:
+    if per_step.get(names.ROLLBACK, {}).get("execute") and not confirm:
         raise PreconditionFailed(
             "Rolling back with execute=True changes the deployment and was not confirmed. Nothing was run.",
             hint="Pass confirm=True / --confirm as well, or leave execute out to see the rollback plan only.",
         )
-    if APPLY_STEP in per_step:
-        per_step[APPLY_STEP]["confirm"] = True
+    if names.APPLY in per_step:
+        per_step[names.APPLY]["confirm"] = True
     recorded = operator_of(run_dir) if run_dir is not None else None
     if operator and recorded and operator != recorded:
         raise PreconditionFailed(
@@ -505,7 +500,7 @@ def run_migration(
         run_dir=run_dir,
         passed=all(statuses[step] == "passed" for step in chosen),
         steps=statuses,
-        statistics=statistics(run_dir, wall_seconds=wall_seconds) if PLANNING_STEPS & set(chosen) else None,
+        statistics=statistics(run_dir, wall_seconds=wall_seconds) if names.PLANNING & set(chosen) else None,
         manifest_sha256=sealed.sha256,
         seal_not_recorded=sealed.not_recorded,
     )
@@ -576,17 +571,17 @@ def _open_run_dir(run_dir: Path | None, runs_dir: Path) -> tuple[Path, Manifest 
 
 def _chosen_steps(dry_run: bool, steps: Sequence[str] | None, confirm: bool) -> list[str]:
     """The steps to run, refused before anything runs when they cannot make sense together."""
-    known = (*STEPS, ROLLBACK_STEP)
-    chosen = list(steps) if steps else list(DRY_RUN_STEPS if dry_run else STEPS)
+    known = (*names.FORWARD, names.ROLLBACK)
+    chosen = list(steps) if steps else list(names.DRY_RUN_STEPS if dry_run else names.FORWARD)
     unknown = [s for s in chosen if s not in known]
     if unknown:
         raise PreconditionFailed(f"Unknown step(s): {', '.join(unknown)}.", hint=f"Steps are: {', '.join(known)}.")
-    if dry_run and any(s not in DRY_RUN_STEPS for s in chosen):
+    if dry_run and any(s not in names.DRY_RUN_STEPS for s in chosen):
         raise PreconditionFailed(
-            f"A dry run changes nothing, so it runs only {' and '.join(DRY_RUN_STEPS)}.",
+            f"A dry run changes nothing, so it runs only {' and '.join(names.DRY_RUN_STEPS)}.",
             hint="Drop dry_run=True / --dry-run to apply, or drop the other steps.",
         )
-    if APPLY_STEP in chosen and not confirm:
+    if names.APPLY in chosen and not confirm:
         raise PreconditionFailed(
             "Applying changes the deployment and was not confirmed. Nothing was run.",
             hint="Pass confirm=True / --confirm to apply, or dry_run=True / --dry-run to only plan.",
@@ -623,10 +618,10 @@ def _side_rows(migration: Migration, count: int) -> dict[str, int]:
 def statistics(run_dir: Path, *, wall_seconds: float) -> Statistics | None:
     """Apply's figures when the folder has them, else the dry run's planned counts, else None."""
     migration = migration_of(run_dir)
-    applied = Path(run_dir) / APPLY_STEP / "results.json"
-    planned = Path(run_dir) / DRY_RUN_STEPS[1] / "results.json"
+    applied = Path(run_dir) / names.APPLY / "results.json"
+    planned = Path(run_dir) / names.DRY_RUN_STEPS[1] / "results.json"
     if applied.exists():
-        summary = read_step_results(run_dir, APPLY_STEP).summary
+        summary = read_step_results(run_dir, names.APPLY).summary
         return Statistics(
             planned=False,
             recheck=summary.get("recheck", False),
@@ -637,7 +632,7 @@ def statistics(run_dir: Path, *, wall_seconds: float) -> Statistics | None:
             wall_seconds=round(wall_seconds, 3),
         )
     if planned.exists():
-        summary = read_step_results(run_dir, DRY_RUN_STEPS[1]).summary
+        summary = read_step_results(run_dir, names.DRY_RUN_STEPS[1]).summary
         actions = summary.get("actions", {})
         return Statistics(
             planned=True,

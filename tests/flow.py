@@ -14,6 +14,7 @@ from helpers.evidence.run_folder import RUN_FILE, bind_migration
 from helpers.devtools.sample_data import load
 from helpers.connection.transport import ConvexTransport
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
+from helpers.steps import names
 
 SAMPLE_SCENES = 300
 
@@ -33,10 +34,10 @@ def prepare(transport: ConvexTransport, run_dir: Path) -> None:
     if not (Path(run_dir) / RUN_FILE).exists():
         bind_migration(run_dir, M001.id)
     backup = take_backup(transport, run_dir, poll_seconds=0.05, show_progress=False)
-    write_step_results(run_dir, "01_backup_snapshot", StepResults(step="01_backup_snapshot", status="passed",
+    write_step_results(run_dir, names.BACKUP, StepResults(step=names.BACKUP, status="passed",
                                                                   outputs={"backup_sha256": backup.sha256}))
     plan = build_plan(transport, run_dir, show_progress=False)
-    write_step_results(run_dir, "02_dry_run", StepResults(step="02_dry_run", status="passed",
+    write_step_results(run_dir, names.DRY_RUN, StepResults(step=names.DRY_RUN, status="passed",
                                                           outputs={"plan_sha256": plan.plan_sha256}))
 
 

@@ -26,6 +26,7 @@ from helpers.steps.plan import iter_plan_lines
 from helpers.connection.transport import ConvexTransport
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 from helpers.migrations.m001_s3_asset_tracking.plan_line import CHANGING_ACTIONS
+from helpers.steps import names
 
 from .corpus import _scene
 from .flow import migration_references, prepare, seed
@@ -121,14 +122,14 @@ SNAPSHOT_NS = 1_700_000_000_000 * 1_000_000
     (1_699_999_999_000, 1_699_999_999_900, False),  # over before the snapshot: its changes are in the backup
 ])
 def test_an_apply_by_another_run_after_the_snapshot_makes_the_plan_stale(started: int, finished: int | None, refused: bool) -> None:
-    row = {"step": "03_apply", "runId": "other", "operator": "bob", "startedAt": started, **({"finishedAt": finished} if finished else {})}
+    row = {"step": names.APPLY, "runId": "other", "operator": "bob", "startedAt": started, **({"finishedAt": finished} if finished else {})}
     mine = {**row, "runId": "mine", "startedAt": started + 10_000}
     check_no_apply_since_backup([mine], "mine", SNAPSHOT_NS, "then")  # this run's own apply never counts
-    verify_row = {**row, "step": "04_verify"}  # reading changes nothing
+    verify_row = {**row, "step": names.VERIFY}  # reading changes nothing
     check_no_apply_since_backup([verify_row], "mine", SNAPSHOT_NS, "then")
-    preview = {**row, "step": "05_rollback"}  # a rollback planned, not executed, changed nothing
+    preview = {**row, "step": names.ROLLBACK}  # a rollback planned, not executed, changed nothing
     check_no_apply_since_backup([preview], "mine", SNAPSHOT_NS, "then")
-    for changed, did in (({"step": "03_apply"}, "applied"), ({"step": "05_rollback", "details": "mode=strip"}, "rolled back")):
+    for changed, did in (({"step": names.APPLY}, "applied"), ({"step": names.ROLLBACK, "details": "mode=strip"}, "rolled back")):
         if refused:
             with pytest.raises(errors.PreconditionFailed, match=f"{did} this migration .* after this run's backup"):
                 check_no_apply_since_backup([{**row, **changed}], "mine", SNAPSHOT_NS, "then")

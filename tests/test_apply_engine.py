@@ -22,7 +22,6 @@ from hypothesis import strategies as st
 from helpers.connection import calls as deployment
 from helpers.connection import jsonio
 from helpers.steps.apply import (
-    APPLY_STEP,
     BatchSizer,
     _item,
     CHECKPOINT_FILE,
@@ -43,6 +42,7 @@ from helpers.connection.errors import (
 )
 from helpers.evidence.run_folder import bind_migration, run_id as folder_run_id
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
+from helpers.steps import names
 
 URL = "https://happy-otter-123.convex.cloud"
 TABLES = {"scenes": "scene", "videoSessions": "session"}
@@ -311,7 +311,7 @@ def outcome_rows(run_dir: Path) -> list[list[str]]:
 
 
 def ledger_row(fake: FakeDeployment) -> dict[str, Any]:
-    (row,) = [r for r in fake.runs if r["step"] == APPLY_STEP]
+    (row,) = [r for r in fake.runs if r["step"] == names.APPLY]
     return row
 
 
@@ -754,7 +754,7 @@ def test_take_migration_lock_returns_when_it_asked() -> None:
 def test_another_run_s_apply_after_the_snapshot_is_refused_and_the_lock_released(tmp_path: Path) -> None:
     fake = FakeDeployment()
     run_dir = make_run(tmp_path, fake)
-    fake.runs.append({"kind": "run", "migrationId": M001.id, "runId": "run-bob", "step": APPLY_STEP, "status": "passed",
+    fake.runs.append({"kind": "run", "migrationId": M001.id, "runId": "run-bob", "step": names.APPLY, "status": "passed",
                       "operator": "bob", "startedAt": now_ms() - 60_000, "finishedAt": now_ms()})
     # this run's own earlier apply, listed first, never counts (and does not hide the others)
     fake.runs.insert(0, {**fake.runs[0], "runId": folder_run_id(run_dir), "operator": "alice"})

@@ -15,6 +15,7 @@ from helpers.evidence import archive
 from helpers.evidence.archive import StepResults
 from helpers.connection.errors import PreconditionFailed
 from helpers.evidence.run_folder import bind_migration
+from helpers.steps import names
 
 DEPLOYMENT = "https://ops:hunter2@happy-otter-123.convex.cloud/?token=abc123"
 
@@ -39,7 +40,7 @@ def _seal(run_dir: Path) -> Path:
         operator="alice",
         started_at="2025-01-01T00:00:00+00:00",
         finished_at="2025-01-01T00:10:00+00:00",
-        steps={"02_dry_run": "passed", "03_apply": "passed", "04_verify": "passed"},
+        steps={names.DRY_RUN: "passed", names.APPLY: "passed", names.VERIFY: "passed"},
     )
 
 
@@ -61,14 +62,14 @@ def sealed(tmp_path: Path) -> Path:
     })
     _write(run_dir / "apply" / "checkpoint.jsonl", b'{"batch":0,"results":[]}\n')
     backup = {"backup_sha256": _sha(snapshot)}
-    _results(run_dir, "02_dry_run", backup, {"plan_sha256": _sha(plan_lines)})
+    _results(run_dir, names.DRY_RUN, backup, {"plan_sha256": _sha(plan_lines)})
     _results(
-        run_dir, "03_apply", {"plan_sha256": _sha(plan_lines), **backup},
+        run_dir, names.APPLY, {"plan_sha256": _sha(plan_lines), **backup},
         {"checkpoint_sha256": archive.sha256_file(run_dir / "apply" / "checkpoint.jsonl")},
     )
     _results(
-        run_dir, "04_verify",
-        {"plan_sha256": _sha(plan_lines), **backup, "apply_results_sha256": archive.sha256_file(run_dir / "03_apply" / "results.json")},
+        run_dir, names.VERIFY,
+        {"plan_sha256": _sha(plan_lines), **backup, "apply_results_sha256": archive.sha256_file(run_dir / names.APPLY / "results.json")},
     )
     _seal(run_dir)
     return run_dir
@@ -91,7 +92,7 @@ def test_manifest_lists_every_file_with_its_hash_and_size(sealed: Path) -> None:
 def test_manifest_records_who_what_where_without_credentials(sealed: Path) -> None:
     manifest = _manifest(sealed)
     assert manifest["operator"] == "alice"
-    assert manifest["steps"] == {"02_dry_run": "passed", "03_apply": "passed", "04_verify": "passed"}
+    assert manifest["steps"] == {names.DRY_RUN: "passed", names.APPLY: "passed", names.VERIFY: "passed"}
     assert manifest["started_at"] == "2025-01-01T00:00:00+00:00"
     assert "happy-otter-123.convex.cloud" in manifest["deployment_url"]
     assert "hunter2" not in manifest["deployment_url"] and "abc123" not in manifest["deployment_url"]
@@ -144,7 +145,7 @@ def test_check_fails_without_a_manifest(sealed: Path) -> None:
 
 def test_check_catches_apply_that_used_another_plan_even_when_resealed(sealed: Path) -> None:
     """A consistent manifest is not enough: apply must name the plan and backup of this folder."""
-    _results(sealed, "03_apply", {"plan_sha256": "0" * 64, "backup_sha256": "f" * 64})
+    _results(sealed, names.APPLY, {"plan_sha256": "0" * 64, "backup_sha256": "f" * 64})
     _seal(sealed)
     problems = archive.check_archive(sealed).problems
     assert any(p.startswith("chain: 03_apply inputs.plan_sha256 is " + "0" * 64) for p in problems)
@@ -206,18 +207,18 @@ def test_sha256_file_streams_large_files(tmp_path: Path) -> None:
 
 def test_step_results_round_trip_and_refusals(tmp_path: Path) -> None:
     with pytest.raises(PreconditionFailed, match="step 03_apply has not run in this run folder") as missing:
-        archive.read_step_results(tmp_path, "03_apply")
+        archive.read_step_results(tmp_path, names.APPLY)
     assert "03_apply/03_apply.ipynb" in missing.value.hint  # the run folder's notebook
 
-    archive.write_step_results(tmp_path, "03_apply", StepResults(step="03_apply", status="failed", summary={"errors": 3}, inputs={}, outputs={}))
-    read = archive.read_step_results(tmp_path, "03_apply")
+    archive.write_step_results(tmp_path, names.APPLY, StepResults(step=names.APPLY, status="failed", summary={"errors": 3}, inputs={}, outputs={}))
+    read = archive.read_step_results(tmp_path, names.APPLY)
     assert (read.status, read.summary) == ("failed", {"errors": 3})
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", read.finished_at)
     with pytest.raises(PreconditionFailed, match="03_apply did not pass") as refused:
         read.require_passed()
-    assert "03_apply" in refused.value.hint
-    archive.write_step_results(tmp_path, "03_apply", read.model_copy(update={"status": "passed"}))
-    archive.read_step_results(tmp_path, "03_apply").require_passed()
+    assert names.APPLY in refused.value.hint
+    archive.write_step_results(tmp_path, names.APPLY, read.model_copy(update={"status": "passed"}))
+    archive.read_step_results(tmp_path, names.APPLY).require_passed()
 
 
 def test_new_run_dir_names_by_utc_time_and_never_collides(tmp_path: Path) -> None:
@@ -239,7 +240,7 @@ SECRET = "prod:happy-otter-123|eyJ2MiI6ImMzZjQ1YTk5YjIxZDRjZmE5In0="
     ],
 )
 def test_find_secret_finds_a_planted_key(sealed: Path, name: str, content: bytes) -> None:
-    _write(sealed / "04_verify" / name, content)
+    _write(sealed / names.VERIFY / name, content)
     assert archive.find_secret(sealed, SECRET) == [f"04_verify/{name}"]
     with pytest.raises(archive.SecretLeaked, match=f"04_verify/{name}"):
         archive.assert_no_secret(sealed, SECRET)

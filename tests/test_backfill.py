@@ -18,6 +18,7 @@ from helpers.steps.rollback import check_rollback, execute_rollback, plan_rollba
 from helpers.evidence.run_folder import bind_migration
 from helpers.connection.transport import ConvexTransport
 from helpers.steps.verify import verify
+from helpers.steps import names
 
 from .backfill_migration import ASSET_VERSION
 from .flow import prepare, seed
@@ -78,13 +79,13 @@ def test_the_ten_line_backfill_applies_verifies_and_strips(transport: ConvexTran
     after = scenes(transport)
     assert all(after[i]["assetVersion"] == 1 for i in planned)
     assert all(after[i] == doc for i, doc in before.items() if i not in planned)
-    archive.record_step(transport, run_dir, archive.StepResults(step="03_apply", status="passed"))
+    archive.record_step(transport, run_dir, archive.StepResults(step=names.APPLY, status="passed"))
 
     report = verify(transport, run_dir, show_progress=False)
     assert report.passed, [c for c in report.checks if not c.passed]
     checks = {c.name: c for c in report.checks}
     assert checks["backfill_recomputed"].checked == len(planned) and "references_match_assets" not in checks
-    archive.record_step(transport, run_dir, archive.StepResults(step="04_verify", status="passed"))
+    archive.record_step(transport, run_dir, archive.StepResults(step=names.VERIFY, status="passed"))
 
     plan_rollback(transport, run_dir, "strip")
     execute_rollback(transport, run_dir, "strip")

@@ -3,6 +3,8 @@ console script."""
 
 from __future__ import annotations
 
+from helpers.steps import names
+
 import json
 import os
 import socket
@@ -24,7 +26,6 @@ from helpers.connection.calls import read_ledger
 from helpers.devtools.local_deployment import LocalDeployment
 from helpers.devtools.sample_data import load
 from helpers.connection.errors import PreconditionFailed
-from helpers.devtools.local_deployment import LocalDeployment
 from helpers.evidence.run_folder import bind_migration
 from helpers.runner import StepFailed
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
@@ -149,10 +150,10 @@ def test_parameters_are_refused_before_anything_runs(tmp_path: Path, notebooks: 
 
 
 def test_run_migration_dry_run_chains_the_steps_and_seals_the_folder(tmp_path: Path, notebooks: Path) -> None:
-    _notebook(notebooks, "01_backup_snapshot", RECORD)
+    _notebook(notebooks, names.BACKUP, RECORD)
     planned = {"actions": {"scenes": {"migrate": 3, "skip": 1, "blocked": 2}, "videoSessions": {"fill_missing": 2}},
                "references_by_type": {"thumbnail": 4, "video": 1}}
-    _notebook(notebooks, "02_dry_run", RECORD, summary=planned)
+    _notebook(notebooks, names.DRY_RUN, RECORD, summary=planned)
     seen: list[tuple[str, str]] = []
 
     result = runner.run_migration(
@@ -160,8 +161,8 @@ def test_run_migration_dry_run_chains_the_steps_and_seals_the_folder(tmp_path: P
         on_step=lambda step, status: seen.append((step, status)),
     )
 
-    assert result.passed and result.steps == {"01_backup_snapshot": "passed", "02_dry_run": "passed"}
-    assert seen == [("01_backup_snapshot", "running"), ("01_backup_snapshot", "passed"), ("02_dry_run", "running"), ("02_dry_run", "passed")]
+    assert result.passed and result.steps == {names.BACKUP: "passed", names.DRY_RUN: "passed"}
+    assert seen == [(names.BACKUP, "running"), (names.BACKUP, "passed"), (names.DRY_RUN, "running"), (names.DRY_RUN, "passed")]
     stats = result.statistics
     assert stats is not None and stats.planned
     assert (stats.migrated["scenes"], stats.migrated["sessions"], stats.side_rows, stats.errors) == (3, 2, {"asset references": 5}, [])
@@ -172,24 +173,24 @@ def test_run_migration_dry_run_chains_the_steps_and_seals_the_folder(tmp_path: P
 
 
 def test_run_migration_seals_the_folder_when_a_step_fails(tmp_path: Path, notebooks: Path) -> None:
-    _notebook(notebooks, "01_backup_snapshot", "raise RuntimeError('export failed')")
-    _notebook(notebooks, "02_dry_run", RECORD)
+    _notebook(notebooks, names.BACKUP, "raise RuntimeError('export failed')")
+    _notebook(notebooks, names.DRY_RUN, RECORD)
 
     with pytest.raises(StepFailed, match="01_backup_snapshot failed") as failed:
         runner.run_migration(URL, dry_run=True, runs_dir=tmp_path / "runs", notebooks_dir=notebooks)
 
     run_dir = failed.value.notebook_path.parent.parent
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["steps"] == {"01_backup_snapshot": "failed", "02_dry_run": "not run"}
-    assert not (run_dir / "02_dry_run").exists()
+    assert manifest["steps"] == {names.BACKUP: "failed", names.DRY_RUN: "not run"}
+    assert not (run_dir / names.DRY_RUN).exists()
     assert archive.check_archive(run_dir).ok
 
     # Fixed, the step runs again in the same folder; the manifest is resealed and keeps the run's start.
-    _notebook(notebooks, "01_backup_snapshot", RECORD)
-    again = runner.run_migration(URL, dry_run=True, steps=["01_backup_snapshot"], run_dir=run_dir, notebooks_dir=notebooks)
+    _notebook(notebooks, names.BACKUP, RECORD)
+    again = runner.run_migration(URL, dry_run=True, steps=[names.BACKUP], run_dir=run_dir, notebooks_dir=notebooks)
     assert again.passed and again.run_dir == run_dir and again.statistics is None
     resealed = json.loads((run_dir / "manifest.json").read_text())
-    assert resealed["steps"] == {"01_backup_snapshot": "passed", "02_dry_run": "not run"}
+    assert resealed["steps"] == {names.BACKUP: "passed", names.DRY_RUN: "not run"}
     assert resealed["started_at"] == manifest["started_at"]
     assert archive.check_archive(run_dir).ok
 
@@ -198,7 +199,7 @@ def test_statistics_come_from_the_apply_summary(tmp_path: Path) -> None:
     _bound(tmp_path)
     summary = {"migrated": {"scenes": 10, "videoSessions": 2}, "references_created": 25, "duration_s": 4.5,
                "errors": [{"id": "s9", "table": "scenes", "outcome": "error", "message": "too large"}]}
-    archive.write_step_results(tmp_path, "03_apply", archive.StepResults(step="03_apply", status="passed", summary=summary))
+    archive.write_step_results(tmp_path, names.APPLY, archive.StepResults(step=names.APPLY, status="passed", summary=summary))
     stats = runner.statistics(tmp_path, wall_seconds=99.0)
     assert stats is not None and not stats.planned
     assert (stats.migrated["scenes"], stats.migrated["sessions"], stats.side_rows) == (10, 2, {"asset references": 25})
@@ -215,7 +216,7 @@ def test_apply_needs_confirmation_before_anything_runs(tmp_path: Path) -> None:
 
 def test_rollback_execution_needs_confirmation_too(tmp_path: Path) -> None:
     with pytest.raises(PreconditionFailed, match="execute=True changes the deployment"):
-        runner.run_migration(URL, steps=["05_rollback"], parameters={"05_rollback": {"execute": True}}, runs_dir=tmp_path / "runs")
+        runner.run_migration(URL, steps=[names.ROLLBACK], parameters={names.ROLLBACK: {"execute": True}}, runs_dir=tmp_path / "runs")
     assert not (tmp_path / "runs").exists()
 
 
@@ -231,7 +232,7 @@ def test_params_lists_the_dry_run_parameters(capsys: pytest.CaptureFixture[str])
 
 
 def test_params_accepts_a_step_name(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["params", "03_apply"]) == 0
+    assert cli.main(["params", names.APPLY]) == 0
     assert "confirm: bool = False" in capsys.readouterr().out.splitlines()
 
 
@@ -243,13 +244,13 @@ def test_params_of_an_unknown_step_is_refused(capsys: pytest.CaptureFixture[str]
 
 def test_check_archive_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _bound(tmp_path)
-    (tmp_path / "02_dry_run").mkdir()
-    archive.write_json_atomic(tmp_path / "02_dry_run" / "parameters.json", {"page_size": 10})
-    archive.write_manifest(tmp_path, deployment_url=URL, operator="alice", started_at="t0", finished_at="t1", steps={"02_dry_run": "passed"})
+    (tmp_path / names.DRY_RUN).mkdir()
+    archive.write_json_atomic(tmp_path / names.DRY_RUN / "parameters.json", {"page_size": 10})
+    archive.write_manifest(tmp_path, deployment_url=URL, operator="alice", started_at="t0", finished_at="t1", steps={names.DRY_RUN: "passed"})
     assert cli.main(["check-archive", str(tmp_path)]) == 0
     assert capsys.readouterr().out.startswith("OK")
 
-    (tmp_path / "02_dry_run" / "parameters.json").write_text('{"page_size": 1}')
+    (tmp_path / names.DRY_RUN / "parameters.json").write_text('{"page_size": 1}')
     assert cli.main(["check-archive", str(tmp_path)]) == 1
     assert capsys.readouterr().out.startswith("altered: 02_dry_run/parameters.json")
 
@@ -271,14 +272,14 @@ def test_run_prints_statistics_and_the_evidence_folder(
         calls.append({"url": url, "dry_run": dry_run, **kwargs})
         stats = runner.Statistics(planned=False, migrated={"scenes": 1200, "sessions": 40}, side_rows={"asset references": 3100},
                                   errors=[{"id": "s7", "reason": "too large"}], apply_seconds=12.25, wall_seconds=40.0)
-        return runner.RunResult(run_dir=_bound(tmp_path / "run"), passed=True, steps={"03_apply": "passed"}, statistics=stats,
+        return runner.RunResult(run_dir=_bound(tmp_path / "run"), passed=True, steps={names.APPLY: "passed"}, statistics=stats,
                                 manifest_sha256="ab" * 32)
 
     monkeypatch.setattr(cli, "run_migration", fake_run_migration)
     argv = ["run", "--url", URL, "--confirm", "--steps", "01_backup_snapshot, 03_apply", "-p", "03_apply.batch_size=50"]
     assert cli.main(argv) == 0
-    assert calls[0]["steps"] == ["01_backup_snapshot", "03_apply"] and calls[0]["confirm"] is True
-    assert calls[0]["parameters"] == {"03_apply": {"batch_size": 50}}
+    assert calls[0]["steps"] == [names.BACKUP, names.APPLY] and calls[0]["confirm"] is True
+    assert calls[0]["parameters"] == {names.APPLY: {"batch_size": 50}}
     out = capsys.readouterr().out.splitlines()
     assert out == [
         "steps: 1 of 1 passed (03_apply passed)", "asset references created: 3,100", "documents with errors: 1",
@@ -290,10 +291,10 @@ def test_run_prints_statistics_and_the_evidence_folder(
 def test_run_exits_1_naming_the_failed_step_and_the_evidence(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    executed = tmp_path / "runs" / "r1" / "02_dry_run" / "02_dry_run.ipynb"
+    executed = tmp_path / "runs" / "r1" / names.DRY_RUN / "02_dry_run.ipynb"
 
     def failing(*args: object, **kwargs: object) -> runner.RunResult:
-        raise StepFailed("02_dry_run", 4, "FunctionsNotDeployed", "migration:readPage not found", executed, "summary = x")
+        raise StepFailed(names.DRY_RUN, 4, "FunctionsNotDeployed", "migration:readPage not found", executed, "summary = x")
 
     monkeypatch.setattr(cli, "run_migration", failing)
     assert cli.main(["run", "--url", URL, "--dry-run"]) == 1
@@ -304,11 +305,11 @@ def test_run_exits_1_naming_the_failed_step_and_the_evidence(
 
 
 def test_parameter_values_are_typed_like_papermill() -> None:
-    assert cli.parse_parameter("03_apply.batch_size=500") == ("03_apply", "batch_size", 500)
-    assert cli.parse_parameter("03_apply.allow_stale_backup=True") == ("03_apply", "allow_stale_backup", True)
-    assert cli.parse_parameter("04_verify.max_backup_age_hours=1.5") == ("04_verify", "max_backup_age_hours", 1.5)
+    assert cli.parse_parameter("03_apply.batch_size=500") == (names.APPLY, "batch_size", 500)
+    assert cli.parse_parameter("03_apply.allow_stale_backup=True") == (names.APPLY, "allow_stale_backup", True)
+    assert cli.parse_parameter("04_verify.max_backup_age_hours=1.5") == (names.VERIFY, "max_backup_age_hours", 1.5)
     assert cli.parse_parameter("02_dry_run.bucket_base_url=https://b.s3.amazonaws.com/x=y") == (
-        "02_dry_run", "bucket_base_url", "https://b.s3.amazonaws.com/x=y",
+        names.DRY_RUN, "bucket_base_url", "https://b.s3.amazonaws.com/x=y",
     )
 
 
@@ -326,11 +327,11 @@ def test_workers_reach_the_dry_run_and_verify_that_run(monkeypatch: pytest.Monke
     cli.main(["run", "--url", URL, "--confirm", "--workers", "2"])
     cli.main(["run", "--url", URL, "--confirm"])
     assert given == [
-        {"02_dry_run": {"page_size": 100, "workers": 3}},  # verify does not run in a dry run: no stray parameter
-        {"02_dry_run": {"workers": 2}, "04_verify": {"workers": 2}},
+        {names.DRY_RUN: {"page_size": 100, "workers": 3}},  # verify does not run in a dry run: no stray parameter
+        {names.DRY_RUN: {"workers": 2}, names.VERIFY: {"workers": 2}},
         {},
     ]
-    for step in cli.WORKER_STEPS:  # the notebooks declare it (runner.check_parameters refuses undeclared names)
+    for step in names.WITH_WORKERS:  # the notebooks declare it (runner.check_parameters refuses undeclared names)
         runner.check_parameters(step, {"workers": 2})
 
 
@@ -439,8 +440,8 @@ def test_a_read_only_runs_folder_ends_in_one_line_naming_the_path(tmp_path: Path
 def test_a_failing_seal_does_not_hide_the_step_error(tmp_path: Path, notebooks: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The step fails, and the folder cannot be sealed either (manifest.json is a directory): the step's error is
     the one reported, the seal's is added to it."""
-    _notebook(notebooks, "01_backup_snapshot", "from pathlib import Path\nPath(run_dir, 'manifest.json').mkdir()\nraise ValueError('the export broke')")
-    _notebook(notebooks, "02_dry_run", RECORD)
+    _notebook(notebooks, names.BACKUP, "from pathlib import Path\nPath(run_dir, 'manifest.json').mkdir()\nraise ValueError('the export broke')")
+    _notebook(notebooks, names.DRY_RUN, RECORD)
     with pytest.raises(StepFailed, match="ValueError: the export broke") as failed:
         runner.run_migration(URL, dry_run=True, runs_dir=tmp_path / "runs", notebooks_dir=notebooks)
     notes = failed.value.__notes__
@@ -484,7 +485,7 @@ def test_status_prints_each_migrations_state_and_each_run_and_writes_nothing(
             return transport.function("migration:readPage", {"table": "migrationRuns", "cursor": None, "numItems": 100})["page"]
 
     with deployment.transport() as transport:
-        record_run(transport, M001.id, "run-a", step="03_apply", status="passed", operator="alice", startedAt=1_795_600_000_000,
+        record_run(transport, M001.id, "run-a", step=names.APPLY, status="passed", operator="alice", startedAt=1_795_600_000_000,
                    finishedAt=1_795_600_060_000)
         record_run(transport, M001.id, "run-a", step="seal", status="sealed", operator="alice", startedAt=1_795_600_000_000,
                    evidence={"manifest.json": "ab" * 32})
@@ -501,11 +502,11 @@ def test_status_prints_each_migrations_state_and_each_run_and_writes_nothing(
     assert "  run-a  alice  2026-11-25 09:46 UTC  03_apply passed" in out and f"    sealed manifest sha256: {'ab' * 32}" in out
 
     with deployment.transport() as transport:  # a rollback preview changes nothing; an executed one rolls back
-        record_run(transport, M001.id, "run-b", step="05_rollback", status="passed", operator="bob", startedAt=1_795_700_000_000,
+        record_run(transport, M001.id, "run-b", step=names.ROLLBACK, status="passed", operator="bob", startedAt=1_795_700_000_000,
                    evidence={"05_rollback/results.json": "cd" * 32})
         assert cli.main(["status", "--url", deployment.url]) == 0
         assert capsys.readouterr().out.splitlines()[1].split()[1] == "applied"
-        record_run(transport, M001.id, "run-b", step="05_rollback", status="passed", operator="bob", startedAt=1_795_700_000_000,
+        record_run(transport, M001.id, "run-b", step=names.ROLLBACK, status="passed", operator="bob", startedAt=1_795_700_000_000,
                    finishedAt=1_795_700_010_000, details="mode=restore")
     assert cli.main(["status", "--url", deployment.url]) == 0
     out = capsys.readouterr().out.splitlines()
@@ -516,10 +517,10 @@ def test_status_prints_each_migrations_state_and_each_run_and_writes_nothing(
 def test_a_run_whose_seal_the_deployment_missed_says_how_to_record_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    result = runner.RunResult(run_dir=tmp_path / "run", passed=True, steps={"01_backup_snapshot": "passed"}, statistics=None,
+    result = runner.RunResult(run_dir=tmp_path / "run", passed=True, steps={names.BACKUP: "passed"}, statistics=None,
                               manifest_sha256="ab" * 32, seal_not_recorded="the deployment did not answer")
     monkeypatch.setattr(cli, "run_migration", lambda *args, **kwargs: result)
-    assert cli.main(["run", "--url", URL, "--dry-run", "--steps", "01_backup_snapshot"]) == 0
+    assert cli.main(["run", "--url", URL, "--dry-run", "--steps", names.BACKUP]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[-2:] == [
         f"Record the seal once the deployment answers: runbook seal {tmp_path / 'run'} --url {URL}",
@@ -541,13 +542,13 @@ def test_new_run_prepares_each_step_notebook_in_the_run_folder(tmp_path: Path, c
     assert command == f"runbook lab {run_dir}" and run_dir.parent == (tmp_path / "runs").resolve()
     run = json.loads((run_dir / "run.json").read_text())
     assert (run["operator"], run["migration"], run["prepared"]) == ("alice", "002_retire_legacy_fields", True)
-    for step in runner.STEPS:
+    for step in names.FORWARD:
         notebook = nbformat.read(run_dir / step / f"{step}.ipynb", as_version=4)
         assert notebook_parameter(notebook, "convex_url") == URL and notebook_parameter(notebook, "migration") == "002_retire_legacy_fields"
         # The kernel starts in the notebook's folder: from there ".." is the run folder.
         assert (run_dir / step / notebook_parameter(notebook, "run_dir")).resolve() == run_dir
         assert not any(cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")
-    assert not (run_dir / runner.ROLLBACK_STEP).exists()
+    assert not (run_dir / names.ROLLBACK).exists()
     assert {p: p.read_bytes() for p in runner.NOTEBOOKS_DIR.glob("*.ipynb")} == templates  # templates untouched
 
 
@@ -557,12 +558,12 @@ def test_new_run_refuses_a_url_with_credentials_before_making_a_folder(tmp_path:
 
 
 def test_a_prepared_run_folder_runs_its_own_notebooks_in_place_as_its_operator(tmp_path: Path, notebooks: Path) -> None:
-    _notebook(notebooks, "01_backup_snapshot", RECORD, "print('01: 3/3 doc (100%) in 00:01')")
-    _notebook(notebooks, "02_dry_run", RECORD)
+    _notebook(notebooks, names.BACKUP, RECORD, "print('01: 3/3 doc (100%) in 00:01')")
+    _notebook(notebooks, names.DRY_RUN, RECORD)
     template = (notebooks / "01_backup_snapshot.ipynb").read_bytes()
-    run_dir = runner.prepare_run(URL, runs_dir=tmp_path / "runs", operator="alice", steps=["01_backup_snapshot", "02_dry_run"],
+    run_dir = runner.prepare_run(URL, runs_dir=tmp_path / "runs", operator="alice", steps=[names.BACKUP, names.DRY_RUN],
                                  notebooks_dir=notebooks)
-    prepared = run_dir / "01_backup_snapshot" / "01_backup_snapshot.ipynb"
+    prepared = run_dir / names.BACKUP / "01_backup_snapshot.ipynb"
     marked = nbformat.read(prepared, as_version=4)
     marked.cells.append(nbformat.v4.new_code_cell("print('this run folder’s own notebook')"))
     nbformat.write(marked, prepared)
@@ -572,9 +573,9 @@ def test_a_prepared_run_folder_runs_its_own_notebooks_in_place_as_its_operator(t
                                   on_output=lambda step, line: printed.append((step, line)))
 
     assert result.passed and (notebooks / "01_backup_snapshot.ipynb").read_bytes() == template
-    assert ("01_backup_snapshot", "01: 3/3 doc (100%) in 00:01") in printed
-    assert ("01_backup_snapshot", "this run folder’s own notebook") in printed  # the prepared file ran, not the template
-    assert archive.read_step_results(run_dir, "02_dry_run").passed  # run_dir ".." reached the run folder
+    assert (names.BACKUP, "01: 3/3 doc (100%) in 00:01") in printed
+    assert (names.BACKUP, "this run folder’s own notebook") in printed  # the prepared file ran, not the template
+    assert archive.read_step_results(run_dir, names.DRY_RUN).passed  # run_dir ".." reached the run folder
     assert json.loads((run_dir / "manifest.json").read_text())["operator"] == "alice"
     with pytest.raises(PreconditionFailed, match="alice's run"):
         runner.run_migration(URL, dry_run=True, run_dir=run_dir, notebooks_dir=notebooks, operator="bob")
@@ -582,9 +583,9 @@ def test_a_prepared_run_folder_runs_its_own_notebooks_in_place_as_its_operator(t
 
 def test_run_prints_each_line_a_step_prints(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     def fake_run_migration(url: str, dry_run: bool, *, on_step, on_output, **kwargs: object) -> runner.RunResult:  # noqa: ANN001
-        on_step("03_apply", "running")
-        on_output("03_apply", "apply: 500/1,055 doc (47%) in 00:05, 100 doc/s")
-        on_step("03_apply", "passed")
+        on_step(names.APPLY, "running")
+        on_output(names.APPLY, "apply: 500/1,055 doc (47%) in 00:05, 100 doc/s")
+        on_step(names.APPLY, "passed")
         return runner.RunResult(run_dir=Path("r"), passed=True, steps={}, statistics=None, manifest_sha256="ab" * 32)
 
     monkeypatch.setattr(cli, "run_migration", fake_run_migration)
@@ -644,5 +645,5 @@ def test_a_full_disk_ends_in_one_line_naming_the_disk_and_the_resume(
                                                   ("StatisticsUnconfirmed", False), ("PreconditionFailed", True), ("ValueError", True)])
 def test_the_runner_adds_run_the_step_again_only_to_a_fix_that_does_not_say_where_to_go(ename: str, appended: bool, tmp_path: Path) -> None:
     fix = "start a new run folder" if not appended else "correct the thing"
-    failed = StepFailed("03_apply", 7, ename, f"what happened\n  fix: {fix}", tmp_path / "run" / "03_apply" / "03_apply.ipynb")
+    failed = StepFailed(names.APPLY, 7, ename, f"what happened\n  fix: {fix}", tmp_path / "run" / names.APPLY / "03_apply.ipynb")
     assert failed.hint.startswith(fix) and ("run the step again in this run folder" in failed.hint) is appended

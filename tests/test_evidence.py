@@ -8,6 +8,8 @@ plan as the real steps do and anchor them with `archive.record_step`; each test 
 
 from __future__ import annotations
 
+from helpers.steps import names
+
 import hashlib
 import json
 import shutil
@@ -68,8 +70,8 @@ def deployment(deploy_key: str) -> Iterator[LocalDeployment]:
 @pytest.fixture(scope="module")
 def notebooks(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("notebooks")
-    _notebook(folder, "01_backup_snapshot", BACKUP)
-    _notebook(folder, "02_dry_run", PLAN)
+    _notebook(folder, names.BACKUP, BACKUP)
+    _notebook(folder, names.DRY_RUN, PLAN)
     return folder
 
 
@@ -110,16 +112,16 @@ def test_each_step_row_records_what_it_read_and_wrote_and_the_seal_records_the_m
     this_run = json.loads((run_dir / "run.json").read_text())["run_id"]
     with deployment.transport() as transport:
         rows = {row["step"]: row for row in read_ledger(transport, M001.id) if row["runId"] == this_run}
-    assert set(rows) == {"01_backup_snapshot", "02_dry_run", archive.SEAL_STEP}
-    assert rows["01_backup_snapshot"]["evidence"] == {
+    assert set(rows) == {names.BACKUP, names.DRY_RUN, names.SEAL}
+    assert rows[names.BACKUP]["evidence"] == {
         name: _sha(run_dir / name) for name in ("01_backup_snapshot/results.json", "backup/backup.json", "backup/snapshot_1.zip")
     }
     # The dry run read the backup and wrote the plan: both are in its row.
-    assert set(rows["02_dry_run"]["evidence"]) == {
+    assert set(rows[names.DRY_RUN]["evidence"]) == {
         "02_dry_run/results.json", "backup/backup.json", "backup/snapshot_1.zip", "plan/plan.json", "plan/plan.jsonl",
     }
-    assert rows["02_dry_run"]["startedAt"] <= rows["02_dry_run"]["finishedAt"]
-    seal = rows[archive.SEAL_STEP]["evidence"]
+    assert rows[names.DRY_RUN]["startedAt"] <= rows[names.DRY_RUN]["finishedAt"]
+    seal = rows[names.SEAL]["evidence"]
     assert seal["manifest.json"] == _sha(run_dir / "manifest.json") == made.manifest_sha256
     manifest = archive.read_manifest(run_dir)
     assert manifest is not None and {k: v for k, v in seal.items() if k != "manifest.json"} == {
@@ -148,9 +150,9 @@ def test_an_edited_and_resealed_folder_is_caught_by_the_ledger_naming_the_file(
         path.write_bytes(b'{"id":"s1","action":"no_change"}\n')
         record = json.loads((run_dir / "plan" / "plan.json").read_text())
         archive.write_json_atomic(run_dir / "plan" / "plan.json", {**record, "plan_sha256": _sha(path)})
-        results = json.loads((run_dir / "02_dry_run" / "results.json").read_text())
+        results = json.loads((run_dir / names.DRY_RUN / "results.json").read_text())
         results["outputs"]["plan_sha256"] = _sha(path)
-        archive.write_json_atomic(run_dir / "02_dry_run" / "results.json", results)
+        archive.write_json_atomic(run_dir / names.DRY_RUN / "results.json", results)
     _reseal(run_dir)
 
     code, out = _check(run_dir, None, capsys)
@@ -176,11 +178,11 @@ def _sha_of_seal(deployment: LocalDeployment, run_dir: Path) -> str:
     this_run = json.loads((run_dir / "run.json").read_text())["run_id"]
     with deployment.transport() as transport:
         rows = read_ledger(transport, M001.id)
-    return next(r for r in rows if r["runId"] == this_run and r["step"] == archive.SEAL_STEP)["evidence"]["manifest.json"]
+    return next(r for r in rows if r["runId"] == this_run and r["step"] == names.SEAL)["evidence"]["manifest.json"]
 
 
 def test_a_file_added_and_resealed_is_not_in_the_ledger(run_dir: Path, deployment: LocalDeployment) -> None:
-    (run_dir / "02_dry_run" / "approval.txt").write_text("approved by the CTO\n")
+    (run_dir / names.DRY_RUN / "approval.txt").write_text("approved by the CTO\n")
     _reseal(run_dir)
     with deployment.transport() as transport:
         problems = archive.check_archive(run_dir, transport).problems
@@ -214,25 +216,25 @@ def test_a_step_row_keeps_the_start_its_step_recorded(deployment: LocalDeploymen
     run_dir = tmp_path / "run"
     bind_migration(run_dir, M001.id)
     with deployment.transport() as transport:
-        record_run(transport, M001.id, run_id(run_dir), step="03_apply", status="running", operator="alice", startedAt=1_000)
-        archive.record_step(transport, run_dir, archive.StepResults(step="03_apply", status="passed"))
+        record_run(transport, M001.id, run_id(run_dir), step=names.APPLY, status="running", operator="alice", startedAt=1_000)
+        archive.record_step(transport, run_dir, archive.StepResults(step=names.APPLY, status="passed"))
         monkeypatch.setenv(archive.STEP_STARTED_ENV, "2000")  # the runner's start of the step wins when it is known
-        archive.record_step(transport, run_dir, archive.StepResults(step="04_verify", status="passed"))
+        archive.record_step(transport, run_dir, archive.StepResults(step=names.VERIFY, status="passed"))
         rows = {r["step"]: r for r in read_ledger(transport, M001.id) if r["runId"] == run_id(run_dir)}
-    assert rows["03_apply"]["startedAt"] == 1_000 and rows["03_apply"]["status"] == "passed"
-    assert rows["04_verify"]["startedAt"] == 2_000 and rows["04_verify"]["finishedAt"] > 2_000
-    assert rows["03_apply"]["evidence"] == {"03_apply/results.json": _sha(run_dir / "03_apply" / "results.json")}
+    assert rows[names.APPLY]["startedAt"] == 1_000 and rows[names.APPLY]["status"] == "passed"
+    assert rows[names.VERIFY]["startedAt"] == 2_000 and rows[names.VERIFY]["finishedAt"] > 2_000
+    assert rows[names.APPLY]["evidence"] == {"03_apply/results.json": _sha(run_dir / names.APPLY / "results.json")}
 
 
 def test_a_step_run_again_and_failed_is_superseded_by_the_new_seal(deployment: LocalDeployment, notebooks: Path, tmp_path: Path) -> None:
     """Running a step again deletes its results first; failing, it records none. The run's new seal lists the
     folder as it now is, so the step's earlier row no longer counts (its results are gone for a reason)."""
     first = runner.run_migration(deployment.url, dry_run=True, runs_dir=tmp_path / "runs", notebooks_dir=notebooks)
-    _notebook(tmp_path / "broken", "02_dry_run", "raise RuntimeError('the deployment went away')")
+    _notebook(tmp_path / "broken", names.DRY_RUN, "raise RuntimeError('the deployment went away')")
     with pytest.raises(runner.StepFailed):
-        runner.run_migration(deployment.url, dry_run=True, steps=["02_dry_run"], run_dir=first.run_dir,
+        runner.run_migration(deployment.url, dry_run=True, steps=[names.DRY_RUN], run_dir=first.run_dir,
                              notebooks_dir=tmp_path / "broken")
-    assert not (first.run_dir / "02_dry_run" / "results.json").exists()
+    assert not (first.run_dir / names.DRY_RUN / "results.json").exists()
     with deployment.transport() as transport:
         check = archive.check_archive(first.run_dir, transport)
     assert check.ok, check.problems
@@ -250,29 +252,29 @@ def test_the_deployment_keeps_a_seal_and_a_finished_step_row_as_they_were(deploy
     from helpers.connection.errors import RunbookError
 
     run = "20261206T000000Z-appendonly01"
-    seal = {"step": archive.SEAL_STEP, "status": "sealed", "operator": "alice", "startedAt": 1}
+    seal = {"step": names.SEAL, "status": "sealed", "operator": "alice", "startedAt": 1}
     with deployment.transport() as transport:
-        record_run(transport, M001.id, run, step="01_backup_snapshot", status="passed", operator="alice", startedAt=1,
+        record_run(transport, M001.id, run, step=names.BACKUP, status="passed", operator="alice", startedAt=1,
                    finishedAt=2, evidence={"01_backup_snapshot/results.json": "a" * 64})
         record_run(transport, M001.id, run, **seal, evidence={"manifest.json": "1" * 64})
         record_run(transport, M001.id, run, **seal, evidence={"manifest.json": "1" * 64})  # the same seal: nothing added
         with pytest.raises(RunbookError, match="the run is sealed already with manifest sha256 1{64} and no step"):
             record_run(transport, M001.id, run, **seal, evidence={"manifest.json": "2" * 64})
-        record_run(transport, M001.id, run, step="01_backup_snapshot", status="failed", operator="mallory", startedAt=5,
+        record_run(transport, M001.id, run, step=names.BACKUP, status="failed", operator="mallory", startedAt=5,
                    finishedAt=6, evidence={"01_backup_snapshot/results.json": "b" * 64})
         record_run(transport, M001.id, run, **seal, evidence={"manifest.json": "2" * 64})  # the run continued: a new seal
     rows = _rows(deployment, run)
     assert [(r["step"], r["status"], r["operator"], r["evidence"]) for r in rows] == [
-        ("01_backup_snapshot", "passed", "alice", {"01_backup_snapshot/results.json": "a" * 64}),
-        (archive.SEAL_STEP, "sealed", "alice", {"manifest.json": "1" * 64}),
-        ("01_backup_snapshot", "failed", "mallory", {"01_backup_snapshot/results.json": "b" * 64}),
-        (archive.SEAL_STEP, "sealed", "alice", {"manifest.json": "2" * 64}),
+        (names.BACKUP, "passed", "alice", {"01_backup_snapshot/results.json": "a" * 64}),
+        (names.SEAL, "sealed", "alice", {"manifest.json": "1" * 64}),
+        (names.BACKUP, "failed", "mallory", {"01_backup_snapshot/results.json": "b" * 64}),
+        (names.SEAL, "sealed", "alice", {"manifest.json": "2" * 64}),
     ]
 
 
 def test_check_archive_compares_each_step_with_its_own_row(run_dir: Path, deployment: LocalDeployment) -> None:
     """A step's status and figures changed in the folder and resealed locally: the step's own row names both."""
-    path = run_dir / "01_backup_snapshot" / "results.json"
+    path = run_dir / names.BACKUP / "results.json"
     results = json.loads(path.read_text())
     archive.write_json_atomic(path, {**results, "status": "failed", "summary": {**results["summary"], "documents": 4}})
     _reseal(run_dir)
@@ -288,7 +290,7 @@ def test_check_archive_compares_each_step_with_its_own_row(run_dir: Path, deploy
 
 def _results_sha(deployment: LocalDeployment, run_dir: Path) -> str:
     this_run = json.loads((run_dir / "run.json").read_text())["run_id"]
-    row = next(r for r in _rows(deployment, this_run) if r["step"] == "01_backup_snapshot")
+    row = next(r for r in _rows(deployment, this_run) if r["step"] == names.BACKUP)
     return str(row["evidence"]["01_backup_snapshot/results.json"])  # type: ignore[index]
 
 
@@ -296,7 +298,7 @@ def test_the_first_seal_counts_not_a_later_one_written_over_it(run_dir: Path, de
     """A second seal with no step between (the deployment refuses one today; an older deployment overwrote
     its seal row) does not vouch for the folder: the folder is compared with the first seal."""
     this_run = json.loads((run_dir / "run.json").read_text())["run_id"]
-    (run_dir / "02_dry_run" / "approval.txt").write_text("approved by the CTO\n")
+    (run_dir / names.DRY_RUN / "approval.txt").write_text("approved by the CTO\n")
     _reseal(run_dir)
     manifest = archive.read_manifest(run_dir)
     assert manifest is not None
@@ -309,5 +311,5 @@ def test_the_first_seal_counts_not_a_later_one_written_over_it(run_dir: Path, de
     assert any(p.startswith("altered: manifest.json (the deployment's ledger holds sha256 "
                             f"{first[-1]['evidence']['manifest.json']} from the seal") for p in problems)  # type: ignore[index]
     # With a step recorded between them (the run continued), the later seal is the folder's.
-    step_again = {**next(r for r in first if r["step"] == "02_dry_run"), "recordedAt": later_seal["recordedAt"]}
+    step_again = {**next(r for r in first if r["step"] == names.DRY_RUN), "recordedAt": later_seal["recordedAt"]}
     assert archive._ledger_problems(run_dir, [*first, step_again, {**later_seal, "recordedAt": later_seal["recordedAt"] + 1}]) == []

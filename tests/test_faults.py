@@ -5,6 +5,8 @@ Loopback only; each test bounded by pytest-timeout."""
 
 from __future__ import annotations
 
+from helpers.steps import names
+
 import random
 import signal
 import subprocess
@@ -22,7 +24,7 @@ from helpers.connection.calls import iter_documents, read_ledger
 from helpers.devtools.local_deployment import LocalDeployment
 from helpers.steps.plan import iter_plan_lines
 from helpers.evidence.run_folder import run_id
-from helpers.runner import APPLY_STEP, statistics
+from helpers.runner import statistics
 from helpers.connection.transport import ConvexTransport
 from helpers.steps.verify import verify
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
@@ -47,9 +49,9 @@ def slow_deployment(deploy_key: str, rate: float = 1.0, seed: int = 1) -> LocalD
 def reported(transport: ConvexTransport, run_dir: Path, summary: ApplySummary) -> dict[str, tuple]:
     """The statistics as each reader sees them: apply's results.json (written as notebook 03 writes it), the
     run's ledger row in the deployment, and the runner's summary that `runbook run` prints."""
-    write_step_results(run_dir, APPLY_STEP, StepResults(step=APPLY_STEP, status=summary.status, summary=summary.model_dump(mode="json")))
-    results = StepResults.model_validate_json((run_dir / APPLY_STEP / "results.json").read_bytes()).summary
-    row = next(r for r in read_ledger(transport, M001.id) if r["runId"] == run_id(run_dir) and r["step"] == APPLY_STEP)
+    write_step_results(run_dir, names.APPLY, StepResults(step=names.APPLY, status=summary.status, summary=summary.model_dump(mode="json")))
+    results = StepResults.model_validate_json((run_dir / names.APPLY / "results.json").read_bytes()).summary
+    row = next(r for r in read_ledger(transport, M001.id) if r["runId"] == run_id(run_dir) and r["step"] == names.APPLY)
     cli = statistics(run_dir, wall_seconds=0)
     assert cli is not None and not cli.planned
     return {
@@ -134,13 +136,13 @@ def test_rerun_of_a_finished_apply_is_a_recheck_that_keeps_the_figures(deploy_ke
         prepare(transport, run_dir)
         first = apply_plan(transport, run_dir, confirm=True, show_progress=False)
         assert_reported_like(clean_statistics, transport, run_dir, first, "first apply")
-        row = next(r for r in read_ledger(transport, M001.id) if r["step"] == APPLY_STEP)
+        row = next(r for r in read_ledger(transport, M001.id) if r["step"] == names.APPLY)
         for attempt in range(2):
             again = apply_plan(transport, run_dir, confirm=True, batch_size=23, show_progress=False)
             assert again.passed and again.recheck and not first.recheck
             assert sum(c.get("applied", 0) for c in again.answers.values()) == 0  # nothing was written again
             assert_reported_like(clean_statistics, transport, run_dir, again, f"re-check {attempt + 1}")
-            rechecked = next(r for r in read_ledger(transport, M001.id) if r["step"] == APPLY_STEP)
+            rechecked = next(r for r in read_ledger(transport, M001.id) if r["step"] == names.APPLY)
             assert (rechecked["startedAt"], rechecked["finishedAt"]) == (row["startedAt"], row["finishedAt"])
         assert (apply_dir(run_dir) / "checkpoint.1.jsonl").exists() and (apply_dir(run_dir) / "checkpoint.2.jsonl").exists()
 

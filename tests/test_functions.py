@@ -24,6 +24,7 @@ from helpers.connection.calls import (
 from helpers.devtools.local_deployment import LocalDeployment
 from helpers.migrations.m001_s3_asset_tracking import ASSET_REFERENCES, fields, rules
 from helpers.connection.transport import ConvexTransport
+from helpers.steps import names
 
 from .test_rules import legacy_scenes
 
@@ -179,8 +180,8 @@ def test_lock_and_ledger(transport: ConvexTransport) -> None:
     assert acquire_lock(transport, "m", "run-b", "bob", 1)["acquired"] is True
     assert acquire_lock(transport, "m", "run-c", "carol", 60_000)["acquired"] is True  # bob's lease expired
 
-    record_run(transport, "m", "run-c", step="03_apply", status="running", operator="carol", startedAt=1)
-    record_run(transport, "m", "run-c", step="03_apply", status="passed", operator="carol", startedAt=1, finishedAt=2, counts={"errors": 0})
+    record_run(transport, "m", "run-c", step=names.APPLY, status="running", operator="carol", startedAt=1)
+    record_run(transport, "m", "run-c", step=names.APPLY, status="passed", operator="carol", startedAt=1, finishedAt=2, counts={"errors": 0})
     rows = [r for r in transport.function("migration:readPage", {"table": "migrationRuns", "cursor": None, "numItems": 50})["page"]
             if r["kind"] == "run"]
     assert len(rows) == 1 and rows[0]["status"] == "passed" and rows[0]["counts"] == {"errors": 0}
@@ -233,22 +234,22 @@ def test_a_guarded_batch_is_refused_in_its_transaction_once_the_chain_no_longer_
     """The run took the lock while the chain held; the ledger then changed under it (a writer that does not take
     the lock, e.g. an older runbook): applyBatch itself refuses, and writes nothing."""
     change = item(scene, set={"assetVersion": 1})
-    record_run(transport, "m1", "verified", step="04_verify", status="passed", operator="alice", startedAt=1_000, finishedAt=1_001)
-    record_run(transport, "m1", "preview", step="05_rollback", status="passed", operator="bob", startedAt=2_000, finishedAt=2_001)
+    record_run(transport, "m1", "verified", step=names.VERIFY, status="passed", operator="alice", startedAt=1_000, finishedAt=1_001)
+    record_run(transport, "m1", "preview", step=names.ROLLBACK, status="passed", operator="bob", startedAt=2_000, finishedAt=2_001)
     builds_on_m1 = {"inEffect": ["m1"], "notInEffect": []}
     assert acquire_lock(transport, "m2", "run-a", "alice", 60_000, builds_on_m1)["acquired"]  # a preview is no rollback
-    record_run(transport, "m1", "undo", step="05_rollback", status="running", operator="bob", startedAt=3_000, details="mode=strip")
+    record_run(transport, "m1", "undo", step=names.ROLLBACK, status="running", operator="bob", startedAt=3_000, details="mode=strip")
     with pytest.raises(errors.PreconditionFailed, match=r"Migration m1 was rolled back \(run undo, 05_rollback executed, running\) "
                        r"after its last passed verify \(run verified\).*refused run run-a's batch: nothing of it was written"):
         apply_batch(transport, "m2", "run-a", [change], guard=builds_on_m1)
     assert "assetVersion" not in get(transport, scene)
 
     m3_builds_on_m2 = {"inEffect": [], "notInEffect": ["m3"]}
-    record_run(transport, "m3", "later", step="03_apply", status="failed", operator="carol", startedAt=4_000)
+    record_run(transport, "m3", "later", step=names.APPLY, status="failed", operator="carol", startedAt=4_000)
     with pytest.raises(errors.PreconditionFailed, match="Migration m3 builds on m2 and is applied \\(run later\\)"):
         apply_batch(transport, "m2", "run-a", [change], guard=m3_builds_on_m2)
     assert "assetVersion" not in get(transport, scene)
-    record_run(transport, "m3", "later", step="05_rollback", status="passed", operator="carol", startedAt=5_000, details="mode=restore")
+    record_run(transport, "m3", "later", step=names.ROLLBACK, status="passed", operator="carol", startedAt=5_000, details="mode=restore")
     assert apply_batch(transport, "m2", "run-a", [change], guard=m3_builds_on_m2)[0]["outcome"] == "applied"  # m3 restored
 
 

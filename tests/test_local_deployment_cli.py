@@ -19,6 +19,7 @@ from helpers.connection.calls import iter_documents, read_ledger
 from helpers.connection.errors import TransientFailure
 from helpers.devtools.local_deployment import CLI_OPTIONS, LocalDeployment
 from helpers.connection.transport import ConvexTransport
+from helpers.steps import names
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -118,7 +119,7 @@ def test_a_killed_server_started_again_on_its_data_dir_holds_the_same_data(deplo
         assert first.startswith("Loaded sample data"), first + runbook.stderr.read()
         assert runbook.stdout.readline().startswith(f"Local Convex test deployment at http://127.0.0.1:{port}")
         with ConvexTransport(f"http://127.0.0.1:{port}") as transport:
-            transport.function("migrationRuns:record", {"migrationId": "m", "runId": "r", "step": "03_apply",
+            transport.function("migrationRuns:record", {"migrationId": "m", "runId": "r", "step": names.APPLY,
                                                         "status": "running", "operator": "o", "startedAt": 1})
             before = {table: list(iter_documents(transport, table)) for table in ("scenes", "videoSessions")}
             ledger = read_ledger(transport, "m")

@@ -4,6 +4,8 @@ another run's apply made stale, and no notebook kernel left behind by a killed r
 
 from __future__ import annotations
 
+from helpers.steps import names
+
 import os
 import signal
 import subprocess
@@ -47,7 +49,7 @@ HOLD_SCRIPT = """
 import sys
 from pathlib import Path
 from helpers.evidence.run_folder import run_lock, step_lock
-lock = step_lock(Path(sys.argv[2]), "01_backup_snapshot") if sys.argv[1] == "step" else run_lock(Path(sys.argv[2]))
+lock = step_lock(Path(sys.argv[2]), names.BACKUP) if sys.argv[1] == "step" else run_lock(Path(sys.argv[2]))
 with lock:
     print("held", flush=True)
     sys.stdin.read()
@@ -143,8 +145,8 @@ def test_a_step_may_call_another_locked_step_of_its_own_folder(run_dir: Path) ->
 def test_second_runbook_run_on_one_folder_is_refused_at_once(run_dir: Path, held, shared_deployment) -> None:  # noqa: ANN001
     held("run", run_dir)
     with pytest.raises(errors.PreconditionFailed, match="Another `runbook run` is using"):
-        run_migration(shared_deployment.url, run_dir=run_dir, steps=["04_verify"])
-    assert not (run_dir / MANIFEST_FILE).exists() and not (run_dir / "04_verify").exists()
+        run_migration(shared_deployment.url, run_dir=run_dir, steps=[names.VERIFY])
+    assert not (run_dir / MANIFEST_FILE).exists() and not (run_dir / names.VERIFY).exists()
 
 
 def test_same_named_folders_under_different_parents_do_not_share_the_deployment_lock(deploy_key: str, tmp_path: Path) -> None:
@@ -174,7 +176,7 @@ def test_apply_after_another_runs_apply_since_the_backup_is_refused(deploy_key: 
             apply_plan(transport, stale, confirm=True, show_progress=False)
         assert "new backup and make a new plan in a new run folder" in str(refused.value)
         assert not apply_dir(stale).joinpath(CHECKPOINT_FILE).exists()
-        assert [row["runId"] for row in read_ledger(transport, M001.id) if row["step"] == "03_apply"] == [run_id(first)]
+        assert [row["runId"] for row in read_ledger(transport, M001.id) if row["step"] == names.APPLY] == [run_id(first)]
         prepare(transport, fresh)  # a backup taken after that apply is not stale
         assert apply_plan(transport, fresh, confirm=True, show_progress=False).passed
 
@@ -195,7 +197,7 @@ def test_rollback_takes_the_migration_lock_and_is_refused_while_another_run_hold
         release_lock(transport, "the-other-run")
         assert not execute_rollback(transport, run_dir, "strip").errors
         assert sum(count_side_rows(transport, ASSET_REFERENCES, M001.id, run_id(run_dir)).values()) == 0
-        [row] = [r for r in read_ledger(transport, M001.id) if r["step"] == "05_rollback"]
+        [row] = [r for r in read_ledger(transport, M001.id) if r["step"] == names.ROLLBACK]
         assert row["runId"] == run_id(run_dir) and row["status"] == "passed" and row["finishedAt"] >= row["startedAt"]
         assert acquire_lock(transport, M001.id, "after", "carol", 1_000)["acquired"]  # rollback released it
 
@@ -273,14 +275,14 @@ def test_a_killed_runner_leaves_no_kernel_behind(deploy_key: str, tmp_path: Path
         prepare(transport, run_dir)
         runner = subprocess.Popen(
             [sys.executable, "-m", "helpers.cli", "run", "--url", slow.url, "--confirm", "--run-dir", str(run_dir),
-             "--steps", "03_apply", "-p", "03_apply.batch_size=2", "-p", "03_apply.concurrency=1"],
+             "--steps", names.APPLY, "-p", "03_apply.batch_size=2", "-p", "03_apply.concurrency=1"],
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         kernels: list[int] = []
         try:
             wait_for(lambda: checkpoint_lines(run_dir) >= 1, "the kernel's first batch", runner)
             with pytest.raises(errors.PreconditionFailed, match="Another `runbook run`"):
-                run_migration(slow.url, run_dir=run_dir, steps=["04_verify"])
+                run_migration(slow.url, run_dir=run_dir, steps=[names.VERIFY])
             kernels = children(runner.pid)
             assert kernels, "the runner has no kernel process"
             for pid in kernels:  # paused, so only the OS can end it (ipykernel's own parent poller cannot run)

@@ -20,10 +20,11 @@ from helpers.steps.plan import build_plan, iter_plan_lines, plan_dir, read_plan
 from helpers.steps.rollback import check_rollback, execute_rollback, plan_rollback
 from helpers.devtools.local_deployment import LocalDeployment
 from helpers.evidence.run_folder import bind_migration
-from helpers.runner import ROLLBACK_STEP, run_migration
+from helpers.runner import run_migration
 from helpers.connection.transport import ConvexTransport
 from helpers.connection.values import equal
 from helpers.steps.verify import verify
+from helpers.steps import names
 
 from .flow import prepare, seed, state
 
@@ -44,10 +45,10 @@ def apply_and_verify(transport: ConvexTransport, run_dir: Path) -> None:
     """Steps 03 and 04 after `prepare`, each recorded (results.json and its ledger row) as its notebook records it."""
     applied = apply_plan(transport, run_dir, confirm=True, show_progress=False)
     assert applied.passed and applied.conflicts == 0 and not applied.errors
-    archive.record_step(transport, run_dir, archive.StepResults(step="03_apply", status="passed"))
+    archive.record_step(transport, run_dir, archive.StepResults(step=names.APPLY, status="passed"))
     report = verify(transport, run_dir, show_progress=False)
     assert report.passed, [c for c in report.checks if not c.passed]
-    archive.record_step(transport, run_dir, archive.StepResults(step="04_verify", status="passed"))
+    archive.record_step(transport, run_dir, archive.StepResults(step=names.VERIFY, status="passed"))
 
 
 def run_001(transport: ConvexTransport, tmp_path: Path) -> dict[str, dict[str, Any]]:
@@ -78,18 +79,18 @@ def test_002_requires_001_verified_and_not_rolled_back_since(transport: ConvexTr
     run_dir = folder(tmp_path, M001.id)
     prepare(transport, run_dir)
     apply_plan(transport, run_dir, confirm=True, show_progress=False)
-    archive.record_step(transport, run_dir, archive.StepResults(step="03_apply", status="passed"))
+    archive.record_step(transport, run_dir, archive.StepResults(step=names.APPLY, status="passed"))
     with pytest.raises(errors.PreconditionFailed, match="no passed 04_verify"):  # applied, not verified
         M002.require(transport)
     report = verify(transport, run_dir, show_progress=False)
-    archive.record_step(transport, run_dir, archive.StepResults(step="04_verify", status="passed" if report.passed else "failed"))
+    archive.record_step(transport, run_dir, archive.StepResults(step=names.VERIFY, status="passed" if report.passed else "failed"))
     M002.require(transport)  # verified: 002 may run
     m002_dir = folder(tmp_path, M002.id)
     prepare(transport, m002_dir)  # 002's backup and plan while 001 is in effect
 
     plan_rollback(transport, run_dir, "strip")
     execute_rollback(transport, run_dir, "strip")
-    assert [row["step"] for row in read_ledger(transport, M001.id)][-1] == "05_rollback"
+    assert [row["step"] for row in read_ledger(transport, M001.id)][-1] == names.ROLLBACK
     with pytest.raises(errors.PreconditionFailed, match="was rolled back"):
         M002.require(transport)
     before = state(transport)
@@ -223,8 +224,8 @@ def test_001_then_002_then_002s_rollback_through_the_notebooks(deployment: Local
         retired = state(transport)
         retired_lines = [line for line in iter_plan_lines(second.run_dir) if line["action"] == "retire"]
         assert all(not M002.owned_part(line["table"], retired[line["table"]][line["id"]]) for line in retired_lines)
-        restored = run_migration(deployment.url, confirm=True, run_dir=second.run_dir, steps=[ROLLBACK_STEP],
-                                 parameters={ROLLBACK_STEP: {"execute": True, "mode": "restore"}})
+        restored = run_migration(deployment.url, confirm=True, run_dir=second.run_dir, steps=[names.ROLLBACK],
+                                 parameters={names.ROLLBACK: {"execute": True, "mode": "restore"}})
         assert restored.passed, restored.steps
         after = state(transport)
         assert all(after[t] == migrated[t] for t in (*M002.tables, "assetReferences"))
@@ -233,7 +234,7 @@ def test_001_then_002_then_002s_rollback_through_the_notebooks(deployment: Local
 def preview_rollback(transport: ConvexTransport, run_dir: Path) -> None:
     """05_rollback with execute=False, as its notebook records it: the plan, and a passed step in the ledger."""
     plan_rollback(transport, run_dir, "strip")
-    archive.record_step(transport, run_dir, archive.StepResults(step=ROLLBACK_STEP, status="passed"))
+    archive.record_step(transport, run_dir, archive.StepResults(step=names.ROLLBACK, status="passed"))
 
 
 def test_a_rollback_preview_of_001_does_not_block_002(transport: ConvexTransport, tmp_path: Path) -> None:
@@ -242,7 +243,7 @@ def test_a_rollback_preview_of_001_does_not_block_002(transport: ConvexTransport
     prepare(transport, m001)
     apply_and_verify(transport, m001)
     preview_rollback(transport, m001)
-    assert [(r["step"], r["status"]) for r in read_ledger(transport, M001.id)][-1] == (ROLLBACK_STEP, "passed")
+    assert [(r["step"], r["status"]) for r in read_ledger(transport, M001.id)][-1] == (names.ROLLBACK, "passed")
     m002 = folder(tmp_path, M002.id)
     prepare(transport, m002)  # its backup and plan ask the chain first
     apply_and_verify(transport, m002)  # and its apply, under the lock and in every batch
@@ -255,11 +256,11 @@ def test_a_rollback_executed_in_the_folder_of_an_earlier_preview_counts(transpor
     m001 = folder(tmp_path, M001.id)
     prepare(transport, m001)
     assert apply_plan(transport, m001, confirm=True, show_progress=False).passed
-    archive.record_step(transport, m001, archive.StepResults(step="03_apply", status="passed"))
+    archive.record_step(transport, m001, archive.StepResults(step=names.APPLY, status="passed"))
     preview_rollback(transport, m001)
     report = verify(transport, m001, show_progress=False)
     assert report.passed
-    archive.record_step(transport, m001, archive.StepResults(step="04_verify", status="passed"))
+    archive.record_step(transport, m001, archive.StepResults(step=names.VERIFY, status="passed"))
     M002.require(transport)  # previewed, not executed
     execute_rollback(transport, m001, "strip")
     with pytest.raises(errors.PreconditionFailed, match=f"Migration {M001.id} was rolled back .*05_rollback executed, passed"):

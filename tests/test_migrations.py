@@ -20,19 +20,22 @@ from helpers.steps.migration import PLAN_LINE_KEYS, Migration
 from helpers.steps.plan import PlanSummary
 from helpers.steps.rollback import RollbackSummary
 from helpers.evidence.run_folder import bind_migration, migration_id, run_id
-from helpers.steps.contract import PREVIOUS_STEP, Step
+from helpers.steps.contract import Step
 from helpers.steps.verify import VerifyReport, run_checks
+from helpers.steps import names
 
 from .toy_migration import TOY, plan_note
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Development tooling for migration 001's sample data (not in the wheel), and the migrations themselves.
-NOT_CORE = {"sample_data.py", "local_deployment.py", "demo.py"}
+#: What is not the core: the migrations themselves and the development tools (sample data speaks 001's world).
+NOT_CORE = ("migrations", "devtools")
 
 
 def core_files() -> list[Path]:
-    """The core's Python modules and the Convex functions every migration runs through."""
-    modules = [path for path in sorted((ROOT / "helpers").glob("*.py")) if path.name not in NOT_CORE]
+    """The core's Python modules (every folder of helpers/ but the migrations and the development tools) and the
+    Convex functions every migration runs through."""
+    modules = [path for path in sorted((ROOT / "helpers").rglob("*.py")) if path.relative_to(ROOT / "helpers").parts[0] not in NOT_CORE]
     return [*modules, *sorted((ROOT / "convex").glob("migration*.ts"))]
 
 
@@ -74,7 +77,7 @@ def test_the_search_would_find_each_kind_of_name() -> None:
     """The check above is not vacuous: it reads the core's files, its names are 001's, and the search finds each
     kind of name (table, owned field, side row field, asset type, plan line key, wording) where 001 uses it."""
     names = {path.name for path in core_files()}
-    assert {"plan.py", "verify.py", "apply.py", "rollback.py", "runner.py", "cli.py", "deployment.py", "migration.ts"} <= names
+    assert {"plan.py", "verify.py", "apply.py", "rollback.py", "runner.py", "cli.py", "calls.py", "migration.ts"} <= names
     wanted = {"assetReferences", "scenes", "videoSessions", "videoAsset", "s3Key", "s3Url", "contentType", "uploadedAt",
               "entityId", "entityType", "assetType", "legacyStatus", "updatedAt", "video_chunk", "asset references"}
     assert wanted <= names_of_001()
@@ -159,9 +162,9 @@ def test_the_shipped_registry_is_one_chain_whose_head_is_the_newest() -> None:
     assert migrations.head_id() == shipped[-1].id != migrations.default_id()
 
 
-@pytest.mark.parametrize("step", sorted(PREVIOUS_STEP))
+@pytest.mark.parametrize("step", sorted(names.PREVIOUS))
 def test_every_step_refuses_when_the_step_before_did_not_pass(tmp_path: Path, step: str) -> None:
-    before = PREVIOUS_STEP[step]
+    before = names.PREVIOUS[step]
     with pytest.raises(PreconditionFailed):  # not run at all
         Step.open(step, "http://127.0.0.1:9", tmp_path, "001_s3_asset_tracking")
     write_step_results(tmp_path, before, StepResults(step=before, status="failed"))
@@ -176,8 +179,8 @@ def test_a_step_records_its_results_and_its_ledger_row(tmp_path: Path, monkeypat
     rows: list[dict[str, Any]] = []
     monkeypatch.setattr("helpers.connection.calls.read_ledger", lambda transport, migration: [])
     monkeypatch.setattr("helpers.connection.calls.record_run", lambda transport, migration, run, **row: rows.append({"migration": migration, **row}))
-    write_step_results(tmp_path, "03_apply", StepResults(step="03_apply", status="passed"))
-    step = Step.open("04_verify", "http://127.0.0.1:9", tmp_path, "001_s3_asset_tracking")
+    write_step_results(tmp_path, names.APPLY, StepResults(step=names.APPLY, status="passed"))
+    step = Step.open(names.VERIFY, "http://127.0.0.1:9", tmp_path, "001_s3_asset_tracking")
 
     class Report:
         passed, plan_sha256, backup_sha256 = False, "p" * 64, "b" * 64
@@ -186,10 +189,10 @@ def test_a_step_records_its_results_and_its_ledger_row(tmp_path: Path, monkeypat
             return {"checks": []}
 
     results = step.record(Report())
-    assert results.status == "failed" and read_step_results(tmp_path, "04_verify").status == "failed"
+    assert results.status == "failed" and read_step_results(tmp_path, names.VERIFY).status == "failed"
     assert results.inputs["plan_sha256"] == "p" * 64
     [row] = rows
-    assert (row["migration"], row["step"], row["status"]) == ("001_s3_asset_tracking", "04_verify", "failed")
+    assert (row["migration"], row["step"], row["status"]) == ("001_s3_asset_tracking", names.VERIFY, "failed")
     assert "04_verify/results.json" in row["evidence"]
 
 

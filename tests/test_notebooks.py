@@ -18,6 +18,7 @@ from helpers.evidence.archive import StepResults, check_archive, find_secret, re
 from helpers.devtools.local_deployment import LocalDeployment
 from helpers.runner import StepFailed, run_migration
 from helpers.connection.transport import ConvexTransport
+from helpers.steps import names
 
 from .flow import migration_references, seed, state
 
@@ -50,31 +51,31 @@ def outputs_text(executed: Path) -> str:
 def test_each_notebook_headless_then_rollback_restore(deployment: LocalDeployment, transport: ConvexTransport, run_dir: Path) -> None:
     seed(transport)
     before = application_data(transport)
-    execute("01_backup_snapshot", deployment.url, run_dir)
+    execute(names.BACKUP, deployment.url, run_dir)
     zip_path = next((run_dir / "backup").glob("snapshot_*.zip"))
     with zipfile.ZipFile(zip_path) as archive:
         assert {"README.md", "_tables/documents.jsonl", "scenes/documents.jsonl", "videoSessions/documents.jsonl"} <= set(archive.namelist())
 
-    execute("02_dry_run", deployment.url, run_dir)
+    execute(names.DRY_RUN, deployment.url, run_dir)
     assert application_data(transport) == before  # the dry-run changed nothing
     for table in ("scenes_by_status", "sessions_by_status", "references_by_type", "problems"):
         assert (run_dir / "plan" / f"{table}.csv").exists()
 
     with pytest.raises(papermill.PapermillExecutionError, match="Not confirmed"):
-        execute("03_apply", deployment.url, run_dir)  # headless without confirm
+        execute(names.APPLY, deployment.url, run_dir)  # headless without confirm
     assert application_data(transport) == before
-    plan = read_step_results(run_dir, "02_dry_run").outputs["plan_sha256"]
-    backup = read_step_results(run_dir, "01_backup_snapshot").outputs["backup_sha256"]
+    plan = read_step_results(run_dir, names.DRY_RUN).outputs["plan_sha256"]
+    backup = read_step_results(run_dir, names.BACKUP).outputs["backup_sha256"]
     refused = outputs_text(run_dir / "03_apply.executed.ipynb")
     assert "Not confirmed" in refused and plan in refused and backup in refused and deployment.url in refused
 
-    confirmed = outputs_text(execute("03_apply", deployment.url, run_dir, confirm=True))
+    confirmed = outputs_text(execute(names.APPLY, deployment.url, run_dir, confirm=True))
     assert "Confirmed by the parameter" in confirmed and plan in confirmed and backup in confirmed
-    execute("04_verify", deployment.url, run_dir)
-    assert read_step_results(run_dir, "04_verify").status == "passed"
+    execute(names.VERIFY, deployment.url, run_dir)
+    assert read_step_results(run_dir, names.VERIFY).status == "passed"
     assert migration_references(transport)
 
-    execute("05_rollback", deployment.url, run_dir, mode="restore", execute=True)
+    execute(names.ROLLBACK, deployment.url, run_dir, mode="restore", execute=True)
     after = application_data(transport)
     assert after["scenes"] == before["scenes"] and after["videoSessions"] == before["videoSessions"]
     assert migration_references(transport) == []
@@ -92,7 +93,7 @@ def test_runbook_command_archives_evidence_without_the_key(
     assert done.returncode == 0, done.stdout + done.stderr
     run_dir = next(runs.iterdir())
     assert str(run_dir) in done.stdout
-    for step in ("01_backup_snapshot", "02_dry_run", "03_apply", "04_verify"):
+    for step in (names.BACKUP, names.DRY_RUN, names.APPLY, names.VERIFY):
         assert read_step_results(run_dir, step).status == "passed"
         assert (run_dir / step / f"{step}.ipynb").exists() and (run_dir / step / f"{step}.html").exists()
     manifest = json.loads((run_dir / "manifest.json").read_text())
@@ -101,7 +102,7 @@ def test_runbook_command_archives_evidence_without_the_key(
     assert find_secret(run_dir, deploy_key) == []
     assert deploy_key not in done.stdout + done.stderr
 
-    verify_html = run_dir / "04_verify" / "04_verify.html"
+    verify_html = run_dir / names.VERIFY / "04_verify.html"
     verify_html.write_text(verify_html.read_text() + "<!-- edited -->")
     altered = subprocess.run([sys.executable, "-m", "helpers.cli", "check-archive", str(run_dir)], capture_output=True, text=True, cwd=REPO)
     assert altered.returncode == 1 and "04_verify.html" in altered.stdout
@@ -110,11 +111,11 @@ def test_runbook_command_archives_evidence_without_the_key(
 def test_python_api_returns_statistics_and_dry_run_stops_after_plan(deployment: LocalDeployment, transport: ConvexTransport, tmp_path: Path) -> None:
     seed(transport)
     planned = run_migration(deployment.url, dry_run=True, runs_dir=tmp_path / "runs")
-    assert list(planned.steps) == ["01_backup_snapshot", "02_dry_run"] and planned.passed
+    assert list(planned.steps) == [names.BACKUP, names.DRY_RUN] and planned.passed
     assert migration_references(transport) == []
 
     result = run_migration(deployment.url, confirm=True, runs_dir=tmp_path / "runs")
-    assert result.passed and result.steps["04_verify"] == "passed"
+    assert result.passed and result.steps[names.VERIFY] == "passed"
     stats = result.statistics
     assert stats.migrated["scenes"] > 0 and stats.migrated["sessions"] > 0
     assert stats.side_rows == {"asset references": len(migration_references(transport))}
@@ -125,9 +126,9 @@ def test_a_failed_step_stops_the_chain(tmp_path: Path, deploy_key: str) -> None:
     with LocalDeployment(deploy_key=deploy_key, export_fault="failed") as failing, pytest.raises(StepFailed) as failure:
         run_migration(failing.url, confirm=True, runs_dir=tmp_path / "runs")
     message = str(failure.value)
-    assert "01_backup_snapshot" in message and ".ipynb" in message
+    assert names.BACKUP in message and ".ipynb" in message
     run_dir = next((tmp_path / "runs").iterdir())
-    assert not (run_dir / "02_dry_run").exists()
+    assert not (run_dir / names.DRY_RUN).exists()
     assert (run_dir / "manifest.json").exists()
 
 
@@ -142,7 +143,7 @@ def test_demo_runs_the_whole_runbook_on_the_local_deployment(tmp_path: Path, dep
     assert check_archive(run_dir).ok and find_secret(run_dir, deploy_key) == []
 
 
-@pytest.mark.parametrize(("step", "previous"), [("02_dry_run", "01_backup_snapshot"), ("03_apply", "02_dry_run"), ("05_rollback", "02_dry_run")])
+@pytest.mark.parametrize(("step", "previous"), [(names.DRY_RUN, names.BACKUP), (names.APPLY, names.DRY_RUN), (names.ROLLBACK, names.DRY_RUN)])
 def test_a_step_refuses_to_build_on_a_step_that_did_not_pass(step: str, previous: str, run_dir: Path) -> None:
     with pytest.raises(papermill.PapermillExecutionError, match=f"step {previous} has not run"):
         execute(step, "http://127.0.0.1:9", run_dir)

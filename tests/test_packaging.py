@@ -21,6 +21,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 from helpers import runner
 from helpers.devtools import sample_data
 from helpers.devtools.local_deployment import LocalDeployment
+from helpers.steps import names
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -48,7 +49,7 @@ def test_environment_yml_lists_the_same_pins_as_pyproject() -> None:
 
 def test_notebook_names_and_parameters() -> None:
     names = [path.stem for path in NOTEBOOKS]
-    assert names == ["01_backup_snapshot", "02_dry_run", "03_apply", "04_verify", "05_rollback"]
+    assert names == [names.BACKUP, names.DRY_RUN, names.APPLY, names.VERIFY, names.ROLLBACK]
     for path in NOTEBOOKS:
         parameters = papermill.inspect_notebook(str(path))
         assert {"convex_url", "run_dir"} <= set(parameters), path.name
@@ -75,7 +76,7 @@ def test_notebooks_only_call_the_helpers_public_api() -> None:
 # --- the installed package, outside the checkout ----------------------------------------------------------------
 
 #: Development tooling: it needs the checkout (local_deployment/, node_modules/) and stays out of the wheel.
-DEVELOPMENT_MODULES = ("helpers/devtools/local_deployment.py", "helpers/devtools/sample_data.py", "helpers/devtools/demo.py", "helpers/devtools/scaffold.py")
+DEVELOPMENT_TOOLS = "helpers/devtools/"
 #: Checkout folders that are not the runbook: none of them may be in the wheel.
 CHECKOUT_ONLY = ("convex/", "tests/", "local_deployment/", "benchmarks/", "notebooks/", "docs/")
 
@@ -109,10 +110,10 @@ def _notebook_imports() -> set[str]:
     for path in NOTEBOOKS:
         for cell in nbformat.read(path, as_version=4).cells:
             if cell.cell_type == "code":
-                modules |= {m.replace(".", "/") for m in re.findall(r"^from (helpers\.\w+) import", cell.source, re.M)}
-                for names in re.findall(r"^from helpers import (.+)$", cell.source, re.M):
-                    modules |= {f"helpers/{name.split(' as ')[0].strip()}" for name in names.split(",")}
-    return modules
+                for source, names in re.findall(r"^from (helpers(?:\.\w+)*) import (.+)$", cell.source, re.M):
+                    folder = source.replace(".", "/")  # `from helpers.steps import plan` imports a module of a package
+                    modules |= {folder} | {f"{folder}/{name.split(' as ')[0].strip()}" for name in names.split(",")}
+    return {module for module in modules if (ROOT / f"{module}.py").is_file()}
 
 
 @pytest.mark.slow
@@ -121,14 +122,14 @@ def test_the_wheel_carries_the_notebooks_and_leaves_development_tooling_out(whee
         names = set(archive.namelist())
         for path in NOTEBOOKS:
             assert archive.read(f"helpers/notebooks/{path.name}") == path.read_bytes(), path.name
-    assert not names & set(DEVELOPMENT_MODULES), names & set(DEVELOPMENT_MODULES)
+    assert not [name for name in names if name.startswith(DEVELOPMENT_TOOLS)]
     migration_tests = {name for name in names if re.fullmatch(r"helpers/migrations/m[^/]+/test_\w+\.py", name)}
     assert not migration_tests, migration_tests  # a migration's tests stay beside it in the checkout
-    runbook = {name for name in _checkout_files() if name.startswith("helpers/") and "/test_" not in name} - set(DEVELOPMENT_MODULES)
+    runbook = {name for name in _checkout_files() if name.startswith("helpers/") and "/test_" not in name and not name.startswith(DEVELOPMENT_TOOLS)}
     assert runbook <= names, runbook - names  # a module or data file of a migration added later is shipped too
     assert not [name for name in names if name.startswith(CHECKOUT_ONLY)]
     imported = _notebook_imports()
-    assert {"helpers/step", "helpers/display", "helpers/plan", "helpers/verify"} <= imported  # the parse works
+    assert {"helpers/steps/contract", "helpers/notebook_ui/display", "helpers/steps/plan", "helpers/steps/verify"} <= imported  # the parse works
     assert {f"{module}.py" for module in imported} <= names, {f"{m}.py" for m in imported} - names
 
 
@@ -197,7 +198,7 @@ def test_the_installed_wheel_runs_the_runbook_outside_the_checkout(wheel: Path, 
     done = run("run", "--url", deployment.url, "--dry-run")
     assert done.returncode == 0, done.stdout + done.stderr
     (run_dir,) = (operator / "runs").iterdir()
-    for step in ("01_backup_snapshot", "02_dry_run"):
+    for step in (names.BACKUP, names.DRY_RUN):
         executed = nbformat.read(run_dir / step / f"{step}.ipynb", as_version=4)
         code = [cell for cell in executed.cells if cell.cell_type == "code"]
         assert code and all(cell.execution_count for cell in code), step
@@ -207,7 +208,7 @@ def test_the_installed_wheel_runs_the_runbook_outside_the_checkout(wheel: Path, 
     assert manifest["runbook"] == {"commit": "unknown", "dirty": None, "installed_version": version}
     checked = run("check-archive", str(run_dir), "--url", deployment.url)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    listed = run("params", "03_apply")
+    listed = run("params", names.APPLY)
     assert listed.returncode == 0 and "confirm: bool = False" in listed.stdout, listed.stdout + listed.stderr
 
     for command in (["demo"], ["local-deployment", "--port", "1", "--fault-rate", "0.5"]):

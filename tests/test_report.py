@@ -3,6 +3,8 @@ starts with what failed and what to do, the CLI naming the failing section, and 
 
 from __future__ import annotations
 
+from helpers.steps import names
+
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -30,8 +32,8 @@ raise PreconditionFailed("the input holds 3 rows without an id", hint="Give ever
 def failed_run(tmp_path_factory: pytest.TempPathFactory, shared_deployment: LocalDeployment) -> tuple[Path, StepFailed]:
     """One run: step 01 passes with a summary, step 02 fails in its section "2. Check the input"."""
     notebooks = tmp_path_factory.mktemp("notebooks")
-    _notebook(notebooks, "01_backup_snapshot", RECORD, summary={"documents": 1234, "zip_file": "snapshot_1.zip"})
-    source = _notebook(notebooks, "02_dry_run", "x = 1")
+    _notebook(notebooks, names.BACKUP, RECORD, summary={"documents": 1234, "zip_file": "snapshot_1.zip"})
+    source = _notebook(notebooks, names.DRY_RUN, "x = 1")
     nb = nbformat.read(source, as_version=4)
     nb.cells += [nbformat.v4.new_markdown_cell("## 2. Check the input\n\nEvery row needs an id."), nbformat.v4.new_code_cell(CHECK_INPUT)]
     nbformat.write(nb, source)
@@ -57,7 +59,7 @@ def test_a_failed_step_page_starts_with_what_failed_and_what_to_do(failed_run: t
     URL = shared_deployment.url
     run_dir, failure = failed_run
     for page in ("02_dry_run.html", "02_dry_run.report.html"):
-        text = (run_dir / "02_dry_run" / page).read_text(encoding="utf-8")
+        text = (run_dir / names.DRY_RUN / page).read_text(encoding="utf-8")
         box = text.index('<div class="runbook-failure">')
         assert box < text.index("Every row needs an id")
         # The cell's own output is the error's cause and fix (a RunbookError is one screen), not a traceback.
@@ -73,7 +75,7 @@ def test_a_failed_step_page_starts_with_what_failed_and_what_to_do(failed_run: t
 def test_each_step_page_says_who_and_when_and_has_a_title(failed_run: tuple[Path, StepFailed], shared_deployment: LocalDeployment) -> None:
     run_dir, _ = failed_run
     run_id = archive.read_run_id(run_dir)
-    html = (run_dir / "01_backup_snapshot" / "01_backup_snapshot.html").read_text(encoding="utf-8")
+    html = (run_dir / names.BACKUP / "01_backup_snapshot.html").read_text(encoding="utf-8")
     assert f"<title>01_backup_snapshot · run {run_id} · alice</title>" in html
     header = html[html.index('<div class="runbook-header">'):]
     header = header[:header.index("</div>")]
@@ -84,8 +86,8 @@ def test_each_step_page_says_who_and_when_and_has_a_title(failed_run: tuple[Path
 
 def test_the_report_page_has_no_code_cells(failed_run: tuple[Path, StepFailed]) -> None:
     run_dir, _ = failed_run
-    full = (run_dir / "01_backup_snapshot" / "01_backup_snapshot.html").read_text(encoding="utf-8")
-    short = (run_dir / "01_backup_snapshot" / "01_backup_snapshot.report.html").read_text(encoding="utf-8")
+    full = (run_dir / names.BACKUP / "01_backup_snapshot.html").read_text(encoding="utf-8")
+    short = (run_dir / names.BACKUP / "01_backup_snapshot.report.html").read_text(encoding="utf-8")
     code = "archive.write_step_results(Path(run_dir), STEP"
     assert code in html_text(full) and code not in html_text(short)
     assert '<div class="runbook-header">' in short
@@ -107,13 +109,13 @@ def test_the_index_names_who_when_commit_deployment_and_each_step(failed_run: tu
     for fact in ("operator alice", f"started {manifest.started_at}", f"finished {manifest.finished_at}",
                  f"runbook commit {manifest.runbook['commit']}", f"deployment {shared_deployment.url}", f"run id {manifest.run_id}"):
         assert fact in text
-    assert "01_backup_snapshot" in text and "passed" in text and "documents: 1,234" in text
+    assert names.BACKUP in text and "passed" in text and "documents: 1,234" in text
     assert "steps: 1 of 2 passed (01_backup_snapshot passed in " in text and ", 02_dry_run failed in " in text
     assert "in section “2. Check the input”, cell In [5]: the input holds 3 rows without an id" in text
     for link in ("01_backup_snapshot/01_backup_snapshot.report.html", "01_backup_snapshot/01_backup_snapshot.html",
                  "02_dry_run/02_dry_run.report.html"):
         assert f'href="{link}"' in page and (run_dir / link).is_file()
-    results_sha = archive.sha256_file(run_dir / "01_backup_snapshot" / "results.json")
+    results_sha = archive.sha256_file(run_dir / names.BACKUP / "results.json")
     assert results_sha in text
     assert f"runbook check-archive {run_dir.resolve()} --url {shared_deployment.url}" in text
     assert "<script" not in page
@@ -146,8 +148,8 @@ def test_cli_run_prints_the_failing_section_and_the_manifest_hash(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], shared_deployment: LocalDeployment
 ) -> None:
     notebooks = tmp_path / "notebooks"
-    _notebook(notebooks, "01_backup_snapshot", RECORD)
-    source = _notebook(notebooks, "02_dry_run")
+    _notebook(notebooks, names.BACKUP, RECORD)
+    source = _notebook(notebooks, names.DRY_RUN)
     nb = nbformat.read(source, as_version=4)
     nb.cells += [nbformat.v4.new_markdown_cell("## 1. Plan"), nbformat.v4.new_code_cell("import tenacity\nraise RuntimeError('plan failed')")]
     nbformat.write(nb, source)
@@ -202,11 +204,11 @@ def test_the_verdicts_lead_with_what_passed_failed_migrated_and_was_blocked(tmp_
     archive.write_json_atomic(run_dir / "plan" / "plan.json", {"problems": [
         {"code": "duplicate_s3_key", "count": 2, "severity": "blocking"}, {"code": "empty_string", "count": 4, "severity": "flagged"},
         {"code": "wrong_type", "count": 3, "severity": "blocking"}]})
-    _results(run_dir, "03_apply", "passed", {"migrated": {"scenes": 66, "videoSessions": 5}, "lease_ms": 120000,
+    _results(run_dir, names.APPLY, "passed", {"migrated": {"scenes": 66, "videoSessions": 5}, "lease_ms": 120000,
                                             "outcomes": {"scenes": {"applied": 60, "conflict": 6}, "videoSessions": {"applied": 5}}})
-    _results(run_dir, "04_verify", "failed", {"checks": [{"name": "session_totals", "passed": True},
+    _results(run_dir, names.VERIFY, "failed", {"checks": [{"name": "session_totals", "passed": True},
                                                          {"name": "tracking_complete", "passed": False}]})
-    verdicts = report.run_verdicts(run_dir, {"02_dry_run": "passed", "03_apply": "passed", "04_verify": "failed", "05_rollback": "not run"})
+    verdicts = report.run_verdicts(run_dir, {names.DRY_RUN: "passed", names.APPLY: "passed", names.VERIFY: "failed", names.ROLLBACK: "not run"})
     assert [(v.label, v.text, v.ok) for v in verdicts] == [
         ("steps", "2 of 3 passed (02_dry_run passed, 03_apply passed, 04_verify failed)", False),
         ("verify", "1 of 2 checks passed; failed: tracking_complete", False),
@@ -214,29 +216,29 @@ def test_the_verdicts_lead_with_what_passed_failed_migrated_and_was_blocked(tmp_
         ("blocked documents (not migrated), per problem", "5 (duplicate_s3_key 2, wrong_type 3)", None),
         ("apply outcomes", "65 applied, 6 conflict", False),
     ]
-    assert report.step_finding(run_dir, "03_apply") == (
+    assert report.step_finding(run_dir, names.APPLY) == (
         "outcomes: scenes: 60 applied, 6 conflict; videoSessions: 5 applied; references created: 0")
-    assert "lease" not in report.step_finding(run_dir, "03_apply")
+    assert "lease" not in report.step_finding(run_dir, names.APPLY)
 
 
 def test_a_failed_apply_page_says_how_much_was_applied_and_how_to_resume(tmp_path: Path) -> None:
     URL = "http://127.0.0.1:3210"  # only written into the page: nothing is called
     run_dir = tmp_path / "run"
     (run_dir / "apply").mkdir(parents=True)
-    (run_dir / "03_apply").mkdir()
+    (run_dir / names.APPLY).mkdir()
     (run_dir / "apply" / "checkpoint.jsonl").write_text(
         '{"start":0,"end":2,"results":[{"id":"a","table":"scenes","outcome":"applied"},{"id":"b","table":"scenes","outcome":"error"}]}\n'
         '{"start":2,"end":3,"results":[{"id":"c","table":"scenes","outcome":"applied"}]}\n{"start":3,"en')  # the last line torn
-    archive.write_json_atomic(run_dir / "03_apply" / "parameters.json", {"convex_url": URL, "run_dir": str(run_dir), "confirm": True,
+    archive.write_json_atomic(run_dir / names.APPLY / "parameters.json", {"convex_url": URL, "run_dir": str(run_dir), "confirm": True,
                                                                        "batch_size": 50})
     notebook = nbformat.v4.new_notebook()
     cell = nbformat.v4.new_code_cell("apply()", execution_count=3)
     cell.outputs = [nbformat.v4.new_output("error", ename="LeaseLost", evalue="lost the lease", traceback=[])]
     notebook.cells = [nbformat.v4.new_markdown_cell("## 3. Apply"), cell]
-    nbformat.write(notebook, run_dir / "03_apply" / "03_apply.ipynb")
-    context = report.PageContext(run_id="r", operator="alice", commit="c", deployment=URL, planned=("03_apply", "04_verify"))
-    report.render_step(run_dir / "03_apply" / "03_apply.ipynb", context)
-    text = (run_dir / "03_apply" / "03_apply.report.html").read_text(encoding="utf-8")
+    nbformat.write(notebook, run_dir / names.APPLY / "03_apply.ipynb")
+    context = report.PageContext(run_id="r", operator="alice", commit="c", deployment=URL, planned=(names.APPLY, names.VERIFY))
+    report.render_step(run_dir / names.APPLY / "03_apply.ipynb", context)
+    text = (run_dir / names.APPLY / "03_apply.report.html").read_text(encoding="utf-8")
     box = text[text.index('<div class="runbook-failure">'):]
     assert "in section “3. Apply”, cell In [3]: <b>LeaseLost</b>" in box
     assert "Applied before it stopped</b> (apply/checkpoint.jsonl): 2 applied, 1 error." in box

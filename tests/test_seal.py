@@ -21,11 +21,11 @@ from helpers.connection.calls import read_ledger
 from helpers.connection.errors import PreconditionFailed
 from helpers.devtools.local_deployment import LocalDeployment
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
+from helpers.steps import names
 
 from .flow import seed
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-STEPS = ("01_backup_snapshot", "02_dry_run", "03_apply", "04_verify")
 SCENES = 60
 
 
@@ -43,8 +43,8 @@ def interactive(deployment: LocalDeployment, tmp_path_factory: pytest.TempPathFa
     base = tmp_path_factory.mktemp("lab")
     run_dir, saved = base / "runs" / "2026-11-25-alice", base / "saved"
     saved.mkdir()
-    for step in STEPS:
-        parameters = {"convex_url": deployment.url, "run_dir": str(run_dir), **({"confirm": True} if step == "03_apply" else {})}
+    for step in names.FORWARD:
+        parameters = {"convex_url": deployment.url, "run_dir": str(run_dir), **({"confirm": True} if step == names.APPLY else {})}
         papermill.execute_notebook(str(NOTEBOOKS / f"{step}.ipynb"), str(saved / f"{step}.ipynb"), parameters=parameters,
                                    kernel_name="python3", progress_bar=False, cwd=str(NOTEBOOKS.parent))
     return run_dir, saved
@@ -87,24 +87,24 @@ def test_a_sealed_interactive_run_passes_check_archive_with_the_ledger(
     assert out[-1] == f"Manifest sha256: {sha}"
     run_dir = _own_copy(run_dir, tmp_path)
 
-    for step in STEPS:
+    for step in names.FORWARD:
         for name in (f"{step}.ipynb", f"{step}.html", f"{step}.report.html"):
             assert (run_dir / step / name).is_file(), name
     manifest = archive.read_manifest(run_dir)
     assert manifest is not None and manifest.operator == "alice" and manifest.deployment_url == deployment.url
-    assert manifest.steps == dict.fromkeys(STEPS, "passed")
+    assert manifest.steps == dict.fromkeys(names.FORWARD, "passed")
     index = (run_dir / "index.html").read_text(encoding="utf-8")
-    assert all(f'href="{step}/{step}.report.html"' in index for step in STEPS)
+    assert all(f'href="{step}/{step}.report.html"' in index for step in names.FORWARD)
 
     assert cli.main(["check-archive", str(run_dir), "--url", deployment.url]) == 0
     assert "deployment's ledger" in capsys.readouterr().out
     this_run = json.loads((run_dir / "run.json").read_text())["run_id"]
     with deployment.transport() as transport:
-        seal = next(r for r in read_ledger(transport, M001.id) if r["runId"] == this_run and r["step"] == archive.SEAL_STEP)
+        seal = next(r for r in read_ledger(transport, M001.id) if r["runId"] == this_run and r["step"] == names.SEAL)
     assert seal["evidence"]["manifest.json"] == sha
 
     # Edited afterwards and resealed without the ledger: caught.
-    results = run_dir / "04_verify" / "results.json"
+    results = run_dir / names.VERIFY / "results.json"
     results.write_text(results.read_text().replace('"passed"', '"passed" '))
     archive.write_manifest(run_dir, deployment_url=manifest.deployment_url, operator="alice", started_at=manifest.started_at,
                            finished_at=manifest.finished_at, steps=manifest.steps)
@@ -127,11 +127,11 @@ def test_sealing_an_unchanged_sealed_folder_again_writes_nothing_and_says_so(
 def _forge(folder: Path) -> None:
     """What a forger does to a copy: one more reference created in apply's results, and verify's record of
     apply's results hash made to agree."""
-    path = folder / "03_apply" / "results.json"
+    path = folder / names.APPLY / "results.json"
     results = json.loads(path.read_text())
     results["summary"]["references_created"] += 1
     archive.write_json_atomic(path, results)
-    verify = folder / "04_verify" / "results.json"
+    verify = folder / names.VERIFY / "results.json"
     recorded = json.loads(verify.read_text())
     recorded["inputs"]["apply_results_sha256"] = archive.sha256_file(path)
     archive.write_json_atomic(verify, recorded)
@@ -162,7 +162,7 @@ def test_a_forged_copy_cannot_be_resealed_and_never_spoils_the_original(
     assert cli.main(["check-archive", str(forged), "--url", deployment.url]) == 1
     out = capsys.readouterr().out
     assert "altered: 03_apply/results.json (the deployment's ledger holds sha256" in out and "from step 03_apply" in out
-    figure = json.loads((forged / "03_apply" / "results.json").read_text())["summary"]["references_created"]
+    figure = json.loads((forged / names.APPLY / "results.json").read_text())["summary"]["references_created"]
     assert f"step 03_apply: figure references_created is {figure:,} in the folder, {figure - 1:,} in its ledger row" in out
     assert cli.main(["check-archive", str(original), "--url", deployment.url]) == 0
     assert capsys.readouterr().out.startswith(f"OK: {original} matches")
@@ -183,9 +183,9 @@ def test_a_failed_step_is_sealed_with_its_page_and_listed_in_the_index(
 
     run_dir, saved = copy
     run_dir = _new_run(run_dir, tmp_path, "failed")
-    shutil.rmtree(run_dir / "04_verify")
+    shutil.rmtree(run_dir / names.VERIFY)
     (saved / "04_verify.ipynb").unlink()
-    (run_dir / "03_apply" / "results.json").unlink()  # 03 raised before its last cell recorded anything
+    (run_dir / names.APPLY / "results.json").unlink()  # 03 raised before its last cell recorded anything
     notebook = nbformat.read(saved / "03_apply.ipynb", as_version=4)
     last = [cell for cell in notebook.cells if cell.cell_type == "code"][-1]
     last.outputs = [nbformat.v4.new_output("error", ename="LeaseLost", evalue="the lease ran out\n  fix: Start a new run folder.",
@@ -194,15 +194,15 @@ def test_a_failed_step_is_sealed_with_its_page_and_listed_in_the_index(
 
     assert cli.main(["seal", str(run_dir), "--notebooks", str(saved), "--url", deployment.url]) == 0
     capsys.readouterr()
-    assert archive.read_manifest(run_dir).steps["03_apply"] == "failed"  # type: ignore[union-attr]
+    assert archive.read_manifest(run_dir).steps[names.APPLY] == "failed"  # type: ignore[union-attr]
     index = (run_dir / "index.html").read_text(encoding="utf-8")
     assert 'href="03_apply/03_apply.report.html"' in index and "LeaseLost" in index
-    page = (run_dir / "03_apply" / "03_apply.report.html").read_text(encoding="utf-8")
+    page = (run_dir / names.APPLY / "03_apply.report.html").read_text(encoding="utf-8")
     assert '<div class="runbook-failure">' in page and "Start a new run folder." in page
     with deployment.transport() as transport:
         rows = archive.run_rows(read_ledger(transport, M001.id), archive.read_run_id(run_dir))
-    assert [(r["step"], r["status"]) for r in rows] == [("03_apply", "failed"), (archive.SEAL_STEP, "sealed")]
-    assert rows[0]["evidence"] == {"03_apply/03_apply.ipynb": archive.sha256_file(run_dir / "03_apply" / "03_apply.ipynb")}
+    assert [(r["step"], r["status"]) for r in rows] == [(names.APPLY, "failed"), (names.SEAL, "sealed")]
+    assert rows[0]["evidence"] == {"03_apply/03_apply.ipynb": archive.sha256_file(run_dir / names.APPLY / "03_apply.ipynb")}
     assert cli.main(["check-archive", str(run_dir), "--url", deployment.url]) == 0, capsys.readouterr().out
 
 
@@ -235,7 +235,7 @@ def test_the_template_notebooks_are_refused(copy: tuple[Path, Path]) -> None:
 
 def test_a_notebook_saved_before_its_step_finished_is_refused(copy: tuple[Path, Path]) -> None:
     run_dir, saved = copy
-    results = run_dir / "03_apply" / "results.json"
+    results = run_dir / names.APPLY / "results.json"
     os.utime(saved / "03_apply.ipynb", (results.stat().st_mtime - 60,) * 2)
     with pytest.raises(PreconditionFailed, match="saved before its step recorded its results"):
         archive.seal(run_dir, notebooks_dir=saved)
@@ -257,7 +257,7 @@ def test_pages_of_an_untimed_notebook_take_who_and_when_from_the_ledger(copy: tu
     run_dir, saved = copy
     archive.write_json_atomic(run_dir / "run.json", {"run_id": "20261125T120000Z-c0ffee000001", "migration": M001.id})  # a run of its own
     with deployment.transport() as transport:
-        record_run(transport, M001.id, "20261125T120000Z-c0ffee000001", step="01_backup_snapshot", status="passed",
+        record_run(transport, M001.id, "20261125T120000Z-c0ffee000001", step=names.BACKUP, status="passed",
                    operator="carol", startedAt=1_795_600_000_000, finishedAt=1_795_600_042_000)
         notebook = nbformat.read(saved / "01_backup_snapshot.ipynb", as_version=4)
         notebook.metadata.pop("papermill")
@@ -266,7 +266,7 @@ def test_pages_of_an_untimed_notebook_take_who_and_when_from_the_ledger(copy: tu
             cell.metadata.pop("papermill", None)
         nbformat.write(notebook, saved / "01_backup_snapshot.ipynb")
         archive.seal(run_dir, notebooks_dir=saved, transport=transport)
-    page = (run_dir / "01_backup_snapshot" / "01_backup_snapshot.html").read_text(encoding="utf-8")
+    page = (run_dir / names.BACKUP / "01_backup_snapshot.html").read_text(encoding="utf-8")
     assert "operator:</b> carol" in page
     assert "started:</b> 2026-11-25T09:46:40+00:00" in page and "finished:</b> 2026-11-25T09:47:22+00:00" in page
     assert archive.read_manifest(run_dir).operator == "carol"
@@ -280,7 +280,7 @@ def test_notebooks_prepared_in_the_run_folder_are_sealed_in_place(
 
     run_dir, saved = copy
     run_dir = _new_run(run_dir, tmp_path, "in-place")
-    for step in STEPS:
+    for step in names.FORWARD:
         notebook = nbformat.read(saved / f"{step}.ipynb", as_version=4)
         for cell in notebook.cells:
             if "injected-parameters" in cell.metadata.get("tags", []):
@@ -288,5 +288,5 @@ def test_notebooks_prepared_in_the_run_folder_are_sealed_in_place(
         nbformat.write(notebook, run_dir / step / f"{step}.ipynb")
     sealed = archive.seal(run_dir, convex_url=deployment.url)
     assert sealed.not_recorded is None and sealed.action == "sealed"
-    assert archive.read_manifest(run_dir).steps == dict.fromkeys(STEPS, "passed")  # type: ignore[union-attr]
-    assert all((run_dir / step / f"{step}.report.html").is_file() for step in STEPS)
+    assert archive.read_manifest(run_dir).steps == dict.fromkeys(names.FORWARD, "passed")  # type: ignore[union-attr]
+    assert all((run_dir / step / f"{step}.report.html").is_file() for step in names.FORWARD)

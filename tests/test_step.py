@@ -14,6 +14,7 @@ from helpers.steps import contract as step
 from helpers.connection.errors import InvalidDeploymentUrl, PreconditionFailed, RunbookError, StepNotPassed
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 from helpers.steps.contract import Step
+from helpers.steps import names
 
 URL = "http://127.0.0.1:9"
 
@@ -32,13 +33,13 @@ def passed(run_dir: Path, name: str, status: str = "passed") -> None:
 def test_run_dir_dot_dot_from_a_step_folder_is_the_run_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """JupyterLab starts a run folder's notebook kernel in <run>/<step>/: the step holds the real folder."""
     run_dir = tmp_path / "runs" / "r1"
-    passed(run_dir, "01_backup_snapshot")
-    (run_dir / "02_dry_run").mkdir()
-    monkeypatch.chdir(run_dir / "02_dry_run")
-    opened = Step.open("02_dry_run", URL, "..", M001.id)
+    passed(run_dir, names.BACKUP)
+    (run_dir / names.DRY_RUN).mkdir()
+    monkeypatch.chdir(run_dir / names.DRY_RUN)
+    opened = Step.open(names.DRY_RUN, URL, "..", M001.id)
     assert opened.run_dir == run_dir.resolve()
     assert f"`{run_dir.resolve()}`" in opened.heading()
-    assert (run_dir / "run.json").is_file() and not (run_dir / "02_dry_run" / "run.json").exists()
+    assert (run_dir / "run.json").is_file() and not (run_dir / names.DRY_RUN / "run.json").exists()
 
 
 def test_a_template_without_run_dir_is_refused_naming_where_the_previous_step_passed(
@@ -46,25 +47,25 @@ def test_a_template_without_run_dir_is_refused_naming_where_the_previous_step_pa
 ) -> None:
     runs = tmp_path / "runs"
     older, newer = runs / "older", runs / "newer"
-    passed(older, "01_backup_snapshot")
-    passed(newer, "01_backup_snapshot")
-    passed(runs / "failed", "01_backup_snapshot", status="failed")
-    os.utime(older / "01_backup_snapshot" / "results.json", (time.time() - 3600,) * 2)
-    os.utime(runs / "failed" / "01_backup_snapshot" / "results.json", (time.time() + 60,) * 2)  # newest, but failed
+    passed(older, names.BACKUP)
+    passed(newer, names.BACKUP)
+    passed(runs / "failed", names.BACKUP, status="failed")
+    os.utime(older / names.BACKUP / "results.json", (time.time() - 3600,) * 2)
+    os.utime(runs / "failed" / names.BACKUP / "results.json", (time.time() + 60,) * 2)  # newest, but failed
     monkeypatch.chdir(tmp_path)
     with pytest.raises(PreconditionFailed, match="run_dir is not set") as refused:
-        Step.open("02_dry_run", URL, None, M001.id)
+        Step.open(names.DRY_RUN, URL, None, M001.id)
     assert str(newer.resolve()) in refused.value.hint and "02_dry_run/02_dry_run.ipynb" in refused.value.hint
     assert refused.value.nothing_written
 
 
 def test_a_step_opened_in_a_folder_where_the_previous_did_not_run_names_where_it_did(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
-    passed(runs / "good", "02_dry_run")
+    passed(runs / "good", names.DRY_RUN)
     empty = runs / "empty"
     empty.mkdir(parents=True)
     with pytest.raises(PreconditionFailed, match="02_dry_run has not run in") as refused:
-        Step.open("03_apply", URL, empty, M001.id)
+        Step.open(names.APPLY, URL, empty, M001.id)
     assert f"passed in {(runs / 'good').resolve()}" in refused.value.hint
     assert not (empty / "run.json").exists()  # refused before the folder was bound: nothing written
     rendered = "\n".join(refused.value._render_traceback_())
@@ -73,15 +74,15 @@ def test_a_step_opened_in_a_folder_where_the_previous_did_not_run_names_where_it
 
 def test_a_failed_previous_step_sends_the_analyst_to_its_notebook(tmp_path: Path) -> None:
     run_dir = tmp_path / "r"
-    passed(run_dir, "02_dry_run", status="failed")
+    passed(run_dir, names.DRY_RUN, status="failed")
     with pytest.raises(PreconditionFailed, match="did not pass") as refused:
-        Step.open("03_apply", URL, run_dir, M001.id)
-    assert str(run_dir.resolve() / "02_dry_run" / "02_dry_run.ipynb") in refused.value.hint
+        Step.open(names.APPLY, URL, run_dir, M001.id)
+    assert str(run_dir.resolve() / names.DRY_RUN / "02_dry_run.ipynb") in refused.value.hint
 
 
 def test_a_refused_deployment_url_says_nothing_was_written_and_leaves_no_folder(tmp_path: Path) -> None:
     with pytest.raises(InvalidDeploymentUrl) as refused:
-        Step.open("01_backup_snapshot", "not a url", tmp_path / "r", M001.id)
+        Step.open(names.BACKUP, "not a url", tmp_path / "r", M001.id)
     assert refused.value.nothing_written and not (tmp_path / "r").exists()
 
 
@@ -102,19 +103,19 @@ def test_record_writes_how_long_the_cells_ran_and_the_run_operator(tmp_path: Pat
     ledger: list[dict] = []
     monkeypatch.setattr(archive, "record_step", lambda transport, where, results, **kw: (
         archive.write_step_results(where, results.step, results), ledger.append(kw)))
-    opened = Step.open("01_backup_snapshot", URL, run_dir, M001.id)
+    opened = Step.open(names.BACKUP, URL, run_dir, M001.id)
     time.sleep(0.2)
     summary = type("Summary", (), {"model_dump": lambda self, **_: {}, "sha256": "a" * 64, "snapshot_ts": 1})()
     results = opened.record(summary)
     assert results.duration_s is not None and 0.2 <= results.duration_s < 5
-    assert archive.read_step_results(run_dir, "01_backup_snapshot").duration_s == results.duration_s
+    assert archive.read_step_results(run_dir, names.BACKUP).duration_s == results.duration_s
     assert results.started_at is not None and results.started_at <= results.finished_at
     assert ledger == [{"operator": "alice", "started_at": opened.started}]
 
 
 def test_last_passed_ignores_folders_where_the_step_failed(tmp_path: Path) -> None:
-    passed(tmp_path / "runs" / "a", "01_backup_snapshot", status="failed")
-    assert step.last_passed("01_backup_snapshot", tmp_path / "runs" / "b") is None
+    passed(tmp_path / "runs" / "a", names.BACKUP, status="failed")
+    assert step.last_passed(names.BACKUP, tmp_path / "runs" / "b") is None
 
 
 def test_the_run_folders_operator_wins_over_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -37,6 +37,7 @@ from pydantic import BaseModel, Field
 from helpers.connection.errors import PreconditionFailed, RunbookError
 from helpers.paths import CHECKOUT_ROOT, NOTEBOOKS_DIR, installed_version
 from helpers.evidence.run_folder import LOCK_FILE, RUN_FILE, migration_id, operator_of, run_id
+from helpers.steps import names
 
 MANIFEST_FILE = "manifest.json"
 RESULTS_FILE = "results.json"
@@ -391,7 +392,6 @@ def read_manifest(run_dir: Path) -> Manifest | None:
     return Manifest.model_validate_json(path.read_bytes()) if path.exists() else None
 
 
-SEAL_STEP = "seal"
 #: A Convex object holds at most 1,024 fields: a folder with more files is anchored by its manifest's hash alone.
 MAX_SEALED_FILES = 1000
 #: How convex/migrationRuns.ts `record` words its refusal of a second seal with another manifest.
@@ -439,7 +439,7 @@ def record_seal(transport: Any, run_dir: Path) -> str:
     now = datetime.now(UTC)
     try:
         record_run(
-            transport, migration_id(run_dir), run_id(run_dir), step=SEAL_STEP, status="sealed", operator=manifest.operator,
+            transport, migration_id(run_dir), run_id(run_dir), step=names.SEAL, status="sealed", operator=manifest.operator,
             startedAt=_ms(_parse_time(manifest.started_at) or now), finishedAt=_ms(now), evidence=evidence,
         )
     except RunbookError as exc:
@@ -536,12 +536,11 @@ def seal(
     from helpers.notebook_ui.display import static_outputs
     from helpers.connection.errors import DeploymentUnreachable, TransientFailure
     from helpers.evidence.pages import PageContext, execution_times, find_failure, notebook_parameter, render_step
-    from helpers.runner import ROLLBACK_STEP, STEPS
     from helpers.connection.transport import ConvexTransport
 
     run_dir = Path(run_dir)
     sources, unfit = {}, None
-    for step in (*STEPS, ROLLBACK_STEP):
+    for step in (*names.FORWARD, names.ROLLBACK):
         try:
             if found := _saved_notebook(run_dir, step, notebooks_dir):
                 sources[step] = found
@@ -606,13 +605,13 @@ def _seal_as_it_is(run_dir: Path, rows: list[dict[str, Any]], transport: Any) ->
     """What the ledger allows before anything is written: None to seal the folder (anew); a Sealed when the
     folder is unchanged since its manifest and the ledger holds it or is given it now; SealRefused when the
     ledger holds a seal of this run, the folder differs from it and no step was recorded since."""
-    seals = [r for r in rows if r.get("step") == SEAL_STEP]
+    seals = [r for r in rows if r.get("step") == names.SEAL]
     path = run_dir / MANIFEST_FILE
     unchanged = path.is_file() and not _file_problems(run_dir)
     sha = sha256_file(path) if path.is_file() else None
     if unchanged and sha in {(seal.get("evidence") or {}).get(MANIFEST_FILE) for seal in trusted_seals(rows)}:
         return Sealed(path, str(sha), action="unchanged")  # as one of the run's seals left it (a copy may have gone on)
-    continued = not seals or any(r.get("step") != SEAL_STEP for r in rows[rows.index(seals[-1]) + 1:])
+    continued = not seals or any(r.get("step") != names.SEAL for r in rows[rows.index(seals[-1]) + 1:])
     manifest = read_manifest(run_dir) if unchanged else None
     if manifest is not None and continued:
         record_unrecorded_steps(transport, run_dir, manifest.steps, manifest.operator)
@@ -715,7 +714,7 @@ def trusted_seals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     refuses today) is left out: the first seal of a state counts, not the latest."""
     trusted, stepped = [], True
     for row in rows:
-        if row.get("step") != SEAL_STEP:
+        if row.get("step") != names.SEAL:
             stepped = True
         elif stepped:
             trusted.append(row)
@@ -737,7 +736,7 @@ def _ledger_problems(run_dir: Path, ledger: list[dict[str, Any]]) -> list[str]:
     sha = _hash_of(run_dir / MANIFEST_FILE)
     seal = next((s for s in seals if (s.get("evidence") or {}).get(MANIFEST_FILE) == sha), seals[-1] if seals else None)
     steps = rows[: rows.index(seal)] if seal is not None else rows
-    latest = {row.get("step"): row for row in steps if row.get("step") != SEAL_STEP}
+    latest = {row.get("step"): row for row in steps if row.get("step") != names.SEAL}
     problems: list[str] = []
     reported: set[str] = set()
     for step, row in latest.items():
@@ -829,7 +828,7 @@ def _hash_of(path: Path) -> str | None:
 CHAIN_SOURCES: dict[str, tuple[str, Callable[[Path], str | None]]] = {
     "plan_sha256": ("plan/plan.json", lambda d: _json_field(d / "plan" / "plan.json", "plan_sha256")),
     "backup_sha256": ("backup/backup.json", lambda d: _json_field(d / "backup" / "backup.json", "sha256")),
-    "apply_results_sha256": ("03_apply/results.json", lambda d: _hash_of(d / "03_apply" / RESULTS_FILE)),
+    "apply_results_sha256": ("03_apply/results.json", lambda d: _hash_of(d / names.APPLY / RESULTS_FILE)),
     "checkpoint_sha256": ("apply/checkpoint.jsonl", lambda d: _hash_of(d / "apply" / "checkpoint.jsonl")),
 }
 
@@ -950,9 +949,8 @@ class MigrationState:
 def _changed_documents(row: Mapping[str, Any]) -> bool:
     """An apply, or a rollback that changed documents: an executed rollback's row names its mode (a preview's
     row, written by its results, names none)."""
-    from helpers.runner import APPLY_STEP, ROLLBACK_STEP
 
-    return row.get("step") == APPLY_STEP or row.get("step") == ROLLBACK_STEP and str(row.get("details") or "").startswith("mode=")
+    return row.get("step") == names.APPLY or row.get("step") == names.ROLLBACK and str(row.get("details") or "").startswith("mode=")
 
 
 def deployment_status(transport: Any) -> list[MigrationState]:
@@ -960,7 +958,6 @@ def deployment_status(transport: Any) -> list[MigrationState]:
     and its runs, oldest first. Only reads (one ledger query per migration)."""
     from helpers.connection.calls import read_ledger
     from helpers.migrations import all_migrations
-    from helpers.runner import APPLY_STEP
 
     states = []
     for migration in all_migrations():
@@ -971,13 +968,13 @@ def deployment_status(transport: Any) -> list[MigrationState]:
             seals = trusted_seals(rows)
             runs[this_run] = RunRecord(
                 run_id=this_run, operator=str(rows[0].get("operator")), started_ms=int(min(r.get("startedAt") or 0 for r in rows)),
-                steps={str(r["step"]): str(r.get("status")) for r in rows if r.get("step") != SEAL_STEP},
+                steps={str(r["step"]): str(r.get("status")) for r in rows if r.get("step") != names.SEAL},
                 sealed=(seals[-1].get("evidence") or {}).get(MANIFEST_FILE) if seals else None,
             )
         changes = sorted(filter(_changed_documents, ledger), key=lambda r: r.get("startedAt") or 0)
         last = changes[-1] if changes else None
         state: Literal["pending", "applied", "rolled back", "apply failed"] = "pending"
-        if last is not None and last.get("step") == APPLY_STEP:
+        if last is not None and last.get("step") == names.APPLY:
             state = "applied" if last.get("status") == "passed" else "apply failed"
         elif last is not None:
             state = "rolled back"

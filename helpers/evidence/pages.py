@@ -18,6 +18,7 @@ from typing import Any
 import nbformat
 
 from helpers.evidence.run_folder import migration_id
+from helpers.steps import names
 
 INDEX_FILE = "index.html"
 REPORT_SUFFIX = ".report.html"
@@ -73,14 +74,13 @@ def resume_command(run_dir: Path, step: str, url: str, planned: tuple[str, ...] 
     """The command that runs a failed step again in its run folder, with the steps planned after it and the
     parameters it was given (its parameters.json), confirmed when it changes the deployment."""
     from helpers.evidence.archive import _load_json
-    from helpers.runner import APPLY_STEP, ROLLBACK_STEP, STEPS
 
     run_dir = Path(run_dir).resolve()
-    order = list(planned) if step in planned else list(STEPS) if step in STEPS else [step]
+    order = list(planned) if step in planned else list(names.FORWARD) if step in names.FORWARD else [step]
     steps = order[order.index(step):]
     given = {k: v for k, v in _load_json(run_dir / step / "parameters.json").items() if k not in RUNNER_PARAMETERS}
     options = [f"-p {shlex.quote(f'{step}.{name}={value}')}" for name, value in sorted(given.items())]
-    if APPLY_STEP in steps or given.get("execute") is True and ROLLBACK_STEP in steps:
+    if names.APPLY in steps or given.get("execute") is True and names.ROLLBACK in steps:
         options.append("--confirm")
     return " ".join(["runbook run --url", shlex.quote(url), "--run-dir", shlex.quote(str(run_dir)), "--steps", ",".join(steps), *options])
 
@@ -223,7 +223,6 @@ def _exporter(**options: Any) -> Any:
 def render_step(notebook_path: Path, context: PageContext) -> tuple[Path, Path]:
     """`<step>.html` (every cell) and `<step>.report.html` (no code cells), each headed by who/when and, for a
     failed step, what failed and what to do. The notebook file itself is left as it ran."""
-    from helpers.runner import APPLY_STEP
 
     notebook = nbformat.read(notebook_path, as_version=4)
     step = notebook_path.stem
@@ -235,7 +234,7 @@ def render_step(notebook_path: Path, context: PageContext) -> tuple[Path, Path]:
     if failure is not None or not results.is_file():
         run_dir = notebook_path.parent.parent
         top += failure_html(failure, resume_command(run_dir, step, context.deployment, context.planned),
-                            applied_so_far(run_dir) if step == APPLY_STEP else None)
+                            applied_so_far(run_dir) if step == names.APPLY else None)
     notebook.cells.insert(0, nbformat.v4.new_markdown_cell(top))
     notebook.metadata["title"] = f"{step} · run {context.run_id} · {context.operator}"
     full = notebook_path.with_suffix(".html")
@@ -313,7 +312,7 @@ def _summary(run_dir: Path, step: str) -> dict[str, Any]:
 
 def checks_verdict(run_dir: Path) -> tuple[str, bool] | None:
     """"11 of 11 checks passed", or which failed, from verify's results."""
-    checks = [c for c in _summary(run_dir, "04_verify").get("checks") or [] if isinstance(c, dict)]
+    checks = [c for c in _summary(run_dir, names.VERIFY).get("checks") or [] if isinstance(c, dict)]
     if not checks:
         return None
     failed = [str(c.get("name")) for c in checks if not c.get("passed")]
@@ -337,17 +336,17 @@ def blocked_verdict(run_dir: Path) -> str | None:
 def step_finding(run_dir: Path, step: str) -> str:
     """What a step found or did, in a line an auditor reads (its results.json has every figure)."""
     summary = _summary(run_dir, step)
-    if step == "01_backup_snapshot" and isinstance(summary.get("counts"), dict):
+    if step == names.BACKUP and isinstance(summary.get("counts"), dict):
         counts = summary["counts"]
         return f"{sum(counts.values()):,} documents backed up ({', '.join(f'{t} {n:,}' for t, n in counts.items())})"
-    if step == "02_dry_run" and isinstance(summary.get("actions"), dict):
+    if step == names.DRY_RUN and isinstance(summary.get("actions"), dict):
         actions = "; ".join(f"{table}: {_counted(by_action)}" for table, by_action in summary["actions"].items())
         return f"planned: {actions}; blocked documents: {blocked_verdict(run_dir) or 'not recorded'}"
-    if step == "03_apply" and isinstance(summary.get("outcomes"), dict):
+    if step == names.APPLY and isinstance(summary.get("outcomes"), dict):
         outcomes = "; ".join(f"{table}: {_counted(by)}" for table, by in summary["outcomes"].items())
         again = " (a re-check: the figures are those of the first apply)" if summary.get("recheck") else ""
         return f"outcomes: {outcomes or 'none'}; references created: {summary.get('references_created', 0):,}{again}"
-    if step == "04_verify" and (verdict := checks_verdict(run_dir)) is not None:
+    if step == names.VERIFY and (verdict := checks_verdict(run_dir)) is not None:
         return verdict[0]
     return _figures(summary)
 
@@ -372,13 +371,13 @@ def run_verdicts(run_dir: Path, steps: Mapping[str, str]) -> list[Verdict]:
     verdicts = [Verdict("steps", f"{len(ran) - len(failed)} of {len(ran)} passed" + (f" ({timed})" if timed else ""), not failed)]
     if (checks := checks_verdict(run_dir)) is not None:
         verdicts.append(Verdict("verify", *checks))
-    migrated = _summary(run_dir, "03_apply").get("migrated")
+    migrated = _summary(run_dir, names.APPLY).get("migrated")
     if isinstance(migrated, dict):
         label = migration_of(run_dir).label
         verdicts.append(Verdict("migrated", ", ".join(f"{label(table)} {n:,}" for table, n in migrated.items())))
     if (blocked := blocked_verdict(run_dir)) is not None:
         verdicts.append(Verdict("blocked documents (not migrated), per problem", blocked))
-    outcomes = _summary(run_dir, "03_apply").get("outcomes")
+    outcomes = _summary(run_dir, names.APPLY).get("outcomes")
     if isinstance(outcomes, dict):
         totals: dict[str, int] = {}
         for by_outcome in outcomes.values():

@@ -43,9 +43,9 @@ from helpers.notebook_ui.progress import progress
 from helpers.evidence.run_folder import locked_step, migration_of, operator_for, run_id as folder_run_id
 from helpers.steps.scratch import Scratch
 from helpers.connection.transport import ConvexTransport, redact_url
+from helpers.steps import names
 
 APPLY_DIR = "apply"
-APPLY_STEP = "03_apply"
 CHECKPOINT_FILE = "checkpoint.jsonl"
 OUTCOMES_FILE = "outcomes.csv"
 LEASE_MS = 120_000
@@ -274,19 +274,19 @@ def check_no_apply_since_backup(ledger: list[dict[str, Any]], run_id: str, snaps
     snapshot: the documents it changed are not what this run's plan expects, so this plan is stale (its
     compare-and-set would turn them into conflicts)."""
     for row in ledger:
-        if not (row.get("step") == APPLY_STEP or executed_rollback(row)) or row["runId"] == run_id:
+        if not (row.get("step") == names.APPLY or executed_rollback(row)) or row["runId"] == run_id:
             continue
         last_ms = max(row["startedAt"], row.get("finishedAt") or 0)
         if last_ms * 1_000_000 > snapshot_ts_ns:
             when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(last_ms / 1000))
-            did = "applied" if row["step"] == APPLY_STEP else "rolled back"
+            did = "applied" if row["step"] == names.APPLY else "rolled back"
             raise NewRunFolderNeeded(
                 f"Run {row['runId']} by {row['operator']} {did} this migration at {when}, after this run's backup "
                 f"({snapshot_time}): this run's plan no longer describes the deployment. Nothing was sent."
             )
 
 
-@locked_step(APPLY_STEP)
+@locked_step(names.APPLY)
 def apply_plan(
     transport: ConvexTransport,
     run_dir: Path,
@@ -411,7 +411,7 @@ class _Apply:
         status = "failed"
         failure: BaseException | None = None
         try:
-            record_run(self.transport, migration_id, self.run_id, step=APPLY_STEP, status="running",
+            record_run(self.transport, migration_id, self.run_id, step=names.APPLY, status="running",
                        operator=self.operator, startedAt=started_ms)
             with DeploymentLease(self.transport, self.run_id, settings.lease_ms, asked_at) as lease:
                 exhausted = self._send_plan(checkpoint, lease)
@@ -441,7 +441,7 @@ class _Apply:
             finished_ms = None if recheck else int(time.time() * 1000)
             try:
                 record_run(
-                    self.transport, migration_id, self.run_id, step=APPLY_STEP, status=status, operator=self.operator,
+                    self.transport, migration_id, self.run_id, step=names.APPLY, status=status, operator=self.operator,
                     startedAt=started_ms, finishedAt=finished_ms, counts=ledger_counts(self.migration, summary),
                     details=jsonio.dumps({"recheck": recheck, "statistics_confirmed": summary.statistics_confirmed}).decode(),
                 )

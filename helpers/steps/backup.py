@@ -28,6 +28,7 @@ from helpers.steps.migration import Migration
 from helpers.notebook_ui.progress import progress
 from helpers.evidence.run_folder import locked_step, migration_of
 from helpers.connection.transport import ConvexTransport, redact_url
+from helpers.steps import names
 
 BACKUP_DIR = "backup"
 BACKUP_RECORD = "backup.json"
@@ -58,7 +59,7 @@ def backup_dir(run_dir: Path) -> Path:
     return Path(run_dir) / BACKUP_DIR
 
 
-@locked_step("01_backup_snapshot")
+@locked_step(names.BACKUP)
 def take_backup(
     transport: ConvexTransport,
     run_dir: Path,

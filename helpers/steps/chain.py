@@ -16,9 +16,8 @@ from typing import Any
 from helpers.connection.errors import PreconditionFailed
 from helpers.steps.migration import Migration
 from helpers.migrations import all_migrations
+from helpers.steps import names
 
-VERIFY_STEP = "04_verify"
-ROLLBACK_STEP = "05_rollback"
 #: The ledger row of an executed rollback carries this in `details` (`mode=strip`, `mode=restore`); a preview does not.
 EXECUTED_ROLLBACK_DETAILS = "mode="
 
@@ -42,7 +41,7 @@ def rollback_mark(mode: str) -> str:
 
 def executed_rollback(row: dict[str, Any]) -> bool:
     """A ledger row of a rollback that sent its plan (`execute_rollback` marks it before sending anything)."""
-    return row.get("step") == ROLLBACK_STEP and str(row.get("details", "")).startswith(EXECUTED_ROLLBACK_DETAILS)
+    return row.get("step") == names.ROLLBACK and str(row.get("details", "")).startswith(EXECUTED_ROLLBACK_DETAILS)
 
 
 def refusal(problem: dict[str, Any], migration_id: str, nothing: str) -> PreconditionFailed:
@@ -51,14 +50,14 @@ def refusal(problem: dict[str, Any], migration_id: str, nothing: str) -> Precond
     reason, other = problem["reason"], problem["migrationId"]
     if reason == "not_verified":
         return PreconditionFailed(
-            f"Migration {other} has no passed {VERIFY_STEP} in this deployment's ledger (migrationRuns): what "
+            f"Migration {other} has no passed {names.VERIFY} in this deployment's ledger (migrationRuns): what "
             f"{migration_id} builds on is not known to be in place. {nothing}",
             hint=f"Run migration {other} to the end on this deployment first (runbook run --migration {other} "
             "--url …: backup, dry-run, apply, verify), then run this migration in a new run folder.",
         )
     if reason == "rolled_back":
         return PreconditionFailed(
-            f"Migration {other} was rolled back (run {problem['runId']}, {ROLLBACK_STEP} executed, "
+            f"Migration {other} was rolled back (run {problem['runId']}, {names.ROLLBACK} executed, "
             f"{problem['status']}) after its last passed verify (run {problem['verifiedRunId']}): what {migration_id} "
             f"builds on is not known to be in place. {nothing}",
             hint=f"Run migration {other} again to the end (backup, dry-run, apply, verify), then run this migration "
@@ -67,5 +66,5 @@ def refusal(problem: dict[str, Any], migration_id: str, nothing: str) -> Precond
     return PreconditionFailed(
         f"Migration {other} builds on {migration_id} and is applied (run {problem['runId']}): rolling "
         f"{migration_id} back now would lose what {other} relies on. {nothing}",
-        hint=f"Roll {other} back first (its run folder, {ROLLBACK_STEP} with mode='restore'), then roll back {migration_id}.",
+        hint=f"Roll {other} back first (its run folder, {names.ROLLBACK} with mode='restore'), then roll back {migration_id}.",
     )

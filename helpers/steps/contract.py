@@ -22,14 +22,7 @@ from helpers.steps.migration import Migration
 from helpers.paths import CHECKOUT_ROOT
 from helpers.evidence.run_folder import bind_migration, operator_for
 from helpers.connection.transport import ConvexTransport, redact_url
-
-#: The step each step builds on: it must have passed in the same run folder.
-PREVIOUS_STEP = {
-    "02_dry_run": "01_backup_snapshot",
-    "03_apply": "02_dry_run",
-    "04_verify": "03_apply",
-    "05_rollback": "02_dry_run",
-}
+from helpers.steps import names
 
 
 @dataclass
@@ -87,7 +80,7 @@ class Step:
 
 def _require_previous(name: str, run_dir: Path) -> None:
     """Refuses a step whose previous step did not pass in `run_dir`, naming the folder where it did."""
-    previous = PREVIOUS_STEP.get(name)
+    previous = names.PREVIOUS.get(name)
     if previous is None:
         return
     path = step_dir(run_dir, previous) / RESULTS_FILE
@@ -104,7 +97,7 @@ def _require_previous(name: str, run_dir: Path) -> None:
 
 def _where_to_run(name: str, run_dir: Path | None) -> str:
     """The fix for a step opened in the wrong place: the run folder where the step before it last passed."""
-    previous = PREVIOUS_STEP.get(name)
+    previous = names.PREVIOUS.get(name)
     found = last_passed(previous, run_dir) if previous else None
     if found is not None:
         return f"{previous} passed in {found}: run this step there, {step_dir(found, name) / f'{name}.ipynb'} (`runbook lab {found}`)."
@@ -154,7 +147,7 @@ def _verify(step: Step, report: Any) -> StepResults:
     return StepResults(
         step=step.name, status="passed" if report.passed else "failed", summary=report.model_dump(mode="json"),
         inputs={"plan_sha256": report.plan_sha256, "backup_sha256": report.backup_sha256,
-                "apply_results_sha256": sha256_file(step_dir(step.run_dir, "03_apply") / "results.json")},
+                "apply_results_sha256": sha256_file(step_dir(step.run_dir, names.APPLY) / "results.json")},
         outputs={},
     )
 
@@ -170,9 +163,9 @@ def _rollback(step: Step, done: Any, *, check: Any = None) -> StepResults:
 
 
 _RESULTS: dict[str, Callable[..., StepResults]] = {
-    "01_backup_snapshot": _backup,
-    "02_dry_run": _dry_run,
-    "03_apply": _apply,
-    "04_verify": _verify,
-    "05_rollback": _rollback,
+    names.BACKUP: _backup,
+    names.DRY_RUN: _dry_run,
+    names.APPLY: _apply,
+    names.VERIFY: _verify,
+    names.ROLLBACK: _rollback,
 }

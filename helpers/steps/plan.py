@@ -32,6 +32,7 @@ from helpers.notebook_ui.progress import progress
 from helpers.evidence.run_folder import locked_step, migration_of
 from helpers.steps.scratch import Scratch, batched, few_collections, prefetch
 from helpers.connection.transport import ConvexTransport, redact_url
+from helpers.steps import names
 
 PLAN_DIR = "plan"
 PLAN_FILE = "plan.jsonl.zst"
@@ -141,7 +142,7 @@ class _Tally:
 PlanSource = Literal["snapshot", "live"]
 
 
-@locked_step("02_dry_run")
+@locked_step(names.DRY_RUN)
 def build_plan(
     transport: ConvexTransport,
     run_dir: Path,

@@ -32,8 +32,8 @@ from helpers.steps.scratch import Scratch, batched
 from helpers.connection.transport import ConvexTransport
 from helpers.connection.values import digest
 from helpers.steps.verify import Check
+from helpers.steps import names
 
-ROLLBACK_STEP = "05_rollback"
 
 Mode = Literal["strip", "restore"]
 ROLLBACK_DIR = "rollback"
@@ -215,7 +215,7 @@ def iter_rollback_items(run_dir: Path, mode: Mode) -> Iterator[dict[str, Any]]:
             yield jsonio.loads(raw)
 
 
-@locked_step("05_rollback")
+@locked_step(names.ROLLBACK)
 def execute_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, batch_size: int = 200,
                      operator: str | None = None, lease_ms: int = LEASE_MS) -> RollbackSummary:
     """Sends the rollback plan after checking it is the one the dry-run showed."""
@@ -254,7 +254,7 @@ def execute_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, b
     started_ms = int(time.time() * 1000)
     status = "failed"
     try:
-        record_run(transport, migration.id, run, step=ROLLBACK_STEP, status="running", operator=operator, startedAt=started_ms,
+        record_run(transport, migration.id, run, step=names.ROLLBACK, status="running", operator=operator, startedAt=started_ms,
                    details=rollback_mark(mode))
         with DeploymentLease(transport, run, lease_ms, asked_at) as lease:
             for item in iter_rollback_items(run_dir, mode):
@@ -279,7 +279,7 @@ def _finish(transport: ConvexTransport, migration_id: str, run: str, operator: s
             conflicts: int, errors: int, failure: BaseException | None) -> None:
     """The ledger row and the lock's release; when the rollback itself failed, their own failure must not hide it."""
     try:
-        record_run(transport, migration_id, run, step=ROLLBACK_STEP, status=status, operator=operator,
+        record_run(transport, migration_id, run, step=names.ROLLBACK, status=status, operator=operator,
                    startedAt=started_ms, finishedAt=int(time.time() * 1000),
                    counts={"conflicts": conflicts, "errors": errors}, details=rollback_mark(mode))
         release_lock(transport, run)

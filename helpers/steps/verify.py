@@ -37,6 +37,7 @@ from helpers.evidence.run_folder import locked_step, migration_of
 from helpers.steps.scratch import Scratch, ScratchTable, batched, prefetch
 from helpers.connection.transport import ConvexTransport
 from helpers.connection.values import digest
+from helpers.steps import names
 
 EXAMPLES = 5
 RE_PLAN_ADVICE = (
@@ -303,7 +304,7 @@ class Outcome:
     untracked_count: int = 0
 
 
-@locked_step("04_verify")
+@locked_step(names.VERIFY)
 def verify(
     transport: ConvexTransport, run_dir: Path, *, page_size: int = 4000, show_progress: bool = True, workers: int | None = None
 ) -> VerifyReport:

@@ -26,8 +26,9 @@ import pytest
 from helpers.evidence.archive import read_step_results
 from helpers.devtools.local_deployment import LocalDeployment
 from helpers.steps.plan import iter_plan_lines
-from helpers.runner import STEPS, run_migration
+from helpers.runner import run_migration
 from helpers.devtools.sample_data import load
+from helpers.steps import names
 
 pytestmark = pytest.mark.browser
 playwright = pytest.importorskip("playwright.sync_api", reason="make test-browser installs the [browser] extra")
@@ -173,14 +174,14 @@ def assert_no_error_output(page: object) -> None:
 def run_step_in_lab(browser: object, lab: str, run_folder: Path, step: str, shots: Path) -> object:
     page = open_notebook(browser, lab.format(f"{step}/{step}.ipynb"))
     run_all(page)
-    if step == "03_apply":
+    if step == names.APPLY:
         button = page.locator("button:has-text('Confirm apply')")
         button.wait_for(timeout=CELL_MS)
         button.scroll_into_view_if_needed()
         gate = page.inner_text(NOTEBOOK)
-        plan_sha = read_step_results(run_folder, "02_dry_run").outputs["plan_sha256"]
+        plan_sha = read_step_results(run_folder, names.DRY_RUN).outputs["plan_sha256"]
         assert plan_sha in gate and "About to change" in gate
-        assert not (run_folder / "03_apply" / "results.json").exists()  # Run All waits at the gate
+        assert not (run_folder / names.APPLY / "results.json").exists()  # Run All waits at the gate
         page.screenshot(path=str(shots / "03_apply-gate.png"))
         button.click()
     wait_until_done(page)
@@ -201,16 +202,16 @@ def sealed_page_text(context: object, page_file: Path, shots: Path) -> str:
 def test_new_run_then_run_all_in_lab_then_seal(
     seeded: LocalDeployment, run_folder: Path, lab: str, browser: object, tmp_path: Path
 ) -> None:
-    for step in STEPS:
+    for step in names.FORWARD:
         page = run_step_in_lab(browser, lab, run_folder, step, tmp_path)
         assert_no_error_output(page)
         text = page.inner_text(NOTEBOOK)
-        if step == "02_dry_run":  # the live browser renders, opens on a change, and filters
+        if step == names.DRY_RUN:  # the live browser renders, opens on a change, and filters
             picker = page.locator(".widget-dropdown:has(label:text-is('document')) select")
             assert "migrate" in picker.input_value() or "fill_missing" in picker.input_value()
             page.locator(".widget-dropdown:has(label:text-is('action')) select").select_option("problem")
             page.wait_for_function("() => [...document.querySelectorAll('.widget-output table')].some(t => t.innerText.includes('(none)'))")
-        if step == "03_apply":
+        if step == names.APPLY:
             assert "Confirmed with the button" in text and "Apply passed" in text
         assert read_step_results(run_folder, step).passed
         save(page, run_folder / step / f"{step}.ipynb")
@@ -218,7 +219,7 @@ def test_new_run_then_run_all_in_lab_then_seal(
 
     sealed = runbook("seal", str(run_folder))
     assert sealed.returncode == 0, sealed.stderr
-    for step in STEPS:
+    for step in names.FORWARD:
         for page_file in (run_folder / step / f"{step}.html", run_folder / step / f"{step}.report.html"):
             text = sealed_page_text(browser, page_file, tmp_path)
             assert not [leftover for leftover in WIDGET_LEFTOVERS if leftover in text], page_file
@@ -226,15 +227,15 @@ def test_new_run_then_run_all_in_lab_then_seal(
             assert "operator: alice" in text
         notebook_text = (run_folder / step / f"{step}.ipynb").read_text()
         assert "widget-view" not in notebook_text and "VBox(children" not in notebook_text  # reopened later: no model to miss
-    pages = {step: sealed_page_text(browser, run_folder / step / f"{step}.html", tmp_path) for step in STEPS}
+    pages = {step: sealed_page_text(browser, run_folder / step / f"{step}.html", tmp_path) for step in names.FORWARD}
     # Every progress display left its final line: what, how many, how long.
-    assert re.search(r"apply: [\d,]+/[\d,]+ doc \(100%\) in \d\d:\d\d", pages["03_apply"])
-    assert re.search(r"verify \w+: [\d,]+/[\d,]+ doc \(100%\)", pages["04_verify"])
-    assert "from legacy field(s)" in (run_folder / "02_dry_run" / "02_dry_run.html").read_text()  # the browser's static copy
-    assert "Confirmed with the button" in pages["03_apply"]
+    assert re.search(r"apply: [\d,]+/[\d,]+ doc \(100%\) in \d\d:\d\d", pages[names.APPLY])
+    assert re.search(r"verify \w+: [\d,]+/[\d,]+ doc \(100%\)", pages[names.VERIFY])
+    assert "from legacy field(s)" in (run_folder / names.DRY_RUN / "02_dry_run.html").read_text()  # the browser's static copy
+    assert "Confirmed with the button" in pages[names.APPLY]
     index = browser.new_page()
     index.goto((run_folder / "index.html").as_uri())
-    for step in STEPS:
+    for step in names.FORWARD:
         row = index.locator(f"tr:has-text('{step}')").first.inner_text()
         assert "passed" in row and re.search(r"\d+\.\d s", row), row
     assert "alice" in index.inner_text("body")
@@ -245,14 +246,14 @@ def test_new_run_then_run_all_in_lab_then_seal(
     scene = next(line["id"] for line in iter_plan_lines(run_folder) if line["table"] == "scenes" and line["action"] == "migrate")
     with seeded.transport() as transport:
         transport.function("sampleData:deleteBatch", {"ids": [scene]})
-    page = run_step_in_lab(browser, lab, run_folder, "04_verify", tmp_path)
+    page = run_step_in_lab(browser, lab, run_folder, names.VERIFY, tmp_path)
     text = page.inner_text(NOTEBOOK)
     assert "StepNotPassed" in text and "Verification failed" in text and "fix:" in text and "Traceback" not in text
-    save(page, run_folder / "04_verify" / "04_verify.ipynb")
+    save(page, run_folder / names.VERIFY / "04_verify.ipynb")
     page.close()
-    assert read_step_results(run_folder, "04_verify").status == "failed"
+    assert read_step_results(run_folder, names.VERIFY).status == "failed"
     assert runbook("seal", str(run_folder)).returncode in (0, 1)  # 1: the seal is not recorded, said so on stderr
-    failed = sealed_page_text(browser, run_folder / "04_verify" / "04_verify.html", tmp_path)
+    failed = sealed_page_text(browser, run_folder / names.VERIFY / "04_verify.html", tmp_path)
     assert "This step failed" in failed and "Verification failed" in failed and "Traceback" not in failed
     index = browser.new_page()
     index.goto((run_folder / "index.html").as_uri())
@@ -263,9 +264,9 @@ def test_new_run_then_run_all_in_lab_then_seal(
 def test_apply_run_again_says_already_applied_and_cancel_is_one_line(
     run_folder: Path, lab: str, browser: object, tmp_path: Path
 ) -> None:
-    if not (run_folder / "03_apply" / "results.json").exists():
+    if not (run_folder / names.APPLY / "results.json").exists():
         pytest.skip("needs the run of test_new_run_then_run_all_in_lab_then_seal")
-    results = read_step_results(run_folder, "03_apply")
+    results = read_step_results(run_folder, names.APPLY)
     apply = open_notebook(browser, lab.format("03_apply/03_apply.ipynb"))
     run_all(apply)
     cancel = apply.locator("button:has-text('Cancel'):not([disabled])")
@@ -275,7 +276,7 @@ def test_apply_run_again_says_already_applied_and_cancel_is_one_line(
     apply.wait_for_selector("text=Apply cancelled: nothing was changed.", timeout=CELL_MS)
     apply.screenshot(path=str(tmp_path / "03_apply-cancelled.png"))
     assert "Traceback" not in apply.inner_text(NOTEBOOK)
-    assert read_step_results(run_folder, "03_apply") == results  # nothing ran after the gate
+    assert read_step_results(run_folder, names.APPLY) == results  # nothing ran after the gate
 
 
 @pytest.fixture(scope="module")
@@ -301,13 +302,13 @@ def assert_page_renders(context: object, page_file: Path, screenshot: Path) -> o
     return page
 
 
-@pytest.mark.parametrize("step", ["01_backup_snapshot", "02_dry_run", "03_apply", "04_verify"])
+@pytest.mark.parametrize("step", [names.BACKUP, names.DRY_RUN, names.APPLY, names.VERIFY])
 def test_step_pages_render(step: str, archived_run: Path, browser: object, tmp_path: Path) -> None:
     page = assert_page_renders(browser, archived_run / step / f"{step}.html", tmp_path / f"{step}.png")
-    if step == "02_dry_run":
+    if step == names.DRY_RUN:
         assert page.locator("img").count() > 0  # the chart
         assert "from legacy field(s)" in page.inner_text("body")  # the static before/after table
-    if step == "03_apply":
+    if step == names.APPLY:
         assert "Confirmed by the parameter" in page.inner_text("body")
 
 
@@ -316,8 +317,8 @@ def test_run_overview_page_renders(archived_run: Path, browser: object, tmp_path
     if not index.exists():
         pytest.skip("the run folder has no index.html yet (the run overview page of issue 13 is being built)")
     page = assert_page_renders(browser, index, tmp_path / "index.png")
-    for step in ("01_backup_snapshot", "02_dry_run", "03_apply", "04_verify"):
+    for step in (names.BACKUP, names.DRY_RUN, names.APPLY, names.VERIFY):
         assert step in page.inner_text("body")
-    page.locator(f"a[href*='02_dry_run']").first.click()
+    page.locator("a[href*='02_dry_run']").first.click()
     page.wait_for_load_state("load")
     assert page.locator("table").count() > 0
