@@ -8,14 +8,15 @@ so one bad document never blocks the others and never goes unreported.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from helpers.steps.chain import Chain, refusal
-from helpers.connection.errors import ArgumentValidationError, FunctionFailed, FunctionTerminated, LeaseLost, LimitExceeded, SchemaNotDeployed
-from helpers.steps.migration import SideRows
+from helpers.connection.errors import (
+    ArgumentValidationError, ChainBroken, FunctionFailed, FunctionTerminated, LeaseLost, LimitExceeded, SchemaNotDeployed,
+)
 from helpers.connection.transport import ConvexTransport
 
 READ_PAGE = "migration:readPage"
@@ -24,6 +25,9 @@ LOCK_HELD_BY_OTHER = "the migration lock is held by run"
 LOCK_NOT_HELD = "the deployment lock is not held by run"
 #: The `code` of applyBatch's ConvexError when the migration chain no longer allows a guarded batch.
 CHAIN_BROKEN = "chain_broken"
+#: A migration chain the deployment checks before a write: the migrations that must be in effect (`inEffect`) and
+#: those that must not (`notInEffect`) (convex/migrationRuns.ts `chainProblem`).
+Chain = dict[str, list[str]]
 #: A chain that requires nothing (a lock taken by hand, or a write outside the runbook's steps).
 NO_CHAIN: Chain = {"inEffect": [], "notInEffect": []}
 APPLY_BATCH = "migration:applyBatch"
@@ -33,6 +37,47 @@ MIN_PAGE_SIZE = 16
 #: document's error: a busy deployment, not the document, is the likely cause.
 SINGLE_DOCUMENT_ATTEMPTS = 5
 
+
+
+@dataclass(frozen=True)
+class SideRows:
+    """Rows a migration creates beside the documents it changes, at most one per document and kind (say, one row
+    per file a document names, in a table that tracks files). The core names none of their tables or fields; it reads
+    them here. `migration:applyBatch` inserts a plan line's `references` into `table` in the document's own
+    transaction, filling `owner` with the document's id, `created_at` with the time and the object `stamp` with
+    the migration and run ids; it deletes only rows stamped with its migration. Verify checks every row of this
+    migration copies the document field it tracks (`mirrored`), one row per kind, each on an existing document;
+    rollback *strip* deletes them; apply confirms its statistics by counting them per `group`."""
+
+    table: str
+    #: How output names them: "<label> to create: 12".
+    label: str
+    #: The field holding the id of the document a row belongs to.
+    owner: str
+    #: The field telling a document's rows apart; `index` is the table's index over (owner, kind).
+    kind: str
+    index: str
+    #: The field the statistics count them by (one value per table: `groups`).
+    group: str
+    #: The object field applyBatch stamps with `migrationId` and `runId`; the field it sets to the insertion time.
+    stamp: str
+    created_at: str
+    #: Per table: document field -> the kind of the row that tracks it.
+    sources: Mapping[str, Mapping[str, str]]
+    #: Per table: the value of `group` its rows carry.
+    groups: Mapping[str, str]
+    #: The fields a row copies from the document field it tracks (verify checks they agree).
+    mirrored: tuple[str, ...]
+
+    def protocol(self) -> dict[str, str]:
+        """The `sideRows` argument of applyBatch and countSideRows: where the rows live and which fields are whose."""
+        return {"table": self.table, "owner": self.owner, "kind": self.kind, "index": self.index, "group": self.group,
+                "stamp": self.stamp, "createdAt": self.created_at}
+
+    def stamped(self, row: Mapping[str, Any], migration_id: str, run_id: str | None = None) -> bool:
+        """The row was created by this migration (and by this run, when given)."""
+        stamp = row.get(self.stamp) or {}
+        return bool(stamp.get("migrationId") == migration_id and (run_id is None or stamp.get("runId") == run_id))
 
 def iter_pages(transport: ConvexTransport, table: str, page_size: int) -> Iterator[list[dict[str, Any]]]:
     """Every page of a table in creation order; a page too large for Convex's read limits is halved."""
@@ -110,7 +155,7 @@ def apply_batch(
     except (LimitExceeded, FunctionFailed, ArgumentValidationError, SchemaNotDeployed) as error:
         data = getattr(error, "data", None)
         if isinstance(data, dict) and data.get("code") == CHAIN_BROKEN:
-            raise refusal(data["problem"], migration_id, f"The deployment refused run {run_id}'s batch: nothing of it was written.") from error
+            raise ChainBroken(data["problem"], f"The deployment refused run {run_id}'s batch: nothing of it was written.") from error
         if LOCK_HELD_BY_OTHER in str(error) or LOCK_NOT_HELD in str(error):
             raise LeaseLost(f"lease lost: the deployment refused run {run_id}'s batch: {_server_message(str(error))}") from error
         if isinstance(error, LimitExceeded) and on_limit is not None and len(items) > 1:
@@ -169,12 +214,10 @@ def release_lock(transport: ConvexTransport, run_id: str) -> dict[str, Any]:
     return transport.function("migrationRuns:releaseLock", {"runId": run_id})
 
 
-def require_chain(transport: ConvexTransport, chain: Chain, migration_id: str, nothing: str) -> None:
-    """The early, read-only chain check (before a backup, a plan or a rollback plan): refuses when the deployment's
-    ledger does not allow `migration_id`'s step now. The check that counts is made again under the lock."""
-    problem = transport.function("migrationRuns:chainState", {"chain": chain})["problem"]
-    if problem is not None:
-        raise refusal(problem, migration_id, nothing)
+def chain_problem(transport: ConvexTransport, chain: Chain) -> dict[str, Any] | None:
+    """Why the deployment's ledger does not allow a write under `chain` now (its `ChainProblem`), or None."""
+    problem: dict[str, Any] | None = transport.function("migrationRuns:chainState", {"chain": chain})["problem"]
+    return problem
 
 
 def record_run(transport: ConvexTransport, migration_id: str, run_id: str, **fields: Any) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class RunbookError(Exception):
     """Base of every error the runbook raises on purpose."""
@@ -169,3 +171,12 @@ class DiskFull(RunbookError):
     hint = "Free space on the disk holding the run folder (or move the runs folder to one with room), then resume the run in its folder (runbook run --url … --run-dir DIR)."
 
     names_next_step = True
+
+
+class ChainBroken(PreconditionFailed):
+    """The deployment refused a guarded write: the migration chain no longer allows it (`problem`: its
+    `ChainProblem`, which helpers.steps.chain words for the step that asked). Nothing of the batch was written."""
+
+    def __init__(self, problem: dict[str, Any], message: str) -> None:
+        super().__init__(f"{message} The migration chain does not allow it: {problem}.")
+        self.problem = problem

@@ -25,7 +25,8 @@ from pydantic import BaseModel, Field
 
 from helpers.connection import jsonio
 from helpers.steps.backup import backup_age, read_backup
-from helpers.steps.chain import Chain, executed_rollback, for_apply, refusal
+from helpers.connection.calls import Chain
+from helpers.steps.chain import executed_rollback, for_apply, refusal, refused_batch
 from helpers.connection.calls import (
     acquire_lock,
     apply_batch,
@@ -36,7 +37,7 @@ from helpers.connection.calls import (
     release_lock,
     renew_lock,
 )
-from helpers.connection.errors import LeaseLost, LockHeld, NewRunFolderNeeded, PreconditionFailed, RunbookError, StatisticsUnconfirmed, StepNotPassed
+from helpers.connection.errors import ChainBroken, LeaseLost, LockHeld, NewRunFolderNeeded, PreconditionFailed, RunbookError, StatisticsUnconfirmed, StepNotPassed
 from helpers.steps.migration import Migration
 from helpers.steps.plan import PlanSummary, iter_plan_lines, read_plan
 from helpers.notebook_ui.progress import progress
@@ -523,10 +524,13 @@ class _Apply:
             calls += 1
 
         began = time.monotonic()
-        results = apply_batch(
-            self.transport, self.migration.id, self.run_id, batch.items, guard=self.chain, on_limit=limits.append,
-            before_call=before_call, written_fields=self._written_fields, side_rows=self.migration.side_rows,
-        )
+        try:
+            results = apply_batch(
+                self.transport, self.migration.id, self.run_id, batch.items, guard=self.chain, on_limit=limits.append,
+                before_call=before_call, written_fields=self._written_fields, side_rows=self.migration.side_rows,
+            )
+        except ChainBroken as broken:
+            raise refused_batch(broken, self.migration.id, self.run_id) from broken
         return results, limits, calls, time.monotonic() - began
 
     def _summary(self, *, status: str, recheck: bool, checkpoint: Checkpoint, count_references: bool,

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from helpers.connection.errors import PreconditionFailed
+from helpers.connection.calls import Chain, chain_problem
+from helpers.connection.errors import ChainBroken, PreconditionFailed
+from helpers.connection.transport import ConvexTransport
 from helpers.steps.migration import Migration
 from helpers.migrations import all_migrations
 from helpers.steps import names
@@ -21,7 +23,6 @@ from helpers.steps import names
 #: The ledger row of an executed rollback carries this in `details` (`mode=strip`, `mode=restore`); a preview does not.
 EXECUTED_ROLLBACK_DETAILS = "mode="
 
-Chain = dict[str, list[str]]
 
 
 def for_apply(migration: Migration) -> Chain:
@@ -68,3 +69,16 @@ def refusal(problem: dict[str, Any], migration_id: str, nothing: str) -> Precond
         f"{migration_id} back now would lose what {other} relies on. {nothing}",
         hint=f"Roll {other} back first (its run folder, {names.ROLLBACK} with mode='restore'), then roll back {migration_id}.",
     )
+
+
+def require_chain(transport: ConvexTransport, chain: Chain, migration_id: str, nothing: str) -> None:
+    """The early, read-only chain check (before a backup, a plan or a rollback plan): refuses when the deployment's
+    ledger does not allow `migration_id`'s step now. The check that counts is made again under the lock."""
+    problem = chain_problem(transport, chain)
+    if problem is not None:
+        raise refusal(problem, migration_id, nothing)
+
+
+def refused_batch(broken: ChainBroken, migration_id: str, run_id: str) -> PreconditionFailed:
+    """applyBatch's refusal of a guarded batch, in the words of the step that sent it."""
+    return refusal(broken.problem, migration_id, f"The deployment refused run {run_id}'s batch: nothing of it was written.")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from helpers.steps.parallel import RangeResults
+from helpers.connection.calls import SideRows
 from helpers.connection.values import digest, dumps
 
 #: The keys of a plan line the core reads. A migration may add its own (it reads them back itself; the key its
@@ -191,47 +192,6 @@ class PlanInputs:
     options: Mapping[str, Any]
     page_size: int
     map_pages: PageMap | None = None  # always given by the dry-run; a planner that needs no workers may ignore it
-
-
-@dataclass(frozen=True)
-class SideRows:
-    """Rows a migration creates beside the documents it changes, at most one per document and kind (say, one row
-    per file a document names, in a table that tracks files). The core names none of their tables or fields; it reads
-    them here. `migration:applyBatch` inserts a plan line's `references` into `table` in the document's own
-    transaction, filling `owner` with the document's id, `created_at` with the time and the object `stamp` with
-    the migration and run ids; it deletes only rows stamped with its migration. Verify checks every row of this
-    migration copies the document field it tracks (`mirrored`), one row per kind, each on an existing document;
-    rollback *strip* deletes them; apply confirms its statistics by counting them per `group`."""
-
-    table: str
-    #: How output names them: "<label> to create: 12".
-    label: str
-    #: The field holding the id of the document a row belongs to.
-    owner: str
-    #: The field telling a document's rows apart; `index` is the table's index over (owner, kind).
-    kind: str
-    index: str
-    #: The field the statistics count them by (one value per table: `groups`).
-    group: str
-    #: The object field applyBatch stamps with `migrationId` and `runId`; the field it sets to the insertion time.
-    stamp: str
-    created_at: str
-    #: Per table: document field -> the kind of the row that tracks it.
-    sources: Mapping[str, Mapping[str, str]]
-    #: Per table: the value of `group` its rows carry.
-    groups: Mapping[str, str]
-    #: The fields a row copies from the document field it tracks (verify checks they agree).
-    mirrored: tuple[str, ...]
-
-    def protocol(self) -> dict[str, str]:
-        """The `sideRows` argument of applyBatch and countSideRows: where the rows live and which fields are whose."""
-        return {"table": self.table, "owner": self.owner, "kind": self.kind, "index": self.index, "group": self.group,
-                "stamp": self.stamp, "createdAt": self.created_at}
-
-    def stamped(self, row: Mapping[str, Any], migration_id: str, run_id: str | None = None) -> bool:
-        """The row was created by this migration (and by this run, when given)."""
-        stamp = row.get(self.stamp) or {}
-        return bool(stamp.get("migrationId") == migration_id and (run_id is None or stamp.get("runId") == run_id))
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,10 @@ from helpers.connection import jsonio
 from helpers.evidence.archive import sha256_file, write_json_atomic
 from helpers.steps.apply import LEASE_MS, DeploymentLease, take_migration_lock
 from helpers.steps.backup import BackupSummary, iter_backup_documents, require_backup
-from helpers.steps.chain import for_rollback, rollback_mark
-from helpers.connection.calls import apply_batch, iter_documents, iter_pages, record_run, release_lock, require_chain
-from helpers.connection.errors import PreconditionFailed, RunbookError
-from helpers.steps.migration import Migration, SideRows
+from helpers.steps.chain import for_rollback, refused_batch, require_chain, rollback_mark
+from helpers.connection.calls import SideRows, apply_batch, iter_documents, iter_pages, record_run, release_lock
+from helpers.connection.errors import ChainBroken, PreconditionFailed, RunbookError
+from helpers.steps.migration import Migration
 from helpers.steps.plan import iter_plan_lines, read_plan
 from helpers.evidence.run_folder import locked_step, migration_of, operator_for, run_id as folder_run_id
 from helpers.steps.scratch import Scratch, batched
@@ -236,7 +236,11 @@ def execute_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, b
 
     def flush(lease: DeploymentLease) -> None:
         tables = {item["id"]: item["table"] for item in batch}
-        for result in apply_batch(transport, migration.id, run, batch, guard=chain, before_call=lease.ensure, side_rows=migration.side_rows):
+        try:
+            results = apply_batch(transport, migration.id, run, batch, guard=chain, before_call=lease.ensure, side_rows=migration.side_rows)
+        except ChainBroken as broken:
+            raise refused_batch(broken, migration.id, run) from broken
+        for result in results:
             outcomes[tables[result["id"]]][result["outcome"]] += 1
             entry = {"id": result["id"], "message": result.get("message", "")}
             if result["outcome"] == "conflict":

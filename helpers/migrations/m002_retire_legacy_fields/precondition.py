@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from helpers.steps.chain import for_apply
-from helpers.connection.calls import require_chain
+from helpers.steps.chain import require_chain
 from helpers.steps.migration import Migration
 
 
