@@ -20,8 +20,12 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from helpers.migrations.m001_s3_asset_tracking.fields import ASSET_TYPES, SCENE_ASSET_SOURCES, SESSION_ASSET_SOURCES
 from helpers.connection.transport import ConvexTransport
+from helpers.migrations.m001_s3_asset_tracking.fields import (
+    ASSET_TYPES,
+    SCENE_ASSET_SOURCES,
+    SESSION_ASSET_SOURCES,
+)
 
 MIGRATION_ID = "001_s3_asset_tracking"
 RUN_ID = "naive-baseline"

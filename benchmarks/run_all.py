@@ -45,14 +45,14 @@ import conversion  # noqa: E402
 from latency_proxy import LatencyProxy  # noqa: E402
 from naive_baseline import run_naive  # noqa: E402
 
+from helpers.connection.transport import DEPLOY_KEY_ENV, ConvexTransport  # noqa: E402
+from helpers.devtools.local_deployment import LocalDeployment, generate_local_key  # noqa: E402
+from helpers.devtools.sample_data import SCENES_PER_SESSION, load  # noqa: E402
+from helpers.evidence.run_folder import bind_migration  # noqa: E402
+from helpers.migrations import default_id  # noqa: E402
 from helpers.steps.apply import apply_plan  # noqa: E402
 from helpers.steps.backup import take_backup  # noqa: E402
-from helpers.devtools.local_deployment import LocalDeployment, generate_local_key  # noqa: E402
-from helpers.migrations import default_id  # noqa: E402
 from helpers.steps.plan import build_plan  # noqa: E402
-from helpers.evidence.run_folder import bind_migration  # noqa: E402
-from helpers.devtools.sample_data import SCENES_PER_SESSION, load  # noqa: E402
-from helpers.connection.transport import DEPLOY_KEY_ENV, ConvexTransport  # noqa: E402
 
 NAIVE_FUNCTIONS = BENCH_DIR / "convex"
 SCALE_STEP = BENCH_DIR / "scale_step.py"

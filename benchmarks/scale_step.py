@@ -11,25 +11,25 @@ each phase (MiB, monotonic), and the counts that show the pass really did its wo
 from __future__ import annotations
 
 import argparse
-import json
 import contextlib
+import json
 import resource
 import shutil
+import sys
 import tempfile
 import threading
-import sys
 import time
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+from helpers.connection.transport import ConvexTransport
+from helpers.evidence.run_folder import bind_migration
+from helpers.migrations import default_id
 from helpers.steps.apply import apply_plan
 from helpers.steps.backup import take_backup
-from helpers.migrations import default_id
 from helpers.steps.parallel import default_workers
 from helpers.steps.plan import build_plan
-from helpers.evidence.run_folder import bind_migration
-from helpers.connection.transport import ConvexTransport
 from helpers.steps.verify import verify
 
 

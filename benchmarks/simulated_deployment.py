@@ -38,7 +38,12 @@ from typing import Any
 import orjson
 
 from helpers.connection import values
-from helpers.devtools.sample_data import SCENES_PER_SESSION, START_MS, iter_scenes, iter_sessions
+from helpers.devtools.sample_data import (
+    SCENES_PER_SESSION,
+    START_MS,
+    iter_scenes,
+    iter_sessions,
+)
 
 TABLES = ("videoSessions", "scenes", "assetReferences", "migrationRuns")
 GENERATED = ("videoSessions", "scenes")

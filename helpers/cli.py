@@ -20,14 +20,23 @@ from typing import Any
 
 import papermill
 
-from helpers.evidence.archive import check_archive
 from helpers.connection.errors import DiskFull, PreconditionFailed, RunbookError
-from helpers.evidence.pages import check_command, run_verdicts
 from helpers.connection.transport import ConvexTransport, redact_url
+from helpers.evidence.archive_check import check_archive
+from helpers.evidence.pages import check_command, run_verdicts
+from helpers.evidence.run_folder import RUN_FILE, migration_id, operator_of
+from helpers.history import deployment_status
 from helpers.migrations import all_migrations
 from helpers.paths import CHECKOUT_ROOT
-from helpers.evidence.run_folder import RUN_FILE, migration_id, operator_of
-from helpers.runner import NOTEBOOKS_DIR, RunResult, StepFailed, notebook_path, prepare_run, run_migration
+from helpers.runner import (
+    NOTEBOOKS_DIR,
+    RunResult,
+    StepFailed,
+    notebook_path,
+    prepare_run,
+    run_migration,
+)
+from helpers.sealing import seal
 from helpers.steps import names
 
 EXIT_FAILED = 1
@@ -182,7 +191,6 @@ def cmd_check_archive(args: argparse.Namespace) -> int:
 
 
 def cmd_seal(args: argparse.Namespace) -> int:
-    from helpers.evidence.archive import seal
 
     sealed = seal(args.dir, convex_url=args.url, notebooks_dir=args.notebooks, operator=args.operator)
     if sealed.action == "unchanged":
@@ -199,7 +207,6 @@ def cmd_seal(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """`runbook status`: the deployment's ledger, per migration of the registry, then each run. Writes nothing."""
-    from helpers.evidence.archive import deployment_status
 
     with ConvexTransport(args.url) as transport:
         states = deployment_status(transport)

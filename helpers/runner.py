@@ -25,34 +25,63 @@ from typing import Any
 
 import nbformat
 import papermill
+from ipykernel.kernelspec import RESOURCES, get_kernel_dict
 from jupyter_client.kernelspec import NATIVE_KERNEL_NAME, KernelSpec, KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from pydantic import BaseModel
 from traitlets import default
 
+from helpers.connection import errors
+from helpers.connection.errors import (
+    DeployKeyMissing,
+    DiskFull,
+    PreconditionFailed,
+    RunbookError,
+)
+from helpers.connection.transport import (
+    ConvexTransport,
+    check_deployment_url,
+    deploy_key_from_env,
+    redact_url,
+)
 from helpers.evidence.archive import (
     STEP_STARTED_ENV,
     Manifest,
-    Sealed,
     StepResults,
     commit_label,
     new_run_dir,
     read_manifest,
     read_step_results,
-    seal_folder,
     step_dir,
     write_json_atomic,
     writing,
 )
-from helpers.connection import errors
-from helpers.connection.errors import DeployKeyMissing, DiskFull, PreconditionFailed, RunbookError
+from helpers.evidence.pages import (
+    REPORT_SUFFIX,
+    PageContext,
+    render_step,
+    resume_command,
+    section_of,
+    split_fix,
+)
+from helpers.evidence.pages import where as where_failed
+from helpers.evidence.run_folder import (
+    bind_migration,
+    create_run,
+    holds_its_notebooks,
+    migration_id,
+    migration_of,
+    operator_for,
+    operator_of,
+    run_id,
+    run_lock,
+)
+from helpers.migrations import default_id
+from helpers.migrations import get as get_migration
 from helpers.paths import NOTEBOOKS_DIR
-from helpers.evidence.pages import REPORT_SUFFIX, PageContext, render_step, resume_command, section_of, split_fix, where as where_failed
-from helpers.steps.migration import Migration
-from helpers.migrations import default_id, get as get_migration
-from helpers.evidence.run_folder import bind_migration, create_run, holds_its_notebooks, migration_id, migration_of, operator_for, operator_of, run_id, run_lock
-from helpers.connection.transport import ConvexTransport, check_deployment_url, deploy_key_from_env, redact_url
+from helpers.sealing import Sealed, seal_folder
 from helpers.steps import names
+from helpers.steps.migration import Migration
 
 #: The steps a migration's `require` guards (its own steps refuse too; the runner asks once, before a folder exists).
 GUARDED_STEPS = frozenset({names.FORWARD[0], *names.PLANNING})
@@ -185,7 +214,6 @@ class OwnPythonKernelSpecs(KernelSpecManager):
     def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
         if kernel_name != NATIVE_KERNEL_NAME:
             return super().get_kernel_spec(kernel_name)
-        from ipykernel.kernelspec import RESOURCES, get_kernel_dict
 
         return self.kernel_spec_class(resource_dir=RESOURCES, **get_kernel_dict())
 

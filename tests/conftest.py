@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from helpers import migrations
-from helpers.devtools.local_deployment import LocalDeployment
-from helpers.steps.migration import Migration
-from helpers.evidence.run_folder import bind_migration
 from helpers.connection.transport import ConvexTransport
+from helpers.devtools.local_deployment import LocalDeployment
+from helpers.evidence.run_folder import bind_migration
+from helpers.steps.migration import Migration
 
 from .toy_migration import TOY
 

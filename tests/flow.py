@@ -5,16 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from helpers.evidence.archive import StepResults, write_step_results
-from helpers.steps.backup import take_backup
 from helpers.connection.calls import iter_documents
-from helpers.migrations.m001_s3_asset_tracking.fields import ALL_TABLES
-from helpers.steps.plan import build_plan
-from helpers.evidence.run_folder import RUN_FILE, bind_migration
-from helpers.devtools.sample_data import load
 from helpers.connection.transport import ConvexTransport
+from helpers.devtools.sample_data import load
+from helpers.evidence.archive import StepResults, write_step_results
+from helpers.evidence.run_folder import RUN_FILE, bind_migration
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
+from helpers.migrations.m001_s3_asset_tracking.fields import ALL_TABLES
 from helpers.steps import names
+from helpers.steps.backup import take_backup
+from helpers.steps.plan import build_plan
 
 SAMPLE_SCENES = 300
 

@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
-from helpers.notebook_ui import display as show
 from helpers.connection import jsonio
-from helpers.notebook_ui.confirm import ApplyCancelled, Confirmation
-from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
-from helpers.steps.plan import PLAN_FILE, example_pairs, plan_dir
 from helpers.evidence import compression
 from helpers.evidence.run_folder import bind_migration
+from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
+from helpers.notebook_ui import display as show
+from helpers.notebook_ui.confirm import ApplyCancelled, Confirmation
+from helpers.steps.plan import PLAN_FILE, example_pairs, plan_dir
 
 LONG_URL = "https://tutor-assets.s3.us-east-1.amazonaws.com/sessions/" + "x" * 120 + "/scene-2/chunk.mp4"
 

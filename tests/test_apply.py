@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import pytest
-
-from helpers.connection import errors
-from helpers.connection import jsonio
+from helpers.connection import errors, jsonio
+from helpers.connection.calls import apply_batch, iter_documents
+from helpers.connection.transport import ConvexTransport
+from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
+from helpers.migrations.m001_s3_asset_tracking.plan_line import CHANGING_ACTIONS
+from helpers.steps import names
 from helpers.steps.apply import (
     CHECKPOINT_FILE,
     BatchSizer,
@@ -21,12 +24,7 @@ from helpers.steps.apply import (
     read_checkpoint,
     used_ratio,
 )
-from helpers.connection.calls import apply_batch, iter_documents
 from helpers.steps.plan import iter_plan_lines
-from helpers.connection.transport import ConvexTransport
-from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
-from helpers.migrations.m001_s3_asset_tracking.plan_line import CHANGING_ACTIONS
-from helpers.steps import names
 
 from .corpus import _scene
 from .flow import migration_references, prepare, seed

@@ -21,12 +21,27 @@ from hypothesis import strategies as st
 
 from helpers.connection import calls as deployment
 from helpers.connection import jsonio
+from helpers.connection.errors import (
+    ArgumentValidationError,
+    FunctionFailed,
+    FunctionTerminated,
+    LeaseLost,
+    LimitExceeded,
+    PreconditionFailed,
+    StatisticsUnconfirmed,
+    TransientFailure,
+)
+from helpers.evidence.archive import sha256_file
+from helpers.evidence.run_folder import bind_migration
+from helpers.evidence.run_folder import run_id as folder_run_id
+from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
+from helpers.steps import names
 from helpers.steps.apply import (
-    BatchSizer,
-    _item,
     CHECKPOINT_FILE,
     OUTCOMES_FILE,
+    BatchSizer,
     DeploymentLease,
+    _item,
     apply_dir,
     apply_plan,
     check_preconditions,
@@ -34,15 +49,7 @@ from helpers.steps.apply import (
     read_checkpoint,
     take_migration_lock,
 )
-from helpers.evidence.archive import sha256_file
 from helpers.steps.chain import for_apply
-from helpers.connection.errors import (
-    ArgumentValidationError, FunctionFailed, FunctionTerminated, LeaseLost, LimitExceeded, PreconditionFailed, StatisticsUnconfirmed,
-    TransientFailure,
-)
-from helpers.evidence.run_folder import bind_migration, run_id as folder_run_id
-from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
-from helpers.steps import names
 
 URL = "https://happy-otter-123.convex.cloud"
 TABLES = {"scenes": "scene", "videoSessions": "session"}

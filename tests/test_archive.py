@@ -11,9 +11,9 @@ from urllib.parse import quote
 
 import pytest
 
-from helpers.evidence import archive
-from helpers.evidence.archive import StepResults
 from helpers.connection.errors import PreconditionFailed
+from helpers.evidence import archive, archive_check
+from helpers.evidence.archive import StepResults
 from helpers.evidence.run_folder import bind_migration
 from helpers.steps import names
 
@@ -102,14 +102,14 @@ def test_manifest_records_who_what_where_without_credentials(sealed: Path) -> No
 
 
 def test_check_passes_on_an_untouched_folder(sealed: Path) -> None:
-    check = archive.check_archive(sealed)
+    check = archive_check.check_archive(sealed)
     assert check.problems == []
     assert check.ok
 
 
 def test_check_catches_a_modified_file(sealed: Path) -> None:
     (sealed / "plan" / "problems.csv").write_bytes(b"table,id\nscenes,forged\n")
-    check = archive.check_archive(sealed)
+    check = archive_check.check_archive(sealed)
     assert not check.ok
     assert len(check.problems) == 1
     assert check.problems[0].startswith("altered: plan/problems.csv")
@@ -120,12 +120,12 @@ def test_check_catches_a_same_size_modification(sealed: Path) -> None:
     data = bytearray(path.read_bytes())
     data[0] ^= 1
     path.write_bytes(bytes(data))
-    assert [p.split(" (")[0] for p in archive.check_archive(sealed).problems] == ["altered: plan/problems.csv"]
+    assert [p.split(" (")[0] for p in archive_check.check_archive(sealed).problems] == ["altered: plan/problems.csv"]
 
 
 def test_check_catches_a_missing_file(sealed: Path) -> None:
     (sealed / "apply" / "checkpoint.jsonl").unlink()
-    problems = archive.check_archive(sealed).problems
+    problems = archive_check.check_archive(sealed).problems
     assert "missing: apply/checkpoint.jsonl" in problems
     # The apply results named the checkpoint's hash: the chain notices too.
     assert any(p.startswith("chain: 03_apply outputs.checkpoint_sha256") for p in problems)
@@ -133,12 +133,12 @@ def test_check_catches_a_missing_file(sealed: Path) -> None:
 
 def test_check_catches_an_added_file(sealed: Path) -> None:
     _write(sealed / "plan" / "extra.csv", b"slipped in later\n")
-    assert archive.check_archive(sealed).problems == ["not in the manifest: plan/extra.csv"]
+    assert archive_check.check_archive(sealed).problems == ["not in the manifest: plan/extra.csv"]
 
 
 def test_check_fails_without_a_manifest(sealed: Path) -> None:
     (sealed / "manifest.json").unlink()
-    check = archive.check_archive(sealed)
+    check = archive_check.check_archive(sealed)
     assert not check.ok
     assert "manifest.json is missing" in check.problems[0]
 
@@ -147,7 +147,7 @@ def test_check_catches_apply_that_used_another_plan_even_when_resealed(sealed: P
     """A consistent manifest is not enough: apply must name the plan and backup of this folder."""
     _results(sealed, names.APPLY, {"plan_sha256": "0" * 64, "backup_sha256": "f" * 64})
     _seal(sealed)
-    problems = archive.check_archive(sealed).problems
+    problems = archive_check.check_archive(sealed).problems
     assert any(p.startswith("chain: 03_apply inputs.plan_sha256 is " + "0" * 64) for p in problems)
     assert any(p.startswith("chain: 03_apply inputs.backup_sha256 is " + "f" * 64) for p in problems)
     # verify recorded the hash of the apply results it checked, which are no longer these.
@@ -157,14 +157,14 @@ def test_check_catches_apply_that_used_another_plan_even_when_resealed(sealed: P
 def test_check_catches_a_replaced_plan_even_when_resealed(sealed: Path) -> None:
     _write(sealed / "plan" / "plan.jsonl", b'{"id":"s1","action":"migrate","set":{"forged":true}}\n')
     _seal(sealed)
-    problems = archive.check_archive(sealed).problems
+    problems = archive_check.check_archive(sealed).problems
     assert problems == ["chain: plan/plan.jsonl does not hash to the plan_sha256 recorded in plan/plan.json"]
 
 
 def test_check_catches_a_replaced_snapshot_even_when_resealed(sealed: Path) -> None:
     _write(sealed / "backup" / "snapshot_1.zip", b"PK\x03\x04 another deployment's data")
     _seal(sealed)
-    problems = archive.check_archive(sealed).problems
+    problems = archive_check.check_archive(sealed).problems
     assert problems == ["chain: backup/snapshot_1.zip does not hash to the sha256 recorded in backup/backup.json"]
 
 
@@ -172,7 +172,7 @@ def test_check_catches_steps_that_used_another_backup(sealed: Path) -> None:
     backup = json.loads((sealed / "backup" / "backup.json").read_text())
     archive.write_json_atomic(sealed / "backup" / "backup.json", {**backup, "sha256": "a" * 64})
     _seal(sealed)
-    problems = archive.check_archive(sealed).problems
+    problems = archive_check.check_archive(sealed).problems
     assert {p.split(" is ")[0] for p in problems} == {
         "chain: backup/snapshot_1.zip does not hash to the sha256 recorded in backup/backup.json",
         "chain: 02_dry_run inputs.backup_sha256",
@@ -241,16 +241,16 @@ SECRET = "prod:happy-otter-123|eyJ2MiI6ImMzZjQ1YTk5YjIxZDRjZmE5In0="
 )
 def test_find_secret_finds_a_planted_key(sealed: Path, name: str, content: bytes) -> None:
     _write(sealed / names.VERIFY / name, content)
-    assert archive.find_secret(sealed, SECRET) == [f"04_verify/{name}"]
+    assert archive_check.find_secret(sealed, SECRET) == [f"04_verify/{name}"]
     with pytest.raises(archive.SecretLeaked, match=f"04_verify/{name}"):
-        archive.assert_no_secret(sealed, SECRET)
+        archive_check.assert_no_secret(sealed, SECRET)
 
 
 def test_find_secret_finds_a_key_across_a_chunk_boundary(tmp_path: Path) -> None:
     _write(tmp_path / "plan" / "plan.jsonl", b"x" * (archive.CHUNK - 10) + SECRET.encode() + b"x" * 100)
-    assert archive.find_secret(tmp_path, SECRET) == ["plan/plan.jsonl"]
+    assert archive_check.find_secret(tmp_path, SECRET) == ["plan/plan.jsonl"]
 
 
 def test_find_secret_finds_nothing_in_a_clean_folder(sealed: Path) -> None:
-    assert archive.find_secret(sealed, SECRET) == []
-    archive.assert_no_secret(sealed, SECRET)
+    assert archive_check.find_secret(sealed, SECRET) == []
+    archive_check.assert_no_secret(sealed, SECRET)

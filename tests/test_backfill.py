@@ -9,16 +9,16 @@ from typing import Any
 import pytest
 
 from helpers import migrations
-from helpers.evidence import archive
-from helpers.steps.apply import apply_plan
 from helpers.connection.calls import apply_batch, iter_documents
+from helpers.connection.transport import ConvexTransport
+from helpers.evidence import archive
+from helpers.evidence.run_folder import bind_migration
+from helpers.steps import names
+from helpers.steps.apply import apply_plan
 from helpers.steps.migration import Migration, PlanInputs, backfill
 from helpers.steps.plan import iter_plan_lines
 from helpers.steps.rollback import check_rollback, execute_rollback, plan_rollback
-from helpers.evidence.run_folder import bind_migration
-from helpers.connection.transport import ConvexTransport
 from helpers.steps.verify import verify
-from helpers.steps import names
 
 from .backfill_migration import ASSET_VERSION
 from .flow import prepare, seed

@@ -10,10 +10,17 @@ from typing import Any
 import pytest
 
 from helpers.connection import errors
-from helpers.steps.backup import BACKUP_RECORD, backup_dir, check_snapshot, iter_backup_documents, read_backup, take_backup
-from helpers.devtools.local_deployment import LocalDeployment
 from helpers.connection.transport import ConvexTransport
 from helpers.connection.values import Int64
+from helpers.devtools.local_deployment import LocalDeployment
+from helpers.steps.backup import (
+    BACKUP_RECORD,
+    backup_dir,
+    check_snapshot,
+    iter_backup_documents,
+    read_backup,
+    take_backup,
+)
 
 
 def seed(transport: ConvexTransport, scenes: int) -> tuple[str, list[str]]:

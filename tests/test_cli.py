@@ -3,8 +3,6 @@ console script."""
 
 from __future__ import annotations
 
-from helpers.steps import names
-
 import json
 import os
 import socket
@@ -21,14 +19,15 @@ import papermill
 import pytest
 
 from helpers import cli, runner
-from helpers.evidence import archive
 from helpers.connection.calls import read_ledger
+from helpers.connection.errors import PreconditionFailed
 from helpers.devtools.local_deployment import LocalDeployment
 from helpers.devtools.sample_data import load
-from helpers.connection.errors import PreconditionFailed
+from helpers.evidence import archive, archive_check
 from helpers.evidence.run_folder import bind_migration
-from helpers.runner import StepFailed
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
+from helpers.runner import StepFailed
+from helpers.steps import names
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: The deployment the runs below talk to: the runner's pre-flight asks it before any run folder exists (set by
@@ -104,7 +103,7 @@ def test_run_step_leaves_parameters_notebook_html_and_results(tmp_path: Path, no
     assert html.lstrip().lower().startswith("<!doctype html") and "given" in html and "jp-Notebook" in html
     # The key reached the kernel through the environment only: nothing in the folder holds it.
     assert deploy_key not in (out / "parameters.json").read_text()
-    assert archive.find_secret(run_dir, deploy_key) == []
+    assert archive_check.find_secret(run_dir, deploy_key) == []
 
 
 def test_a_raising_cell_gives_step_failed_naming_the_cell_and_the_notebook(tmp_path: Path, notebooks: Path) -> None:
@@ -169,7 +168,7 @@ def test_run_migration_dry_run_chains_the_steps_and_seals_the_folder(tmp_path: P
     manifest = json.loads((result.run_dir / "manifest.json").read_text())
     assert manifest["operator"] == "alice" and manifest["steps"] == result.steps
     assert "02_dry_run/02_dry_run.html" in manifest["files"]
-    assert archive.check_archive(result.run_dir).ok
+    assert archive_check.check_archive(result.run_dir).ok
 
 
 def test_run_migration_seals_the_folder_when_a_step_fails(tmp_path: Path, notebooks: Path) -> None:
@@ -183,7 +182,7 @@ def test_run_migration_seals_the_folder_when_a_step_fails(tmp_path: Path, notebo
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["steps"] == {names.BACKUP: "failed", names.DRY_RUN: "not run"}
     assert not (run_dir / names.DRY_RUN).exists()
-    assert archive.check_archive(run_dir).ok
+    assert archive_check.check_archive(run_dir).ok
 
     # Fixed, the step runs again in the same folder; the manifest is resealed and keeps the run's start.
     _notebook(notebooks, names.BACKUP, RECORD)
@@ -192,7 +191,7 @@ def test_run_migration_seals_the_folder_when_a_step_fails(tmp_path: Path, notebo
     resealed = json.loads((run_dir / "manifest.json").read_text())
     assert resealed["steps"] == {names.BACKUP: "passed", names.DRY_RUN: "not run"}
     assert resealed["started_at"] == manifest["started_at"]
-    assert archive.check_archive(run_dir).ok
+    assert archive_check.check_archive(run_dir).ok
 
 
 def test_statistics_come_from_the_apply_summary(tmp_path: Path) -> None:

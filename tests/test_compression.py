@@ -11,9 +11,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers.evidence import compression
 from helpers.connection import jsonio
 from helpers.connection.values import Int64
+from helpers.evidence import compression
 
 LINES = st.lists(st.binary(max_size=300).map(lambda b: b.replace(b"\n", b"") + b"\n"), max_size=60)
 VALUES = st.recursive(

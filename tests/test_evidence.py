@@ -8,8 +8,6 @@ plan as the real steps do and anchor them with `archive.record_step`; each test 
 
 from __future__ import annotations
 
-from helpers.steps import names
-
 import hashlib
 import json
 import shutil
@@ -19,10 +17,11 @@ from pathlib import Path
 import pytest
 
 from helpers import cli, runner
-from helpers.evidence import archive
 from helpers.connection.calls import read_ledger
 from helpers.devtools.local_deployment import LocalDeployment
+from helpers.evidence import archive, archive_check
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
+from helpers.steps import names
 
 from .test_cli import _notebook
 
@@ -185,7 +184,7 @@ def test_a_file_added_and_resealed_is_not_in_the_ledger(run_dir: Path, deploymen
     (run_dir / names.DRY_RUN / "approval.txt").write_text("approved by the CTO\n")
     _reseal(run_dir)
     with deployment.transport() as transport:
-        problems = archive.check_archive(run_dir, transport).problems
+        problems = archive_check.check_archive(run_dir, transport).problems
     assert "not in the deployment's ledger: 02_dry_run/approval.txt" in problems
 
 
@@ -193,7 +192,7 @@ def test_a_folder_the_deployment_never_saw_is_refused(run_dir: Path, deployment:
     archive.write_json_atomic(run_dir / "run.json", {"run_id": "20260101T000000Z-000000000000", "migration": M001.id})
     _reseal(run_dir)
     with deployment.transport() as transport:
-        check = archive.check_archive(run_dir, transport)
+        check = archive_check.check_archive(run_dir, transport)
     assert check.anchored and check.problems == [
         "ledger: the deployment has no record of run 20260101T000000Z-000000000000 (run against another deployment, or run.json changed)"
     ]
@@ -203,7 +202,7 @@ def test_a_deleted_file_is_named_by_the_ledger(run_dir: Path, deployment: LocalD
     (run_dir / "backup" / "snapshot_1.zip").unlink()
     _reseal(run_dir)
     with deployment.transport() as transport:
-        problems = archive.check_archive(run_dir, transport).problems
+        problems = archive_check.check_archive(run_dir, transport).problems
     assert "missing: backup/snapshot_1.zip (recorded by step 01_backup_snapshot in the deployment's ledger)" in problems
 
 
@@ -236,7 +235,7 @@ def test_a_step_run_again_and_failed_is_superseded_by_the_new_seal(deployment: L
                              notebooks_dir=tmp_path / "broken")
     assert not (first.run_dir / names.DRY_RUN / "results.json").exists()
     with deployment.transport() as transport:
-        check = archive.check_archive(first.run_dir, transport)
+        check = archive_check.check_archive(first.run_dir, transport)
     assert check.ok, check.problems
 
 
@@ -279,7 +278,7 @@ def test_check_archive_compares_each_step_with_its_own_row(run_dir: Path, deploy
     archive.write_json_atomic(path, {**results, "status": "failed", "summary": {**results["summary"], "documents": 4}})
     _reseal(run_dir)
     with deployment.transport() as transport:
-        problems = archive.check_archive(run_dir, transport).problems
+        problems = archive_check.check_archive(run_dir, transport).problems
     assert problems[:3] == [
         "step 01_backup_snapshot: status failed in the folder, passed in its ledger row",
         "step 01_backup_snapshot: figure documents is 4 in the folder, 3 in its ledger row",
@@ -305,11 +304,11 @@ def test_the_first_seal_counts_not_a_later_one_written_over_it(run_dir: Path, de
     first = _rows(deployment, this_run)
     later_seal = {**first[-1], "recordedAt": (first[-1].get("recordedAt") or 0) + 1, "evidence": {
         "manifest.json": _sha(run_dir / "manifest.json"), **{name: entry.sha256 for name, entry in manifest.files.items()}}}
-    assert archive.trusted_seals([*first, later_seal]) == [first[-1]]
-    problems = archive._ledger_problems(run_dir, [*first, later_seal])
+    assert archive_check.trusted_seals([*first, later_seal]) == [first[-1]]
+    problems = archive_check._ledger_problems(run_dir, [*first, later_seal])
     assert "not in the deployment's ledger: 02_dry_run/approval.txt" in problems
     assert any(p.startswith("altered: manifest.json (the deployment's ledger holds sha256 "
                             f"{first[-1]['evidence']['manifest.json']} from the seal") for p in problems)  # type: ignore[index]
     # With a step recorded between them (the run continued), the later seal is the folder's.
     step_again = {**next(r for r in first if r["step"] == names.DRY_RUN), "recordedAt": later_seal["recordedAt"]}
-    assert archive._ledger_problems(run_dir, [*first, step_again, {**later_seal, "recordedAt": later_seal["recordedAt"] + 1}]) == []
+    assert archive_check._ledger_problems(run_dir, [*first, step_again, {**later_seal, "recordedAt": later_seal["recordedAt"] + 1}]) == []

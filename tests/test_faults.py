@@ -5,8 +5,6 @@ Loopback only; each test bounded by pytest-timeout."""
 
 from __future__ import annotations
 
-from helpers.steps import names
-
 import random
 import signal
 import subprocess
@@ -18,18 +16,19 @@ from pathlib import Path
 import pytest
 
 from helpers.connection import errors
-from helpers.steps.apply import CHECKPOINT_FILE, ApplySummary, apply_dir, apply_plan
-from helpers.evidence.archive import StepResults, write_step_results
 from helpers.connection.calls import iter_documents, read_ledger
-from helpers.devtools.local_deployment import LocalDeployment
-from helpers.steps.plan import iter_plan_lines
-from helpers.evidence.run_folder import run_id
-from helpers.runner import statistics
 from helpers.connection.transport import ConvexTransport
-from helpers.steps.verify import verify
+from helpers.devtools.local_deployment import LocalDeployment
+from helpers.evidence.archive import StepResults, write_step_results
+from helpers.evidence.run_folder import run_id
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 from helpers.migrations.m001_s3_asset_tracking.fields import legacy_part
 from helpers.migrations.m001_s3_asset_tracking.plan_line import CHANGING_ACTIONS
+from helpers.runner import statistics
+from helpers.steps import names
+from helpers.steps.apply import CHECKPOINT_FILE, ApplySummary, apply_dir, apply_plan
+from helpers.steps.plan import iter_plan_lines
+from helpers.steps.verify import verify
 
 from .corpus import bad_documents
 from .flow import comparable, migration_references, prepare, seed, state

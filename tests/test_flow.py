@@ -9,18 +9,18 @@ from pathlib import Path
 import orjson
 import pytest
 
-from helpers.evidence import compression
 from helpers.connection import errors
-from helpers.steps.apply import apply_plan
-from helpers.steps.backup import take_backup
 from helpers.connection.calls import acquire_lock, release_lock
-from helpers.steps.plan import PLAN_FILE, build_plan, iter_plan_lines, plan_dir
-from helpers.steps.rollback import check_rollback, execute_rollback, plan_rollback
-from helpers.evidence.run_folder import bind_migration
 from helpers.connection.transport import ConvexTransport
-from helpers.steps.verify import verify
+from helpers.evidence import compression
+from helpers.evidence.run_folder import bind_migration
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 from helpers.migrations.m001_s3_asset_tracking.plan_line import CHANGING_ACTIONS
+from helpers.steps.apply import apply_plan
+from helpers.steps.backup import take_backup
+from helpers.steps.plan import PLAN_FILE, build_plan, iter_plan_lines, plan_dir
+from helpers.steps.rollback import check_rollback, execute_rollback, plan_rollback
+from helpers.steps.verify import verify
 
 from .flow import migration_references, prepare, seed, state
 

@@ -21,9 +21,9 @@ from helpers.connection.calls import (
     release_lock,
     renew_lock,
 )
+from helpers.connection.transport import ConvexTransport
 from helpers.devtools.local_deployment import LocalDeployment
 from helpers.migrations.m001_s3_asset_tracking import ASSET_REFERENCES, fields, rules
-from helpers.connection.transport import ConvexTransport
 from helpers.steps import names
 
 from .test_rules import legacy_scenes

@@ -17,8 +17,8 @@ import pytest
 from helpers import cli
 from helpers.connection.calls import iter_documents, read_ledger
 from helpers.connection.errors import TransientFailure
-from helpers.devtools.local_deployment import CLI_OPTIONS, LocalDeployment
 from helpers.connection.transport import ConvexTransport
+from helpers.devtools.local_deployment import CLI_OPTIONS, LocalDeployment
 from helpers.steps import names
 
 REPO = Path(__file__).resolve().parent.parent

@@ -4,8 +4,6 @@ another run's apply made stale, and no notebook kernel left behind by a killed r
 
 from __future__ import annotations
 
-from helpers.steps import names
-
 import os
 import signal
 import subprocess
@@ -17,19 +15,27 @@ from pathlib import Path
 import pytest
 
 from helpers.connection import errors
-from helpers.steps.apply import CHECKPOINT_FILE, _item, apply_dir, apply_plan
-from helpers.evidence.archive import MANIFEST_FILE
-from helpers.steps.backup import take_backup
-from helpers.connection.calls import acquire_lock, apply_batch, count_side_rows, read_ledger, release_lock
+from helpers.connection.calls import (
+    acquire_lock,
+    apply_batch,
+    count_side_rows,
+    read_ledger,
+    release_lock,
+)
+from helpers.connection.transport import ConvexTransport
 from helpers.devtools.local_deployment import LocalDeployment
+from helpers.evidence.archive import MANIFEST_FILE
+from helpers.evidence.run_folder import run_id, step_lock
+from helpers.migrations.m001_s3_asset_tracking import ASSET_REFERENCES
+from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
+from helpers.migrations.m001_s3_asset_tracking.plan_line import CHANGING_ACTIONS
+from helpers.runner import run_migration
+from helpers.steps import names
+from helpers.steps.apply import CHECKPOINT_FILE, _item, apply_dir, apply_plan
+from helpers.steps.backup import take_backup
 from helpers.steps.plan import build_plan, iter_plan_lines
 from helpers.steps.rollback import execute_rollback, plan_rollback
-from helpers.evidence.run_folder import run_id, step_lock
-from helpers.runner import run_migration
-from helpers.connection.transport import ConvexTransport
 from helpers.steps.verify import verify
-from helpers.migrations.m001_s3_asset_tracking import ASSET_REFERENCES, MIGRATION as M001
-from helpers.migrations.m001_s3_asset_tracking.plan_line import CHANGING_ACTIONS
 
 from .flow import prepare, seed
 

@@ -10,10 +10,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers.steps.migration import PLAN_LINE_KEYS, Before, Joined, Planned, PlanInputs, Verdict
-from helpers.migrations.m002_retire_legacy_fields import MIGRATION, rules
-from helpers.migrations.m002_retire_legacy_fields.checks import LEGACY_VALUES_RECOVERABLE
 from helpers.connection.values import equal
+from helpers.migrations.m002_retire_legacy_fields import MIGRATION, rules
+from helpers.migrations.m002_retire_legacy_fields.checks import (
+    LEGACY_VALUES_RECOVERABLE,
+)
+from helpers.steps.migration import (
+    PLAN_LINE_KEYS,
+    Before,
+    Joined,
+    PlanInputs,
+    Planned,
+    Verdict,
+)
 
 BUCKET = "https://tutor.s3.us-east-1.amazonaws.com"
 MIGRATED_AT = 1_704_067_200_000

@@ -9,22 +9,22 @@ from typing import Any
 
 import pytest
 
-from helpers.evidence import archive
 from helpers.connection import errors
-from helpers.steps.apply import apply_plan
-from helpers.steps.backup import iter_backup_documents, read_backup, take_backup
 from helpers.connection.calls import apply_batch, read_ledger
-from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
-from helpers.migrations.m002_retire_legacy_fields import MIGRATION as M002
-from helpers.steps.plan import build_plan, iter_plan_lines, plan_dir, read_plan
-from helpers.steps.rollback import check_rollback, execute_rollback, plan_rollback
-from helpers.devtools.local_deployment import LocalDeployment
-from helpers.evidence.run_folder import bind_migration
-from helpers.runner import run_migration
 from helpers.connection.transport import ConvexTransport
 from helpers.connection.values import equal
-from helpers.steps.verify import verify
+from helpers.devtools.local_deployment import LocalDeployment
+from helpers.evidence import archive
+from helpers.evidence.run_folder import bind_migration
+from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
+from helpers.migrations.m002_retire_legacy_fields import MIGRATION as M002
+from helpers.runner import run_migration
 from helpers.steps import names
+from helpers.steps.apply import apply_plan
+from helpers.steps.backup import iter_backup_documents, read_backup, take_backup
+from helpers.steps.plan import build_plan, iter_plan_lines, plan_dir, read_plan
+from helpers.steps.rollback import check_rollback, execute_rollback, plan_rollback
+from helpers.steps.verify import verify
 
 from .flow import prepare, seed, state
 

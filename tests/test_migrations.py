@@ -13,16 +13,21 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from helpers import migrations
-from helpers.steps.apply import ApplySummary
-from helpers.evidence.archive import Manifest, StepResults, read_step_results, write_step_results
 from helpers.connection.errors import PreconditionFailed
+from helpers.evidence.archive import (
+    Manifest,
+    StepResults,
+    read_step_results,
+    write_step_results,
+)
+from helpers.evidence.run_folder import bind_migration, migration_id, run_id
+from helpers.steps import names
+from helpers.steps.apply import ApplySummary
+from helpers.steps.contract import Step
 from helpers.steps.migration import PLAN_LINE_KEYS, Migration
 from helpers.steps.plan import PlanSummary
 from helpers.steps.rollback import RollbackSummary
-from helpers.evidence.run_folder import bind_migration, migration_id, run_id
-from helpers.steps.contract import Step
 from helpers.steps.verify import VerifyReport, run_checks
-from helpers.steps import names
 
 from .toy_migration import TOY, plan_note
 
@@ -42,7 +47,8 @@ def core_files() -> list[Path]:
 def names_of_001() -> set[str]:
     """Every name of migration 001's world: its tables, the fields it owns and reads, its side rows' table and
     fields, its asset types, its plan line keys, its wording, and the field legacy writers move."""
-    from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001, fields
+    from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
+    from helpers.migrations.m001_s3_asset_tracking import fields
 
     side = M001.side_rows
     assert side is not None

@@ -14,10 +14,11 @@ import nbformat
 import papermill
 import pytest
 
-from helpers.evidence.archive import StepResults, check_archive, find_secret, read_step_results, write_step_results
-from helpers.devtools.local_deployment import LocalDeployment
-from helpers.runner import StepFailed, run_migration
 from helpers.connection.transport import ConvexTransport
+from helpers.devtools.local_deployment import LocalDeployment
+from helpers.evidence.archive import StepResults, read_step_results, write_step_results
+from helpers.evidence.archive_check import check_archive, find_secret
+from helpers.runner import StepFailed, run_migration
 from helpers.steps import names
 
 from .flow import migration_references, seed, state

@@ -15,16 +15,16 @@ from typing import Any
 import pytest
 
 from helpers.connection import errors
-from helpers.steps.apply import apply_plan
+from helpers.connection.transport import ConvexTransport
+from helpers.connection.values import equal
 from helpers.devtools.local_deployment import LocalDeployment
+from helpers.devtools.sample_data import load
+from helpers.evidence.run_folder import run_id
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 from helpers.migrations.m002_retire_legacy_fields import MIGRATION as M002
 from helpers.migrations.m002_retire_legacy_fields.rules import CARRIED_BY, is_carried
+from helpers.steps.apply import apply_plan
 from helpers.steps.rollback import execute_rollback, plan_rollback
-from helpers.evidence.run_folder import run_id
-from helpers.devtools.sample_data import load
-from helpers.connection.transport import ConvexTransport
-from helpers.connection.values import equal
 
 from .flow import prepare, seed, state
 from .test_migration_002 import apply_and_verify, folder

@@ -14,12 +14,12 @@ import pytest
 import helpers.steps.parallel
 from helpers.connection import jsonio
 from helpers.devtools import sample_data
-from helpers.steps.backup import iter_backup_documents
+from helpers.evidence.run_folder import bind_migration
 from helpers.migrations import get
 from helpers.migrations.m001_s3_asset_tracking.fields import SCENE_ASSET_SOURCES
+from helpers.steps.backup import iter_backup_documents
 from helpers.steps.parallel import Ranged, map_ranges, split
 from helpers.steps.plan import PLAN_FILE, build_plan, iter_plan_lines, plan_dir
-from helpers.evidence.run_folder import bind_migration
 from helpers.steps.verify import run_checks
 
 from .test_plan import PagedTables, _snapshot_of

@@ -18,15 +18,23 @@ import pytest
 from pydantic import ValidationError
 
 import helpers.steps.plan
-from helpers.notebook_ui import display as show
 from helpers import migrations
-from helpers.evidence import compression
 from helpers.connection import jsonio
-from helpers.evidence.archive import sha256_file
 from helpers.connection.errors import PreconditionFailed
-from helpers.steps.migration import Migration
-from helpers.steps.plan import PLAN_FILE, UNCOMPRESSED_PLAN_FILE, build_plan, example_pairs, iter_plan_lines, plan_dir, read_plan
+from helpers.evidence import compression
+from helpers.evidence.archive import sha256_file
 from helpers.evidence.run_folder import bind_migration
+from helpers.notebook_ui import display as show
+from helpers.steps.migration import Migration
+from helpers.steps.plan import (
+    PLAN_FILE,
+    UNCOMPRESSED_PLAN_FILE,
+    build_plan,
+    example_pairs,
+    iter_plan_lines,
+    plan_dir,
+    read_plan,
+)
 
 from .toy_migration import TOY
 
@@ -202,9 +210,8 @@ def test_fewer_gc_passes_only_when_planning_from_the_snapshot(toy_run: Path, tmp
 
 
 def test_a_document_with_one_reason_on_several_fields_counts_once() -> None:
-    from helpers.steps.plan import _Tally
-
     from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
+    from helpers.steps.plan import _Tally
 
     tally = _Tally(M001)
     twice = [{"code": "bad_url", "severity": "blocking", "message": "field a"}, {"code": "bad_url", "severity": "blocking", "message": "field b"}]

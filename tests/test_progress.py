@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from helpers.notebook_ui.progress import MIN_SECONDS_FOR_RATE, is_interactive, progress, text_line
+from helpers.notebook_ui.progress import (
+    MIN_SECONDS_FOR_RATE,
+    is_interactive,
+    progress,
+    text_line,
+)
 
 
 def test_headless_progress_writes_whole_lines(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,8 +3,6 @@ starts with what failed and what to do, the CLI naming the failing section, and 
 
 from __future__ import annotations
 
-from helpers.steps import names
-
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -13,13 +11,13 @@ import nbformat
 import pytest
 
 from helpers import cli, runner
-from helpers.evidence import archive
-from helpers.evidence import pages as report
-from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
-from helpers.evidence.run_folder import bind_migration
-from helpers.runner import StepFailed
-
 from helpers.devtools.local_deployment import LocalDeployment
+from helpers.evidence import archive, archive_check
+from helpers.evidence import pages as report
+from helpers.evidence.run_folder import bind_migration
+from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
+from helpers.runner import StepFailed
+from helpers.steps import names
 
 from .test_cli import RECORD, _notebook
 
@@ -124,7 +122,7 @@ def test_the_index_names_who_when_commit_deployment_and_each_step(failed_run: tu
 def test_the_failed_run_is_sealed_and_tells_its_manifest_hash(failed_run: tuple[Path, StepFailed], capsys: pytest.CaptureFixture[str]) -> None:
     run_dir, failure = failed_run
     assert failure.manifest_sha256 == archive.sha256_file(run_dir / "manifest.json")
-    assert archive.check_archive(run_dir).ok
+    assert archive_check.check_archive(run_dir).ok
 
 
 def test_section_of_takes_the_nearest_level_two_heading() -> None:

@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 
 from helpers.connection import errors
+from helpers.connection.transport import ConvexTransport
+from helpers.connection.values import digest
+from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 from helpers.steps.apply import apply_plan
 from helpers.steps.backup import read_backup
 from helpers.steps.rollback import (
@@ -20,9 +23,6 @@ from helpers.steps.rollback import (
     iter_rollback_items,
     plan_rollback,
 )
-from helpers.connection.transport import ConvexTransport
-from helpers.connection.values import digest
-from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 
 from .flow import prepare, seed
 from .test_verify import damage, item

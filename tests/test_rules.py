@@ -15,10 +15,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers.connection import values
-from helpers.migrations.m001_s3_asset_tracking.rules import DocumentPlan, RulesContext, SessionTotals
 from helpers.connection.values import Int64
-from helpers.steps.migration import PLAN_LINE_KEYS
 from helpers.migrations.m001_s3_asset_tracking import fields, plan_line, rules, s3_urls
+from helpers.migrations.m001_s3_asset_tracking.rules import (
+    DocumentPlan,
+    RulesContext,
+    SessionTotals,
+)
+from helpers.steps.migration import PLAN_LINE_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 M001_DIR = ROOT / "helpers" / "migrations" / "m001_s3_asset_tracking"

@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers.devtools import sample_data
+from helpers.migrations.m001_s3_asset_tracking import plan_line, rules
 from helpers.migrations.m001_s3_asset_tracking.fields import NEW_FIELDS
 from helpers.migrations.m001_s3_asset_tracking.rules import DocumentPlan, RulesContext
-from helpers.migrations.m001_s3_asset_tracking import plan_line, rules
 
 MISSING = "deleted-session"
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import papermill
 import pytest
 
-from helpers import cli
-from helpers.evidence import archive
+from helpers import cli, sealing
 from helpers.connection.calls import read_ledger
 from helpers.connection.errors import PreconditionFailed
 from helpers.devtools.local_deployment import LocalDeployment
+from helpers.evidence import archive, archive_check
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 from helpers.steps import names
 
@@ -60,7 +60,7 @@ def copy(interactive: tuple[Path, Path], tmp_path: Path) -> tuple[Path, Path]:
 
 def test_an_unsealed_interactive_run_cannot_be_checked(interactive: tuple[Path, Path]) -> None:
     run_dir, _ = interactive
-    assert "manifest.json is missing" in archive.check_archive(run_dir).problems[0]
+    assert "manifest.json is missing" in archive_check.check_archive(run_dir).problems[0]
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +217,7 @@ def test_a_seal_made_while_the_deployment_was_down_is_recorded_later(
     sha = archive.sha256_file(run_dir / "manifest.json")
     assert f"runbook seal {run_dir} --url URL" in out[-2] and "Sealed locally only" in out[-2]
     assert out[-1].startswith(f"Manifest sha256: {sha} (NOT recorded in the deployment's ledger: the deployment did not answer")
-    assert "ledger: the deployment has no record of run" in "\n".join(archive.check_archive(run_dir, deployment.transport()).problems)
+    assert "ledger: the deployment has no record of run" in "\n".join(archive_check.check_archive(run_dir, deployment.transport()).problems)
 
     assert cli.main(["seal", str(run_dir), "--url", deployment.url]) == 0
     out = capsys.readouterr().out.splitlines()
@@ -228,7 +228,7 @@ def test_a_seal_made_while_the_deployment_was_down_is_recorded_later(
 def test_the_template_notebooks_are_refused(copy: tuple[Path, Path]) -> None:
     run_dir, _ = copy
     with pytest.raises(PreconditionFailed, match="holds no outputs") as refused:
-        archive.seal(run_dir, notebooks_dir=NOTEBOOKS)
+        sealing.seal(run_dir, notebooks_dir=NOTEBOOKS)
     assert "File > Save" in refused.value.hint
     assert not (run_dir / "manifest.json").exists()
 
@@ -238,14 +238,14 @@ def test_a_notebook_saved_before_its_step_finished_is_refused(copy: tuple[Path, 
     results = run_dir / names.APPLY / "results.json"
     os.utime(saved / "03_apply.ipynb", (results.stat().st_mtime - 60,) * 2)
     with pytest.raises(PreconditionFailed, match="saved before its step recorded its results"):
-        archive.seal(run_dir, notebooks_dir=saved)
+        sealing.seal(run_dir, notebooks_dir=saved)
 
 
 def test_notebooks_of_another_run_folder_are_refused(copy: tuple[Path, Path], tmp_path: Path) -> None:
     run_dir, saved = copy
     other = Path(shutil.copytree(run_dir, tmp_path / "runs" / "2026-11-26-bob"))
     with pytest.raises(PreconditionFailed, match="ran with run_dir=.*2026-11-25-alice"):
-        archive.seal(other, notebooks_dir=saved)
+        sealing.seal(other, notebooks_dir=saved)
 
 
 def test_pages_of_an_untimed_notebook_take_who_and_when_from_the_ledger(copy: tuple[Path, Path], deployment: LocalDeployment) -> None:
@@ -265,7 +265,7 @@ def test_pages_of_an_untimed_notebook_take_who_and_when_from_the_ledger(copy: tu
             cell.metadata.pop("execution", None)
             cell.metadata.pop("papermill", None)
         nbformat.write(notebook, saved / "01_backup_snapshot.ipynb")
-        archive.seal(run_dir, notebooks_dir=saved, transport=transport)
+        sealing.seal(run_dir, notebooks_dir=saved, transport=transport)
     page = (run_dir / names.BACKUP / "01_backup_snapshot.html").read_text(encoding="utf-8")
     assert "operator:</b> carol" in page
     assert "started:</b> 2026-11-25T09:46:40+00:00" in page and "finished:</b> 2026-11-25T09:47:22+00:00" in page
@@ -286,7 +286,7 @@ def test_notebooks_prepared_in_the_run_folder_are_sealed_in_place(
             if "injected-parameters" in cell.metadata.get("tags", []):
                 cell.source = "\n".join('run_dir = ".."' if line.startswith("run_dir") else line for line in cell.source.splitlines())
         nbformat.write(notebook, run_dir / step / f"{step}.ipynb")
-    sealed = archive.seal(run_dir, convex_url=deployment.url)
+    sealed = sealing.seal(run_dir, convex_url=deployment.url)
     assert sealed.not_recorded is None and sealed.action == "sealed"
     assert archive.read_manifest(run_dir).steps == dict.fromkeys(names.FORWARD, "passed")  # type: ignore[union-attr]
     assert all((run_dir / step / f"{step}.report.html").is_file() for step in names.FORWARD)

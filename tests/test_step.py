@@ -9,12 +9,17 @@ from pathlib import Path
 
 import pytest
 
+from helpers.connection.errors import (
+    InvalidDeploymentUrl,
+    PreconditionFailed,
+    RunbookError,
+    StepNotPassed,
+)
 from helpers.evidence import archive
-from helpers.steps import contract as step
-from helpers.connection.errors import InvalidDeploymentUrl, PreconditionFailed, RunbookError, StepNotPassed
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
-from helpers.steps.contract import Step
+from helpers.steps import contract as step
 from helpers.steps import names
+from helpers.steps.contract import Step
 
 URL = "http://127.0.0.1:9"
 

@@ -13,9 +13,13 @@ from convex.http_client import ConvexExecutionError, ConvexHttpClient
 
 from helpers.connection import errors
 from helpers.connection.calls import iter_documents, iter_pages
+from helpers.connection.transport import (
+    ConvexTransport,
+    deploy_key_from_env,
+    redact_url,
+)
 from helpers.devtools.local_deployment import LocalDeployment
 from helpers.migrations.m001_s3_asset_tracking import ASSET_REFERENCES
-from helpers.connection.transport import ConvexTransport, deploy_key_from_env, redact_url
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -18,18 +18,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers.connection import errors
-from helpers.connection import jsonio
-from helpers.connection import values
-from helpers.steps.apply import apply_plan
-from helpers.steps.backup import iter_backup_documents, take_backup
-from helpers.devtools.local_deployment import LocalDeployment
-from helpers.steps.plan import iter_plan_lines
-from helpers.evidence.run_folder import bind_migration
-from helpers.steps.rollback import execute_rollback, plan_rollback
-from helpers.devtools.sample_data import SPECIAL_ERROR_VALUES
+from helpers.connection import errors, jsonio, values
 from helpers.connection.transport import ConvexTransport
 from helpers.connection.values import INT64_MAX, INT64_MIN, Int64
+from helpers.devtools.local_deployment import LocalDeployment
+from helpers.devtools.sample_data import SPECIAL_ERROR_VALUES
+from helpers.evidence.run_folder import bind_migration
+from helpers.steps.apply import apply_plan
+from helpers.steps.backup import iter_backup_documents, take_backup
+from helpers.steps.plan import iter_plan_lines
+from helpers.steps.rollback import execute_rollback, plan_rollback
 from helpers.steps.verify import verify
 
 from .flow import prepare, seed, state

@@ -11,12 +11,11 @@ from typing import Any
 
 import pytest
 
-from helpers.steps.apply import apply_plan
-from helpers.steps.backup import iter_backup_documents, take_backup
 from helpers.connection.calls import apply_batch, iter_documents
-from helpers.evidence.run_folder import bind_migration
-from helpers.steps.plan import build_plan, iter_plan_lines, read_plan
 from helpers.connection.transport import ConvexTransport
+from helpers.evidence.run_folder import bind_migration
+from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
+from helpers.migrations.m001_s3_asset_tracking import fields, rules
 from helpers.migrations.m001_s3_asset_tracking.checks import (
     SceneTotals,
     asset_disagreement,
@@ -25,6 +24,9 @@ from helpers.migrations.m001_s3_asset_tracking.checks import (
     check_session_totals,
     expected_assets_status,
 )
+from helpers.steps.apply import apply_plan
+from helpers.steps.backup import iter_backup_documents, take_backup
+from helpers.steps.plan import build_plan, iter_plan_lines, read_plan
 from helpers.steps.verify import (
     DOCUMENT_CHECKS,
     Before,
@@ -44,8 +46,6 @@ from helpers.steps.verify import (
     check_references_match_asset,
     verify,
 )
-from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
-from helpers.migrations.m001_s3_asset_tracking import fields, rules
 
 from .flow import migration_references, prepare, seed
 

@@ -8,7 +8,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from helpers.steps.migration import DocumentCheck, Joined, Migration, PlanInputs, Verdict, verdict
+from helpers.steps.migration import (
+    DocumentCheck,
+    Joined,
+    Migration,
+    PlanInputs,
+    Verdict,
+    verdict,
+)
 
 
 def plan_note(doc: dict[str, Any]) -> dict[str, Any]:

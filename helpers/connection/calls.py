@@ -12,10 +12,21 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from dataclasses import dataclass
 from typing import Any
 
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 
 from helpers.connection.errors import (
-    ArgumentValidationError, ChainBroken, FunctionFailed, FunctionTerminated, LeaseLost, LimitExceeded, SchemaNotDeployed,
+    ArgumentValidationError,
+    ChainBroken,
+    FunctionFailed,
+    FunctionTerminated,
+    LeaseLost,
+    LimitExceeded,
+    SchemaNotDeployed,
 )
 from helpers.connection.transport import ConvexTransport
 

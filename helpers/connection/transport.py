@@ -22,7 +22,12 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential_jitter
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    wait_exponential_jitter,
+)
 
 from helpers.connection import values
 from helpers.connection.errors import (
@@ -32,8 +37,8 @@ from helpers.connection.errors import (
     DeploymentUnreachable,
     ExportInProgress,
     FunctionFailed,
-    FunctionTerminated,
     FunctionsNotDeployed,
+    FunctionTerminated,
     InvalidDeploymentUrl,
     InvalidValue,
     LimitExceeded,

@@ -11,12 +11,12 @@ import os
 import time
 from pathlib import Path
 
-from helpers.evidence.archive import check_archive, find_secret
 from helpers.cli import _print_error, _StepPrinter, print_summary
-from helpers.devtools.local_deployment import LocalDeployment, generate_local_key
-from helpers.runner import StepFailed, run_migration
-from helpers.devtools.sample_data import load
 from helpers.connection.transport import DEPLOY_KEY_ENV
+from helpers.devtools.local_deployment import LocalDeployment, generate_local_key
+from helpers.devtools.sample_data import load
+from helpers.evidence.archive_check import check_archive, find_secret
+from helpers.runner import StepFailed, run_migration
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:

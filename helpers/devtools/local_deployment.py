@@ -7,7 +7,6 @@ HTTP API. Its admin key travels in the child's environment only (never argv, nev
 from __future__ import annotations
 
 import argparse
-
 import json
 import os
 import secrets
@@ -21,8 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import psutil
+
 from helpers.connection.errors import RunbookError
-from helpers.connection.transport import DEPLOY_KEY_ENV, ConvexTransport
+from helpers.connection.transport import (
+    DEPLOY_KEY_ENV,
+    ConvexTransport,
+    deploy_key_from_env,
+)
+from helpers.devtools.sample_data import load
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 SERVER = PROJECT_ROOT / "local_deployment" / "server.ts"
@@ -140,7 +146,6 @@ class LocalDeployment:
 
     def kill(self) -> None:
         """SIGKILL, as a crash would stop it: the Node server (tsx runs it as a child) and tsx, nothing flushed."""
-        import psutil
 
         if self._process is not None and self._process.poll() is None:
             tsx = psutil.Process(self._process.pid)
@@ -224,8 +229,6 @@ def serve(*, port: int, seed_scenes: int = 0, **options: Any) -> int:
     """`runbook local-deployment`: runs in the foreground until Ctrl-C or SIGTERM, and stops its Node server
     either way. `options` are LocalDeployment keywords (CLI_OPTIONS); None keeps the default. The admin key is
     CONVEX_DEPLOY_KEY."""
-    from helpers.devtools.sample_data import load
-    from helpers.connection.transport import deploy_key_from_env
 
     given = {keyword: value for keyword, value in options.items() if value is not None}
     deployment = LocalDeployment(port=port, deploy_key=deploy_key_from_env(), **given)

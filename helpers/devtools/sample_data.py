@@ -19,9 +19,12 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from helpers.migrations.m001_s3_asset_tracking.fields import SCENE_ASSET_SOURCES, SESSION_ASSET_SOURCES
-from helpers.migrations.m001_s3_asset_tracking.s3_urls import content_type_for_key
 from helpers.connection.values import Int64
+from helpers.migrations.m001_s3_asset_tracking.fields import (
+    SCENE_ASSET_SOURCES,
+    SESSION_ASSET_SOURCES,
+)
+from helpers.migrations.m001_s3_asset_tracking.s3_urls import content_type_for_key
 
 BUCKET_URL = "https://tutor-assets.s3.us-east-1.amazonaws.com"
 CDN_URL = "https://cdn.tutor-app.example.com"

@@ -16,8 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
+from jinja2 import DictLoader
+from nbconvert import HTMLExporter
 
-from helpers.evidence.run_folder import migration_id
+from helpers.connection.jsonio import loads
+from helpers.evidence.archive import (
+    MANIFEST_FILE,
+    RESULTS_FILE,
+    commit_label,
+    load_json,
+    read_run_id,
+    sha256_file,
+)
+from helpers.evidence.run_folder import migration_id, migration_of
 from helpers.steps import names
 
 INDEX_FILE = "index.html"
@@ -73,12 +84,11 @@ def where(section: str | None, prompt: str) -> str:
 def resume_command(run_dir: Path, step: str, url: str, planned: tuple[str, ...] = ()) -> str:
     """The command that runs a failed step again in its run folder, with the steps planned after it and the
     parameters it was given (its parameters.json), confirmed when it changes the deployment."""
-    from helpers.evidence.archive import _load_json
 
     run_dir = Path(run_dir).resolve()
     order = list(planned) if step in planned else list(names.FORWARD) if step in names.FORWARD else [step]
     steps = order[order.index(step):]
-    given = {k: v for k, v in _load_json(run_dir / step / "parameters.json").items() if k not in RUNNER_PARAMETERS}
+    given = {k: v for k, v in load_json(run_dir / step / "parameters.json").items() if k not in RUNNER_PARAMETERS}
     options = [f"-p {shlex.quote(f'{step}.{name}={value}')}" for name, value in sorted(given.items())]
     if names.APPLY in steps or given.get("execute") is True and names.ROLLBACK in steps:
         options.append("--confirm")
@@ -92,7 +102,6 @@ RUNNER_PARAMETERS = frozenset({"convex_url", "run_dir", "migration", "confirm"})
 def applied_so_far(run_dir: Path) -> dict[str, int]:
     """The deployment's answers apply recorded in its checkpoint, by outcome (applied, already_applied, conflict,
     error): how much a failed apply changed. Read-only (apply itself trims a torn last line when it resumes)."""
-    from helpers.connection.jsonio import loads
 
     counts: dict[str, int] = {}
     path = Path(run_dir) / "apply" / "checkpoint.jsonl"
@@ -213,8 +222,6 @@ OFFLINE_TEMPLATE = """{%- extends 'index.html.j2' -%}
 
 
 def _exporter(**options: Any) -> Any:
-    from jinja2 import DictLoader
-    from nbconvert import HTMLExporter
 
     return HTMLExporter(extra_loaders=[DictLoader({"offline.html.j2": OFFLINE_TEMPLATE})], template_file="offline.html.j2",
                         embed_images=True, **options)
@@ -226,9 +233,8 @@ def render_step(notebook_path: Path, context: PageContext) -> tuple[Path, Path]:
 
     notebook = nbformat.read(notebook_path, as_version=4)
     step = notebook_path.stem
-    from helpers.evidence.archive import RESULTS_FILE, _load_json
 
-    top = header_html(step, context, notebook, _load_json(notebook_path.parent / RESULTS_FILE))
+    top = header_html(step, context, notebook, load_json(notebook_path.parent / RESULTS_FILE))
     failure = find_failure(notebook)
     results = notebook_path.parent / "results.json"
     if failure is not None or not results.is_file():
@@ -304,9 +310,8 @@ def step_duration(run_dir: Path, step: str) -> float | None:
 
 
 def _summary(run_dir: Path, step: str) -> dict[str, Any]:
-    from helpers.evidence.archive import RESULTS_FILE, _load_json
 
-    summary = _load_json(Path(run_dir) / step / RESULTS_FILE).get("summary")
+    summary = load_json(Path(run_dir) / step / RESULTS_FILE).get("summary")
     return summary if isinstance(summary, dict) else {}
 
 
@@ -322,9 +327,8 @@ def checks_verdict(run_dir: Path) -> tuple[str, bool] | None:
 
 def blocked_verdict(run_dir: Path) -> str | None:
     """Documents the dry run blocked, per problem (they are not migrated), from the plan's record."""
-    from helpers.evidence.archive import _load_json
 
-    problems = _load_json(Path(run_dir) / "plan" / "plan.json").get("problems")
+    problems = load_json(Path(run_dir) / "plan" / "plan.json").get("problems")
     if not isinstance(problems, list):
         return None
     blocking = {p.get("code"): p.get("count", 0) for p in problems if isinstance(p, dict) and p.get("severity") == "blocking"}
@@ -361,7 +365,6 @@ class Verdict:
 
 def run_verdicts(run_dir: Path, steps: Mapping[str, str]) -> list[Verdict]:
     """What the run came to, read from its folder: index.html opens with these and the CLI prints them."""
-    from helpers.evidence.run_folder import migration_of
 
     run_dir = Path(run_dir)
     ran = {step: status for step, status in steps.items() if status != "not run"}
@@ -398,10 +401,9 @@ def _hashes(results: Mapping[str, Any]) -> str:
 
 
 def _step_row(run_dir: Path, step: str, status: str) -> str:
-    from helpers.evidence.archive import RESULTS_FILE, _load_json, sha256_file
 
     folder = run_dir / step
-    results = _load_json(folder / RESULTS_FILE)
+    results = load_json(folder / RESULTS_FILE)
     duration, failure = None, None
     if (folder / f"{step}.ipynb").is_file():
         notebook = nbformat.read(folder / f"{step}.ipynb", as_version=4)
@@ -433,7 +435,6 @@ def write_index(
     """The run overview: its verdicts first (as the CLI prints them), then who, when, which commit and
     deployment, each step that ran (a failed one too) with what it found and its hashes, links to every step
     page, and the command that checks the folder again."""
-    from helpers.evidence.archive import MANIFEST_FILE, commit_label, read_run_id
 
     run_dir = Path(run_dir)
     run_id = read_run_id(run_dir) or "not recorded"

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from helpers.connection import jsonio
 from helpers.connection.errors import PreconditionFailed
+from helpers.migrations import get
 
 if TYPE_CHECKING:
     from helpers.steps.migration import Migration
@@ -64,7 +65,6 @@ def _recorded(run_dir: Path) -> dict[str, str]:
 
 
 def migration_of(run_dir: Path) -> Migration:
-    from helpers.migrations import get
 
     return get(migration_id(run_dir))
 
@@ -99,7 +99,6 @@ def _recorded(run_dir: Path) -> dict[str, Any]:
 
 def bind_migration(run_dir: Path, migration: str) -> Migration:
     """Records that this folder runs `migration` (on its first step), or refuses when it already runs another."""
-    from helpers.migrations import get
 
     declared = get(migration)
     recorded = _record(run_dir, declared.id)["migration"]

@@ -9,9 +9,12 @@ import importlib
 import pkgutil
 from collections.abc import Sequence
 from functools import cache
+from typing import TYPE_CHECKING
 
 from helpers.connection.errors import PreconditionFailed
-from helpers.steps.migration import Migration
+
+if TYPE_CHECKING:  # the declaration's type only: helpers.steps.migration looks migrations up here (a worker unpickling one)
+    from helpers.steps.migration import Migration
 
 
 @cache

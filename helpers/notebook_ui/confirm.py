@@ -18,11 +18,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import ipywidgets as widgets
+from IPython.display import HTML, display
+
 from helpers.connection import jsonio
-from helpers.steps.apply import CHECKPOINT_FILE
-from helpers.notebook_ui.display import described
 from helpers.connection.errors import RunbookError
+from helpers.notebook_ui.display import described
 from helpers.notebook_ui.progress import is_interactive
+from helpers.steps.apply import CHECKPOINT_FILE
 
 #: Seconds between two looks at the widget's click while the cell waits.
 POLL_SECONDS = 0.1
@@ -113,7 +116,6 @@ class Confirmation:
 
         Headless (papermill) only the `confirm` parameter counts. Interactively `confirm=True` counts too; otherwise
         the cell waits for Confirm apply (returns True) or Cancel (raises ApplyCancelled, which stops Run All)."""
-        from IPython.display import HTML, display
 
         if confirm or not is_interactive():
             self.confirmed = bool(confirm)
@@ -128,7 +130,6 @@ class Confirmation:
         return self.confirmed
 
     def _widget(self) -> Any:
-        import ipywidgets as widgets
 
         confirm = widgets.Button(description="Confirm apply", button_style="danger", icon="check")
         cancel = widgets.Button(description="Cancel", icon="times")

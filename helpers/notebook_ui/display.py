@@ -6,12 +6,19 @@ Only presentation lives here; every number comes from a summary the logic module
 from __future__ import annotations
 
 import hashlib
+import html
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+import nbformat
 import pandas as pd
+from IPython.display import HTML, display
 
+from helpers.migrations import get
 from helpers.notebook_ui.progress import is_interactive
 
 ACTION_ORDER = ["migrate", "fill_missing", "track_existing", "no_change", "problem"]
@@ -125,7 +132,6 @@ def checks_styled(frame: pd.DataFrame) -> Any:
 
 def plan_chart(by_status_per_table: Mapping[str, Mapping[str, Mapping[str, int]]]) -> Any:
     """One stacked bar chart per table: documents per legacy status, coloured by planned action (None if empty)."""
-    import matplotlib.pyplot as plt
 
     tables = [t for t, by_status in by_status_per_table.items() if by_status]  # in plan order
     if not tables:
@@ -186,7 +192,6 @@ def legacy_sources(
 
 
 def _text(value: Any) -> str:
-    import json
 
     return value if isinstance(value, str) else json.dumps(value, indent=1, ensure_ascii=False, default=str)
 
@@ -246,7 +251,6 @@ def before_after_styled(frame: pd.DataFrame) -> Any:
 
 def problems_html(before: Mapping[str, Any]) -> str:
     """A document's problems, whole, for the line above its before/after table."""
-    import html
 
     return "".join(
         f"<li><b>{html.escape(str(p.get('severity')))}</b> <code>{html.escape(str(p.get('code')))}</code>: "
@@ -264,8 +268,6 @@ def before_after_view(
     frame = before_after_frame(pairs, derived_from)
     if not is_interactive() or frame.empty:
         return before_after_styled(frame)
-    import ipywidgets as widgets
-    from IPython.display import HTML, display
 
     befores = {document_label(before): before for before, _ in pairs}
     codes = sorted({c for cell in frame["problems"] for c in cell.split(", ") if c})
@@ -307,7 +309,6 @@ def before_after_view(
 def described(children: Sequence[Any], text: str) -> Any:
     """A VBox of `children` whose text form is `text`: what a notebook shows of the view where widgets cannot be
     rendered (its default is `VBox(children=(HBox(…`)."""
-    import ipywidgets as widgets
 
     class Described(widgets.VBox):  # type: ignore[misc]
         def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
@@ -326,7 +327,6 @@ def static_outputs(path: Path) -> bool:
     table the view functions display): a view needs the kernel that made it, so a notebook reopened later, or
     rendered to HTML, would show "Error displaying widget: model not found" or `VBox(children=…)`. Returns whether
     the file changed."""
-    import nbformat
 
     notebook = nbformat.read(path, as_version=4)
     changed = bool(notebook.metadata.pop("widgets", None))
@@ -371,7 +371,6 @@ def write_tables(tables: Mapping[str, pd.DataFrame], folder: Path) -> list[Path]
 
 def apply_statistics(summary: Any) -> pd.DataFrame:
     """The statistics the migration's README promises, as one small table."""
-    from helpers.migrations import get
 
     migration = get(summary.migration_id)
     side = migration.side_rows

@@ -9,6 +9,10 @@ import sys
 from collections.abc import Iterable
 from typing import Any, TextIO
 
+from IPython.display import display
+from tqdm import tqdm
+from tqdm.notebook import tqdm as notebook_tqdm
+
 
 def is_interactive() -> bool:
     """True in a Jupyter frontend that can render widgets; False under papermill/nbclient (headless).
@@ -43,7 +47,6 @@ MIN_SECONDS_FOR_RATE = 1.0
 
 def text_line(desc: str, n: float, total: float | None, elapsed: float, unit: str, unit_scale: bool = False) -> str:
     """One log line of a bar: what, how many of how many, how long, and the rate once it means something."""
-    from tqdm import tqdm
 
     def amount(value: float) -> str:
         return tqdm.format_sizeof(value, divisor=1024) if unit_scale else f"{int(value):,}"
@@ -56,7 +59,6 @@ def text_line(desc: str, n: float, total: float | None, elapsed: float, unit: st
 
 
 def _text_tqdm() -> type:
-    from tqdm import tqdm
 
     class TextProgress(tqdm):  # type: ignore[misc]
         """Plain lines for logs and executed notebooks: nothing at the start (no ``0%`` line), a line per
@@ -76,8 +78,6 @@ def _text_tqdm() -> type:
 
 
 def _widget_tqdm() -> type:
-    from IPython.display import display
-    from tqdm.notebook import tqdm as notebook_tqdm
 
     class WidgetProgress(notebook_tqdm):  # type: ignore[misc]
         """The notebook bar while the work lasts; closed, its display becomes the final text line."""

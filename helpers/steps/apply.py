@@ -10,6 +10,7 @@ all report the same figures.
 
 from __future__ import annotations
 
+import csv
 import os
 import threading
 import time
@@ -24,10 +25,8 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from helpers.connection import jsonio
-from helpers.steps.backup import backup_age, read_backup
-from helpers.connection.calls import Chain
-from helpers.steps.chain import executed_rollback, for_apply, refusal, refused_batch
 from helpers.connection.calls import (
+    Chain,
     acquire_lock,
     apply_batch,
     count_side_rows,
@@ -37,14 +36,26 @@ from helpers.connection.calls import (
     release_lock,
     renew_lock,
 )
-from helpers.connection.errors import ChainBroken, LeaseLost, LockHeld, NewRunFolderNeeded, PreconditionFailed, RunbookError, StatisticsUnconfirmed, StepNotPassed
+from helpers.connection.errors import (
+    ChainBroken,
+    LeaseLost,
+    LockHeld,
+    NewRunFolderNeeded,
+    PreconditionFailed,
+    RunbookError,
+    StatisticsUnconfirmed,
+    StepNotPassed,
+)
+from helpers.connection.transport import ConvexTransport, redact_url
+from helpers.evidence.run_folder import locked_step, migration_of, operator_for
+from helpers.evidence.run_folder import run_id as folder_run_id
+from helpers.notebook_ui.progress import progress
+from helpers.steps import names
+from helpers.steps.backup import backup_age, read_backup
+from helpers.steps.chain import executed_rollback, for_apply, refusal, refused_batch
 from helpers.steps.migration import Migration
 from helpers.steps.plan import PlanSummary, iter_plan_lines, read_plan
-from helpers.notebook_ui.progress import progress
-from helpers.evidence.run_folder import locked_step, migration_of, operator_for, run_id as folder_run_id
 from helpers.steps.scratch import Scratch
-from helpers.connection.transport import ConvexTransport, redact_url
-from helpers.steps import names
 
 APPLY_DIR = "apply"
 CHECKPOINT_FILE = "checkpoint.jsonl"
@@ -777,7 +788,6 @@ def _final_errors(checkpoint_path: Path, checkpoint: Checkpoint) -> Iterator[Out
 
 def _write_outcomes(checkpoint_path: Path, csv_path: Path, checkpoint: Checkpoint) -> None:
     """Every document apply did not migrate (conflicts and errors), with the deployment's reason."""
-    import csv
 
     with csv_path.open("w", newline="", encoding="utf-8") as sink:
         writer = csv.writer(sink)

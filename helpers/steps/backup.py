@@ -22,13 +22,21 @@ from typing import Any
 from pydantic import BaseModel, PrivateAttr
 
 from helpers.connection import values
-from helpers.evidence.archive import sha256_file, write_json_atomic
-from helpers.connection.errors import ExportCanceled, ExportFailed, ExportInProgress, PreconditionFailed, RunbookError, TransientFailure
-from helpers.steps.migration import Migration
-from helpers.notebook_ui.progress import progress
-from helpers.evidence.run_folder import locked_step, migration_of
+from helpers.connection.calls import COUNT_SIDE_ROWS, READ_PAGE, iter_pages
+from helpers.connection.errors import (
+    ExportCanceled,
+    ExportFailed,
+    ExportInProgress,
+    PreconditionFailed,
+    RunbookError,
+    TransientFailure,
+)
 from helpers.connection.transport import ConvexTransport, redact_url
+from helpers.evidence.archive import sha256_file, write_json_atomic
+from helpers.evidence.run_folder import locked_step, migration_of
+from helpers.notebook_ui.progress import progress
 from helpers.steps import names
+from helpers.steps.migration import Migration
 
 BACKUP_DIR = "backup"
 BACKUP_RECORD = "backup.json"
@@ -113,7 +121,6 @@ def take_backup(
 def _check_functions_deployed(transport: ConvexTransport, migration: Migration) -> None:
     """Raises FunctionsNotDeployed (or DeployKeyRejected) now, while the run folder holds nothing yet: both reads
     the steps after it need (apply's statistics are confirmed by counting the side rows, after its writes)."""
-    from helpers.connection.calls import COUNT_SIDE_ROWS, READ_PAGE
 
     transport.function(READ_PAGE, {"table": migration.tables[0], "cursor": None, "numItems": 1})
     if migration.side_rows is not None:
@@ -267,6 +274,5 @@ def _parse_checked(line: bytes, where: str) -> Any:
 
 def live_counts(transport: ConvexTransport, tables: list[str], page_size: int = 4000) -> dict[str, int]:
     """Documents per table now (a full paged read): shown beside the snapshot's counts."""
-    from helpers.connection.calls import iter_pages
 
     return {table: sum(len(page) for page in iter_pages(transport, table, page_size)) for table in tables}

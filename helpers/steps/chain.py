@@ -16,9 +16,9 @@ from typing import Any
 from helpers.connection.calls import Chain, chain_problem
 from helpers.connection.errors import ChainBroken, PreconditionFailed
 from helpers.connection.transport import ConvexTransport
-from helpers.steps.migration import Migration
 from helpers.migrations import all_migrations
 from helpers.steps import names
+from helpers.steps.migration import Migration
 
 #: The ledger row of an executed rollback carries this in `details` (`mode=strip`, `mode=restore`); a preview does not.
 EXECUTED_ROLLBACK_DETAILS = "mode="

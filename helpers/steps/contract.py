@@ -14,15 +14,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from helpers.evidence import archive
 from helpers.connection import jsonio
-from helpers.evidence.archive import RESULTS_FILE, StepResults, sha256_file, step_dir
 from helpers.connection.errors import PreconditionFailed, RunbookError
-from helpers.steps.migration import Migration
-from helpers.paths import CHECKOUT_ROOT
-from helpers.evidence.run_folder import bind_migration, operator_for
 from helpers.connection.transport import ConvexTransport, redact_url
+from helpers.evidence import archive
+from helpers.evidence.archive import RESULTS_FILE, StepResults, sha256_file, step_dir
+from helpers.evidence.run_folder import bind_migration, operator_for
+from helpers.paths import CHECKOUT_ROOT
 from helpers.steps import names
+from helpers.steps.migration import Migration
 
 
 @dataclass

@@ -13,9 +13,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
-from helpers.steps.parallel import RangeResults
 from helpers.connection.calls import SideRows
 from helpers.connection.values import digest, dumps
+from helpers.migrations import get
+from helpers.steps.parallel import RangeResults
 
 #: The keys of a plan line the core reads. A migration may add its own (it reads them back itself; the key its
 #: `status_key` names groups the dry-run tables). `expect`/`expectAbsent` are the precondition, `set`/`unset` the
@@ -261,7 +262,6 @@ class Migration:
         return self.side_rows.sources.get(table, {}) if self.side_rows is not None else {}
 
 def _registered(migration_id: str) -> Migration:
-    from helpers.migrations import get
 
     return get(migration_id)
 

@@ -19,20 +19,20 @@ from typing import Any, Literal, TextIO
 
 from pydantic import BaseModel, Field
 
-from helpers.evidence import compression
 from helpers.connection import jsonio
-from helpers.steps import parallel
-from helpers.evidence.archive import sha256_file, write_json_atomic
-from helpers.steps.backup import BackupSummary, iter_backup_documents, require_backup
 from helpers.connection.calls import iter_pages
 from helpers.connection.errors import PreconditionFailed
-from helpers.steps.migration import Migration, PlanInputs, PlanLine
-from helpers.steps.parallel import RangeResults, Ranged, default_workers
-from helpers.notebook_ui.progress import progress
-from helpers.evidence.run_folder import locked_step, migration_of
-from helpers.steps.scratch import Scratch, batched, few_collections, prefetch
 from helpers.connection.transport import ConvexTransport, redact_url
-from helpers.steps import names
+from helpers.evidence import compression
+from helpers.evidence.archive import sha256_file, write_json_atomic
+from helpers.evidence.run_folder import locked_step, migration_of
+from helpers.migrations import get
+from helpers.notebook_ui.progress import progress
+from helpers.steps import names, parallel
+from helpers.steps.backup import BackupSummary, iter_backup_documents, require_backup
+from helpers.steps.migration import Migration, PlanInputs, PlanLine
+from helpers.steps.parallel import Ranged, RangeResults, default_workers
+from helpers.steps.scratch import Scratch, batched, few_collections, prefetch
 
 PLAN_DIR = "plan"
 PLAN_FILE = "plan.jsonl.zst"
@@ -82,7 +82,6 @@ class PlanSummary(BaseModel):
 
     @property
     def migration(self) -> Migration:
-        from helpers.migrations import get
 
         return get(self.migration_id)
 

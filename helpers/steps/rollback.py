@@ -19,21 +19,33 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from helpers.connection import jsonio
-from helpers.evidence.archive import sha256_file, write_json_atomic
-from helpers.steps.apply import LEASE_MS, DeploymentLease, take_migration_lock
-from helpers.steps.backup import BackupSummary, iter_backup_documents, require_backup
-from helpers.steps.chain import for_rollback, refused_batch, require_chain, rollback_mark
-from helpers.connection.calls import SideRows, apply_batch, iter_documents, iter_pages, record_run, release_lock
+from helpers.connection.calls import (
+    SideRows,
+    apply_batch,
+    iter_documents,
+    iter_pages,
+    record_run,
+    release_lock,
+)
 from helpers.connection.errors import ChainBroken, PreconditionFailed, RunbookError
-from helpers.steps.migration import Migration
-from helpers.steps.plan import iter_plan_lines, read_plan
-from helpers.evidence.run_folder import locked_step, migration_of, operator_for, run_id as folder_run_id
-from helpers.steps.scratch import Scratch, batched
 from helpers.connection.transport import ConvexTransport
 from helpers.connection.values import digest
-from helpers.steps.verify import Check
+from helpers.evidence.archive import sha256_file, write_json_atomic
+from helpers.evidence.run_folder import locked_step, migration_of, operator_for
+from helpers.evidence.run_folder import run_id as folder_run_id
 from helpers.steps import names
-
+from helpers.steps.apply import LEASE_MS, DeploymentLease, take_migration_lock
+from helpers.steps.backup import BackupSummary, iter_backup_documents, require_backup
+from helpers.steps.chain import (
+    for_rollback,
+    refused_batch,
+    require_chain,
+    rollback_mark,
+)
+from helpers.steps.migration import Migration
+from helpers.steps.plan import iter_plan_lines, read_plan
+from helpers.steps.scratch import Scratch, batched
+from helpers.steps.verify import Check
 
 Mode = Literal["strip", "restore"]
 ROLLBACK_DIR = "rollback"

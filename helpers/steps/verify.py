@@ -28,17 +28,25 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from helpers.steps.backup import iter_backup_documents, read_backup
-from helpers.connection.calls import iter_pages
-from helpers.connection.calls import SideRows
-from helpers.steps.migration import Before, DocumentCheck, Joined, Migration, Planned, Verdict, reference_key, verdict
-from helpers.steps.plan import iter_plan_lines, paged_progress, read_plan
-from helpers.steps.parallel import Ranged, default_workers, map_pages
-from helpers.evidence.run_folder import locked_step, migration_of
-from helpers.steps.scratch import Scratch, ScratchTable, batched, prefetch
+from helpers.connection.calls import SideRows, iter_pages
 from helpers.connection.transport import ConvexTransport
 from helpers.connection.values import digest
+from helpers.evidence.run_folder import locked_step, migration_of
 from helpers.steps import names
+from helpers.steps.backup import iter_backup_documents, read_backup
+from helpers.steps.migration import (
+    Before,
+    DocumentCheck,
+    Joined,
+    Migration,
+    Planned,
+    Verdict,
+    reference_key,
+    verdict,
+)
+from helpers.steps.parallel import Ranged, default_workers, map_pages
+from helpers.steps.plan import iter_plan_lines, paged_progress, read_plan
+from helpers.steps.scratch import Scratch, ScratchTable, batched, prefetch
 
 EXAMPLES = 5
 RE_PLAN_ADVICE = (

@@ -23,12 +23,12 @@ import httpx
 import nbformat
 import pytest
 
-from helpers.evidence.archive import read_step_results
 from helpers.devtools.local_deployment import LocalDeployment
-from helpers.steps.plan import iter_plan_lines
-from helpers.runner import run_migration
 from helpers.devtools.sample_data import load
+from helpers.evidence.archive import read_step_results
+from helpers.runner import run_migration
 from helpers.steps import names
+from helpers.steps.plan import iter_plan_lines
 
 pytestmark = pytest.mark.browser
 playwright = pytest.importorskip("playwright.sync_api", reason="make test-browser installs the [browser] extra")

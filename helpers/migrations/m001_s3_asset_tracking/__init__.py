@@ -6,10 +6,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from helpers.connection.calls import SideRows
-from helpers.steps.migration import Migration
 from helpers.migrations.m001_s3_asset_tracking import checks, planner
-from helpers.migrations.m001_s3_asset_tracking.fields import ASSET_EXTRA_SOURCES, ASSET_OBJECT_FIELDS, ASSET_SOURCES, ASSET_TYPES, ENTITY_TYPES, MIGRATED_TABLES, NEW_FIELDS
-from helpers.migrations.m001_s3_asset_tracking.plan_line import CHANGING_ACTIONS, REFERENCE_KIND, STATUS_KEY
+from helpers.migrations.m001_s3_asset_tracking.fields import (
+    ASSET_EXTRA_SOURCES,
+    ASSET_OBJECT_FIELDS,
+    ASSET_SOURCES,
+    ASSET_TYPES,
+    ENTITY_TYPES,
+    MIGRATED_TABLES,
+    NEW_FIELDS,
+)
+from helpers.migrations.m001_s3_asset_tracking.plan_line import (
+    CHANGING_ACTIONS,
+    REFERENCE_KIND,
+    STATUS_KEY,
+)
+from helpers.steps.migration import Migration
 
 #: One assetReferences row per asset a document holds (convex/schema.ts `assetReferenceFields`).
 ASSET_REFERENCES = SideRows(

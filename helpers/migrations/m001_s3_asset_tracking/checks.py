@@ -12,11 +12,16 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
-from helpers.steps.migration import DocumentCheck, Joined, Verdict, verdict
 from helpers.connection.values import equal
 from helpers.migrations.m001_s3_asset_tracking.fields import ASSET_SOURCES
-from helpers.migrations.m001_s3_asset_tracking.rules import SCENE_STATUS_MAP, SESSION_STATUS_MAP, canonical_status
+from helpers.migrations.m001_s3_asset_tracking.rules import (
+    SCENE_STATUS_MAP,
+    SESSION_STATUS_MAP,
+    canonical_status,
+)
 from helpers.migrations.m001_s3_asset_tracking.s3_urls import parse_s3_url
+from helpers.steps.migration import DocumentCheck, Joined, Verdict, verdict
+
 
 def asset_disagreement(table: str, asset_field: str, asset: Any, doc: dict[str, Any]) -> str | None:
     """What of an asset differs from its legacy source fields on the same document, None when nothing does.

@@ -14,10 +14,10 @@ from functools import partial
 from typing import Any, NamedTuple
 
 from helpers.connection import jsonio
-from helpers.steps.migration import PlanInputs, PlanLine, reference_key
-from helpers.steps.scratch import ScratchCounter, ScratchTable, batched
 from helpers.migrations.m001_s3_asset_tracking import plan_line, rules
 from helpers.migrations.m001_s3_asset_tracking.fields import ASSET_TYPES
+from helpers.steps.migration import PlanInputs, PlanLine, reference_key
+from helpers.steps.scratch import ScratchCounter, ScratchTable, batched
 
 
 def plan(inputs: PlanInputs) -> Iterator[dict[str, Any] | PlanLine]:

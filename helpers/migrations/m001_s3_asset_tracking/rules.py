@@ -17,12 +17,40 @@ from typing import Any, NamedTuple
 from urllib.parse import unquote
 
 from helpers.connection.values import equal as values_equal
-from helpers.migrations.m001_s3_asset_tracking.fields import ASSET_TYPES, NEW_FIELDS, SCENE_ASSET_SOURCES, SESSION_ASSET_SOURCES
-from helpers.migrations.m001_s3_asset_tracking.plan_line import CHANGING_ACTIONS, FLAGGED, DocumentPlan, SessionTotals, blocked, problem_of
-from helpers.migrations.m001_s3_asset_tracking.s3_urls import CONTENT_TYPES, SIGNED_QUERY, content_type_for_key, is_s3_object_prefix, parse_s3_url
+from helpers.migrations.m001_s3_asset_tracking.fields import (
+    ASSET_TYPES,
+    NEW_FIELDS,
+    SCENE_ASSET_SOURCES,
+    SESSION_ASSET_SOURCES,
+)
+from helpers.migrations.m001_s3_asset_tracking.plan_line import (
+    CHANGING_ACTIONS,
+    FLAGGED,
+    DocumentPlan,
+    SessionTotals,
+    blocked,
+    problem_of,
+)
+from helpers.migrations.m001_s3_asset_tracking.s3_urls import (
+    CONTENT_TYPES,
+    SIGNED_QUERY,
+    content_type_for_key,
+    is_s3_object_prefix,
+    parse_s3_url,
+)
 from helpers.migrations.m001_s3_asset_tracking.value_checks import (
-    ANY_VALUE_FIELDS, INT64_MIN, MAX_STRING_LENGTH, UINT64_MAX, describe, empty_string, nested_problem, printable, recordable, show,
-    text_problem, type_name,
+    ANY_VALUE_FIELDS,
+    INT64_MIN,
+    MAX_STRING_LENGTH,
+    UINT64_MAX,
+    describe,
+    empty_string,
+    nested_problem,
+    printable,
+    recordable,
+    show,
+    text_problem,
+    type_name,
 )
 
 ASSET_VERSION = 1

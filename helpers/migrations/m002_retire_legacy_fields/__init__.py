@@ -11,10 +11,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from helpers.steps.migration import Migration, PlanInputs
 from helpers.migrations.m002_retire_legacy_fields import rules
-from helpers.migrations.m002_retire_legacy_fields.checks import LEGACY_VALUES_RECOVERABLE
-from helpers.migrations.m002_retire_legacy_fields.precondition import require_predecessor_in_effect
+from helpers.migrations.m002_retire_legacy_fields.checks import (
+    LEGACY_VALUES_RECOVERABLE,
+)
+from helpers.migrations.m002_retire_legacy_fields.precondition import (
+    require_predecessor_in_effect,
+)
+from helpers.steps.migration import Migration, PlanInputs
 
 ID = "002_retire_legacy_fields"
 PREDECESSOR = "001_s3_asset_tracking"

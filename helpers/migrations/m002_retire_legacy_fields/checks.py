@@ -8,8 +8,8 @@ the live document). The backup holds every removed value too; rollback *restore*
 
 from __future__ import annotations
 
-from helpers.steps.migration import DocumentCheck, Joined, Verdict, verdict
 from helpers.migrations.m002_retire_legacy_fields.rules import RETIRE, not_carried
+from helpers.steps.migration import DocumentCheck, Joined, Verdict, verdict
 
 
 def _lost(doc: Joined) -> dict[str, list[str]]:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from helpers.steps.chain import for_apply
-from helpers.steps.chain import require_chain
+from helpers.steps.chain import for_apply, require_chain
 from helpers.steps.migration import Migration
 
 

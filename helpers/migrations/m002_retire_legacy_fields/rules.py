@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from helpers.migrations.m001_s3_asset_tracking.fields import ASSET_SOURCES
 from helpers.connection.values import equal as values_equal
+from helpers.migrations.m001_s3_asset_tracking.fields import ASSET_SOURCES
 
 RETIRE = "retire"
 BLOCKED = "blocked"
