@@ -5,7 +5,7 @@ PY      := $(VENV)/bin/python
 PYTEST  := $(VENV)/bin/pytest
 RUNBOOK := $(VENV)/bin/runbook
 
-.PHONY: setup demo test test-faults test-browser bench typecheck lab strip clean mutation wheel
+.PHONY: setup lint demo test test-faults test-browser bench typecheck lab strip clean mutation wheel
 
 setup: $(VENV)/.installed node_modules/.installed
 
@@ -42,6 +42,15 @@ mutation: setup
 	rm -rf mutants
 	RUNBOOK_MUTATION=1 $(VENV)/bin/mutmut run --max-children $(MUTATION_CHILDREN) >/dev/null
 	$(PY) tests/mutation_report.py --mutmut $(VENV)/bin/mutmut --goal helpers/steps/verify.py=90 --goal helpers/steps/apply.py=90
+
+# ruff over the Python, mypy over helpers/ (strict on the core: connection, steps, evidence; pyproject.toml).
+lint: setup $(VENV)/.lint-installed
+	$(VENV)/bin/ruff check helpers tests benchmarks setup.py
+	$(VENV)/bin/mypy helpers
+
+$(VENV)/.lint-installed: pyproject.toml $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[lint]'
+	touch $@
 
 typecheck: node_modules/.installed
 	npx --no-install tsc --noEmit -p convex
