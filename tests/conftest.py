@@ -17,8 +17,7 @@ from helpers.connection.transport import ConvexTransport
 from helpers.devtools.local_deployment import LocalDeployment
 from helpers.evidence.run_folder import bind_migration
 from helpers.steps.migration import Migration
-
-from .toy_migration import TOY
+from tests.toy_migration import TOY
 
 #: Recognisable on purpose: the secret-leak tests search run folders for it.
 TEST_DEPLOY_KEY = f"test-deploy-key-{secrets.token_hex(12)}"

@@ -29,9 +29,8 @@ from helpers.steps import names
 from helpers.steps.apply import CHECKPOINT_FILE, ApplySummary, apply_dir, apply_plan
 from helpers.steps.plan import iter_plan_lines
 from helpers.steps.verify import verify
-
-from .corpus import bad_documents
-from .flow import comparable, migration_references, prepare, seed, state
+from tests.corpus import bad_documents
+from tests.flow import comparable, migration_references, prepare, seed, state
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(900)]
 REPO = Path(__file__).resolve().parent.parent
@@ -297,7 +296,7 @@ def test_bad_corpus_is_reported_and_left_untouched(transport, run_dir: Path) -> 
     transport.function("sampleData:deleteBatch", {"ids": [gone]})
     corpus = bad_documents(session, gone)
     ids = transport.function("sampleData:insertBatch", {"table": "scenes", "documents": [doc for _, _, doc in corpus]})["ids"]
-    expected = {doc_id: (code, severity) for doc_id, (code, severity, _) in zip(ids, corpus)}
+    expected = {doc_id: (code, severity) for doc_id, (code, severity, _) in zip(ids, corpus, strict=False)}
     before = {d["_id"]: d for d in iter_documents(transport, "scenes") if d["_id"] in expected}
     prepare(transport, run_dir)
     lines = {line["id"]: line for line in iter_plan_lines(run_dir) if line["id"] in expected}

@@ -21,8 +21,7 @@ from helpers.steps.backup import take_backup
 from helpers.steps.plan import PLAN_FILE, build_plan, iter_plan_lines, plan_dir
 from helpers.steps.rollback import check_rollback, execute_rollback, plan_rollback
 from helpers.steps.verify import verify
-
-from .flow import migration_references, prepare, seed, state
+from tests.flow import migration_references, prepare, seed, state
 
 
 def apply(transport: ConvexTransport, run_dir: Path, **kwargs):  # noqa: ANN201

@@ -36,8 +36,7 @@ from helpers.steps.backup import take_backup
 from helpers.steps.plan import build_plan, iter_plan_lines
 from helpers.steps.rollback import execute_rollback, plan_rollback
 from helpers.steps.verify import verify
-
-from .flow import prepare, seed
+from tests.flow import prepare, seed
 
 REPO = Path(__file__).resolve().parent.parent
 SCENES = 60
@@ -112,7 +111,7 @@ def test_callers_racing_to_draw_the_run_id_all_read_the_one_stored(tmp_path: Pat
     for attempt in range(20):
         folder = tmp_path / f"race-{attempt}"
         seen: list[str] = []
-        threads = [threading.Thread(target=lambda: seen.append(run_id(folder))) for _ in range(8)]
+        threads = [threading.Thread(target=lambda seen=seen, folder=folder: seen.append(run_id(folder))) for _ in range(8)]
         for thread in threads:
             thread.start()
         for thread in threads:

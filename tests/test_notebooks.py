@@ -20,8 +20,7 @@ from helpers.evidence.archive import StepResults, read_step_results, write_step_
 from helpers.evidence.archive_check import check_archive, find_secret
 from helpers.runner import StepFailed, run_migration
 from helpers.steps import names
-
-from .flow import migration_references, seed, state
+from tests.flow import migration_references, seed, state
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 REPO = NOTEBOOKS.parent

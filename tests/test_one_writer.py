@@ -25,9 +25,8 @@ from helpers.migrations.m002_retire_legacy_fields import MIGRATION as M002
 from helpers.migrations.m002_retire_legacy_fields.rules import CARRIED_BY, is_carried
 from helpers.steps.apply import apply_plan
 from helpers.steps.rollback import execute_rollback, plan_rollback
-
-from .flow import prepare, seed, state
-from .test_migration_002 import apply_and_verify, folder
+from tests.flow import prepare, seed, state
+from tests.migrations.test_retire_legacy_fields import apply_and_verify, folder
 
 pytestmark = pytest.mark.deployment
 

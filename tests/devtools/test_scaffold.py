@@ -14,10 +14,9 @@ import pytest
 
 from helpers.devtools.local_deployment import LocalDeployment
 from helpers.migrations import head_id
+from tests.flow import seed
 
-from .flow import seed
-
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NEW = "003_backfill_version"
 
 

@@ -46,8 +46,7 @@ from helpers.steps.verify import (
     check_references_match_asset,
     verify,
 )
-
-from .flow import migration_references, prepare, seed
+from tests.flow import migration_references, prepare, seed
 
 PASS, FAIL, APP = Verdict.PASS, Verdict.FAIL, Verdict.APPLICATION
 BUCKET = "https://tutor-assets.s3.us-east-1.amazonaws.com"

@@ -18,8 +18,7 @@ from helpers.evidence.run_folder import bind_migration
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 from helpers.runner import StepFailed
 from helpers.steps import names
-
-from .test_cli import RECORD, _notebook
+from tests.test_cli import RECORD, _notebook
 
 CHECK_INPUT = """\
 from helpers.connection.errors import PreconditionFailed

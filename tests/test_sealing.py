@@ -22,8 +22,7 @@ from helpers.devtools.local_deployment import LocalDeployment
 from helpers.evidence import archive, archive_check
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 from helpers.steps import names
-
-from .flow import seed
+from tests.flow import seed
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 SCENES = 60

@@ -29,10 +29,9 @@ from helpers.steps.backup import iter_backup_documents, take_backup
 from helpers.steps.plan import iter_plan_lines
 from helpers.steps.rollback import execute_rollback, plan_rollback
 from helpers.steps.verify import verify
+from tests.flow import prepare, seed, state
 
-from .flow import prepare, seed, state
-
-TEST_FUNCTIONS = Path(__file__).parent / "convex"
+TEST_FUNCTIONS = Path(__file__).resolve().parents[1] / "convex"
 
 # -- strategies ----------------------------------------------------------------------------------------------
 

@@ -24,11 +24,10 @@ from helpers.connection.calls import (
 from helpers.connection.transport import ConvexTransport
 from helpers.devtools.local_deployment import LocalDeployment
 from helpers.migrations.m001_s3_asset_tracking import ASSET_REFERENCES, fields, rules
+from helpers.migrations.m001_s3_asset_tracking.test_rules import legacy_scenes
 from helpers.steps import names
 
-from .test_rules import legacy_scenes
-
-TEST_FUNCTIONS = Path(__file__).parent / "convex"
+TEST_FUNCTIONS = Path(__file__).resolve().parents[1] / "convex"
 REFERENCE = {"entityType": "scene", "assetType": "video_chunk", "s3Key": "a/b.mp4", "s3Url": "https://b.s3.amazonaws.com/a/b.mp4",
              "contentType": "video/mp4", "uploadedAt": 1.0, "version": 1,
              "metadata": {"migratedFromLegacy": True, "legacyField": "s3ChunkKey"}}

@@ -23,9 +23,8 @@ from helpers.steps.rollback import (
     iter_rollback_items,
     plan_rollback,
 )
-
-from .flow import prepare, seed
-from .test_verify import damage, item
+from tests.flow import prepare, seed
+from tests.steps.test_verify import damage, item
 
 SCENES = 60
 

@@ -21,7 +21,7 @@ from helpers.connection.transport import (
 from helpers.devtools.local_deployment import LocalDeployment
 from helpers.migrations.m001_s3_asset_tracking import ASSET_REFERENCES
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def insert_sessions(transport: ConvexTransport, n: int, **fields: object) -> list[str]:

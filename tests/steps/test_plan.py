@@ -35,8 +35,7 @@ from helpers.steps.plan import (
     plan_dir,
     read_plan,
 )
-
-from .toy_migration import TOY
+from tests.toy_migration import TOY
 
 NOTES = [
     {"_id": "n1", "_creationTime": 1.0, "text": "one two three", "status": "draft"},

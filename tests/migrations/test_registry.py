@@ -28,10 +28,9 @@ from helpers.steps.migration import PLAN_LINE_KEYS, Migration
 from helpers.steps.plan import PlanSummary
 from helpers.steps.rollback import RollbackSummary
 from helpers.steps.verify import VerifyReport, run_checks
+from tests.toy_migration import TOY, plan_note
 
-from .toy_migration import TOY, plan_note
-
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 #: Development tooling for migration 001's sample data (not in the wheel), and the migrations themselves.
 #: What is not the core: the migrations themselves and the development tools (sample data speaks 001's world).
 NOT_CORE = ("migrations", "devtools")
@@ -206,7 +205,7 @@ def test_verify_runs_the_core_checks_and_the_migrations_own_on_a_migration_it_ne
     backup = [{"_id": "n1", "text": "a b", "updatedAt": 1}, {"_id": "n2", "text": "c", "updatedAt": 1}, {"_id": "n3", "text": 5}]
     plan = [plan_note(doc) for doc in backup]
     assert all(set(PLAN_LINE_KEYS) <= set(line) for line in plan)
-    live = [{**doc, **line["set"]} for doc, line in zip(backup, plan)]
+    live = [{**doc, **line["set"]} for doc, line in zip(backup, plan, strict=False)]
 
     def outcome(documents: list[dict[str, Any]]) -> dict[str, int]:
         result = run_checks(plan, lambda table: iter(backup), lambda table: iter(documents), migration=toy_registered)

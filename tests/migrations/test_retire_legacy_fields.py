@@ -25,8 +25,7 @@ from helpers.steps.backup import iter_backup_documents, read_backup, take_backup
 from helpers.steps.plan import build_plan, iter_plan_lines, plan_dir, read_plan
 from helpers.steps.rollback import check_rollback, execute_rollback, plan_rollback
 from helpers.steps.verify import verify
-
-from .flow import prepare, seed, state
+from tests.flow import prepare, seed, state
 
 pytestmark = pytest.mark.deployment
 

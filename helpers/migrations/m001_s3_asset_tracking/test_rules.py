@@ -24,7 +24,7 @@ from helpers.migrations.m001_s3_asset_tracking.rules import (
 )
 from helpers.steps.migration import PLAN_LINE_KEYS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 M001_DIR = ROOT / "helpers" / "migrations" / "m001_s3_asset_tracking"
 #: The pure modules of 001's rules: no I/O, no plan file, no transport.
 RULE_MODULES = ("rules.py", "plan_line.py", "s3_urls.py", "value_checks.py")

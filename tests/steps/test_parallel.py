@@ -21,8 +21,7 @@ from helpers.steps.backup import iter_backup_documents
 from helpers.steps.parallel import Ranged, map_ranges, split
 from helpers.steps.plan import PLAN_FILE, build_plan, iter_plan_lines, plan_dir
 from helpers.steps.verify import run_checks
-
-from .test_plan import PagedTables, _snapshot_of
+from tests.steps.test_plan import PagedTables, _snapshot_of
 
 M001 = get("001_s3_asset_tracking")
 

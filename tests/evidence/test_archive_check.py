@@ -22,8 +22,7 @@ from helpers.devtools.local_deployment import LocalDeployment
 from helpers.evidence import archive, archive_check
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 from helpers.steps import names
-
-from .test_cli import _notebook
+from tests.test_cli import _notebook
 
 BACKUP = """\
 import hashlib, json

@@ -21,7 +21,7 @@ from helpers.connection.transport import ConvexTransport
 from helpers.devtools.local_deployment import CLI_OPTIONS, LocalDeployment
 from helpers.steps import names
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:

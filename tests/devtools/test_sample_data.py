@@ -251,7 +251,7 @@ class RecordingTransport:
         if path == "sampleData:insertBatch":
             table = self.tables[args["table"]]
             ids = [f"{args['table']}_{len(table) + len(self.deleted) + i}" for i in range(len(args["documents"]))]
-            table.update(zip(ids, args["documents"]))
+            table.update(zip(ids, args["documents"], strict=False))
             return {"ids": ids}
         if path == "sampleData:deleteBatch":
             for doc_id in args["ids"]:

@@ -19,9 +19,8 @@ from helpers.steps.migration import Migration, PlanInputs, backfill
 from helpers.steps.plan import iter_plan_lines
 from helpers.steps.rollback import check_rollback, execute_rollback, plan_rollback
 from helpers.steps.verify import verify
-
-from .backfill_migration import ASSET_VERSION
-from .flow import prepare, seed
+from tests.backfill_migration import ASSET_VERSION
+from tests.flow import prepare, seed
 
 
 def plan_of(migration: Migration, *docs: dict[str, Any]) -> list[dict[str, Any]]:
