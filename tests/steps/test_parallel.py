@@ -5,6 +5,7 @@ two scenes share, a scene already tracked) fall in different ranges."""
 from __future__ import annotations
 
 import random
+import shutil
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -61,9 +62,13 @@ def _as_stored(value: Any) -> Any:
 
 
 def dry_run(tmp_path: Path, name: str, tables: dict[str, list[dict[str, Any]]], workers: int) -> Path:
+    """A dry-run with `workers` from one snapshot ZIP (written once: a ZIP holds its writing time, hence its hash)."""
+    snapshot = tmp_path / "snapshot"
+    if not snapshot.exists():
+        _snapshot_of(snapshot, tables)
     run_dir = tmp_path / name
     bind_migration(run_dir, M001.id)
-    _snapshot_of(run_dir, tables)
+    shutil.copytree(snapshot / "backup", run_dir / "backup")
     build_plan(PagedTables(tables), run_dir, page_size=17, show_progress=False, workers=workers)  # type: ignore[arg-type]
     return run_dir
 
