@@ -176,7 +176,7 @@ def _median(values: list[float]) -> float:
 
 def _load_average() -> str:
     try:
-        return "{:.1f}".format(os.getloadavg()[0])
+        return f"{os.getloadavg()[0]:.1f}"
     except OSError:
         return "?"
 

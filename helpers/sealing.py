@@ -240,7 +240,8 @@ def seal(
     if unfit is not None:
         raise unfit
     latest = {r.get("step"): r for r in rows}  # who ran each step and when, as its last row recorded it
-    operator = operator or operator_of(run_dir) or next((str(latest[s]["operator"]) for s in sources if latest.get(s, {}).get("operator")), None) or default_operator()
+    ledger_operator = next((str(latest[s]["operator"]) for s in sources if latest.get(s, {}).get("operator")), None)
+    operator = operator or operator_of(run_dir) or ledger_operator or default_operator()
     context = PageContext(run_id=this_run, operator=operator, deployment=redact_url(url), commit=commit_label(), migration=migration)
     starts, statuses = [], {}
     with writing(run_dir):

@@ -148,7 +148,7 @@ def apply_batch(
     def call() -> list[dict[str, Any]]:
         if before_call is not None:
             before_call()
-        args = {"migrationId": migration_id, "runId": run_id, "items": list(items)}
+        args: dict[str, Any] = {"migrationId": migration_id, "runId": run_id, "items": list(items)}
         if side_rows is not None:
             args["sideRows"] = side_rows.protocol()
         if guard is not None:
@@ -166,17 +166,25 @@ def apply_batch(
     except (LimitExceeded, FunctionFailed, ArgumentValidationError, SchemaNotDeployed) as error:
         data = getattr(error, "data", None)
         if isinstance(data, dict) and data.get("code") == CHAIN_BROKEN:
-            raise ChainBroken(data["problem"], f"The deployment refused run {run_id}'s batch: nothing of it was written.") from error
+            raise ChainBroken(
+                f"The deployment refused run {run_id}'s batch: the migration chain no longer allows it "
+                f"({data['problem'].get('reason')}, migration {data['problem'].get('migrationId')}); nothing of it was written.",
+                data["problem"],
+            ) from error
         if LOCK_HELD_BY_OTHER in str(error) or LOCK_NOT_HELD in str(error):
             raise LeaseLost(f"lease lost: the deployment refused run {run_id}'s batch: {_server_message(str(error))}") from error
         if isinstance(error, LimitExceeded) and on_limit is not None and len(items) > 1:
             on_limit(len(items))
         if len(items) > 1:
             middle = len(items) // 2
-            hooks = {"guard": guard, "on_limit": on_limit, "before_call": before_call, "written_fields": written_fields, "side_rows": side_rows}
-            return apply_batch(transport, migration_id, run_id, items[:middle], **hooks) + apply_batch(
-                transport, migration_id, run_id, items[middle:], **hooks
-            )
+
+            def half(part: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+                return apply_batch(
+                    transport, migration_id, run_id, part,
+                    guard=guard, on_limit=on_limit, before_call=before_call, written_fields=written_fields, side_rows=side_rows,
+                )
+
+            return half(items[:middle]) + half(items[middle:])
         side_table = [side_rows.table] if side_rows is not None else []
         if isinstance(error, SchemaNotDeployed) and _field_refused(str(error), [*written_fields, *side_table]):
             raise  # every document would fail alike: the deployment lacks the migration's schema
@@ -211,18 +219,21 @@ def acquire_lock(
     """The deployment's one lock for a run writing for `migration_id`, taken only if `chain` holds, in one
     transaction: `{acquired: true, expiresAt}`, or `{acquired: false, holder: {runId, operator, migrationId,
     expiresAt}}`, or `{acquired: false, chain: <the problem>}`."""
-    return transport.function(
+    result: dict[str, Any] = transport.function(
         "migrationRuns:acquireLock",
         {"migrationId": migration_id, "runId": run_id, "operator": operator, "leaseMs": lease_ms, "chain": chain},
     )
+    return result
 
 
 def renew_lock(transport: ConvexTransport, run_id: str, lease_ms: int) -> dict[str, Any]:
-    return transport.function("migrationRuns:renewLock", {"runId": run_id, "leaseMs": lease_ms})
+    result: dict[str, Any] = transport.function("migrationRuns:renewLock", {"runId": run_id, "leaseMs": lease_ms})
+    return result
 
 
 def release_lock(transport: ConvexTransport, run_id: str) -> dict[str, Any]:
-    return transport.function("migrationRuns:releaseLock", {"runId": run_id})
+    result: dict[str, Any] = transport.function("migrationRuns:releaseLock", {"runId": run_id})
+    return result
 
 
 def chain_problem(transport: ConvexTransport, chain: Chain) -> dict[str, Any] | None:

@@ -168,7 +168,10 @@ class StatisticsUnconfirmed(RunbookError):
 class DiskFull(RunbookError):
     """The disk holding the run folder is full (ENOSPC); the message names the disk, the fix how to resume."""
 
-    hint = "Free space on the disk holding the run folder (or move the runs folder to one with room), then resume the run in its folder (runbook run --url … --run-dir DIR)."
+    hint = (
+        "Free space on the disk holding the run folder (or move the runs folder to one with room), then resume the "
+        "run in its folder (runbook run --url … --run-dir DIR)."
+    )
 
     names_next_step = True
 
@@ -177,6 +180,6 @@ class ChainBroken(PreconditionFailed):
     """The deployment refused a guarded write: the migration chain no longer allows it (`problem`: its
     `ChainProblem`, which helpers.steps.chain words for the step that asked). Nothing of the batch was written."""
 
-    def __init__(self, problem: dict[str, Any], message: str) -> None:
-        super().__init__(f"{message} The migration chain does not allow it: {problem}.")
-        self.problem = problem
+    def __init__(self, message: str, problem: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.problem = problem or {}

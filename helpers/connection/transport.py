@@ -14,11 +14,11 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
@@ -53,6 +53,8 @@ _SECRET_QUERY_KEYS = re.compile(r"(key|token|secret|signature|credential|passwor
 UDF_FAILED = 560  # hosted Convex may answer a function error with 560; the open-source backend with 200
 #: A system query every deployment has and only an admin (deploy) key may call: the pre-flight's probe.
 ACCESS_CHECK = "_system/cli/exports:getLatest"
+
+_T = TypeVar("_T")
 
 
 def deploy_key_from_env() -> str:
@@ -250,7 +252,7 @@ class ConvexTransport:
 
     # -- internals ----------------------------------------------------------------------------------
 
-    def _retrying(self, attempt: Any, what: str, *, retry_unreachable: bool = True) -> Any:
+    def _retrying(self, attempt: Callable[[], _T], what: str, *, retry_unreachable: bool = True) -> _T:
         def give_up(state: RetryCallState) -> Any:
             error = state.outcome.exception() if state.outcome else None
             if isinstance(error, _Unreachable):

@@ -205,7 +205,7 @@ def equal(a: Any, b: Any) -> bool:
     if (type_a is float or type_a is int) and (type_b is float or type_b is int):
         if a == b:
             return a != 0 or math.copysign(1.0, a) == math.copysign(1.0, b)
-        return a != a and b != b
+        return bool(a != a and b != b)
     if type_a is not type_b:
         return False
     if type_a is dict:

@@ -50,7 +50,7 @@ SESSION_ERRORS = ("Combining failed: ffmpeg exited with status 1", "Scene genera
 
 
 class Transport(Protocol):
-    def function(self, path: str, args: dict[str, Any], *, idempotent: bool = True) -> Any: ...
+    def function(self, path: str, args: dict[str, Any], *, idempotent: bool = True, writes_documents: bool = False) -> Any: ...
 
 
 class LoadSummary(BaseModel):

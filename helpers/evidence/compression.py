@@ -47,7 +47,7 @@ def open_write(path: Path, *, level: int = LEVEL) -> Iterator[IO[bytes]]:
 
 
 @contextmanager
-def open_read(path: Path) -> Iterator[IO[bytes]]:
+def open_read(path: Path) -> Iterator[io.BufferedReader[Any]]:
     """A buffered binary source of `path`'s content (decompressed when the name ends in .zst): iterate it for lines."""
     with Path(path).open("rb") as raw:
         if not compressed(path):

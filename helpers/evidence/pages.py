@@ -70,7 +70,7 @@ def section_of(cells: list[Any], index: int) -> str | None:
     """The nearest `## …` heading above cell `index`: how the author named that part of the step."""
     for cell in reversed(cells[:index]):
         if cell.cell_type == "markdown":
-            headings = [line[3:].strip() for line in cell.source.splitlines() if line.startswith("## ")]
+            headings: list[str] = [line[3:].strip() for line in cell.source.splitlines() if line.startswith("## ")]
             if headings:
                 return headings[-1]
     return None
@@ -222,16 +222,21 @@ OFFLINE_TEMPLATE = """{%- extends 'index.html.j2' -%}
 
 
 def _exporter(**options: Any) -> Any:
+    return HTMLExporter(  # type: ignore[no-untyped-call]  # nbconvert's HTMLExporter (traitlets) has no annotated __init__
+        extra_loaders=[DictLoader({"offline.html.j2": OFFLINE_TEMPLATE})], template_file="offline.html.j2", embed_images=True, **options
+    )
 
-    return HTMLExporter(extra_loaders=[DictLoader({"offline.html.j2": OFFLINE_TEMPLATE})], template_file="offline.html.j2",
-                        embed_images=True, **options)
+
+def _read_notebook(path: Path) -> Any:
+    """The notebook at `path` as nbformat's version-4 NotebookNode."""
+    return nbformat.read(path, as_version=4)  # type: ignore[no-untyped-call]  # nbformat's read is not annotated
 
 
 def render_step(notebook_path: Path, context: PageContext) -> tuple[Path, Path]:
     """`<step>.html` (every cell) and `<step>.report.html` (no code cells), each headed by who/when and, for a
     failed step, what failed and what to do. The notebook file itself is left as it ran."""
 
-    notebook = nbformat.read(notebook_path, as_version=4)
+    notebook = _read_notebook(notebook_path)
     step = notebook_path.stem
 
     top = header_html(step, context, notebook, load_json(notebook_path.parent / RESULTS_FILE))
@@ -241,7 +246,7 @@ def render_step(notebook_path: Path, context: PageContext) -> tuple[Path, Path]:
         run_dir = notebook_path.parent.parent
         top += failure_html(failure, resume_command(run_dir, step, context.deployment, context.planned),
                             applied_so_far(run_dir) if step == names.APPLY else None)
-    notebook.cells.insert(0, nbformat.v4.new_markdown_cell(top))
+    notebook.cells.insert(0, nbformat.v4.new_markdown_cell(top))  # type: ignore[no-untyped-call]  # not annotated in nbformat
     notebook.metadata["title"] = f"{step} · run {context.run_id} · {context.operator}"
     full = notebook_path.with_suffix(".html")
     report = notebook_path.with_suffix(REPORT_SUFFIX)
@@ -306,7 +311,7 @@ def _figures(summary: Mapping[str, Any]) -> str:
 
 def step_duration(run_dir: Path, step: str) -> float | None:
     path = Path(run_dir) / step / f"{step}.ipynb"
-    return execution_times(nbformat.read(path, as_version=4))[2] if path.is_file() else None
+    return execution_times(_read_notebook(path))[2] if path.is_file() else None
 
 
 def _summary(run_dir: Path, step: str) -> dict[str, Any]:
@@ -406,7 +411,7 @@ def _step_row(run_dir: Path, step: str, status: str) -> str:
     results = load_json(folder / RESULTS_FILE)
     duration, failure = None, None
     if (folder / f"{step}.ipynb").is_file():
-        notebook = nbformat.read(folder / f"{step}.ipynb", as_version=4)
+        notebook = _read_notebook(folder / f"{step}.ipynb")
         duration, failure = execution_times(notebook)[2], find_failure(notebook)
     if duration is None:
         duration = results.get("duration_s")  # a step run in JupyterLab: its cells' time, as Step.record measured it

@@ -59,11 +59,6 @@ def migration_id(run_dir: Path) -> str:
     return str(recorded)
 
 
-def _recorded(run_dir: Path) -> dict[str, str]:
-    path = run_dir / RUN_FILE
-    return dict(jsonio.loads(path.read_bytes())) if path.exists() else {}
-
-
 def migration_of(run_dir: Path) -> Migration:
 
     return get(migration_id(run_dir))

@@ -137,7 +137,7 @@ def plan_chart(by_status_per_table: Mapping[str, Mapping[str, Mapping[str, int]]
     if not tables:
         return None
     figure, axes = plt.subplots(1, len(tables), figsize=(6 * len(tables), 4), squeeze=False)
-    for axis, table in zip(axes[0], tables):
+    for axis, table in zip(axes[0], tables, strict=False):
         frame = status_action_table(by_status_per_table[table]).drop(index="total").drop(columns="total")
         frame.plot.barh(stacked=True, ax=axis, width=0.8, color=[action_colour(a) for a in frame.columns])
         axis.set_title(f"{table}: records per legacy status and planned action")
@@ -202,7 +202,8 @@ def before_after_frame(
 ) -> pd.DataFrame:
     """One row per new field of each example document, beside the legacy field(s) it came from (`name = value`
     lines), one per field the plan removes, and one with the side rows it creates (labelled as the migration names
-    them, `_side_label`; all a `track_existing` document gets); a document the plan leaves alone gets one row saying why. Values are whole (JSON for objects)."""
+    them, `_side_label`; all a `track_existing` document gets); a document the plan leaves alone gets one row saying
+    why. Values are whole (JSON for objects)."""
     rows = []
     for before, after in pairs:
         problems = ", ".join(str(p.get("code")) for p in before.get("_problems", ()))
@@ -310,7 +311,7 @@ def described(children: Sequence[Any], text: str) -> Any:
     """A VBox of `children` whose text form is `text`: what a notebook shows of the view where widgets cannot be
     rendered (its default is `VBox(children=(HBox(…`)."""
 
-    class Described(widgets.VBox):  # type: ignore[misc]
+    class Described(widgets.VBox):
         def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
             bundle = dict(super()._repr_mimebundle_(**kwargs))
             bundle["text/plain"] = text

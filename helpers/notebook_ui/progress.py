@@ -60,7 +60,7 @@ def text_line(desc: str, n: float, total: float | None, elapsed: float, unit: st
 
 def _text_tqdm() -> type:
 
-    class TextProgress(tqdm):  # type: ignore[misc]
+    class TextProgress(tqdm):
         """Plain lines for logs and executed notebooks: nothing at the start (no ``0%`` line), a line per
         refresh while the work lasts, and always one final line."""
 
@@ -79,7 +79,7 @@ def _text_tqdm() -> type:
 
 def _widget_tqdm() -> type:
 
-    class WidgetProgress(notebook_tqdm):  # type: ignore[misc]
+    class WidgetProgress(notebook_tqdm):
         """The notebook bar while the work lasts; closed, its display becomes the final text line."""
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:

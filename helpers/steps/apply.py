@@ -503,7 +503,7 @@ class _Apply:
                         sizer.after_success(len(batch.items), used_ratio(batch.writes, batch.argument_bytes, seconds))
                     tables = {item["id"]: (item["table"], len(item["insertReferences"])) for item in batch.items}
                     entries = [{**r, "table": tables[r["id"]][0], "refs": tables[r["id"]][1]} for r in results]
-                    numbers = {item["id"]: number for item, number in zip(batch.items, batch.numbers)}
+                    numbers = {item["id"]: number for item, number in zip(batch.items, batch.numbers, strict=False)}
                     # The plan lines of documents that ended in an error: a resume sends them again.
                     retry = {e["id"]: numbers[e["id"]] for e in entries if e["outcome"] == "error"}
                     line = {"start": batch.start, "end": batch.end, "size": len(batch.items), "calls": calls,
@@ -580,7 +580,7 @@ class _Apply:
             already_applied=sum(c.get("already_applied", 0) for c in tables.values()),
             conflicts=sum(c.get("conflict", 0) for c in tables.values()),
             errors=list(_final_errors(self.checkpoint_path, checkpoint)),
-            conflict_examples=[o for _, o in zip(range(EXAMPLES), _iter_outcomes(self.checkpoint_path, {"conflict"}))],
+            conflict_examples=[o for _, o in zip(range(EXAMPLES), _iter_outcomes(self.checkpoint_path, {"conflict"}), strict=False)],
             outcomes=tables,
             answers={table: dict(c) for table, c in checkpoint.answers.items()},
             statistics_confirmed=confirmed,

@@ -155,6 +155,7 @@ def _wait_for_export(transport: ConvexTransport, poll_seconds: float, timeout_se
             print(f"snapshot export: {state}", flush=True)
             last_state = state
         if state == "completed":
+            assert isinstance(export, dict)  # the state was read from it
             return export
         if state == "failed":
             raise ExportFailed("The deployment reported the snapshot export as failed.")

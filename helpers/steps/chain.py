@@ -11,6 +11,7 @@ A rollback counts once it was executed: a preview (`05_rollback` with `execute=F
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from helpers.connection.calls import Chain, chain_problem
@@ -40,7 +41,7 @@ def rollback_mark(mode: str) -> str:
     return f"{EXECUTED_ROLLBACK_DETAILS}{mode}"
 
 
-def executed_rollback(row: dict[str, Any]) -> bool:
+def executed_rollback(row: Mapping[str, Any]) -> bool:
     """A ledger row of a rollback that sent its plan (`execute_rollback` marks it before sending anything)."""
     return row.get("step") == names.ROLLBACK and str(row.get("details", "")).startswith(EXECUTED_ROLLBACK_DETAILS)
 

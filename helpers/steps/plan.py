@@ -128,14 +128,14 @@ class _Tally:
             if key in counted:  # a document counts once per reason, however many of its fields have it
                 continue
             counted.add(key)
-            entry = self.problems.get(key)
-            if entry is None:
-                entry = self.problems[key] = ProblemCount(
+            reason = self.problems.get(key)
+            if reason is None:
+                reason = self.problems[key] = ProblemCount(
                     table=table, code=problem["code"], severity=problem["severity"], count=0, message=problem["message"]
                 )
-            entry.count += 1
-            if len(entry.examples) < EXAMPLES_PER_REASON:
-                entry.examples.append(line.id)
+            reason.count += 1
+            if len(reason.examples) < EXAMPLES_PER_REASON:
+                reason.examples.append(line.id)
 
 
 PlanSource = Literal["snapshot", "live"]
@@ -210,7 +210,7 @@ def build_plan(
             return results
 
         for line in migration.planner(PlanInputs(pages, scratch, options, page_size, map_pages)):
-            encoded = line if type(line) is PlanLine else migration.encode(line)
+            encoded = line if isinstance(line, PlanLine) else migration.encode(line)
             tally.add(encoded)
             sink.write(encoded.raw)
             problem_rows.add(encoded)

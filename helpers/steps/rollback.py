@@ -90,7 +90,7 @@ def check_restored(live: dict[str, Any], backed_up: bytes | None) -> bool:
     return backed_up is not None and digest(live) == backed_up
 
 
-def check_reference_removed(reference: dict[str, Any], touched: Container[str], side: SideRows, migration_id: str) -> bool:
+def check_reference_removed(reference: dict[str, Any], touched: Container[object], side: SideRows, migration_id: str) -> bool:
     """No side row of this migration is left on a document the rollback changed back."""
     return not side.stamped(reference, migration_id) or reference[side.owner] not in touched
 
@@ -346,7 +346,7 @@ def check_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, pag
                     else:
                         record("stripped", check_stripped(doc, fields.get(doc["_id"], ())), doc["_id"])
         for doc_id in touched.keys():
-            record("documents_still_exist", False, doc_id)
+            record("documents_still_exist", False, str(doc_id))  # the scratch keys are document ids
             changed_back.put([(doc_id, None)])
         for page in iter_pages(transport, side.table, page_size) if side is not None else ():
             assert side is not None

@@ -2,7 +2,8 @@
 
 Three sources meet per document: the backup (the state before), the plan (the promise) and the live
 document (the state after), joined into one `Joined` record in one streaming pass. Every check is a small
-pure function over such records (or over one tracked field and its side rows) returning a `Verdict`, so each can be called alone in a unit test with hand-built documents.
+pure function over such records (or over one tracked field and its side rows) returning a `Verdict`, so each can be
+called alone in a unit test with hand-built documents.
 
 A document whose legacy fields another writer changed after the backup (legacy writers always move the
 migration's `updated_at_field`) is never blamed on the migration: it is listed as "changed by the application since the
@@ -441,8 +442,8 @@ def run_checks(
                     for document, (before, plan), untouched in zip(page, findings.states, findings.untouched, strict=True)
                 ]
                 for cross in cross_checks:
-                    for doc_id, result in cross.page(table, joined_page):
-                        tallies[cross.name].add(result, doc_id)
+                    for doc_id, verdict in cross.page(table, joined_page):
+                        tallies[cross.name].add(verdict, doc_id)
             live_docs.put(findings.flags)
 
         # Each live page's document and reference checks run in a worker process (several pages in flight, taken
@@ -457,10 +458,10 @@ def run_checks(
                     not_backed_up = [doc_id for doc_id in ids if doc_id not in backed_up]
                     if not_backed_up:
                         plans.update(planned.pop(not_backed_up))
-                    states = [(tuple(backed_up[doc_id][2:]) if doc_id in backed_up else None, plans.get(doc_id)) for doc_id in ids]
+                    page_states = [(tuple(backed_up[doc_id][2:]) if doc_id in backed_up else None, plans.get(doc_id)) for doc_id in ids]
                     keys = [reference_key(doc_id, asset_type) for doc_id in ids for asset_type in asset_types.values()]
                     refs_by_key = references.pop(keys) if asset_types else {}
-                    checker.submit(partial(take, table, page), _check_page, migration, table, page, states, refs_by_key, document_checks)
+                    checker.submit(partial(take, table, page), _check_page, migration, table, page, page_states, refs_by_key, document_checks)
 
         # Side rows whose document no longer exists (or never did), one owner and kind at a time.
         for group in batched(references.groups(), page_size):
@@ -474,14 +475,14 @@ def run_checks(
                     tallies["references_match_assets"].add(check_reference_has_asset(live_flags[entity_id], refs), entity_id, asset_type)
         for doc_id, (table, _, *prior) in before.items():  # backed-up documents no longer live
             gone = Joined(migration, table, Before(*prior), None, None)
-            tallies["no_backup_document_missing"].add(check_document_still_exists(gone), doc_id)
+            tallies["no_backup_document_missing"].add(check_document_still_exists(gone), str(doc_id))  # the scratch keys are document ids
 
     order = [c.name for c in document_checks] + [c.name for c in cross_checks] + (list(reference_checks(side)) if side is not None else [])
     checks = [tallies[name].result() for name in order]
     if untracked_assets:  # "complete" must not be read as covering the tracked fields of documents the plan left alone
         for check in checks:
             if check.name == "tracking_complete":
-                check.note = (f"does not cover {untracked_assets:,} untracked fields on {untracked.count:,} documents the "
+                check.note = (f"does not cover {untracked_assets:,} untracked assets on {untracked.count:,} documents the "
                               "plan blocked (listed apart)")
     return Outcome(checks, changed.ids, changed.count, created.ids, created.count, untracked_assets, untracked.ids, untracked.count)
 

@@ -3,6 +3,7 @@ passes the deployed schema (convex/schema.ts, enforced by the local deployment).
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from helpers.devtools.local_deployment import LocalDeployment
 from helpers.migrations.m001_s3_asset_tracking import ASSET_REFERENCES, fields, rules
 from helpers.migrations.m001_s3_asset_tracking.test_rules import legacy_scenes
 from helpers.steps import names
+from helpers.steps.chain import refused_batch
 
 TEST_FUNCTIONS = Path(__file__).resolve().parents[1] / "convex"
 REFERENCE = {"entityType": "scene", "assetType": "video_chunk", "s3Key": "a/b.mp4", "s3Url": "https://b.s3.amazonaws.com/a/b.mp4",
@@ -238,15 +240,18 @@ def test_a_guarded_batch_is_refused_in_its_transaction_once_the_chain_no_longer_
     builds_on_m1 = {"inEffect": ["m1"], "notInEffect": []}
     assert acquire_lock(transport, "m2", "run-a", "alice", 60_000, builds_on_m1)["acquired"]  # a preview is no rollback
     record_run(transport, "m1", "undo", step=names.ROLLBACK, status="running", operator="bob", startedAt=3_000, details="mode=strip")
-    with pytest.raises(errors.PreconditionFailed, match=r"Migration m1 was rolled back \(run undo, 05_rollback executed, running\) "
-                       r"after its last passed verify \(run verified\).*refused run run-a's batch: nothing of it was written"):
+    with pytest.raises(errors.ChainBroken, match="refused run run-a's batch: the migration chain no longer allows it") as broken:
         apply_batch(transport, "m2", "run-a", [change], guard=builds_on_m1)
+    # The step that sent the batch words the deployment's problem (helpers.steps.chain).
+    assert re.search(r"Migration m1 was rolled back \(run undo, 05_rollback executed, running\) after its last passed verify "
+                     r"\(run verified\).*refused run run-a's batch: nothing of it was written", str(refused_batch(broken.value, "m2", "run-a")))
     assert "assetVersion" not in get(transport, scene)
 
     m3_builds_on_m2 = {"inEffect": [], "notInEffect": ["m3"]}
     record_run(transport, "m3", "later", step=names.APPLY, status="failed", operator="carol", startedAt=4_000)
-    with pytest.raises(errors.PreconditionFailed, match="Migration m3 builds on m2 and is applied \\(run later\\)"):
+    with pytest.raises(errors.ChainBroken) as broken:
         apply_batch(transport, "m2", "run-a", [change], guard=m3_builds_on_m2)
+    assert "Migration m3 builds on m2 and is applied (run later)" in str(refused_batch(broken.value, "m2", "run-a"))
     assert "assetVersion" not in get(transport, scene)
     record_run(transport, "m3", "later", step=names.ROLLBACK, status="passed", operator="carol", startedAt=5_000, details="mode=restore")
     assert apply_batch(transport, "m2", "run-a", [change], guard=m3_builds_on_m2)[0]["outcome"] == "applied"  # m3 restored

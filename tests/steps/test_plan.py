@@ -214,7 +214,7 @@ def test_a_document_with_one_reason_on_several_fields_counts_once() -> None:
 
     tally = _Tally(M001)
     twice = [{"code": "bad_url", "severity": "blocking", "message": "field a"}, {"code": "bad_url", "severity": "blocking", "message": "field b"}]
-    tally.add({"table": "scenes", "id": "s1", "action": "problem", "problems": twice})
-    tally.add({"table": "scenes", "id": "s2", "action": "problem", "problems": twice[:1]})
+    tally.add(M001.encode({"table": "scenes", "id": "s1", "action": "problem", "problems": twice}))
+    tally.add(M001.encode({"table": "scenes", "id": "s2", "action": "problem", "problems": twice[:1]}))
     [problem] = tally.problems.values()
     assert (problem.count, problem.examples, problem.message) == (2, ["s1", "s2"], "field a")

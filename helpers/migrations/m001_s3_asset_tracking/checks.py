@@ -46,7 +46,7 @@ def asset_disagreement(table: str, asset_field: str, asset: Any, doc: dict[str, 
         return "contentType"
     if asset_field == "videoAsset":
         size = doc.get("s3ChunkSize")
-        legacy_size = size if type(size) in (int, float) and size >= 0 else None
+        legacy_size = size if (type(size) is int or type(size) is float) and size >= 0 else None
         if (legacy_size is None) != ("size" not in asset) or (legacy_size is not None and not equal(asset["size"], legacy_size)):
             return "size"
         checksum = doc.get("checksum")
@@ -144,7 +144,7 @@ def check_session_totals(session: Joined, scenes: SceneTotals) -> Verdict | None
     own = held_assets("videoSessions", live)
     count_ok = equal(live.get("assetCount"), len(own) + scenes.assets)
     size = live.get("totalAssetSize")
-    size_ok = type(size) in (int, float) and abs(size - (asset_size(own) + scenes.size)) < 1e-6
+    size_ok = (type(size) is int or type(size) is float) and abs(size - (asset_size(own) + scenes.size)) < 1e-6
     if count_ok and size_ok:
         return Verdict.PASS
     return Verdict.APPLICATION if scenes.excused or session.changed_by_application else Verdict.FAIL

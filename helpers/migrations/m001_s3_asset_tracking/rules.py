@@ -201,7 +201,7 @@ def asset_keys(plan: DocumentPlan) -> list[str]:
 
 def plan_scene(doc: dict[str, Any], ctx: RulesContext) -> DocumentPlan:
     """The scene rules SCN-1 to SCN-10, with the asset (AST-*) and general (GEN-*) rules."""
-    status = doc.get("status")
+    status: Any = doc.get("status")  # legacy data: any JSON value
     canonical = canonical_status(status, SCENE_STATUS_MAP)
     failed = canonical is not None and SCENE_STATUS_MAP[canonical] == "error"
     reads = _SCENE_READS_FAILED if failed else _SCENE_READS
@@ -247,7 +247,7 @@ def plan_scene(doc: dict[str, Any], ctx: RulesContext) -> DocumentPlan:
 
 def plan_session(doc: dict[str, Any], totals: SessionTotals, ctx: RulesContext) -> DocumentPlan:
     """The session rules SES-1 to SES-8 (with AST-*, GEN-*), given its scenes' totals after apply."""
-    status = doc.get("status")
+    status: Any = doc.get("status")  # legacy data: any JSON value
     canonical = canonical_status(status, SESSION_STATUS_MAP)
     failed = canonical is not None and SESSION_STATUS_MAP[canonical] == "error"
     reads = _SESSION_READS_FAILED if failed else _SESSION_READS
@@ -262,8 +262,8 @@ def plan_session(doc: dict[str, Any], totals: SessionTotals, ctx: RulesContext) 
 
     produced = _assets(doc, SESSION_ASSET_SOURCES, ctx, problems)  # SES-1, SES-2, SES-3
 
-    own = [produced.get(f) or doc.get(f) for f in SESSION_ASSET_SOURCES]
-    own = [asset for asset in own if type(asset) is dict]
+    candidates = [produced.get(f) or doc.get(f) for f in SESSION_ASSET_SOURCES]
+    own = [asset for asset in candidates if type(asset) is dict]
     produced["assetCount"] = len(own) + totals.assets  # SES-4
     produced["totalAssetSize"] = sum(a.get("size", 0) for a in own) + totals.size  # SES-5
     if canonical is not None:
@@ -525,7 +525,7 @@ def _assets(
                 "Correct it later if the object has a real type.",
             ))
         if asset_field == "videoAsset":
-            asset = {"s3Key": key, "s3Url": url, "contentType": content_type}
+            asset: dict[str, Any] = {"s3Key": key, "s3Url": url, "contentType": content_type}
             size = get("s3ChunkSize", _ABSENT)  # AST-4
             if type(size) is int and size >= 0:
                 asset["size"] = size

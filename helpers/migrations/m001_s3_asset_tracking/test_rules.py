@@ -452,7 +452,12 @@ def test_ast1_a_plain_http_s3_url_naming_another_key_is_a_mismatch() -> None:
     assert_blocked(plan, "key_url_mismatch")
 
 
-@given(st.sampled_from(["https", "http", "s3", "ftp", "HTTPS", "Http", "data", ""]), st.sampled_from(["tutor-assets.s3.amazonaws.com", "cdn.example.com", "s3.amazonaws.com/tutor-assets", "example.org"]), st.from_regex(r"[a-z]{1,4}/[a-z]{1,4}\.mp4", fullmatch=True), st.booleans())
+@given(
+    st.sampled_from(["https", "http", "s3", "ftp", "HTTPS", "Http", "data", ""]),
+    st.sampled_from(["tutor-assets.s3.amazonaws.com", "cdn.example.com", "s3.amazonaws.com/tutor-assets", "example.org"]),
+    st.from_regex(r"[a-z]{1,4}/[a-z]{1,4}\.mp4", fullmatch=True),
+    st.booleans(),
+)
 @settings(max_examples=EXAMPLES, derandomize=MUTATION, deadline=None)
 def test_property_a_stored_url_is_always_an_https_s3_url_of_its_key(scheme: str, host: str, key: str, with_key: bool) -> None:
     url = f"{scheme}://{host}/{key}" if scheme else f"{host}/{key}"
@@ -463,7 +468,9 @@ def test_property_a_stored_url_is_always_an_https_s3_url_of_its_key(scheme: str,
         assert {c for c, _ in codes(plan)} & {"url_not_s3", "url_not_http"}
         assert "key_url_mismatch" not in {c for c, _ in codes(plan)}
     else:
-        assert asset["s3Url"].lower().startswith("https://") and rules.parse_s3_url(asset["s3Url"]).key == asset["s3Key"] == key
+        assert asset["s3Url"].lower().startswith("https://")
+        parsed = rules.parse_s3_url(asset["s3Url"])
+        assert parsed is not None and parsed.key == asset["s3Key"] == key
 
 
 def test_ast1_path_style_url_with_the_bucket_in_the_key_is_a_mismatch() -> None:
@@ -551,7 +558,10 @@ def test_ast3_uploaded_at(updated_at: Any, expected: float, flag: str | None) ->
     assert codes(plan) == ({(flag, "flagged")} if flag else set())
 
 
-@pytest.mark.parametrize(("size", "expected", "flagged"), [(0, 0, False), (2.5e9, 2.5e9, False), ("1048576", None, True), (-1, None, True), (None, None, True), (DROP, None, False)])
+@pytest.mark.parametrize(
+    ("size", "expected", "flagged"),
+    [(0, 0, False), (2.5e9, 2.5e9, False), ("1048576", None, True), (-1, None, True), (None, None, True), (DROP, None, False)],
+)
 def test_ast4_size(size: Any, expected: float | None, flagged: bool) -> None:
     plan = rules.plan_scene(scene(s3ChunkSize=size), CTX)
     assert plan.set["videoAsset"].get("size") == expected
@@ -559,7 +569,10 @@ def test_ast4_size(size: Any, expected: float | None, flagged: bool) -> None:
     assert codes(plan) == ({("invalid_size", "flagged")} if flagged else set())
 
 
-@pytest.mark.parametrize(("checksum", "expected", "code"), [("abc123", "abc123", None), (12345, None, "invalid_checksum"), (None, None, "invalid_checksum"), ("", None, "empty_string"), (DROP, None, None)])
+@pytest.mark.parametrize(
+    ("checksum", "expected", "code"),
+    [("abc123", "abc123", None), (12345, None, "invalid_checksum"), (None, None, "invalid_checksum"), ("", None, "empty_string"), (DROP, None, None)],
+)
 def test_ast5_checksum(checksum: Any, expected: str | None, code: str | None) -> None:
     plan = rules.plan_scene(scene(checksum=checksum), CTX)
     assert plan.set["videoAsset"].get("checksum") == expected
@@ -722,7 +735,9 @@ def test_scn6_error_status_copies_the_legacy_message_and_cancelled_says_so() -> 
     assert rules.plan_scene(scene(status="error"), CTX).set["assetsErrorMessage"] == rules.MISSING_ERROR_TEXT
 
 
-@pytest.mark.parametrize(("status", "expected"), [("error", "error"), ("cancelled", "error"), ("queued", "ready"), ("combining", "ready"), ("completed", "ready")])
+@pytest.mark.parametrize(
+    ("status", "expected"), [("error", "error"), ("cancelled", "error"), ("queued", "ready"), ("combining", "ready"), ("completed", "ready")]
+)
 def test_ses6_every_legacy_session_status_has_its_mapping(status: str, expected: str) -> None:
     totals = SessionTotals(scenes=1, ready=1)
     plan = rules.plan_session(session(status=status), totals, CTX)
@@ -888,7 +903,7 @@ def legacy_scenes(draw: st.DrawFn) -> dict[str, Any]:
     optional = {
         "s3ChunkSize": st.one_of(st.integers(0, 10**9), st.text(alphabet="0123456789", max_size=6), other_values),
         "checksum": st.one_of(st.text(alphabet="0123456789abcdef", max_size=32), other_values),
-        "updatedAt": st.one_of(st.integers(1.6e12, 1.8e12), st.sampled_from(["2024-02-03T04:05:06Z", "garbage", ""]), other_values),
+        "updatedAt": st.one_of(st.integers(1_600_000_000_000, 1_800_000_000_000), st.sampled_from(["2024-02-03T04:05:06Z", "garbage", ""]), other_values),
         "errorMessage": st.one_of(st.text(max_size=20), other_values, st.dictionaries(st.text(max_size=3), st.text(max_size=3), max_size=2)),
         "assetsStatus": st.sampled_from(["pending", "uploading", "ready", "error"]),
         "assetVersion": st.sampled_from([1, 1.0, 2, True]),
@@ -913,14 +928,16 @@ def legacy_sessions(draw: st.DrawFn) -> dict[str, Any]:
     if draw(st.booleans()):
         doc["errorMessage"] = draw(st.one_of(st.text(max_size=20), st.none()))
     if draw(st.booleans()):
-        doc["updatedAt"] = draw(st.one_of(st.integers(1.6e12, 1.8e12), st.sampled_from(["2024-02-03T04:05:06Z", None])))
+        doc["updatedAt"] = draw(st.one_of(st.integers(1_600_000_000_000, 1_800_000_000_000), st.sampled_from(["2024-02-03T04:05:06Z", None])))
     if draw(st.integers(0, 3)) == 0:
         doc["assetCount"] = draw(st.integers(0, 5))
     return doc
 
 
 session_totals = st.builds(
-    lambda scenes, ready, errors, uploading, assets, size: SessionTotals(scenes, assets, size, min(ready, scenes), min(errors, scenes - min(ready, scenes)), uploading if not errors else 0),
+    lambda scenes, ready, errors, uploading, assets, size: SessionTotals(
+        scenes, assets, size, min(ready, scenes), min(errors, scenes - min(ready, scenes)), uploading if not errors else 0
+    ),
     st.integers(0, 5), st.integers(0, 5), st.integers(0, 1), st.integers(0, 1), st.integers(0, 20), st.integers(0, 10**9),
 )
 PROPERTIES = settings(max_examples=EXAMPLES, derandomize=MUTATION, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -11,7 +11,7 @@ it would lose exactly that difference. The planner and verify's `legacy_values_r
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 from helpers.connection.values import equal as values_equal
 from helpers.migrations.m001_s3_asset_tracking.fields import ASSET_SOURCES
@@ -163,7 +163,7 @@ def _differ(names: list[str]) -> str:
     return "differs" if len(names) == 1 else "differ"
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[int | float]:
     return type(value) is int or type(value) is float
 
 
