@@ -84,7 +84,7 @@ def with_workers(parameters: dict[str, dict[str, Any]], workers: int | None, ste
     return parameters
 
 
-class _StepPrinter:
+class StepPrinter:
     """One line when a step starts and one with its status and duration when it ends: steps take minutes."""
 
     def __init__(self) -> None:
@@ -104,7 +104,7 @@ class _StepPrinter:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    printer = _StepPrinter()
+    printer = StepPrinter()
     try:
         result = run_migration(
             args.url,
@@ -120,13 +120,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             on_output=printer.output,
         )
     except StepFailed as exc:
-        _print_error(exc)
+        print_error(exc)
         print(f"Evidence: {exc.notebook_path.parent.parent}")
         if exc.manifest_sha256:
-            print(_manifest_line(exc.manifest_sha256))
+            print(manifest_line(exc.manifest_sha256))
         return EXIT_FAILED
     except DiskFull as exc:  # a step stopped: a failure, not a refusal
-        _print_error(exc)
+        print_error(exc)
         return EXIT_FAILED
     print_summary(result, args.url)
     return 0
@@ -156,17 +156,17 @@ def print_summary(result: RunResult, url: str) -> None:
     print(f"Check it: {check_command(result.run_dir, redact_url(url))}")
     if result.seal_not_recorded is not None:
         print(f"Record the seal once the deployment answers: runbook seal {result.run_dir} --url {redact_url(url)}")
-    print(_manifest_line(result.manifest_sha256, result.seal_not_recorded))
+    print(manifest_line(result.manifest_sha256, result.seal_not_recorded))
 
 
-def _print_error(exc: BaseException) -> None:
+def print_error(exc: BaseException) -> None:
     """The error, its fix, and what else went wrong meanwhile (sealing a folder that cannot be written)."""
     print(f"error: {exc}", file=sys.stderr)
     for note in getattr(exc, "__notes__", []):
         print(f"  also: {note}", file=sys.stderr)
 
 
-def _manifest_line(sha256: str, not_recorded: str | None = None) -> str:
+def manifest_line(sha256: str, not_recorded: str | None = None) -> str:
     """The line for the change ticket; `runbook check-archive DIR --url URL` compares the folder with it."""
     where = f" (NOT recorded in the deployment's ledger: {not_recorded})" if not_recorded else ""
     return f"Manifest sha256: {sha256}{where}"
@@ -201,7 +201,7 @@ def cmd_seal(args: argparse.Namespace) -> int:
         print(f"Sealed: {args.dir} (overview: {Path(args.dir) / 'index.html'})")
     if sealed.not_recorded is not None:
         print(f"Sealed locally only. Record the seal once the deployment answers: runbook seal {args.dir} --url URL")
-    print(_manifest_line(sealed.sha256, sealed.not_recorded))
+    print(manifest_line(sealed.sha256, sealed.not_recorded))
     return 0 if sealed.not_recorded is None else EXIT_FAILED
 
 
@@ -403,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except RunbookError as exc:
-        _print_error(exc)
+        print_error(exc)
         return EXIT_REFUSED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

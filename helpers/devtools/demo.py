@@ -11,7 +11,7 @@ import os
 import time
 from pathlib import Path
 
-from helpers.cli import _print_error, _StepPrinter, print_summary
+from helpers.cli import print_error, StepPrinter, print_summary
 from helpers.connection.transport import DEPLOY_KEY_ENV
 from helpers.devtools.local_deployment import LocalDeployment, generate_local_key
 from helpers.devtools.sample_data import load
@@ -39,16 +39,16 @@ def run_demo(seed_scenes: int, runs_dir: Path) -> int:
             loaded = load(transport, seed_scenes)
         print(f"Loaded {loaded.sessions:,} sessions and {loaded.scenes:,} scenes. Running the runbook:", flush=True)
         try:
-            result = run_migration(deployment.url, confirm=True, runs_dir=runs_dir, on_step=_StepPrinter())
+            result = run_migration(deployment.url, confirm=True, runs_dir=runs_dir, on_step=StepPrinter())
         except StepFailed as failure:
-            _print_error(failure)
+            print_error(failure)
             return 1
         with deployment.transport() as transport:
             check = check_archive(result.run_dir, transport)
     leaks = find_secret(result.run_dir, key)
     print("\nSummary")
+    print_summary(result, deployment.url)  # the verdicts first, as index.html leads with them
     print(f"archive check: {'OK (folder and ledger)' if check.ok else 'FAILED: ' + '; '.join(check.problems)}")
     print(f"deploy key in run folder: {'FOUND in ' + ', '.join(leaks) if leaks else 'nowhere'}")
     print(f"demo time (with loading): {time.monotonic() - started:.1f} s")
-    print_summary(result, deployment.url)
     return 0 if result.passed and check.ok and not leaks else 1
