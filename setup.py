@@ -27,7 +27,7 @@ class BuildWithoutDevelopmentTools(build_py):
         return [
             path for path in super().find_data_files(package, src_dir)
             if not (development and path.startswith(development))
-            and not _a_migrations_test(package, os.path.basename(path).removesuffix(".py"))
+            and not (os.sep + "migrations" + os.sep in path and os.path.basename(path).startswith("test_"))
         ]
 
 

@@ -54,6 +54,7 @@ HOLD_SCRIPT = """
 import sys
 from pathlib import Path
 from helpers.evidence.run_folder import run_lock, step_lock
+from helpers.steps import names
 lock = step_lock(Path(sys.argv[2]), names.BACKUP) if sys.argv[1] == "step" else run_lock(Path(sys.argv[2]))
 with lock:
     print("held", flush=True)

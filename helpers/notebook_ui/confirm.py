@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import ipywidgets as widgets
-from IPython.display import HTML, display
+from IPython import display as ipython  # looked up when called: a test may stand in for it
 
 from helpers.connection import jsonio
 from helpers.connection.errors import RunbookError
@@ -119,12 +119,12 @@ class Confirmation:
 
         if confirm or not is_interactive():
             self.confirmed = bool(confirm)
-            display(HTML(self.text() + self.decision(by_parameter=True)))
+            ipython.display(ipython.HTML(self.text() + self.decision(by_parameter=True)))
             return self.confirmed
-        handle = display(self._widget(), display_id=True)
+        handle = ipython.display(self._widget(), display_id=True)
         await self._wait()
         # The decision replaces the buttons with static HTML: the saved notebook holds what was decided.
-        handle.update(HTML(self.text() + self.decision(by_parameter=False)))
+        handle.update(ipython.HTML(self.text() + self.decision(by_parameter=False)))
         if self.cancelled:
             raise ApplyCancelled("Apply cancelled: nothing was changed.")
         return self.confirmed

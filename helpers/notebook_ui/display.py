@@ -16,7 +16,7 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import nbformat
 import pandas as pd
-from IPython.display import HTML, display
+from IPython import display as ipython  # looked up when called: a test may stand in for it
 
 from helpers.migrations import get
 from helpers.notebook_ui.progress import is_interactive
@@ -284,24 +284,24 @@ def before_after_view(
         output.clear_output()
         with output:
             if picker.value is None:
-                display(HTML("<p>No example document has this action and problem.</p>"))
+                ipython.display(ipython.HTML("<p>No example document has this action and problem.</p>"))
             else:
                 problems = problems_html(befores[picker.value])
-                display(HTML(f"<ul>{problems}</ul>" if problems else "<p>No problem found in this document.</p>"))
+                ipython.display(ipython.HTML(f"<ul>{problems}</ul>" if problems else "<p>No problem found in this document.</p>"))
                 rows = frame[frame["document"] == picker.value]
-                display(before_after_styled(rows.drop(columns=["document", "action", "problems"])))
+                ipython.display(before_after_styled(rows.drop(columns=["document", "action", "problems"])))
 
     action.observe(refilter, names="value")
     problem.observe(refilter, names="value")
     picker.observe(show, names="value")
     show()
     documents = len(befores)
-    display(described(
+    ipython.display(described(
         [widgets.HBox([action, problem]), picker, output],
         f"Before/after browser over {documents} example documents (filters: action, problem code); "
         "the table below lists the same documents.",
     ))
-    return HTML(
+    return ipython.HTML(
         f"<details><summary>All {documents} example documents, before and after (the browser's documents, "
         f"as a table the saved notebook keeps)</summary>{before_after_styled(frame).to_html()}</details>"
     )

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterable
 from typing import Any, TextIO
 
-from IPython.display import display
+from IPython import display as ipython  # looked up when called: a test may stand in for it
 from tqdm import tqdm
 from tqdm.notebook import tqdm as notebook_tqdm
 
@@ -84,7 +84,7 @@ def _widget_tqdm() -> type:
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, display=False, **kwargs)
-            self.handle = None if self.disable else display(self.container, display_id=True)
+            self.handle = None if self.disable else ipython.display(self.container, display_id=True)
             self.displayed = True
 
         def close(self) -> None:

@@ -461,7 +461,7 @@ def run_checks(
                     page_states = [(tuple(backed_up[doc_id][2:]) if doc_id in backed_up else None, plans.get(doc_id)) for doc_id in ids]
                     keys = [reference_key(doc_id, asset_type) for doc_id in ids for asset_type in asset_types.values()]
                     refs_by_key = references.pop(keys) if asset_types else {}
-                    checker.submit(partial(take, table, page), _check_page, migration, table, page, page_states, refs_by_key, document_checks)
+                    checker.submit(partial(take, table, page), _check_page, migration, table, page, page_states, refs_by_key)
 
         # Side rows whose document no longer exists (or never did), one owner and kind at a time.
         for group in batched(references.groups(), page_size):
@@ -505,9 +505,10 @@ class _PageFindings:
 
 def _check_page(
     migration: Migration, table: str, page: list[dict[str, Any]], states: list[tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]],
-    refs_by_key: dict[Any, list[tuple[Any, ...]]], document_checks: tuple[DocumentCheck, ...],
+    refs_by_key: dict[Any, list[tuple[Any, ...]]],
 ) -> _PageFindings:
     """The document and reference checks of one live page (in a worker process when verify has several): pure."""
+    document_checks = (*DOCUMENT_CHECKS, *migration.checks)  # from the migration (sent by id): a check may be a closure
     findings = _PageFindings({}, [], [], [], states, [])
     passed = findings.passed
 

@@ -46,7 +46,7 @@ def test_new_migration_scaffolds_a_folder_that_passes_its_tests_and_dry_runs(tmp
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", "__init__.py", "checks.py", "rules.py", "test_rules.py"]
     assert not (ROOT / "helpers" / "migrations" / f"m{NEW}").exists()  # only the copy changed
 
-    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "helpers/migrations"], cwd=copy,
+    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(folder.relative_to(copy))], cwd=copy,
                            env={**os.environ, "PYTHONPATH": str(copy)}, capture_output=True, text=True, timeout=600)
     assert tests.returncode == 0 and "2 passed" in tests.stdout, tests.stdout[-2000:]  # collected beside the migration
 

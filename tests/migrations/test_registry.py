@@ -182,8 +182,8 @@ def test_every_step_refuses_when_the_step_before_did_not_pass(tmp_path: Path, st
 
 def test_a_step_records_its_results_and_its_ledger_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rows: list[dict[str, Any]] = []
-    monkeypatch.setattr("helpers.connection.calls.read_ledger", lambda transport, migration: [])
-    monkeypatch.setattr("helpers.connection.calls.record_run", lambda transport, migration, run, **row: rows.append({"migration": migration, **row}))
+    monkeypatch.setattr("helpers.evidence.archive.read_ledger", lambda transport, migration: [])
+    monkeypatch.setattr("helpers.evidence.archive.record_run", lambda transport, migration, run, **row: rows.append({"migration": migration, **row}))
     write_step_results(tmp_path, names.APPLY, StepResults(step=names.APPLY, status="passed"))
     step = Step.open(names.VERIFY, "http://127.0.0.1:9", tmp_path, "001_s3_asset_tracking")
 
