@@ -11,7 +11,7 @@ import os
 import time
 from pathlib import Path
 
-from helpers.cli import print_error, StepPrinter, print_summary
+from helpers.cli import StepPrinter, print_error, print_summary
 from helpers.connection.transport import DEPLOY_KEY_ENV
 from helpers.devtools.local_deployment import LocalDeployment, generate_local_key
 from helpers.devtools.sample_data import load
