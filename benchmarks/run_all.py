@@ -372,6 +372,7 @@ def bench_latency(n_scenes: int, seed: int, tmp: Path, naive_every: int = 1) -> 
                     phases = {"naive": naive.extrapolated_seconds, "naive_measured": naive.seconds}
                 else:
                     live_started = time.perf_counter()  # the dry-run's live mode (pages prefetched), for comparison
+                    bind_migration(tmp / "latency-live-plan", default_id())
                     build_plan(transport, tmp / "latency-live-plan", show_progress=False, source="live")
                     live_plan_s = time.perf_counter() - live_started
                     started, trips = time.perf_counter(), transport.round_trips
