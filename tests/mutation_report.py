@@ -20,9 +20,7 @@ DETECTED = {"killed", "timeout", "caught by type check", "segfault"}
 def module_of(mutant: str) -> str:
     """helpers.steps.verify.x_check__mutmut_3 -> helpers/steps/verify.py (a method's name is helpers.steps.verify.xǁClassǁname...);
     helpers.migrations.m001_s3_asset_tracking.rules.x_… -> helpers/migrations/m001_s3_asset_tracking/rules.py."""
-    parts = mutant.split(".")
-    depth = 4 if parts[1] == "migrations" else 2
-    return "/".join(parts[:depth]) + ".py"
+    return "/".join(mutant.split(".")[:-1]) + ".py"  # the last part is the mutated function (never dotted)
 
 
 def main() -> int:
