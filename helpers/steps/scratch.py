@@ -36,10 +36,11 @@ def _dump(value: Any) -> bytes:
 
 
 class ScratchTable:
-    """key → value (any picklable value), or key → [values] when `multi`; loaded and read in bulk."""
+    """key → value (any picklable value), or key → [values] when `multi`; loaded and read in bulk. A `shared`
+    table is written by worker processes too (each opens the file writable; SQLite serialises their writes)."""
 
-    def __init__(self, db: sqlite3.Connection, name: str, multi: bool, *, create: bool = True) -> None:
-        self.db, self.name, self.multi = db, f'"t_{name}"', multi
+    def __init__(self, db: sqlite3.Connection, name: str, multi: bool, *, create: bool = True, shared: bool = False) -> None:
+        self.db, self.name, self.multi, self.shared = db, f'"t_{name}"', multi, shared
         self.label = name
         if not create:
             return
@@ -100,9 +101,10 @@ class ScratchTable:
             for part in batched(dict.fromkeys(keys), _IN_CHUNK):
                 self.db.execute(f"DELETE FROM {self.name} WHERE key IN ({','.join('?' * len(part))})", part)
 
-    def items(self) -> Iterator[tuple[Key, Any]]:
-        """Every stored (key, value) in insertion order, streamed (one row per value when multi)."""
-        cursor = self.db.execute(f"SELECT key, value FROM {self.name} ORDER BY rowid")
+    def items(self, *, by_key: bool = False) -> Iterator[tuple[Key, Any]]:
+        """Every stored (key, value) in insertion order (in key order when `by_key`: the order of a shared table's
+        rows depends on when its workers wrote them), streamed (one row per value when multi)."""
+        cursor = self.db.execute(f"SELECT key, value FROM {self.name} ORDER BY {'key, rowid' if by_key else 'rowid'}")
         for key, value in cursor:
             yield key, pickle.loads(value)
 
@@ -120,9 +122,9 @@ class ScratchTable:
         return int(self.db.execute(f"SELECT COUNT(*) FROM {self.name}").fetchone()[0])
 
     def __reduce__(self) -> tuple[Any, tuple[str, str, bool]]:
-        """Sent to a worker process (helpers.steps.parallel), the table opens there read-only on the same file: workers
-        look up what the main process stored before, and never write."""
-        return _open_read_only, (_path_of(self.db), self.label, self.multi)
+        """Sent to a worker process (helpers.steps.parallel), the table opens there on the same file: read-only (workers
+        look up what the main process stored before, and never write), or writable when it is `shared`."""
+        return (_open_shared if self.shared else _open_read_only), (_path_of(self.db), self.label, self.multi)
 
 
 class ScratchCounter:
@@ -163,14 +165,22 @@ def _path_of(db: sqlite3.Connection) -> str:
     return str(db.execute("PRAGMA database_list").fetchone()[2])
 
 
-def _open_counter(path: str, name: str) -> ScratchCounter:
+def _writable(path: str) -> sqlite3.Connection:
     """One writable connection per scratch file and worker process, as the main process's (no journal, no fsync)."""
     db = _WRITABLE.get(path)
     if db is None:
         db = _WRITABLE[path] = sqlite3.connect(path, timeout=60)
         db.execute("PRAGMA journal_mode=OFF")
         db.execute("PRAGMA synchronous=OFF")
-    return ScratchCounter(db, name, create=False)
+    return db
+
+
+def _open_counter(path: str, name: str) -> ScratchCounter:
+    return ScratchCounter(_writable(path), name, create=False)
+
+
+def _open_shared(path: str, name: str, multi: bool) -> ScratchTable:
+    return ScratchTable(_writable(path), name, multi, create=False, shared=True)
 
 
 def _open_read_only(path: str, name: str, multi: bool) -> ScratchTable:
@@ -191,11 +201,13 @@ class Scratch:
         self.db.execute("PRAGMA journal_mode=OFF")
         self.db.execute("PRAGMA synchronous=OFF")
         self.db.execute("PRAGMA temp_store=FILE")
+        self.db.execute("PRAGMA cache_size=-65536")
         self.db.isolation_level = "DEFERRED"  # `with self.db:` groups each bulk load in one transaction
         self._names: set[str] = set()
 
-    def table(self, name: str, *, multi: bool = False) -> ScratchTable:
-        return ScratchTable(self.db, self._claim(name), multi)
+    def table(self, name: str, *, multi: bool = False, shared: bool = False) -> ScratchTable:
+        """A new table; `shared`: worker processes it is sent to write it too (see ScratchTable)."""
+        return ScratchTable(self.db, self._claim(name), multi, shared=shared)
 
     def counter(self, name: str) -> ScratchCounter:
         return ScratchCounter(self.db, self._claim(name))

@@ -25,7 +25,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 
@@ -366,125 +366,144 @@ def run_checks(
     page_size: int = 4000,
     workers: int = 1,
 ) -> Outcome:
-    """Every check over the three sources, each read once: the plan's lines, then `backup(table)` and `live(table)`
-    for each table the migration changes (and `live(side_rows.table)` when it creates side rows). Pure: the caller
-    decides where they come from. A plan or backup given as `helpers.steps.parallel.Ranged` (a local file) is digested by
-    `workers` processes over its ranges, and the live pages' checks run in them too; their results are taken in
-    source order, so the findings do not depend on how many there were.
+    """Every check over the three sources, each read once: the plan's lines, then `backup(table)` for each table the
+    migration changes, `live(side_rows.table)` when it creates side rows, and `live(table)` for each table. Pure: the
+    caller decides where they come from. A plan or backup given as `helpers.steps.parallel.Ranged` (a local file) is
+    digested by `workers` processes over its ranges; the side rows' digests and the live pages' checks run in them too;
+    their results are taken in source order, so the findings do not depend on how many there were.
 
-    The join keeps its per-document state (the plan's promise and the backup's digests, the references) in a
-    scratch SQLite file, and so do the migration's cross-document checks: each source streams past in pages of
-    `page_size`, and each live page looks up its documents in one query per kind, so memory is bounded by the page."""
-    document_checks = (*DOCUMENT_CHECKS, *migration.checks)
-    side = migration.side_rows
-    tallies = {c.name: _Tally(c.name, c.description) for c in document_checks}
-    changed = _Listed()
-    created = _Listed()
-    untracked = _Listed()  # blocked documents holding a tracked field no side row tracks
-    untracked_assets = 0
-
+    The join keeps its per-document state in a scratch SQLite file (see `_Join`): memory is bounded by the page."""
     with Scratch() as scratch:
-        cross_checks = migration.cross_checks(scratch)
-        tallies.update({c.name: _Tally(c.name, c.description) for c in cross_checks})
-        if side is not None:
-            tallies.update({name: _Tally(name, text) for name, text in reference_checks(side).items()})
-        # The promise, per document (the plan's lines digested by the workers).
-        planned = scratch.table("planned")
-        promises = map_pages(plan_lines, partial(_plan_page, migration), page_size=page_size, workers=workers,
-                             folder=scratch.path("ranges"), name="plan")
-        for page in promises:
-            for doc_id, _, owned in page:
-                tallies["nothing_outside_plan_changed"].add(owned, doc_id)
-            planned.put((doc_id, plan) for doc_id, plan, _ in page)
+        join = _Join(migration, scratch, page_size, workers)
+        join.take_promises(plan_lines)
+        for table in migration.tables:
+            join.take_backup(table, backup(table))
+        # Forked before the first live page is read: the prefetch thread of the live pages must not be forked.
+        with _PageChecker(workers) as checker:
+            if migration.side_rows is not None:
+                join.take_side_rows(checker, live(migration.side_rows.table))
+            for table in migration.tables:
+                join.check_live(checker, table, live(table))
+        join.check_leftovers()
+        return join.outcome()
+
+
+class _Join:
+    """One verify pass: the tallies, and the join's state in scratch tables the workers write themselves (this
+    process reads the live pages and takes each page's findings in order). Each source streams past in pages:
+
+    - `planned`: each plan line's promise (Planned, as a tuple), until the backup's pass moves it beside its document;
+    - `before`: each backed-up document's digests (Before) with its table and plan, popped by its live page;
+    - `references`: every side row by (owner, kind), popped by its document's live page (~3 rows per document at the
+      scratch file's peak); rows left over point at no live document;
+    - `live_docs`: each live document's changed-by-the-application flag, for the references left over.
+
+    A live page looks its documents up in one query per kind; what is never popped is what the deployment lacks.
+    Keys are document ids, so which worker writes a row, and when, changes no finding."""
+
+    def __init__(self, migration: Migration, scratch: Scratch, page_size: int, workers: int) -> None:
+        self.migration, self.scratch, self.page_size, self.workers = migration, scratch, page_size, workers
+        self.document_checks = (*DOCUMENT_CHECKS, *migration.checks)
+        self.cross_checks = migration.cross_checks(scratch)
+        self.tallies = {c.name: _Tally(c.name, c.description) for c in self.document_checks}
+        self.tallies.update({c.name: _Tally(c.name, c.description) for c in self.cross_checks})
+        if migration.side_rows is not None:
+            self.tallies.update({name: _Tally(name, text) for name, text in reference_checks(migration.side_rows).items()})
+        self.changed, self.created = _Listed(), _Listed()
+        self.untracked = _Listed()  # blocked documents holding a tracked field no side row tracks
+        self.untracked_assets = 0
+        self.planned = scratch.table("planned", shared=True)
+        self.before = scratch.table("before", shared=True)
+        self.references = scratch.table("references", multi=True, shared=True)
+        self.live_docs = scratch.table("live_docs", shared=True)
+
+    def _map(self, source: Iterable[Any], work: Callable[[list[Any]], Any], name: str) -> Any:
+        return map_pages(source, work, page_size=self.page_size, workers=self.workers, folder=self.scratch.path("ranges"), name=name)
+
+    def take_promises(self, plan_lines: Iterable[dict[str, Any]]) -> None:
+        """The promise, per document (the plan's lines digested by the workers)."""
+        promises = self._map(plan_lines, partial(_plan_page, self.migration, self.planned), "plan")
+        tally = self.tallies["nothing_outside_plan_changed"]
+        for passed, failed in promises:
+            tally.checked += passed
+            for doc_id in failed:
+                tally.add(Verdict.FAIL, doc_id)
         promises.discard()
 
-        # The state before, per document, as digests (by the workers, each looking its documents' plans up read-only),
-        # with the document's plan moved beside it: a live page then finds both in one look-up (`planned` keeps only
-        # lines for documents the backup lacks).
-        before = scratch.table("before")
-        for table in migration.tables:
-            states = map_pages(backup(table), partial(_backup_page, migration, table, planned), page_size=page_size,
-                               workers=workers, folder=scratch.path("ranges"), name=f"backup-{table}")
-            for rows in states:
-                planned.delete(doc_id for doc_id, (_, plan, *_) in rows if plan is not None)
-                before.put(rows)
-            states.discard()
+    def take_backup(self, table: str, documents: Iterable[dict[str, Any]]) -> None:
+        """The state before, per document, as digests (by the workers, each looking its documents' plans up
+        read-only), with the document's plan moved beside it: a live page then finds both in one look-up."""
+        self._map(documents, partial(_backup_page, self.migration, table, self.planned, self.before), f"backup-{table}").discard()
 
-        # Every side row, by (owner, kind) (the key holds both; the value only what is checked, ~3 rows per document
-        # at the scratch file's peak): rows left over point at no live document.
-        references = scratch.table("references", multi=True)
-        if side is not None:
-            for rows in batched(live(side.table), page_size):
-                references.put(
-                    (reference_key(row[side.owner], row[side.kind]), _as_tuple(Reference.of(row, side, migration.id))) for row in rows
-                )
+    def take_side_rows(self, checker: _PageChecker, rows: Iterable[dict[str, Any]]) -> None:
+        """Every side row, digested by the workers, stored by (owner, kind) before the first live page pops them."""
+        for page in batched(rows, self.page_size):
+            checker.submit(_nothing, _side_row_page, self.migration, self.references, page)
+        checker.drain()
 
-        live_docs = scratch.table("live_docs")  # id -> changed by the application (for references left over)
+    def check_live(self, checker: _PageChecker, table: str, documents: Iterable[dict[str, Any]]) -> None:
+        """Each live page's document and reference checks, in a worker (several pages in flight, taken back in page
+        order); the scratch tables stay in this process, which pops each page's state before sending it."""
+        state = _JoinState(self.before, self.planned, self.references, self.live_docs)
+        for page in batched(documents, self.page_size):
+            checker.submit(partial(self._take, table, page), _check_page, self.migration, table, page, state, bool(self.cross_checks))
 
-        def take(table: str, page: list[dict[str, Any]], findings: _PageFindings) -> None:
-            """One page's findings into the tallies, in page order; then the migration's cross-document checks."""
-            nonlocal untracked_assets
-            for name, passed in findings.passed.items():
-                tallies[name].checked += passed
-            for name, result, doc_id, detail in findings.others:
-                tallies[name].add(result, doc_id, detail)
-            for doc_id, by_app in findings.flags:
-                if by_app:
-                    changed.add(doc_id)
-            for doc_id in findings.created:
-                created.add(doc_id)
-            for doc_id, held in findings.untracked:
-                untracked.add(doc_id)
-                untracked_assets += held
-            if cross_checks:
-                joined_page = [
-                    Joined(migration, table, Before(*before) if before else None, Planned(*plan) if plan else None, document, untouched)
-                    for document, (before, plan), untouched in zip(page, findings.states, findings.untouched, strict=True)
-                ]
-                for cross in cross_checks:
-                    for doc_id, verdict in cross.page(table, joined_page):
-                        tallies[cross.name].add(verdict, doc_id)
-            live_docs.put(findings.flags)
+    def _take(self, table: str, page: list[dict[str, Any]], findings: _PageFindings) -> None:
+        """One page's findings into the tallies, in page order; then the migration's cross-document checks."""
+        for name, passed in findings.passed.items():
+            self.tallies[name].checked += passed
+        for name, result, doc_id, detail in findings.others:
+            self.tallies[name].add(result, doc_id, detail)
+        for doc_id, by_app in findings.flags:
+            if by_app:
+                self.changed.add(doc_id)
+        for doc_id in findings.created:
+            self.created.add(doc_id)
+        for doc_id, held in findings.untracked:
+            self.untracked.add(doc_id)
+            self.untracked_assets += held
+        if self.cross_checks:
+            joined = [
+                Joined(self.migration, table, Before(*before) if before else None, Planned(*plan) if plan else None, document, untouched)
+                for document, (before, plan), untouched in zip(page, findings.states, findings.untouched, strict=True)
+            ]
+            for cross in self.cross_checks:
+                for doc_id, crossed in cross.page(table, joined):
+                    self.tallies[cross.name].add(crossed, doc_id)
 
-        # Each live page's document and reference checks run in a worker process (several pages in flight, taken
-        # back in page order); the scratch tables stay in this process, which pops each page's state before sending it.
-        with _PageChecker(workers) as checker:
-            for table in migration.tables:
-                asset_types = migration.side_sources(table)
-                for page in batched(live(table), page_size):
-                    ids = [document["_id"] for document in page]
-                    backed_up = before.pop(ids)
-                    plans = {doc_id: fields[1] for doc_id, fields in backed_up.items() if fields[1] is not None}
-                    not_backed_up = [doc_id for doc_id in ids if doc_id not in backed_up]
-                    if not_backed_up:
-                        plans.update(planned.pop(not_backed_up))
-                    page_states = [(tuple(backed_up[doc_id][2:]) if doc_id in backed_up else None, plans.get(doc_id)) for doc_id in ids]
-                    keys = [reference_key(doc_id, asset_type) for doc_id in ids for asset_type in asset_types.values()]
-                    refs_by_key = references.pop(keys) if asset_types else {}
-                    checker.submit(partial(take, table, page), _check_page, migration, table, page, page_states, refs_by_key)
-
-        # Side rows whose document no longer exists (or never did), one owner and kind at a time.
-        for group in batched(references.groups(), page_size):
-            entities = [str(key).partition("\0") for key, _ in group]  # reference_key: "<entity id>\0<asset type>"
-            live_flags = live_docs.get(entity_id for entity_id, _, _ in entities)
-            for (entity_id, _, asset_type), (_, rows) in zip(entities, group, strict=True):
+    def check_leftovers(self) -> None:
+        """Side rows whose document no longer exists (or never did), one owner and kind at a time; then the
+        backed-up documents no longer live."""
+        for group in batched(self.references.groups(), self.page_size):
+            entities = [str(key).partition("\0") for key, _ in group]  # reference_key: "<entity id>\0<kind>"
+            live_flags = self.live_docs.get(entity_id for entity_id, _, _ in entities)
+            for (entity_id, _, kind), (_, rows) in zip(entities, group, strict=True):
                 refs = [Reference(*ref) for ref in rows]
-                tallies["no_duplicate_references"].add(check_no_duplicate_references(refs), entity_id, asset_type)
-                tallies["references_point_at_documents"].add(check_reference_points_at_document(entity_id in live_flags, refs), entity_id)
-                if entity_id in live_flags:  # a kind its table does not have
-                    tallies["references_match_assets"].add(check_reference_has_asset(live_flags[entity_id], refs), entity_id, asset_type)
-        for doc_id, (table, _, *prior) in before.items():  # backed-up documents no longer live
-            gone = Joined(migration, table, Before(*prior), None, None)
-            tallies["no_backup_document_missing"].add(check_document_still_exists(gone), str(doc_id))  # the scratch keys are document ids
+                exists = entity_id in live_flags
+                self.tallies["no_duplicate_references"].add(check_no_duplicate_references(refs), entity_id, kind)
+                self.tallies["references_point_at_documents"].add(check_reference_points_at_document(exists, refs), entity_id)
+                if exists:  # a kind its table does not have
+                    self.tallies["references_match_assets"].add(check_reference_has_asset(live_flags[entity_id], refs), entity_id, kind)
+        for doc_id, (table, _, *prior) in self.before.items(by_key=True):
+            gone = Joined(self.migration, table, Before(*prior), None, None)
+            self.tallies["no_backup_document_missing"].add(check_document_still_exists(gone), str(doc_id))  # keys are ids
 
-    order = [c.name for c in document_checks] + [c.name for c in cross_checks] + (list(reference_checks(side)) if side is not None else [])
-    checks = [tallies[name].result() for name in order]
-    if untracked_assets:  # "complete" must not be read as covering the tracked fields of documents the plan left alone
-        for check in checks:
-            if check.name == "tracking_complete":
-                check.note = (f"does not cover {untracked_assets:,} untracked assets on {untracked.count:,} documents the "
-                              "plan blocked (listed apart)")
-    return Outcome(checks, changed.ids, changed.count, created.ids, created.count, untracked_assets, untracked.ids, untracked.count)
+    def outcome(self) -> Outcome:
+        side = self.migration.side_rows
+        order = [c.name for c in self.document_checks] + [c.name for c in self.cross_checks]
+        order += list(reference_checks(side)) if side is not None else []
+        checks = [self.tallies[name].result() for name in order]
+        if self.untracked_assets:  # "complete" must not be read as covering the tracked fields of documents the plan left alone
+            for check in checks:
+                if check.name == "tracking_complete":
+                    check.note = (f"does not cover {self.untracked_assets:,} untracked assets on {self.untracked.count:,} "
+                                  "documents the plan blocked (listed apart)")
+        return Outcome(checks, self.changed.ids, self.changed.count, self.created.ids, self.created.count,
+                       self.untracked_assets, self.untracked.ids, self.untracked.count)
+
+
+#: A document's state as a live page's checks get it: its Before digests and its plan, as tuples (None: missing).
+State = tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]
 
 
 @dataclass
@@ -492,24 +511,44 @@ class _PageFindings:
     """What one live page's checks found: per check how many passed, the other verdicts in page order (with the
     document and detail an example needs), each document's changed-by-the-application flag, the documents created
     after the snapshot, the blocked documents holding tracked fields no side row tracks (with how many), and per
-    document its state (Before, Planned as tuples) and untouched digest for the cross checks."""
+    document its state and untouched digest for the cross checks (when the migration has some)."""
 
-    passed: dict[str, int]
-    others: list[tuple[str, Verdict, str, str]]
-    flags: list[tuple[str, bool]]
-    created: list[str]
-    states: list[tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]]
-    untouched: list[bytes | None]
+    passed: dict[str, int] = field(default_factory=dict)
+    others: list[tuple[str, Verdict, str, str]] = field(default_factory=list)
+    flags: list[tuple[str, bool]] = field(default_factory=list)
+    created: list[str] = field(default_factory=list)
+    untouched: list[bytes | None] = field(default_factory=list)
     untracked: list[tuple[str, int]] = field(default_factory=list)
+    states: list[State] = field(default_factory=list)
 
 
-def _check_page(
-    migration: Migration, table: str, page: list[dict[str, Any]], states: list[tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]],
-    refs_by_key: dict[Any, list[tuple[Any, ...]]],
-) -> _PageFindings:
-    """The document and reference checks of one live page (in a worker process when verify has several): pure."""
+class _JoinState(NamedTuple):
+    """The join's scratch tables, as a live page's checks pop and fill them (in a worker: opened writable there)."""
+
+    before: ScratchTable
+    planned: ScratchTable
+    references: ScratchTable
+    live_docs: ScratchTable
+
+    def pop_states(self, ids: list[str]) -> list[State]:
+        """Per document of a live page, its Before digests and its plan (as tuples; None when missing)."""
+        backed_up = self.before.pop(ids)
+        plans = {doc_id: fields[1] for doc_id, fields in backed_up.items() if fields[1] is not None}
+        not_backed_up = [doc_id for doc_id in ids if doc_id not in backed_up]
+        if not_backed_up:
+            plans.update(self.planned.pop(not_backed_up))
+        return [(tuple(backed_up[doc_id][2:]) if doc_id in backed_up else None, plans.get(doc_id)) for doc_id in ids]
+
+
+def _check_page(migration: Migration, table: str, page: list[dict[str, Any]], join: _JoinState, keep_states: bool) -> _PageFindings:
+    """The document and reference checks of one live page (in a worker process when verify has several): its state
+    popped from the join's tables, each document's changed-by-the-application flag stored in `live_docs`."""
     document_checks = (*DOCUMENT_CHECKS, *migration.checks)  # from the migration (sent by id): a check may be a closure
-    findings = _PageFindings({}, [], [], [], states, [])
+    asset_types = migration.side_sources(table)
+    ids = [document["_id"] for document in page]
+    states = join.pop_states(ids)
+    refs_by_key = join.references.pop(reference_key(doc_id, kind) for doc_id in ids for kind in asset_types.values()) if asset_types else {}
+    findings = _PageFindings(states=states if keep_states else [])
     passed = findings.passed
 
     def add(name: str, result: Verdict | None, doc_id: str, detail: str = "") -> None:
@@ -518,7 +557,6 @@ def _check_page(
         elif result is not None:
             findings.others.append((name, result, doc_id, detail))
 
-    asset_types = migration.side_sources(table)
     for document, (before, plan) in zip(page, states, strict=True):
         doc_id = document["_id"]
         doc = Joined(migration, table, Before(*before) if before else None, Planned(*plan) if plan else None, document)
@@ -544,6 +582,7 @@ def _check_page(
         if held_untracked:
             findings.untracked.append((doc_id, held_untracked))
         findings.untouched.append(doc._untouched)
+    join.live_docs.put(findings.flags)
     return findings
 
 
@@ -573,29 +612,50 @@ class _PageChecker:
         done, future = self.pending.popleft()
         done(future.result())
 
+    def drain(self) -> None:
+        """Hands every submitted result to its callback (a phase that reads what the last one stored)."""
+        while self.pending:
+            self._take()
+
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
         try:
-            while kind is None and self.pending:
-                self._take()
+            if kind is None:
+                self.drain()
         finally:
             if self.pool is not None:
                 self.pool.shutdown(cancel_futures=True)
 
 
-def _plan_page(migration: Migration, lines: list[dict[str, Any]]) -> list[tuple[str, tuple[Any, ...], Verdict]]:
-    """Per plan line: its id, its promise (Planned, as a tuple) and whether it writes only owned fields (in a worker)."""
-    return [(line["id"], _as_tuple(Planned.of(migration, line)), check_plan_writes_only_owned_fields(migration, line)) for line in lines]
+def _plan_page(migration: Migration, planned: ScratchTable, lines: list[dict[str, Any]]) -> tuple[int, list[str]]:
+    """Each plan line's promise (Planned, as a tuple) into `planned` (in a worker); how many lines write only owned
+    fields, and the ids of those that do not."""
+    planned.put((line["id"], _as_tuple(Planned.of(migration, line))) for line in lines)
+    failed = [line["id"] for line in lines if check_plan_writes_only_owned_fields(migration, line) is Verdict.FAIL]
+    return len(lines) - len(failed), failed
 
 
-def _backup_page(migration: Migration, table: str, planned: ScratchTable, page: list[dict[str, Any]]) -> list[tuple[str, tuple[Any, ...]]]:
-    """Per backed-up document: (id, (table, its plan or None, *its Before digests)) (in a worker: `planned` read-only)."""
-    plans = planned.get(doc["_id"] for doc in page)
+def _side_row_page(migration: Migration, references: ScratchTable, rows: list[dict[str, Any]]) -> None:
+    """Each side row by its (owner, kind) key, with what verify checks of it, into `references` (in a worker)."""
+    side = migration.side_rows
+    assert side is not None, "only a migration that declares side rows has them read"
+    references.put((reference_key(row[side.owner], row[side.kind]), _as_tuple(Reference.of(row, side, migration.id))) for row in rows)
+
+
+def _nothing(_: object) -> None:
+    """The callback of work whose result is in the scratch tables."""
+
+
+def _backup_page(migration: Migration, table: str, planned: ScratchTable, before: ScratchTable, page: list[dict[str, Any]]) -> int:
+    """Each backed-up document's (table, its plan or None, *its Before digests) into `before`, its plan moved there
+    from `planned` (in a worker); how many."""
+    plans = planned.pop(doc["_id"] for doc in page)
     rows = []
     for doc in page:
         plan = plans.get(doc["_id"])
         touched = _touched(Planned(*plan)) if plan is not None else ()
         rows.append((doc["_id"], (table, plan, *_as_tuple(Before.of(migration, table, doc, touched)))))
-    return rows
+    before.put(rows)
+    return len(rows)
 
 
 def _touched(plan: Planned) -> tuple[str, ...]:
