@@ -5,12 +5,13 @@ It sits in evidence, below the steps, because the folder's readers (a failed ste
 files a step's ledger row lists, the apply confirmation) read it as apply writes it.
 
 An entry is one JSON object: one per answered batch, then `{"complete": true}` when the whole plan was sent. The
-file is `checkpoint.jsonl.zst`, each entry its own zstd frame (compression.frame): answers repeat ids, outcomes
-and tables, so a batch's entry stores in about a twentieth of its JSON. A folder written before the checkpoint
-was compressed holds `checkpoint.jsonl`, one line per entry: it is read, and continued, in that format. A re-run
-of a finished apply keeps the file as evidence under the next free number: `checkpoint.1.jsonl.zst`, ... (an
-older folder's `checkpoint.1.jsonl` keeps its number). Its hash in the evidence chain (`checkpoint_sha256`) is
-that of the bytes as stored, like the plan's.
+file is `checkpoint.jsonl.zst`, each entry its own zstd frame (compression.frame): a batch's answers repeat the
+same keys, outcomes and tables item after item, and the checkpoint was a run folder's largest file (its size per
+document: docs/scaling.md). A frame per entry, not one frame for the file, because the file is appended to batch
+by batch and must read back after a kill at any byte. A folder written before the checkpoint was compressed
+holds `checkpoint.jsonl`, one line per entry: it is read, and continued, in that format, so a resume never
+rewrites evidence a ledger row already hashed (as stored: docs/design.md, "One hash rule"). A re-run of a
+finished apply keeps the file under the next number free in either format.
 """
 
 from __future__ import annotations
