@@ -48,7 +48,7 @@ from helpers.connection.errors import (
 )
 from helpers.connection.transport import ConvexTransport, redact_url
 from helpers.evidence import checkpoint_file
-from helpers.evidence.checkpoint_file import CHECKPOINT_FILE as CHECKPOINT_FILE  # apply's file, by its step's name
+from helpers.evidence.checkpoint_file import CHECKPOINT_FILE as CHECKPOINT_FILE  # re-exported: the step names its file
 from helpers.evidence.checkpoint_file import COMPLETE, iter_entries
 from helpers.evidence.run_folder import locked_step, migration_of, operator_for
 from helpers.evidence.run_folder import run_id as folder_run_id
