@@ -20,6 +20,7 @@ from helpers.connection.calls import iter_documents, read_ledger
 from helpers.connection.transport import ConvexTransport
 from helpers.devtools.local_deployment import LocalDeployment
 from helpers.evidence.archive import StepResults, write_step_results
+from helpers.evidence.checkpoint_file import iter_entries
 from helpers.evidence.run_folder import run_id
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 from helpers.migrations.m001_s3_asset_tracking.fields import legacy_part
@@ -29,6 +30,7 @@ from helpers.steps import names
 from helpers.steps.apply import CHECKPOINT_FILE, ApplySummary, apply_dir, apply_plan
 from helpers.steps.plan import iter_plan_lines
 from helpers.steps.verify import verify
+from tests import checkpoints
 from tests.corpus import bad_documents
 from tests.flow import comparable, migration_references, prepare, seed, state
 
@@ -155,8 +157,7 @@ apply_plan(ConvexTransport(sys.argv[1]), Path(sys.argv[2]), confirm=True, batch_
 
 
 def checkpoint_lines(run_dir: Path) -> int:
-    path = apply_dir(run_dir) / CHECKPOINT_FILE
-    return path.read_bytes().count(b"\n") if path.exists() else 0
+    return checkpoints.count(apply_dir(run_dir) / CHECKPOINT_FILE)
 
 
 def kill_apply_midway(url: str, run_dir: Path, rng: random.Random, batches_left: int) -> bool:
@@ -174,14 +175,6 @@ def kill_apply_midway(url: str, run_dir: Path, rng: random.Random, batches_left:
     return running
 
 
-def tear_last_line(run_dir: Path) -> None:
-    """What a kill in the middle of writing a checkpoint line leaves: its first half, no newline."""
-    path = apply_dir(run_dir) / CHECKPOINT_FILE
-    lines = path.read_bytes().splitlines(keepends=True)
-    if lines and not lines[-1].startswith(b'{"complete"'):
-        path.write_bytes(b"".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
-
-
 def test_apply_killed_at_random_points_resumes_to_the_clean_state_and_statistics(
     deploy_key: str, tmp_path: Path, clean_state: dict, clean_statistics: dict[str, tuple]
 ) -> None:
@@ -197,7 +190,7 @@ def test_apply_killed_at_random_points_resumes_to_the_clean_state_and_statistics
                 kills += 1
                 killed_mid_run += kill_apply_midway(slow.url, run_dir, rng, batches - checkpoint_lines(run_dir))
                 if rng.random() < 0.3:
-                    tear_last_line(run_dir)
+                    checkpoints.tear_last(apply_dir(run_dir) / CHECKPOINT_FILE)
                     torn += 1
             resumed = apply_plan(transport, run_dir, confirm=True, batch_size=5, show_progress=False)
             assert resumed.passed, (trial, resumed.errors)
@@ -209,7 +202,7 @@ def test_apply_killed_at_random_points_resumes_to_the_clean_state_and_statistics
     assert torn > 0
 
 
-def test_torn_checkpoint_line_after_a_kill_resumes_like_a_clean_run(deploy_key: str, tmp_path: Path, clean_state: dict,
+def test_torn_checkpoint_entry_after_a_kill_resumes_like_a_clean_run(deploy_key: str, tmp_path: Path, clean_state: dict,
                                                                     clean_statistics: dict[str, tuple]) -> None:
     run_dir = tmp_path / "run"
     with slow_deployment(deploy_key, rate=0.3) as slow, slow.transport() as transport:
@@ -221,11 +214,13 @@ def test_torn_checkpoint_line_after_a_kill_resumes_like_a_clean_run(deploy_key: 
             time.sleep(0.01)
         child.send_signal(signal.SIGKILL)
         child.wait()
-        tear_last_line(run_dir)
-        assert not (apply_dir(run_dir) / CHECKPOINT_FILE).read_bytes().endswith(b"\n")
+        path = apply_dir(run_dir) / CHECKPOINT_FILE
+        whole = checkpoints.count(path)
+        checkpoints.tear_last(path)
+        assert checkpoints.count(path) == whole - 1
         resumed = apply_plan(transport, run_dir, confirm=True, batch_size=5, show_progress=False)
-        content = (apply_dir(run_dir) / CHECKPOINT_FILE).read_bytes()
-        assert content.endswith(b'{"complete":true}\n') and all(line.startswith(b"{") for line in content.splitlines())
+        assert checkpoints.entries(path)[-1] == {"complete": True}
+        assert [end for _, end in iter_entries(path)][-1] == path.stat().st_size  # every frame whole, nothing after them
         assert resumed.passed and comparable(state(transport)) == clean_state
         assert_reported_like(clean_statistics, transport, run_dir, resumed, "torn line")
 

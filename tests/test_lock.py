@@ -36,6 +36,7 @@ from helpers.steps.backup import take_backup
 from helpers.steps.plan import build_plan, iter_plan_lines
 from helpers.steps.rollback import execute_rollback, plan_rollback
 from helpers.steps.verify import verify
+from tests import checkpoints
 from tests.flow import prepare, seed
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,8 +74,7 @@ def start_apply(url: str, run_dir: Path, lease_ms: int = 120_000) -> subprocess.
 
 
 def checkpoint_lines(run_dir: Path) -> int:
-    path = apply_dir(run_dir) / CHECKPOINT_FILE
-    return path.read_bytes().count(b"\n") if path.exists() else 0
+    return checkpoints.count(apply_dir(run_dir) / CHECKPOINT_FILE)
 
 
 def wait_for(condition, what: str, child: subprocess.Popen[bytes] | None = None, limit: float = 120) -> None:  # noqa: ANN001

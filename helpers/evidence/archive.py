@@ -33,6 +33,7 @@ from pydantic import BaseModel, Field
 from helpers.connection.calls import read_ledger, record_run
 from helpers.connection.errors import PreconditionFailed, RunbookError
 from helpers.connection.transport import redact_url
+from helpers.evidence.checkpoint_file import checkpoint_path
 from helpers.evidence.run_folder import LOCK_FILE, RUN_FILE, migration_id, run_id
 from helpers.paths import CHECKOUT_ROOT, installed_version
 
@@ -214,7 +215,7 @@ def _backup_files(run_dir: Path) -> list[str]:
 EVIDENCE_FILES: dict[str, Callable[[Path], list[str]]] = {
     "backup_sha256": _backup_files,
     "plan_sha256": _plan_files,
-    "checkpoint_sha256": lambda run_dir: ["apply/checkpoint.jsonl"],
+    "checkpoint_sha256": lambda run_dir: [f"apply/{checkpoint_path(run_dir / 'apply').name}"],
     "apply_results_sha256": lambda run_dir: [f"03_apply/{RESULTS_FILE}"],
 }
 

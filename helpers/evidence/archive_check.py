@@ -30,6 +30,7 @@ from helpers.evidence.archive import (
     sha256_file,
     step_dir,
 )
+from helpers.evidence.checkpoint_file import checkpoint_path
 from helpers.evidence.run_folder import RUN_FILE, migration_id
 from helpers.steps import names
 
@@ -173,7 +174,7 @@ CHAIN_SOURCES: dict[str, tuple[str, Callable[[Path], str | None]]] = {
     "plan_sha256": ("plan/plan.json", lambda d: _json_field(d / "plan" / "plan.json", "plan_sha256")),
     "backup_sha256": ("backup/backup.json", lambda d: _json_field(d / "backup" / "backup.json", "sha256")),
     "apply_results_sha256": ("03_apply/results.json", lambda d: hash_of(d / names.APPLY / RESULTS_FILE)),
-    "checkpoint_sha256": ("apply/checkpoint.jsonl", lambda d: hash_of(d / "apply" / "checkpoint.jsonl")),
+    "checkpoint_sha256": ("apply's checkpoint", lambda d: hash_of(checkpoint_path(d / "apply"))),
 }
 
 

@@ -19,7 +19,6 @@ import nbformat
 from jinja2 import DictLoader
 from nbconvert import HTMLExporter
 
-from helpers.connection.jsonio import loads
 from helpers.evidence.archive import (
     MANIFEST_FILE,
     RESULTS_FILE,
@@ -28,6 +27,7 @@ from helpers.evidence.archive import (
     read_run_id,
     sha256_file,
 )
+from helpers.evidence.checkpoint_file import checkpoint_path, iter_entries
 from helpers.evidence.run_folder import migration_id, migration_of
 from helpers.steps import names
 
@@ -101,20 +101,12 @@ RUNNER_PARAMETERS = frozenset({"convex_url", "run_dir", "migration", "confirm"})
 
 def applied_so_far(run_dir: Path) -> dict[str, int]:
     """The deployment's answers apply recorded in its checkpoint, by outcome (applied, already_applied, conflict,
-    error): how much a failed apply changed. Read-only (apply itself trims a torn last line when it resumes)."""
+    error): how much a failed apply changed. Read-only (apply itself trims a torn last entry when it resumes)."""
 
     counts: dict[str, int] = {}
-    path = Path(run_dir) / "apply" / "checkpoint.jsonl"
-    if not path.is_file():
-        return counts
-    with path.open("rb") as source:
-        for raw in source:
-            try:
-                entry = loads(raw)
-            except ValueError:
-                break  # a line torn by a kill: apply sends its batch again on resume
-            for result in entry.get("results", ()):
-                counts[result["outcome"]] = counts.get(result["outcome"], 0) + 1
+    for entry, _ in iter_entries(checkpoint_path(Path(run_dir) / "apply")):
+        for result in entry.get("results", ()):
+            counts[result["outcome"]] = counts.get(result["outcome"], 0) + 1
     return counts
 
 
@@ -206,7 +198,7 @@ def failure_html(failure: Failure | None, resume: str, applied: dict[str, int] |
                 f"<pre>{_e(failure.message)}</pre>{fix}")
     if applied is not None:
         done = ", ".join(f"{n:,} {outcome.replace('_', ' ')}" for outcome, n in sorted(applied.items())) or "nothing"
-        what += f"<p><b>Applied before it stopped</b> (apply/checkpoint.jsonl): {_e(done)}.</p>"
+        what += f"<p><b>Applied before it stopped</b> (apply's checkpoint): {_e(done)}.</p>"
     traceback = "<p>The full traceback is in that cell's output below.</p>" if failure is not None else ""
     return f'<div class="runbook-failure">{what}<p><b>To resume:</b></p><pre>{_e(resume)}</pre>{traceback}</div>'
 

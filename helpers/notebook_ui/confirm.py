@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import html
-import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,11 +20,10 @@ from typing import Any
 import ipywidgets as widgets
 from IPython import display as ipython  # looked up when called: a test may stand in for it
 
-from helpers.connection import jsonio
 from helpers.connection.errors import RunbookError
+from helpers.evidence import checkpoint_file
 from helpers.notebook_ui.display import described
 from helpers.notebook_ui.progress import is_interactive
-from helpers.steps.apply import CHECKPOINT_FILE
 
 #: Seconds between two looks at the widget's click while the cell waits.
 POLL_SECONDS = 0.1
@@ -152,17 +150,6 @@ class Confirmation:
 
 def _sent_whole(run_dir: Path) -> bool:
     """Whether apply sent the folder's whole plan, as apply itself tells a re-check: its checkpoint ends with the
-    complete mark, or an earlier complete checkpoint was kept (`checkpoint.1.jsonl`). Reads the file's end only."""
+    complete mark, or an earlier complete checkpoint was kept (`checkpoint.1.jsonl.zst`). Reads the file's end only."""
     folder = Path(run_dir) / "apply"
-    if (folder / f"{Path(CHECKPOINT_FILE).stem}.1.jsonl").exists():
-        return True
-    try:
-        with (folder / CHECKPOINT_FILE).open("rb") as checkpoint:
-            checkpoint.seek(max(0, checkpoint.seek(0, os.SEEK_END) - 64))
-            last = checkpoint.read().rstrip(b"\n").rpartition(b"\n")[2]
-    except FileNotFoundError:
-        return False
-    try:
-        return bool(jsonio.loads(last).get("complete"))
-    except ValueError:
-        return False
+    return checkpoint_file.has_kept(folder) or checkpoint_file.ends_complete(checkpoint_file.checkpoint_path(folder))

@@ -47,6 +47,9 @@ from helpers.connection.errors import (
     StepNotPassed,
 )
 from helpers.connection.transport import ConvexTransport, redact_url
+from helpers.evidence import checkpoint_file
+from helpers.evidence.checkpoint_file import CHECKPOINT_FILE as CHECKPOINT_FILE  # re-exported: the step names its file
+from helpers.evidence.checkpoint_file import COMPLETE, iter_entries
 from helpers.evidence.run_folder import locked_step, migration_of, operator_for
 from helpers.evidence.run_folder import run_id as folder_run_id
 from helpers.notebook_ui.progress import progress
@@ -58,7 +61,6 @@ from helpers.steps.plan import PlanSummary, iter_plan_lines, read_plan
 from helpers.steps.scratch import Scratch
 
 APPLY_DIR = "apply"
-CHECKPOINT_FILE = "checkpoint.jsonl"
 OUTCOMES_FILE = "outcomes.csv"
 LEASE_MS = 120_000
 #: Convex allows 16,000 documents written and 16 MiB of arguments per function, and 1 s of execution.
@@ -388,7 +390,7 @@ class _Apply:
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.out / CHECKPOINT_FILE
+        return checkpoint_file.checkpoint_path(self.out)
 
     @property
     def chain(self) -> Chain:
@@ -401,7 +403,7 @@ class _Apply:
 
     def run(self) -> ApplySummary:
         checkpoint = read_checkpoint(self.checkpoint_path)
-        applied_before = checkpoint.complete or (self.out / f"{Path(CHECKPOINT_FILE).stem}.1.jsonl").exists()
+        applied_before = checkpoint.complete or checkpoint_file.has_kept(self.out)
         round_trips_before = self.transport.round_trips
         started = time.monotonic()
         started_ms = int(time.time() * 1000)
@@ -418,7 +420,7 @@ class _Apply:
         if checkpoint.complete:
             # A finished apply run again: keep its checkpoint as evidence and send the whole plan once more, so
             # the deployment itself confirms every change; the figures, derived from the deployment, stay.
-            self.checkpoint_path.replace(_next_free(self.out, "checkpoint", ".jsonl"))
+            self.checkpoint_path.replace(checkpoint_file.kept_path(self.checkpoint_path))
             checkpoint = Checkpoint()
         status = "failed"
         failure: BaseException | None = None
@@ -473,7 +475,8 @@ class _Apply:
         bar = progress(desc="apply", total=self.plan.changes, initial=checkpoint.answered, show=settings.show_progress)
         stopped: LeaseLost | None = None
         exhausted = False
-        with self.checkpoint_path.open("ab") as sink, ThreadPoolExecutor(max_workers=settings.concurrency) as pool:
+        path = self.checkpoint_path  # a folder's plain checkpoint is continued as such, else a compressed one begins
+        with path.open("ab") as sink, ThreadPoolExecutor(max_workers=settings.concurrency) as pool:
             in_flight: dict[Future[tuple[list[dict[str, Any]], list[int], int, float]], _Batch] = {}
             while True:
                 while stopped is None and not exhausted and self.attempt_errors <= settings.error_budget and len(in_flight) < settings.concurrency:
@@ -508,9 +511,7 @@ class _Apply:
                     retry = {e["id"]: numbers[e["id"]] for e in entries if e["outcome"] == "error"}
                     line = {"start": batch.start, "end": batch.end, "size": len(batch.items), "calls": calls,
                             "limit_hits": len(limits), "results": entries, **({"retry": retry} if retry else {})}
-                    sink.write(jsonio.dumps(line) + b"\n")
-                    sink.flush()
-                    os.fsync(sink.fileno())
+                    checkpoint_file.append(sink, path, line)
                     checkpoint.add(entries, retry)
                     self.attempt_errors += len(retry)
                     self.written += sum(1 for e in entries if e["outcome"] == "applied")
@@ -518,7 +519,7 @@ class _Apply:
                     self.sizes[len(batch.items)] += 1
                     bar.update(len(entries))
             if exhausted and stopped is None:
-                sink.write(jsonio.dumps({"complete": True}) + b"\n")
+                checkpoint_file.append(sink, path, COMPLETE)
         bar.close()
         if stopped is not None:
             raise stopped
@@ -726,27 +727,21 @@ class Checkpoint:
 
 
 def read_checkpoint(path: Path, ours: Container[str] | None = None) -> Checkpoint:
-    """The checkpoint's contents. A torn or unreadable line (a kill mid-write) and everything after it is cut
-    off the file, so appending continues after the last complete line and its batches are simply sent again."""
+    """The checkpoint's contents. A torn or unreadable entry (a kill mid-write: a frame or line cut short) and
+    everything after it is cut off the file, so appending continues after the last whole entry and its batches
+    are simply sent again."""
     checkpoint = Checkpoint(ours=ours)
     if not path.exists():
         return checkpoint
     good_until = 0
-    with path.open("rb") as source:
-        for raw in source:
-            if not raw.endswith(b"\n"):
-                break
-            try:
-                entry = jsonio.loads(raw)
-            except ValueError:
-                break
-            good_until += len(raw)
-            if entry.get("complete"):
-                checkpoint.complete = True
-                continue
-            checkpoint.lines_read += 1
-            checkpoint.add_range(entry["start"], entry["end"])
-            checkpoint.add(entry["results"], entry.get("retry"))
+    for entry, end in iter_entries(path):
+        good_until = end
+        if entry.get("complete"):
+            checkpoint.complete = True
+            continue
+        checkpoint.lines_read += 1
+        checkpoint.add_range(entry["start"], entry["end"])
+        checkpoint.add(entry["results"], entry.get("retry"))
     if good_until < path.stat().st_size:
         with path.open("r+b") as sink:
             sink.truncate(good_until)
@@ -755,25 +750,11 @@ def read_checkpoint(path: Path, ours: Container[str] | None = None) -> Checkpoin
     return checkpoint
 
 
-def _next_free(folder: Path, stem: str, suffix: str) -> Path:
-    n = 1
-    while (folder / f"{stem}.{n}{suffix}").exists():
-        n += 1
-    return folder / f"{stem}.{n}{suffix}"
-
-
 def _iter_outcomes(checkpoint_path: Path, wanted: set[str]) -> Iterator[Outcome]:
-    if not checkpoint_path.exists():
-        return
-    with checkpoint_path.open("rb") as source:
-        for raw in source:
-            try:
-                entry = jsonio.loads(raw)
-            except ValueError:
-                return
-            for r in entry.get("results", ()):
-                if r["outcome"] in wanted:
-                    yield Outcome(id=r["id"], table=r["table"], outcome=r["outcome"], message=r.get("message", ""))
+    for entry, _ in iter_entries(checkpoint_path):
+        for r in entry.get("results", ()):
+            if r["outcome"] in wanted:
+                yield Outcome(id=r["id"], table=r["table"], outcome=r["outcome"], message=r.get("message", ""))
 
 
 def _final_errors(checkpoint_path: Path, checkpoint: Checkpoint) -> Iterator[Outcome]:

@@ -19,6 +19,7 @@ from helpers.connection.errors import PreconditionFailed, RunbookError
 from helpers.connection.transport import ConvexTransport, redact_url
 from helpers.evidence import archive
 from helpers.evidence.archive import RESULTS_FILE, StepResults, sha256_file, step_dir
+from helpers.evidence.checkpoint_file import checkpoint_path
 from helpers.evidence.run_folder import bind_migration, operator_for
 from helpers.paths import CHECKOUT_ROOT
 from helpers.steps import names
@@ -139,7 +140,7 @@ def _apply(step: Step, summary: Any) -> StepResults:
     return StepResults(
         step=step.name, status=summary.status, summary=summary.model_dump(mode="json"),
         inputs={"plan_sha256": summary.plan_sha256, "backup_sha256": summary.backup_sha256},
-        outputs={"checkpoint_sha256": sha256_file(step.run_dir / "apply" / "checkpoint.jsonl")},
+        outputs={"checkpoint_sha256": sha256_file(checkpoint_path(step.run_dir / "apply"))},
     )
 
 

@@ -12,8 +12,9 @@ from urllib.parse import quote
 import pytest
 
 from helpers.connection.errors import PreconditionFailed
-from helpers.evidence import archive, archive_check
+from helpers.evidence import archive, archive_check, compression
 from helpers.evidence.archive import StepResults
+from helpers.evidence.checkpoint_file import CHECKPOINT_FILE, UNCOMPRESSED_CHECKPOINT_FILE, checkpoint_path
 from helpers.evidence.run_folder import bind_migration
 from helpers.steps import names
 
@@ -44,9 +45,10 @@ def _seal(run_dir: Path) -> Path:
     )
 
 
-@pytest.fixture
-def sealed(tmp_path: Path) -> Path:
-    """A consistent run folder: backup, plan, dry-run, apply and verify results chained by hash, then sealed."""
+@pytest.fixture(params=[CHECKPOINT_FILE, UNCOMPRESSED_CHECKPOINT_FILE])
+def sealed(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
+    """A consistent run folder: backup, plan, dry-run, apply and verify results chained by hash, then sealed; its
+    checkpoint compressed, or plain as in folders written before."""
     run_dir = tmp_path / "run"
     bind_migration(run_dir, "001_s3_asset_tracking")
     plan_lines = b'{"id":"s1","action":"migrate"}\n{"id":"s2","action":"skip"}\n'
@@ -60,12 +62,13 @@ def sealed(tmp_path: Path) -> Path:
     archive.write_json_atomic(run_dir / "backup" / "backup.json", {
         "zip_file": "snapshot_1.zip", "sha256": _sha(snapshot), "counts": {"scenes": 1},
     })
-    _write(run_dir / "apply" / "checkpoint.jsonl", b'{"batch":0,"results":[]}\n')
+    checkpoint = run_dir / "apply" / request.param
+    _write(checkpoint, compression.encode_record(checkpoint, b'{"start":0,"end":1,"results":[]}\n'))
     backup = {"backup_sha256": _sha(snapshot)}
     _results(run_dir, names.DRY_RUN, backup, {"plan_sha256": _sha(plan_lines)})
     _results(
         run_dir, names.APPLY, {"plan_sha256": _sha(plan_lines), **backup},
-        {"checkpoint_sha256": archive.sha256_file(run_dir / "apply" / "checkpoint.jsonl")},
+        {"checkpoint_sha256": archive.sha256_file(checkpoint)},  # of the bytes as stored
     )
     _results(
         run_dir, names.VERIFY,
@@ -124,9 +127,11 @@ def test_check_catches_a_same_size_modification(sealed: Path) -> None:
 
 
 def test_check_catches_a_missing_file(sealed: Path) -> None:
-    (sealed / "apply" / "checkpoint.jsonl").unlink()
+    checkpoint = checkpoint_path(sealed / "apply")
+    assert archive.step_evidence(sealed, archive.read_step_results(sealed, names.APPLY)).keys() >= {f"apply/{checkpoint.name}"}
+    checkpoint.unlink()
     problems = archive_check.check_archive(sealed).problems
-    assert "missing: apply/checkpoint.jsonl" in problems
+    assert f"missing: apply/{checkpoint.name}" in problems
     # The apply results named the checkpoint's hash: the chain notices too.
     assert any(p.startswith("chain: 03_apply outputs.checkpoint_sha256") for p in problems)
 

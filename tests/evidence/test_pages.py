@@ -12,8 +12,9 @@ import pytest
 
 from helpers import cli, runner
 from helpers.devtools.local_deployment import LocalDeployment
-from helpers.evidence import archive, archive_check
+from helpers.evidence import archive, archive_check, compression
 from helpers.evidence import pages as report
+from helpers.evidence.checkpoint_file import CHECKPOINT_FILE, UNCOMPRESSED_CHECKPOINT_FILE
 from helpers.evidence.run_folder import bind_migration
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 from helpers.runner import StepFailed
@@ -218,14 +219,18 @@ def test_the_verdicts_lead_with_what_passed_failed_migrated_and_was_blocked(tmp_
     assert "lease" not in report.step_finding(run_dir, names.APPLY)
 
 
-def test_a_failed_apply_page_says_how_much_was_applied_and_how_to_resume(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", [CHECKPOINT_FILE, UNCOMPRESSED_CHECKPOINT_FILE])
+def test_a_failed_apply_page_says_how_much_was_applied_and_how_to_resume(tmp_path: Path, name: str) -> None:
     URL = "http://127.0.0.1:3210"  # only written into the page: nothing is called
     run_dir = tmp_path / "run"
     (run_dir / "apply").mkdir(parents=True)
     (run_dir / names.APPLY).mkdir()
-    (run_dir / "apply" / "checkpoint.jsonl").write_text(
-        '{"start":0,"end":2,"results":[{"id":"a","table":"scenes","outcome":"applied"},{"id":"b","table":"scenes","outcome":"error"}]}\n'
-        '{"start":2,"end":3,"results":[{"id":"c","table":"scenes","outcome":"applied"}]}\n{"start":3,"en')  # the last line torn
+    checkpoint = run_dir / "apply" / name
+    entries = (b'{"start":0,"end":2,"results":[{"id":"a","table":"scenes","outcome":"applied"},{"id":"b","table":"scenes","outcome":"error"}]}\n',
+               b'{"start":2,"end":3,"results":[{"id":"c","table":"scenes","outcome":"applied"}]}\n',
+               b'{"start":3,"end":4,"results":[{"id":"d","table":"scenes","outcome":"applied"}]}\n')
+    stored = b"".join(compression.encode_record(checkpoint, entry) for entry in entries)
+    checkpoint.write_bytes(stored[:-7])  # the last entry torn
     archive.write_json_atomic(run_dir / names.APPLY / "parameters.json", {"convex_url": URL, "run_dir": str(run_dir), "confirm": True,
                                                                        "batch_size": 50})
     notebook = nbformat.v4.new_notebook()
@@ -238,7 +243,7 @@ def test_a_failed_apply_page_says_how_much_was_applied_and_how_to_resume(tmp_pat
     text = (run_dir / names.APPLY / "03_apply.report.html").read_text(encoding="utf-8")
     box = text[text.index('<div class="runbook-failure">'):]
     assert "in section “3. Apply”, cell In [3]: <b>LeaseLost</b>" in box
-    assert "Applied before it stopped</b> (apply/checkpoint.jsonl): 2 applied, 1 error." in box
+    assert "Applied before it stopped</b> (apply's checkpoint): 2 applied, 1 error." in box
     assert (f"<pre>runbook run --url {URL} --run-dir {run_dir.resolve()} --steps 03_apply,04_verify "
             "-p 03_apply.batch_size=50 --confirm</pre>") in box
-    assert (run_dir / "apply" / "checkpoint.jsonl").read_text().endswith('{"start":3,"en')  # read, never trimmed
+    assert checkpoint.read_bytes() == stored[:-7]  # read, never trimmed

@@ -10,6 +10,7 @@ import pytest
 
 from helpers.connection import jsonio
 from helpers.evidence import compression
+from helpers.evidence.checkpoint_file import CHECKPOINT_FILE, UNCOMPRESSED_CHECKPOINT_FILE
 from helpers.evidence.run_folder import bind_migration
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 from helpers.notebook_ui import display as show
@@ -188,25 +189,35 @@ def test_the_confirmation_widget_reads_as_text_where_widgets_cannot_render(monke
     assert "About to change: scenes documents: 7" in text and "a" * 64 in text and "VBox" not in text
 
 
-@pytest.mark.parametrize("checkpoint, applied", [
-    (None, False),
-    (b'{"start": 0, "end": 3, "results": []}\n', False),  # an apply cut off: the rest is still to change
-    (b'{"start": 0, "end": 3, "results": []}\n{"complete": true}\n', True),
-    (b'{"start": 0, "end": 3, "results": []}\n{"complete": tr', False),  # torn: apply reads it as not complete
+BATCH = b'{"start": 0, "end": 3, "results": [' + b'{"id": "s0", "outcome": "applied"}, ' * 40 + b"]}\n"
+
+
+@pytest.mark.parametrize("name", [CHECKPOINT_FILE, UNCOMPRESSED_CHECKPOINT_FILE])
+@pytest.mark.parametrize("entries, cut, applied", [
+    (None, 0, False),
+    ([BATCH], 0, False),  # an apply cut off: the rest is still to change
+    ([BATCH, b'{"complete": true}\n'], 0, True),
+    ([BATCH, b'{"complete": true}\n'], 4, False),  # torn: apply reads it as not complete
 ])
-def test_a_second_apply_of_the_same_plan_says_already_applied(checkpoint: bytes | None, applied: bool, tmp_path: Path) -> None:
-    if checkpoint is not None:
+def test_a_second_apply_of_the_same_plan_says_already_applied(
+    entries: list[bytes] | None, cut: int, applied: bool, name: str, tmp_path: Path
+) -> None:
+    if entries is not None:
         (tmp_path / "apply").mkdir()
-        (tmp_path / "apply" / "checkpoint.jsonl").write_bytes(checkpoint)
+        path = tmp_path / "apply" / name
+        stored = b"".join(compression.encode_record(path, entry) for entry in entries)
+        path.write_bytes(stored[: len(stored) - cut])
     gate = Confirmation.for_plan("u", Plan(), Backup(), tmp_path)
     assert gate.already_applied is applied
     assert ("Already applied (running it again re-checks and writes nothing): scenes documents" in gate.text()) is applied
     assert ("About to change" in gate.text()) is not applied
 
 
-def test_a_kept_complete_checkpoint_means_already_applied(tmp_path: Path) -> None:
-    """A re-check moves the complete checkpoint aside (checkpoint.1.jsonl) and starts a new one."""
+@pytest.mark.parametrize("kept", ["checkpoint.1.jsonl.zst", "checkpoint.1.jsonl"])
+def test_a_kept_complete_checkpoint_means_already_applied(tmp_path: Path, kept: str) -> None:
+    """A re-check moves the complete checkpoint aside (checkpoint.1.jsonl.zst, or .jsonl in an older folder)
+    and starts a new one."""
     (tmp_path / "apply").mkdir()
-    (tmp_path / "apply" / "checkpoint.1.jsonl").write_bytes(b'{"complete": true}\n')
-    (tmp_path / "apply" / "checkpoint.jsonl").write_bytes(b"")
+    (tmp_path / "apply" / kept).write_bytes(compression.encode_record(Path(kept), b'{"complete": true}\n'))
+    (tmp_path / "apply" / CHECKPOINT_FILE).write_bytes(b"")
     assert Confirmation.for_plan("u", Plan(), Backup(), tmp_path).already_applied

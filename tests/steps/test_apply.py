@@ -3,15 +3,20 @@ statistics derived from the deployment rather than from what one process heard."
 
 from __future__ import annotations
 
+import itertools
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers.connection import errors, jsonio
 from helpers.connection.calls import apply_batch, iter_documents
 from helpers.connection.transport import ConvexTransport
+from helpers.evidence import checkpoint_file, compression
+from helpers.evidence.checkpoint_file import UNCOMPRESSED_CHECKPOINT_FILE, iter_entries
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 from helpers.migrations.m001_s3_asset_tracking.plan_line import CHANGING_ACTIONS
 from helpers.steps import names
@@ -25,6 +30,7 @@ from helpers.steps.apply import (
     used_ratio,
 )
 from helpers.steps.plan import iter_plan_lines
+from tests import checkpoints
 from tests.corpus import _scene
 from tests.flow import migration_references, prepare, seed
 
@@ -89,24 +95,50 @@ def test_used_ratio_is_the_tightest_limit() -> None:
     assert used_ratio(1, 0, 0.75) == 0.75
 
 
-def checkpoint_line(start: int, end: int, outcome: str = "applied") -> bytes:
+def checkpoint_line(start: int, end: int, outcome: str = "applied") -> dict[str, Any]:
     results = [{"id": f"d{n}", "table": "scenes", "outcome": outcome, "refs": 1} for n in range(start, end)]
-    return jsonio.dumps({"start": start, "end": end, "size": end - start, "calls": 1, "limit_hits": 0, "results": results}) + b"\n"
+    return {"start": start, "end": end, "size": end - start, "calls": 1, "limit_hits": 0, "results": results}
 
 
-def test_an_unreadable_checkpoint_line_and_all_after_it_are_cut_off(tmp_path: Path) -> None:
-    path = tmp_path / CHECKPOINT_FILE
-    good = checkpoint_line(0, 5) + checkpoint_line(10, 12, "conflict")
-    path.write_bytes(good + b"\x00\x00\x00\n" + checkpoint_line(5, 10))  # blocks a crash left unwritten
+def stored(path: Path, *entries: dict[str, Any]) -> bytes:
+    """`entries` as apply stores them in `path` (a frame each, or a line each in an older folder's plain file)."""
+    return b"".join(compression.encode_record(path, jsonio.dumps(entry) + b"\n") for entry in entries)
+
+
+@pytest.mark.parametrize("name", [CHECKPOINT_FILE, UNCOMPRESSED_CHECKPOINT_FILE])
+def test_an_unreadable_checkpoint_entry_and_all_after_it_are_cut_off(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    good = stored(path, checkpoint_line(0, 5), checkpoint_line(10, 12, "conflict"))
+    path.write_bytes(good + b"\x00\x00\x00\n" + stored(path, checkpoint_line(5, 10)))  # blocks a crash left unwritten
     checkpoint = read_checkpoint(path)
     assert path.read_bytes() == good
     assert checkpoint.done == [(0, 5), (10, 12)] and checkpoint.lines_read == 2 and not checkpoint.complete
     assert dict(checkpoint.figures().outcomes["scenes"]) == {"applied": 5, "conflict": 2}
 
 
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.integers(1, 30), min_size=1, max_size=8), data=st.data())
+def test_a_checkpoint_cut_inside_its_last_frame_reads_as_the_entries_before_it(sizes: list[int], data: st.DataObject) -> None:
+    """A kill while apply appends a batch's frame leaves it cut at any byte: the batches before it read back, the
+    file is cut back to them, and the next entry appended after the cut reads back with them."""
+    starts = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+    lines = [checkpoint_line(low, high) for low, high in itertools.pairwise(starts)]
+    with tempfile.TemporaryDirectory(prefix="checkpoint-test-") as folder:
+        path = Path(folder) / CHECKPOINT_FILE
+        before = stored(path, *lines[:-1])
+        last = stored(path, lines[-1])
+        path.write_bytes(before + last[: data.draw(st.integers(0, len(last) - 1), label="cut")])
+        checkpoint = read_checkpoint(path)
+        assert path.read_bytes() == before and checkpoint.lines_read == len(lines) - 1
+        assert checkpoint.done == ([(0, starts[-2])] if len(lines) > 1 else [])
+        with path.open("ab") as sink:
+            checkpoint_file.append(sink, path, lines[-1])
+        assert read_checkpoint(path).done == [(0, starts[-1])]
+
+
 def test_answered_ranges_merge_whatever_order_batches_finished_in(tmp_path: Path) -> None:
     path = tmp_path / CHECKPOINT_FILE
-    path.write_bytes(checkpoint_line(10, 20) + checkpoint_line(0, 10) + checkpoint_line(30, 40) + checkpoint_line(20, 25))
+    path.write_bytes(stored(path, checkpoint_line(10, 20), checkpoint_line(0, 10), checkpoint_line(30, 40), checkpoint_line(20, 25)))
     assert read_checkpoint(path).done == [(0, 25), (30, 40)]
 
 
@@ -147,14 +179,14 @@ def test_a_torn_last_checkpoint_line_is_cut_off_and_resumed(transport: ConvexTra
     seed(transport, 60)
     prepare(transport, torn)
     path = apply_dir(torn) / CHECKPOINT_FILE
-    # Write the torn run's checkpoint as a killed apply would leave it: some batches, then half a line.
+    # Write the torn run's checkpoint as a killed apply would leave it: some batches, then half a frame.
     first = apply(transport, torn, batch_size=7)
-    lines = path.read_bytes().splitlines(keepends=True)
-    path.write_bytes(b"".join(lines[:3]) + lines[3][: len(lines[3]) // 2])
+    ends = [end for _, end in iter_entries(path)]
+    path.write_bytes(path.read_bytes()[: (ends[2] + ends[3]) // 2])
     resumed = apply(transport, torn, batch_size=7)
-    content = path.read_bytes()
-    entries = [jsonio.loads(line) for line in content.splitlines()]  # every line is complete JSON
-    assert content.endswith(b"\n") and entries[-1] == {"complete": True} and not resumed.recheck
+    entries = checkpoints.entries(path)
+    assert [end for _, end in iter_entries(path)][-1] == path.stat().st_size  # every frame whole, nothing after them
+    assert entries[-1] == {"complete": True} and not resumed.recheck
     assert resumed.batches_resumed == 3 and figures(resumed) == figures(first)
     assert read_checkpoint(path).complete
     planned = sum(1 for line in iter_plan_lines(torn) if line["action"] in CHANGING_ACTIONS)
@@ -188,7 +220,7 @@ def test_batches_halve_on_a_convex_limit_and_grow_back(transport: ConvexTranspor
     prepare(transport, run_dir)
     summary = apply(transport, run_dir, batch_size=24, concurrency=1)
     assert summary.passed and summary.migrated["scenes"] == 48
-    lines = [jsonio.loads(raw) for raw in (apply_dir(run_dir) / CHECKPOINT_FILE).read_bytes().splitlines()][:-1]
+    lines = checkpoints.entries(apply_dir(run_dir) / CHECKPOINT_FILE)[:-1]
     limited = [line for line in lines if line["limit_hits"]]
     assert limited and limited[0]["size"] > 17 and limited[0]["calls"] > 1  # halved and retried
     after = lines[lines.index(limited[0]) + 1:]

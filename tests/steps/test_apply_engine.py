@@ -32,6 +32,7 @@ from helpers.connection.errors import (
     TransientFailure,
 )
 from helpers.evidence.archive import sha256_file
+from helpers.evidence.checkpoint_file import UNCOMPRESSED_CHECKPOINT_FILE, checkpoint_path, iter_entries
 from helpers.evidence.run_folder import bind_migration
 from helpers.evidence.run_folder import run_id as folder_run_id
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
@@ -50,6 +51,7 @@ from helpers.steps.apply import (
     take_migration_lock,
 )
 from helpers.steps.chain import for_apply
+from tests import checkpoints
 
 URL = "https://happy-otter-123.convex.cloud"
 TABLES = {"scenes": "scene", "videoSessions": "session"}
@@ -309,7 +311,7 @@ def figures(summary: Any) -> dict[str, Any]:
 
 
 def checkpoint_lines(run_dir: Path) -> list[dict[str, Any]]:
-    return [jsonio.loads(raw) for raw in (apply_dir(run_dir) / CHECKPOINT_FILE).read_bytes().splitlines()]
+    return checkpoints.entries(checkpoint_path(apply_dir(run_dir)))
 
 
 def outcome_rows(run_dir: Path) -> list[list[str]]:
@@ -389,14 +391,14 @@ def test_a_rerun_of_a_finished_apply_is_a_recheck_that_keeps_the_figures(tmp_pat
     again = apply(fake, run_dir, batch_size=100)
     assert again.recheck and figures(again) == figures(first) and again.passed
     assert again.answers == {"scenes": {"already_applied": 10}, "videoSessions": {"already_applied": 4}}
-    assert (apply_dir(run_dir) / "checkpoint.1.jsonl").read_bytes() == first_lines  # kept as evidence
+    assert (apply_dir(run_dir) / "checkpoint.1.jsonl.zst").read_bytes() == first_lines  # kept as evidence
     assert again.batches_sent == 1 and again.batches_resumed == 0 and again.batch_sizes == {"14": 1}
     assert again.round_trips == 4  # lock, ledger, record, one batch (on a transport that had made calls before)
     row = ledger_row(fake)
     assert row["finishedAt"] == finished and row["counts"]["scenesMigrated"] == 10
     assert jsonio.loads(row["details"])["recheck"] is True
     third = apply(fake, run_dir)  # the .1 file says it was finished, even when the current checkpoint is cut short
-    assert third.recheck and (apply_dir(run_dir) / "checkpoint.2.jsonl").exists()
+    assert third.recheck and (apply_dir(run_dir) / "checkpoint.2.jsonl.zst").exists()
     assert len(fake.references) == 15
     # A re-run that had to write again (a document put back to its planned state) is no re-check: it says what it
     # wrote, and records a new finish time.
@@ -406,6 +408,31 @@ def test_a_rerun_of_a_finished_apply_is_a_recheck_that_keeps_the_figures(tmp_pat
     assert not fourth.recheck and fourth.answers["scenes"] == {"applied": 1, "already_applied": 9}
     assert jsonio.loads(ledger_row(fake)["details"])["recheck"] is False
     assert ledger_row(fake)["finishedAt"] > finished
+
+
+def test_a_folder_with_an_uncompressed_checkpoint_resumes_it_in_its_format(tmp_path: Path) -> None:
+    """A folder written before the checkpoint was compressed holds checkpoint.jsonl, a line per entry: a resume
+    reads it and continues it as such; a re-check keeps it as checkpoint.1.jsonl and starts a compressed one."""
+    clean_fake = FakeDeployment()
+    clean = apply(clean_fake, make_run(tmp_path, clean_fake, name="clean"))
+    fake = FakeDeployment()
+    run_dir = make_run(tmp_path, fake)
+    fake.kill = {3}
+    with pytest.raises(Killed):
+        apply(fake, run_dir, concurrency=1)
+    packed, plain = apply_dir(run_dir) / CHECKPOINT_FILE, apply_dir(run_dir) / UNCOMPRESSED_CHECKPOINT_FILE
+    answered = checkpoints.entries(packed)
+    plain.write_bytes(b"".join(jsonio.dumps(entry) + b"\n" for entry in answered))  # as the earlier version wrote it
+    packed.unlink()
+    fake.kill = set()
+    resumed = apply(fake, run_dir)
+    assert figures(resumed) == figures(clean) and resumed.batches_resumed == len(answered) == 2
+    lines = [jsonio.loads(line) for line in plain.read_bytes().splitlines()]
+    assert lines[:2] == answered and lines[-1] == {"complete": True} and not packed.exists()
+    again = apply(fake, run_dir)
+    assert again.recheck and figures(again) == figures(clean)
+    assert (apply_dir(run_dir) / "checkpoint.1.jsonl").read_bytes() == b"".join(jsonio.dumps(line) + b"\n" for line in lines)
+    assert not plain.exists() and checkpoints.entries(packed)[-1] == {"complete": True}
 
 
 # --- kills, lost answers, resumes ---------------------------------------------------------------------------
@@ -432,9 +459,9 @@ def test_any_sequence_of_kills_lost_answers_and_resumes_gives_the_clean_figures(
             pass
     fake.kill, fake.drop = set(), set()
     path = apply_dir(run_dir) / CHECKPOINT_FILE
-    if path.exists() and not finished:  # a kill while writing the checkpoint: the last lines lost, the one before torn
-        lines = [line for line in path.read_bytes().splitlines(keepends=True) if b"complete" not in line][:cut]
-        path.write_bytes(b"".join(lines) + (lines[-1][:5] if torn and lines else b""))
+    if path.exists() and not finished:  # a kill while writing the checkpoint: the last entries lost, the one before torn
+        ends = [0] + [end for entry, end in iter_entries(path) if not entry.get("complete")][:cut]
+        path.write_bytes(path.read_bytes()[: ends[-1]] + (path.read_bytes()[ends[-1]:][:5] if torn else b""))
     summary = apply(fake, run_dir, batch_size=size)
     assert figures(summary) == figures(clean) and summary.recheck == finished and summary.passed
     assert ledger_row(fake)["counts"] == ledger_row(clean_fake)["counts"]

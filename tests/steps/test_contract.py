@@ -3,6 +3,7 @@ notebook, and how long its cells ran (no deployment needed: the ledger call is r
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -15,7 +16,9 @@ from helpers.connection.errors import (
     RunbookError,
     StepNotPassed,
 )
-from helpers.evidence import archive
+from helpers.evidence import archive, compression
+from helpers.evidence.checkpoint_file import CHECKPOINT_FILE, UNCOMPRESSED_CHECKPOINT_FILE
+from helpers.evidence.run_folder import create_run
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 from helpers.steps import contract as step
 from helpers.steps import names
@@ -100,8 +103,6 @@ def test_an_error_in_a_notebook_is_its_cause_and_its_fix() -> None:
 
 
 def test_record_writes_how_long_the_cells_ran_and_the_run_operator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from helpers.evidence.run_folder import create_run
-
     run_dir = tmp_path / "r"
     create_run(run_dir, M001.id, "alice")
     monkeypatch.setenv("RUNBOOK_OPERATOR", "someone-else")
@@ -116,6 +117,23 @@ def test_record_writes_how_long_the_cells_ran_and_the_run_operator(tmp_path: Pat
     assert archive.read_step_results(run_dir, names.BACKUP).duration_s == results.duration_s
     assert results.started_at is not None and results.started_at <= results.finished_at
     assert ledger == [{"operator": "alice", "started_at": opened.started}]
+
+
+@pytest.mark.parametrize("name", [CHECKPOINT_FILE, UNCOMPRESSED_CHECKPOINT_FILE])
+def test_apply_records_the_hash_of_its_checkpoint_as_stored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """checkpoint_sha256 is the sha256 of the file's bytes as they lie in the folder (compressed, or an older
+    folder's plain lines), as check-archive and `sha256sum` compute it."""
+    run_dir = tmp_path / "r"
+    create_run(run_dir, M001.id, "alice")
+    passed(run_dir, names.DRY_RUN)
+    checkpoint = run_dir / "apply" / name
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(compression.encode_record(checkpoint, b'{"complete":true}\n'))
+    monkeypatch.setattr(archive, "record_step", lambda transport, where, results, **kw: None)
+    summary = type("Summary", (), {"model_dump": lambda self, **_: {}, "status": "passed",
+                                   "plan_sha256": "p" * 64, "backup_sha256": "b" * 64})()
+    results = Step.open(names.APPLY, URL, run_dir, M001.id).record(summary)
+    assert results.outputs == {"checkpoint_sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest()}
 
 
 def test_last_passed_ignores_folders_where_the_step_failed(tmp_path: Path) -> None:
