@@ -245,7 +245,7 @@ def test_check_archive_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[
     _bound(tmp_path)
     (tmp_path / names.DRY_RUN).mkdir()
     archive.write_json_atomic(tmp_path / names.DRY_RUN / "parameters.json", {"page_size": 10})
-    archive.write_manifest(tmp_path, deployment_url=URL, operator="alice", started_at="t0", finished_at="t1", steps={names.DRY_RUN: "passed"})
+    archive.write_manifest(tmp_path, archive.RunFacts(URL, "alice", "t0", "t1", {names.DRY_RUN: "passed"}))
     assert cli.main(["check-archive", str(tmp_path)]) == 0
     assert capsys.readouterr().out.startswith("OK")
 
