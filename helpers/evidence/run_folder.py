@@ -61,8 +61,8 @@ def migration_id(run_dir: Path) -> str:
 
 
 def migration_of(run_dir: Path) -> Migration:
-    """The migration a folder records, for what starts from the folder alone (a sealed folder's pages, the runner
-    resuming it); a step is handed its migration and checks it with `require_migration`."""
+    """The migration a folder records, for what starts from the folder alone (a sealed folder's index.html, the CLI's
+    summary of a finished run); a step is handed its migration and checks it with `require_migration`."""
     return get(migration_id(run_dir))
 
 
