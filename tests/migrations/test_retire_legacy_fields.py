@@ -141,7 +141,7 @@ def test_001_then_002_then_002s_rollback_restore(transport: ConvexTransport, tmp
     # backup and dry-run: nothing changes; each document planned as what 001 carried says
     run_dir = folder(tmp_path, M002.id)
     before = state(transport)
-    prepare(transport, run_dir)
+    prepare(transport, run_dir, M002)
     assert state(transport) == before
     docs = {i: d for table in M002.tables for i, d in before[table].items()}
     lines = {line["id"]: line for line in iter_plan_lines(run_dir)}
