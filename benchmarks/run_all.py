@@ -50,7 +50,7 @@ from helpers.devtools.local_deployment import LocalDeployment, generate_local_ke
 from helpers.devtools.sample_data import SCENES_PER_SESSION, load  # noqa: E402
 from helpers.evidence.run_folder import bind_migration  # noqa: E402
 from helpers.migrations import default_id  # noqa: E402
-from helpers.steps.apply import apply_plan  # noqa: E402
+from helpers.steps.apply import ApplySettings, apply_plan  # noqa: E402
 from helpers.steps.backup import take_backup  # noqa: E402
 from helpers.steps.plan import build_plan  # noqa: E402
 
@@ -196,16 +196,16 @@ def _naive_side(n_scenes: int, seed: int, key: str) -> tuple[Any, dict[str, floa
 
 
 def _runbook_side(n_scenes: int, seed: int, key: str, run_dir: Path) -> dict[str, Any]:
-    bind_migration(run_dir, default_id())
+    migration = bind_migration(run_dir, default_id())
     with LocalDeployment(deploy_key=key) as deployment:
         with deployment.transport() as transport:
             load(transport, n_scenes, seed=seed)
         load_before = _load_average()
         with deployment.transport() as transport:
             meter = Meter(transport, deployment.pid)
-            backup, backup_f = meter.run(lambda: take_backup(transport, run_dir, show_progress=False))
-            plan, plan_f = meter.run(lambda: build_plan(transport, run_dir, show_progress=False))
-            applied, apply_f = meter.run(lambda: apply_plan(transport, run_dir, confirm=True, show_progress=False))
+            backup, backup_f = meter.run(lambda: take_backup(transport, run_dir, migration, show_progress=False))
+            plan, plan_f = meter.run(lambda: build_plan(transport, run_dir, migration, show_progress=False))
+            applied, apply_f = meter.run(lambda: apply_plan(transport, run_dir, migration, confirm=True, settings=ApplySettings(show_progress=False)))
         return {"backup": backup, "plan": plan, "applied": applied, "phases": {"backup": backup_f, "dry_run": plan_f, "apply": apply_f},
                 "node_peak": node_peak_rss_mib(deployment.pid), "load_average": load_before}
 
@@ -372,17 +372,17 @@ def bench_latency(n_scenes: int, seed: int, tmp: Path, naive_every: int = 1) -> 
                     phases = {"naive": naive.extrapolated_seconds, "naive_measured": naive.seconds}
                 else:
                     live_started = time.perf_counter()  # the dry-run's live mode (pages prefetched), for comparison
-                    bind_migration(tmp / "latency-live-plan", default_id())
-                    build_plan(transport, tmp / "latency-live-plan", show_progress=False, source="live")
+                    migration = bind_migration(tmp / "latency-live-plan", default_id())
+                    build_plan(transport, tmp / "latency-live-plan", migration, show_progress=False, source="live")
                     live_plan_s = time.perf_counter() - live_started
                     started, trips = time.perf_counter(), transport.round_trips
                     run_dir = tmp / "latency-runbook"
                     bind_migration(run_dir, default_id())
-                    take_backup(transport, run_dir, show_progress=False)
+                    take_backup(transport, run_dir, migration, show_progress=False)
                     backup_s = time.perf_counter() - started
-                    build_plan(transport, run_dir, show_progress=False)
+                    build_plan(transport, run_dir, migration, show_progress=False)
                     plan_s = time.perf_counter() - started - backup_s
-                    apply_plan(transport, run_dir, confirm=True, show_progress=False)
+                    apply_plan(transport, run_dir, migration, confirm=True, settings=ApplySettings(show_progress=False))
                     phases = {"backup": backup_s, "dry_run": plan_s, "apply": time.perf_counter() - started - backup_s - plan_s,
                               "dry_run_live": live_plan_s}
                 sides[side] = {"phases": phases, "round_trips": transport.round_trips - trips}

@@ -26,7 +26,7 @@ from typing import Any
 from helpers.connection.transport import ConvexTransport
 from helpers.evidence.run_folder import bind_migration
 from helpers.migrations import default_id
-from helpers.steps.apply import apply_plan
+from helpers.steps.apply import ApplySettings, apply_plan
 from helpers.steps.backup import take_backup
 from helpers.steps.parallel import default_workers
 from helpers.steps.plan import build_plan
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
     report: dict[str, Any] = {"rss_mib_start": peak_rss_mib(), "phases": {}}
     args.run_dir.mkdir(parents=True, exist_ok=True)
-    bind_migration(args.run_dir, default_id())
+    migration = bind_migration(args.run_dir, default_id())
     with ConvexTransport(args.url) as transport, DiskPeak(args.run_dir) as disk:
 
         def phase(name: str, step: Any) -> Any:
@@ -131,18 +131,20 @@ def main(argv: list[str] | None = None) -> int:
             }
             return value
 
-        backup = phase("backup", lambda: take_backup(transport, args.run_dir, show_progress=False))
-        plan = phase("dry_run", lambda: build_plan(transport, args.run_dir, page_size=args.page_size, show_progress=False, workers=args.workers))
+        backup = phase("backup", lambda: take_backup(transport, args.run_dir, migration, show_progress=False))
+        plan = phase("dry_run", lambda: build_plan(transport, args.run_dir, migration, page_size=args.page_size, show_progress=False, workers=args.workers))
         if args.serial_dry_run:  # right after the workers' dry-run, so both meet the same load on a shared machine
             serial_dir = args.run_dir.with_name(args.run_dir.name + "-1-worker")
             shutil.copytree(args.run_dir / "backup", serial_dir / "backup")
-            bind_migration(serial_dir, plan.migration_id)
+            bind_migration(serial_dir, migration.id)
             with disk.paused():  # not part of the run: its disk is not the run's
-                serial = phase("dry_run_1_worker", lambda: build_plan(transport, serial_dir, page_size=args.page_size, show_progress=False, workers=1))
+                serial = phase("dry_run_1_worker", lambda: build_plan(transport, serial_dir, migration, page_size=args.page_size,
+                                                                      show_progress=False, workers=1))
             report["serial_plan_identical"] = serial.plan_sha256 == plan.plan_sha256
             shutil.rmtree(serial_dir)
-        applied = phase("apply", lambda: apply_plan(transport, args.run_dir, confirm=True, show_progress=False))
-        checked = phase("verify", lambda: verify(transport, args.run_dir, page_size=args.page_size, show_progress=False,
+        applied = phase("apply", lambda: apply_plan(transport, args.run_dir, migration, confirm=True,
+                                                       settings=ApplySettings(show_progress=False)))
+        checked = phase("verify", lambda: verify(transport, args.run_dir, migration, page_size=args.page_size, show_progress=False,
                                                  workers=args.workers)) if args.verify else None
         report["run_folder_bytes"] = folder_bytes(args.run_dir)
         report["disk_peak_bytes"] = disk.peak

@@ -24,7 +24,7 @@ from helpers.connection.errors import DiskFull, PreconditionFailed, RunbookError
 from helpers.connection.transport import ConvexTransport, redact_url
 from helpers.evidence.archive_check import check_archive
 from helpers.evidence.pages import check_command, run_verdicts
-from helpers.evidence.run_folder import RUN_FILE, migration_id, operator_of
+from helpers.evidence.run_folder import RUN_FILE, migration_id, migration_of, operator_of
 from helpers.history import deployment_status
 from helpers.migrations import all_migrations
 from helpers.paths import CHECKOUT_ROOT
@@ -135,7 +135,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def print_summary(result: RunResult, url: str) -> None:
     """The run's verdicts first (as index.html shows them), then the documents that failed, the times, where
     the evidence is and the command that checks it; the manifest's sha256 last (the line for the ticket)."""
-    for verdict in run_verdicts(result.run_dir, result.steps):
+    for verdict in run_verdicts(result.run_dir, result.steps, migration_of(result.run_dir)):
         print(f"{verdict.label}: {verdict.text}")
     stats = result.statistics
     if stats is not None:

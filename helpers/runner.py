@@ -47,6 +47,7 @@ from helpers.connection.transport import (
 from helpers.evidence.archive import (
     STEP_STARTED_ENV,
     Manifest,
+    RunFacts,
     StepResults,
     commit_label,
     new_run_dir,
@@ -70,7 +71,6 @@ from helpers.evidence.run_folder import (
     create_run,
     holds_its_notebooks,
     migration_id,
-    migration_of,
     operator_for,
     operator_of,
     run_id,
@@ -520,15 +520,16 @@ def run_migration(
                 failure = exc
                 raise
             finally:
-                sealed = _seal(run_dir, failure, deployment_url=url, operator=operator, started_at=started_at,
-                               finished_at=datetime.now(UTC), steps=statuses, transport=transport)
+                facts = RunFacts(deployment_url=url, operator=operator, started_at=started_at, finished_at=datetime.now(UTC),
+                                 steps=statuses)
+                sealed = _seal(run_dir, failure, facts, transport)
     wall_seconds = time.monotonic() - started
     assert sealed is not None  # sealing can fail silently only while another error propagates
     return RunResult(
         run_dir=run_dir,
         passed=all(statuses[step] == "passed" for step in chosen),
         steps=statuses,
-        statistics=statistics(run_dir, wall_seconds=wall_seconds) if names.PLANNING & set(chosen) else None,
+        statistics=statistics(run_dir, declared, wall_seconds=wall_seconds) if names.PLANNING & set(chosen) else None,
         manifest_sha256=sealed.sha256,
         seal_not_recorded=sealed.not_recorded,
     )
@@ -578,11 +579,11 @@ def disk_full(run_dir: Path, url: str, steps: Sequence[str], confirm: bool) -> D
     )
 
 
-def _seal(run_dir: Path, failure: BaseException | None, **fields: Any) -> Sealed | None:
+def _seal(run_dir: Path, failure: BaseException | None, facts: RunFacts, transport: ConvexTransport) -> Sealed | None:
     """Seals the folder whatever happened; if sealing fails too, the step's error stays the one reported."""
     sealed = None
     with _secondary(failure, "The run folder could not be sealed either"):
-        sealed = seal_folder(run_dir, **fields)
+        sealed = seal_folder(run_dir, facts, transport=transport)
     if isinstance(failure, StepFailed) and sealed is not None:
         failure.manifest_sha256 = sealed.sha256
     return sealed
@@ -643,9 +644,9 @@ def _side_rows(migration: Migration, count: int) -> dict[str, int]:
     return {migration.side_rows.label: count} if migration.side_rows is not None else {}
 
 
-def statistics(run_dir: Path, *, wall_seconds: float) -> Statistics | None:
-    """Apply's figures when the folder has them, else the dry run's planned counts, else None."""
-    migration = migration_of(run_dir)
+def statistics(run_dir: Path, migration: Migration, *, wall_seconds: float) -> Statistics | None:
+    """Apply's figures when the folder has them, else the dry run's planned counts, else None; labelled as
+    `migration` (the one the run was given and the folder was bound to) names its tables and side rows."""
     applied = Path(run_dir) / names.APPLY / "results.json"
     planned = Path(run_dir) / names.DRY_RUN_STEPS[1] / "results.json"
     if applied.exists():

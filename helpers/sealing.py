@@ -30,6 +30,7 @@ from helpers.connection.transport import ConvexTransport, redact_url
 from helpers.evidence.archive import (
     MANIFEST_FILE,
     RESULTS_FILE,
+    RunFacts,
     commit_label,
     default_operator,
     epoch_ms,
@@ -41,7 +42,6 @@ from helpers.evidence.archive import (
     run_rows,
     sha256_file,
     step_dir,
-    timestamp,
     write_manifest,
     writing,
 )
@@ -150,31 +150,20 @@ def parse_time(text: str) -> datetime | None:
         return None
 
 
-def seal_folder(
-    run_dir: Path,
-    *,
-    deployment_url: str,
-    operator: str,
-    started_at: datetime | str,
-    finished_at: datetime | str,
-    steps: Mapping[str, str],
-    transport: Any = None,
-) -> Sealed:
+def seal_folder(run_dir: Path, facts: RunFacts, *, transport: Any = None) -> Sealed:
     """index.html first (the manifest lists it, so it cannot show the manifest's own hash), then the manifest,
     then, when a transport is given, the steps that ran without recording themselves and the manifest's sha256
     in the deployment's ledger."""
 
     run_dir = Path(run_dir)
     with writing(run_dir):
-        write_index(run_dir, deployment_url=redact_url(deployment_url), operator=operator, started_at=timestamp(started_at),
-                    finished_at=timestamp(finished_at), steps=steps)
-        path = write_manifest(run_dir, deployment_url=deployment_url, operator=operator, started_at=started_at,
-                              finished_at=finished_at, steps=steps)
+        write_index(run_dir, facts)
+        path = write_manifest(run_dir, facts)
     sha = sha256_file(path)
     if transport is None:
         return Sealed(path, sha, "no deployment was given")
     try:
-        record_unrecorded_steps(transport, run_dir, steps, operator)
+        record_unrecorded_steps(transport, run_dir, facts.steps, facts.operator)
         record_seal(transport, run_dir)
     except RunbookError as exc:
         return Sealed(path, sha, str(exc).split("\n", 1)[0])
@@ -259,8 +248,9 @@ def seal(
             ))
             starts.append(execution_times(notebook)[0] or _iso(row.get("startedAt")))
     started_at = earlier.started_at if earlier else min(filter(None, starts), default=now_iso())
-    sealed = seal_folder(run_dir, deployment_url=url, operator=operator, started_at=started_at, finished_at=datetime.now(UTC),
-                         steps={**(earlier.steps if earlier else {}), **statuses}, transport=None if offline else transport)
+    facts = RunFacts(deployment_url=url, operator=operator, started_at=started_at, finished_at=datetime.now(UTC),
+                     steps={**(earlier.steps if earlier else {}), **statuses})
+    sealed = seal_folder(run_dir, facts, transport=None if offline else transport)
     if offline:
         return replace(sealed, not_recorded=f"the deployment did not answer ({offline})")
     return sealed

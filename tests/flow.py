@@ -9,11 +9,12 @@ from helpers.connection.calls import iter_documents
 from helpers.connection.transport import ConvexTransport
 from helpers.devtools.sample_data import load
 from helpers.evidence.archive import StepResults, write_step_results
-from helpers.evidence.run_folder import RUN_FILE, bind_migration
+from helpers.evidence.run_folder import bind_migration
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 from helpers.migrations.m001_s3_asset_tracking.fields import ALL_TABLES
 from helpers.steps import names
 from helpers.steps.backup import take_backup
+from helpers.steps.migration import Migration
 from helpers.steps.plan import build_plan
 
 SAMPLE_SCENES = 300
@@ -28,15 +29,15 @@ def state(transport: ConvexTransport) -> dict[str, dict[str, dict[str, Any]]]:
     return {table: {doc["_id"]: doc for doc in iter_documents(transport, table)} for table in ALL_TABLES}
 
 
-def prepare(transport: ConvexTransport, run_dir: Path) -> None:
-    """Steps 01 and 02: backup and plan, each with the passed results.json its notebook would write (the
-    later notebooks check that the step before them passed). A folder bound to no migration yet runs 001."""
-    if not (Path(run_dir) / RUN_FILE).exists():
-        bind_migration(run_dir, M001.id)
-    backup = take_backup(transport, run_dir, poll_seconds=0.05, show_progress=False)
+def prepare(transport: ConvexTransport, run_dir: Path, migration: Migration = M001) -> None:
+    """Steps 01 and 02 of `migration` (001 unless told): backup and plan, each with the passed results.json its
+    notebook would write (the later notebooks check that the step before them passed). A folder bound to no
+    migration yet is bound to it; one bound to another is refused, as Step.open refuses it."""
+    bind_migration(run_dir, migration.id)
+    backup = take_backup(transport, run_dir, migration, poll_seconds=0.05, show_progress=False)
     write_step_results(run_dir, names.BACKUP, StepResults(step=names.BACKUP, status="passed",
                                                                   outputs={"backup_sha256": backup.sha256}))
-    plan = build_plan(transport, run_dir, show_progress=False)
+    plan = build_plan(transport, run_dir, migration, show_progress=False)
     write_step_results(run_dir, names.DRY_RUN, StepResults(step=names.DRY_RUN, status="passed",
                                                           outputs={"plan_sha256": plan.plan_sha256}))
 

@@ -195,11 +195,10 @@ def test_run_migration_seals_the_folder_when_a_step_fails(tmp_path: Path, notebo
 
 
 def test_statistics_come_from_the_apply_summary(tmp_path: Path) -> None:
-    _bound(tmp_path)
     summary = {"migrated": {"scenes": 10, "videoSessions": 2}, "references_created": 25, "duration_s": 4.5,
                "errors": [{"id": "s9", "table": "scenes", "outcome": "error", "message": "too large"}]}
     archive.write_step_results(tmp_path, names.APPLY, archive.StepResults(step=names.APPLY, status="passed", summary=summary))
-    stats = runner.statistics(tmp_path, wall_seconds=99.0)
+    stats = runner.statistics(tmp_path, M001, wall_seconds=99.0)
     assert stats is not None and not stats.planned
     assert (stats.migrated["scenes"], stats.migrated["sessions"], stats.side_rows) == (10, 2, {"asset references": 25})
     assert (stats.apply_seconds, stats.wall_seconds) == (4.5, 99.0)
@@ -245,7 +244,7 @@ def test_check_archive_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[
     _bound(tmp_path)
     (tmp_path / names.DRY_RUN).mkdir()
     archive.write_json_atomic(tmp_path / names.DRY_RUN / "parameters.json", {"page_size": 10})
-    archive.write_manifest(tmp_path, deployment_url=URL, operator="alice", started_at="t0", finished_at="t1", steps={names.DRY_RUN: "passed"})
+    archive.write_manifest(tmp_path, archive.RunFacts(URL, "alice", "t0", "t1", {names.DRY_RUN: "passed"}))
     assert cli.main(["check-archive", str(tmp_path)]) == 0
     assert capsys.readouterr().out.startswith("OK")
 
@@ -516,7 +515,7 @@ def test_status_prints_each_migrations_state_and_each_run_and_writes_nothing(
 def test_a_run_whose_seal_the_deployment_missed_says_how_to_record_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    result = runner.RunResult(run_dir=tmp_path / "run", passed=True, steps={names.BACKUP: "passed"}, statistics=None,
+    result = runner.RunResult(run_dir=_bound(tmp_path / "run"), passed=True, steps={names.BACKUP: "passed"}, statistics=None,
                               manifest_sha256="ab" * 32, seal_not_recorded="the deployment did not answer")
     monkeypatch.setattr(cli, "run_migration", lambda *args, **kwargs: result)
     assert cli.main(["run", "--url", URL, "--dry-run", "--steps", names.BACKUP]) == 0
@@ -580,12 +579,12 @@ def test_a_prepared_run_folder_runs_its_own_notebooks_in_place_as_its_operator(t
         runner.run_migration(URL, dry_run=True, run_dir=run_dir, notebooks_dir=notebooks, operator="bob")
 
 
-def test_run_prints_each_line_a_step_prints(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_prints_each_line_a_step_prints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     def fake_run_migration(url: str, dry_run: bool, *, on_step, on_output, **kwargs: object) -> runner.RunResult:  # noqa: ANN001
         on_step(names.APPLY, "running")
         on_output(names.APPLY, "apply: 500/1,055 doc (47%) in 00:05, 100 doc/s")
         on_step(names.APPLY, "passed")
-        return runner.RunResult(run_dir=Path("r"), passed=True, steps={}, statistics=None, manifest_sha256="ab" * 32)
+        return runner.RunResult(run_dir=_bound(tmp_path / "r"), passed=True, steps={}, statistics=None, manifest_sha256="ab" * 32)
 
     monkeypatch.setattr(cli, "run_migration", fake_run_migration)
     assert cli.main(["run", "--url", URL, "--confirm"]) == 0

@@ -27,7 +27,7 @@ from helpers.migrations.m001_s3_asset_tracking.fields import legacy_part
 from helpers.migrations.m001_s3_asset_tracking.plan_line import CHANGING_ACTIONS
 from helpers.runner import statistics
 from helpers.steps import names
-from helpers.steps.apply import CHECKPOINT_FILE, ApplySummary, apply_dir, apply_plan
+from helpers.steps.apply import CHECKPOINT_FILE, ApplySettings, ApplySummary, apply_dir, apply_plan
 from helpers.steps.plan import iter_plan_lines
 from helpers.steps.verify import verify
 from tests import checkpoints
@@ -52,7 +52,7 @@ def reported(transport: ConvexTransport, run_dir: Path, summary: ApplySummary) -
     write_step_results(run_dir, names.APPLY, StepResults(step=names.APPLY, status=summary.status, summary=summary.model_dump(mode="json")))
     results = StepResults.model_validate_json((run_dir / names.APPLY / "results.json").read_bytes()).summary
     row = next(r for r in read_ledger(transport, M001.id) if r["runId"] == run_id(run_dir) and r["step"] == names.APPLY)
-    cli = statistics(run_dir, wall_seconds=0)
+    cli = statistics(run_dir, M001, wall_seconds=0)
     assert cli is not None and not cli.planned
     return {
         "results.json": (results["migrated"]["scenes"], results["migrated"]["videoSessions"], results["references_created"],
@@ -74,7 +74,7 @@ def clean_run(deploy_key: str, tmp_path_factory: pytest.TempPathFactory) -> tupl
     with LocalDeployment(deploy_key=deploy_key) as clean, clean.transport() as transport:
         seed(transport, FAULT_SCENES)
         prepare(transport, run_dir)
-        summary = apply_plan(transport, run_dir, confirm=True, show_progress=False)
+        summary = apply_plan(transport, run_dir, M001, confirm=True, settings=ApplySettings(show_progress=False))
         assert summary.passed and summary.statistics_confirmed and summary.migrated["scenes"] > 0
         figures = reported(transport, run_dir, summary)
         assert figures["results.json"] == figures["ledger"]
@@ -105,7 +105,7 @@ def test_transient_failures_during_apply_end_like_a_clean_run(deploy_key: str, t
     ) as flaky, flaky.transport() as transport:
         seed(transport, FAULT_SCENES)
         prepare(transport, tmp_path / "run")
-        summary = apply_plan(transport, tmp_path / "run", confirm=True, batch_size=10, show_progress=False)
+        summary = apply_plan(transport, tmp_path / "run", M001, confirm=True, settings=ApplySettings(batch_size=10, show_progress=False))
         assert summary.passed and summary.round_trips > summary.batches_sent  # some requests were retried
         assert comparable(state(transport)) == clean_state
         assert_no_duplicate_references(transport)
@@ -121,7 +121,7 @@ def test_dropped_responses_on_apply_report_like_a_clean_run(deploy_key: str, tmp
                          fault_seed=5) as dropping, dropping.transport() as transport:
         seed(transport, FAULT_SCENES)
         prepare(transport, run_dir)
-        summary = apply_plan(transport, run_dir, confirm=True, batch_size=10, show_progress=False)
+        summary = apply_plan(transport, run_dir, M001, confirm=True, settings=ApplySettings(batch_size=10, show_progress=False))
         assert summary.passed
         assert sum(c.get("already_applied", 0) for c in summary.answers.values()) > 0  # responses were really lost
         assert comparable(state(transport)) == clean_state
@@ -134,11 +134,11 @@ def test_rerun_of_a_finished_apply_is_a_recheck_that_keeps_the_figures(deploy_ke
     with LocalDeployment(deploy_key=deploy_key) as deployment, deployment.transport() as transport:
         seed(transport, FAULT_SCENES)
         prepare(transport, run_dir)
-        first = apply_plan(transport, run_dir, confirm=True, show_progress=False)
+        first = apply_plan(transport, run_dir, M001, confirm=True, settings=ApplySettings(show_progress=False))
         assert_reported_like(clean_statistics, transport, run_dir, first, "first apply")
         row = next(r for r in read_ledger(transport, M001.id) if r["step"] == names.APPLY)
         for attempt in range(2):
-            again = apply_plan(transport, run_dir, confirm=True, batch_size=23, show_progress=False)
+            again = apply_plan(transport, run_dir, M001, confirm=True, settings=ApplySettings(batch_size=23, show_progress=False))
             assert again.passed and again.recheck and not first.recheck
             assert sum(c.get("applied", 0) for c in again.answers.values()) == 0  # nothing was written again
             assert_reported_like(clean_statistics, transport, run_dir, again, f"re-check {attempt + 1}")
@@ -150,9 +150,11 @@ def test_rerun_of_a_finished_apply_is_a_recheck_that_keeps_the_figures(deploy_ke
 APPLY_SCRIPT = """
 import sys
 from pathlib import Path
-from helpers.steps.apply import apply_plan
+from helpers.migrations import get
+from helpers.steps.apply import ApplySettings, apply_plan
 from helpers.connection.transport import ConvexTransport
-apply_plan(ConvexTransport(sys.argv[1]), Path(sys.argv[2]), confirm=True, batch_size=5, concurrency=2, show_progress=False)
+apply_plan(ConvexTransport(sys.argv[1]), Path(sys.argv[2]), get("001_s3_asset_tracking"), confirm=True,
+           settings=ApplySettings(batch_size=5, concurrency=2, show_progress=False))
 """
 
 
@@ -192,12 +194,12 @@ def test_apply_killed_at_random_points_resumes_to_the_clean_state_and_statistics
                 if rng.random() < 0.3:
                     checkpoints.tear_last(apply_dir(run_dir) / CHECKPOINT_FILE)
                     torn += 1
-            resumed = apply_plan(transport, run_dir, confirm=True, batch_size=5, show_progress=False)
+            resumed = apply_plan(transport, run_dir, M001, confirm=True, settings=ApplySettings(batch_size=5, show_progress=False))
             assert resumed.passed, (trial, resumed.errors)
             assert comparable(state(transport)) == clean_state, f"trial {trial}"
             assert_no_duplicate_references(transport)
             assert_reported_like(clean_statistics, transport, run_dir, resumed, f"trial {trial} ({kills} kills so far)")
-            assert verify(transport, run_dir, show_progress=False).passed
+            assert verify(transport, run_dir, M001, show_progress=False).passed
     assert killed_mid_run >= kills * 0.7 and kills >= KILL_TRIALS  # the kills landed while apply was running
     assert torn > 0
 
@@ -218,7 +220,7 @@ def test_torn_checkpoint_entry_after_a_kill_resumes_like_a_clean_run(deploy_key:
         whole = checkpoints.count(path)
         checkpoints.tear_last(path)
         assert checkpoints.count(path) == whole - 1
-        resumed = apply_plan(transport, run_dir, confirm=True, batch_size=5, show_progress=False)
+        resumed = apply_plan(transport, run_dir, M001, confirm=True, settings=ApplySettings(batch_size=5, show_progress=False))
         assert checkpoints.entries(path)[-1] == {"complete": True}
         assert [end for _, end in iter_entries(path)][-1] == path.stat().st_size  # every frame whole, nothing after them
         assert resumed.passed and comparable(state(transport)) == clean_state
@@ -245,7 +247,7 @@ def test_concurrent_writer_is_never_overwritten(deploy_key: str, tmp_path: Path)
 
         thread = threading.Thread(target=writer)
         thread.start()
-        summary = apply_plan(transport, run_dir, confirm=True, batch_size=10, show_progress=False)
+        summary = apply_plan(transport, run_dir, M001, confirm=True, settings=ApplySettings(batch_size=10, show_progress=False))
         thread.join()
         outcomes = {row.id: row.outcome for row in summary.conflict_examples}
         docs = {d["_id"]: d for d in iter_documents(transport, "scenes")}
@@ -276,12 +278,12 @@ def test_second_apply_at_once_is_refused_by_the_lock(deploy_key: str, tmp_path: 
                 assert child.poll() is None
                 time.sleep(0.01)
             with pytest.raises(errors.PreconditionFailed, match=f"run {run_id(first)}"):
-                apply_plan(transport, second, confirm=True, show_progress=False)
+                apply_plan(transport, second, M001, confirm=True, settings=ApplySettings(show_progress=False))
             with pytest.raises(errors.PreconditionFailed, match=r"step 03_apply \(pid \d+\) is running"):
-                apply_plan(transport, first, confirm=True, show_progress=False)
+                apply_plan(transport, first, M001, confirm=True, settings=ApplySettings(show_progress=False))
         finally:
             assert child.wait(300) == 0
-        assert verify(transport, first, show_progress=False).passed
+        assert verify(transport, first, M001, show_progress=False).passed
 
 
 def test_bad_corpus_is_reported_and_left_untouched(transport, run_dir: Path) -> None:  # noqa: ANN001
@@ -300,7 +302,7 @@ def test_bad_corpus_is_reported_and_left_untouched(transport, run_dir: Path) -> 
         assert (code, severity) in problems, (code, problems)
         assert all(p["message"].strip() for p in lines[doc_id]["problems"])
         assert (lines[doc_id]["action"] == "problem") == (severity == "blocking"), (code, lines[doc_id]["action"])
-    assert apply_plan(transport, run_dir, confirm=True, show_progress=False).passed
+    assert apply_plan(transport, run_dir, M001, confirm=True, settings=ApplySettings(show_progress=False)).passed
     after = {d["_id"]: d for d in iter_documents(transport, "scenes") if d["_id"] in expected}
     for doc_id, (code, severity) in expected.items():
         if severity == "blocking":
@@ -324,11 +326,11 @@ def test_timeouts_and_oom_on_one_document_batches_end_like_a_clean_run(
             limited.transport() as transport:
         seed(transport, FAULT_SCENES)
         prepare(transport, run_dir)  # the dry-run's ledger and page reads meet the faults too
-        summary = apply_plan(transport, run_dir, confirm=True, batch_size=batch_size, show_progress=False)
+        summary = apply_plan(transport, run_dir, M001, confirm=True, settings=ApplySettings(batch_size=batch_size, show_progress=False))
         for _ in range(3):  # a document stopped on every attempt is an error of this attempt only: resume
             if summary.passed:
                 break
-            summary = apply_plan(transport, run_dir, confirm=True, batch_size=batch_size, show_progress=False)
+            summary = apply_plan(transport, run_dir, M001, confirm=True, settings=ApplySettings(batch_size=batch_size, show_progress=False))
         assert summary.passed and summary.statistics_confirmed and not summary.errors
         assert summary.round_trips > summary.batches_sent  # stopped calls were sent again
         assert comparable(state(transport)) == clean_state
@@ -339,10 +341,11 @@ def test_timeouts_and_oom_on_one_document_batches_end_like_a_clean_run(
 RESTART_APPLY = """
 import sys
 from pathlib import Path
-from helpers.steps.apply import apply_plan
+from helpers.migrations import get
+from helpers.steps.apply import ApplySettings, apply_plan
 from helpers.connection.transport import ConvexTransport
-summary = apply_plan(ConvexTransport(sys.argv[1], max_attempts=12), Path(sys.argv[2]), confirm=True, batch_size=5,
-                     concurrency=2, show_progress=False)
+summary = apply_plan(ConvexTransport(sys.argv[1], max_attempts=12), Path(sys.argv[2]), get("001_s3_asset_tracking"), confirm=True,
+                     settings=ApplySettings(batch_size=5, concurrency=2, show_progress=False))
 print(summary.status, summary.statistics_confirmed)
 """
 
@@ -371,9 +374,9 @@ def test_a_deployment_restarted_from_its_data_dir_mid_apply_ends_like_a_clean_ru
     with restarted, restarted.transport() as transport:
         assert restarted.documents >= sum(len(docs) for docs in before_kill.values())  # nothing acknowledged was lost
         out, _ = child.communicate(timeout=600)
-        summary = apply_plan(transport, run_dir, confirm=True, batch_size=5, show_progress=False)  # resume or re-check
+        summary = apply_plan(transport, run_dir, M001, confirm=True, settings=ApplySettings(batch_size=5, show_progress=False))  # resume or re-check
         assert "passed False" not in out and summary.passed and summary.statistics_confirmed, (out, summary.status)
         assert comparable(state(transport)) == clean_state
         assert_no_duplicate_references(transport)
         assert_reported_like(clean_statistics, transport, run_dir, summary, "restart from --data-dir")
-        assert verify(transport, run_dir, show_progress=False).passed
+        assert verify(transport, run_dir, M001, show_progress=False).passed

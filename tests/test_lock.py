@@ -31,7 +31,7 @@ from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 from helpers.migrations.m001_s3_asset_tracking.plan_line import CHANGING_ACTIONS
 from helpers.runner import run_migration
 from helpers.steps import names
-from helpers.steps.apply import CHECKPOINT_FILE, _item, apply_dir, apply_plan
+from helpers.steps.apply import CHECKPOINT_FILE, ApplySettings, _item, apply_dir, apply_plan
 from helpers.steps.backup import take_backup
 from helpers.steps.plan import build_plan, iter_plan_lines
 from helpers.steps.rollback import execute_rollback, plan_rollback
@@ -45,10 +45,11 @@ SCENES = 60
 APPLY_SCRIPT = """
 import sys
 from pathlib import Path
-from helpers.steps.apply import apply_plan
+from helpers.migrations import get
+from helpers.steps.apply import ApplySettings, apply_plan
 from helpers.connection.transport import ConvexTransport
-apply_plan(ConvexTransport(sys.argv[1]), Path(sys.argv[2]), confirm=True, batch_size=3, concurrency=1,
-           show_progress=False, lease_ms=int(sys.argv[3]))
+apply_plan(ConvexTransport(sys.argv[1]), Path(sys.argv[2]), get("001_s3_asset_tracking"), confirm=True,
+           settings=ApplySettings(batch_size=3, concurrency=1, show_progress=False, lease_ms=int(sys.argv[3])))
 """
 #: Holds a lock of a run folder until its stdin closes. argv: kind (step|run), run_dir.
 HOLD_SCRIPT = """
@@ -123,11 +124,11 @@ def test_callers_racing_to_draw_the_run_id_all_read_the_one_stored(tmp_path: Pat
 
 UNREACHABLE = "http://127.0.0.1:9"
 STEP_CALLS = {
-    "take_backup": lambda t, d: take_backup(t, d, show_progress=False),
-    "build_plan": lambda t, d: build_plan(t, d, show_progress=False),
-    "apply_plan": lambda t, d: apply_plan(t, d, confirm=True, show_progress=False),
-    "verify": lambda t, d: verify(t, d, show_progress=False),
-    "execute_rollback": lambda t, d: execute_rollback(t, d, "strip"),
+    "take_backup": lambda t, d: take_backup(t, d, M001, show_progress=False),
+    "build_plan": lambda t, d: build_plan(t, d, M001, show_progress=False),
+    "apply_plan": lambda t, d: apply_plan(t, d, M001, confirm=True, settings=ApplySettings(show_progress=False)),
+    "verify": lambda t, d: verify(t, d, M001, show_progress=False),
+    "execute_rollback": lambda t, d: execute_rollback(t, d, M001, "strip"),
 }
 
 
@@ -165,7 +166,7 @@ def test_same_named_folders_under_different_parents_do_not_share_the_deployment_
         try:
             wait_for(lambda: checkpoint_lines(alice) >= 1, "alice's first batch", child)
             with pytest.raises(errors.PreconditionFailed, match=f"Another run holds the deployment lock: run {run_id(alice)}"):
-                apply_plan(transport, bob, confirm=True, show_progress=False)
+                apply_plan(transport, bob, M001, confirm=True, settings=ApplySettings(show_progress=False))
         finally:
             child.kill()
             child.communicate()
@@ -177,14 +178,14 @@ def test_apply_after_another_runs_apply_since_the_backup_is_refused(deploy_key: 
         seed(transport, SCENES)
         prepare(transport, first)
         prepare(transport, stale)
-        assert apply_plan(transport, first, confirm=True, show_progress=False).passed
+        assert apply_plan(transport, first, M001, confirm=True, settings=ApplySettings(show_progress=False)).passed
         with pytest.raises(errors.PreconditionFailed, match=f"Run {run_id(first)} .* after this run's backup") as refused:
-            apply_plan(transport, stale, confirm=True, show_progress=False)
+            apply_plan(transport, stale, M001, confirm=True, settings=ApplySettings(show_progress=False))
         assert "new backup and make a new plan in a new run folder" in str(refused.value)
         assert not apply_dir(stale).joinpath(CHECKPOINT_FILE).exists()
         assert [row["runId"] for row in read_ledger(transport, M001.id) if row["step"] == names.APPLY] == [run_id(first)]
         prepare(transport, fresh)  # a backup taken after that apply is not stale
-        assert apply_plan(transport, fresh, confirm=True, show_progress=False).passed
+        assert apply_plan(transport, fresh, M001, confirm=True, settings=ApplySettings(show_progress=False)).passed
 
 
 def test_rollback_takes_the_migration_lock_and_is_refused_while_another_run_holds_it(deploy_key: str, tmp_path: Path) -> None:
@@ -192,16 +193,16 @@ def test_rollback_takes_the_migration_lock_and_is_refused_while_another_run_hold
     with LocalDeployment(deploy_key=deploy_key) as deployment, deployment.transport() as transport:
         seed(transport, SCENES)
         prepare(transport, run_dir)
-        assert apply_plan(transport, run_dir, confirm=True, show_progress=False).passed
-        plan_rollback(transport, run_dir, "strip")
+        assert apply_plan(transport, run_dir, M001, confirm=True, settings=ApplySettings(show_progress=False)).passed
+        plan_rollback(transport, run_dir, M001, "strip")
         references = count_side_rows(transport, ASSET_REFERENCES, M001.id, run_id(run_dir))
         assert sum(references.values()) > 0
         assert acquire_lock(transport, M001.id, "the-other-run", "bob", 600_000)["acquired"]
         with pytest.raises(errors.PreconditionFailed, match="run the-other-run by bob"):
-            execute_rollback(transport, run_dir, "strip")
+            execute_rollback(transport, run_dir, M001, "strip")
         assert count_side_rows(transport, ASSET_REFERENCES, M001.id, run_id(run_dir)) == references  # nothing was sent
         release_lock(transport, "the-other-run")
-        assert not execute_rollback(transport, run_dir, "strip").errors
+        assert not execute_rollback(transport, run_dir, M001, "strip").errors
         assert sum(count_side_rows(transport, ASSET_REFERENCES, M001.id, run_id(run_dir)).values()) == 0
         [row] = [r for r in read_ledger(transport, M001.id) if r["step"] == names.ROLLBACK]
         assert row["runId"] == run_id(run_dir) and row["status"] == "passed" and row["finishedAt"] >= row["startedAt"]
@@ -213,12 +214,12 @@ def test_apply_planned_before_another_runs_rollback_is_refused_as_stale(deploy_k
     with LocalDeployment(deploy_key=deploy_key) as deployment, deployment.transport() as transport:
         seed(transport, SCENES)
         prepare(transport, first)
-        assert apply_plan(transport, first, confirm=True, show_progress=False).passed
+        assert apply_plan(transport, first, M001, confirm=True, settings=ApplySettings(show_progress=False)).passed
         prepare(transport, stale)  # planned on the migrated state, before the rollback below
-        plan_rollback(transport, first, "strip")
-        execute_rollback(transport, first, "strip")
+        plan_rollback(transport, first, M001, "strip")
+        execute_rollback(transport, first, M001, "strip")
         with pytest.raises(errors.PreconditionFailed, match=f"Run {run_id(first)} .* rolled back this migration"):
-            apply_plan(transport, stale, confirm=True, show_progress=False)
+            apply_plan(transport, stale, M001, confirm=True, settings=ApplySettings(show_progress=False))
 
 
 def test_a_paused_apply_that_lost_its_lease_stops_and_sends_nothing_more(deploy_key: str, tmp_path: Path) -> None:
@@ -243,7 +244,7 @@ def test_a_paused_apply_that_lost_its_lease_stops_and_sends_nothing_more(deploy_
         assert count_side_rows(transport, ASSET_REFERENCES, M001.id, paused_run) == written  # nothing sent after the pause
         assert checkpoint_lines(run_dir) <= lines + 1  # at most the batch that was in flight when it was paused
         release_lock(transport, "the-other-run")
-        resumed = apply_plan(transport, run_dir, confirm=True, show_progress=False)  # the checkpoint is valid
+        resumed = apply_plan(transport, run_dir, M001, confirm=True, settings=ApplySettings(show_progress=False))  # the checkpoint is valid
         assert resumed.passed and resumed.batches_resumed >= 2
 
 
@@ -265,7 +266,7 @@ def test_the_lease_is_renewed_while_a_slow_batch_is_in_flight(deploy_key: str, t
         thread.start()
         try:
             # Batches of one take 200–1000 ms each (the injected delay, seed 7: three take over 800 ms): longer than the 700 ms lease.
-            summary = apply_plan(transport, run_dir, confirm=True, batch_size=1, concurrency=1, lease_ms=700, show_progress=False)
+            summary = apply_plan(transport, run_dir, M001, confirm=True, settings=ApplySettings(batch_size=1, concurrency=1, lease_ms=700, show_progress=False))
         finally:
             done.set()
             thread.join()

@@ -19,11 +19,11 @@ from helpers.connection.transport import ConvexTransport
 from helpers.connection.values import equal
 from helpers.devtools.local_deployment import LocalDeployment
 from helpers.devtools.sample_data import load
-from helpers.evidence.run_folder import run_id
+from helpers.evidence.run_folder import create_run, run_id
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 from helpers.migrations.m002_retire_legacy_fields import MIGRATION as M002
 from helpers.migrations.m002_retire_legacy_fields.rules import CARRIED_BY, is_carried
-from helpers.steps.apply import apply_plan
+from helpers.steps.apply import ApplySettings, apply_plan
 from helpers.steps.rollback import execute_rollback, plan_rollback
 from tests.flow import prepare, seed, state
 from tests.migrations.test_retire_legacy_fields import apply_and_verify, folder
@@ -87,7 +87,14 @@ def migrated_by_001(transport: ConvexTransport, tmp_path: Path) -> Path:
     seed(transport, SCENES)
     run_dir = folder(tmp_path, M001.id)
     prepare(transport, run_dir)
-    apply_and_verify(transport, run_dir)
+    apply_and_verify(transport, run_dir, M001)
+    return run_dir
+
+
+def operated_by(operator: str, tmp_path: Path, name: str, migration_id: str | None = None) -> Path:
+    """A run folder made for `operator` (as `runbook new-run --operator` makes it): its steps sign with that name."""
+    run_dir = tmp_path / name
+    create_run(run_dir, migration_id or name, operator)
     return run_dir
 
 
@@ -106,16 +113,16 @@ def test_a_001_strip_and_a_002_apply_started_together_never_lose_a_legacy_value(
                                                                                  tmp_path: Path) -> None:
     with slow.transport() as transport:
         m001 = migrated_by_001(transport, tmp_path)
-        m002 = folder(tmp_path, M002.id)
-        prepare(transport, m002)
-        plan_rollback(transport, m001, "strip")  # planned while 002 is not applied
+        m002 = operated_by("alice", tmp_path, M002.id)  # apply signs as its folder's operator
+        prepare(transport, m002, M002)
+        plan_rollback(transport, m001, M001, "strip")  # planned while 002 is not applied
         values = legacy_values(state(transport))
 
         def apply_002(own: ConvexTransport) -> Any:
-            return apply_plan(own, m002, confirm=True, batch_size=10, operator="alice", show_progress=False)
+            return apply_plan(own, m002, M002, confirm=True, settings=ApplySettings(batch_size=10, show_progress=False))
 
         def strip_001(own: ConvexTransport) -> Any:
-            return execute_rollback(own, m001, "strip", batch_size=10, operator="bob")
+            return execute_rollback(own, m001, M001, "strip", batch_size=10, operator="bob")
 
         if first == "002 apply":
             applied, stripped = race(slow.url, apply_002, strip_001, gap_s=1.5 * DELAY_S)
@@ -137,17 +144,17 @@ def test_001_s_apply_and_002_s_apply_started_together_one_is_refused(slow: Local
     with slow.transport() as transport:
         migrated_by_001(transport, tmp_path)
         load(transport, 20, seed=11)  # a legacy writer adds scenes 001 has not migrated yet
-        again = tmp_path / "001-again"
+        again = operated_by("carol", tmp_path, "001-again", M001.id)
         prepare(transport, again)
-        m002 = folder(tmp_path, M002.id)
-        prepare(transport, m002)
+        m002 = operated_by("alice", tmp_path, M002.id)
+        prepare(transport, m002, M002)
         values = legacy_values(state(transport))
 
         def apply_001(own: ConvexTransport) -> Any:
-            return apply_plan(own, again, confirm=True, batch_size=10, operator="carol", show_progress=False)
+            return apply_plan(own, again, M001, confirm=True, settings=ApplySettings(batch_size=10, show_progress=False))
 
         def apply_002(own: ConvexTransport) -> Any:
-            return apply_plan(own, m002, confirm=True, batch_size=10, operator="alice", show_progress=False)
+            return apply_plan(own, m002, M002, confirm=True, settings=ApplySettings(batch_size=10, show_progress=False))
 
         applied, refused = race(slow.url, apply_001, apply_002, gap_s=0.5 * DELAY_S)
         assert applied.passed and sum(applied.migrated.values()) > 0, applied

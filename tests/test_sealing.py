@@ -105,8 +105,8 @@ def test_a_sealed_interactive_run_passes_check_archive_with_the_ledger(
     # Edited afterwards and resealed without the ledger: caught.
     results = run_dir / names.VERIFY / "results.json"
     results.write_text(results.read_text().replace('"passed"', '"passed" '))
-    archive.write_manifest(run_dir, deployment_url=manifest.deployment_url, operator="alice", started_at=manifest.started_at,
-                           finished_at=manifest.finished_at, steps=manifest.steps)
+    archive.write_manifest(run_dir, archive.RunFacts(manifest.deployment_url, "alice", manifest.started_at, manifest.finished_at,
+                                                     manifest.steps))
     assert cli.main(["check-archive", str(run_dir), "--url", deployment.url]) == 1
     assert "altered: 04_verify/results.json" in capsys.readouterr().out
 
@@ -153,8 +153,8 @@ def test_a_forged_copy_cannot_be_resealed_and_never_spoils_the_original(
     # The forger reseals the copy with the project's own manifest writer, then asks the CLI again: refused too.
     manifest = archive.read_manifest(forged)
     assert manifest is not None
-    archive.write_manifest(forged, deployment_url=manifest.deployment_url, operator=manifest.operator,
-                           started_at=manifest.started_at, finished_at=manifest.finished_at, steps=manifest.steps)
+    archive.write_manifest(forged, archive.RunFacts(manifest.deployment_url, manifest.operator, manifest.started_at,
+                                                    manifest.finished_at, manifest.steps))
     assert cli.main(["seal", str(forged), "--url", deployment.url]) == 2
     assert "altered: manifest.json" in capsys.readouterr().err
 

@@ -23,6 +23,7 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -343,26 +344,31 @@ def commit_label() -> str:
     return f"{revision['commit']}{' (with uncommitted changes)' if revision.get('dirty') else ''}"
 
 
-def write_manifest(
-    run_dir: Path,
-    *,
-    deployment_url: str,
-    operator: str,
-    started_at: datetime | str,
-    finished_at: datetime | str,
-    steps: Mapping[str, str],
-) -> Path:
+@dataclass(frozen=True)
+class RunFacts:
+    """What ran, where, by whom and when: the facts the manifest and index.html both state, gathered once so the
+    two pages of a seal cannot tell different stories."""
+
+    deployment_url: str
+    operator: str
+    started_at: datetime | str
+    finished_at: datetime | str
+    #: Every step's status in this run (a step that did not run: "not run").
+    steps: Mapping[str, str]
+
+
+def write_manifest(run_dir: Path, facts: RunFacts) -> Path:
     """Seals the run folder: written last, it lists every file with its hash, and what ran, where and by whom."""
     run_dir = Path(run_dir)
     manifest = Manifest(
         migration_id=migration_id(run_dir),
         run_dir=run_dir.resolve().name,
         run_id=read_run_id(run_dir),
-        deployment_url=redact_url(deployment_url),
-        operator=operator,
-        started_at=timestamp(started_at),
-        finished_at=timestamp(finished_at),
-        steps=dict(steps),
+        deployment_url=redact_url(facts.deployment_url),
+        operator=facts.operator,
+        started_at=timestamp(facts.started_at),
+        finished_at=timestamp(facts.finished_at),
+        steps=dict(facts.steps),
         runbook=_runbook_revision(),
         versions=_versions(),
         files={name: file_entry(run_dir / name) for name in iter_files(run_dir)},

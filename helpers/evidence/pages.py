@@ -13,23 +13,29 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nbformat
 from jinja2 import DictLoader
 from nbconvert import HTMLExporter
 
+from helpers.connection.transport import redact_url
 from helpers.evidence.archive import (
     MANIFEST_FILE,
     RESULTS_FILE,
+    RunFacts,
     commit_label,
     load_json,
     read_run_id,
     sha256_file,
+    timestamp,
 )
 from helpers.evidence.checkpoint_file import checkpoint_path, iter_entries
-from helpers.evidence.run_folder import migration_id, migration_of
+from helpers.evidence.run_folder import migration_of
 from helpers.steps import names
+
+if TYPE_CHECKING:  # the declaration's type only: evidence sits below the steps
+    from helpers.steps.migration import Migration
 
 INDEX_FILE = "index.html"
 REPORT_SUFFIX = ".report.html"
@@ -360,8 +366,9 @@ class Verdict:
     ok: bool | None = None
 
 
-def run_verdicts(run_dir: Path, steps: Mapping[str, str]) -> list[Verdict]:
-    """What the run came to, read from its folder: index.html opens with these and the CLI prints them."""
+def run_verdicts(run_dir: Path, steps: Mapping[str, str], migration: Migration) -> list[Verdict]:
+    """What the run came to, read from its folder: index.html opens with these and the CLI prints them;
+    `migration` (the folder's) names the tables."""
 
     run_dir = Path(run_dir)
     ran = {step: status for step, status in steps.items() if status != "not run"}
@@ -373,7 +380,7 @@ def run_verdicts(run_dir: Path, steps: Mapping[str, str]) -> list[Verdict]:
         verdicts.append(Verdict("verify", *checks))
     migrated = _summary(run_dir, names.APPLY).get("migrated")
     if isinstance(migrated, dict):
-        label = migration_of(run_dir).label
+        label = migration.label
         verdicts.append(Verdict("migrated", ", ".join(f"{label(table)} {n:,}" for table, n in migrated.items())))
     if (blocked := blocked_verdict(run_dir)) is not None:
         verdicts.append(Verdict("blocked documents (not migrated), per problem", blocked))
@@ -426,23 +433,24 @@ def _step_row(run_dir: Path, step: str, status: str) -> str:
     )
 
 
-def write_index(
-    run_dir: Path, *, deployment_url: str, operator: str, started_at: str, finished_at: str, steps: Mapping[str, str]
-) -> Path:
+def write_index(run_dir: Path, facts: RunFacts) -> Path:
     """The run overview: its verdicts first (as the CLI prints them), then who, when, which commit and
     deployment, each step that ran (a failed one too) with what it found and its hashes, links to every step
     page, and the command that checks the folder again."""
 
     run_dir = Path(run_dir)
     run_id = read_run_id(run_dir) or "not recorded"
+    migration = migration_of(run_dir)  # a sealed folder names its migration in run.json, nowhere else
+    deployment_url, operator, steps = redact_url(facts.deployment_url), facts.operator, facts.steps
+    started_at, finished_at = timestamp(facts.started_at), timestamp(facts.finished_at)
     about = {
-        "migration": migration_id(run_dir), "operator": operator, "started": started_at, "finished": finished_at, "run id": run_id,
+        "migration": migration.id, "operator": operator, "started": started_at, "finished": finished_at, "run id": run_id,
         "runbook commit": commit_label(), "deployment": deployment_url,
     }
     rows = "".join(_step_row(run_dir, step, status) for step, status in steps.items() if status != "not run")
     verdicts = "".join(
         f'<li><b>{_e(v.label)}:</b> <span class="{"" if v.ok is not False else "failed"}">{_e(v.text)}</span></li>'
-        for v in run_verdicts(run_dir, steps)
+        for v in run_verdicts(run_dir, steps, migration)
     )
     check = check_command(run_dir, deployment_url)
     body = f"""<!DOCTYPE html>

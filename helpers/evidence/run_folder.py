@@ -1,6 +1,7 @@
 """A run folder's identity and its lock: one random run id per folder, one step at a time in it.
 
-The folder also records which migration it runs (`run.json`'s `migration`): every step reads it from there.
+The folder also records which migration it runs (`run.json`'s `migration`): a step is handed its migration and
+refuses one the folder does not run.
 The run id names the run everywhere (deployment lock, ledger rows, side rows, evidence). It is drawn
 once, when the folder's first step starts, and stored in the folder, so two folders that happen to share a
 base name (alice/nightly, bob/nightly) never share a run id, and a resumed step keeps its own.
@@ -60,8 +61,24 @@ def migration_id(run_dir: Path) -> str:
 
 
 def migration_of(run_dir: Path) -> Migration:
-
+    """The migration a folder records, for what starts from the folder alone (a sealed folder's index.html, the CLI's
+    summary of a finished run); a step is handed its migration and checks it with `require_migration`."""
     return get(migration_id(run_dir))
+
+
+def require_migration(run_dir: Path, migration: Migration) -> None:
+    """Refuses a step handed another migration than the one its folder runs (run.json's), or a folder that records
+    none: one folder's evidence is judged by one migration's rules."""
+    recorded = migration_id(run_dir)
+    if recorded != migration.id:
+        raise _runs_another(run_dir, recorded, migration.id)
+
+
+def _runs_another(run_dir: Path, recorded: str, given: str) -> PreconditionFailed:
+    return PreconditionFailed(
+        f"The run folder {run_dir} runs migration {recorded}, not {given}.",
+        hint=f"Use a new run folder for {given} (each run folder holds one migration's evidence).",
+    )
 
 
 def operator_of(run_dir: Path) -> str | None:
@@ -98,10 +115,7 @@ def bind_migration(run_dir: Path, migration: str) -> Migration:
     declared = get(migration)
     recorded = _record(run_dir, declared.id)["migration"]
     if recorded != declared.id:
-        raise PreconditionFailed(
-            f"The run folder {run_dir} runs migration {recorded}, not {declared.id}.",
-            hint=f"Use a new run folder for {declared.id} (each run folder holds one migration's evidence).",
-        )
+        raise _runs_another(run_dir, recorded, declared.id)
     return declared
 
 

@@ -50,7 +50,7 @@ from helpers.connection.transport import ConvexTransport, redact_url
 from helpers.evidence import checkpoint_file
 from helpers.evidence.checkpoint_file import CHECKPOINT_FILE as CHECKPOINT_FILE  # re-exported: the step names its file
 from helpers.evidence.checkpoint_file import COMPLETE, iter_entries
-from helpers.evidence.run_folder import locked_step, migration_of, operator_for
+from helpers.evidence.run_folder import locked_step, operator_for, require_migration
 from helpers.evidence.run_folder import run_id as folder_run_id
 from helpers.notebook_ui.progress import progress
 from helpers.steps import names
@@ -256,18 +256,38 @@ def apply_dir(run_dir: Path) -> Path:
     return Path(run_dir) / APPLY_DIR
 
 
+@dataclass(frozen=True)
+class ApplySettings:
+    """How apply sends the plan (the tuning knobs, apart from what it sends and to whom); refused when one that
+    counts is below 1, before anything is read or sent."""
+
+    batch_size: int = 200
+    concurrency: int = 4
+    #: Documents that may end in an error before apply stops (counted in this call).
+    error_budget: int = 0
+    lease_ms: int = LEASE_MS
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.concurrency < 1 or self.lease_ms < 1:
+            raise ValueError("batch_size, concurrency and lease_ms must be at least 1")
+
+
 def check_preconditions(
     transport: ConvexTransport,
     run_dir: Path,
+    migration: Migration,
     *,
     max_backup_age_hours: float = 24.0,
     allow_stale_backup: bool = False,
 ) -> tuple[PlanSummary, Any, timedelta]:
-    """Refuses before anything is sent: no plan or an altered plan, no verified backup of this deployment, a stale
-    one, a deployment the migration is not ready for (its `require`, e.g. its predecessor not applied)."""
+    """Refuses before anything is sent: a folder that runs another migration, no plan or an altered plan, no
+    verified backup of this deployment, a stale one, a deployment the migration is not ready for (its `require`,
+    e.g. its predecessor not applied)."""
+    require_migration(run_dir, migration)
     plan = read_plan(run_dir)
-    if plan.migration.require is not None:
-        plan.migration.require(transport)
+    if migration.require is not None:
+        migration.require(transport)
     backup = read_backup(run_dir)
     if redact_url(transport.url).rstrip("/") != str(backup.deployment_url).rstrip("/"):
         raise PreconditionFailed(
@@ -304,35 +324,32 @@ def check_no_apply_since_backup(ledger: list[dict[str, Any]], run_id: str, snaps
 def apply_plan(
     transport: ConvexTransport,
     run_dir: Path,
+    migration: Migration,
     *,
     confirm: bool,
-    batch_size: int = 200,
-    concurrency: int = 4,
-    error_budget: int = 0,
+    settings: ApplySettings = ApplySettings(),
     max_backup_age_hours: float = 24.0,
     allow_stale_backup: bool = False,
-    operator: str | None = None,
-    show_progress: bool = True,
-    lease_ms: int = LEASE_MS,
 ) -> ApplySummary:
-    """Executes the plan of `run_dir`; returns the statistics the migration's README promises."""
+    """Executes the plan of `run_dir`; returns the statistics the migration's README promises. `settings`: how
+    it sends (batch size, concurrency, error budget, lease, progress); the backup's age limit and its override
+    are preconditions (check_preconditions), checked before anything is sent. The operator is the folder's
+    (operator_for: `runbook new-run --operator`, else RUNBOOK_OPERATOR, else the user)."""
     plan, backup, age = check_preconditions(
-        transport, run_dir, max_backup_age_hours=max_backup_age_hours, allow_stale_backup=allow_stale_backup
+        transport, run_dir, migration, max_backup_age_hours=max_backup_age_hours, allow_stale_backup=allow_stale_backup
     )
     if not confirm:
         raise PreconditionFailed(
             f"Not confirmed: {plan.changes} documents of {redact_url(transport.url)} would change. Nothing was changed.",
             hint="Confirm with the button (interactive) or run with confirm=True (papermill -p confirm True).",
         )
-    if batch_size < 1 or concurrency < 1 or lease_ms < 1:
-        raise ValueError("batch_size, concurrency and lease_ms must be at least 1")
     out = apply_dir(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     return _Apply(
-        transport, Path(run_dir), out, migration_of(run_dir), plan, backup, age,
+        transport, Path(run_dir), out, migration, plan, backup, age,
         run_id=folder_run_id(run_dir),
-        operator=operator or operator_for(run_dir),
-        settings=ApplySettings(batch_size, concurrency, error_budget, lease_ms, show_progress),
+        operator=operator_for(run_dir),
+        settings=settings,
         override=allow_stale_backup and age > timedelta(hours=max_backup_age_hours),
     ).run()
 
@@ -355,17 +372,6 @@ def raise_unless_passed(summary: ApplySummary, run_dir: Path, error_budget: int)
         hint="Correct what the errors name, then run apply again in this run folder: it sends again every document "
         "that did not apply.",
     )
-
-
-@dataclass(frozen=True)
-class ApplySettings:
-    """How apply sends the plan (the tuning knobs, apart from what it sends and to whom)."""
-
-    batch_size: int = 200
-    concurrency: int = 4
-    error_budget: int = 0
-    lease_ms: int = LEASE_MS
-    show_progress: bool = True
 
 
 @dataclass

@@ -33,7 +33,7 @@ from helpers.connection.errors import (
 )
 from helpers.connection.transport import ConvexTransport, redact_url
 from helpers.evidence.archive import sha256_file, write_json_atomic
-from helpers.evidence.run_folder import locked_step, migration_of
+from helpers.evidence.run_folder import locked_step, require_migration
 from helpers.notebook_ui.progress import progress
 from helpers.steps import names
 from helpers.steps.migration import Migration
@@ -71,18 +71,19 @@ def backup_dir(run_dir: Path) -> Path:
 def take_backup(
     transport: ConvexTransport,
     run_dir: Path,
+    migration: Migration,
     *,
     poll_seconds: float = 1.0,
     timeout_seconds: float = 3600.0,
     show_progress: bool = True,
 ) -> BackupSummary:
+    require_migration(run_dir, migration)
     out = backup_dir(run_dir)
     if (out / BACKUP_RECORD).exists():
         raise PreconditionFailed(
             f"{out / BACKUP_RECORD} already exists: this run folder holds a backup.",
             hint="A run folder keeps the one backup its plan was made against: start a new run folder for a new backup.",
         )
-    migration = migration_of(run_dir)
     _check_functions_deployed(transport, migration)  # before the export: a missing deploy found later would strand this folder
     if migration.require is not None:
         migration.require(transport)  # e.g. its predecessor not applied: no point in a snapshot

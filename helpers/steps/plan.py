@@ -25,7 +25,7 @@ from helpers.connection.errors import PreconditionFailed
 from helpers.connection.transport import ConvexTransport, redact_url
 from helpers.evidence import compression
 from helpers.evidence.archive import sha256_file, write_json_atomic
-from helpers.evidence.run_folder import locked_step, migration_of
+from helpers.evidence.run_folder import locked_step, require_migration
 from helpers.migrations import get
 from helpers.notebook_ui.progress import progress
 from helpers.steps import names, parallel
@@ -145,6 +145,7 @@ PlanSource = Literal["snapshot", "live"]
 def build_plan(
     transport: ConvexTransport,
     run_dir: Path,
+    migration: Migration,
     *,
     page_size: int = 4000,
     bucket_base_url: str | None = None,
@@ -161,6 +162,7 @@ def build_plan(
 
     `workers` (default: this machine's cores) processes share the migration's per-page work over ranges of the
     snapshot (helpers.steps.parallel); the plan's bytes are the same for any number of them."""
+    require_migration(run_dir, migration)
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise ValueError(f"workers must be at least 1, not {workers}")
@@ -172,7 +174,6 @@ def build_plan(
             f"{out / PLAN_SUMMARY_FILE} already exists: a run folder holds one plan.",
             hint="Start a new run folder to plan again (apply executes exactly the plan its run folder holds).",
         )
-    migration = migration_of(run_dir)
     if migration.require is not None:
         migration.require(transport)
     snapshot = _snapshot(run_dir) if source == "snapshot" else None
@@ -270,12 +271,12 @@ def iter_plan_lines(run_dir: Path, start: int = 0, stop: int | None = None) -> I
         yield jsonio.loads(raw)
 
 
-def example_pairs(run_dir: Path, n: int) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+def example_pairs(run_dir: Path, migration: Migration, n: int) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """Up to n documents per table and planned action, and per table and problem code (so a filter on any code the
     plan found has documents to show), those that change first, as (before, after) taken from the plan itself (no
     extra reads); `before` also carries the plan's `_action`, `_problems`, the `_references` (side rows) it creates
     and their label (`_side_label`)."""
-    migration = migration_of(run_dir)
+    require_migration(run_dir, migration)
     side_label = migration.side_rows.label if migration.side_rows is not None else "side rows"
     seen: Counter[str] = Counter()
     pairs = []

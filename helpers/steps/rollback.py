@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections import Counter, defaultdict
 from collections.abc import Container, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,7 +32,7 @@ from helpers.connection.errors import ChainBroken, PreconditionFailed, RunbookEr
 from helpers.connection.transport import ConvexTransport
 from helpers.connection.values import digest
 from helpers.evidence.archive import sha256_file, write_json_atomic
-from helpers.evidence.run_folder import locked_step, migration_of, operator_for
+from helpers.evidence.run_folder import locked_step, operator_for, require_migration
 from helpers.evidence.run_folder import run_id as folder_run_id
 from helpers.steps import names
 from helpers.steps.apply import LEASE_MS, DeploymentLease, take_migration_lock
@@ -107,11 +108,11 @@ def rollback_dir(run_dir: Path, mode: Mode) -> Path:
     return Path(run_dir) / ROLLBACK_DIR / mode
 
 
-def plan_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, page_size: int = 4000) -> RollbackSummary:
+def plan_rollback(transport: ConvexTransport, run_dir: Path, migration: Migration, mode: Mode, *, page_size: int = 4000) -> RollbackSummary:
     """Writes rollback/<mode>/plan.jsonl: one guarded item per document to change back. Changes nothing."""
     if mode not in ("strip", "restore"):
         raise ValueError(f"mode must be 'strip' or 'restore', not {mode!r}")
-    migration = migration_of(run_dir)
+    require_migration(run_dir, migration)
     # Early and read-only; execute asks again, in the transaction that takes the lock and in every batch's.
     require_chain(transport, for_rollback(migration), migration.id, "Nothing was planned or sent.")
     if mode not in migration.rollback_modes:
@@ -228,10 +229,10 @@ def iter_rollback_items(run_dir: Path, mode: Mode) -> Iterator[dict[str, Any]]:
 
 
 @locked_step(names.ROLLBACK)
-def execute_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, batch_size: int = 200,
+def execute_rollback(transport: ConvexTransport, run_dir: Path, migration: Migration, mode: Mode, *, batch_size: int = 200,
                      operator: str | None = None, lease_ms: int = LEASE_MS) -> RollbackSummary:
     """Sends the rollback plan after checking it is the one the dry-run showed."""
-    migration = migration_of(run_dir)
+    require_migration(run_dir, migration)
     out = rollback_dir(run_dir, mode)
     summary_path = out / "summary.json"
     if not summary_path.exists():
@@ -267,11 +268,10 @@ def execute_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, b
     # is refused while this rollback may have changed documents back.
     chain = for_rollback(migration)
     asked_at = take_migration_lock(transport, migration.id, run, operator, lease_ms, chain)
-    started_ms = int(time.time() * 1000)
+    execution = _Execution(transport, migration.id, run, operator, int(time.time() * 1000), mode)
     status = "failed"
     try:
-        record_run(transport, migration.id, run, step=names.ROLLBACK, status="running", operator=operator, startedAt=started_ms,
-                   details=rollback_mark(mode))
+        execution.record("running")
         with DeploymentLease(transport, run, lease_ms, asked_at) as lease:
             for item in iter_rollback_items(run_dir, mode):
                 batch.append(item)
@@ -281,9 +281,9 @@ def execute_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, b
                 flush(lease)
         status = "passed" if not errors else "failed"
     except BaseException as failure:
-        _finish(transport, migration.id, run, operator, started_ms, status, mode, len(conflicts), len(errors), failure)
+        _finish(execution, status, len(conflicts), len(errors), failure)
         raise
-    _finish(transport, migration.id, run, operator, started_ms, status, mode, len(conflicts), len(errors), None)
+    _finish(execution, status, len(conflicts), len(errors), None)
     summary = summary.model_copy(
         update={"executed": True, "outcomes": {t: dict(c) for t, c in outcomes.items()}, "conflicts": conflicts, "errors": errors}
     )
@@ -291,24 +291,39 @@ def execute_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, b
     return summary
 
 
-def _finish(transport: ConvexTransport, migration_id: str, run: str, operator: str, started_ms: int, status: str, mode: Mode,
-            conflicts: int, errors: int, failure: BaseException | None) -> None:
+@dataclass(frozen=True)
+class _Execution:
+    """One executed rollback as its ledger rows name it: where, which migration and run, by whom, since when, and
+    the mode (the row's `details`, which tells a later apply this rollback changed documents back)."""
+
+    transport: ConvexTransport
+    migration_id: str
+    run_id: str
+    operator: str
+    started_ms: int
+    mode: Mode
+
+    def record(self, status: str, **more: Any) -> None:
+        """The rollback's ledger row, with `status` and whatever else this moment adds (its end, its counts)."""
+        record_run(self.transport, self.migration_id, self.run_id, step=names.ROLLBACK, status=status, operator=self.operator,
+                   startedAt=self.started_ms, details=rollback_mark(self.mode), **more)
+
+
+def _finish(execution: _Execution, status: str, conflicts: int, errors: int, failure: BaseException | None) -> None:
     """The ledger row and the lock's release; when the rollback itself failed, their own failure must not hide it."""
     try:
-        record_run(transport, migration_id, run, step=names.ROLLBACK, status=status, operator=operator,
-                   startedAt=started_ms, finishedAt=int(time.time() * 1000),
-                   counts={"conflicts": conflicts, "errors": errors}, details=rollback_mark(mode))
-        release_lock(transport, run)
+        execution.record(status, finishedAt=int(time.time() * 1000), counts={"conflicts": conflicts, "errors": errors})
+        release_lock(execution.transport, execution.run_id)
     except RunbookError:
         if failure is None:
             raise
 
 
-def check_rollback(transport: ConvexTransport, run_dir: Path, mode: Mode, *, page_size: int = 4000) -> RollbackCheck:
+def check_rollback(transport: ConvexTransport, run_dir: Path, migration: Migration, mode: Mode, *, page_size: int = 4000) -> RollbackCheck:
     """After execute, the checks of ROLLBACK_CHECKS that concern this mode, over every document and reference the
     rollback changed back. Conflicts the execution reported are excluded (left alone, listed there)."""
+    require_migration(run_dir, migration)
     summary = RollbackSummary.model_validate_json((rollback_dir(run_dir, mode) / "summary.json").read_bytes())
-    migration = migration_of(run_dir)
     excluded = {c["id"] for c in summary.conflicts}
     side = migration.side_rows
     names = ["stripped" if mode == "strip" else "restored", *(["references_removed"] if side else []), "documents_still_exist"]

@@ -32,7 +32,7 @@ from pydantic import BaseModel
 from helpers.connection.calls import SideRows, iter_pages
 from helpers.connection.transport import ConvexTransport
 from helpers.connection.values import digest
-from helpers.evidence.run_folder import locked_step, migration_of
+from helpers.evidence.run_folder import locked_step, require_migration
 from helpers.steps import names
 from helpers.steps.backup import iter_backup_documents, read_backup
 from helpers.steps.migration import (
@@ -316,12 +316,13 @@ class Outcome:
 
 @locked_step(names.VERIFY)
 def verify(
-    transport: ConvexTransport, run_dir: Path, *, page_size: int = 4000, show_progress: bool = True, workers: int | None = None
+    transport: ConvexTransport, run_dir: Path, migration: Migration, *, page_size: int = 4000, show_progress: bool = True,
+    workers: int | None = None,
 ) -> VerifyReport:
     """Every check, for this run folder's plan and backup against the deployment now. `workers` (default: this
     machine's cores) processes digest the plan and the backup over ranges of each, and check the live pages this
     process reads; the findings are the same for any number of them."""
-    migration = migration_of(run_dir)
+    require_migration(run_dir, migration)
     plan_summary = read_plan(run_dir)
     backup = read_backup(run_dir)
 

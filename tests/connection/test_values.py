@@ -24,7 +24,8 @@ from helpers.connection.values import INT64_MAX, INT64_MIN, Int64
 from helpers.devtools.local_deployment import LocalDeployment
 from helpers.devtools.sample_data import SPECIAL_ERROR_VALUES
 from helpers.evidence.run_folder import bind_migration
-from helpers.steps.apply import apply_plan
+from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
+from helpers.steps.apply import ApplySettings, apply_plan
 from helpers.steps.backup import iter_backup_documents, take_backup
 from helpers.steps.plan import iter_plan_lines
 from helpers.steps.rollback import execute_rollback, plan_rollback
@@ -245,7 +246,7 @@ def test_deployment_stores_exports_and_returns_values_exactly(transport: ConvexT
         assert values.equal(transport.query("scenes:get", {"id": doc_id})["errorMessage"], value)
     run_dir = tmp_path_factory.mktemp("run")
     bind_migration(run_dir, "001_s3_asset_tracking")
-    summary = take_backup(transport, run_dir, poll_seconds=0.02, show_progress=False)
+    summary = take_backup(transport, run_dir, M001, poll_seconds=0.02, show_progress=False)
     exported = {doc["_id"]: doc for doc in iter_backup_documents(summary, "scenes")}
     for doc_id, value in zip(ids, stored, strict=True):  # the export format, as the deployment wrote it
         assert values.equal(exported[doc_id]["errorMessage"], value), (exported[doc_id]["errorMessage"], value)
@@ -299,13 +300,13 @@ def test_special_values_survive_backup_dry_run_apply_verify_and_restore(transpor
     assert planned[failed]["action"] == "migrate" and type(planned[failed]["expect"]["errorMessage"]) is Int64
     assert planned[failed]["expect"]["errorMessage"] == Int64(137)  # the precondition carries the int64 as one
     assert {(p["code"], p["severity"]) for p in planned[failed]["problems"]} == {("wrong_type", "flagged")}
-    assert apply_plan(transport, run_dir, confirm=True, show_progress=False).passed
+    assert apply_plan(transport, run_dir, M001, confirm=True, settings=ApplySettings(show_progress=False)).passed
     migrated = state(transport)["scenes"]
     assert all(values.equal(migrated[i]["errorMessage"], d["errorMessage"]) for i, d in special.items())
-    report = verify(transport, run_dir, show_progress=False)
+    report = verify(transport, run_dir, M001, show_progress=False)
     assert report.passed, [c for c in report.checks if not c.passed]
-    plan_rollback(transport, run_dir, "restore")
-    done = execute_rollback(transport, run_dir, "restore")
+    plan_rollback(transport, run_dir, M001, "restore")
+    done = execute_rollback(transport, run_dir, M001, "restore")
     assert not done.errors and not done.conflicts
     after = state(transport)
     for table in ("scenes", "videoSessions"):

@@ -35,14 +35,13 @@ def _results(run_dir: Path, step: str, inputs: dict[str, str], outputs: dict[str
 
 
 def _seal(run_dir: Path) -> Path:
-    return archive.write_manifest(
-        run_dir,
+    return archive.write_manifest(run_dir, archive.RunFacts(
         deployment_url=DEPLOYMENT,
         operator="alice",
         started_at="2025-01-01T00:00:00+00:00",
         finished_at="2025-01-01T00:10:00+00:00",
         steps={names.DRY_RUN: "passed", names.APPLY: "passed", names.VERIFY: "passed"},
-    )
+    ))
 
 
 @pytest.fixture(params=[CHECKPOINT_FILE, UNCOMPRESSED_CHECKPOINT_FILE])

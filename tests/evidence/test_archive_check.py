@@ -90,8 +90,8 @@ def _reseal(run_dir: Path) -> None:
     """What a forger with write access does: reseal with the project's own manifest writer."""
     manifest = archive.read_manifest(run_dir)
     assert manifest is not None
-    archive.write_manifest(run_dir, deployment_url=manifest.deployment_url, operator=manifest.operator,
-                           started_at=manifest.started_at, finished_at=manifest.finished_at, steps=manifest.steps)
+    facts = archive.RunFacts(manifest.deployment_url, manifest.operator, manifest.started_at, manifest.finished_at, manifest.steps)
+    archive.write_manifest(run_dir, facts)
 
 
 def _check(run_dir: Path, url: str | None, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:

@@ -206,7 +206,8 @@ def test_the_verdicts_lead_with_what_passed_failed_migrated_and_was_blocked(tmp_
                                             "outcomes": {"scenes": {"applied": 60, "conflict": 6}, "videoSessions": {"applied": 5}}})
     _results(run_dir, names.VERIFY, "failed", {"checks": [{"name": "session_totals", "passed": True},
                                                          {"name": "tracking_complete", "passed": False}]})
-    verdicts = report.run_verdicts(run_dir, {names.DRY_RUN: "passed", names.APPLY: "passed", names.VERIFY: "failed", names.ROLLBACK: "not run"})
+    verdicts = report.run_verdicts(run_dir, {names.DRY_RUN: "passed", names.APPLY: "passed", names.VERIFY: "failed", names.ROLLBACK: "not run"},
+                                  M001)
     assert [(v.label, v.text, v.ok) for v in verdicts] == [
         ("steps", "2 of 3 passed (02_dry_run passed, 03_apply passed, 04_verify failed)", False),
         ("verify", "1 of 2 checks passed; failed: tracking_complete", False),

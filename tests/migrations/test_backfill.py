@@ -14,7 +14,7 @@ from helpers.connection.transport import ConvexTransport
 from helpers.evidence import archive
 from helpers.evidence.run_folder import bind_migration
 from helpers.steps import names
-from helpers.steps.apply import apply_plan
+from helpers.steps.apply import ApplySettings, apply_plan
 from helpers.steps.migration import Migration, PlanInputs, backfill
 from helpers.steps.plan import iter_plan_lines
 from helpers.steps.rollback import check_rollback, execute_rollback, plan_rollback
@@ -68,11 +68,11 @@ def test_the_ten_line_backfill_applies_verifies_and_strips(transport: ConvexTran
     before = scenes(transport)
     run_dir = tmp_path / "run"
     bind_migration(run_dir, backfill_registered.id)
-    prepare(transport, run_dir)
+    prepare(transport, run_dir, backfill_registered)
     planned = {line["id"] for line in iter_plan_lines(run_dir) if line["action"] == "backfill"}
     assert planned == {i for i, doc in before.items() if "assetVersion" not in doc} and planned
 
-    applied = apply_plan(transport, run_dir, confirm=True, show_progress=False)
+    applied = apply_plan(transport, run_dir, backfill_registered, confirm=True, settings=ApplySettings(show_progress=False))
     assert applied.passed and applied.migrated == {"scenes": len(planned)} and applied.references_created == 0
     assert applied.statistics_confirmed  # it creates no side rows: nothing to count, nothing missing
     after = scenes(transport)
@@ -80,15 +80,15 @@ def test_the_ten_line_backfill_applies_verifies_and_strips(transport: ConvexTran
     assert all(after[i] == doc for i, doc in before.items() if i not in planned)
     archive.record_step(transport, run_dir, archive.StepResults(step=names.APPLY, status="passed"))
 
-    report = verify(transport, run_dir, show_progress=False)
+    report = verify(transport, run_dir, backfill_registered, show_progress=False)
     assert report.passed, [c for c in report.checks if not c.passed]
     checks = {c.name: c for c in report.checks}
     assert checks["backfill_recomputed"].checked == len(planned) and "references_match_assets" not in checks
     archive.record_step(transport, run_dir, archive.StepResults(step=names.VERIFY, status="passed"))
 
-    plan_rollback(transport, run_dir, "strip")
-    execute_rollback(transport, run_dir, "strip")
-    assert check_rollback(transport, run_dir, "strip").passed
+    plan_rollback(transport, run_dir, backfill_registered, "strip")
+    execute_rollback(transport, run_dir, backfill_registered, "strip")
+    assert check_rollback(transport, run_dir, backfill_registered, "strip").passed
     assert scenes(transport) == before  # what it set is gone, what was there before is kept
 
 
@@ -99,11 +99,11 @@ def test_the_backfills_own_check_fires_on_a_value_its_rule_does_not_compute(
     seed(transport, 20)
     run_dir = tmp_path / "run"
     bind_migration(run_dir, backfill_registered.id)
-    prepare(transport, run_dir)
-    assert apply_plan(transport, run_dir, confirm=True, show_progress=False).passed
+    prepare(transport, run_dir, backfill_registered)
+    assert apply_plan(transport, run_dir, backfill_registered, confirm=True, settings=ApplySettings(show_progress=False)).passed
     target = next(line["id"] for line in iter_plan_lines(run_dir) if line["action"] == "backfill")
     item = {"table": "scenes", "id": target, "expect": {"assetVersion": 1}, "expectAbsent": [], "set": {"assetVersion": 7},
             "unset": [], "insertReferences": [], "deleteReferences": []}
     assert apply_batch(transport, "a-faulty-writer", "r", [item])[0]["outcome"] == "applied"
-    failed = {c.name: c for c in verify(transport, run_dir, show_progress=False).checks if not c.passed}
+    failed = {c.name: c for c in verify(transport, run_dir, backfill_registered, show_progress=False).checks if not c.passed}
     assert set(failed) == {"planned_fields_written", "backfill_recomputed"} and failed["backfill_recomputed"].examples == [target]

@@ -20,8 +20,9 @@ from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 from helpers.migrations.m002_retire_legacy_fields import MIGRATION as M002
 from helpers.runner import run_migration
 from helpers.steps import names
-from helpers.steps.apply import apply_plan
+from helpers.steps.apply import ApplySettings, apply_plan
 from helpers.steps.backup import iter_backup_documents, read_backup, take_backup
+from helpers.steps.migration import Migration
 from helpers.steps.plan import build_plan, iter_plan_lines, plan_dir, read_plan
 from helpers.steps.rollback import check_rollback, execute_rollback, plan_rollback
 from helpers.steps.verify import verify
@@ -40,12 +41,12 @@ def folder(tmp_path: Path, migration_id: str) -> Path:
     return run_dir
 
 
-def apply_and_verify(transport: ConvexTransport, run_dir: Path) -> None:
+def apply_and_verify(transport: ConvexTransport, run_dir: Path, migration: Migration) -> None:
     """Steps 03 and 04 after `prepare`, each recorded (results.json and its ledger row) as its notebook records it."""
-    applied = apply_plan(transport, run_dir, confirm=True, show_progress=False)
+    applied = apply_plan(transport, run_dir, migration, confirm=True, settings=ApplySettings(show_progress=False))
     assert applied.passed and applied.conflicts == 0 and not applied.errors
     archive.record_step(transport, run_dir, archive.StepResults(step=names.APPLY, status="passed"))
-    report = verify(transport, run_dir, show_progress=False)
+    report = verify(transport, run_dir, migration, show_progress=False)
     assert report.passed, [c for c in report.checks if not c.passed]
     archive.record_step(transport, run_dir, archive.StepResults(step=names.VERIFY, status="passed"))
 
@@ -54,7 +55,7 @@ def run_001(transport: ConvexTransport, tmp_path: Path) -> dict[str, dict[str, A
     """Migration 001 end to end; its plan lines by document id."""
     run_dir = folder(tmp_path, M001.id)
     prepare(transport, run_dir)
-    apply_and_verify(transport, run_dir)
+    apply_and_verify(transport, run_dir, M001)
     return {line["id"]: line for line in iter_plan_lines(run_dir)}
 
 
@@ -63,10 +64,10 @@ def test_002_refuses_where_001_never_ran(transport: ConvexTransport, tmp_path: P
     run_dir = folder(tmp_path, M002.id)
     before = state(transport)
     with pytest.raises(errors.PreconditionFailed, match="001_s3_asset_tracking has no passed 04_verify") as refused:
-        take_backup(transport, run_dir, poll_seconds=0.05, show_progress=False)
+        take_backup(transport, run_dir, M002, poll_seconds=0.05, show_progress=False)
     assert "runbook run --migration 001_s3_asset_tracking" in refused.value.hint
     with pytest.raises(errors.PreconditionFailed, match="no passed 04_verify"):
-        build_plan(transport, run_dir, show_progress=False, source="live")
+        build_plan(transport, run_dir, M002, show_progress=False, source="live")
     assert not plan_dir(run_dir).exists() and state(transport) == before
     with pytest.raises(errors.PreconditionFailed, match="no passed 04_verify"):  # the runner asks before any folder exists
         run_migration(transport.url, dry_run=True, migration=M002.id, runs_dir=tmp_path / "runs")
@@ -77,24 +78,24 @@ def test_002_requires_001_verified_and_not_rolled_back_since(transport: ConvexTr
     seed(transport, 30)
     run_dir = folder(tmp_path, M001.id)
     prepare(transport, run_dir)
-    apply_plan(transport, run_dir, confirm=True, show_progress=False)
+    apply_plan(transport, run_dir, M001, confirm=True, settings=ApplySettings(show_progress=False))
     archive.record_step(transport, run_dir, archive.StepResults(step=names.APPLY, status="passed"))
     with pytest.raises(errors.PreconditionFailed, match="no passed 04_verify"):  # applied, not verified
         M002.require(transport)
-    report = verify(transport, run_dir, show_progress=False)
+    report = verify(transport, run_dir, M001, show_progress=False)
     archive.record_step(transport, run_dir, archive.StepResults(step=names.VERIFY, status="passed" if report.passed else "failed"))
     M002.require(transport)  # verified: 002 may run
     m002_dir = folder(tmp_path, M002.id)
-    prepare(transport, m002_dir)  # 002's backup and plan while 001 is in effect
+    prepare(transport, m002_dir, M002)  # 002's backup and plan while 001 is in effect
 
-    plan_rollback(transport, run_dir, "strip")
-    execute_rollback(transport, run_dir, "strip")
+    plan_rollback(transport, run_dir, M001, "strip")
+    execute_rollback(transport, run_dir, M001, "strip")
     assert [row["step"] for row in read_ledger(transport, M001.id)][-1] == names.ROLLBACK
     with pytest.raises(errors.PreconditionFailed, match="was rolled back"):
         M002.require(transport)
     before = state(transport)
     with pytest.raises(errors.PreconditionFailed, match="was rolled back"):  # apply asks again, before sending anything
-        apply_plan(transport, m002_dir, confirm=True, show_progress=False)
+        apply_plan(transport, m002_dir, M002, confirm=True, settings=ApplySettings(show_progress=False))
     assert state(transport) == before
 
 
@@ -140,7 +141,7 @@ def test_001_then_002_then_002s_rollback_restore(transport: ConvexTransport, tmp
     # backup and dry-run: nothing changes; each document planned as what 001 carried says
     run_dir = folder(tmp_path, M002.id)
     before = state(transport)
-    prepare(transport, run_dir)
+    prepare(transport, run_dir, M002)
     assert state(transport) == before
     docs = {i: d for table in M002.tables for i, d in before[table].items()}
     lines = {line["id"]: line for line in iter_plan_lines(run_dir)}
@@ -156,8 +157,8 @@ def test_001_then_002_then_002s_rollback_restore(transport: ConvexTransport, tmp
 
     # apply: only the retired documents' legacy fields are gone; every other field and document as before
     run_001_dir = tmp_path / M001.id
-    plan_rollback(transport, run_001_dir, "strip")  # planned while 002 is not applied: executing it later is refused
-    apply_and_verify(transport, run_dir)
+    plan_rollback(transport, run_001_dir, M001, "strip")  # planned while 002 is not applied: executing it later is refused
+    apply_and_verify(transport, run_dir, M002)
     after = state(transport)
     assert after["assetReferences"] == before["assetReferences"]
     for doc_id, doc in docs.items():
@@ -166,42 +167,42 @@ def test_001_then_002_then_002s_rollback_restore(transport: ConvexTransport, tmp
             assert after[table][doc_id] == {k: v for k, v in doc.items() if k not in M002.owned_fields[table]}
         else:
             assert after[table][doc_id] == doc  # a blocked document keeps its legacy fields
-    report = verify(transport, run_dir, show_progress=False)
+    report = verify(transport, run_dir, M002, show_progress=False)
     recoverable = next(c for c in report.checks if c.name == "legacy_values_recoverable")
     assert recoverable.passed and recoverable.checked == sum(line["action"] == "retire" for line in lines.values())
 
     # 001 cannot be rolled back under 002: its assets alone still carry what 002 removed
     for mode in ("strip", "restore"):
         with pytest.raises(errors.PreconditionFailed, match=f"{M002.id} builds on {M001.id} and is applied"):
-            plan_rollback(transport, run_001_dir, mode)  # type: ignore[arg-type]
+            plan_rollback(transport, run_001_dir, M001, mode)  # type: ignore[arg-type]
     with pytest.raises(errors.PreconditionFailed, match="builds on .* Nothing was sent"):
-        execute_rollback(transport, run_001_dir, "strip")
+        execute_rollback(transport, run_001_dir, M001, "strip")
     assert state(transport) == after
 
     # strip makes no sense for 002; restore puts every removed field back, exactly as the backup holds it
     with pytest.raises(errors.PreconditionFailed, match="restore"):
-        plan_rollback(transport, run_dir, "strip")
-    plan_rollback(transport, run_dir, "restore")
-    restored = execute_rollback(transport, run_dir, "restore")
+        plan_rollback(transport, run_dir, M002, "strip")
+    plan_rollback(transport, run_dir, M002, "restore")
+    restored = execute_rollback(transport, run_dir, M002, "restore")
     assert not restored.conflicts and not restored.errors
-    assert check_rollback(transport, run_dir, "restore").failed == 0
+    assert check_rollback(transport, run_dir, M002, "restore").failed == 0
     live = state(transport)
     for table in M002.tables:
         backed_up = {doc["_id"]: doc for doc in iter_backup_documents(read_backup(run_dir), table)}
         assert backed_up.keys() == live[table].keys()
         assert all(equal(live[table][i], doc) for i, doc in backed_up.items())
-    plan_rollback(transport, run_001_dir, "strip")  # 002 restored: 001 may be rolled back again
+    plan_rollback(transport, run_001_dir, M001, "strip")  # 002 restored: 001 may be rolled back again
 
 
 def test_verify_of_002_catches_an_asset_changed_after_retire(transport: ConvexTransport, tmp_path: Path) -> None:
     seed(transport, 30)
     run_001(transport, tmp_path)
     run_dir = folder(tmp_path, M002.id)
-    prepare(transport, run_dir)
-    apply_and_verify(transport, run_dir)
+    prepare(transport, run_dir, M002)
+    apply_and_verify(transport, run_dir, M002)
     retired = next(line["id"] for line in iter_plan_lines(run_dir) if line["action"] == "retire" and "thumbnailKey" in line["unset"])
     rewrite_thumbnail(transport, state(transport)["scenes"][retired], "https://tutor-assets.s3.amazonaws.com/lost.png")
-    report = verify(transport, run_dir, show_progress=False)
+    report = verify(transport, run_dir, M002, show_progress=False)
     failed = {c.name: c for c in report.checks if not c.passed}
     assert "legacy_values_recoverable" in failed and failed["legacy_values_recoverable"].failed == 1
     assert f"{retired} (thumbnailAsset no longer carries thumbnailUrl)" in failed["legacy_values_recoverable"].examples
@@ -232,7 +233,7 @@ def test_001_then_002_then_002s_rollback_through_the_notebooks(deployment: Local
 
 def preview_rollback(transport: ConvexTransport, run_dir: Path) -> None:
     """05_rollback with execute=False, as its notebook records it: the plan, and a passed step in the ledger."""
-    plan_rollback(transport, run_dir, "strip")
+    plan_rollback(transport, run_dir, M001, "strip")
     archive.record_step(transport, run_dir, archive.StepResults(step=names.ROLLBACK, status="passed"))
 
 
@@ -240,12 +241,12 @@ def test_a_rollback_preview_of_001_does_not_block_002(transport: ConvexTransport
     seed(transport, 30)
     m001 = folder(tmp_path, M001.id)
     prepare(transport, m001)
-    apply_and_verify(transport, m001)
+    apply_and_verify(transport, m001, M001)
     preview_rollback(transport, m001)
     assert [(r["step"], r["status"]) for r in read_ledger(transport, M001.id)][-1] == (names.ROLLBACK, "passed")
     m002 = folder(tmp_path, M002.id)
-    prepare(transport, m002)  # its backup and plan ask the chain first
-    apply_and_verify(transport, m002)  # and its apply, under the lock and in every batch
+    prepare(transport, m002, M002)  # its backup and plan ask the chain first
+    apply_and_verify(transport, m002, M002)  # and its apply, under the lock and in every batch
 
 
 def test_a_rollback_executed_in_the_folder_of_an_earlier_preview_counts(transport: ConvexTransport, tmp_path: Path) -> None:
@@ -254,14 +255,14 @@ def test_a_rollback_executed_in_the_folder_of_an_earlier_preview_counts(transpor
     seed(transport, 30)
     m001 = folder(tmp_path, M001.id)
     prepare(transport, m001)
-    assert apply_plan(transport, m001, confirm=True, show_progress=False).passed
+    assert apply_plan(transport, m001, M001, confirm=True, settings=ApplySettings(show_progress=False)).passed
     archive.record_step(transport, m001, archive.StepResults(step=names.APPLY, status="passed"))
     preview_rollback(transport, m001)
-    report = verify(transport, m001, show_progress=False)
+    report = verify(transport, m001, M001, show_progress=False)
     assert report.passed
     archive.record_step(transport, m001, archive.StepResults(step=names.VERIFY, status="passed"))
     M002.require(transport)  # previewed, not executed
-    execute_rollback(transport, m001, "strip")
+    execute_rollback(transport, m001, M001, "strip")
     with pytest.raises(errors.PreconditionFailed, match=f"Migration {M001.id} was rolled back .*05_rollback executed, passed"):
         M002.require(transport)
 
@@ -274,7 +275,7 @@ def test_a_retire_item_is_refused_per_document_where_an_asset_carrying_its_value
     seed(transport, 30)
     run_001(transport, tmp_path)
     run_dir = folder(tmp_path, M002.id)
-    prepare(transport, run_dir)
+    prepare(transport, run_dir, M002)
     retiring = [line for line in iter_plan_lines(run_dir) if line["action"] == "retire" and "videoAsset" in line["expect"]
                 and "thumbnailAsset" in line["expect"]]
     stripped, rewritten = retiring[0]["id"], retiring[1]["id"]
@@ -284,7 +285,7 @@ def test_a_retire_item_is_refused_per_document_where_an_asset_carrying_its_value
     rewrite_thumbnail(transport, state(transport)["scenes"][rewritten], "https://tutor-assets.s3.amazonaws.com/moved.png")
     before = state(transport)
 
-    applied = apply_plan(transport, run_dir, confirm=True, show_progress=False)
+    applied = apply_plan(transport, run_dir, M002, confirm=True, settings=ApplySettings(show_progress=False))
     assert {o.id: o.message for o in applied.conflict_examples} == {
         stripped: "changed since the plan: videoAsset changed", rewritten: "changed since the plan: thumbnailAsset changed"}
     after = state(transport)

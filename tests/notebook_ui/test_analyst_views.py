@@ -142,7 +142,7 @@ def test_examples_open_on_documents_that_change_and_cover_each_table(tmp_path: P
     with compression.open_write(plan_file) as sink:  # the plan as the dry-run stores it
         sink.write(b"".join(jsonio.dumps(line) + b"\n" for line in lines))
     bind_migration(tmp_path, "001_s3_asset_tracking")
-    pairs = example_pairs(tmp_path, 2)
+    pairs = example_pairs(tmp_path, M001, 2)
     assert [before["_id"] for before, _ in pairs] == ["s0", "s1", "m0", "p0", "p1"]  # changes first, 2 per table and action
     assert pairs[-1][0]["_problems"] == [{"code": "x"}] and pairs[0][1]["assetCount"] == 0
     assert show.filter_choices(show.before_after_frame(pairs))[0] == "videoSessions s0 · migrate"
@@ -158,7 +158,7 @@ def test_examples_cover_every_problem_code_of_the_plan(tmp_path: Path) -> None:
     plan_file.parent.mkdir()
     with compression.open_write(plan_file) as sink:  # the plan as the dry-run stores it
         sink.write(b"".join(jsonio.dumps(line) + b"\n" for line in lines))
-    pairs = example_pairs(tmp_path, 2)
+    pairs = example_pairs(tmp_path, M001, 2)
     assert [before["_id"] for before, _ in pairs] == ["m0", "m1", "rare"]
     assert show.filter_choices(show.before_after_frame(pairs), problem="rare_code") == ["scenes rare · migrate"]
 

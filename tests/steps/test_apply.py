@@ -22,6 +22,8 @@ from helpers.migrations.m001_s3_asset_tracking.plan_line import CHANGING_ACTIONS
 from helpers.steps import names
 from helpers.steps.apply import (
     CHECKPOINT_FILE,
+    ApplySettings,
+    ApplySummary,
     BatchSizer,
     apply_dir,
     apply_plan,
@@ -169,8 +171,9 @@ def test_an_apply_by_another_run_after_the_snapshot_makes_the_plan_stale(started
 # --- against a local deployment --------------------------------------------------------------------------------
 
 
-def apply(transport: ConvexTransport, run_dir: Path, **kwargs):  # noqa: ANN201
-    return apply_plan(transport, run_dir, confirm=True, show_progress=False, **kwargs)
+def apply(transport: ConvexTransport, run_dir: Path, **knobs: Any) -> ApplySummary:
+    """apply_plan of migration 001, confirmed, without a progress bar; `knobs`: ApplySettings' fields."""
+    return apply_plan(transport, run_dir, M001, confirm=True, settings=ApplySettings(show_progress=False, **knobs))
 
 
 @pytest.mark.deployment

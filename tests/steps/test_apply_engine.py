@@ -40,6 +40,7 @@ from helpers.steps import names
 from helpers.steps.apply import (
     CHECKPOINT_FILE,
     OUTCOMES_FILE,
+    ApplySettings,
     BatchSizer,
     DeploymentLease,
     _item,
@@ -295,11 +296,16 @@ def planned(run_dir: Path) -> list[dict[str, Any]]:
             if jsonio.loads(raw)["action"] != "no_change"]
 
 
-def apply(fake: FakeDeployment, run_dir: Path, **kwargs: Any) -> Any:
-    kwargs.setdefault("batch_size", 3)
-    kwargs.setdefault("concurrency", 1)
-    kwargs.setdefault("operator", "alice")
-    return apply_plan(fake, run_dir, confirm=True, show_progress=False, **kwargs)  # type: ignore[arg-type]
+@pytest.fixture(autouse=True)
+def signed_by_alice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Apply signs as the folder's operator, here RUNBOOK_OPERATOR (these folders record none)."""
+    monkeypatch.setenv("RUNBOOK_OPERATOR", "alice")
+
+
+def apply(fake: FakeDeployment, run_dir: Path, *, allow_stale_backup: bool = False, **knobs: Any) -> Any:
+    """apply_plan of migration 001 in batches of 3, one at a time, unless `knobs` (ApplySettings' fields) say otherwise."""
+    settings = ApplySettings(**{"batch_size": 3, "concurrency": 1, "show_progress": False, **knobs})
+    return apply_plan(fake, run_dir, M001, confirm=True, settings=settings, allow_stale_backup=allow_stale_backup)  # type: ignore[arg-type]
 
 
 FIGURES = ("migrated", "references_created", "already_applied", "conflicts",
@@ -377,7 +383,7 @@ def test_the_operator_comes_from_the_environment(tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("RUNBOOK_OPERATOR", "carol")
     fake = FakeDeployment()
     run_dir = make_run(tmp_path, fake, 3, 0)
-    summary = apply_plan(fake, run_dir, confirm=True, show_progress=False)  # type: ignore[arg-type]
+    summary = apply_plan(fake, run_dir, M001, confirm=True, settings=ApplySettings(show_progress=False))  # type: ignore[arg-type]
     assert summary.operator == "carol" and summary.migrated["videoSessions"] == 0 and summary.migrated["scenes"] == 3
     assert fake.lock is None and ledger_row(fake)["operator"] == "carol"
 
@@ -705,7 +711,7 @@ def refused(fake: FakeDeployment, run_dir: Path, match: str, hint: str, **kwargs
     before = fake.state()
     with pytest.raises(PreconditionFailed, match=match) as refusal:
         kwargs.setdefault("confirm", True)
-        apply_plan(fake, run_dir, show_progress=False, operator="alice", **kwargs)  # type: ignore[arg-type]
+        apply_plan(fake, run_dir, M001, settings=ApplySettings(show_progress=False), **kwargs)  # type: ignore[arg-type]
     assert refusal.value.hint == hint
     assert fake.state() == before and "migration:applyBatch" not in fake.paths
     assert not (apply_dir(run_dir) / CHECKPOINT_FILE).exists()
@@ -743,8 +749,8 @@ def test_a_backup_of_another_deployment_is_refused(tmp_path: Path) -> None:
     refused(fake, run_dir, f"taken from https://other-deployment-456.convex.cloud, not from {URL}",
             "Take the backup, the dry-run and the apply against the same deployment, in one run folder.")
     fake_with_slash = FakeDeployment(URL + "/")  # a trailing slash on either side is the same deployment
-    assert check_preconditions(fake_with_slash, make_run(tmp_path, fake_with_slash, name="slash"))  # type: ignore[arg-type]
-    assert check_preconditions(fake, make_run(tmp_path, fake, name="slash-backup", url=URL + "/"))  # type: ignore[arg-type]
+    assert check_preconditions(fake_with_slash, make_run(tmp_path, fake_with_slash, name="slash"), M001)  # type: ignore[arg-type]
+    assert check_preconditions(fake, make_run(tmp_path, fake, name="slash-backup", url=URL + "/"), M001)  # type: ignore[arg-type]
 
 
 def test_a_stale_backup_is_refused_unless_overridden(tmp_path: Path) -> None:
@@ -752,9 +758,9 @@ def test_a_stale_backup_is_refused_unless_overridden(tmp_path: Path) -> None:
     run_dir = make_run(tmp_path, fake, snapshot=datetime.now(UTC) - timedelta(hours=24.5))
     refused(fake, run_dir, "The backup is 24.5 h old; this apply accepts at most 24 h", STALE_HINT)
     with pytest.raises(PreconditionFailed, match="24.5 h old"):
-        check_preconditions(fake, run_dir)  # type: ignore[arg-type]
+        check_preconditions(fake, run_dir, M001)  # type: ignore[arg-type]
     refused(fake, run_dir, "accepts at most 2.5 h", STALE_HINT, max_backup_age_hours=2.5)
-    assert check_preconditions(fake, run_dir, max_backup_age_hours=26)[2] > timedelta(hours=24)  # type: ignore[arg-type]
+    assert check_preconditions(fake, run_dir, M001, max_backup_age_hours=26)[2] > timedelta(hours=24)  # type: ignore[arg-type]
     old_fake = FakeDeployment()
     old = make_run(tmp_path, old_fake, name="old", snapshot=datetime.now(UTC) - timedelta(hours=120.06))
     refused(old_fake, old, "The backup is 120.1 h old", STALE_HINT)
@@ -898,14 +904,14 @@ def test_a_batch_stops_at_exactly_a_quarter_of_convex_s_argument_limit(tmp_path:
 def test_the_progress_bar_counts_the_answers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     fake = FakeDeployment()
     run_dir = make_run(tmp_path, fake)
-    apply_plan(fake, run_dir, confirm=True, batch_size=3, operator="a", show_progress=False)  # type: ignore[arg-type]
+    apply_plan(fake, run_dir, M001, confirm=True, settings=ApplySettings(batch_size=3, show_progress=False))  # type: ignore[arg-type]
     assert capsys.readouterr() == ("", "")
     run_dir = make_run(tmp_path, fake := FakeDeployment(), name="shown")
     fake.drop = {5}
     with pytest.raises(TransientFailure):
         apply(fake, run_dir)
     fake.drop = set()
-    apply_plan(fake, run_dir, confirm=True, batch_size=3, operator="a")  # type: ignore[arg-type]
+    apply_plan(fake, run_dir, M001, confirm=True, settings=ApplySettings(batch_size=3))  # type: ignore[arg-type]
     out, err = capsys.readouterr()  # resumed at the 12 answered: 2 more make 14 of 14
     assert re.fullmatch(r"apply: 14/14 doc \(100%\) in \d\d:\d\d\n", out) and err == ""
 

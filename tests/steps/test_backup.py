@@ -13,6 +13,7 @@ from helpers.connection import errors
 from helpers.connection.transport import ConvexTransport
 from helpers.connection.values import Int64
 from helpers.devtools.local_deployment import LocalDeployment
+from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 from helpers.steps.backup import (
     BACKUP_RECORD,
     backup_dir,
@@ -31,7 +32,7 @@ def seed(transport: ConvexTransport, scenes: int) -> tuple[str, list[str]]:
 
 def test_backup_has_convex_export_layout_and_counts(transport: ConvexTransport, run_dir: Path) -> None:
     _, scene_ids = seed(transport, 25)
-    summary = take_backup(transport, run_dir, poll_seconds=0.05, show_progress=False)
+    summary = take_backup(transport, run_dir, M001, poll_seconds=0.05, show_progress=False)
     assert summary.counts == {"videoSessions": 1, "scenes": 25, "assetReferences": 0, "migrationRuns": 0}
     with zipfile.ZipFile(summary.zip_path) as archive:
         names = archive.namelist()
@@ -68,7 +69,7 @@ def test_backup_is_one_instant_while_a_writer_inserts_and_patches(transport: Con
     try:
         while len(rounds) < 2:
             threading.Event().wait(0.05)
-        summary = take_backup(transport, run_dir, poll_seconds=0.05, show_progress=False)
+        summary = take_backup(transport, run_dir, M001, poll_seconds=0.05, show_progress=False)
     finally:
         stop.set()
         thread.join()
@@ -82,9 +83,9 @@ def test_backup_is_one_instant_while_a_writer_inserts_and_patches(transport: Con
 
 
 def test_second_backup_in_same_run_folder_is_refused(transport: ConvexTransport, run_dir: Path) -> None:
-    take_backup(transport, run_dir, poll_seconds=0.05, show_progress=False)
+    take_backup(transport, run_dir, M001, poll_seconds=0.05, show_progress=False)
     with pytest.raises(errors.PreconditionFailed, match="already"):
-        take_backup(transport, run_dir, poll_seconds=0.05, show_progress=False)
+        take_backup(transport, run_dir, M001, poll_seconds=0.05, show_progress=False)
 
 
 class SlowExportDeployment(LocalDeployment):
@@ -98,7 +99,7 @@ def test_export_already_in_progress_is_refused_clearly(deploy_key: str, run_dir:
     with SlowExportDeployment(deploy_key=deploy_key) as slow, slow.transport() as client:
         client.post("/api/export/request/zip", params={"includeStorage": "false"})  # someone else's export
         with pytest.raises(errors.ExportInProgress, match="already") as raised:
-            take_backup(client, run_dir, poll_seconds=0.05, show_progress=False)
+            take_backup(client, run_dir, M001, poll_seconds=0.05, show_progress=False)
     assert "wait for it" in str(raised.value) and not (backup_dir(run_dir) / BACKUP_RECORD).exists()
 
 
@@ -109,7 +110,7 @@ def test_failed_canceled_or_cut_short_export_leaves_nothing_valid(deploy_key: st
     with LocalDeployment(deploy_key=deploy_key, export_fault=fault) as broken, broken.transport() as client:
         seed(client, 10)
         with pytest.raises(error) as raised:  # a terminal state ends the wait at once, not at the timeout
-            take_backup(client, run_dir, poll_seconds=0.05, timeout_seconds=30, show_progress=False)
+            take_backup(client, run_dir, M001, poll_seconds=0.05, timeout_seconds=30, show_progress=False)
         assert str(raised.value).count("fix:") == 1
     assert list(backup_dir(run_dir).iterdir()) == []
     with pytest.raises(errors.PreconditionFailed, match="No backup"):
@@ -117,7 +118,7 @@ def test_failed_canceled_or_cut_short_export_leaves_nothing_valid(deploy_key: st
 
 
 def test_altered_backup_is_detected(transport: ConvexTransport, run_dir: Path) -> None:
-    summary = take_backup(transport, run_dir, poll_seconds=0.05, show_progress=False)
+    summary = take_backup(transport, run_dir, M001, poll_seconds=0.05, show_progress=False)
     with summary.zip_path.open("ab") as zip_file:
         zip_file.write(b"tampered")
     with pytest.raises(errors.PreconditionFailed, match="does not match"):
@@ -127,7 +128,7 @@ def test_altered_backup_is_detected(transport: ConvexTransport, run_dir: Path) -
 def test_lost_answer_to_the_export_request_follows_the_export_it_started(deploy_key: str, run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with LocalDeployment(deploy_key=deploy_key, export_fault="lost-response") as lossy, lossy.transport() as client:
         _, scene_ids = seed(client, 3)
-        summary = take_backup(client, run_dir, poll_seconds=0.05, show_progress=False)
+        summary = take_backup(client, run_dir, M001, poll_seconds=0.05, show_progress=False)
         assert client.query("_system/cli/exports:getLatest", {})["start_ts"] == Int64(summary.snapshot_ts)
     assert "answer was lost; following the export it started" in capsys.readouterr().out  # its retry met ExportInProgress
     assert summary.counts["scenes"] == 3 and [d["_id"] for d in iter_backup_documents(summary, "scenes")] == scene_ids
@@ -151,12 +152,12 @@ def test_functions_not_deployed_is_found_before_the_backup_so_step_01_can_run_ag
 ) -> None:
     with UndeployedDeployment(missing, deploy_key=deploy_key) as bare, bare.transport() as client:
         with pytest.raises(errors.FunctionsNotDeployed, match=f"{named} was not found(.|\n)*npx convex deploy"):
-            take_backup(client, run_dir, poll_seconds=0.05, show_progress=False)
+            take_backup(client, run_dir, M001, poll_seconds=0.05, show_progress=False)
         assert client.query("_system/cli/exports:getLatest", {}) is None  # no export was even requested
     assert not backup_dir(run_dir).exists()
     with LocalDeployment(deploy_key=deploy_key) as deployed, deployed.transport() as client:  # after `npx convex deploy`
         seed(client, 2)
-        assert take_backup(client, run_dir, poll_seconds=0.05, show_progress=False).counts["scenes"] == 2
+        assert take_backup(client, run_dir, M001, poll_seconds=0.05, show_progress=False).counts["scenes"] == 2
 
 
 @pytest.mark.parametrize(
@@ -171,7 +172,7 @@ def test_backup_check_names_a_line_that_is_not_utf8_text_or_export_json(
     transport: ConvexTransport, run_dir: Path, tmp_path: Path, bad_line: bytes, reported: str
 ) -> None:
     seed(transport, 3)
-    summary = take_backup(transport, run_dir, poll_seconds=0.05, show_progress=False)
+    summary = take_backup(transport, run_dir, M001, poll_seconds=0.05, show_progress=False)
     damaged = tmp_path / "damaged.zip"
     with zipfile.ZipFile(summary.zip_path) as source, zipfile.ZipFile(damaged, "w") as sink:
         for name in source.namelist():

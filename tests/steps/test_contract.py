@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,11 +20,18 @@ from helpers.connection.errors import (
 )
 from helpers.evidence import archive, compression
 from helpers.evidence.checkpoint_file import CHECKPOINT_FILE, UNCOMPRESSED_CHECKPOINT_FILE
-from helpers.evidence.run_folder import create_run
+from helpers.evidence.run_folder import LOCK_FILE, RUN_FILE, bind_migration, create_run
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
+from helpers.migrations.m002_retire_legacy_fields import MIGRATION as M002
 from helpers.steps import contract as step
 from helpers.steps import names
+from helpers.steps.apply import apply_plan, check_preconditions
+from helpers.steps.backup import take_backup
 from helpers.steps.contract import Step
+from helpers.steps.migration import Migration
+from helpers.steps.plan import build_plan, example_pairs
+from helpers.steps.rollback import check_rollback, execute_rollback, plan_rollback
+from helpers.steps.verify import verify
 
 URL = "http://127.0.0.1:9"
 
@@ -32,6 +41,46 @@ def no_other_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Only this test's run folders: not the checkout's runs/ nor the working directory's."""
     monkeypatch.setattr(step, "CHECKOUT_ROOT", None)
     monkeypatch.chdir(tmp_path)
+
+
+class NoDeployment:
+    """Stands for the deployment where a step must refuse before asking it anything."""
+
+    url = URL
+    round_trips = 0
+
+    def function(self, path: str, args: Any = None, **_: Any) -> Any:
+        raise AssertionError(f"{path} was called: the step should have refused first")
+
+
+#: Every step function a notebook hands its migration, called as its notebook calls it.
+STEP_FUNCTIONS: dict[str, Callable[[Any, Path, Migration], Any]] = {
+    "take_backup": lambda t, d, m: take_backup(t, d, m, show_progress=False),
+    "build_plan": lambda t, d, m: build_plan(t, d, m, show_progress=False),
+    "example_pairs": lambda t, d, m: example_pairs(d, m, 5),
+    "check_preconditions": lambda t, d, m: check_preconditions(t, d, m),
+    "apply_plan": lambda t, d, m: apply_plan(t, d, m, confirm=True),
+    "verify": lambda t, d, m: verify(t, d, m, show_progress=False),
+    "plan_rollback": lambda t, d, m: plan_rollback(t, d, m, "restore"),
+    "execute_rollback": lambda t, d, m: execute_rollback(t, d, m, "restore"),
+    "check_rollback": lambda t, d, m: check_rollback(t, d, m, "restore"),
+}
+
+
+@pytest.mark.parametrize("call", STEP_FUNCTIONS.values(), ids=STEP_FUNCTIONS.keys())
+def test_a_step_function_handed_another_migration_than_its_folder_runs_refuses_first(
+    tmp_path: Path, call: Callable[[Any, Path, Migration], Any]
+) -> None:
+    """A folder bound to 001 given 002's declaration: refused before the deployment is asked or a file written."""
+    run_dir = tmp_path / "run"
+    bind_migration(run_dir, M001.id)
+    with pytest.raises(PreconditionFailed) as refused:
+        call(NoDeployment(), run_dir, M002)
+    assert str(refused.value).splitlines()[0] == f"The run folder {run_dir} runs migration {M001.id}, not {M002.id}."
+    assert refused.value.hint == f"Use a new run folder for {M002.id} (each run folder holds one migration's evidence)."
+    assert {path.name for path in run_dir.iterdir()} <= {RUN_FILE, LOCK_FILE}
+    with pytest.raises(PreconditionFailed, match="records no migration"):  # and a folder that names none
+        call(NoDeployment(), tmp_path / "unbound", M001)
 
 
 def passed(run_dir: Path, name: str, status: str = "passed") -> None:

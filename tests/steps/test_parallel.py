@@ -69,7 +69,7 @@ def dry_run(tmp_path: Path, name: str, tables: dict[str, list[dict[str, Any]]], 
     run_dir = tmp_path / name
     bind_migration(run_dir, M001.id)
     shutil.copytree(snapshot / "backup", run_dir / "backup")
-    build_plan(PagedTables(tables), run_dir, page_size=17, show_progress=False, workers=workers)  # type: ignore[arg-type]
+    build_plan(PagedTables(tables), run_dir, M001, page_size=17, show_progress=False, workers=workers)  # type: ignore[arg-type]
     return run_dir
 
 

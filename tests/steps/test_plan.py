@@ -18,12 +18,12 @@ import pytest
 from pydantic import ValidationError
 
 import helpers.steps.plan
-from helpers import migrations
 from helpers.connection import jsonio
 from helpers.connection.errors import PreconditionFailed
 from helpers.evidence import compression
 from helpers.evidence.archive import sha256_file
 from helpers.evidence.run_folder import bind_migration
+from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
 from helpers.notebook_ui import display as show
 from helpers.steps.migration import Migration
 from helpers.steps.plan import (
@@ -72,7 +72,7 @@ def toy_run(tmp_path: Path, toy_registered: Migration) -> Path:
 
 def test_the_plan_holds_what_the_migration_planned_in_order_hashed_and_counted(toy_run: Path) -> None:
     deployment = PagedTables({"notes": NOTES})
-    summary = build_plan(deployment, toy_run, source="live", page_size=2, show_progress=False)  # type: ignore[arg-type]
+    summary = build_plan(deployment, toy_run, TOY, source="live", page_size=2, show_progress=False)  # type: ignore[arg-type]
 
     lines = list(iter_plan_lines(toy_run))
     assert [line["id"] for line in lines] == ["n1", "n2", "n3", "n4"]
@@ -92,7 +92,7 @@ def test_the_plan_holds_what_the_migration_planned_in_order_hashed_and_counted(t
 
 
 def test_an_altered_plan_is_refused(toy_run: Path) -> None:
-    build_plan(PagedTables({"notes": NOTES}), toy_run, source="live", show_progress=False)  # type: ignore[arg-type]
+    build_plan(PagedTables({"notes": NOTES}), toy_run, TOY, source="live", show_progress=False)  # type: ignore[arg-type]
     path = plan_dir(toy_run) / PLAN_FILE
     altered = b"".join(compression.iter_lines(path)).replace(b'"wordCount":3', b'"wordCount":4')
     with compression.open_write(path) as sink:  # a well-formed compressed file: only the hash can tell
@@ -103,7 +103,7 @@ def test_an_altered_plan_is_refused(toy_run: Path) -> None:
 
 def test_a_run_folder_written_before_compression_still_reads(toy_run: Path) -> None:
     """A folder of the earlier format holds plan/plan.jsonl, uncompressed, hashed as stored: it reads as before."""
-    build_plan(PagedTables({"notes": NOTES}), toy_run, source="live", show_progress=False)  # type: ignore[arg-type]
+    build_plan(PagedTables({"notes": NOTES}), toy_run, TOY, source="live", show_progress=False)  # type: ignore[arg-type]
     expected = list(iter_plan_lines(toy_run))
     out = plan_dir(toy_run)
     old = out / UNCOMPRESSED_PLAN_FILE
@@ -119,26 +119,25 @@ def test_a_run_folder_written_before_compression_still_reads(toy_run: Path) -> N
 
 
 def test_a_run_folder_holds_one_plan(toy_run: Path) -> None:
-    build_plan(PagedTables({"notes": NOTES}), toy_run, source="live", show_progress=False)  # type: ignore[arg-type]
+    build_plan(PagedTables({"notes": NOTES}), toy_run, TOY, source="live", show_progress=False)  # type: ignore[arg-type]
     with pytest.raises(PreconditionFailed, match="a run folder holds one plan"):
-        build_plan(PagedTables({"notes": NOTES}), toy_run, source="live", show_progress=False)  # type: ignore[arg-type]
+        build_plan(PagedTables({"notes": NOTES}), toy_run, TOY, source="live", show_progress=False)  # type: ignore[arg-type]
 
 
-def test_a_migration_that_refuses_the_deployment_plans_nothing(toy_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_migration_that_refuses_the_deployment_plans_nothing(toy_run: Path) -> None:
     def not_ready(transport: Any) -> None:
         raise PreconditionFailed("migration 000 was not applied", hint="apply it first")
 
-    refusing = dataclasses.replace(TOY, require=not_ready)
-    monkeypatch.setattr(migrations, "all_migrations", lambda: (refusing,))
+    refusing = dataclasses.replace(TOY, require=not_ready)  # the declaration the step is handed asks the deployment
     deployment = PagedTables({"notes": NOTES})
     with pytest.raises(PreconditionFailed, match="000 was not applied"):
-        build_plan(deployment, toy_run, source="live", show_progress=False)  # type: ignore[arg-type]
+        build_plan(deployment, toy_run, refusing, source="live", show_progress=False)  # type: ignore[arg-type]
     assert deployment.paths == [] and not plan_dir(toy_run).exists()
 
 
 def test_the_snapshot_source_needs_the_backup(toy_run: Path) -> None:
     with pytest.raises(PreconditionFailed, match="plans from this run folder's backup snapshot"):
-        build_plan(PagedTables({"notes": NOTES}), toy_run, show_progress=False)  # type: ignore[arg-type]
+        build_plan(PagedTables({"notes": NOTES}), toy_run, TOY, show_progress=False)  # type: ignore[arg-type]
 
 
 def test_examples_show_what_a_line_sets_and_what_it_removes(tmp_path: Path) -> None:
@@ -152,10 +151,10 @@ def test_examples_show_what_a_line_sets_and_what_it_removes(tmp_path: Path) -> N
     plan_file.parent.mkdir()
     plan_file.write_bytes(b"".join(jsonio.dumps(line) + b"\n" for line in lines))
     bind_migration(tmp_path, "001_s3_asset_tracking")  # any registered migration: only its changing actions matter
-    [(before, after), _] = example_pairs(tmp_path, 5)
+    [(before, after), _] = example_pairs(tmp_path, M001, 5)
     assert before["s3ChunkKey"] == "k.mp4" and "s3ChunkKey" not in after
     carriers = {"scenes": {"s3ChunkKey": ("videoAsset",)}}
-    rows = show.before_after_frame(example_pairs(tmp_path, 5), carriers).set_index("document")
+    rows = show.before_after_frame(example_pairs(tmp_path, M001, 5), carriers).set_index("document")
     removed = rows.loc["scenes a · retire"]
     assert (removed["new field"], removed["new value"], removed["from legacy field(s)"]) == (
         "s3ChunkKey (removed)", "(absent)", 's3ChunkKey = k.mp4\ncarried by videoAsset = {\n "s3Key": "k.mp4"\n}'
@@ -163,7 +162,7 @@ def test_examples_show_what_a_line_sets_and_what_it_removes(tmp_path: Path) -> N
 
 
 def test_a_plan_that_names_no_migration_is_refused_not_read_as_the_first_migrations(toy_run: Path) -> None:
-    build_plan(PagedTables({"notes": NOTES}), toy_run, source="live", show_progress=False)  # type: ignore[arg-type]
+    build_plan(PagedTables({"notes": NOTES}), toy_run, TOY, source="live", show_progress=False)  # type: ignore[arg-type]
     summary_path = plan_dir(toy_run) / "plan.json"
     record = jsonio.loads(summary_path.read_bytes())
     del record["migration_id"]
@@ -200,11 +199,11 @@ def test_fewer_gc_passes_only_when_planning_from_the_snapshot(toy_run: Path, tmp
 
     monkeypatch.setattr(helpers.steps.plan, "few_collections", recording)
     _snapshot_of(toy_run, {"notes": NOTES})
-    from_snapshot = build_plan(PagedTables({"notes": NOTES}), toy_run, show_progress=False)  # type: ignore[arg-type]
+    from_snapshot = build_plan(PagedTables({"notes": NOTES}), toy_run, TOY, show_progress=False)  # type: ignore[arg-type]
     assert entered == [True]
     live_run = tmp_path / "live"
     bind_migration(live_run, toy_registered.id)
-    from_live = build_plan(PagedTables({"notes": NOTES}), live_run, source="live", show_progress=False)  # type: ignore[arg-type]
+    from_live = build_plan(PagedTables({"notes": NOTES}), live_run, toy_registered, source="live", show_progress=False)  # type: ignore[arg-type]
     assert entered == [True] and from_live.plan_sha256 == from_snapshot.plan_sha256
 
 

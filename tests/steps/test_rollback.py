@@ -12,7 +12,7 @@ from helpers.connection import errors
 from helpers.connection.transport import ConvexTransport
 from helpers.connection.values import digest
 from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
-from helpers.steps.apply import apply_plan
+from helpers.steps.apply import ApplySettings, apply_plan
 from helpers.steps.backup import read_backup
 from helpers.steps.rollback import (
     check_reference_removed,
@@ -87,12 +87,12 @@ def test_each_rollback_check_fails_on_its_defect(defect: str, transport: ConvexT
     mode, spoil, expected = DAMAGE[defect]
     seed(transport, SCENES)
     prepare(transport, run_dir)
-    assert apply_plan(transport, run_dir, confirm=True, show_progress=False).passed
-    plan_rollback(transport, run_dir, mode)
-    execute_rollback(transport, run_dir, mode)
-    assert check_rollback(transport, run_dir, mode).passed
+    assert apply_plan(transport, run_dir, M001, confirm=True, settings=ApplySettings(show_progress=False)).passed
+    plan_rollback(transport, run_dir, M001, mode)
+    execute_rollback(transport, run_dir, M001, mode)
+    assert check_rollback(transport, run_dir, M001, mode).passed
     spoil(transport, run_dir, mode)
-    result = check_rollback(transport, run_dir, mode)
+    result = check_rollback(transport, run_dir, M001, mode)
     assert {c.name for c in result.checks if not c.passed} == {expected}
     assert result.failed == 1 and len(result.examples) == 1
 
@@ -101,14 +101,14 @@ def test_each_rollback_check_fails_on_its_defect(defect: str, transport: ConvexT
 def test_restore_without_its_backup_points_at_the_archive_or_strip(transport: ConvexTransport, run_dir: Path) -> None:
     seed(transport, SCENES)
     prepare(transport, run_dir)
-    assert apply_plan(transport, run_dir, confirm=True, show_progress=False).passed
+    assert apply_plan(transport, run_dir, M001, confirm=True, settings=ApplySettings(show_progress=False)).passed
     read_backup(run_dir).zip_path.unlink()
     with pytest.raises(errors.PreconditionFailed) as refused:
-        plan_rollback(transport, run_dir, "restore")
+        plan_rollback(transport, run_dir, M001, "restore")
     message = str(refused.value)
     assert "archived run folder" in message and "mode='strip'" in message and "new backup would" in message
     assert "Take a new backup" not in message
-    assert plan_rollback(transport, run_dir, "strip").references_to_delete > 0  # strip needs no backup
+    assert plan_rollback(transport, run_dir, M001, "strip").references_to_delete > 0  # strip needs no backup
 
 
 @pytest.mark.deployment
@@ -120,8 +120,8 @@ def test_a_strip_item_is_refused_per_document_where_the_legacy_values_its_assets
     and its execution, the document is a conflict and keeps its asset fields: no value is lost."""
     seed(transport, SCENES)
     prepare(transport, run_dir)
-    assert apply_plan(transport, run_dir, confirm=True, show_progress=False).passed
-    plan_rollback(transport, run_dir, "strip")
+    assert apply_plan(transport, run_dir, M001, confirm=True, settings=ApplySettings(show_progress=False)).passed
+    plan_rollback(transport, run_dir, M001, "strip")
     strips = [i for i in iter_rollback_items(run_dir, "strip") if i["table"] == "scenes" and "videoAsset" in i["unset"]]
     # the guard is in the item: the legacy values the asset was built from, as they are (a scene may lack one)
     assert all(i["expect"].keys() & {"s3ChunkKey", "s3ChunkUrl"} for i in strips)
@@ -131,11 +131,11 @@ def test_a_strip_item_is_refused_per_document_where_the_legacy_values_its_assets
     damage(transport, item("scenes", vanished, unset=["s3ChunkKey", "s3ChunkUrl"]))  # as 002's retire leaves it
     kept = transport.query("scenes:get", {"id": vanished})["videoAsset"]
 
-    summary = execute_rollback(transport, run_dir, "strip")
+    summary = execute_rollback(transport, run_dir, M001, "strip")
     assert {c["id"]: c["message"] for c in summary.conflicts} == {
         changed: "changed since the plan: s3ChunkKey changed, s3ChunkUrl changed",
         vanished: "changed since the plan: s3ChunkKey changed, s3ChunkUrl changed",
     }
     assert transport.query("scenes:get", {"id": vanished})["videoAsset"] == kept  # the value's only carrier stays
     assert summary.outcomes["scenes"]["conflict"] == 2 and summary.outcomes["scenes"]["applied"] > 0 and not summary.errors
-    assert check_rollback(transport, run_dir, "strip").passed  # the two conflicts are left alone, as reported
+    assert check_rollback(transport, run_dir, M001, "strip").passed  # the two conflicts are left alone, as reported

@@ -24,7 +24,7 @@ from helpers.migrations.m001_s3_asset_tracking.checks import (
     check_session_totals,
     expected_assets_status,
 )
-from helpers.steps.apply import apply_plan
+from helpers.steps.apply import ApplySettings, apply_plan
 from helpers.steps.backup import iter_backup_documents, take_backup
 from helpers.steps.plan import build_plan, iter_plan_lines, read_plan
 from helpers.steps.verify import (
@@ -725,11 +725,11 @@ DAMAGE: dict[str, tuple[Callable[[ConvexTransport, Path], None], set[str]]] = {
 def test_each_damaged_deployment_fails_exactly_its_check(defect: str, transport: ConvexTransport, run_dir: Path) -> None:
     seed(transport, SCENES)
     prepare(transport, run_dir)
-    assert apply_plan(transport, run_dir, confirm=True, show_progress=False).passed
-    assert failing(verify(transport, run_dir, show_progress=False)) == set()
+    assert apply_plan(transport, run_dir, M001, confirm=True, settings=ApplySettings(show_progress=False)).passed
+    assert failing(verify(transport, run_dir, M001, show_progress=False)) == set()
     spoil, expected = DAMAGE[defect]
     spoil(transport, run_dir)
-    report = verify(transport, run_dir, show_progress=False)
+    report = verify(transport, run_dir, M001, show_progress=False)
     assert failing(report) == expected
     assert all(c.examples for c in report.checks if not c.passed)
 
@@ -778,14 +778,14 @@ def test_a_faulty_rule_applied_faithfully_fails_exactly_its_check(
     name, (predicate, change), expected = FAULTY_RULES[fault]
     seed(transport, SCENES)
     bind_migration(tmp_path / "scratch", M001.id)
-    build_plan(transport, tmp_path / "scratch", show_progress=False, source="live")  # a clean plan, to pick a migrated document
+    build_plan(transport, tmp_path / "scratch", M001, show_progress=False, source="live")  # a clean plan, to pick a migrated document
     table = "scenes" if name == "plan_scene" else "videoSessions"
     target = next(line["id"] for line in lines(tmp_path / "scratch", table) if predicate(line["set"]))
     monkeypatch.setattr(rules, name, corrupting(getattr(rules, name), target, change))
     prepare(transport, run_dir)
     monkeypatch.undo()
-    assert apply_plan(transport, run_dir, confirm=True, show_progress=False).passed
-    report = verify(transport, run_dir, show_progress=False)
+    assert apply_plan(transport, run_dir, M001, confirm=True, settings=ApplySettings(show_progress=False)).passed
+    report = verify(transport, run_dir, M001, show_progress=False)
     assert failing(report) == {expected}
     [check] = [c for c in report.checks if not c.passed]
     assert check.failed == 1 and check.examples[0].startswith(target)
@@ -810,11 +810,11 @@ def test_a_legacy_writer_during_and_after_apply_is_listed_not_blamed(transport: 
 
     thread = threading.Thread(target=writer)
     thread.start()
-    apply_plan(transport, run_dir, confirm=True, batch_size=5, show_progress=False)
+    apply_plan(transport, run_dir, M001, confirm=True, settings=ApplySettings(batch_size=5, show_progress=False))
     thread.join()
     for scene in after:
         transport.mutation("scenes:setChunk", {"id": scene, "s3ChunkKey": f"writer/{scene}.mp4", "s3ChunkUrl": f"{BUCKET}/writer/{scene}.mp4"})
-    report = verify(transport, run_dir, show_progress=False)
+    report = verify(transport, run_dir, M001, show_progress=False)
     assert report.passed, [c for c in report.checks if not c.passed]
     changed = set(written + after)
     assert set(report.changed_by_others) == changed and report.changed_by_application.count == len(changed)
@@ -827,14 +827,14 @@ def test_a_legacy_writer_during_and_after_apply_is_listed_not_blamed(transport: 
 @pytest.mark.deployment
 def test_a_scene_created_after_the_snapshot_is_listed_not_blamed(transport: ConvexTransport, run_dir: Path) -> None:
     seed(transport, SCENES)
-    backup = take_backup(transport, run_dir, poll_seconds=0.05, show_progress=False)
+    backup = take_backup(transport, run_dir, M001, poll_seconds=0.05, show_progress=False)
     session = next(iter_backup_documents(backup, "videoSessions"))["_id"]
     late = {"sessionId": session, "sceneIndex": 99, "status": "completed", "s3ChunkKey": "late/chunk.mp4"}
     [created] = transport.function("sampleData:insertBatch", {"table": "scenes", "documents": [late]})["ids"]
-    plan = build_plan(transport, run_dir, show_progress=False)  # from the snapshot: the late scene is not in it
+    plan = build_plan(transport, run_dir, M001, show_progress=False)  # from the snapshot: the late scene is not in it
     assert created not in {line["id"] for line in iter_plan_lines(run_dir)}
-    assert apply_plan(transport, run_dir, confirm=True, show_progress=False).passed
-    report = verify(transport, run_dir, show_progress=False)
+    assert apply_plan(transport, run_dir, M001, confirm=True, settings=ApplySettings(show_progress=False)).passed
+    report = verify(transport, run_dir, M001, show_progress=False)
     assert report.passed, [c for c in report.checks if not c.passed]
     assert report.created_after_snapshot.count == 1 and report.created_after_snapshot.examples == [created]
     assert "new run folder" in report.created_after_snapshot.advice
@@ -853,17 +853,17 @@ def test_assets_there_before_the_migration_are_tracked_once(transport: ConvexTra
     assert tracked and filled
     assert all(line["references"] and not line["set"] for line in tracked)
     assert all(len(line["references"]) > len([f for f in line["set"] if f.endswith("Asset")]) for line in filled)
-    assert apply_plan(transport, run_dir, confirm=True, show_progress=False).passed
-    report = verify(transport, run_dir, show_progress=False)
+    assert apply_plan(transport, run_dir, M001, confirm=True, settings=ApplySettings(show_progress=False)).passed
+    report = verify(transport, run_dir, M001, show_progress=False)
     assert report.passed and next(c for c in report.checks if c.name == "tracking_complete").checked > 0
     references = migration_references(transport)
     for line in tracked + filled:
         assert {r["assetType"] for r in references if r["entityId"] == line["id"]} == {r["assetType"] for r in line["references"]}
 
-    again = apply_plan(transport, run_dir, confirm=True, show_progress=False)  # reference-only items are idempotent
+    again = apply_plan(transport, run_dir, M001, confirm=True, settings=ApplySettings(show_progress=False))  # reference-only items are idempotent
     assert again.passed and len(migration_references(transport)) == len(references)
     bind_migration(tmp_path / "next", M001.id)
-    build_plan(transport, tmp_path / "next", show_progress=False, source="live")  # a new dry-run sees every asset tracked
+    build_plan(transport, tmp_path / "next", M001, show_progress=False, source="live")  # a new dry-run sees every asset tracked
     assert {line["action"] for line in iter_plan_lines(tmp_path / "next")} <= {"no_change", "problem"}
 
 
@@ -871,7 +871,7 @@ def test_assets_there_before_the_migration_are_tracked_once(transport: ConvexTra
 def test_a_reference_only_item_adds_only_the_missing_reference(transport: ConvexTransport, run_dir: Path) -> None:
     seed(transport, SCENES)
     prepare(transport, run_dir)
-    assert apply_plan(transport, run_dir, confirm=True, show_progress=False).passed
+    assert apply_plan(transport, run_dir, M001, confirm=True, settings=ApplySettings(show_progress=False)).passed
     scene = with_video(run_dir)["id"]
     refs = refs_of(transport, scene)
     doc = next(d for d in iter_documents(transport, "scenes") if d["_id"] == scene)
@@ -905,8 +905,8 @@ def test_assets_on_blocked_documents_are_named_untracked_by_the_dry_run_and_veri
     assert expected[held] == 2
     [planned] = [u for u in read_plan(run_dir).untracked_assets if u.table == "scenes"]
     assert (planned.documents, planned.assets) == (len(expected), sum(expected.values())) and set(planned.examples) <= set(expected)
-    assert apply_plan(transport, run_dir, confirm=True, show_progress=False).passed
-    report = verify(transport, run_dir, show_progress=False)
+    assert apply_plan(transport, run_dir, M001, confirm=True, settings=ApplySettings(show_progress=False)).passed
+    report = verify(transport, run_dir, M001, show_progress=False)
     assert report.passed
     untracked = report.untracked_assets
     assert (untracked.documents, untracked.assets) == (len(expected), sum(expected.values())) and set(untracked.examples) <= set(expected)

@@ -242,7 +242,7 @@ def plan_scene(doc: dict[str, Any], ctx: RulesContext) -> DocumentPlan:
         produced["assetVersion"] = ASSET_VERSION  # SCN-7
         produced["previousAssetVersions"] = []  # SCN-8
 
-    return _finish("scenes", doc, session_id, expect, expect_absent, produced, problems, had_new, current, ctx)
+    return _finish("scenes", doc, _Draft(expect, expect_absent, produced, problems, had_new), session_id, current, ctx)
 
 
 def plan_session(doc: dict[str, Any], totals: SessionTotals, ctx: RulesContext) -> DocumentPlan:
@@ -280,26 +280,31 @@ def plan_session(doc: dict[str, Any], totals: SessionTotals, ctx: RulesContext) 
         if message is not None:
             produced["assetsErrorMessage"] = message  # SES-7
 
-    return _finish("videoSessions", doc, None, expect, expect_absent, produced, problems, had_new, {}, ctx)
+    return _finish("videoSessions", doc, _Draft(expect, expect_absent, produced, problems, had_new), None, {}, ctx)
+
+
+@dataclass(frozen=True, slots=True)
+class _Draft:
+    """One document's plan as its table's rules drafted it, before GEN-1 and GEN-2 decide what is set: the
+    precondition read (present fields, absent ones), the new fields the rules computed, the problems found, and
+    whether the document already held new fields."""
+
+    expect: dict[str, Any]
+    expect_absent: list[str]
+    produced: dict[str, Any]
+    problems: list[dict[str, str]]
+    had_new: bool
 
 
 def _finish(
-    table: str,
-    doc: dict[str, Any],
-    session_id: str | None,
-    expect: dict[str, Any],
-    expect_absent: list[str],
-    produced: dict[str, Any],
-    problems: list[dict[str, str]],
-    had_new: bool,
-    current: dict[str, Any],
-    ctx: RulesContext,
+    table: str, doc: dict[str, Any], draft: _Draft, session_id: str | None, current: dict[str, Any], ctx: RulesContext
 ) -> DocumentPlan:
     """GEN-1: keep what is already there, fill what is missing, refuse what differs; GEN-2: the action."""
-    to_set = produced
-    if had_new:
+    expect, expect_absent, problems = draft.expect, draft.expect_absent, draft.problems
+    to_set = draft.produced
+    if draft.had_new:
         to_set = {}
-        for name, value in produced.items():
+        for name, value in draft.produced.items():
             existing = doc.get(name, _ABSENT)
             if existing is _ABSENT:
                 to_set[name] = value
@@ -321,7 +326,7 @@ def _finish(
         for name, (key_field, _) in sources.items()
         if type(asset := to_set.get(name, doc.get(name))) is dict and not ctx.is_tracked(doc_id, ASSET_TYPES[name])
     ]
-    action = "fill_missing" if to_set and had_new else "migrate" if to_set else "track_existing" if references else "no_change"
+    action = "fill_missing" if to_set and draft.had_new else "migrate" if to_set else "track_existing" if references else "no_change"
     expect_absent.extend(to_set)
     return DocumentPlan(table, doc_id, action, session_id, legacy_status, expect, expect_absent, to_set, references, problems, current)
 
