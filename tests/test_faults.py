@@ -144,7 +144,7 @@ def test_rerun_of_a_finished_apply_is_a_recheck_that_keeps_the_figures(deploy_ke
             assert_reported_like(clean_statistics, transport, run_dir, again, f"re-check {attempt + 1}")
             rechecked = next(r for r in read_ledger(transport, M001.id) if r["step"] == names.APPLY)
             assert (rechecked["startedAt"], rechecked["finishedAt"]) == (row["startedAt"], row["finishedAt"])
-        assert (apply_dir(run_dir) / "checkpoint.1.jsonl").exists() and (apply_dir(run_dir) / "checkpoint.2.jsonl").exists()
+        assert (apply_dir(run_dir) / "checkpoint.1.jsonl.zst").exists() and (apply_dir(run_dir) / "checkpoint.2.jsonl.zst").exists()
 
 
 APPLY_SCRIPT = """
