@@ -5,13 +5,14 @@ from __future__ import annotations
 import gc
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers.steps.scratch import Scratch, batched, few_collections, prefetch
+from helpers.steps.scratch import Scratch, ScratchTable, batched, few_collections, prefetch
 
 keys = st.one_of(st.text(max_size=6), st.integers(min_value=-(2**63), max_value=2**63 - 1), st.binary(max_size=6))
 values = st.one_of(st.none(), st.integers(), st.text(max_size=5), st.tuples(st.text(max_size=3), st.binary(max_size=3)))
@@ -52,6 +53,27 @@ def test_a_multi_table_keeps_every_value_in_order(stored: list[tuple[Any, Any]],
         assert dict(table.groups()) == reference
         popped = table.pop(asked)
         assert dict(table.groups()) == {k: v for k, v in reference.items() if k not in popped}
+
+
+def _write_and_pop(table: ScratchTable, part: list[tuple[str, int]], popped: list[str]) -> dict[Any, Any]:
+    """In a worker process: writes its part, then pops keys (its own or another worker's)."""
+    table.put(part)
+    return table.pop(popped)
+
+
+def test_a_shared_table_is_written_by_worker_processes_and_read_by_key() -> None:
+    """Workers write a shared table through their own connection; what they popped is gone, and `items(by_key=True)`
+    reads the rest in key order whatever order the workers wrote in. A table not shared opens read-only there."""
+    parts = [[(f"k{i:03d}", i) for i in range(start, 300, 3)] for start in range(3)]
+    with Scratch() as scratch, ProcessPoolExecutor(max_workers=3) as pool:
+        shared = scratch.table("shared", shared=True)
+        popped = list(pool.map(_write_and_pop, [shared] * 3, parts, [[key for key, _ in part[:5]] for part in parts]))
+        assert popped == [dict(part[:5]) for part in parts]
+        assert list(shared.items(by_key=True)) == sorted(pair for part in parts for pair in part[5:])
+        private = scratch.table("private")
+        with pytest.raises(Exception, match="readonly"):
+            pool.submit(_write_and_pop, private, [("k", 1)], []).result()
+        assert len(private) == 0
 
 
 @settings(max_examples=60, deadline=None)
