@@ -12,6 +12,7 @@ import itertools
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -110,6 +111,17 @@ class _Tally:
         self.references: Counter[str] = Counter()
         self.problems: dict[tuple[str, str, str], ProblemCount] = {}
 
+    def summary_fields(self) -> dict[str, Any]:
+        """What the plan's summary (plan.json) says of the lines counted."""
+        return {
+            "documents": sum(sum(c.values()) for c in self.actions.values()),
+            "actions": {table: dict(c) for table, c in self.actions.items()},
+            "by_status": {table: {status: dict(c) for status, c in statuses.items()} for table, statuses in self.by_status.items()},
+            "references_by_type": dict(self.references),
+            "problems": sorted(self.problems.values(), key=lambda p: (p.table, -p.count, p.code)),
+            "untracked_assets": [self.untracked[table] for table in sorted(self.untracked)],
+        }
+
     def add(self, line: PlanLine) -> None:
         table, action = line.table, line.action
         self.actions[table][action] += 1
@@ -164,30 +176,14 @@ def build_plan(
     snapshot (helpers.steps.parallel); the plan's bytes are the same for any number of them."""
     require_migration(run_dir, migration)
     workers = default_workers() if workers is None else workers
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, not {workers}")
-    if source not in ("snapshot", "live"):
-        raise ValueError(f"source must be 'snapshot' or 'live', not {source!r}")
     out = plan_dir(run_dir)
-    if (out / PLAN_SUMMARY_FILE).exists():
-        raise PreconditionFailed(
-            f"{out / PLAN_SUMMARY_FILE} already exists: a run folder holds one plan.",
-            hint="Start a new run folder to plan again (apply executes exactly the plan its run folder holds).",
-        )
+    _refuse_to_plan(out, workers, source)
     if migration.require is not None:
         migration.require(transport)
     snapshot = _snapshot(run_dir) if source == "snapshot" else None
     out.mkdir(parents=True, exist_ok=True)
     backup = _backup_record(run_dir)
-    totals = {table: int(n) for table, n in backup.get("counts", {}).items()}
-
-    def pages(table: str, desc: str) -> Iterator[list[dict[str, Any]]]:
-        stream = (
-            batched(iter_backup_documents(snapshot, table), page_size) if snapshot is not None
-            else prefetch(iter_pages(transport, table, page_size))
-        )
-        return paged_progress(stream, desc=desc, total=totals.get(table), show=show_progress)
-
+    sources = _Sources(transport, snapshot, {table: int(n) for table, n in backup.get("counts", {}).items()}, page_size, workers, show_progress)
     tally = _Tally(migration)
     plan_path, problems_path = out / PLAN_FILE, out / PROBLEMS_FILE
     plan_partial, problems_partial = out / "plan.partial.jsonl.zst", problems_path.with_suffix(".partial")
@@ -197,20 +193,8 @@ def build_plan(
     gc_passes = few_collections() if snapshot is not None else nullcontext()
     with gc_passes, Scratch() as scratch, compression.open_write(plan_partial) as sink, problems_partial.open("w", newline="", encoding="utf-8") as details:
         problem_rows = _ProblemDetails(details)
-
-        def map_pages(table: str, desc: str, work: Callable[[list[dict[str, Any]]], Any]) -> RangeResults:
-            folder = scratch.path("ranges")
-            if snapshot is None:  # live pages come one at a time through this process's HTTP client
-                documents = (doc for page in pages(table, desc) for doc in page)
-                return parallel.map_pages(documents, work, page_size=page_size, workers=1, folder=folder, name=table)
-            bar = progress(desc=desc, total=totals.get(table), show=show_progress)  # the workers' pages: whole ranges
-            source = Ranged(partial(iter_backup_documents, snapshot.zip_path, table), totals.get(table, 0))
-            results = parallel.map_pages(source, work, page_size=page_size, workers=workers, folder=folder, name=table)
-            bar.update(totals.get(table, 0))
-            bar.close()
-            return results
-
-        for line in migration.planner(PlanInputs(pages, scratch, options, page_size, map_pages)):
+        inputs = PlanInputs(sources.pages, scratch, options, page_size, partial(sources.map_pages, scratch.path("ranges")))
+        for line in migration.planner(inputs):
             encoded = line if isinstance(line, PlanLine) else migration.encode(line)
             tally.add(encoded)
             sink.write(encoded.raw)
@@ -222,19 +206,58 @@ def build_plan(
         migration_id=migration.id,
         plan_file=f"{PLAN_DIR}/{PLAN_FILE}",
         plan_sha256=sha256_file(plan_path),
-        documents=sum(sum(c.values()) for c in tally.actions.values()),
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         deployment_url=redact_url(transport.url),
         backup_sha256=backup.get("sha256"),
         parameters={"page_size": page_size, "bucket_base_url": bucket_base_url, "source": source},
-        actions={table: dict(c) for table, c in tally.actions.items()},
-        by_status={table: {status: dict(c) for status, c in statuses.items()} for table, statuses in tally.by_status.items()},
-        references_by_type=dict(tally.references),
-        problems=sorted(tally.problems.values(), key=lambda p: (p.table, -p.count, p.code)),
-        untracked_assets=[tally.untracked[table] for table in sorted(tally.untracked)],
+        **tally.summary_fields(),
     )
     write_json_atomic(out / PLAN_SUMMARY_FILE, summary.model_dump(mode="json"))
     return summary
+
+
+def _refuse_to_plan(out: Path, workers: int, source: str) -> None:
+    """Refuses arguments out of range, and a folder that already holds a plan (apply executes exactly that one)."""
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, not {workers}")
+    if source not in ("snapshot", "live"):
+        raise ValueError(f"source must be 'snapshot' or 'live', not {source!r}")
+    if (out / PLAN_SUMMARY_FILE).exists():
+        raise PreconditionFailed(
+            f"{out / PLAN_SUMMARY_FILE} already exists: a run folder holds one plan.",
+            hint="Start a new run folder to plan again (apply executes exactly the plan its run folder holds).",
+        )
+
+
+@dataclass(frozen=True)
+class _Sources:
+    """Where a planner reads (`PlanInputs.pages`, `.map_pages`): the backup snapshot, or the live tables when it is None."""
+
+    transport: ConvexTransport
+    snapshot: BackupSummary | None
+    totals: dict[str, int]
+    page_size: int
+    workers: int
+    show_progress: bool
+
+    def pages(self, table: str, desc: str) -> Iterator[list[dict[str, Any]]]:
+        stream = (
+            batched(iter_backup_documents(self.snapshot, table), self.page_size) if self.snapshot is not None
+            else prefetch(iter_pages(self.transport, table, self.page_size))
+        )
+        return paged_progress(stream, desc=desc, total=self.totals.get(table), show=self.show_progress)
+
+    def map_pages(self, folder: Path, table: str, desc: str, work: Callable[[list[dict[str, Any]]], Any]) -> RangeResults:
+        if self.snapshot is None:  # live pages come one at a time through this process's HTTP client
+            documents = (doc for page in self.pages(table, desc) for doc in page)
+            return parallel.map_pages(documents, work, page_size=self.page_size, workers=1, folder=folder, name=table)
+        total = self.totals.get(table, 0)
+        bar = progress(desc=desc, total=self.totals.get(table), show=self.show_progress)  # the workers' pages: whole ranges
+        source = Ranged(partial(iter_backup_documents, self.snapshot.zip_path, table), total)
+        results = parallel.map_pages(source, work, page_size=self.page_size, workers=self.workers, folder=folder, name=table)
+        bar.update(total)
+        bar.close()
+        return results
 
 
 def read_plan(run_dir: Path) -> PlanSummary:
