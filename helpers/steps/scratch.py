@@ -197,7 +197,8 @@ class Scratch:
 
     def __init__(self) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="runbook-scratch-"))
-        self.db = sqlite3.connect(self.folder / "scratch.sqlite3", isolation_level=None, check_same_thread=False)
+        # The workers' connections wait as long for a table a `shared` write holds (SQLite's default is 5 s).
+        self.db = sqlite3.connect(self.folder / "scratch.sqlite3", isolation_level=None, check_same_thread=False, timeout=60)
         self.db.execute("PRAGMA journal_mode=OFF")
         self.db.execute("PRAGMA synchronous=OFF")
         self.db.execute("PRAGMA temp_store=FILE")
