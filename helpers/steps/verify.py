@@ -404,26 +404,25 @@ class _Join:
 
     def __init__(self, migration: Migration, scratch: Scratch, page_size: int, workers: int) -> None:
         self.migration, self.scratch, self.page_size, self.workers = migration, scratch, page_size, workers
-        self.document_checks = (*DOCUMENT_CHECKS, *migration.checks)
         self.cross_checks = migration.cross_checks(scratch)
-        self.tallies = {c.name: _Tally(c.name, c.description) for c in self.document_checks}
+        self.tallies = {c.name: _Tally(c.name, c.description) for c in (*DOCUMENT_CHECKS, *migration.checks)}
         self.tallies.update({c.name: _Tally(c.name, c.description) for c in self.cross_checks})
         if migration.side_rows is not None:
             self.tallies.update({name: _Tally(name, text) for name, text in reference_checks(migration.side_rows).items()})
         self.changed, self.created = _Listed(), _Listed()
         self.untracked = _Listed()  # blocked documents holding a tracked field no side row tracks
         self.untracked_assets = 0
-        self.planned = scratch.table("planned", shared=True)
-        self.before = scratch.table("before", shared=True)
-        self.references = scratch.table("references", multi=True, shared=True)
-        self.live_docs = scratch.table("live_docs", shared=True)
+        self.tables = _JoinState(
+            before=scratch.table("before", shared=True), planned=scratch.table("planned", shared=True),
+            references=scratch.table("references", multi=True, shared=True), live_docs=scratch.table("live_docs", shared=True),
+        )
 
     def _map(self, source: Iterable[Any], work: Callable[[list[Any]], Any], name: str) -> Any:
         return map_pages(source, work, page_size=self.page_size, workers=self.workers, folder=self.scratch.path("ranges"), name=name)
 
     def take_promises(self, plan_lines: Iterable[dict[str, Any]]) -> None:
         """The promise, per document (the plan's lines digested by the workers)."""
-        promises = self._map(plan_lines, partial(_plan_page, self.migration, self.planned), "plan")
+        promises = self._map(plan_lines, partial(_plan_page, self.migration, self.tables.planned), "plan")
         tally = self.tallies["nothing_outside_plan_changed"]
         for passed, failed in promises:
             tally.checked += passed
@@ -432,22 +431,22 @@ class _Join:
         promises.discard()
 
     def take_backup(self, table: str, documents: Iterable[dict[str, Any]]) -> None:
-        """The state before, per document, as digests (by the workers, each looking its documents' plans up
-        read-only), with the document's plan moved beside it: a live page then finds both in one look-up."""
-        self._map(documents, partial(_backup_page, self.migration, table, self.planned, self.before), f"backup-{table}").discard()
+        """The state before, per document, as digests (by the workers, each popping its documents' plans), with the
+        document's plan moved beside it: a live page then finds both in one look-up."""
+        work = partial(_backup_page, self.migration, table, self.tables.planned, self.tables.before)
+        self._map(documents, work, f"backup-{table}").discard()
 
     def take_side_rows(self, checker: _PageChecker, rows: Iterable[dict[str, Any]]) -> None:
         """Every side row, digested by the workers, stored by (owner, kind) before the first live page pops them."""
         for page in batched(rows, self.page_size):
-            checker.submit(_nothing, _side_row_page, self.migration, self.references, page)
+            checker.submit(_nothing, _side_row_page, self.migration, self.tables.references, page)
         checker.drain()
 
     def check_live(self, checker: _PageChecker, table: str, documents: Iterable[dict[str, Any]]) -> None:
         """Each live page's document and reference checks, in a worker (several pages in flight, taken back in page
-        order); the scratch tables stay in this process, which pops each page's state before sending it."""
-        state = _JoinState(self.before, self.planned, self.references, self.live_docs)
+        order), which pops the page's state from the join's tables itself."""
         for page in batched(documents, self.page_size):
-            checker.submit(partial(self._take, table, page), _check_page, self.migration, table, page, state, bool(self.cross_checks))
+            checker.submit(partial(self._take, table, page), _check_page, self.migration, table, page, self.tables, bool(self.cross_checks))
 
     def _take(self, table: str, page: list[dict[str, Any]], findings: _PageFindings) -> None:
         """One page's findings into the tallies, in page order; then the migration's cross-document checks."""
@@ -475,9 +474,9 @@ class _Join:
     def check_leftovers(self) -> None:
         """Side rows whose document no longer exists (or never did), one owner and kind at a time; then the
         backed-up documents no longer live."""
-        for group in batched(self.references.groups(), self.page_size):
+        for group in batched(self.tables.references.groups(), self.page_size):
             entities = [str(key).partition("\0") for key, _ in group]  # reference_key: "<entity id>\0<kind>"
-            live_flags = self.live_docs.get(entity_id for entity_id, _, _ in entities)
+            live_flags = self.tables.live_docs.get(entity_id for entity_id, _, _ in entities)
             for (entity_id, _, kind), (_, rows) in zip(entities, group, strict=True):
                 refs = [Reference(*ref) for ref in rows]
                 exists = entity_id in live_flags
@@ -485,15 +484,12 @@ class _Join:
                 self.tallies["references_point_at_documents"].add(check_reference_points_at_document(exists, refs), entity_id)
                 if exists:  # a kind its table does not have
                     self.tallies["references_match_assets"].add(check_reference_has_asset(live_flags[entity_id], refs), entity_id, kind)
-        for doc_id, (table, _, *prior) in self.before.items(by_key=True):
+        for doc_id, (table, _, *prior) in self.tables.before.items(by_key=True):
             gone = Joined(self.migration, table, Before(*prior), None, None)
             self.tallies["no_backup_document_missing"].add(check_document_still_exists(gone), str(doc_id))  # keys are ids
 
     def outcome(self) -> Outcome:
-        side = self.migration.side_rows
-        order = [c.name for c in self.document_checks] + [c.name for c in self.cross_checks]
-        order += list(reference_checks(side)) if side is not None else []
-        checks = [self.tallies[name].result() for name in order]
+        checks = [tally.result() for tally in self.tallies.values()]  # in the order declared: core, migration, side rows
         if self.untracked_assets:  # "complete" must not be read as covering the tracked fields of documents the plan left alone
             for check in checks:
                 if check.name == "tracking_complete":
