@@ -252,8 +252,14 @@ def few_collections(threshold: int = 20_000) -> Iterator[None]:
 
 
 def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    """Consecutive lists of `size` items (the last one shorter)."""
-    source = iter(items)
+    """Consecutive lists of `size` items (the last one shorter). A size below 1 is refused: `islice` would read
+    the whole source into one list (None) or never stop (0), where a page must bound memory."""
+    if size < 1:
+        raise ValueError(f"a page holds at least 1 item, not {size}")
+    return _parts(iter(items), size)
+
+
+def _parts(source: Iterator[T], size: int) -> Iterator[list[T]]:
     while part := list(itertools.islice(source, size)):
         yield part
 

@@ -412,10 +412,7 @@ class _Join:
         self.changed, self.created = _Listed(), _Listed()
         self.untracked = _Listed()  # blocked documents holding a tracked field no side row tracks
         self.untracked_assets = 0
-        self.tables = _JoinState(
-            before=scratch.table("before", shared=True), planned=scratch.table("planned", shared=True),
-            references=scratch.table("references", multi=True, shared=True), live_docs=scratch.table("live_docs", shared=True),
-        )
+        self.tables = _JoinState(*(scratch.table(name, multi=name == "references", shared=True) for name in _JoinState._fields))
 
     def _map(self, source: Iterable[Any], work: Callable[[list[Any]], Any], name: str) -> Any:
         return map_pages(source, work, page_size=self.page_size, workers=self.workers, folder=self.scratch.path("ranges"), name=name)
@@ -520,7 +517,8 @@ class _PageFindings:
 
 
 class _JoinState(NamedTuple):
-    """The join's scratch tables, as a live page's checks pop and fill them (in a worker: opened writable there)."""
+    """The join's scratch tables (named as its fields; `references` holds several rows per key), as a live page's
+    checks pop and fill them (in a worker: opened writable there)."""
 
     before: ScratchTable
     planned: ScratchTable

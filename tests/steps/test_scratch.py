@@ -117,6 +117,16 @@ def test_batched_keeps_every_item_in_order(items: list[int], size: int) -> None:
     assert all(len(part) == size for part in parts[:-1]) and all(parts)
 
 
+@pytest.mark.parametrize("size", [0, -1])
+def test_batched_refuses_a_page_of_no_items_before_reading_any(size: int) -> None:
+    def never_read() -> Iterator[int]:
+        raise AssertionError("read")
+        yield 0
+
+    with pytest.raises(ValueError, match="at least 1 item"):
+        batched(never_read(), size)
+
+
 def test_prefetch_hands_over_the_same_items_and_the_source_error() -> None:
     assert list(prefetch(iter(range(50)))) == list(range(50))
 
