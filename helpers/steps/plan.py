@@ -191,7 +191,9 @@ def build_plan(
     # Fewer GC passes only from the snapshot: with the HTTP client in the loop its reference cycles hold page bodies
     # until a collection (helpers.steps.scratch.few_collections).
     gc_passes = few_collections() if snapshot is not None else nullcontext()
-    with gc_passes, Scratch() as scratch, compression.open_write(plan_partial) as sink, problems_partial.open("w", newline="", encoding="utf-8") as details:
+    # The plan is compressed in a thread of libzstd's own: the planner's last passes run in this process alone.
+    plan_sink = compression.open_write(plan_partial, threads=1)
+    with gc_passes, Scratch() as scratch, plan_sink as sink, problems_partial.open("w", newline="", encoding="utf-8") as details:
         problem_rows = _ProblemDetails(details)
         inputs = PlanInputs(sources.pages, scratch, options, page_size, partial(sources.map_pages, scratch.path("ranges")))
         for line in migration.planner(inputs):

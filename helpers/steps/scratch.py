@@ -148,6 +148,12 @@ class ScratchCounter:
                 f"INSERT INTO {self.name} VALUES (?, 1) ON CONFLICT (key) DO UPDATE SET n = n + 1", ((key,) for key in keys)
             )
 
+    def above(self, n: int, *, limit: int) -> dict[Key, int] | None:
+        """Every key added more than `n` times, with its count, in one scan, for look-ups in memory; None when
+        there are more than `limit` of them (memory stays bounded: look pages up with `counts` instead)."""
+        found = dict(self.db.execute(f"SELECT key, n FROM {self.name} WHERE n > ? LIMIT ?", (n, limit + 1)))
+        return found if len(found) <= limit else None
+
     def counts(self, keys: Iterable[Key]) -> dict[Key, int]:
         """How many times each of one page of keys was added (0 when never)."""
         found = dict.fromkeys(keys, 0)
@@ -234,8 +240,12 @@ class Scratch:
         self.close()
 
 
+#: New containers between two young-generation passes of the cyclic collector in a pass over pages (Python's: 700).
+FEWER_COLLECTIONS = 20_000
+
+
 @contextmanager
-def few_collections(threshold: int = 20_000) -> Iterator[None]:
+def few_collections(threshold: int = FEWER_COLLECTIONS) -> Iterator[None]:
     """Python's cyclic garbage collector run every `threshold` new containers instead of every 700, for a pass
     over pages of thousands of documents: at 700 it scans each page's dicts and lists again and again, though
     reference counting frees them (a document forms no cycle). Measured: ~20% of the dry-run from a snapshot.
@@ -243,11 +253,15 @@ def few_collections(threshold: int = 20_000) -> Iterator[None]:
     body alive until a collection, and fewer collections let them pile up (verify's peak RSS over 110,000
     documents: 259 MiB at 700, 371 at 20,000; 703 MiB over 1.1M at 20,000).
     The previous thresholds come back afterwards, also after an error."""
-    previous = gc.get_threshold()
+    previous, outermost = gc.get_threshold(), gc.get_freeze_count() == 0
     gc.set_threshold(threshold, *previous[1:])
+    if outermost:  # what exists now (modules, the caller's state) is never scanned again until the pass ends
+        gc.freeze()
     try:
         yield
     finally:
+        if outermost:
+            gc.unfreeze()
         gc.set_threshold(*previous)
 
 

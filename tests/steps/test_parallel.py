@@ -4,6 +4,7 @@ two scenes share, a scene already tracked) fall in different ranges."""
 
 from __future__ import annotations
 
+import gc
 import random
 import shutil
 from functools import partial
@@ -90,6 +91,31 @@ def applied(tables: dict[str, list[dict[str, Any]]], run_dir: Path) -> dict[str,
                     live["assetReferences"].append(row)
             live[table].append(doc)
     return live
+
+
+def _collector_state() -> tuple[int, bool]:
+    return gc.get_threshold()[0], gc.get_freeze_count() > 0
+
+
+def test_verifys_page_workers_scan_for_cycles_as_seldom_as_a_pass_over_pages() -> None:
+    from helpers.steps.scratch import FEWER_COLLECTIONS
+    from helpers.steps.verify import _PageChecker
+
+    found: list[tuple[int, bool]] = []
+    with _PageChecker(2) as checker:
+        checker.submit(found.append, _collector_state)
+    assert found == [(FEWER_COLLECTIONS, True)]
+
+
+def test_shared_s3_keys_past_what_memory_holds_are_looked_up_per_page_to_the_same_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from helpers.migrations.m001_s3_asset_tracking import planner
+
+    tables = corpus(7, 300)
+    in_memory = dry_run(tmp_path, "in_memory", tables, 2)
+    monkeypatch.setattr(planner, "SHARED_KEYS_IN_MEMORY", 0)
+    looked_up = dry_run(tmp_path, "looked_up", tables, 2)
+    assert (plan_dir(in_memory) / PLAN_FILE).read_bytes() == (plan_dir(looked_up) / PLAN_FILE).read_bytes()
+    assert "duplicate_s3_key" in (plan_dir(looked_up) / "problems.csv").read_text()
 
 
 @pytest.mark.parametrize(("seed", "n_scenes", "workers"), [(7, 300, 3), (11, 150, 2), (3, 500, 4)])

@@ -86,12 +86,35 @@ def test_a_counter_counts_every_key_added(added: list[list[Any]], asked: list[An
         assert counter.counts(asked) == {k: sum(page.count(k) for page in added) for k in asked}
 
 
+@settings(max_examples=60, deadline=None)
+@given(added=st.lists(st.lists(keys, max_size=8), max_size=8), n=st.integers(0, 3), limit=st.integers(0, 6))
+def test_a_counter_lists_the_keys_added_more_than_n_times_up_to_a_limit(added: list[list[Any]], n: int, limit: int) -> None:
+    with Scratch() as scratch:
+        counter = scratch.counter("c")
+        for page in added:
+            counter.add(page)
+        counts = {k: sum(page.count(k) for page in added) for page in added for k in page}
+        over = {k: c for k, c in counts.items() if c > n}
+        assert counter.above(n, limit=limit) == (over if len(over) <= limit else None)
+
+
 def test_few_collections_raises_the_threshold_and_restores_it_even_after_an_error() -> None:
     before = gc.get_threshold()
     with pytest.raises(RuntimeError), few_collections(50_000):
         assert gc.get_threshold() == (50_000, *before[1:])
         raise RuntimeError("the pass failed")
     assert gc.get_threshold() == before
+
+
+def test_few_collections_leaves_what_existed_before_it_unscanned_until_it_ends_nested_or_not() -> None:
+    assert gc.get_freeze_count() == 0
+    with few_collections():
+        frozen = gc.get_freeze_count()
+        assert frozen > 0
+        with few_collections():  # a pass inside a pass: the outer one keeps its freeze
+            assert gc.get_freeze_count() == frozen
+        assert gc.get_freeze_count() == frozen
+    assert gc.get_freeze_count() == 0
 
 
 def test_the_scratch_folder_is_removed_on_close_even_after_an_error() -> None:

@@ -19,6 +19,10 @@ from helpers.migrations.m001_s3_asset_tracking.fields import ASSET_TYPES
 from helpers.steps.migration import PlanInputs, PlanLine, reference_key
 from helpers.steps.scratch import ScratchCounter, ScratchTable, batched
 
+#: S3 keys that several scenes share, kept in memory for pass 2 up to this many (~100 bytes each); past it, each
+#: page's keys are looked up in the scratch counter.
+SHARED_KEYS_IN_MEMORY = 100_000
+
 
 def plan(inputs: PlanInputs) -> Iterator[dict[str, Any] | PlanLine]:
     """Every scene, then every session, as plan lines."""
@@ -43,12 +47,13 @@ def plan(inputs: PlanInputs) -> Iterator[dict[str, Any] | PlanLine]:
     # Pass 2, over the workers' results in scene order: settle duplicates, total each session's scene assets, yield the
     # final scene lines (only a blocked scene is decoded again).
     session_totals = scratch.table("session_totals")
+    shared_keys = key_uses.above(1, limit=SHARED_KEYS_IN_MEMORY)  # usually a handful: no look-up per page
     for page in scenes:
-        uses = key_uses.counts(key for scene in page for key in scene.keys)
+        uses = shared_keys if shared_keys is not None else key_uses.counts(key for scene in page for key in scene.keys)
         running = session_totals.get(scene.session_id for scene in page if scene.session_id is not None)
         for scene in page:
             line, contribution = scene.line, scene.contribution
-            shared = [key for key in scene.keys if uses[key] > 1]
+            shared = [key for key in scene.keys if uses.get(key, 1) > 1]
             if shared:
                 plan = plan_line.mark_blocking(
                     rules.DocumentPlan.from_line(jsonio.loads(line.raw)),
