@@ -109,11 +109,11 @@ def test_few_collections_raises_the_threshold_and_restores_it_even_after_an_erro
 def test_few_collections_leaves_what_existed_before_it_unscanned_until_it_ends_nested_or_not() -> None:
     assert gc.get_freeze_count() == 0
     with few_collections():
-        frozen = gc.get_freeze_count()
-        assert frozen > 0
-        with few_collections():  # a pass inside a pass: the outer one keeps its freeze
-            assert gc.get_freeze_count() == frozen
-        assert gc.get_freeze_count() == frozen
+        assert gc.get_freeze_count() > 0  # (the count falls as frozen objects are freed: compared only to 0)
+        made_during_the_pass = [0]
+        with few_collections():  # a pass inside a pass freezes nothing more, and leaves the outer freeze alone
+            assert any(tracked is made_during_the_pass for tracked in gc.get_objects())  # frozen ones are not listed
+        assert gc.get_freeze_count() > 0
     assert gc.get_freeze_count() == 0
 
 
