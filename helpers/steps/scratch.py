@@ -252,7 +252,9 @@ def few_collections(threshold: int = FEWER_COLLECTIONS) -> Iterator[None]:
     Not where the HTTP client reads pages: it leaves reference cycles (httpx responses) that keep each page's
     body alive until a collection, and fewer collections let them pile up (verify's peak RSS over 110,000
     documents: 259 MiB at 700, 371 at 20,000; 703 MiB over 1.1M at 20,000).
-    The previous thresholds come back afterwards, also after an error."""
+    What exists when the outermost such pass starts is frozen (`gc.freeze`) for its length, so the passes that
+    remain do not walk the interpreter's and the caller's objects each time. The previous thresholds come back and
+    the freeze ends afterwards, also after an error."""
     previous, outermost = gc.get_threshold(), gc.get_freeze_count() == 0
     gc.set_threshold(threshold, *previous[1:])
     if outermost:  # what exists now (modules, the caller's state) is never scanned again until the pass ends
