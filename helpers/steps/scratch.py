@@ -255,16 +255,25 @@ def few_collections(threshold: int = FEWER_COLLECTIONS) -> Iterator[None]:
     What exists when the outermost such pass starts is frozen (`gc.freeze`) for its length, so the passes that
     remain do not walk the interpreter's and the caller's objects each time. The previous thresholds come back and
     the freeze ends afterwards, also after an error."""
-    previous, outermost = gc.get_threshold(), gc.get_freeze_count() == 0
-    gc.set_threshold(threshold, *previous[1:])
-    if outermost:  # what exists now (modules, the caller's state) is never scanned again until the pass ends
-        gc.freeze()
+    previous = gc.get_threshold()
+    froze = collect_seldom(threshold)
     try:
         yield
     finally:
-        if outermost:
+        if froze:
             gc.unfreeze()
         gc.set_threshold(*previous)
+
+
+def collect_seldom(threshold: int = FEWER_COLLECTIONS) -> bool:
+    """`few_collections` without the way back, for a process that only runs such passes (a pool's worker: its
+    initializer). Freezes what exists now (modules, the caller's state) unless something is frozen already (an
+    outer pass); says whether it froze."""
+    gc.set_threshold(threshold, *gc.get_threshold()[1:])
+    if gc.get_freeze_count():
+        return False
+    gc.freeze()
+    return True
 
 
 def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:

@@ -19,7 +19,6 @@ listed apart (not a failure), with the advice to run again in a new run folder.
 
 from __future__ import annotations
 
-import gc
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor, wait
@@ -48,7 +47,7 @@ from helpers.steps.migration import (
 )
 from helpers.steps.parallel import Ranged, default_workers, map_pages
 from helpers.steps.plan import iter_plan_lines, paged_progress, read_plan
-from helpers.steps.scratch import FEWER_COLLECTIONS, Scratch, ScratchTable, batched, prefetch
+from helpers.steps.scratch import Scratch, ScratchTable, batched, collect_seldom, prefetch
 
 EXAMPLES = 5
 RE_PLAN_ADVICE = (
@@ -587,7 +586,8 @@ class _PageChecker:
     to its callback in submission order (one worker: at once, in this process)."""
 
     def __init__(self, workers: int) -> None:
-        self.pool = ProcessPoolExecutor(max_workers=workers, initializer=_fewer_collections) if workers > 1 else None
+        # Its workers read no HTTP (whose cycles would pile up): they collect as seldom as a pass over pages does.
+        self.pool = ProcessPoolExecutor(max_workers=workers, initializer=collect_seldom) if workers > 1 else None
         self.depth = workers + 1
         self.pending: deque[tuple[Callable[[Any], None], Future[Any]]] = deque()
 
@@ -620,13 +620,6 @@ class _PageChecker:
         finally:
             if self.pool is not None:
                 self.pool.shutdown(cancel_futures=True)
-
-
-def _fewer_collections() -> None:
-    """A page checker's worker process scans for reference cycles as a dry-run's pass does (it reads no HTTP,
-    whose cycles would pile up: helpers.steps.scratch.few_collections), for as long as it lives."""
-    gc.set_threshold(FEWER_COLLECTIONS, *gc.get_threshold()[1:])
-    gc.freeze()
 
 
 def _plan_page(migration: Migration, planned: ScratchTable, lines: list[dict[str, Any]]) -> tuple[int, list[str]]:
