@@ -11,12 +11,15 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from helpers.connection.calls import SideRows
 from helpers.connection.values import digest, dumps
 from helpers.migrations import get
 from helpers.steps.parallel import RangeResults
+
+if TYPE_CHECKING:
+    from helpers.steps.plan_tally import PlanPage
 
 #: The keys of a plan line the core reads. A migration may add its own (it reads them back itself; the key its
 #: `status_key` names groups the dry-run tables). `expect`/`expectAbsent` are the precondition, `set`/`unset` the
@@ -181,18 +184,37 @@ class PageMap(Protocol):
     def __call__(self, table: str, desc: str, work: Callable[[list[dict[str, Any]]], Any]) -> RangeResults: ...
 
 
+class StoredMap(Protocol):
+    """`work(page)` over every page of the values a planner stored in a scratch table (in insertion order), in worker
+    processes over ranges of its rows, as `PageMap` does over a table: a second pass over what was read once."""
+
+    def __call__(self, stored: Any, desc: str, work: Callable[[list[Any]], Any]) -> RangeResults: ...
+
+
+class ResultsMap(Protocol):
+    """`work(record)` over each record of earlier results (`PageMap`'s or `StoredMap`'s), in worker processes over the
+    same ranges, the new records in the same order: a second pass that needs what the first found across every range
+    (`work` is sent to every worker). The earlier results are consumed."""
+
+    def __call__(self, results: RangeResults, desc: str, work: Callable[[Any], Any]) -> RangeResults: ...
+
+
 @dataclass(frozen=True)
 class PlanInputs:
     """What the core gives a planner: pages of any table it reads, a scratch store for state across documents
-    (helpers.steps.scratch.Scratch), the dry-run's options (e.g. bucket_base_url), the page size, and `map_pages` for
-    the per-page work worth spreading over the machine's cores. A planner may yield plan lines as dicts or already
-    encoded (`helpers.steps.plan.PlanLine`, from its workers)."""
+    (helpers.steps.scratch.Scratch), the dry-run's options (e.g. bucket_base_url), the page size, and `map_pages`,
+    `map_stored` and `map_results` for the per-page work worth spreading over the machine's cores. A planner may yield plan lines as
+    dicts, already encoded (`PlanLine`), or as whole pages its workers encoded and counted
+    (`helpers.steps.plan_tally.PlanPage`)."""
 
     pages: PageSource
     scratch: Any
     options: Mapping[str, Any]
     page_size: int
-    map_pages: PageMap | None = None  # always given by the dry-run; a planner that needs no workers may ignore it
+    # Always given by the dry-run; a planner that needs no workers may ignore them.
+    map_pages: PageMap | None = None
+    map_stored: StoredMap | None = None
+    map_results: ResultsMap | None = None
 
 
 @dataclass(frozen=True)
@@ -211,7 +233,7 @@ class Migration:
     changing_actions: frozenset[str]
     actions: tuple[str, ...]
     #: Plans every document: yields plan lines (dicts with PLAN_LINE_KEYS, plus its own keys).
-    planner: Callable[[PlanInputs], Iterator[dict[str, Any] | PlanLine]]
+    planner: Callable[[PlanInputs], Iterator[dict[str, Any] | PlanLine | PlanPage]]
     #: Its own document checks, after the core's, and its cross-document checks (built per verify pass).
     checks: tuple[DocumentCheck, ...] = ()
     cross_checks: Callable[[Any], Sequence[CrossDocumentCheck]] = lambda _scratch: ()

@@ -88,6 +88,32 @@ def _run_range(work: RangeWork, start: int, stop: int | None, path: Path) -> int
     return dump_records(work(start, stop), path)
 
 
+def map_records(results: RangeResults, work: Callable[[Any], Any], *, workers: int, folder: Path, name: str) -> RangeResults:
+    """`work(record)` for every record of earlier results, each file of them in its own process when there are
+    several (the same ranges again, so a second pass over what the workers wrote never crosses a pipe either), and the
+    new records in the same order. Each earlier file is removed once its records are worked through: the results
+    are consumed."""
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, not {workers}")
+    folder.mkdir(parents=True, exist_ok=True)
+    files = tuple(folder / f"{name}.{i:04d}.pickle.zst" for i in range(len(results.files)))
+    if workers == 1 or len(files) == 1:
+        for source, path in zip(results.files, files, strict=True):
+            _run_records(work, source, path)
+        return RangeResults(files)
+    with ProcessPoolExecutor(max_workers=min(workers, len(files))) as pool:
+        for future in [pool.submit(_run_records, work, source, path) for source, path in zip(results.files, files, strict=True)]:
+            future.result()
+    return RangeResults(files)
+
+
+def _run_records(work: Callable[[Any], Any], source: Path, path: Path) -> int:
+    with few_collections():
+        written = dump_records(map(work, load_records(source)), path)
+    source.unlink()
+    return written
+
+
 @dataclass(frozen=True)
 class Ranged:
     """A source worker processes can split: `read(start, stop)` streams its items from `start` to `stop` (stop None:

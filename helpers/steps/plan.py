@@ -7,16 +7,15 @@ across documents lives in a scratch SQLite file (helpers/steps/scratch.py) it is
 
 from __future__ import annotations
 
-import csv
 import itertools
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -33,7 +32,8 @@ from helpers.steps import names, parallel
 from helpers.steps.backup import BackupSummary, iter_backup_documents, require_backup
 from helpers.steps.migration import Migration, PlanInputs, PlanLine
 from helpers.steps.parallel import Ranged, RangeResults, default_workers
-from helpers.steps.scratch import Scratch, batched, few_collections, prefetch
+from helpers.steps.plan_tally import PlanPage, PlanTally, ProblemCount, ProblemRows, UntrackedAssets
+from helpers.steps.scratch import Scratch, ScratchTable, batched, few_collections, prefetch
 
 PLAN_DIR = "plan"
 PLAN_FILE = "plan.jsonl.zst"
@@ -41,27 +41,7 @@ PLAN_FILE = "plan.jsonl.zst"
 UNCOMPRESSED_PLAN_FILE = "plan.jsonl"
 PLAN_SUMMARY_FILE = "plan.json"
 PROBLEMS_FILE = "problems.csv"
-EXAMPLES_PER_REASON = 5
 
-
-
-class ProblemCount(BaseModel):
-    table: str
-    code: str
-    severity: str
-    count: int
-    examples: list[str] = Field(default_factory=list)
-    message: str = ""
-
-
-class UntrackedAssets(BaseModel):
-    """Asset fields documents already hold that no reference tracks, on documents the plan leaves alone (blocked):
-    apply adds no reference for them, so "tracking complete" does not cover them."""
-
-    table: str
-    documents: int = 0
-    assets: int = 0
-    examples: list[str] = Field(default_factory=list)
 
 
 class PlanSummary(BaseModel):
@@ -100,56 +80,6 @@ def plan_dir(run_dir: Path) -> Path:
     return Path(run_dir) / PLAN_DIR
 
 
-class _Tally:
-    """Counts for the dry-run tables, filled while lines stream past."""
-
-    def __init__(self, migration: Migration) -> None:
-        self.changing = migration.changing_actions
-        self.untracked: dict[str, UntrackedAssets] = {}
-        self.actions: dict[str, Counter[str]] = defaultdict(Counter)
-        self.by_status: dict[str, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
-        self.references: Counter[str] = Counter()
-        self.problems: dict[tuple[str, str, str], ProblemCount] = {}
-
-    def summary_fields(self) -> dict[str, Any]:
-        """What the plan's summary (plan.json) says of the lines counted."""
-        return {
-            "documents": sum(sum(c.values()) for c in self.actions.values()),
-            "actions": {table: dict(c) for table, c in self.actions.items()},
-            "by_status": {table: {status: dict(c) for status, c in statuses.items()} for table, statuses in self.by_status.items()},
-            "references_by_type": dict(self.references),
-            "problems": sorted(self.problems.values(), key=lambda p: (p.table, -p.count, p.code)),
-            "untracked_assets": [self.untracked[table] for table in sorted(self.untracked)],
-        }
-
-    def add(self, line: PlanLine) -> None:
-        table, action = line.table, line.action
-        self.actions[table][action] += 1
-        self.by_status[table][line.status][action] += 1
-        for kind in line.side_kinds:
-            self.references[kind] += 1
-        counted = set()
-        if line.untracked and action not in self.changing:  # a document the plan leaves alone, holding untracked fields
-            entry = self.untracked.setdefault(table, UntrackedAssets(table=table))
-            entry.documents += 1
-            entry.assets += line.untracked
-            if len(entry.examples) < EXAMPLES_PER_REASON:
-                entry.examples.append(line.id)
-        for problem in line.problems:
-            key = (table, problem["code"], problem["severity"])
-            if key in counted:  # a document counts once per reason, however many of its fields have it
-                continue
-            counted.add(key)
-            reason = self.problems.get(key)
-            if reason is None:
-                reason = self.problems[key] = ProblemCount(
-                    table=table, code=problem["code"], severity=problem["severity"], count=0, message=problem["message"]
-                )
-            reason.count += 1
-            if len(reason.examples) < EXAMPLES_PER_REASON:
-                reason.examples.append(line.id)
-
-
 PlanSource = Literal["snapshot", "live"]
 
 
@@ -184,7 +114,7 @@ def build_plan(
     out.mkdir(parents=True, exist_ok=True)
     backup = _backup_record(run_dir)
     sources = _Sources(transport, snapshot, {table: int(n) for table, n in backup.get("counts", {}).items()}, page_size, workers, show_progress)
-    tally = _Tally(migration)
+    tally = PlanTally(migration.changing_actions)
     plan_path, problems_path = out / PLAN_FILE, out / PROBLEMS_FILE
     plan_partial, problems_partial = out / "plan.partial.jsonl.zst", problems_path.with_suffix(".partial")
     options = {"bucket_base_url": bucket_base_url}
@@ -194,9 +124,18 @@ def build_plan(
     # The plan is compressed in a thread of libzstd's own: the planner's last passes run in this process alone.
     plan_sink = compression.open_write(plan_partial, threads=1)
     with gc_passes, Scratch() as scratch, plan_sink as sink, problems_partial.open("w", newline="", encoding="utf-8") as details:
-        problem_rows = _ProblemDetails(details)
-        inputs = PlanInputs(sources.pages, scratch, options, page_size, partial(sources.map_pages, scratch.path("ranges")))
+        problem_rows = ProblemRows(details)
+        problem_rows.header()
+        inputs = PlanInputs(
+            sources.pages, scratch, options, page_size, partial(sources.map_pages, scratch.path("ranges")),
+            partial(sources.map_stored, scratch.path("ranges")), partial(sources.map_results, scratch.path("ranges")),
+        )
         for line in migration.planner(inputs):
+            if isinstance(line, PlanPage):  # a worker's page: written and counted whole
+                sink.write(line.raw)
+                details.write(line.problem_rows)
+                tally.merge(line.tally)
+                continue
             encoded = line if isinstance(line, PlanLine) else migration.encode(line)
             tally.add(encoded)
             sink.write(encoded.raw)
@@ -233,7 +172,8 @@ def _refuse_to_plan(out: Path, workers: int, source: str) -> None:
 
 @dataclass(frozen=True)
 class _Sources:
-    """Where a planner reads (`PlanInputs.pages`, `.map_pages`): the backup snapshot, or the live tables when it is None."""
+    """Where a planner reads (`PlanInputs.pages`, `.map_pages`, `.map_stored`, `.map_results`): the backup snapshot, or
+    the live tables when it is None."""
 
     transport: ConvexTransport
     snapshot: BackupSummary | None
@@ -256,10 +196,34 @@ class _Sources:
         total = self.totals.get(table, 0)
         bar = progress(desc=desc, total=self.totals.get(table), show=self.show_progress)  # the workers' pages: whole ranges
         source = Ranged(partial(iter_backup_documents, self.snapshot.zip_path, table), total)
-        results = parallel.map_pages(source, work, page_size=self.page_size, workers=self.workers, folder=folder, name=table)
-        bar.update(total)
-        bar.close()
-        return results
+        return _counted(bar, total, parallel.map_pages(source, work, page_size=self.page_size, workers=self.workers, folder=folder, name=table))
+
+    def map_stored(self, folder: Path, stored: ScratchTable, desc: str, work: Callable[[list[Any]], Any]) -> RangeResults:
+        """`work` over the values a planner stored in a scratch table, in workers over ranges of its rows (from either
+        source: what was read once is not read again)."""
+        total = len(stored)
+        bar = progress(desc=desc, total=total, show=self.show_progress)
+        source = Ranged(partial(_stored_values, stored), total)
+        name = f"stored-{stored.label}"
+        return _counted(bar, total, parallel.map_pages(source, work, page_size=self.page_size, workers=self.workers, folder=folder, name=name))
+
+
+    def map_results(self, folder: Path, results: RangeResults, desc: str, work: Callable[[Any], Any]) -> RangeResults:
+        """`work` over each record of earlier workers' results, in workers over the same ranges (consuming them)."""
+        bar = progress(desc=desc, total=len(results.files), show=self.show_progress)
+        name = f"again-{results.files[0].name.split('.')[0]}" if results.files else "again"
+        return _counted(bar, len(results.files), parallel.map_records(results, work, workers=self.workers, folder=folder, name=name))
+
+
+def _counted(bar: Any, total: int, results: RangeResults) -> RangeResults:
+    """The workers' results, once their progress bar shows them done (they report whole ranges, not pages)."""
+    bar.update(total)
+    bar.close()
+    return results
+
+
+def _stored_values(stored: ScratchTable, start: int, stop: int | None) -> Iterator[Any]:
+    return (value for _, value in stored.items(start=start, stop=stop))
 
 
 def read_plan(run_dir: Path) -> PlanSummary:
@@ -316,21 +280,6 @@ def example_pairs(run_dir: Path, migration: Migration, n: int) -> list[tuple[dic
         pairs.append((before, {**after, **line["set"]}))
     changing = migration.changing_actions
     return sorted(pairs, key=lambda pair: pair[0]["_action"] not in changing)
-
-
-class _ProblemDetails:
-    """problems.csv: every document with a problem, one row per problem (the full list behind the examples),
-    written while the lines stream past (no second read of the plan)."""
-
-    def __init__(self, sink: TextIO) -> None:
-        self.writer = csv.writer(sink)
-        self.writer.writerow(["table", "id", "action", "code", "severity", "field", "message"])
-
-    def add(self, line: PlanLine) -> None:
-        for problem in line.problems:
-            self.writer.writerow(
-                [line.table, line.id, line.action, problem["code"], problem["severity"], problem.get("field", ""), problem["message"]]
-            )
 
 
 def paged_progress(pages: Iterable[list[Any]], *, desc: str, total: int | None, show: bool) -> Iterator[list[Any]]:

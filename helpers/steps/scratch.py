@@ -101,10 +101,13 @@ class ScratchTable:
             for part in batched(dict.fromkeys(keys), _IN_CHUNK):
                 self.db.execute(f"DELETE FROM {self.name} WHERE key IN ({','.join('?' * len(part))})", part)
 
-    def items(self, *, by_key: bool = False) -> Iterator[tuple[Key, Any]]:
+    def items(self, *, by_key: bool = False, start: int = 0, stop: int | None = None) -> Iterator[tuple[Key, Any]]:
         """Every stored (key, value) in insertion order (in key order when `by_key`: the order of a shared table's
-        rows depends on when its workers wrote them), streamed (one row per value when multi)."""
-        cursor = self.db.execute(f"SELECT key, value FROM {self.name} ORDER BY {'key, rowid' if by_key else 'rowid'}")
+        rows depends on when its workers wrote them), streamed (one row per value when multi); only the rows from
+        position `start` to `stop` (counted from 0; None: to the end), for a worker's range."""
+        order = "key, rowid" if by_key else "rowid"
+        limit = -1 if stop is None else max(0, stop - start)
+        cursor = self.db.execute(f"SELECT key, value FROM {self.name} ORDER BY {order} LIMIT ? OFFSET ?", (limit, start))
         for key, value in cursor:
             yield key, pickle.loads(value)
 

@@ -20,7 +20,7 @@ from helpers.evidence.run_folder import bind_migration
 from helpers.migrations import get
 from helpers.migrations.m001_s3_asset_tracking.fields import SCENE_ASSET_SOURCES
 from helpers.steps.backup import iter_backup_documents
-from helpers.steps.parallel import Ranged, map_ranges, split
+from helpers.steps.parallel import Ranged, map_ranges, map_records, split
 from helpers.steps.plan import PLAN_FILE, build_plan, iter_plan_lines, plan_dir
 from helpers.steps.verify import run_checks
 from tests.steps.test_plan import PagedTables, _snapshot_of
@@ -118,6 +118,33 @@ def test_shared_s3_keys_past_what_memory_holds_are_looked_up_per_page_to_the_sam
     assert "duplicate_s3_key" in (plan_dir(looked_up) / "problems.csv").read_text()
 
 
+def test_a_page_whose_key_digest_collides_with_a_shared_key_is_checked_key_by_key_to_the_same_plan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pass 2 keeps a worker's page whole when none of its key digests is a shared key's; with every digest the same,
+    every page is opened and its keys looked at one by one, and the plan is the same."""
+    from helpers.migrations.m001_s3_asset_tracking import planner
+
+    tables = corpus(5, 300)
+    opened: list[int] = []
+    monkeypatch.setattr(planner, "_fields_of", lambda page, fields_of=planner._fields_of: opened.append(1) or fields_of(page))
+    by_digest = dry_run(tmp_path, "by_digest", tables, 1)  # in this process: the patched pass 2 counts the pages it opens
+    pages, opened_by_digest = -(-len(tables["scenes"]) // 17), len(opened)
+    monkeypatch.setattr(planner, "_key_digest", lambda key: b"same key")
+    one_by_one = dry_run(tmp_path, "one_by_one", tables, 1)
+    for name in (PLAN_FILE, "problems.csv"):
+        assert (plan_dir(by_digest) / name).read_bytes() == (plan_dir(one_by_one) / name).read_bytes()
+    assert 0 < opened_by_digest < pages and len(opened) - opened_by_digest == pages
+
+
+def test_a_second_pass_over_the_workers_results_keeps_their_order_and_consumes_them(tmp_path: Path) -> None:
+    for workers in (1, 3):
+        first = map_ranges(partial(_numbers, 100), 100, workers=3, folder=tmp_path, name=f"first{workers}")
+        again = map_records(first, _doubled, workers=workers, folder=tmp_path, name=f"again{workers}")
+        assert [n for page in again for n in page] == [2 * n for n in range(100)]
+        assert len(again.files) == 3 and not any(path.exists() for path in first.files)
+
+
 @pytest.mark.parametrize(("seed", "n_scenes", "workers"), [(7, 300, 3), (11, 150, 2), (3, 500, 4)])
 def test_workers_write_the_plan_and_find_what_one_process_does(tmp_path: Path, seed: int, n_scenes: int, workers: int) -> None:
     tables = corpus(seed, n_scenes)
@@ -171,6 +198,10 @@ def _numbers(n: int, start: int, stop: int | None) -> Any:
     items = list(range(n))[start:stop]
     for i in range(0, len(items), 7):
         yield items[i:i + 7]
+
+
+def _doubled(page: list[int]) -> list[int]:
+    return [2 * n for n in page]
 
 
 def _failing(start: int, stop: int | None) -> Any:

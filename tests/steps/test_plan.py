@@ -205,15 +205,3 @@ def test_fewer_gc_passes_only_when_planning_from_the_snapshot(toy_run: Path, tmp
     bind_migration(live_run, toy_registered.id)
     from_live = build_plan(PagedTables({"notes": NOTES}), live_run, toy_registered, source="live", show_progress=False)  # type: ignore[arg-type]
     assert entered == [True] and from_live.plan_sha256 == from_snapshot.plan_sha256
-
-
-def test_a_document_with_one_reason_on_several_fields_counts_once() -> None:
-    from helpers.migrations.m001_s3_asset_tracking import MIGRATION as M001
-    from helpers.steps.plan import _Tally
-
-    tally = _Tally(M001)
-    twice = [{"code": "bad_url", "severity": "blocking", "message": "field a"}, {"code": "bad_url", "severity": "blocking", "message": "field b"}]
-    tally.add(M001.encode({"table": "scenes", "id": "s1", "action": "problem", "problems": twice}))
-    tally.add(M001.encode({"table": "scenes", "id": "s2", "action": "problem", "problems": twice[:1]}))
-    [problem] = tally.problems.values()
-    assert (problem.count, problem.examples, problem.message) == (2, ["s1", "s2"], "field a")

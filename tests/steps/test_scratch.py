@@ -133,6 +133,18 @@ def test_a_table_name_is_used_once() -> None:
             scratch.table("references")
 
 
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 30), max_size=40), st.lists(st.integers(0, 45), max_size=4))
+def test_a_tables_rows_in_ranges_are_its_rows_in_order(keys: list[int], cuts: list[int]) -> None:
+    """A worker reads a stored table's rows from `start` to `stop`: the ranges of any cut, joined, are every row."""
+    with Scratch() as scratch:
+        table = scratch.table("t")
+        table.put((key, f"value {n}") for n, key in enumerate(keys))  # a key stored again moves to the end
+        bounds = [0, *sorted(cuts), None]
+        ranges = [list(table.items(start=start, stop=stop)) for start, stop in zip(bounds, bounds[1:], strict=False)]
+        assert [row for part in ranges for row in part] == list(table.items())
+
+
 @given(st.lists(st.integers(), max_size=40), st.integers(min_value=1, max_value=9))
 def test_batched_keeps_every_item_in_order(items: list[int], size: int) -> None:
     parts = list(batched(items, size))

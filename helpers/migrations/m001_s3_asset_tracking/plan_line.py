@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from typing import Any
 
 from helpers.migrations.m001_s3_asset_tracking.fields import SCENE_ASSET_SOURCES
@@ -114,26 +116,66 @@ class DocumentPlan:
 
 @dataclass(slots=True)
 class SessionTotals:
-    """A session's scenes as they will be after apply: asset count, known size sum, assetsStatus counts."""
+    """A session's scenes as they will be after apply: asset count, known size sum, assetsStatus counts.
+
+    The size is summed exactly (`float_sizes` says a float joined it; a float with a fraction joins as the fraction it
+    is: `known_size` rounds once), so totals added up scene by scene or a page at a time (`merge`, the dry-run's
+    workers) are the same to the last bit. Convex numbers are floats, so sizes usually come as whole floats."""
 
     scenes: int = 0
     assets: int = 0
-    size: float = 0
+    size: int | float | Fraction = 0
     ready: int = 0
     errors: int = 0
     uploading: int = 0
+    float_sizes: bool = False
 
     def add_scene(self, plan: DocumentPlan) -> None:
         self.add(*scene_contribution(plan))
 
     def add(self, assets: int, size: float, status: Any) -> None:
-        """One scene's `scene_contribution` (the dry-run's workers compute it; the totals add up in scene order)."""
+        """One scene's `scene_contribution`."""
         self.scenes += 1
         self.assets += assets
-        self.size += size
+        if type(size) is float:
+            self.float_sizes = True
+        self.size = _exact_sum(self.size, size)
         self.ready += status == "ready"
         self.errors += status == "error"
         self.uploading += status == "uploading"
+
+    def merge(self, other: SessionTotals) -> None:
+        """Adds the totals of other scenes of the same session (a page's, counted by a worker)."""
+        self.scenes += other.scenes
+        self.assets += other.assets
+        self.float_sizes |= other.float_sizes
+        self.size = _exact_sum(self.size, other.size)
+        self.ready += other.ready
+        self.errors += other.errors
+        self.uploading += other.uploading
+
+    @property
+    def known_size(self) -> int | float:
+        """The sum of the scenes' known sizes: an int while every size was one, else the float nearest the exact sum."""
+        size = self.size
+        if not self.float_sizes and not isinstance(size, Fraction):
+            return size
+        try:
+            return float(size)
+        except OverflowError:  # past the largest float, as a float sum would be
+            return math.inf
+
+
+def _exact_sum(total: int | float | Fraction, size: int | float | Fraction) -> int | float | Fraction:
+    """`total + size` without rounding: a whole float joins as an int, another finite one as the fraction it is.
+    Infinities and NaN stay floats (and so does every sum after one), as they would in a float sum."""
+    if type(size) is float:
+        if not math.isfinite(size) or type(total) is float:
+            return float(total) + size
+        return total + (int(size) if size.is_integer() else Fraction(size))
+    if type(total) is float or type(size) is float:
+        return float(total) + float(size)
+    return total + size
 
 
 def scene_contribution(plan: DocumentPlan) -> tuple[int, float, Any]:

@@ -265,7 +265,7 @@ def plan_session(doc: dict[str, Any], totals: SessionTotals, ctx: RulesContext) 
     candidates = [produced.get(f) or doc.get(f) for f in SESSION_ASSET_SOURCES]
     own = [asset for asset in candidates if type(asset) is dict]
     produced["assetCount"] = len(own) + totals.assets  # SES-4
-    produced["totalAssetSize"] = sum(a.get("size", 0) for a in own) + totals.size  # SES-5
+    produced["totalAssetSize"] = sum(a.get("size", 0) for a in own) + totals.known_size  # SES-5
     if canonical is not None:
         has_combined_video = "combinedVideoAsset" in produced or type(doc.get("combinedVideoAsset")) is dict
         legacy_error = _legacy_error(doc, problems) if failed else None

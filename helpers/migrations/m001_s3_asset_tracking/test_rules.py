@@ -6,6 +6,8 @@ import copy
 import math
 import os
 import re
+import sys
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -286,6 +288,54 @@ def test_ses4_blocked_scene_contributes_only_what_it_already_has() -> None:
     totals.add_scene(blocked)
     totals.add_scene(plan_line.mark_blocking(rules.plan_scene(scene(_id="scene2"), CTX), "duplicate_s3_key", "shared"))
     assert (totals.scenes, totals.assets, totals.size, totals.ready) == (2, 1, 10, 0)
+
+
+contributions = st.lists(
+    st.tuples(st.integers(0, 3), st.one_of(st.integers(0, 2**60), st.floats(min_value=0, allow_nan=False)),
+              st.sampled_from(["ready", "error", "uploading", None])),
+    max_size=30,
+)
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(contributions, st.lists(st.integers(1, 30), max_size=5))
+def test_ses4_ses5_totals_are_the_same_summed_scene_by_scene_or_a_page_at_a_time(scenes: list[tuple[int, Any, Any]], cuts: list[int]) -> None:
+    """The dry-run's workers total a page of scenes each and the pages merge: the sum is exact, so any grouping gives
+    the same totals, and the size is the float nearest the exact sum (an int while every size is one)."""
+    one_by_one = SessionTotals()
+    for scene_contribution in scenes:
+        one_by_one.add(*scene_contribution)
+    merged, rest = SessionTotals(), scenes
+    for cut in [*cuts, len(scenes)]:
+        page = SessionTotals()
+        for scene_contribution in rest[:cut]:
+            page.add(*scene_contribution)
+        merged.merge(page)
+        rest = rest[cut:]
+    assert merged == one_by_one
+    sizes = [size for _, size, _ in scenes]
+    if all(type(size) is int for size in sizes):
+        assert type(merged.known_size) is int and merged.known_size == sum(sizes)
+    else:
+        assert merged.known_size == nearest_float(sizes)
+    assert (merged.scenes, merged.assets, merged.ready) == (len(scenes), sum(a for a, _, _ in scenes), sum(s == "ready" for _, _, s in scenes))
+
+
+def nearest_float(sizes: list[Any]) -> float:
+    """The float nearest the exact sum of the sizes (infinite past the largest float, or with an infinite size)."""
+    if math.inf in sizes:
+        return math.inf
+    exact = sum(map(Fraction, sizes))
+    return math.inf if exact >= Fraction(sys.float_info.max) + 2**970 else float(exact)  # half an ulp past it rounds up
+
+
+def test_ses5_an_infinite_size_stays_infinite_in_any_grouping() -> None:
+    first, second = SessionTotals(), SessionTotals()
+    first.add(1, 0.5, None)
+    second.add(1, math.inf, None)
+    first.merge(second)
+    first.add(1, 3, "ready")
+    assert first.known_size == math.inf and first.scenes == 3
 
 
 def test_ses4_original_scripts_zero_totals_are_a_conflict_not_overwritten() -> None:

@@ -24,6 +24,7 @@ from helpers.steps.migration import (
     Planned,
     Verdict,
 )
+from helpers.steps.plan_tally import PlanPage
 
 BUCKET = "https://tutor.s3.us-east-1.amazonaws.com"
 MIGRATED_AT = 1_704_067_200_000
@@ -286,7 +287,7 @@ def test_the_planner_streams_every_table_a_page_at_a_time() -> None:
     assert {line["action"] for line in rest if line["table"] == "videoSessions"} == {"nothing_to_retire"}
 
 
-def as_dicts(lines: Iterator[dict[str, Any] | PlanLine]) -> Iterator[dict[str, Any]]:
+def as_dicts(lines: Iterator[dict[str, Any] | PlanLine | PlanPage]) -> Iterator[dict[str, Any]]:
     """The planner's lines, one at a time, each checked to be a dict (how migration 002's planner yields them)."""
     for line in lines:
         assert isinstance(line, dict)
