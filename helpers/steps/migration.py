@@ -193,8 +193,8 @@ class StoredMap(Protocol):
 
 class ResultsMap(Protocol):
     """`work(record)` over each record of earlier results (`PageMap`'s or `StoredMap`'s), in worker processes over the
-    same ranges, the new records in the same order: a second pass that needs what the first found across every range
-    (`work` is sent to every worker). The earlier results are consumed."""
+    same ranges, the new records in the same order (one per earlier record): a second pass that needs what the first
+    found across every range (`work` is sent to every worker)."""
 
     def __call__(self, results: RangeResults, desc: str, work: Callable[[Any], Any]) -> RangeResults: ...
 

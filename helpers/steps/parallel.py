@@ -91,8 +91,7 @@ def _run_range(work: RangeWork, start: int, stop: int | None, path: Path) -> int
 def map_records(results: RangeResults, work: Callable[[Any], Any], *, workers: int, folder: Path, name: str) -> RangeResults:
     """`work(record)` for every record of earlier results, each file of them in its own process when there are
     several (the same ranges again, so a second pass over what the workers wrote never crosses a pipe either), and the
-    new records in the same order. Each earlier file is removed once its records are worked through: the results
-    are consumed."""
+    new records in the same order: read them beside the earlier ones."""
     if workers < 1:
         raise ValueError(f"workers must be at least 1, not {workers}")
     folder.mkdir(parents=True, exist_ok=True)
@@ -109,9 +108,7 @@ def map_records(results: RangeResults, work: Callable[[Any], Any], *, workers: i
 
 def _run_records(work: Callable[[Any], Any], source: Path, path: Path) -> int:
     with few_collections():
-        written = dump_records(map(work, load_records(source)), path)
-    source.unlink()
-    return written
+        return dump_records(map(work, load_records(source)), path)
 
 
 @dataclass(frozen=True)

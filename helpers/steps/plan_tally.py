@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -153,11 +153,16 @@ class PlanPage:
     tally: PlanTally
 
     @classmethod
-    def of(cls, lines: Iterable[PlanLine], changing_actions: frozenset[str]) -> PlanPage:
-        tally, text = PlanTally(changing_actions), io.StringIO()
-        rows, raw = ProblemRows(text), []
-        for line in lines:
-            tally.add(line)
-            rows.add(line)
-            raw.append(line.raw)
-        return cls(b"".join(raw), text.getvalue(), tally)
+    def of(cls, lines: Sequence[PlanLine], changing_actions: frozenset[str]) -> PlanPage:
+        tally, problem_rows = count_lines(lines, changing_actions)
+        return cls(b"".join(line.raw for line in lines), problem_rows, tally)
+
+
+def count_lines(lines: Iterable[PlanLine], changing_actions: frozenset[str]) -> tuple[PlanTally, str]:
+    """The tally of some lines and their problems.csv rows (their bytes are not read)."""
+    tally, text = PlanTally(changing_actions), io.StringIO()
+    rows = ProblemRows(text)
+    for line in lines:
+        tally.add(line)
+        rows.add(line)
+    return tally, text.getvalue()

@@ -160,10 +160,7 @@ class SessionTotals:
         size = self.size
         if not self.float_sizes and not isinstance(size, Fraction):
             return size
-        try:
-            return float(size)
-        except OverflowError:  # past the largest float, as a float sum would be
-            return math.inf
+        return _float(size)
 
 
 def _exact_sum(total: int | float | Fraction, size: int | float | Fraction) -> int | float | Fraction:
@@ -171,11 +168,19 @@ def _exact_sum(total: int | float | Fraction, size: int | float | Fraction) -> i
     Infinities and NaN stay floats (and so does every sum after one), as they would in a float sum."""
     if type(size) is float:
         if not math.isfinite(size) or type(total) is float:
-            return float(total) + size
+            return _float(total) + size
         return total + (int(size) if size.is_integer() else Fraction(size))
     if type(total) is float or type(size) is float:
-        return float(total) + float(size)
+        return _float(total) + _float(size)
     return total + size
+
+
+def _float(value: int | float | Fraction) -> float:
+    """The float nearest `value`; past the largest float, an infinity (as a float sum would reach)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def scene_contribution(plan: DocumentPlan) -> tuple[int, float, Any]:

@@ -24,7 +24,7 @@ from helpers.connection import jsonio
 from helpers.migrations.m001_s3_asset_tracking import plan_line, rules
 from helpers.migrations.m001_s3_asset_tracking.fields import ASSET_TYPES
 from helpers.steps.migration import PlanInputs, PlanLine, reference_key
-from helpers.steps.plan_tally import PlanPage
+from helpers.steps.plan_tally import PlanPage, PlanTally, count_lines
 from helpers.steps.scratch import ScratchCounter, ScratchTable
 
 #: S3 keys that several scenes share, kept in memory for pass 2 up to this many (~100 bytes each); past it, each
@@ -54,17 +54,19 @@ def plan(inputs: PlanInputs) -> Iterator[dict[str, Any] | PlanLine | PlanPage]:
     scenes = inputs.map_pages("scenes", "scenes", partial(_plan_scenes, bucket_base_url, sessions, any_tracked, key_uses))
 
     # Pass 2, in the workers again over the pages they wrote: a page none of whose keys another scene uses is final as
-    # it is; in the others the scenes sharing a key are blocked (only they are decoded again). Here, in scene order,
-    # the pages are yielded and each session's totals add up.
+    # it is; in the others the scenes sharing a key are blocked (only they are decoded again), and the worker hands back
+    # their new lines with the page's tally. Here, in scene order, the pages are yielded and each session's totals add up.
     shared_keys = key_uses.above(1, limit=SHARED_KEYS_IN_MEMORY)  # usually a handful: no look-up per page
     settled = inputs.map_results(scenes, "scenes sharing S3 keys", partial(_settle, _SharedKeys(shared_keys), key_uses))
     session_totals = scratch.table("session_totals")
-    for lines, totals in settled:
+    for page, blocked in zip(scenes, settled, strict=True):
+        lines, totals = (page.lines, page.totals) if blocked is None else (blocked.page(page.lines.raw), blocked.totals)
         yield lines
         running = session_totals.get(totals)
         for session_id, part in totals.items():
             running.setdefault(session_id, rules.SessionTotals()).merge(part)
         session_totals.put(running.items())
+    scenes.discard()
     settled.discard()
     # Pass 3, in worker processes over the sessions read in pass 0: their totals computed from their scenes' planned
     # assets and their own.
@@ -150,21 +152,46 @@ class _SharedKeys:
             object.__setattr__(self, "digests", frozenset(_key_digest(str(key)) for key in self.uses))
 
 
-def _settle(shared: _SharedKeys, key_uses: ScratchCounter, page: _ScenePage) -> tuple[PlanPage, dict[str, rules.SessionTotals]]:
-    """Pass 2 for one page of scenes (in a worker): its final lines and its sessions' totals, the page's own unless
-    a scene of it shares a key."""
+class _Blocked(NamedTuple):
+    """What pass 2 changes in a page of scenes some of which share a key: the new bytes of each blocked scene's line
+    (with where its old ones are in the page's), the page's tally and problem rows, and its sessions' totals."""
+
+    lines: list[tuple[int, int, bytes]]
+    tally: PlanTally
+    problem_rows: str
+    totals: dict[str, rules.SessionTotals]
+
+    def page(self, raw: bytes) -> PlanPage:
+        """The page, its blocked lines' bytes put in place of their old ones."""
+        view, at = memoryview(raw), 0
+        pieces: list[bytes | memoryview] = []
+        for start, stop, line in self.lines:
+            pieces += [view[at:start], line]
+            at = stop
+        pieces.append(view[at:])
+        return PlanPage(b"".join(pieces), self.problem_rows, self.tally)
+
+
+def _settle(shared: _SharedKeys, key_uses: ScratchCounter, page: _ScenePage) -> _Blocked | None:
+    """Pass 2 for one page of scenes (in a worker): None when no scene of it shares a key (the page is final as
+    it is), else what blocking those scenes changes."""
     if shared.digests is not None and (not shared.digests or shared.digests.isdisjoint(_digests(page.key_digests))):
-        return page.lines, page.totals
+        return None
     fields = _fields_of(page)
     uses = shared.uses if shared.uses is not None else key_uses.counts(key for _, keys, _, _ in fields for key in keys)
     if not any(uses.get(key, 1) > 1 for _, keys, _, _ in fields for key in keys):  # a digest collision
-        return page.lines, page.totals
-    raws = page.lines.raw.split(b"\n")[:-1]  # every line ends with one (JSON escapes the others)
-    settled = [
-        _settled(_Scene(PlanLine(raw + b"\n", *line), keys, session_id, contribution), uses)
-        for (line, keys, session_id, contribution), raw in zip(fields, raws, strict=True)
-    ]
-    return _page_of([scene.line for scene in settled]), _session_totals(settled)
+        return None
+    raw, scenes, blocked, start = page.lines.raw, [], [], 0
+    for line, keys, session_id, contribution in fields:
+        stop = raw.index(b"\n", start) + 1  # every line ends with one (JSON escapes the others)
+        scene = _Scene(PlanLine(b"", *line), keys, session_id, contribution)  # its bytes are read only to block it
+        if any(uses.get(key, 1) > 1 for key in keys):
+            scene = _settled(scene._replace(line=scene.line._replace(raw=raw[start:stop])), uses)
+            blocked.append((start, stop, scene.line.raw))
+        scenes.append(scene)
+        start = stop
+    tally, problem_rows = count_lines([scene.line for scene in scenes], plan_line.CHANGING_ACTIONS)
+    return _Blocked(blocked, tally, problem_rows, _session_totals(scenes))
 
 
 def _fields_of(page: _ScenePage) -> list[tuple[tuple[Any, ...], list[str], str | None, tuple[int, float, Any]]]:
