@@ -86,8 +86,8 @@ def _page_of(lines: list[PlanLine]) -> PlanPage:
 
 
 class _Scene(NamedTuple):
-    """One scene planned by a worker: its encoded line (without its bytes, which are in its page's), its S3 keys after
-    apply, its session and its contribution."""
+    """One scene planned by a worker: its encoded line, its S3 keys after apply, its session and its contribution (in
+    pass 2 its line's bytes are read from its page's only if it is blocked)."""
 
     line: PlanLine
     keys: list[str]
