@@ -210,7 +210,7 @@ class _Sources:
 
     def map_results(self, folder: Path, results: RangeResults, desc: str, work: Callable[[Any], Any]) -> RangeResults:
         """`work` over each record of earlier workers' results, in workers over the same ranges."""
-        bar = progress(desc=desc, total=len(results.files), show=self.show_progress)
+        bar = progress(desc=desc, total=len(results.files), unit="range", show=self.show_progress)  # one per worker's range
         name = f"again-{results.files[0].name.split('.')[0]}" if results.files else "again"
         return _counted(bar, len(results.files), parallel.map_records(results, work, workers=self.workers, folder=folder, name=name))
 
