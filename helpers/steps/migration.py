@@ -203,8 +203,8 @@ class ResultsMap(Protocol):
 class PlanInputs:
     """What the core gives a planner: pages of any table it reads, a scratch store for state across documents
     (helpers.steps.scratch.Scratch), the dry-run's options (e.g. bucket_base_url), the page size, and `map_pages`,
-    `map_stored` and `map_results` for the per-page work worth spreading over the machine's cores. A planner may yield plan lines as
-    dicts, already encoded (`PlanLine`), or as whole pages its workers encoded and counted
+    `map_stored` and `map_results` for the per-page work worth spreading over the machine's cores. A planner may
+    yield plan lines as dicts, already encoded (`PlanLine`), or as whole pages its workers encoded and counted
     (`helpers.steps.plan_tally.PlanPage`)."""
 
     pages: PageSource

@@ -121,7 +121,7 @@ def build_plan(
     # Fewer GC passes only from the snapshot: with the HTTP client in the loop its reference cycles hold page bodies
     # until a collection (helpers.steps.scratch.few_collections).
     gc_passes = few_collections() if snapshot is not None else nullcontext()
-    # The plan is compressed in a thread of libzstd's own: the planner's last passes run in this process alone.
+    # The plan is compressed in a thread of libzstd's own, so writing the workers' pages costs this process little.
     plan_sink = compression.open_write(plan_partial, threads=1)
     with gc_passes, Scratch() as scratch, plan_sink as sink, problems_partial.open("w", newline="", encoding="utf-8") as details:
         problem_rows = ProblemRows(details)
@@ -206,7 +206,6 @@ class _Sources:
         source = Ranged(partial(_stored_values, stored), total)
         name = f"stored-{stored.label}"
         return _counted(bar, total, parallel.map_pages(source, work, page_size=self.page_size, workers=self.workers, folder=folder, name=name))
-
 
     def map_results(self, folder: Path, results: RangeResults, desc: str, work: Callable[[Any], Any]) -> RangeResults:
         """`work` over each record of earlier workers' results, in workers over the same ranges."""
