@@ -68,19 +68,10 @@ def map_ranges(work: RangeWork, total: int, *, workers: int, folder: Path, name:
     """Runs `work(start, stop)` (a picklable callable yielding one record per page) over the ranges of `split(total,
     workers)`, each in its own process when there are several, and returns the records in source order. Raises the
     first range's error, if any, after every range stopped."""
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, not {workers}")
-    folder.mkdir(parents=True, exist_ok=True)
     ranges = split(total, workers)
-    files = tuple(folder / f"{name}.{i:04d}.pickle.zst" for i in range(len(ranges)))
+    files = _files(folder, name, len(ranges), workers)
     stops: list[int | None] = [stop for _, stop in ranges[:-1]] + [None]
-    if len(ranges) == 1:
-        _run_range(work, 0, None, files[0])
-        return RangeResults(files)
-    with ProcessPoolExecutor(max_workers=len(ranges)) as pool:
-        futures = [pool.submit(_run_range, work, start, stop, path) for (start, _), stop, path in zip(ranges, stops, files, strict=True)]
-        for future in futures:
-            future.result()
+    _run_each([partial(_run_range, work, start, stop, path) for (start, _), stop, path in zip(ranges, stops, files, strict=True)], workers)
     return RangeResults(files)
 
 
@@ -92,23 +83,34 @@ def map_records(results: RangeResults, work: Callable[[Any], Any], *, workers: i
     """`work(record)` for every record of earlier results, each file of them in its own process when there are
     several (the same ranges again, so a second pass over what the workers wrote never crosses a pipe either), and the
     new records in the same order: read them beside the earlier ones."""
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, not {workers}")
-    folder.mkdir(parents=True, exist_ok=True)
-    files = tuple(folder / f"{name}.{i:04d}.pickle.zst" for i in range(len(results.files)))
-    if workers == 1 or len(files) == 1:
-        for source, path in zip(results.files, files, strict=True):
-            _run_records(work, source, path)
-        return RangeResults(files)
-    with ProcessPoolExecutor(max_workers=min(workers, len(files))) as pool:
-        for future in [pool.submit(_run_records, work, source, path) for source, path in zip(results.files, files, strict=True)]:
-            future.result()
+    files = _files(folder, name, len(results.files), workers)
+    _run_each([partial(_run_records, work, source, path) for source, path in zip(results.files, files, strict=True)], workers)
     return RangeResults(files)
 
 
 def _run_records(work: Callable[[Any], Any], source: Path, path: Path) -> int:
     with few_collections():
         return dump_records(map(work, load_records(source)), path)
+
+
+def _files(folder: Path, name: str, count: int, workers: int) -> tuple[Path, ...]:
+    """The scratch files of `count` ranges' results (after refusing fewer than one worker)."""
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, not {workers}")
+    folder.mkdir(parents=True, exist_ok=True)
+    return tuple(folder / f"{name}.{i:04d}.pickle.zst" for i in range(count))
+
+
+def _run_each(ranges: list[Callable[[], int]], workers: int) -> None:
+    """Runs each range's work, in its own process when there are several (and several workers), in this one
+    otherwise. Raises the first range's error, if any, after every range stopped."""
+    if len(ranges) == 1 or workers == 1:
+        for run in ranges:
+            run()
+        return
+    with ProcessPoolExecutor(max_workers=min(workers, len(ranges))) as pool:
+        for future in [pool.submit(run) for run in ranges]:
+            future.result()
 
 
 @dataclass(frozen=True)
