@@ -179,17 +179,17 @@ def _settle(shared: _SharedKeys, key_uses: ScratchCounter, page: _ScenePage) -> 
         return None
     fields = _fields_of(page)
     uses = shared.uses if shared.uses is not None else key_uses.counts(key for _, keys, _, _ in fields for key in keys)
-    if not any(uses.get(key, 1) > 1 for _, keys, _, _ in fields for key in keys):  # a digest collision
-        return None
     raw, scenes, blocked, start = page.lines.raw, [], [], 0
     for line, keys, session_id, contribution in fields:
         stop = raw.index(b"\n", start) + 1  # every line ends with one (JSON escapes the others)
         scene = _Scene(PlanLine(b"", *line), keys, session_id, contribution)  # its bytes are read only to block it
-        if any(uses.get(key, 1) > 1 for key in keys):
-            scene = _settled(scene._replace(line=scene.line._replace(raw=raw[start:stop])), uses)
+        if shared_here := [key for key in keys if uses.get(key, 1) > 1]:
+            scene = _block(scene._replace(line=scene.line._replace(raw=raw[start:stop])), shared_here, uses)
             blocked.append((start, stop, scene.line.raw))
         scenes.append(scene)
         start = stop
+    if not blocked:  # a digest collision: no key of this page is shared
+        return None
     tally, problem_rows = count_lines([scene.line for scene in scenes], plan_line.CHANGING_ACTIONS)
     return _Blocked(blocked, tally, problem_rows, _session_totals(scenes))
 
@@ -200,11 +200,8 @@ def _fields_of(page: _ScenePage) -> list[tuple[tuple[Any, ...], list[str], str |
     return fields
 
 
-def _settled(scene: _Scene, uses: Mapping[Any, int]) -> _Scene:
-    """The scene, blocked when one of its keys is another scene's too."""
-    shared = [key for key in scene.keys if uses.get(key, 1) > 1]
-    if not shared:
-        return scene
+def _block(scene: _Scene, shared: list[str], uses: Mapping[Any, int]) -> _Scene:
+    """The scene blocked: `shared` are its keys that other scenes use too."""
     plan = plan_line.mark_blocking(
         rules.DocumentPlan.from_line(jsonio.loads(scene.line.raw)),
         "duplicate_s3_key",
