@@ -73,7 +73,6 @@ def group_parameters(items: Sequence[tuple[str, str, Any]]) -> dict[str, dict[st
     return parameters
 
 
-
 def with_workers(parameters: dict[str, dict[str, Any]], workers: int | None, steps: Sequence[str]) -> dict[str, dict[str, Any]]:
     """`--workers N` as the `workers` parameter of the dry-run and verify, those of them among `steps` (the steps run)."""
     if workers is None:

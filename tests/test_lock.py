@@ -332,7 +332,6 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-
 def test_the_deployment_refuses_a_batch_from_a_run_that_does_not_hold_the_lock(transport: ConvexTransport, run_dir: Path) -> None:
     """A request still on its way when the lease ran out (a retry, a paused process) reaches applyBatch after
     another run took the lock over: the deployment refuses it, whatever the client believes."""

@@ -49,7 +49,6 @@ MIN_PAGE_SIZE = 16
 SINGLE_DOCUMENT_ATTEMPTS = 5
 
 
-
 @dataclass(frozen=True)
 class SideRows:
     """Rows a migration creates beside the documents it changes, at most one per document and kind (say, one row

@@ -25,7 +25,6 @@ from helpers.steps.migration import Migration
 EXECUTED_ROLLBACK_DETAILS = "mode="
 
 
-
 def for_apply(migration: Migration) -> Chain:
     """An apply builds on its predecessor: that must be in effect."""
     return {"inEffect": [migration.predecessor] if migration.predecessor else [], "notInEffect": []}

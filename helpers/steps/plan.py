@@ -43,7 +43,6 @@ PLAN_SUMMARY_FILE = "plan.json"
 PROBLEMS_FILE = "problems.csv"
 
 
-
 class PlanSummary(BaseModel):
     #: Required: a file that names no migration is refused, never judged as the first one's.
     migration_id: str

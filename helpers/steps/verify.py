@@ -357,7 +357,6 @@ def report(outcome: Outcome, migration_id: str, plan_sha256: str, backup_sha256:
     )
 
 
-
 def run_checks(
     plan_lines: Iterable[dict[str, Any]],
     backup: Callable[[str], Iterable[dict[str, Any]]],

@@ -57,7 +57,6 @@ ASSET_VERSION = 1
 UNKNOWN_CONTENT_TYPE = "application/octet-stream"
 
 
-
 #: SCN-5: every status the legacy scene writers used -> assetsStatus ("ready" needs a video chunk).
 #: "error" is an older writer's word for failed; "queued" one for pending; a cancelled scene expects no assets.
 SCENE_STATUS_MAP: dict[str, str] = {
@@ -119,7 +118,6 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND = timedelta(milliseconds=1)
 
 
-
 @dataclass(frozen=True)
 class RulesContext:
     """What the rules know beyond one document: the bucket's base URL (optional), which sessions exist, and
@@ -130,23 +128,7 @@ class RulesContext:
     is_tracked: Callable[[str, str], bool] = lambda _id, _asset_type: False
 
 
-
-
-
-
-
-
 # -- public helpers ------------------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
 
 
 def scene_assets_status(legacy_status: str, has_video: bool, legacy_error: str | None) -> tuple[str, str | None]:
@@ -192,8 +174,6 @@ def asset_keys(plan: DocumentPlan) -> list[str]:
     if plan.action in CHANGING_ACTIONS:
         keys.extend(plan.set[f]["s3Key"] for f in SCENE_ASSET_SOURCES if f in plan.set)
     return list(dict.fromkeys(keys))
-
-
 
 
 # -- planning ------------------------------------------------------------------------------------------
@@ -377,10 +357,6 @@ def _read(doc: dict[str, Any], reads: _Reads) -> tuple[dict[str, Any], list[str]
             if problem is not None:
                 problems.append(problem)
     return expect, absent, problems, had_new
-
-
-
-
 
 
 def _current(doc: dict[str, Any]) -> dict[str, Any]:
@@ -631,8 +607,6 @@ def _legacy_error(doc: dict[str, Any], problems: list[dict[str, str]]) -> str | 
 # -- problems ---------------------------------------------------------------------------------------------
 
 
-
-
 def _unknown_status(status: Any, known: Any) -> dict[str, str]:
     return problem_of(
         "unknown_status", "status",
@@ -646,21 +620,3 @@ def _status_variant(status: str, canonical: str) -> dict[str, str]:
         "status_variant", "status",
         f"status {show(status)} is read as {canonical!r} (case and spaces ignored); the legacy value is left as it is.",
     )
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
