@@ -184,7 +184,7 @@ def _settle(shared: _SharedKeys, key_uses: ScratchCounter, page: _ScenePage) -> 
         stop = raw.index(b"\n", start) + 1  # every line ends with one (JSON escapes the others)
         scene = _Scene(PlanLine(b"", *line), keys, session_id, contribution)  # its bytes are read only to block it
         if shared_here := [key for key in keys if uses.get(key, 1) > 1]:
-            scene = _block(scene._replace(line=scene.line._replace(raw=raw[start:stop])), shared_here, uses)
+            scene = _block(scene._replace(line=PlanLine(raw[start:stop], *line)), shared_here, uses)
             blocked.append((start, stop, scene.line.raw))
         scenes.append(scene)
         start = stop
