@@ -194,6 +194,16 @@ def test_an_error_in_a_worker_reaches_the_caller(tmp_path: Path) -> None:
         map_ranges(_failing, 10, workers=2, folder=tmp_path, name="failing")
 
 
+@pytest.mark.parametrize("workers", [0, -1])
+def test_fewer_than_one_worker_is_refused_before_any_work(tmp_path: Path, workers: int) -> None:
+    first = map_ranges(partial(_numbers, 10), 10, workers=1, folder=tmp_path, name="first")
+    with pytest.raises(ValueError, match=f"^workers must be at least 1, not {workers}$"):
+        map_ranges(_failing, 10, workers=workers, folder=tmp_path, name="ranges")
+    with pytest.raises(ValueError, match=f"^workers must be at least 1, not {workers}$"):
+        map_records(first, _doubled, workers=workers, folder=tmp_path, name="records")
+    assert sorted(path.name for path in tmp_path.iterdir()) == [path.name for path in first.files]  # nothing written
+
+
 def _numbers(n: int, start: int, stop: int | None) -> Any:
     items = list(range(n))[start:stop]
     for i in range(0, len(items), 7):
